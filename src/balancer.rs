@@ -1,0 +1,434 @@
+//! Weighted pick with warmup weights: a primary plus N distinct fallbacks, never a draining or
+//! down instance.
+//!
+//! Weights are computed once per rebuild and cached; while any instance is warming up (or has a
+//! start time in the future) the cache is refreshed at most `refresh_ms` later (default 100 ms),
+//! so a pick's weight is never staler than that. With no instance warming the cache changes only
+//! when the membership does. A pick is O(log n): a binary search over prefix sums (random) or a
+//! binary heap (round robin).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use serde::Deserialize;
+
+use crate::clock::Rng;
+use crate::instance::Instance;
+use crate::warmup::Curve;
+
+/// How the primary is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Dubbo `RandomLoadBalance`: weighted random by prefix sums; uniform when all weights are equal
+    /// or all are zero.
+    #[default]
+    Random,
+    /// Weighted round robin, earliest-deadline-first (as Envoy's weighted round robin): the same
+    /// long-run shares as Dubbo's smooth weighted round robin, O(log n) per pick instead of O(n).
+    RoundRobin,
+}
+
+/// Why no instance could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPick {
+    /// The service has no instances at all.
+    Empty,
+    /// Instances exist, but none is serving (all draining or down).
+    NoneServing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: f64,
+    slot: u32,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Deadline {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest deadline on top.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.at.total_cmp(&self.at).then_with(|| o.slot.cmp(&self.slot))
+    }
+}
+
+/// The cached pick table of one service in one VM.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    policy: Policy,
+    curve: Curve,
+    refresh_ms: i64,
+    /// Index into the member list of each serving instance ("slot").
+    slots: Vec<u32>,
+    /// Current weight of each slot.
+    weights: Vec<u32>,
+    /// Inclusive prefix sums of `weights`.
+    prefix: Vec<u64>,
+    total: u64,
+    /// All slot weights equal (or all zero): pick uniformly, as Dubbo does.
+    uniform: bool,
+    members: usize,
+    /// When the cached weights must be recomputed (`i64::MAX`: only on membership change).
+    next_refresh_ms: i64,
+    heap: BinaryHeap<Deadline>,
+    /// Scratch for fallbacks.
+    chosen: Vec<u32>,
+}
+
+impl Balancer {
+    pub fn new(policy: Policy, curve: Curve, refresh_ms: i64) -> Self {
+        Balancer {
+            policy,
+            curve,
+            refresh_ms: refresh_ms.max(1),
+            slots: Vec::new(),
+            weights: Vec::new(),
+            prefix: Vec::new(),
+            total: 0,
+            uniform: true,
+            members: 0,
+            next_refresh_ms: i64::MIN,
+            heap: BinaryHeap::new(),
+            chosen: Vec::new(),
+        }
+    }
+
+    /// Recomputes the table for `members` at `now_ms`. O(n).
+    pub fn rebuild(&mut self, members: &[Instance], now_ms: i64, rng: &mut Rng) {
+        self.slots.clear();
+        self.weights.clear();
+        self.prefix.clear();
+        self.members = members.len();
+        let mut total = 0u64;
+        let mut next = i64::MAX;
+        let mut first: Option<u32> = None;
+        let mut uniform = true;
+        for (i, m) in members.iter().enumerate() {
+            if !m.state.is_serving() {
+                continue;
+            }
+            let w = self.curve.weight(m.weight, m.start_ms, m.warmup_ms, now_ms).max(0) as u32;
+            if let Some(ts) = m.start_ms.filter(|t| *t > 0) {
+                // still warming, or start time ahead of our clock: follow the curve
+                if now_ms.saturating_sub(ts) < m.warmup_ms {
+                    next = next.min(now_ms.saturating_add(self.refresh_ms));
+                }
+            }
+            match first {
+                None => first = Some(w),
+                Some(f) if f != w => uniform = false,
+                _ => {}
+            }
+            total += u64::from(w);
+            self.slots.push(i as u32);
+            self.weights.push(w);
+            self.prefix.push(total);
+        }
+        self.total = total;
+        self.uniform = uniform || total == 0;
+        self.next_refresh_ms = next;
+        if self.policy == Policy::RoundRobin {
+            self.reset_heap(rng);
+        }
+    }
+
+    fn reset_heap(&mut self, rng: &mut Rng) {
+        self.heap.clear();
+        for (slot, w) in self.weights.iter().enumerate() {
+            let step = if self.uniform {
+                1.0
+            } else if *w == 0 {
+                continue;
+            } else {
+                1.0 / f64::from(*w)
+            };
+            // a random phase so that a fleet of proxies does not start on the same instance
+            let phase = (rng.below(1 << 20) as f64) / f64::from(1u32 << 20) * step;
+            self.heap.push(Deadline { at: phase, slot: slot as u32 });
+        }
+    }
+
+    /// Rebuilds when the cached weights are older than the staleness bound.
+    pub fn refresh_if_due(&mut self, members: &[Instance], now_ms: i64, rng: &mut Rng) {
+        if now_ms >= self.next_refresh_ms || members.len() != self.members {
+            self.rebuild(members, now_ms, rng);
+        }
+    }
+
+    /// True while some instance is still warming up (weights follow the clock).
+    pub fn warming(&self) -> bool {
+        self.next_refresh_ms != i64::MAX
+    }
+
+    /// The cached weight of member `i` (0 when it is not serving).
+    pub fn weight_of(&self, member: usize) -> u32 {
+        match self.slots.binary_search(&(member as u32)) {
+            Ok(s) => self.weights.get(s).copied().unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Number of serving instances.
+    pub fn serving(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Picks a primary and up to `fallbacks` distinct further instances, in weighted order, into
+    /// `out` as member indices. O(log n) for the primary, O(log n) expected per fallback.
+    pub fn pick(&mut self, rng: &mut Rng, fallbacks: usize, out: &mut Vec<usize>) -> Result<(), NoPick> {
+        out.clear();
+        if self.slots.is_empty() {
+            return Err(if self.members == 0 { NoPick::Empty } else { NoPick::NoneServing });
+        }
+        let primary = match self.policy {
+            Policy::Random => self.random_slot(rng),
+            Policy::RoundRobin => self.rr_slot(),
+        };
+        self.chosen.clear();
+        self.chosen.push(primary);
+        let want = fallbacks.min(self.slots.len() - 1);
+        while self.chosen.len() <= want {
+            let s = self.fallback_slot(rng);
+            self.chosen.push(s);
+        }
+        out.extend(self.chosen.iter().filter_map(|s| self.slots.get(*s as usize)).map(|m| *m as usize));
+        Ok(())
+    }
+
+    fn random_slot(&self, rng: &mut Rng) -> u32 {
+        let n = self.slots.len() as u64;
+        if self.uniform {
+            return rng.below(n) as u32;
+        }
+        let offset = rng.below(self.total);
+        // first slot whose inclusive prefix sum exceeds offset (Dubbo: offset < prefix[i])
+        self.prefix.partition_point(|p| *p <= offset) as u32
+    }
+
+    fn rr_slot(&mut self) -> u32 {
+        let Some(top) = self.heap.pop() else {
+            return 0;
+        };
+        let w = self.weights.get(top.slot as usize).copied().unwrap_or(0);
+        let step = if self.uniform || w == 0 { 1.0 } else { 1.0 / f64::from(w) };
+        self.heap.push(Deadline { at: top.at + step, slot: top.slot });
+        top.slot
+    }
+
+    /// A weighted draw without replacement: rejection first (cheap while the chosen ones hold
+    /// little of the weight), then a scan from a random start that meets at most `chosen.len()`
+    /// taken slots before it finds a free one (positive weight first).
+    fn fallback_slot(&self, rng: &mut Rng) -> u32 {
+        for _ in 0..16 {
+            let s = self.random_slot(rng);
+            if !self.chosen.contains(&s) {
+                return s;
+            }
+        }
+        let n = self.slots.len();
+        let start = rng.below(n as u64) as usize;
+        let mut zero_weight = None;
+        for k in 0..n {
+            let s = ((start + k) % n) as u32;
+            if self.chosen.contains(&s) {
+                continue;
+            }
+            if self.uniform || self.weights.get(s as usize).copied().unwrap_or(0) > 0 {
+                return s;
+            }
+            zero_weight.get_or_insert(s);
+        }
+        zero_weight.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::State;
+    use std::collections::BTreeMap;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn m(i: usize, w: i32, state: State, start: Option<i64>, warmup: i64) -> Instance {
+        Instance { addr: format!("10.0.{}.{}:80", i / 250, i % 250), weight: w, start_ms: start, warmup_ms: warmup, state, metadata: BTreeMap::new() }
+    }
+
+    fn shares(b: &mut Balancer, n: usize, picks: usize, rng: &mut Rng) -> Vec<f64> {
+        let mut counts = vec![0usize; n];
+        let mut out = Vec::new();
+        for _ in 0..picks {
+            b.pick(rng, 0, &mut out).unwrap();
+            counts[out[0]] += 1;
+        }
+        counts.iter().map(|c| *c as f64 * 100.0 / picks as f64).collect()
+    }
+
+    fn members_1_2_7_warming() -> Vec<Instance> {
+        vec![
+            m(0, 100, State::Serving, None, 0),
+            m(1, 200, State::Serving, None, 0),
+            m(2, 700, State::Serving, None, 0),
+            // 25 % of a 100 s warmup, weight 400 -> Dubbo weight 100
+            m(3, 400, State::Serving, Some(NOW - 25_000), 100_000),
+            m(4, 500, State::Draining, None, 0),
+            m(5, 500, State::Down, None, 0),
+        ]
+    }
+
+    #[test]
+    fn shares_within_one_point_both_policies() {
+        let ms = members_1_2_7_warming();
+        // expected: weights 100, 200, 700, 100 of total 1100
+        let want = [100.0 / 11.0, 200.0 / 11.0, 700.0 / 11.0, 100.0 / 11.0, 0.0, 0.0];
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(42);
+            let mut b = Balancer::new(policy, Curve::default(), 100);
+            b.rebuild(&ms, NOW, &mut rng);
+            assert_eq!(b.weight_of(3), 100);
+            assert!(b.warming());
+            let got = shares(&mut b, ms.len(), 100_000, &mut rng);
+            for i in 0..ms.len() {
+                assert!((got[i] - want[i]).abs() <= 1.0, "{policy:?} instance {i}: got {:.2}% want {:.2}%", got[i], want[i]);
+            }
+            assert_eq!(got[4], 0.0, "draining never picked");
+            assert_eq!(got[5], 0.0, "down never picked");
+        }
+    }
+
+    #[test]
+    fn weights_follow_the_clock() {
+        let ms = members_1_2_7_warming();
+        let mut rng = Rng::new(1);
+        let mut b = Balancer::new(Policy::Random, Curve::default(), 100);
+        b.rebuild(&ms, NOW, &mut rng);
+        assert_eq!(b.weight_of(3), 100);
+        // 50 ms later: not yet due (staleness bound 100 ms)
+        b.refresh_if_due(&ms, NOW + 50, &mut rng);
+        assert_eq!(b.weight_of(3), 100);
+        b.refresh_if_due(&ms, NOW + 25_000, &mut rng);
+        assert_eq!(b.weight_of(3), 200);
+        b.refresh_if_due(&ms, NOW + 80_000, &mut rng);
+        assert_eq!(b.weight_of(3), 400);
+        assert!(!b.warming());
+    }
+
+    #[test]
+    fn fallbacks_distinct_weighted_and_serving() {
+        let ms = members_1_2_7_warming();
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(9);
+            let mut b = Balancer::new(policy, Curve::default(), 100);
+            b.rebuild(&ms, NOW, &mut rng);
+            let mut out = Vec::new();
+            let mut second = [0usize; 6];
+            for _ in 0..20_000 {
+                b.pick(&mut rng, 5, &mut out).unwrap();
+                // only 4 serving: primary + 3 fallbacks
+                assert_eq!(out.len(), 4);
+                let mut sorted = out.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), 4, "distinct: {out:?}");
+                assert!(out.iter().all(|i| ms[*i].state == State::Serving));
+                second[out[1]] += 1;
+            }
+            if policy == Policy::Random {
+                // weighted draw without replacement: P(second = j) = sum over i != j of p_i * p_j / (1 - p_i)
+                let p = [1.0 / 11.0, 2.0 / 11.0, 7.0 / 11.0, 1.0 / 11.0];
+                for j in 0..4 {
+                    let want: f64 = (0..4).filter(|i| *i != j).map(|i| p[i] * p[j] / (1.0 - p[i])).sum::<f64>() * 100.0;
+                    let got = second[j] as f64 * 100.0 / 20_000.0;
+                    assert!((got - want).abs() < 1.5, "second pick {j}: got {got:.2}% want {want:.2}%");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dominant_weight_fallbacks_terminate() {
+        // one instance holds nearly all weight: rejection fails, the scan finds the others
+        let ms = vec![m(0, 1_000_000, State::Serving, None, 0), m(1, 1, State::Serving, None, 0), m(2, 0, State::Serving, None, 0)];
+        let mut rng = Rng::new(3);
+        let mut b = Balancer::new(Policy::Random, Curve::default(), 100);
+        b.rebuild(&ms, NOW, &mut rng);
+        let mut out = Vec::new();
+        b.pick(&mut rng, 2, &mut out).unwrap();
+        let mut s = out.clone();
+        s.sort();
+        assert_eq!(s, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn empty_and_all_draining_are_outcomes() {
+        let mut rng = Rng::new(3);
+        let mut out = Vec::new();
+        let mut b = Balancer::new(Policy::Random, Curve::default(), 100);
+        b.rebuild(&[], NOW, &mut rng);
+        assert_eq!(b.pick(&mut rng, 1, &mut out), Err(NoPick::Empty));
+        let ms = vec![m(0, 100, State::Draining, None, 0), m(1, 100, State::Down, None, 0)];
+        b.rebuild(&ms, NOW, &mut rng);
+        assert_eq!(b.pick(&mut rng, 1, &mut out), Err(NoPick::NoneServing));
+        assert!(out.is_empty());
+        let mut rr = Balancer::new(Policy::RoundRobin, Curve::default(), 100);
+        rr.rebuild(&ms, NOW, &mut rng);
+        assert_eq!(rr.pick(&mut rng, 1, &mut out), Err(NoPick::NoneServing));
+    }
+
+    #[test]
+    fn sizes_1_2_10000() {
+        let mut rng = Rng::new(11);
+        for n in [1usize, 2, 10_000] {
+            let ms: Vec<Instance> = (0..n).map(|i| m(i, 1 + (i % 7) as i32, State::Serving, None, 0)).collect();
+            for policy in [Policy::Random, Policy::RoundRobin] {
+                let mut b = Balancer::new(policy, Curve::default(), 100);
+                b.rebuild(&ms, NOW, &mut rng);
+                let mut out = Vec::new();
+                for _ in 0..1000 {
+                    b.pick(&mut rng, 2, &mut out).unwrap();
+                    assert_eq!(out.len(), n.min(3));
+                    assert!(out.iter().all(|i| *i < n));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_zero_weights_pick_uniformly() {
+        let ms: Vec<Instance> = (0..4).map(|i| m(i, 0, State::Serving, None, 0)).collect();
+        let mut rng = Rng::new(5);
+        let mut b = Balancer::new(Policy::Random, Curve::default(), 100);
+        b.rebuild(&ms, NOW, &mut rng);
+        let got = shares(&mut b, 4, 40_000, &mut rng);
+        assert!(got.iter().all(|s| (s - 25.0).abs() < 1.5), "{got:?}");
+    }
+
+    #[test]
+    fn round_robin_is_smooth() {
+        // weights 5,1,1: within every window of 7 picks each gets exactly its weight
+        let ms = vec![m(0, 5, State::Serving, None, 0), m(1, 1, State::Serving, None, 0), m(2, 1, State::Serving, None, 0)];
+        let mut rng = Rng::new(5);
+        let mut b = Balancer::new(Policy::RoundRobin, Curve::default(), 100);
+        b.rebuild(&ms, NOW, &mut rng);
+        let mut out = Vec::new();
+        let seq: Vec<usize> = (0..70)
+            .map(|_| {
+                b.pick(&mut rng, 0, &mut out).unwrap();
+                out[0]
+            })
+            .collect();
+        for w in seq.chunks(7) {
+            assert_eq!(w.iter().filter(|i| **i == 0).count(), 5, "{seq:?}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Host services the core needs, behind traits so tests use fakes: time and randomness.
+
+use std::cell::Cell;
+
+/// Wall-clock time in ms since the epoch.
+pub trait Clock {
+    fn now_ms(&self) -> i64;
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct FakeClock(Cell<i64>);
+
+impl FakeClock {
+    pub fn new(ms: i64) -> Self {
+        FakeClock(Cell::new(ms))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.set(ms)
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.set(self.0.get() + ms)
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> i64 {
+        self.0.get()
+    }
+}
+
+/// A small, fast PRNG (SplitMix64). Seeded from WASI randomness in the filter, fixed in tests.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// Seeds from the platform's randomness (WASI `random_get` on wasm32-wasip1).
+    pub fn from_entropy() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x6c6f_7373_6c65_7373);
+        Rng(h.finish())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; `n == 0` gives 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below_is_in_range_and_spread() {
+        let mut r = Rng::new(7);
+        let mut seen = [0u32; 5];
+        for _ in 0..50_000 {
+            let v = r.below(5) as usize;
+            seen[v] += 1;
+        }
+        for s in seen {
+            assert!((9_000..11_000).contains(&s), "{seen:?}");
+        }
+        assert_eq!(r.below(0), 0);
+        assert_ne!(Rng::from_entropy().next_u64(), Rng::from_entropy().next_u64());
+    }
+
+    #[test]
+    fn fake_clock_moves() {
+        let c = FakeClock::new(5);
+        c.advance(10);
+        assert_eq!(c.now_ms(), 15);
+        c.set(1);
+        assert_eq!(c.now_ms(), 1);
+    }
+}

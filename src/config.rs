@@ -1,0 +1,762 @@
+//! The plugin configuration: JSON parsed with serde (unknown fields refused, errors carry the field
+//! path) and validated into a typed [`Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::balancer::Policy;
+use crate::instance::{canonical_addr, BuildOptions, MetadataKeys};
+use crate::membership::Guard;
+use crate::registry::nacos::{Api, Credentials};
+use crate::registry::{consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery};
+use crate::warmup::Curve;
+
+/// A minimal valid configuration, shown when the configuration is empty.
+pub const MINIMAL_EXAMPLE: &str =
+    r#"{"registries":{"nacos":{"type":"nacos","cluster":"nacos","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
+
+/// A configuration error: the field path (`services[0].routing.mode`) and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "invalid lossless config: {}", self.message)
+        } else {
+            write!(f, "invalid lossless config at `{}`: {}", self.path, self.message)
+        }
+    }
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON shape
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    mode: Mode,
+    registries: BTreeMap<String, RawRegistry>,
+    services: Vec<RawService>,
+    #[serde(default = "d_refresh")]
+    refresh_interval_ms: u64,
+    #[serde(default = "d_jitter")]
+    jitter_percent: u32,
+    #[serde(default = "d_weight_refresh")]
+    weight_refresh_ms: u64,
+    #[serde(default)]
+    drain: RawDrain,
+    inbound: Option<RawInbound>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+fn d_refresh() -> u64 {
+    1000
+}
+fn d_jitter() -> u32 {
+    10
+}
+fn d_weight_refresh() -> u64 {
+    100
+}
+
+/// Which side of an instance the filter sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// On a caller (gateway or client sidecar): picks upstream instances.
+    #[default]
+    Outbound,
+    /// On an instance's own sidecar: drains it.
+    Inbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RegistryType {
+    Nacos,
+    Eureka,
+    Consul,
+    Static,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(rename = "type")]
+    kind: RegistryType,
+    cluster: String,
+    authority: String,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    // nacos
+    api: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    // consul
+    token: Option<String>,
+    wait_s: Option<u64>,
+    // eureka
+    path_prefix: Option<String>,
+    // static
+    path: Option<String>,
+}
+
+fn d_timeout() -> u64 {
+    2000
+}
+fn d_max_body() -> usize {
+    8 << 20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    registry: String,
+    registry_service: Option<String>,
+    group: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    clusters: Vec<String>,
+    tag: Option<String>,
+    dc: Option<String>,
+    #[serde(default)]
+    match_clusters: Vec<String>,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    warmup: RawWarmup,
+    #[serde(default)]
+    guard: Guard,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    mode: RoutingMode,
+    header: String,
+    fallbacks: usize,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting { mode: RoutingMode::OverrideHost, header: "x-lossless-upstream".into(), fallbacks: 2 }
+    }
+}
+
+/// How the pick reaches Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingMode {
+    /// `primary,fallback1,...` in a header read by the `override_host` LB policy.
+    OverrideHost,
+    /// The single address in a header read by an `ORIGINAL_DST` cluster.
+    OriginalDst,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWarmup {
+    default_warmup_ms: i64,
+    default_weight: i32,
+    weight_scale: f64,
+    curve: Curve,
+    metadata_keys: MetadataKeys,
+}
+
+impl Default for RawWarmup {
+    fn default() -> Self {
+        let b = BuildOptions::default();
+        RawWarmup {
+            default_warmup_ms: b.default_warmup_ms,
+            default_weight: b.default_weight,
+            weight_scale: b.weight_scale,
+            curve: Curve::default(),
+            metadata_keys: b.keys,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDrain {
+    header: String,
+    retry_after_s: u32,
+    pin_header: Option<String>,
+    notify: bool,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    service: String,
+    self_address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    path_prefix: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { path_prefix: "/lossless".into() }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration
+
+/// A registry endpoint and the adapter that talks to it.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub name: String,
+    /// Envoy cluster that `dispatch_http_call` targets.
+    pub cluster: String,
+    pub kind: RegistryKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegistryKind {
+    Nacos(Nacos),
+    Eureka(Eureka),
+    Consul(Consul),
+    Static(StaticJson),
+}
+
+impl RegistryKind {
+    pub fn adapter(&mut self) -> &mut dyn Adapter {
+        match self {
+            RegistryKind::Nacos(a) => a,
+            RegistryKind::Eureka(a) => a,
+            RegistryKind::Consul(a) => a,
+            RegistryKind::Static(a) => a,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Index into [`Config::registries`].
+    pub registry: usize,
+    pub query: ServiceQuery,
+    /// Envoy clusters (`xds.cluster_name`) whose requests go to this service.
+    pub match_clusters: Vec<String>,
+    pub routing: RoutingMode,
+    pub header: String,
+    pub fallbacks: usize,
+    pub policy: Policy,
+    pub curve: Curve,
+    pub guard: Guard,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    pub header: String,
+    pub retry_after_s: u32,
+    pub pin_header: Option<String>,
+    pub notify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Index into [`Config::services`].
+    pub service: usize,
+    /// Canonical `ip:port` of this instance.
+    pub self_address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub registries: Vec<RegistryConfig>,
+    pub services: Vec<ServiceConfig>,
+    pub refresh_interval_ms: u64,
+    pub jitter_percent: u32,
+    pub weight_refresh_ms: u64,
+    pub drain: DrainConfig,
+    pub inbound: Option<InboundConfig>,
+    pub admin_prefix: String,
+}
+
+impl Config {
+    /// The service whose requests are routed to `cluster`.
+    pub fn service_for_cluster(&self, cluster: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.match_clusters.iter().any(|c| c == cluster))
+    }
+}
+
+fn valid_header(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Parses and validates the plugin configuration.
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." || path == "?" { String::new() } else { path };
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // serde_json appends " at line L column C": keep it, it helps with long configs
+        err(path, msg)
+    })?;
+    validate(raw)
+}
+
+fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    if !(100..=3_600_000).contains(&raw.refresh_interval_ms) {
+        return Err(err("refresh_interval_ms", "must be between 100 and 3600000 (ms)"));
+    }
+    if raw.jitter_percent > 50 {
+        return Err(err("jitter_percent", "must be between 0 and 50"));
+    }
+    if !(10..=10_000).contains(&raw.weight_refresh_ms) {
+        return Err(err("weight_refresh_ms", "must be between 10 and 10000 (ms)"));
+    }
+    if raw.registries.is_empty() {
+        return Err(err("registries", format!("at least one registry is required, e.g. {MINIMAL_EXAMPLE}")));
+    }
+    if raw.services.is_empty() {
+        return Err(err("services", format!("at least one service is required, e.g. {MINIMAL_EXAMPLE}")));
+    }
+
+    let mut names = Vec::new();
+    let mut registries = Vec::new();
+    let mut kinds = Vec::new();
+    for (name, r) in raw.registries {
+        let p = format!("registries.{name}");
+        let build = BuildOptions::default();
+        let (adapter, kind) = registry(&p, &r, build)?;
+        names.push(name.clone());
+        kinds.push(r.kind);
+        registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
+        let _ = kind;
+    }
+
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    for (i, s) in raw.services.into_iter().enumerate() {
+        let p = format!("services[{i}]");
+        if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(err(format!("{p}.name"), "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)"));
+        }
+        if services.iter().any(|o| o.name == s.name) {
+            return Err(err(format!("{p}.name"), format!("duplicate service name '{}'", s.name)));
+        }
+        let Some(reg) = names.iter().position(|n| *n == s.registry) else {
+            return Err(err(format!("{p}.registry"), format!("unknown registry '{}'; defined: {}", s.registry, names.join(", "))));
+        };
+        let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
+        let only = |field: &str, set: bool, allowed: &[RegistryType]| -> Result<(), ConfigError> {
+            if set && !allowed.contains(&kind) {
+                return Err(err(format!("{p}.{field}"), format!("does not apply to a {kind:?} registry").to_lowercase()));
+            }
+            Ok(())
+        };
+        only("group", s.group.is_some(), &[RegistryType::Nacos])?;
+        only("clusters", !s.clusters.is_empty(), &[RegistryType::Nacos])?;
+        only("namespace", s.namespace.is_some(), &[RegistryType::Nacos, RegistryType::Consul])?;
+        only("tag", s.tag.is_some(), &[RegistryType::Consul])?;
+        only("dc", s.dc.is_some(), &[RegistryType::Consul])?;
+        let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
+        for (k, c) in match_clusters.iter().enumerate() {
+            if c.is_empty() {
+                return Err(err(format!("{p}.match_clusters[{k}]"), "must not be empty"));
+            }
+            if services.iter().any(|o| o.match_clusters.contains(c)) {
+                return Err(err(format!("{p}.match_clusters[{k}]"), format!("cluster '{c}' is already matched by another service")));
+            }
+        }
+        if !valid_header(&s.routing.header) {
+            return Err(err(format!("{p}.routing.header"), "must be a lowercase header name ([a-z0-9-_]+)"));
+        }
+        if s.routing.fallbacks > 16 {
+            return Err(err(format!("{p}.routing.fallbacks"), "must be between 0 and 16"));
+        }
+        if s.routing.mode == RoutingMode::OriginalDst && s.routing.fallbacks != 2 && s.routing.fallbacks != 0 {
+            return Err(err(format!("{p}.routing.fallbacks"), "original_dst routes to a single address; fallbacks need mode override_host"));
+        }
+        let w = &s.warmup;
+        if w.default_warmup_ms < 0 {
+            return Err(err(format!("{p}.warmup.default_warmup_ms"), "must be >= 0 (ms)"));
+        }
+        if w.default_weight < 0 {
+            return Err(err(format!("{p}.warmup.default_weight"), "must be >= 0"));
+        }
+        if !(w.weight_scale.is_finite() && w.weight_scale > 0.0 && w.weight_scale <= 1e6) {
+            return Err(err(format!("{p}.warmup.weight_scale"), "must be a number in (0, 1000000]"));
+        }
+        if !(w.curve.aggression.is_finite() && w.curve.aggression > 0.0 && w.curve.aggression <= 100.0) {
+            return Err(err(format!("{p}.warmup.curve.aggression"), "must be a number in (0, 100]"));
+        }
+        if !(0.0..=100.0).contains(&w.curve.min_weight_percent) {
+            return Err(err(format!("{p}.warmup.curve.min_weight_percent"), "must be between 0 and 100"));
+        }
+        if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
+            return Err(err(format!("{p}.guard.protect_threshold"), "must be between 0 and 1"));
+        }
+        if !(0.0..=1.0).contains(&s.guard.max_drop) {
+            return Err(err(format!("{p}.guard.max_drop"), "must be between 0 and 1"));
+        }
+        let build = BuildOptions {
+            keys: s.warmup.metadata_keys.clone(),
+            weight_scale: w.weight_scale,
+            default_weight: w.default_weight,
+            default_warmup_ms: w.default_warmup_ms,
+        };
+        if let Some(r) = registries.get_mut(reg) {
+            // build options are per service; adapters are per registry: the last service's options
+            // would win, so a registry's services must agree on them.
+            set_build(&mut r.kind, build, services.iter().any(|o| o.registry == reg)).map_err(|m| err(format!("{p}.warmup"), m))?;
+        }
+        services.push(ServiceConfig {
+            query: ServiceQuery {
+                service: s.registry_service.unwrap_or_else(|| s.name.clone()),
+                group: s.group,
+                namespace: s.namespace,
+                clusters: s.clusters,
+                tag: s.tag,
+                dc: s.dc,
+                consul_index: 0,
+            },
+            name: s.name,
+            registry: reg,
+            match_clusters,
+            routing: s.routing.mode,
+            header: s.routing.header,
+            fallbacks: if s.routing.mode == RoutingMode::OriginalDst { 0 } else { s.routing.fallbacks },
+            policy: s.policy,
+            curve: s.warmup.curve,
+            guard: s.guard,
+        });
+    }
+
+    let d = raw.drain;
+    if !valid_header(&d.header) {
+        return Err(err("drain.header", "must be a lowercase header name ([a-z0-9-_]+)"));
+    }
+    if let Some(h) = &d.pin_header {
+        if !valid_header(h) {
+            return Err(err("drain.pin_header", "must be a lowercase header name ([a-z0-9-_]+)"));
+        }
+    }
+    if d.retry_after_s > 3600 {
+        return Err(err("drain.retry_after_s", "must be between 0 and 3600"));
+    }
+    let inbound = match (raw.mode, raw.inbound) {
+        (Mode::Inbound, None) => return Err(err("inbound", "mode \"inbound\" needs {\"service\": NAME, \"self_address\": \"ip:port\"}")),
+        (Mode::Outbound, Some(_)) => return Err(err("inbound", "only allowed with \"mode\": \"inbound\"")),
+        (Mode::Outbound, None) => None,
+        (Mode::Inbound, Some(ib)) => {
+            let Some(service) = services.iter().position(|s| s.name == ib.service) else {
+                return Err(err("inbound.service", format!("unknown service '{}'", ib.service)));
+            };
+            let Some(self_address) = canonical_addr(&ib.self_address) else {
+                return Err(err("inbound.self_address", "must be ip:port (IPv6 as [addr]:port)"));
+            };
+            Some(InboundConfig { service, self_address })
+        }
+    };
+    let prefix = raw.admin.path_prefix;
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
+    }
+    for r in &registries {
+        if let RegistryKind::Consul(c) = &r.kind {
+            if c.wait_s > 0 && c.endpoint.timeout_ms <= c.wait_s * 1000 + c.wait_s * 1000 / 16 {
+                return Err(err(
+                    format!("registries.{}.timeout_ms", r.name),
+                    format!("must exceed wait_s plus Consul's jitter (wait/16): more than {} ms", c.wait_s * 1000 + c.wait_s * 1000 / 16),
+                ));
+            }
+        }
+    }
+    Ok(Config {
+        mode: raw.mode,
+        registries,
+        services,
+        refresh_interval_ms: raw.refresh_interval_ms,
+        jitter_percent: raw.jitter_percent,
+        weight_refresh_ms: raw.weight_refresh_ms,
+        drain: DrainConfig { header: d.header, retry_after_s: d.retry_after_s, pin_header: d.pin_header, notify: d.notify },
+        inbound,
+        admin_prefix: prefix,
+    })
+}
+
+fn set_build(k: &mut RegistryKind, b: BuildOptions, already: bool) -> Result<(), String> {
+    let slot = match k {
+        RegistryKind::Nacos(a) => &mut a.build,
+        RegistryKind::Eureka(a) => &mut a.build,
+        RegistryKind::Consul(a) => &mut a.build,
+        RegistryKind::Static(a) => &mut a.build,
+    };
+    if already && *slot != b {
+        return Err("services of one registry must share the same warmup defaults and metadata_keys (define a second registry entry for different ones)".into());
+    }
+    *slot = b;
+    Ok(())
+}
+
+fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<(RegistryKind, RegistryType), ConfigError> {
+    if r.cluster.is_empty() {
+        return Err(err(format!("{p}.cluster"), "must name the Envoy cluster of the registry"));
+    }
+    if r.authority.is_empty() || r.authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+        return Err(err(format!("{p}.authority"), "must be host[:port] (the :authority of registry requests)"));
+    }
+    if !(10..=900_000).contains(&r.timeout_ms) {
+        return Err(err(format!("{p}.timeout_ms"), "must be between 10 and 900000 (ms)"));
+    }
+    if !(1024..=(256 << 20)).contains(&r.max_body_bytes) {
+        return Err(err(format!("{p}.max_body_bytes"), "must be between 1024 and 268435456"));
+    }
+    let ep = Endpoint { authority: r.authority.clone(), timeout_ms: r.timeout_ms, max_body_bytes: r.max_body_bytes };
+    let not = |field: &str, set: bool, kind: &str| -> Result<(), ConfigError> {
+        if set {
+            return Err(err(format!("{p}.{field}"), format!("does not apply to a {kind} registry")));
+        }
+        Ok(())
+    };
+    let kind = match r.kind {
+        RegistryType::Nacos => {
+            not("token", r.token.is_some(), "nacos")?;
+            not("wait_s", r.wait_s.is_some(), "nacos")?;
+            not("path_prefix", r.path_prefix.is_some(), "nacos")?;
+            not("path", r.path.is_some(), "nacos")?;
+            let api = match r.api.as_deref() {
+                None | Some("v1") => Api::V1,
+                Some("v2") => Api::V2,
+                Some(other) => return Err(err(format!("{p}.api"), format!("'{other}' is not one of \"v1\", \"v2\""))),
+            };
+            let auth = match (&r.username, &r.password) {
+                (Some(u), Some(pw)) if !u.is_empty() => Some(Credentials { username: u.clone(), password: pw.clone() }),
+                (None, None) => None,
+                (Some(_), None) => return Err(err(format!("{p}.password"), "is required with username")),
+                _ => return Err(err(format!("{p}.username"), "is required (non-empty) with password")),
+            };
+            RegistryKind::Nacos(Nacos::new(ep, api, auth, build))
+        }
+        RegistryType::Eureka => {
+            for (f, set) in [
+                ("api", r.api.is_some()),
+                ("username", r.username.is_some()),
+                ("password", r.password.is_some()),
+                ("token", r.token.is_some()),
+                ("wait_s", r.wait_s.is_some()),
+                ("path", r.path.is_some()),
+            ] {
+                not(f, set, "eureka")?;
+            }
+            let prefix = r.path_prefix.clone().unwrap_or_else(|| "/eureka".into());
+            if !prefix.starts_with('/') {
+                return Err(err(format!("{p}.path_prefix"), "must start with '/'"));
+            }
+            RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string(), build))
+        }
+        RegistryType::Consul => {
+            for (f, set) in [
+                ("api", r.api.is_some()),
+                ("username", r.username.is_some()),
+                ("password", r.password.is_some()),
+                ("path_prefix", r.path_prefix.is_some()),
+                ("path", r.path.is_some()),
+            ] {
+                not(f, set, "consul")?;
+            }
+            let wait = r.wait_s.unwrap_or(0);
+            if wait > 600 {
+                return Err(err(format!("{p}.wait_s"), "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)"));
+            }
+            RegistryKind::Consul(Consul::new(ep, r.token.clone(), wait, build))
+        }
+        RegistryType::Static => {
+            for (f, set) in [
+                ("api", r.api.is_some()),
+                ("username", r.username.is_some()),
+                ("password", r.password.is_some()),
+                ("token", r.token.is_some()),
+                ("wait_s", r.wait_s.is_some()),
+                ("path_prefix", r.path_prefix.is_some()),
+            ] {
+                not(f, set, "static")?;
+            }
+            let Some(path) = r.path.clone().filter(|x| x.starts_with('/')) else {
+                return Err(err(format!("{p}.path"), "is required for a static registry and must start with '/' ({service} is replaced by the service name)"));
+            };
+            RegistryKind::Static(StaticJson { endpoint: ep, path, build })
+        }
+    };
+    Ok((kind, r.kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const FULL: &str = r#"{
+      "mode": "outbound",
+      "registries": {
+        "nacos": {"type": "nacos", "cluster": "nacos", "authority": "127.0.0.1:8848", "timeout_ms": 1500,
+                  "max_body_bytes": 1048576, "api": "v1", "username": "nacos", "password": "secret"},
+        "eureka": {"type": "eureka", "cluster": "eureka", "authority": "eureka:8761", "path_prefix": "/eureka/"},
+        "consul": {"type": "consul", "cluster": "consul", "authority": "consul:8500", "token": "t", "wait_s": 30, "timeout_ms": 35000},
+        "cp": {"type": "static", "cluster": "cp", "authority": "cp", "path": "/m/{service}.json"}
+      },
+      "services": [
+        {"name": "orders", "registry": "nacos", "registry_service": "providers:com.acme.Orders::",
+         "group": "DEFAULT_GROUP", "namespace": "prod", "clusters": ["DEFAULT"],
+         "match_clusters": ["orders", "orders-canary"],
+         "routing": {"mode": "override_host", "header": "x-lossless-upstream", "fallbacks": 3},
+         "policy": "round_robin",
+         "warmup": {"default_warmup_ms": 120000, "default_weight": 100, "weight_scale": 100,
+                    "curve": {"aggression": 1.0, "min_weight_percent": 0},
+                    "metadata_keys": {"start_time": [{"key": "timestamp", "unit": "ms"}], "warmup": [{"key": "warmup", "unit": "ms"}], "weight": ["weight"], "drain": []}},
+         "guard": {"protect_threshold": 0.5, "max_drop": 0.4, "confirm_refreshes": 2}},
+        {"name": "users", "registry": "eureka", "registry_service": "USERS", "routing": {"mode": "original_dst", "header": "x-dst", "fallbacks": 0}},
+        {"name": "billing", "registry": "consul", "tag": "v2", "dc": "dc1"},
+        {"name": "static", "registry": "cp"}
+      ],
+      "refresh_interval_ms": 500,
+      "jitter_percent": 20,
+      "weight_refresh_ms": 50,
+      "drain": {"header": "x-drain", "retry_after_s": 2, "pin_header": "x-pin", "notify": true},
+      "admin": {"path_prefix": "/_lossless"}
+    }"#;
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(FULL.as_bytes()).unwrap();
+        assert_eq!(c.registries.len(), 4);
+        assert_eq!(c.services.len(), 4);
+        let o = &c.services[0];
+        assert_eq!(o.query.service, "providers:com.acme.Orders::");
+        assert_eq!(o.query.group.as_deref(), Some("DEFAULT_GROUP"));
+        assert_eq!((o.routing, o.fallbacks, o.policy), (RoutingMode::OverrideHost, 3, Policy::RoundRobin));
+        assert_eq!(o.guard.confirm_refreshes, 2);
+        assert_eq!(c.service_for_cluster("orders-canary"), Some(0));
+        assert_eq!(c.service_for_cluster("users"), Some(1));
+        assert_eq!(c.service_for_cluster("nope"), None);
+        assert_eq!(c.services[1].routing, RoutingMode::OriginalDst);
+        assert_eq!(c.services[1].fallbacks, 0);
+        assert_eq!((c.refresh_interval_ms, c.jitter_percent, c.weight_refresh_ms), (500, 20, 50));
+        assert_eq!(c.drain.pin_header.as_deref(), Some("x-pin"));
+        assert_eq!(c.admin_prefix, "/_lossless");
+        let reg = &c.registries[c.services[0].registry];
+        assert_eq!(reg.cluster, "nacos");
+        match &reg.kind {
+            RegistryKind::Nacos(n) => {
+                assert_eq!(n.build.default_warmup_ms, 120_000);
+                assert_eq!(n.endpoint.timeout_ms, 1500);
+                assert!(n.auth.is_some());
+                // credentials never print
+                assert!(!format!("{n:?}").contains("secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.registries[c.services[1].registry].kind {
+            RegistryKind::Eureka(e) => assert_eq!(e.prefix, "/eureka"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_example_parses_with_defaults() {
+        let c = parse(MINIMAL_EXAMPLE.as_bytes()).unwrap();
+        let s = &c.services[0];
+        assert_eq!((s.routing, s.fallbacks, s.header.as_str()), (RoutingMode::OverrideHost, 2, "x-lossless-upstream"));
+        assert_eq!(s.match_clusters, vec!["demo".to_string()]);
+        assert_eq!((c.refresh_interval_ms, c.drain.header.as_str(), c.drain.retry_after_s), (1000, "x-lossless-drain", 1));
+        assert_eq!(c.mode, Mode::Outbound);
+    }
+
+    #[test]
+    fn inbound_mode() {
+        let c = parse(
+            br#"{"mode":"inbound","inbound":{"service":"demo","self_address":"127.0.0.1:9001"},
+            "registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"n"}]}"#,
+        )
+        .unwrap();
+        let ib = c.inbound.unwrap();
+        assert_eq!((ib.service, ib.self_address.as_str()), (0, "127.0.0.1:9001"));
+    }
+
+    fn bad(json: &str) -> ConfigError {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e,
+        }
+    }
+
+    fn with_service(extra: &str) -> String {
+        format!(r#"{{"registries":{{"n":{{"type":"nacos","cluster":"n","authority":"a"}}}},"services":[{{"name":"demo","registry":"n"{extra}}}]}}"#)
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("".into(), "", "a minimal valid one is"),
+            ("  \n".into(), "", "the configuration is empty"),
+            ("{".into(), "", "EOF while parsing"),
+            (r#"{"registries":{},"services":[]}"#.into(), "registries", "at least one registry"),
+            (with_service(r#","routing":{"mode":"nearest"}"#), "services[0].routing.mode", "unknown variant `nearest`, expected `override_host` or `original_dst`"),
+            (with_service(r#","wieght":3"#), "services[0].wieght", "unknown field `wieght`"),
+            (with_service(r#","registry":"x""#), "services[0]", "duplicate field `registry`"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"zk"}]}"#.into(), "services[0].registry", "unknown registry 'zk'; defined: n"),
+            (with_service(r#","warmup":{"default_warmup_ms":-1}"#), "services[0].warmup.default_warmup_ms", "must be >= 0"),
+            (with_service(r#","warmup":{"curve":{"aggression":0}}"#), "services[0].warmup.curve.aggression", "(0, 100]"),
+            (with_service(r#","routing":{"header":"X-Bad Header"}"#), "services[0].routing.header", "lowercase header name"),
+            (with_service(r#","routing":{"fallbacks":"two"}"#), "services[0].routing.fallbacks", "invalid type: string \"two\", expected usize"),
+            (with_service(r#","tag":"v1""#), "services[0].tag", "does not apply to a nacos registry"),
+            (with_service(r#","guard":{"protect_threshold":1.5}"#), "services[0].guard.protect_threshold", "between 0 and 1"),
+            (r#"{"refresh_interval_ms":5,"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "refresh_interval_ms", "between 100 and 3600000"),
+            (r#"{"registries":{"n":{"type":"zookeeper","cluster":"n","authority":"a"}},"services":[]}"#.into(), "registries.n.type", "unknown variant `zookeeper`"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","api":"v3"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.api", "'v3' is not one of"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","username":"u"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.password", "required with username"),
+            (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":60,"timeout_ms":60000}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.timeout_ms", "must exceed wait_s"),
+            (r#"{"registries":{"s":{"type":"static","cluster":"s","authority":"a"}},"services":[{"name":"d","registry":"s"}]}"#.into(), "registries.s.path", "is required for a static registry"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.cluster", "must name the Envoy cluster"),
+            (r#"{"mode":"inbound","registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "inbound", "needs {\"service\""),
+            (r#"{"mode":"inbound","inbound":{"service":"d","self_address":"localhost:80"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "inbound.self_address", "must be ip:port"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"},{"name":"d","registry":"n"}]}"#.into(), "services[1].name", "duplicate service name 'd'"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"},{"name":"e","registry":"n","match_clusters":["d"]}]}"#.into(), "services[1].match_clusters[0]", "already matched"),
+            (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
+        ];
+        for (json, path, msg) in cases {
+            let e = bad(&json);
+            assert_eq!(e.path, path, "path for {json}: {e}");
+            assert!(e.message.contains(msg), "message for {json}: got '{}', want '{msg}'", e.message);
+            let shown = e.to_string();
+            if !path.is_empty() {
+                assert!(shown.contains(&format!("`{path}`")), "{shown}");
+            }
+        }
+    }
+}

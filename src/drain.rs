@@ -1,0 +1,173 @@
+//! Drain decisions and the local reply that tells a caller to go elsewhere.
+
+use crate::config::DrainConfig;
+use crate::instance::{Instance, State};
+
+/// Why a request is answered locally with 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The service has no instances (or its membership is not known yet).
+    NoInstances,
+    /// Every instance is draining or down.
+    NoneServing,
+    /// The request is pinned to an instance that is draining or down.
+    PinnedDraining,
+    /// Inbound: this instance is draining itself.
+    SelfDraining,
+}
+
+impl Reason {
+    /// Stable name, used in the reply header and stat names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoInstances => "no_instances",
+            Reason::NoneServing => "none_serving",
+            Reason::PinnedDraining => "pinned_draining",
+            Reason::SelfDraining => "self_draining",
+        }
+    }
+
+    pub const ALL: [Reason; 4] = [Reason::NoInstances, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
+}
+
+/// A local reply to send instead of forwarding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// The 503 for `reason`: `retry-after`, the drain header naming the reason (so a caller's retry
+/// policy can retry it safely: nothing was done), and for a self-draining instance
+/// `connection: close` so that keep-alive callers reconnect elsewhere.
+pub fn local_reply(reason: Reason, d: &DrainConfig) -> LocalReply {
+    let mut headers = vec![
+        ("retry-after".to_string(), d.retry_after_s.to_string()),
+        (d.header.clone(), reason.as_str().to_string()),
+        ("content-type".to_string(), "text/plain".to_string()),
+    ];
+    if reason == Reason::SelfDraining {
+        headers.push(("connection".to_string(), "close".to_string()));
+    }
+    let body = match reason {
+        Reason::NoInstances => "lossless: the service has no instances\n",
+        Reason::NoneServing => "lossless: every instance of the service is draining or down\n",
+        Reason::PinnedDraining => "lossless: the pinned instance is draining; retry without the pin\n",
+        Reason::SelfDraining => "lossless: this instance is draining; retry elsewhere\n",
+    };
+    LocalReply { status: 503, headers, body: body.to_string() }
+}
+
+/// What a pin header asks for, given the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// No pin, or a pin to an address that is not a member: route by weight (a client can never
+    /// steer traffic outside the membership).
+    Ignore,
+    /// A serving member: route to it first.
+    Serving(usize),
+    /// A member that is draining or down: 503.
+    Draining,
+}
+
+/// Looks a pinned address up in the (sorted) membership.
+pub fn pin(members: &[Instance], value: Option<&str>) -> Pin {
+    let Some(addr) = value.and_then(crate::instance::canonical_addr) else {
+        return Pin::Ignore;
+    };
+    match members.binary_search_by(|m| m.addr.as_str().cmp(&addr)) {
+        Ok(i) => match members.get(i).map(|m| m.state) {
+            Some(State::Serving) => Pin::Serving(i),
+            Some(_) => Pin::Draining,
+            None => Pin::Ignore,
+        },
+        Err(_) => Pin::Ignore,
+    }
+}
+
+/// Inbound self-drain: what this instance knows about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelfDrain {
+    /// The registry has listed this instance as serving at least once. Until then its absence
+    /// means "not registered yet", not "offline".
+    pub seen_serving: bool,
+    /// The registry's current word: offline (draining, down or gone after having been seen).
+    pub registry_offline: bool,
+    /// The local drain endpoint was called.
+    pub manual: bool,
+}
+
+impl SelfDrain {
+    /// Updates from a membership refresh.
+    pub fn observe(&mut self, members: &[Instance], self_addr: &str) {
+        match members.binary_search_by(|m| m.addr.as_str().cmp(self_addr)).ok().and_then(|i| members.get(i)) {
+            Some(m) if m.state == State::Serving => {
+                self.seen_serving = true;
+                self.registry_offline = false;
+            }
+            Some(_) => self.registry_offline = true,
+            None => self.registry_offline = self.seen_serving,
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.manual || self.registry_offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cfg() -> DrainConfig {
+        DrainConfig { header: "x-lossless-drain".into(), retry_after_s: 2, pin_header: Some("x-pin".into()), notify: true }
+    }
+
+    fn i(addr: &str, state: State) -> Instance {
+        Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state, metadata: BTreeMap::new() }
+    }
+
+    #[test]
+    fn reply_shape() {
+        let r = local_reply(Reason::SelfDraining, &cfg());
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains(&("retry-after".into(), "2".into())));
+        assert!(r.headers.contains(&("x-lossless-drain".into(), "self_draining".into())));
+        assert!(r.headers.contains(&("connection".into(), "close".into())));
+        let r = local_reply(Reason::NoneServing, &cfg());
+        assert!(!r.headers.iter().any(|(k, _)| k == "connection"));
+        assert!(r.body.contains("draining or down"));
+    }
+
+    #[test]
+    fn pins() {
+        let ms = vec![i("10.0.0.1:80", State::Serving), i("10.0.0.2:80", State::Draining), i("10.0.0.3:80", State::Down)];
+        assert_eq!(pin(&ms, None), Pin::Ignore);
+        assert_eq!(pin(&ms, Some("10.0.0.1:80")), Pin::Serving(0));
+        assert_eq!(pin(&ms, Some(" 10.0.0.2:80")), Pin::Draining);
+        assert_eq!(pin(&ms, Some("10.0.0.3:80")), Pin::Draining);
+        assert_eq!(pin(&ms, Some("169.254.169.254:80")), Pin::Ignore);
+        assert_eq!(pin(&ms, Some("garbage")), Pin::Ignore);
+    }
+
+    #[test]
+    fn self_drain_follows_registry_after_first_sighting() {
+        let me = "10.0.0.1:80";
+        let mut s = SelfDrain::default();
+        s.observe(&[], me);
+        assert!(!s.draining(), "not registered yet is not offline");
+        s.observe(&[i(me, State::Serving)], me);
+        assert!(!s.draining());
+        s.observe(&[], me);
+        assert!(s.draining(), "gone after being seen: offline (Nacos drops disabled instances)");
+        s.observe(&[i(me, State::Serving)], me);
+        assert!(!s.draining());
+        s.observe(&[i(me, State::Draining)], me);
+        assert!(s.draining());
+        s.observe(&[i(me, State::Serving)], me);
+        s.manual = true;
+        assert!(s.draining());
+    }
+}

@@ -1,0 +1,317 @@
+//! Service membership: the snapshot published through shared data, its compact encoding, the
+//! keep-last-good rules applied to every refresh, and drain marks set by instances themselves.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{Instance, State};
+use crate::registry::Parsed;
+
+/// What every VM routes by: the members of one service at one version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// Bumped on every publish; VMs re-decode only when it changes.
+    pub version: u64,
+    /// When the registry last gave a list that was applied (ms since epoch).
+    pub updated_ms: i64,
+    /// Sorted by address; metadata is not carried.
+    pub members: Vec<Instance>,
+}
+
+/// One member on the wire: `[addr, weight, start_ms|null, warmup_ms, state]`.
+#[derive(Serialize, Deserialize)]
+struct Wire(String, i32, Option<i64>, i64, State);
+
+#[derive(Serialize, Deserialize)]
+struct WireSnap {
+    v: u64,
+    t: i64,
+    m: Vec<Wire>,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let w = WireSnap {
+            v: self.version,
+            t: self.updated_ms,
+            m: self.members.iter().map(|i| Wire(i.addr.clone(), i.weight, i.start_ms, i.warmup_ms, i.state)).collect(),
+        };
+        serde_json::to_vec(&w).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+        let w: WireSnap = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        Ok(Snapshot {
+            version: w.v,
+            updated_ms: w.t,
+            members: w
+                .m
+                .into_iter()
+                .map(|Wire(addr, weight, start_ms, warmup_ms, state)| Instance { addr, weight, start_ms, warmup_ms, state, metadata: BTreeMap::new() })
+                .collect(),
+        })
+    }
+
+    /// Index of the member with this address (members are sorted).
+    pub fn find(&self, addr: &str) -> Option<usize> {
+        self.members.binary_search_by(|m| m.addr.as_str().cmp(addr)).ok()
+    }
+}
+
+/// Keep-last-good options.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guard {
+    /// Nacos-style protect threshold (0..1): when the serving share of a list is below it, the
+    /// instances reported down are routed to as well, so a health flap cannot shrink the set to a
+    /// handful of hosts. 0 turns it off (Nacos' default).
+    pub protect_threshold: f64,
+    /// A refresh that removes more than this share (0..1) of the serving instances at once (gone
+    /// from the list or down) is held back ...
+    pub max_drop: f64,
+    /// ... until this many consecutive refreshes agree.
+    pub confirm_refreshes: u32,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard { protect_threshold: 0.0, max_drop: 0.5, confirm_refreshes: 3 }
+    }
+}
+
+/// Why a refresh did not replace the membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The list was empty while the membership was not (held until confirmed).
+    Empty,
+    /// The list dropped more than `max_drop` of the serving instances (held until confirmed).
+    SuddenDrop,
+}
+
+impl Hold {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Hold::Empty => "empty",
+            Hold::SuddenDrop => "sudden_drop",
+        }
+    }
+}
+
+/// The outcome of applying a parsed list to the current membership.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Publish these members. `protected` is true when the protect threshold let down instances in.
+    Apply { members: Vec<Instance>, protected: bool },
+    /// Keep the current membership.
+    Keep(Hold),
+}
+
+/// Per-service refresh state kept by the poller.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    /// Consecutive refreshes that were held back.
+    pub pending: u32,
+}
+
+impl Tracker {
+    /// Applies the keep-last-good rules to a fresh list. `prev` is the current membership.
+    pub fn decide(&mut self, prev: &[Instance], parsed: Parsed, g: &Guard) -> Decision {
+        let mut next = parsed.instances;
+        let prev_serving: Vec<&str> = prev.iter().filter(|m| m.state.is_serving()).map(|m| m.addr.as_str()).collect();
+        let hold = if next.is_empty() && !prev.is_empty() {
+            Some(Hold::Empty)
+        } else if prev_serving.len() >= 2 {
+            let lost = prev_serving
+                .iter()
+                .filter(|a| match next.binary_search_by(|m| m.addr.as_str().cmp(a)) {
+                    Ok(i) => next.get(i).is_some_and(|m| m.state == State::Down),
+                    Err(_) => true,
+                })
+                .count();
+            (lost as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
+        } else {
+            None
+        };
+        if let Some(h) = hold {
+            self.pending += 1;
+            if self.pending < g.confirm_refreshes.max(1) {
+                return Decision::Keep(h);
+            }
+        }
+        self.pending = 0;
+        let serving = next.iter().filter(|m| m.state.is_serving()).count();
+        let protected = !next.is_empty() && (serving as f64) < g.protect_threshold * next.len() as f64;
+        if protected {
+            for m in next.iter_mut().filter(|m| m.state == State::Down) {
+                m.state = State::Serving;
+            }
+        }
+        Decision::Apply { members: next, protected }
+    }
+}
+
+/// Drain marks: instances that said themselves they are draining (the drain header), keyed by
+/// address, with the start time they had when marked. A mark holds until the registry shows the
+/// instance with a newer start time (it restarted) or no longer lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Marks {
+    /// addr -> start_ms at the time of the mark (0 when unknown).
+    pub m: HashMap<String, i64>,
+}
+
+/// At most this many marks are kept (shared data is never freed: keep it bounded).
+pub const MAX_MARKS: usize = 4096;
+
+impl Marks {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    pub fn decode(b: &[u8]) -> Marks {
+        if b.is_empty() {
+            return Marks::default();
+        }
+        serde_json::from_slice(b).unwrap_or_default()
+    }
+
+    /// Marks `addr` draining; false when it was marked already or the table is full.
+    pub fn mark(&mut self, addr: &str, start_ms: Option<i64>) -> bool {
+        if self.m.contains_key(addr) || self.m.len() >= MAX_MARKS {
+            return false;
+        }
+        self.m.insert(addr.to_string(), start_ms.unwrap_or(0));
+        true
+    }
+
+    /// Does the mark apply to this member?
+    pub fn applies(&self, m: &Instance) -> bool {
+        match self.m.get(&m.addr) {
+            Some(marked) => m.start_ms.unwrap_or(0) <= *marked,
+            None => false,
+        }
+    }
+
+    /// Drops marks whose instance restarted (newer start time) or is listed by no service.
+    /// `lookup` gives the member for an address across all services, if any. True if changed.
+    pub fn prune<'a>(&mut self, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
+        let before = self.m.len();
+        self.m.retain(|addr, marked| match lookup(addr) {
+            Some(inst) => inst.start_ms.unwrap_or(0) <= *marked,
+            None => false,
+        });
+        self.m.len() != before
+    }
+}
+
+/// The membership a VM routes by: the snapshot with drain marks applied.
+pub fn apply_marks(members: &mut [Instance], marks: &Marks) {
+    if marks.m.is_empty() {
+        return;
+    }
+    for m in members.iter_mut() {
+        if m.state.is_serving() && marks.applies(m) {
+            m.state = State::Draining;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i(addr: &str, state: State, start: Option<i64>) -> Instance {
+        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state, metadata: BTreeMap::new() }
+    }
+
+    fn parsed(v: Vec<Instance>) -> Parsed {
+        crate::registry::finish(v, 0, 0)
+    }
+
+    fn ten() -> Vec<Instance> {
+        (0..10).map(|k| i(&format!("10.0.0.{k}:80"), State::Serving, None)).collect()
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let s = Snapshot { version: 7, updated_ms: 99, members: vec![i("10.0.0.1:80", State::Serving, Some(5)), i("[::1]:81", State::Draining, None)] };
+        let b = s.encode();
+        assert_eq!(Snapshot::decode(&b).unwrap(), s);
+        assert!(Snapshot::decode(b"{").is_err());
+        assert!(Snapshot::decode(b"").is_err());
+        assert_eq!(s.find("[::1]:81"), Some(1));
+        assert_eq!(s.find("1.1.1.1:1"), None);
+    }
+
+    #[test]
+    fn empty_list_held_until_confirmed() {
+        let g = Guard::default();
+        let mut t = Tracker::default();
+        let prev = ten();
+        assert_eq!(t.decide(&prev, parsed(vec![]), &g), Decision::Keep(Hold::Empty));
+        assert_eq!(t.decide(&prev, parsed(vec![]), &g), Decision::Keep(Hold::Empty));
+        assert!(matches!(t.decide(&prev, parsed(vec![]), &g), Decision::Apply { ref members, .. } if members.is_empty()));
+        // from empty, an empty list is just applied
+        assert!(matches!(t.decide(&[], parsed(vec![]), &g), Decision::Apply { .. }));
+    }
+
+    #[test]
+    fn sudden_drop_held_but_rolling_release_passes() {
+        let g = Guard::default();
+        let mut t = Tracker::default();
+        let prev = ten();
+        // 1 of 10 left: held
+        assert_eq!(t.decide(&prev, parsed(prev[..1].to_vec()), &g), Decision::Keep(Hold::SuddenDrop));
+        // a full list in between resets the count
+        assert!(matches!(t.decide(&prev, parsed(prev.clone()), &g), Decision::Apply { .. }));
+        assert_eq!(t.pending, 0);
+        // one instance gone (a rolling release): applied at once
+        let Decision::Apply { members, .. } = t.decide(&prev, parsed(prev[1..].to_vec()), &g) else { panic!() };
+        assert_eq!(members.len(), 9);
+        // all explicitly draining is deliberate, applied at once
+        let drained: Vec<Instance> = prev.iter().map(|m| Instance { state: State::Draining, ..m.clone() }).collect();
+        assert!(matches!(t.decide(&prev, parsed(drained), &g), Decision::Apply { .. }));
+        // all down: held (a health flap)
+        let down: Vec<Instance> = prev.iter().map(|m| Instance { state: State::Down, ..m.clone() }).collect();
+        assert_eq!(t.decide(&prev, parsed(down), &g), Decision::Keep(Hold::SuddenDrop));
+    }
+
+    #[test]
+    fn protect_threshold_routes_to_down_instances() {
+        let g = Guard { protect_threshold: 0.5, ..Guard::default() };
+        let mut t = Tracker::default();
+        let mut list = ten();
+        for m in list.iter_mut().take(7) {
+            m.state = State::Down;
+        }
+        list[7].state = State::Draining;
+        let Decision::Apply { members, protected } = t.decide(&[], parsed(list), &g) else { panic!() };
+        assert!(protected);
+        assert_eq!(members.iter().filter(|m| m.state == State::Serving).count(), 9);
+        assert_eq!(members[7].state, State::Draining, "a deliberate drain is never overridden");
+    }
+
+    #[test]
+    fn marks_apply_and_prune() {
+        let mut marks = Marks::default();
+        assert!(marks.mark("10.0.0.1:80", Some(100)));
+        assert!(!marks.mark("10.0.0.1:80", Some(100)));
+        let mut ms = vec![i("10.0.0.1:80", State::Serving, Some(100)), i("10.0.0.2:80", State::Serving, None)];
+        apply_marks(&mut ms, &marks);
+        assert_eq!((ms[0].state, ms[1].state), (State::Draining, State::Serving));
+        let back = Marks::decode(&marks.encode());
+        assert_eq!(back, marks);
+        assert_eq!(Marks::decode(b"garbage"), Marks::default());
+        // restarted with a newer start time: the mark goes
+        let restarted = i("10.0.0.1:80", State::Serving, Some(200));
+        assert!(marks.prune(|_| Some(&restarted)));
+        assert!(marks.m.is_empty());
+        // gone from the registry: the mark goes
+        marks.mark("10.0.0.9:80", None);
+        assert!(marks.prune(|_| None));
+        // bounded
+        for k in 0..MAX_MARKS + 10 {
+            marks.mark(&format!("10.1.{}.{}:80", k / 256, k % 256), None);
+        }
+        assert_eq!(marks.m.len(), MAX_MARKS);
+    }
+}

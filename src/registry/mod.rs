@@ -1,0 +1,315 @@
+//! Registry adapters: each builds the HTTP request for a service's membership and turns the reply
+//! into instances. Pure code, no proxy-wasm calls: the glue sends what [`Adapter::request`] returns
+//! with `dispatch_http_call` and hands the reply to [`Adapter::on_reply`].
+
+pub mod consul;
+pub mod eureka;
+pub mod nacos;
+pub mod static_json;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::instance::{BuildOptions, Instance, State};
+
+/// A request for the glue to dispatch. `headers` holds the pseudo headers (`:method`, `:path`,
+/// `:authority`) first, then the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A registry reply as the glue received it. `status` is `None` when the call failed before a
+/// response (timeout, reset, no healthy upstream).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpResponse<'a> {
+    pub status: Option<u16>,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    /// The body's full size as the host reported it (the glue may not fetch an oversize body).
+    pub body_size: usize,
+}
+
+impl<'a> HttpResponse<'a> {
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a refresh produced no new membership. Kept for stats and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryError {
+    /// The call failed before a response (timeout, connection failure).
+    Transport,
+    /// A non-2xx status (with the start of the body, for the log).
+    Status(u16, String),
+    /// The body exceeds the configured cap.
+    TooLarge { size: usize, cap: usize },
+    /// The body is not the JSON we expect (syntax, type mismatch, truncation, nesting).
+    Parse(String),
+    /// The registry answered with an error envelope (Nacos v2 `code != 0`).
+    Envelope { code: i64, message: String },
+    /// Authentication failed (login refused, or 401/403 after a fresh login).
+    Auth(String),
+}
+
+impl RegistryError {
+    /// A short stable name used in stat names and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryError::Transport => "transport",
+            RegistryError::Status(..) => "status",
+            RegistryError::TooLarge { .. } => "too_large",
+            RegistryError::Parse(_) => "parse",
+            RegistryError::Envelope { .. } => "envelope",
+            RegistryError::Auth(_) => "auth",
+        }
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Transport => write!(f, "registry call failed (timeout or connection failure)"),
+            RegistryError::Status(s, body) => write!(f, "registry answered HTTP {s}: {body}"),
+            RegistryError::TooLarge { size, cap } => write!(f, "registry reply of {size} bytes exceeds the cap of {cap} bytes"),
+            RegistryError::Parse(m) => write!(f, "registry reply is not valid: {m}"),
+            RegistryError::Envelope { code, message } => write!(f, "registry returned error code {code}: {message}"),
+            RegistryError::Auth(m) => write!(f, "registry authentication failed: {m}"),
+        }
+    }
+}
+
+/// A parsed membership list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Parsed {
+    /// Instances sorted by address, duplicates merged.
+    pub instances: Vec<Instance>,
+    /// Records skipped because they were malformed (bad address, bad port, bad weight, ...).
+    pub skipped: u32,
+    /// Metadata values that could not be read (the instance was kept without them).
+    pub malformed_meta: u32,
+}
+
+/// What a reply means for the service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A fresh list.
+    Members(Parsed),
+    /// Nothing changed (a blocking query that timed out with the same index).
+    Unchanged,
+    /// The reply was to a login; send the list request now.
+    LoggedIn,
+    /// No usable list: keep the last good membership.
+    Error(RegistryError),
+}
+
+/// Per-service lookup parameters, from config, plus adapter state that lives per service.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceQuery {
+    /// The service's name in the registry.
+    pub service: String,
+    /// Nacos group.
+    pub group: Option<String>,
+    /// Nacos namespace id / Consul namespace.
+    pub namespace: Option<String>,
+    /// Nacos clusters.
+    pub clusters: Vec<String>,
+    /// Consul tag filter.
+    pub tag: Option<String>,
+    /// Consul datacenter.
+    pub dc: Option<String>,
+    /// Consul: the `X-Consul-Index` of the last reply (0 = none yet).
+    pub consul_index: u64,
+}
+
+/// Where the registry is and how to talk to it, common to every adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// `:authority` of every request.
+    pub authority: String,
+    pub timeout_ms: u64,
+    /// Replies larger than this are refused.
+    pub max_body_bytes: usize,
+}
+
+/// What the request was for, carried back with its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    List,
+    Login,
+}
+
+/// A registry adapter: one per configured registry, shared by all its services (so a login token
+/// is shared too).
+pub trait Adapter {
+    /// The next request for `q` (a login when a token is needed first).
+    fn request(&mut self, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest);
+    /// Interprets the reply to a request made by [`Adapter::request`].
+    fn on_reply(&mut self, q: &mut ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply;
+    /// True when the list request blocks until a change (Consul): the next request goes out as soon
+    /// as the previous one returns.
+    fn long_poll(&self) -> bool {
+        false
+    }
+}
+
+/// Checks what every adapter checks first: transport failure, size cap, status.
+pub fn check_common(resp: &HttpResponse<'_>, ep: &Endpoint) -> Result<(), RegistryError> {
+    let Some(status) = resp.status else {
+        return Err(RegistryError::Transport);
+    };
+    let size = resp.body_size.max(resp.body.len());
+    if size > ep.max_body_bytes {
+        return Err(RegistryError::TooLarge { size, cap: ep.max_body_bytes });
+    }
+    if !(200..300).contains(&status) {
+        return Err(RegistryError::Status(status, snippet(resp.body)));
+    }
+    Ok(())
+}
+
+/// The first 200 bytes of a body as text, for logs.
+pub fn snippet(body: &[u8]) -> String {
+    let end = body.len().min(200);
+    let s = String::from_utf8_lossy(body.get(..end).unwrap_or_default());
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Parses a JSON body into `T`, mapping every failure (syntax, types, truncation, recursion limit)
+/// to a [`RegistryError::Parse`] with serde's message.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::Parse(e.to_string()))
+}
+
+/// Sorts by address and merges duplicates deterministically: the most restrictive state wins
+/// (down over draining over serving), then the highest weight, the latest start time, the longest
+/// warmup; metadata of later records overrides earlier keys.
+pub fn finish(mut instances: Vec<Instance>, skipped: u32, malformed_meta: u32) -> Parsed {
+    instances.sort_by(|a, b| a.addr.cmp(&b.addr));
+    let mut out: Vec<Instance> = Vec::with_capacity(instances.len());
+    for i in instances {
+        match out.last_mut() {
+            Some(last) if last.addr == i.addr => {
+                last.state = worst(last.state, i.state);
+                last.weight = last.weight.max(i.weight);
+                last.start_ms = match (last.start_ms, i.start_ms) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                last.warmup_ms = last.warmup_ms.max(i.warmup_ms);
+                last.metadata.extend(i.metadata);
+            }
+            _ => out.push(i),
+        }
+    }
+    Parsed { instances: out, skipped, malformed_meta }
+}
+
+fn worst(a: State, b: State) -> State {
+    a.max(b)
+}
+
+/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => {
+                out.push('%');
+                out.push(hex(b >> 4));
+                out.push(hex(b & 0xf));
+            }
+        }
+    }
+    out
+}
+
+fn hex(n: u8) -> char {
+    match n {
+        0..=9 => (b'0' + n) as char,
+        _ => (b'A' + n - 10) as char,
+    }
+}
+
+/// Reads a JSON value that should be a map of strings (metadata). Non-string scalar values are
+/// kept as their JSON text; nested values and a non-object are ignored (counted as malformed).
+pub fn metadata_map(v: Option<&serde_json::Value>, malformed: &mut u32) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::String(s) => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    serde_json::Value::Number(n) => {
+                        out.insert(k.clone(), n.to_string());
+                    }
+                    serde_json::Value::Bool(b) => {
+                        out.insert(k.clone(), b.to_string());
+                    }
+                    _ => *malformed += 1,
+                }
+            }
+        }
+        Some(_) => *malformed += 1,
+    }
+    out
+}
+
+/// Shared by adapters: options to build instances.
+pub type Build = BuildOptions;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(addr: &str, w: i32, st: State, start: Option<i64>) -> Instance {
+        Instance { addr: addr.into(), weight: w, start_ms: start, warmup_ms: 10, state: st, metadata: BTreeMap::new() }
+    }
+
+    #[test]
+    fn finish_sorts_and_merges() {
+        let p = finish(
+            vec![
+                inst("10.0.0.2:80", 1, State::Serving, None),
+                inst("10.0.0.1:80", 5, State::Serving, Some(3)),
+                inst("10.0.0.1:80", 9, State::Draining, Some(1)),
+            ],
+            2,
+            1,
+        );
+        assert_eq!(p.instances.len(), 2);
+        let a = &p.instances[0];
+        assert_eq!((a.addr.as_str(), a.weight, a.state, a.start_ms), ("10.0.0.1:80", 9, State::Draining, Some(3)));
+        assert_eq!((p.skipped, p.malformed_meta), (2, 1));
+    }
+
+    #[test]
+    fn encoding() {
+        assert_eq!(encode("providers:com.foo.Bar:1.0:g"), "providers%3Acom.foo.Bar%3A1.0%3Ag");
+        assert_eq!(encode("a b/é"), "a%20b%2F%C3%A9");
+    }
+
+    #[test]
+    fn common_checks() {
+        let ep = Endpoint { authority: "r".into(), timeout_ms: 1, max_body_bytes: 10 };
+        let h = [];
+        let r = |status, body: &'static [u8], size| HttpResponse { status, headers: &h, body, body_size: size };
+        assert_eq!(check_common(&r(None, b"", 0), &ep), Err(RegistryError::Transport));
+        assert_eq!(check_common(&r(Some(200), b"", 11), &ep), Err(RegistryError::TooLarge { size: 11, cap: 10 }));
+        assert_eq!(check_common(&r(Some(500), b"oops\n", 5), &ep), Err(RegistryError::Status(500, "oops".into())));
+        assert_eq!(check_common(&r(Some(204), b"", 0), &ep), Ok(()));
+    }
+}
