@@ -248,6 +248,15 @@ pub enum RegistryKind {
 }
 
 impl RegistryKind {
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            RegistryKind::Nacos(a) => &a.endpoint,
+            RegistryKind::Eureka(a) => &a.endpoint,
+            RegistryKind::Consul(a) => &a.endpoint,
+            RegistryKind::Static(a) => &a.endpoint,
+        }
+    }
+
     pub fn adapter(&mut self) -> &mut dyn Adapter {
         match self {
             RegistryKind::Nacos(a) => a,

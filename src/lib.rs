@@ -10,6 +10,7 @@ pub mod drain;
 pub mod instance;
 pub mod membership;
 pub mod registry;
+pub mod runtime;
 pub mod warmup;
 
 #[cfg(target_arch = "wasm32")]

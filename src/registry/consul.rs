@@ -1,7 +1,35 @@
 //! Consul adapter: `GET /v1/health/service/{name}` with blocking queries.
+//!
+//! The reply is an array of `{"Node": {"Address"}, "Service": {"Address", "Port", "Meta",
+//! "Weights": {"Passing", "Warning"}}, "Checks": [{"CheckID", "Status"}]}`. Per entry:
+//! - address: `Service.Address`, or `Node.Address` when that is empty or missing (an IP literal;
+//!   a host name cannot be routed to and the entry is skipped); port: `Service.Port` (a JSON integer);
+//! - state: a node or service maintenance check (`_node_maintenance`, `_service_maintenance:*`)
+//!   makes it draining (maintenance wins: its own status is critical); otherwise any `critical`
+//!   check (or a status Consul does not define) makes it down; otherwise it is serving, with the
+//!   `Warning` weight when a check is `warning` and the `Passing` weight when all pass;
+//! - weights: integers, default 1 each (Consul's defaults), scaled by `weight_scale`; metadata
+//!   weight keys still win (inside `build`);
+//! - `Service.Meta` is the metadata (Consul has no native start time: it comes from there).
+//!
+//! An entry with no `Service` object, no usable address or port, a negative or non-integer weight,
+//! `Checks` that is not a list or a check without a string `Status` is skipped and counted.
+//!
+//! Blocking queries (`wait_s > 0`): the `X-Consul-Index` of a reply is sent back as `index=` with
+//! `wait=`, following Consul's rules: a missing or unparsable index resets to 0 (the next request
+//! does not block), an index that went backwards resets to 0, an index equal to the stored one means
+//! the query timed out with no change ([`Reply::Unchanged`], the body is not parsed), and an index
+//! of 0 is taken as 1. The index is tracked without blocking queries too (`wait_s = 0`): an
+//! unchanged index then skips the parse. A body that fails to parse also resets the index, so the
+//! next request fetches a fresh list instead of waiting for the next change. The glue must still
+//! rate-limit long polls after a reset or an error: a request without an index returns at once.
 
-use super::{Adapter, Call, Endpoint, HttpRequest, HttpResponse, RegistryError, Reply, ServiceQuery};
-use crate::instance::BuildOptions;
+use serde_json::Value;
+
+use super::{
+    check_common, encode, finish, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
+};
+use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
 #[derive(Clone)]
 pub struct Consul {
@@ -24,14 +52,475 @@ impl Consul {
     }
 }
 
+/// Parses the body of `GET /v1/health/service/{name}`.
+pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
+    let entries: Vec<Value> = parse_json(body)?;
+    let mut out = Vec::with_capacity(entries.len());
+    let (mut skipped, mut bad_meta) = (0u32, 0u32);
+    for e in &entries {
+        match entry(e, build) {
+            Some((inst, bad)) => {
+                bad_meta += bad;
+                out.push(inst);
+            }
+            None => skipped += 1,
+        }
+    }
+    Ok(finish(out, skipped, bad_meta))
+}
+
+/// One `ServiceEntry`; `None` when it is malformed.
+fn entry(e: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let svc = e.get("Service").filter(|s| s.is_object())?;
+    let svc_addr = match svc.get("Address") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.trim(),
+        Some(_) => return None,
+    };
+    let ip = if svc_addr.is_empty() { e.get("Node")?.get("Address")?.as_str()? } else { svc_addr };
+    let addr = format_addr(ip, svc.get("Port")?.as_i64()?)?;
+    let (passing, warning) = weights(svc.get("Weights"), build.weight_scale)?;
+    let checks = match e.get("Checks") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return None,
+    };
+    let (mut maintenance, mut critical, mut warn) = (false, false, false);
+    for c in checks {
+        let status = c.get("Status")?.as_str()?.trim();
+        let id = c.get("CheckID").and_then(Value::as_str).unwrap_or_default();
+        if id == "_node_maintenance" || id.starts_with("_service_maintenance:") {
+            maintenance = true;
+        }
+        if status.eq_ignore_ascii_case("warning") {
+            warn = true;
+        } else if !status.eq_ignore_ascii_case("passing") {
+            critical = true;
+        }
+    }
+    let (state, weight) = if maintenance {
+        (State::Draining, passing)
+    } else if critical {
+        (State::Down, passing)
+    } else if warn {
+        (State::Serving, warning)
+    } else {
+        (State::Serving, passing)
+    };
+    let mut bad = 0u32;
+    let md = metadata_map(svc.get("Meta"), &mut bad);
+    let (inst, b) = build.build(addr, Some(weight), None, state, md);
+    Some((inst, bad + b))
+}
+
+/// `Weights: {Passing, Warning}` scaled; `None` when present but malformed.
+fn weights(v: Option<&Value>, scale: f64) -> Option<(i32, i32)> {
+    let one = |w: Option<&Value>| -> Option<i32> {
+        match w {
+            None | Some(Value::Null) => scale_weight(1.0, scale),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => scale_weight(n.as_f64()?, scale),
+            Some(_) => None,
+        }
+    };
+    match v {
+        None | Some(Value::Null) => Some((one(None)?, one(None)?)),
+        Some(Value::Object(m)) => Some((one(m.get("Passing"))?, one(m.get("Warning"))?)),
+        Some(_) => None,
+    }
+}
+
 impl Adapter for Consul {
-    fn request(&mut self, _q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
-        (Call::List, HttpRequest { headers: vec![], body: None, timeout_ms: self.endpoint.timeout_ms })
+    fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
+        let mut params: Vec<String> = Vec::new();
+        for (k, v) in [("dc", &q.dc), ("tag", &q.tag), ("ns", &q.namespace)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                params.push(format!("{k}={}", encode(v)));
+            }
+        }
+        if self.wait_s > 0 && q.consul_index > 0 {
+            params.push(format!("index={}", q.consul_index));
+            params.push(format!("wait={}s", self.wait_s));
+        }
+        let mut path = format!("/v1/health/service/{}", encode(&q.service));
+        if !params.is_empty() {
+            path.push('?');
+            path.push_str(&params.join("&"));
+        }
+        let mut headers = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), path),
+            (":authority".to_string(), self.endpoint.authority.clone()),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            headers.push(("x-consul-token".to_string(), t.to_string()));
+        }
+        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
     }
-    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, _resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        Reply::Error(RegistryError::Parse("not implemented".into()))
+
+    fn on_reply(&mut self, q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
+        if let Err(e) = check_common(resp, &self.endpoint) {
+            return Reply::Error(e);
+        }
+        let stored = q.consul_index;
+        match resp.header("x-consul-index").and_then(|v| v.trim().parse::<u64>().ok()) {
+            None => q.consul_index = 0,
+            Some(index) => {
+                // "indexes must be > 0": treat 0 as 1
+                let index = index.max(1);
+                if stored > 0 && index == stored {
+                    return Reply::Unchanged;
+                }
+                q.consul_index = if index < stored { 0 } else { index };
+            }
+        }
+        match parse(resp.body, &self.build) {
+            Ok(p) => Reply::Members(p),
+            Err(e) => {
+                q.consul_index = 0;
+                Reply::Error(e)
+            }
+        }
     }
+
     fn long_poll(&self) -> bool {
         self.wait_s > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &[u8] = include_bytes!("../../../shared/fixtures/registry/consul-health-service.json");
+
+    fn p(body: &str) -> Result<Parsed, RegistryError> {
+        parse(body.as_bytes(), &BuildOptions::default())
+    }
+
+    /// One entry with the given `Service` fields (after Address/Port) and `Checks`.
+    fn one(service_extra: &str, checks: &str) -> Parsed {
+        p(&format!(r#"[{{"Node":{{"Address":"10.0.0.9"}},"Service":{{"Address":"10.0.0.1","Port":80{service_extra}}},"Checks":{checks}}}]"#)).unwrap()
+    }
+
+    fn check(id: &str, status: &str) -> String {
+        format!(r#"{{"CheckID":"{id}","Status":"{status}"}}"#)
+    }
+
+    #[test]
+    fn fixture_docs_sample() {
+        let r = parse(SAMPLE, &BuildOptions::default()).unwrap();
+        assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
+        let i = &r.instances[0];
+        // both checks (service:redis, serfHealth) passing: Passing weight 10 on the Dubbo scale
+        assert_eq!((i.addr.as_str(), i.state, i.weight, i.start_ms, i.warmup_ms), ("10.1.10.12:8000", State::Serving, 1000, None, 600_000));
+        assert_eq!(i.metadata.get("redis_version").map(String::as_str), Some("4.0"));
+        // Node.Meta is not service metadata
+        assert_eq!(i.metadata.len(), 1);
+    }
+
+    #[test]
+    fn fixture_with_changed_checks() {
+        let text = std::str::from_utf8(SAMPLE).unwrap();
+        // the service check warns: Warning weight 1
+        let warn = text.replacen(r#""Status": "passing""#, r#""Status": "warning""#, 1);
+        let i = &p(&warn).unwrap().instances[0];
+        assert_eq!((i.state, i.weight), (State::Serving, 100));
+        // serf health critical: down
+        let crit = text.replacen(
+            r#""CheckID": "serfHealth",
+        "Name": "Serf Health Status",
+        "Status": "passing""#,
+            r#""CheckID": "serfHealth",
+        "Name": "Serf Health Status",
+        "Status": "critical""#,
+            1,
+        );
+        assert_ne!(crit, text);
+        assert_eq!(p(&crit).unwrap().instances[0].state, State::Down);
+        // node in maintenance
+        let maint = text.replacen(r#""CheckID": "serfHealth""#, r#""CheckID": "_node_maintenance""#, 1);
+        assert_eq!(p(&maint).unwrap().instances[0].state, State::Draining);
+    }
+
+    #[test]
+    fn states_and_weights() {
+        let w = r#","Weights":{"Passing":10,"Warning":3}"#;
+        let st = |checks: &str| {
+            let i = one(w, checks).instances.into_iter().next().unwrap();
+            (i.state, i.weight)
+        };
+        assert_eq!(st("[]"), (State::Serving, 1000));
+        assert_eq!(st("null"), (State::Serving, 1000));
+        assert_eq!(st(&format!("[{}]", check("serfHealth", "passing"))), (State::Serving, 1000));
+        assert_eq!(st(&format!("[{},{}]", check("serfHealth", "passing"), check("service:a", "warning"))), (State::Serving, 300));
+        assert_eq!(st(&format!("[{},{}]", check("service:a", "warning"), check("serfHealth", "critical"))), (State::Down, 1000));
+        assert_eq!(st(&format!("[{}]", check("serfHealth", "CRITICAL"))), (State::Down, 1000));
+        // a status Consul does not define is not healthy
+        assert_eq!(st(&format!("[{}]", check("serfHealth", "bogus"))), (State::Down, 1000));
+        // maintenance wins over critical (its own status is critical)
+        assert_eq!(st(&format!("[{},{}]", check("serfHealth", "passing"), check("_node_maintenance", "critical"))), (State::Draining, 1000));
+        assert_eq!(st(&format!("[{},{}]", check("_service_maintenance:a", "critical"), check("serfHealth", "critical"))), (State::Draining, 1000));
+        assert_eq!(st(&format!("[{}]", check("_service_maintenance:", "passing"))), (State::Draining, 1000));
+        // similar names are not maintenance
+        assert_eq!(st(&format!("[{}]", check("_service_maintenance", "critical"))), (State::Down, 1000));
+        assert_eq!(st(&format!("[{}]", check("my_node_maintenance", "critical"))), (State::Down, 1000));
+        // a check without CheckID still counts
+        assert_eq!(st(r#"[{"Status":"critical"}]"#), (State::Down, 1000));
+        // default weights are 1
+        assert_eq!(one("", "[]").instances[0].weight, 100);
+        assert_eq!(one(r#","Weights":{"Passing":5}"#, &format!("[{}]", check("c", "warning"))).instances[0].weight, 100);
+        assert_eq!(one(r#","Weights":null"#, "[]").instances[0].weight, 100);
+        assert_eq!(one(r#","Weights":{"Passing":0,"Warning":0}"#, "[]").instances[0].weight, 0);
+        // a metadata weight wins over the native one; a metadata drain flag drains
+        assert_eq!(one(&format!(r#"{w},"Meta":{{"weight":"7"}}"#), "[]").instances[0].weight, 7);
+        assert_eq!(one(r#","Meta":{"lossless.drain":"true"}"#, "[]").instances[0].state, State::Draining);
+        // a custom scale
+        let b = BuildOptions { weight_scale: 1.0, ..BuildOptions::default() };
+        let r = parse(br#"[{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":10,"Warning":1}}}]"#, &b).unwrap();
+        assert_eq!(r.instances[0].weight, 10);
+    }
+
+    #[test]
+    fn addresses_and_metadata() {
+        let addr = |entry: &str| p(&format!("[{entry}]")).unwrap().instances.first().map(|i| i.addr.clone());
+        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"10.0.0.1","Port":80}}"#).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"","Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
+        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
+        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":null,"Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
+        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"2001:db8::1","Port":80}}"#).as_deref(), Some("[2001:db8::1]:80"));
+        // metadata, unicode included
+        let r = one(r#","Meta":{"zone":"a","ключ":"значение ✓","emoji":"🦀","timestamp":"1700000000000","warmup":"60000"}"#, "[]");
+        let i = &r.instances[0];
+        assert_eq!(i.metadata.get("ключ").map(String::as_str), Some("значение ✓"));
+        assert_eq!(i.metadata.get("emoji").map(String::as_str), Some("🦀"));
+        assert_eq!((i.start_ms, i.warmup_ms), (Some(1_700_000_000_000), 60_000));
+        // Meta of the wrong type: kept without it, counted
+        let r = one(r#","Meta":"zone=a""#, "[]");
+        assert_eq!((r.instances.len(), r.malformed_meta, r.instances[0].metadata.len()), (1, 1, 0));
+        // duplicates merge (two service IDs on the same address): the worst state wins
+        let r = p(&format!(
+            r#"[{{"Service":{{"Address":"10.0.0.1","Port":80}},"Checks":[{}]}},{{"Service":{{"Address":"10.0.0.1","Port":80}},"Checks":[{}]}}]"#,
+            check("a", "passing"),
+            check("b", "critical")
+        ))
+        .unwrap();
+        assert_eq!((r.instances.len(), r.instances[0].state), (1, State::Down));
+        assert_eq!(p("[]").unwrap(), Parsed::default());
+    }
+
+    #[test]
+    fn hostile() {
+        let parse_err = |body: &str| matches!(p(body), Err(RegistryError::Parse(_)));
+        for body in [
+            "",
+            "null",
+            "{}",
+            r#"{"Service":{"Address":"10.0.0.1","Port":80}}"#,
+            r#""[]""#,
+            "7",
+            r#"[{"Service":{"Address":"10.0.0.1","Port":80}}"#,
+            r#"[{"Service":{"Address":"10.0.0.1","Port":8"#,
+            "[]]",
+            r#"[{"Service":{"Address":"10.0.0.1","Port":1e400}}]"#,
+            "\u{feff}[]",
+        ] {
+            assert!(parse_err(body), "{body:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_err(&deep));
+        let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(parse_err(&format!(r#"[{{"Service":{{"Address":"10.0.0.1","Port":80,"Meta":{deep_obj}}}}}]"#)));
+        assert!(matches!(parse(b"[{\"Service\":{\"Address\":\"\xfe\"}}]", &BuildOptions::default()), Err(RegistryError::Parse(_))));
+
+        // malformed entries are skipped and counted; each line is one skip
+        let bad = [
+            r#"null"#,
+            r#"7"#,
+            r#"[]"#,
+            r#"{}"#, // no Service
+            r#"{"Service":null}"#,
+            r#"{"Service":"redis"}"#,
+            r#"{"Service":{"Address":"10.0.0.1"}}"#,             // no Port
+            r#"{"Service":{"Address":"10.0.0.1","Port":"80"}}"#, // Port as string
+            r#"{"Service":{"Address":"10.0.0.1","Port":80.5}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":-80}}"#, // negative
+            r#"{"Service":{"Address":"10.0.0.1","Port":0}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":65536}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":18446744073709551615}}"#, // huge
+            r#"{"Service":{"Address":"10.0.0.1","Port":1e300}}"#,
+            r#"{"Service":{"Address":"redis.service.consul","Port":80}}"#,          // host name
+            r#"{"Service":{"Address":7,"Port":80},"Node":{"Address":"10.0.0.9"}}"#, // Address wrong type
+            r#"{"Service":{"Address":"","Port":80}}"#,                              // no address at all
+            r#"{"Service":{"Address":"","Port":80},"Node":{"Address":""}}"#,
+            r#"{"Service":{"Address":"","Port":80},"Node":"n1"}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":{"Status":"passing"}}"#, // Checks as object
+            r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":"passing"}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":[{"CheckID":"a"}]}"#, // no Status
+            r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":[{"Status":1}]}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":[null]}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":-1}}}"#, // negative weight
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Warning":-1}}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":1.5}}}"#, // not an integer
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":"10"}}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":[10,1]}}"#,
+            r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":1}}"#,
+        ];
+        let good = r#"{"Service":{"Address":"10.0.0.2","Port":80,"Weights":{"Passing":18446744073709551615,"Warning":1}}}"#;
+        let r = p(&format!("[{},{good}]", bad.join(","))).unwrap();
+        assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
+        // a huge weight is clamped
+        assert_eq!((r.instances[0].addr.as_str(), r.instances[0].weight), ("10.0.0.2:80", i32::MAX));
+        let r = one(r#","Weights":{"Passing":9223372036854775807}"#, "[]");
+        assert_eq!(r.instances[0].weight, i32::MAX);
+    }
+
+    fn adapter(wait_s: u64, token: Option<&str>) -> Consul {
+        Consul::new(
+            Endpoint { authority: "consul:8500".into(), timeout_ms: 35_000, max_body_bytes: 1 << 20 },
+            token.map(String::from),
+            wait_s,
+            BuildOptions::default(),
+        )
+    }
+
+    #[test]
+    fn request_shape() {
+        let mut a = adapter(30, Some("secret"));
+        let mut q = ServiceQuery { service: "my svc/é".into(), ..Default::default() };
+        let (call, req) = a.request(&q, 0);
+        assert_eq!(call, Call::List);
+        let h: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            h,
+            [
+                (":method", "GET"),
+                (":path", "/v1/health/service/my%20svc%2F%C3%A9"),
+                (":authority", "consul:8500"),
+                ("accept", "application/json"),
+                ("x-consul-token", "secret")
+            ]
+        );
+        assert_eq!((req.body, req.timeout_ms), (None, 35_000));
+        q.dc = Some("dc 1".into());
+        q.tag = Some("v2&x=1".into());
+        q.namespace = Some("team-a".into());
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a"));
+        q.consul_index = 42;
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a&index=42&wait=30s"));
+        let q = ServiceQuery { service: "web".into(), tag: Some("blue".into()), consul_index: 7, ..Default::default() };
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/web?tag=blue&index=7&wait=30s"));
+        let q = ServiceQuery { service: "web".into(), dc: Some(String::new()), consul_index: 7, ..Default::default() };
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/web?index=7&wait=30s"));
+        // no blocking queries: never an index
+        let mut a = adapter(0, None);
+        let (_, req) = a.request(&q, 0);
+        assert_eq!(req.header(":path"), Some("/v1/health/service/web"));
+        assert_eq!(req.header("x-consul-token"), None);
+        assert_eq!(req.headers.len(), 4);
+        assert!(!a.long_poll());
+        assert!(adapter(1, None).long_poll());
+        // an empty token sends no header
+        assert_eq!(adapter(0, Some("")).request(&q, 0).1.header("x-consul-token"), None);
+    }
+
+    #[test]
+    fn debug_hides_token() {
+        let s = format!("{:?}", adapter(5, Some("s3cr3t-token")));
+        assert!(!s.contains("s3cr3t"), "{s}");
+        assert!(s.contains("***"), "{s}");
+    }
+
+    fn reply(a: &mut Consul, q: &mut ServiceQuery, status: Option<u16>, index: Option<&str>, body: &[u8]) -> Reply {
+        let headers: Vec<(String, String)> = index.map(|i| ("X-Consul-Index".to_string(), i.to_string())).into_iter().collect();
+        a.on_reply(q, Call::List, &HttpResponse { status, headers: &headers, body, body_size: body.len() }, 0)
+    }
+
+    fn path(a: &mut Consul, q: &ServiceQuery) -> String {
+        a.request(q, 0).1.header(":path").unwrap().to_string()
+    }
+
+    #[test]
+    fn index_sequence() {
+        let mut a = adapter(60, None);
+        let mut q = ServiceQuery { service: "redis".into(), ..Default::default() };
+        let members = |r: Reply| match r {
+            Reply::Members(p) => p.instances.len(),
+            r => panic!("{r:?}"),
+        };
+        // first call: no index
+        assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("100"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 100);
+        assert_eq!(path(&mut a, &q), "/v1/health/service/redis?index=100&wait=60s");
+        // the blocking query timed out: same index, body not even parsed
+        assert_eq!(reply(&mut a, &mut q, Some(200), Some("100"), b"not json"), Reply::Unchanged);
+        assert_eq!(q.consul_index, 100);
+        // a change
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some(" 150 "), b"[]")), 0);
+        assert_eq!(q.consul_index, 150);
+        // went backwards: reset to 0, the list is still used
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("120"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 0);
+        assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
+        // after a reset the same index as before is not "unchanged"
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("120"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 120);
+        // missing header: reset to 0, list used
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), None, SAMPLE)), 1);
+        assert_eq!(q.consul_index, 0);
+        // unparsable header: same
+        q.consul_index = 120;
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("abc"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 0);
+        q.consul_index = 120;
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("-5"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 0);
+        // "0" is taken as 1
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("0"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, 1);
+        assert_eq!(path(&mut a, &q), "/v1/health/service/redis?index=1&wait=60s");
+        assert_eq!(reply(&mut a, &mut q, Some(200), Some("0"), SAMPLE), Reply::Unchanged);
+        assert_eq!(reply(&mut a, &mut q, Some(200), Some("1"), SAMPLE), Reply::Unchanged);
+        // a huge index is fine
+        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("18446744073709551615"), SAMPLE)), 1);
+        assert_eq!(q.consul_index, u64::MAX);
+        // the header name is case-insensitive
+        q.consul_index = 5;
+        let headers = [("x-consul-index".to_string(), "5".to_string())];
+        let r = a.on_reply(&mut q, Call::List, &HttpResponse { status: Some(200), headers: &headers, body: b"[]", body_size: 2 }, 0);
+        assert_eq!(r, Reply::Unchanged);
+    }
+
+    #[test]
+    fn index_without_blocking() {
+        // wait_s = 0: no index in the request, but an unchanged index still skips the parse
+        let mut a = adapter(0, None);
+        let mut q = ServiceQuery { service: "redis".into(), ..Default::default() };
+        assert!(matches!(reply(&mut a, &mut q, Some(200), Some("9"), SAMPLE), Reply::Members(_)));
+        assert_eq!(q.consul_index, 9);
+        assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
+        assert_eq!(reply(&mut a, &mut q, Some(200), Some("9"), SAMPLE), Reply::Unchanged);
+    }
+
+    #[test]
+    fn errors_and_index() {
+        let mut a = adapter(60, None);
+        let mut q = ServiceQuery { service: "redis".into(), consul_index: 100, ..Default::default() };
+        // transport failure or an error status: the index is kept
+        assert_eq!(reply(&mut a, &mut q, None, None, b""), Reply::Error(RegistryError::Transport));
+        assert_eq!(q.consul_index, 100);
+        assert_eq!(reply(&mut a, &mut q, Some(500), Some("200"), b"rpc error"), Reply::Error(RegistryError::Status(500, "rpc error".into())));
+        assert_eq!(q.consul_index, 100);
+        assert_eq!(reply(&mut a, &mut q, Some(403), None, b"Permission denied"), Reply::Error(RegistryError::Status(403, "Permission denied".into())));
+        assert_eq!(q.consul_index, 100);
+        // a new index with a body that does not parse: reset, so the next request fetches afresh
+        assert!(matches!(reply(&mut a, &mut q, Some(200), Some("200"), br#"[{"Service":"#), Reply::Error(RegistryError::Parse(_))));
+        assert_eq!(q.consul_index, 0);
+        // 10 MB body with a 1 MB cap: refused before parsing, index kept
+        q.consul_index = 100;
+        let big = vec![b' '; 10 << 20];
+        assert_eq!(reply(&mut a, &mut q, Some(200), Some("300"), &big), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
+        assert_eq!(q.consul_index, 100);
     }
 }

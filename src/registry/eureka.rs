@@ -1,7 +1,42 @@
 //! Eureka adapter: `GET {prefix}/apps/{APP}` with `Accept: application/json`.
+//!
+//! The reply (Eureka's Jackson codec) is root-wrapped:
+//! ```json
+//! {"application": {"name": "USERS", "instance": [
+//!   {"ipAddr": "10.0.0.1", "status": "UP", "overriddenStatus": "UNKNOWN",
+//!    "port": {"$": 8080, "@enabled": "true"}, "securePort": {"$": 8443, "@enabled": "false"},
+//!    "leaseInfo": {"serviceUpTimestamp": 1700000000000}, "metadata": {"zone": "a"}}
+//! ]}}
+//! ```
+//! What is read, per instance:
+//! - `ipAddr` (an IP literal; a host name cannot be routed to and the instance is skipped);
+//! - `port` / `securePort` as `{"$": 8080, "@enabled": "true"}` (`$` a number or a numeric string;
+//!   `@enabled` a string or a bool, missing = enabled for `port`, disabled for `securePort`, as in
+//!   Eureka's `InstanceInfo`). The plain port is used unless it is disabled and the secure port is
+//!   enabled; a bare number instead of the object is accepted as an enabled port;
+//! - `status`, overridden by `overriddenStatus` (or the legacy `overriddenstatus` when the former is
+//!   absent) unless that is `UNKNOWN`. Names are matched case-insensitively and an unrecognised name
+//!   is `UNKNOWN`, as Eureka's `InstanceStatus.toEnum` does. `UP` is serving, `OUT_OF_SERVICE`
+//!   draining, everything else (`DOWN`, `STARTING`, `UNKNOWN`, missing) down;
+//! - `leaseInfo.serviceUpTimestamp` (ms) as the native start time (metadata keys still win);
+//! - `metadata`, without the `@class` marker Eureka writes for an empty map.
+//!
+//! Eureka has no weight: it comes from metadata or the default. An instance without a usable
+//! address or port is skipped and counted.
+//!
+//! The `/apps` shape `{"applications": {"application": [...]}}` is accepted too and yields the
+//! instances of *all* its applications (useful for fixtures and a registry that serves one app per
+//! path); instances marked `"actionType": "DELETED"` (only found in `/apps/delta` bodies) are left
+//! out. In both shapes a list of one element may be serialised as the bare object; a missing
+//! instance (or application) list is an empty one. A missing `application`, or a list of the wrong
+//! type, is a parse error.
 
-use super::{Adapter, Call, Endpoint, HttpRequest, HttpResponse, RegistryError, Reply, ServiceQuery};
-use crate::instance::BuildOptions;
+use serde_json::Value;
+
+use super::{
+    check_common, encode, finish, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
+};
+use crate::instance::{format_addr, BuildOptions, Instance, State};
 
 #[derive(Debug, Clone)]
 pub struct Eureka {
@@ -17,11 +52,453 @@ impl Eureka {
     }
 }
 
-impl Adapter for Eureka {
-    fn request(&mut self, _q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
-        (Call::List, HttpRequest { headers: vec![], body: None, timeout_ms: self.endpoint.timeout_ms })
+/// Parses the body of `GET {prefix}/apps/{APP}` (or `GET {prefix}/apps`, all instances).
+pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
+    let doc: Value = parse_json(body)?;
+    let records = records(&doc)?;
+    let mut out = Vec::with_capacity(records.len());
+    let (mut skipped, mut bad_meta) = (0u32, 0u32);
+    for rec in records {
+        if rec.get("actionType").and_then(Value::as_str) == Some("DELETED") {
+            continue;
+        }
+        match parse_instance_value(rec, build) {
+            Some((inst, bad)) => {
+                bad_meta += bad;
+                out.push(inst);
+            }
+            None => skipped += 1,
+        }
     }
-    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, _resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        Reply::Error(RegistryError::Parse("not implemented".into()))
+    Ok(finish(out, skipped, bad_meta))
+}
+
+/// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
+/// instance and the number of malformed metadata values.
+pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let ip = rec.get("ipAddr")?.as_str()?;
+    let port = port_info(rec.get("port"), true);
+    let secure = port_info(rec.get("securePort"), false);
+    let chosen = if !port.enabled && secure.enabled { secure.value } else { port.value };
+    let addr = format_addr(ip, chosen?)?;
+    let start = rec.get("leaseInfo").and_then(|l| l.get("serviceUpTimestamp")).and_then(int_of);
+    let mut bad = 0u32;
+    let mut md = metadata_map(rec.get("metadata"), &mut bad);
+    md.remove("@class");
+    let (inst, b) = build.build(addr, None, start, state_of(rec), md);
+    Some((inst, bad + b))
+}
+
+/// The instance records of either reply shape.
+fn records(doc: &Value) -> Result<Vec<&Value>, RegistryError> {
+    if let Some(app) = doc.get("application") {
+        return instances_of(app);
+    }
+    let Some(apps) = doc.get("applications") else {
+        return Err(RegistryError::Parse("missing \"application\"".into()));
+    };
+    if !apps.is_object() {
+        return Err(RegistryError::Parse("\"applications\" is not an object".into()));
+    }
+    let mut out = Vec::new();
+    for app in one_or_many(apps.get("application"), "application")? {
+        out.extend(instances_of(app)?);
+    }
+    Ok(out)
+}
+
+fn instances_of(app: &Value) -> Result<Vec<&Value>, RegistryError> {
+    if !app.is_object() {
+        return Err(RegistryError::Parse("\"application\" is not an object".into()));
+    }
+    one_or_many(app.get("instance"), "instance")
+}
+
+/// A list that Eureka may serialise as an array, a bare object (one element) or not at all.
+fn one_or_many<'a>(v: Option<&'a Value>, what: &str) -> Result<Vec<&'a Value>, RegistryError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a.iter().collect()),
+        Some(o @ Value::Object(_)) => Ok(vec![o]),
+        Some(_) => Err(RegistryError::Parse(format!("\"{what}\" is neither a list nor an object"))),
+    }
+}
+
+struct PortInfo {
+    value: Option<i64>,
+    enabled: bool,
+}
+
+/// Reads `{"$": 8080, "@enabled": "true"}`; a bare number or numeric string is an enabled port.
+fn port_info(v: Option<&Value>, default_enabled: bool) -> PortInfo {
+    match v {
+        Some(Value::Object(m)) => {
+            let enabled = match m.get("@enabled") {
+                Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
+                Some(Value::Bool(b)) => *b,
+                _ => default_enabled,
+            };
+            PortInfo { value: m.get("$").and_then(int_of), enabled }
+        }
+        Some(v @ (Value::Number(_) | Value::String(_))) => PortInfo { value: int_of(v), enabled: true },
+        _ => PortInfo { value: None, enabled: default_enabled },
+    }
+}
+
+/// An integer given as a JSON integer or a decimal string.
+fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Up,
+    Down,
+    Starting,
+    OutOfService,
+    Unknown,
+}
+
+/// Eureka's `InstanceStatus.toEnum`: case-insensitive, anything unrecognised is `UNKNOWN`.
+fn status(v: Option<&Value>) -> Status {
+    let Some(s) = v.and_then(Value::as_str).map(str::trim) else {
+        return Status::Unknown;
+    };
+    [("UP", Status::Up), ("DOWN", Status::Down), ("STARTING", Status::Starting), ("OUT_OF_SERVICE", Status::OutOfService)]
+        .into_iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+        .map_or(Status::Unknown, |(_, st)| st)
+}
+
+fn state_of(rec: &Value) -> State {
+    let overridden = match rec.get("overriddenStatus").filter(|v| !v.is_null()) {
+        Some(v) => status(Some(v)),
+        None => status(rec.get("overriddenstatus")),
+    };
+    let effective = if overridden == Status::Unknown { status(rec.get("status")) } else { overridden };
+    match effective {
+        Status::Up => State::Serving,
+        Status::OutOfService => State::Draining,
+        Status::Down | Status::Starting | Status::Unknown => State::Down,
+    }
+}
+
+impl Adapter for Eureka {
+    fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
+        let path = format!("{}/apps/{}", self.prefix, encode(&q.service));
+        let headers = vec![
+            (":method".to_string(), "GET".to_string()),
+            (":path".to_string(), path),
+            (":authority".to_string(), self.endpoint.authority.clone()),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
+    }
+
+    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
+        if let Err(e) = check_common(resp, &self.endpoint) {
+            return Reply::Error(e);
+        }
+        match parse(resp.body, &self.build) {
+            Ok(p) => Reply::Members(p),
+            Err(e) => Reply::Error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-app-captured.json");
+    const APPS: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-captured.json");
+    const FULL: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-full-steeltoe.json");
+    const DELTA: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-delta-steeltoe.json");
+    const OVERRIDDEN: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-instance-overridden-steeltoe.json");
+
+    fn p(body: &str) -> Result<Parsed, RegistryError> {
+        parse(body.as_bytes(), &BuildOptions::default())
+    }
+
+    /// One instance record inside an `/apps/{APP}` reply.
+    fn one(rec: &str) -> Parsed {
+        p(&format!(r#"{{"application":{{"name":"A","instance":[{rec}]}}}}"#)).unwrap()
+    }
+
+    fn md<'a>(i: &'a Instance, k: &str) -> Option<&'a str> {
+        i.metadata.get(k).map(String::as_str)
+    }
+
+    #[test]
+    fn fixture_app_captured() {
+        let r = parse(APP, &BuildOptions::default()).unwrap();
+        assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
+        let i = &r.instances[0];
+        // both ports enabled: the plain one is used
+        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight, i.warmup_ms), ("10.8.30.55:8080", State::Serving, Some(1_606_976_860_846), 100, 600_000));
+        assert_eq!(md(i, "instanceId"), Some("myMicroservice2:338445840785870848"));
+        assert_eq!(i.metadata.len(), 1);
+    }
+
+    #[test]
+    fn fixture_apps_captured() {
+        let r = parse(APPS, &BuildOptions::default()).unwrap();
+        assert_eq!((r.instances.len(), r.skipped), (1, 0));
+        let i = &r.instances[0];
+        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight), ("10.8.30.55:9002", State::Serving, Some(1_606_972_240_279), 100));
+        assert_eq!(md(i, "management.port"), Some("9002"));
+    }
+
+    #[test]
+    fn fixture_apps_full_steeltoe() {
+        let r = parse(FULL, &BuildOptions::default()).unwrap();
+        assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
+        let i = &r.instances[0];
+        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight), ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223), 100));
+        // {"@class":"java.util.Collections$EmptyMap"} is an empty map
+        assert!(i.metadata.is_empty());
+    }
+
+    #[test]
+    fn fixture_apps_delta_steeltoe() {
+        // legacy "overriddenstatus": "UNKNOWN" does not override "UP"
+        let r = parse(DELTA, &BuildOptions::default()).unwrap();
+        assert_eq!(r.instances.len(), 1);
+        let i = &r.instances[0];
+        assert_eq!((i.addr.as_str(), i.state, i.start_ms), ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223)));
+        assert!(i.metadata.is_empty());
+        // a DELETED delta record is no member
+        let deleted = std::str::from_utf8(DELTA).unwrap().replace("\"MODIFIED\"", "\"DELETED\"");
+        let r = p(&deleted).unwrap();
+        assert_eq!((r.instances.len(), r.skipped), (0, 0));
+    }
+
+    #[test]
+    fn fixture_instance_overridden_steeltoe() {
+        // a bare InstanceInfo: status UP, overriddenStatus OUT_OF_SERVICE, legacy overriddenstatus DOWN
+        let v: Value = serde_json::from_slice(OVERRIDDEN).unwrap();
+        let (i, bad) = parse_instance_value(&v, &BuildOptions::default()).unwrap();
+        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight, bad), ("192.168.56.1:8080", State::Draining, Some(1_457_714_988_223), 100, 0));
+        assert!(i.metadata.is_empty());
+        // wrapped as an /apps/{APP} reply, and as a single object instead of a list
+        let wrapped = format!(r#"{{"application":{{"name":"FOO","instance":{}}}}}"#, std::str::from_utf8(OVERRIDDEN).unwrap());
+        let r = p(&wrapped).unwrap();
+        assert_eq!(r.instances.len(), 1);
+        assert_eq!(r.instances[0].state, State::Draining);
+    }
+
+    #[test]
+    fn statuses() {
+        let st = |extra: &str| {
+            let r = one(&format!(r#"{{"ipAddr":"10.0.0.1","port":{{"$":80,"@enabled":"true"}}{extra}}}"#));
+            assert_eq!(r.instances.len(), 1, "{extra}");
+            r.instances[0].state
+        };
+        assert_eq!(st(r#","status":"UP""#), State::Serving);
+        assert_eq!(st(r#","status":"up""#), State::Serving);
+        assert_eq!(st(r#","status":"OUT_OF_SERVICE""#), State::Draining);
+        assert_eq!(st(r#","status":"DOWN""#), State::Down);
+        assert_eq!(st(r#","status":"STARTING""#), State::Down);
+        assert_eq!(st(r#","status":"UNKNOWN""#), State::Down);
+        assert_eq!(st(r#","status":"SLEEPING""#), State::Down);
+        assert_eq!(st(r#","status":7"#), State::Down);
+        assert_eq!(st(""), State::Down);
+        // overridden status wins unless UNKNOWN (or unrecognised, which Eureka reads as UNKNOWN)
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"OUT_OF_SERVICE""#), State::Draining);
+        assert_eq!(st(r#","status":"OUT_OF_SERVICE","overriddenStatus":"UP""#), State::Serving);
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"DOWN""#), State::Down);
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"UNKNOWN""#), State::Serving);
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"bogus""#), State::Serving);
+        assert_eq!(st(r#","status":"UP","overriddenstatus":"OUT_OF_SERVICE""#), State::Draining);
+        // both keys: the camel-case one wins, even when it says UNKNOWN
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"UNKNOWN","overriddenstatus":"DOWN""#), State::Serving);
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"DOWN","overriddenstatus":"UP""#), State::Down);
+        // a null camel-case key counts as absent
+        assert_eq!(st(r#","status":"UP","overriddenStatus":null,"overriddenstatus":"DOWN""#), State::Down);
+        // metadata drain flag (inside build)
+        assert_eq!(st(r#","status":"UP","metadata":{"lossless.drain":"true"}"#), State::Draining);
+    }
+
+    #[test]
+    fn ports() {
+        let addr = |ports: &str| {
+            let r = one(&format!(r#"{{"ipAddr":"10.0.0.1","status":"UP"{ports}}}"#));
+            r.instances.first().map(|i| i.addr.clone())
+        };
+        assert_eq!(addr(r#","port":{"$":80,"@enabled":"true"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:443"));
+        assert_eq!(addr(r#","port":{"$":80,"@enabled":false},"securePort":{"$":"443","@enabled":true}"#).as_deref(), Some("10.0.0.1:443"));
+        // both disabled: the plain port, as Eureka clients do
+        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"false"}"#).as_deref(), Some("10.0.0.1:80"));
+        // secure port without @enabled is disabled (Eureka's default)
+        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443}"#).as_deref(), Some("10.0.0.1:80"));
+        // "$" as a string, no @enabled, a bare number
+        assert_eq!(addr(r#","port":{"$":"8080"}"#).as_deref(), Some("10.0.0.1:8080"));
+        assert_eq!(addr(r#","port":8081"#).as_deref(), Some("10.0.0.1:8081"));
+        // only a secure port
+        assert_eq!(addr(r#","port":{"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:443"));
+        // IPv6
+        let r = one(r#"{"ipAddr":"fe80::1","status":"UP","port":{"$":80}}"#);
+        assert_eq!(r.instances[0].addr, "[fe80::1]:80");
+    }
+
+    #[test]
+    fn native_start_and_metadata() {
+        let r = one(
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":"1700000000000"},"metadata":{"weight":"7","warmup":"30000","zone":"a"}}"#,
+        );
+        let i = &r.instances[0];
+        assert_eq!((i.start_ms, i.weight, i.warmup_ms), (Some(1_700_000_000_000), 7, 30_000));
+        assert_eq!(md(i, "zone"), Some("a"));
+        // metadata timestamp wins over serviceUpTimestamp; 0 means never up
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":5},"metadata":{"timestamp":"9"}}"#);
+        assert_eq!(r.instances[0].start_ms, Some(9));
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"STARTING","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":0}}"#);
+        assert_eq!((r.instances[0].start_ms, r.instances[0].state), (None, State::Down));
+        // malformed metadata values are counted, the instance is kept
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":{"weight":"heavy","nested":{"a":1}}}"#);
+        assert_eq!((r.instances.len(), r.malformed_meta, r.instances[0].weight), (1, 2, 100));
+    }
+
+    #[test]
+    fn shapes() {
+        // single application object with a single instance object
+        let r = p(r#"{"application":{"name":"A","instance":{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}}"#).unwrap();
+        assert_eq!(r.instances.len(), 1);
+        // no instances
+        assert_eq!(p(r#"{"application":{"name":"A"}}"#).unwrap(), Parsed::default());
+        assert_eq!(p(r#"{"application":{"name":"A","instance":[]}}"#).unwrap(), Parsed::default());
+        // /apps: several applications, one as a bare object, none at all
+        let r = p(r#"{"applications":{"application":[
+            {"name":"A","instance":[{"ipAddr":"10.0.0.2","status":"UP","port":{"$":80}}]},
+            {"name":"B","instance":{"ipAddr":"10.0.0.1","status":"DOWN","port":{"$":80}}}]}}"#)
+        .unwrap();
+        assert_eq!(r.instances.iter().map(|i| (i.addr.as_str(), i.state)).collect::<Vec<_>>(), [("10.0.0.1:80", State::Down), ("10.0.0.2:80", State::Serving)]);
+        let r = p(r#"{"applications":{"application":{"name":"A","instance":{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}}}"#).unwrap();
+        assert_eq!(r.instances.len(), 1);
+        assert_eq!(p(r#"{"applications":{"versions__delta":"1","apps__hashcode":"","application":[]}}"#).unwrap(), Parsed::default());
+        assert_eq!(p(r#"{"applications":{"versions__delta":"1"}}"#).unwrap(), Parsed::default());
+        // duplicates merge: the most restrictive state wins
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}},{"ipAddr":"10.0.0.1","status":"OUT_OF_SERVICE","port":{"$":80}}"#);
+        assert_eq!((r.instances.len(), r.instances[0].state), (1, State::Draining));
+    }
+
+    #[test]
+    fn hostile() {
+        let parse_err = |body: &str| matches!(p(body), Err(RegistryError::Parse(_)));
+        for body in [
+            "",
+            "null",
+            "[]",
+            "{}",
+            r#"{"application":null}"#,
+            r#"{"application":[]}"#,
+            r#"{"application":"USERS"}"#,
+            r#"{"application":{"instance":"x"}}"#,
+            r#"{"application":{"instance":7}}"#,
+            r#"{"applications":[]}"#,
+            r#"{"applications":{"application":"x"}}"#,
+            r#"{"applications":{"application":[1]}}"#,
+            r#"{"application":{"name":"A","instance":[{"ipAddr":"10.0.0.1","port":{"$":80}}"#,
+            "{\"application\":{\"name\":\"A\"}}trailing",
+            "\u{feff}{\"application\":{}}",
+            // out of f64 range: serde_json refuses the whole document
+            r#"{"application":{"name":"A","instance":[{"ipAddr":"10.0.0.1","port":{"$":1e400}}]}}"#,
+        ] {
+            assert!(parse_err(body), "{body:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_err(&format!(r#"{{"application":{{"instance":{deep}}}}}"#)));
+        let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(parse_err(&format!(r#"{{"application":{{"instance":[{{"ipAddr":"10.0.0.1","port":{{"$":80}},"metadata":{deep_obj}}}]}}}}"#)));
+
+        // malformed instances are skipped and counted; each line is one skip
+        let bad = [
+            r#"{"status":"UP","port":{"$":80}}"#,                                // no ipAddr
+            r#"{"ipAddr":"","status":"UP","port":{"$":80}}"#,                    // empty ipAddr
+            r#"{"ipAddr":"my-host.local","status":"UP","port":{"$":80}}"#,       // host name
+            r#"{"ipAddr":7,"status":"UP","port":{"$":80}}"#,                     // wrong type
+            r#"{"ipAddr":"10.0.0.1","status":"UP"}"#,                            // no port
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"@enabled":"true"}}"#, // port object without "$"
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":-1}}"#,            // negative
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":0}}"#,             // zero
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":65536}}"#,         // too big
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":1e300}}"#,         // huge float
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":18446744073709551615}}"#,
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80.5}}"#,     // not an integer
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":"eighty"}}"#, // not a number
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":[80]}"#,           // array
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80,"@enabled":"false"},"securePort":{"$":-5,"@enabled":"true"}}"#,
+            r#"null"#,
+            r#""10.0.0.1:80""#,
+            r#"[]"#,
+        ];
+        let good = r#"{"ipAddr":"10.0.0.9","status":"UP","port":{"$":80},"metadata":{"région":"€ü✓","@class":"x","emoji":"🦀"}}"#;
+        let r = one(&format!("{},{good}", bad.join(",")));
+        assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
+        let i = &r.instances[0];
+        assert_eq!(md(i, "région"), Some("€ü✓"));
+        assert_eq!(md(i, "emoji"), Some("🦀"));
+        assert_eq!(md(i, "@class"), None);
+        // metadata of the wrong type: kept without it, counted
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":["a"]}"#);
+        assert_eq!((r.instances.len(), r.malformed_meta), (1, 1));
+        // leaseInfo of the wrong type: no start time
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":[1]}"#);
+        assert_eq!(r.instances[0].start_ms, None);
+        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":-5}}"#);
+        assert_eq!(r.instances[0].start_ms, None);
+        // invalid UTF-8
+        assert!(matches!(parse(b"{\"application\":{\"name\":\"\xff\"}}", &BuildOptions::default()), Err(RegistryError::Parse(_))));
+    }
+
+    fn adapter(cap: usize) -> Eureka {
+        Eureka::new(Endpoint { authority: "eureka:8761".into(), timeout_ms: 700, max_body_bytes: cap }, "/eureka".into(), BuildOptions::default())
+    }
+
+    #[test]
+    fn request_shape() {
+        let mut a = adapter(1 << 20);
+        let q = ServiceQuery { service: "USERS".into(), ..Default::default() };
+        let (call, req) = a.request(&q, 0);
+        assert_eq!(call, Call::List);
+        let h: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(h, [(":method", "GET"), (":path", "/eureka/apps/USERS"), (":authority", "eureka:8761"), ("accept", "application/json")]);
+        assert_eq!((req.body, req.timeout_ms), (None, 700));
+        // the name is sent as configured (no upper-casing), URL-encoded
+        let q = ServiceQuery { service: "my app/é?x=1".into(), ..Default::default() };
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/eureka/apps/my%20app%2F%C3%A9%3Fx%3D1"));
+        // an empty prefix (config trims the trailing '/')
+        a.prefix = String::new();
+        let q = ServiceQuery { service: "users".into(), ..Default::default() };
+        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/apps/users"));
+    }
+
+    #[test]
+    fn replies() {
+        let mut a = adapter(1 << 20);
+        let mut q = ServiceQuery { service: "MYMICROSERVICE2".into(), ..Default::default() };
+        let h = [];
+        let resp = |status, body: &'static [u8]| HttpResponse { status, headers: &h, body, body_size: body.len() };
+        match a.on_reply(&mut q, Call::List, &resp(Some(200), APP), 0) {
+            Reply::Members(p) => assert_eq!(p.instances[0].addr, "10.8.30.55:8080"),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(a.on_reply(&mut q, Call::List, &resp(None, b""), 0), Reply::Error(RegistryError::Transport));
+        // unknown app
+        assert_eq!(a.on_reply(&mut q, Call::List, &resp(Some(404), b""), 0), Reply::Error(RegistryError::Status(404, String::new())));
+        assert!(matches!(a.on_reply(&mut q, Call::List, &resp(Some(200), b"<applications/>"), 0), Reply::Error(RegistryError::Parse(_))));
+        // 10 MB body against a 1 MB cap: refused before parsing
+        let big = vec![b' '; 10 << 20];
+        let r = HttpResponse { status: Some(200), headers: &h, body: &big, body_size: big.len() };
+        assert_eq!(a.on_reply(&mut q, Call::List, &r, 0), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
+        // the host reported a size larger than what the glue fetched
+        let r = HttpResponse { status: Some(200), headers: &h, body: b"", body_size: 10 << 20 };
+        assert_eq!(a.on_reply(&mut q, Call::List, &r, 0), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
+        assert!(!a.long_poll());
     }
 }

@@ -1,7 +1,39 @@
 //! Nacos v1 / v2 adapter (with optional username/password auth).
+//!
+//! List: `GET /nacos/v1/ns/instance/list` (a bare `{hosts: [...]}` object) or
+//! `GET /nacos/v2/ns/instance/list` (an envelope `{code, message, data: {hosts: [...]}}`), always
+//! with `healthyOnly=false` (rnacos defaults it to true and would hide unhealthy instances).
+//!
+//! Each host gives `ip`, `port`, `weight` (a float, 1.0 = Dubbo 100), `healthy`, `enabled` and
+//! `metadata` (Dubbo providers carry `timestamp` and `warmup` there). `enabled=false` is a
+//! deliberate drain and wins over `healthy=false` (so a protect threshold never revives it);
+//! `healthy=false` is down. Note that Nacos drops disabled instances from the list altogether and
+//! reports unhealthy ones as healthy when the protect threshold is reached: [`parse_detail`] reads
+//! the per-instance detail endpoint, which tells the truth about one instance.
+//!
+//! Auth: with credentials, the first request is `POST /nacos/v1/auth/login`; the token goes into
+//! every list as `accessToken=`. It is renewed ahead of expiry (within 10 % of its TTL or 60 s,
+//! whichever is larger, but never more than half the TTL, so a fresh token is always used at
+//! least once) and dropped after a 401/403, so the next request logs in again.
 
-use super::{Adapter, Call, Endpoint, HttpRequest, HttpResponse, RegistryError, Reply, ServiceQuery};
-use crate::instance::BuildOptions;
+use serde_json::Value;
+
+use super::{
+    check_common, encode, finish, metadata_map, parse_json, snippet, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery,
+};
+use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
+
+/// Path of the login endpoint (the same for Nacos 1.x and 2.x, and rnacos).
+pub const LOGIN_PATH: &str = "/nacos/v1/auth/login";
+/// TTL assumed when a login reply has no usable `tokenTtl` (seconds).
+const DEFAULT_TTL_S: i64 = 300;
+/// A token is renewed at least this long before it expires (unless the TTL is shorter than twice
+/// this).
+const MIN_MARGIN_MS: i64 = 60_000;
+/// After a failed renewal while the old token is still valid, lists go on with the old token and
+/// the next login is tried after this long.
+const RENEW_RETRY_MS: i64 = 10_000;
 
 /// Which Nacos open API to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,25 +55,918 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// An access token and when to renew it.
+#[derive(Clone, PartialEq)]
+struct Token {
+    value: String,
+    /// ms since the epoch after which the token is no longer sent.
+    expires_ms: i64,
+    /// ms since the epoch from which a new login is due.
+    renew_ms: i64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token {{ value: \"***\", expires_ms: {}, renew_ms: {} }}", self.expires_ms, self.renew_ms)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Nacos {
     pub endpoint: Endpoint,
     pub api: Api,
     pub auth: Option<Credentials>,
     pub build: BuildOptions,
+    /// The current access token (only with `auth`).
+    token: Option<Token>,
+    /// After a failed renewal: no new login before this time while the old token is still valid.
+    renew_after_ms: i64,
 }
 
 impl Nacos {
     pub fn new(endpoint: Endpoint, api: Api, auth: Option<Credentials>, build: BuildOptions) -> Self {
-        Nacos { endpoint, api, auth, build }
+        Nacos { endpoint, api, auth, build, token: None, renew_after_ms: i64::MIN }
+    }
+
+    /// True when the next request has to be a login.
+    fn needs_login(&self, now_ms: i64) -> bool {
+        if self.auth.is_none() {
+            return false;
+        }
+        match &self.token {
+            None => true,
+            Some(t) if now_ms >= t.expires_ms => true,
+            Some(t) if now_ms >= t.renew_ms => now_ms >= self.renew_after_ms,
+            Some(_) => false,
+        }
+    }
+
+    /// The token to send with a list, if any (an expired one is never sent).
+    fn live_token(&self, now_ms: i64) -> Option<&str> {
+        self.token.as_ref().filter(|t| now_ms < t.expires_ms).map(|t| t.value.as_str())
+    }
+
+    fn headers(&self, method: &str, path: String) -> Vec<(String, String)> {
+        vec![
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path),
+            (":authority".to_string(), self.endpoint.authority.clone()),
+            ("accept".to_string(), "application/json".to_string()),
+        ]
+    }
+
+    fn login_request(&self, c: &Credentials) -> HttpRequest {
+        let mut headers = self.headers("POST", LOGIN_PATH.to_string());
+        headers.push(("content-type".to_string(), "application/x-www-form-urlencoded".to_string()));
+        let body = format!("username={}&password={}", encode(&c.username), encode(&c.password));
+        HttpRequest { headers, body: Some(body.into_bytes()), timeout_ms: self.endpoint.timeout_ms }
+    }
+
+    /// The `:path` of the list request for `q` (with `token` as `accessToken` when given).
+    pub fn list_path(&self, q: &ServiceQuery, token: Option<&str>) -> String {
+        let (prefix, cluster_key) = match self.api {
+            Api::V1 => ("/nacos/v1/ns/instance/list", "clusters"),
+            Api::V2 => ("/nacos/v2/ns/instance/list", "clusterName"),
+        };
+        let mut p = format!("{prefix}?serviceName={}", encode(&q.service));
+        push_param(&mut p, "groupName", q.group.as_deref());
+        push_param(&mut p, "namespaceId", q.namespace.as_deref());
+        let clusters: Vec<&str> = q.clusters.iter().map(String::as_str).filter(|c| !c.is_empty()).collect();
+        push_param(&mut p, cluster_key, Some(clusters.join(",").as_str()));
+        p.push_str("&healthyOnly=false");
+        push_param(&mut p, "accessToken", token);
+        p
+    }
+
+    /// A request for the detail of one instance (`GET /nacos/v{1,2}/ns/instance`), which, unlike
+    /// the list, still shows a disabled instance (`enabled:false`) and the true health under a
+    /// protect threshold. Carries the current token if there is one (with auth, call
+    /// [`Adapter::request`] first until it stops asking for a login). Parse the reply with
+    /// [`parse_detail`] after [`check_common`].
+    pub fn detail_request(&self, q: &ServiceQuery, ip: &str, port: u16, now_ms: i64) -> HttpRequest {
+        let (prefix, cluster_key) = match self.api {
+            Api::V1 => ("/nacos/v1/ns/instance", "cluster"),
+            Api::V2 => ("/nacos/v2/ns/instance", "clusterName"),
+        };
+        let mut p = format!("{prefix}?serviceName={}", encode(&q.service));
+        push_param(&mut p, "groupName", q.group.as_deref());
+        push_param(&mut p, "namespaceId", q.namespace.as_deref());
+        push_param(&mut p, cluster_key, q.clusters.iter().find(|c| !c.is_empty()).map(String::as_str));
+        push_param(&mut p, "ip", Some(ip.trim_start_matches('[').trim_end_matches(']')));
+        push_param(&mut p, "port", Some(port.to_string().as_str()));
+        push_param(&mut p, "accessToken", self.live_token(now_ms));
+        HttpRequest { headers: self.headers("GET", p), body: None, timeout_ms: self.endpoint.timeout_ms }
+    }
+
+    /// Replaces anything secret (password, raw and encoded; the token) in a message.
+    fn redact(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        if let Some(c) = &self.auth {
+            for secret in [c.password.clone(), encode(&c.password)] {
+                if !secret.is_empty() {
+                    out = out.replace(&secret, "***");
+                }
+            }
+        }
+        if let Some(t) = &self.token {
+            if !t.value.is_empty() {
+                out = out.replace(&t.value, "***");
+            }
+        }
+        out
+    }
+
+    /// The start of a body for an error message, with secrets removed (redacted before cutting, so
+    /// a secret straddling the cut cannot leak in part).
+    fn safe_snippet(&self, body: &[u8]) -> String {
+        let extra = self.auth.as_ref().map_or(0, |c| encode(&c.password).len());
+        let head = body.get(..body.len().min(200 + extra)).unwrap_or_default();
+        snippet(self.redact(&String::from_utf8_lossy(head)).as_bytes())
+    }
+
+    fn on_login(&mut self, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+        let err = match check_common(resp, &self.endpoint) {
+            Ok(()) => match parse_login(resp.body) {
+                Ok((value, ttl_s)) => {
+                    let ttl_ms = ttl_s.saturating_mul(1000);
+                    let margin = (ttl_ms / 10).max(MIN_MARGIN_MS).min(ttl_ms / 2);
+                    let expires_ms = now_ms.saturating_add(ttl_ms);
+                    self.token = Some(Token { value, expires_ms, renew_ms: expires_ms.saturating_sub(margin) });
+                    self.renew_after_ms = i64::MIN;
+                    return Reply::LoggedIn;
+                }
+                Err(m) => RegistryError::Auth(format!("login reply: {m}")),
+            },
+            Err(RegistryError::Status(s, _)) => RegistryError::Auth(format!("login answered HTTP {s}: {}", self.safe_snippet(resp.body))),
+            Err(e) => e,
+        };
+        // Keep a still valid token and retry the renewal a little later; without one, the next
+        // request logs in again.
+        self.token = self.token.take().filter(|t| now_ms < t.expires_ms);
+        self.renew_after_ms = now_ms.saturating_add(RENEW_RETRY_MS);
+        Reply::Error(err)
+    }
+
+    fn on_list(&mut self, resp: &HttpResponse<'_>) -> Reply {
+        match check_common(resp, &self.endpoint) {
+            Ok(()) => {}
+            Err(RegistryError::Status(s @ (401 | 403), _)) if self.auth.is_some() => {
+                let msg = format!("list answered HTTP {s}: {}", self.safe_snippet(resp.body));
+                self.token = None;
+                self.renew_after_ms = i64::MIN;
+                return Reply::Error(RegistryError::Auth(msg));
+            }
+            Err(e) => return Reply::Error(e),
+        }
+        match parse_list(resp.body, self.api, &self.build) {
+            Ok(p) => Reply::Members(p),
+            Err(e) => Reply::Error(e),
+        }
     }
 }
 
-impl Adapter for Nacos {
-    fn request(&mut self, _q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
-        (Call::List, HttpRequest { headers: vec![], body: None, timeout_ms: self.endpoint.timeout_ms })
+/// Appends `&key=value` (value encoded) when `value` is set and not empty.
+fn push_param(p: &mut String, key: &str, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        p.push('&');
+        p.push_str(key);
+        p.push('=');
+        p.push_str(&encode(v));
     }
-    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, _resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        Reply::Error(RegistryError::Parse("not implemented".into()))
+}
+
+/// Reads `{accessToken, tokenTtl}`; a missing or unusable TTL is taken as [`DEFAULT_TTL_S`].
+fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let token = match v.get("accessToken") {
+        Some(Value::String(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
+        _ => return Err("no accessToken".to_string()),
+    };
+    let ttl = v
+        .get("tokenTtl")
+        .and_then(|t| t.as_i64().or_else(|| t.as_f64().filter(|f| f.is_finite() && *f < 1e15).map(|f| f as i64)))
+        .filter(|t| *t > 0)
+        .unwrap_or(DEFAULT_TTL_S);
+    Ok((token, ttl))
+}
+
+/// Unwraps the v2 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
+/// otherwise.
+fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
+    let Value::Object(mut m) = doc else {
+        return Err(RegistryError::Parse(format!("expected an envelope object, got {}", kind(&doc))));
+    };
+    let code = match m.get("code") {
+        Some(c) => c.as_i64().ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", kind(c))))?,
+        None => return Err(RegistryError::Parse("envelope has no code".to_string())),
+    };
+    if code != 0 {
+        let message = match m.get("message") {
+            Some(Value::String(s)) => snippet(s.as_bytes()),
+            None | Some(Value::Null) => String::new(),
+            Some(other) => snippet(other.to_string().as_bytes()),
+        };
+        return Err(RegistryError::Envelope { code, message });
+    }
+    match m.remove("data") {
+        Some(d @ Value::Object(_)) => Ok(d),
+        Some(other) => Err(RegistryError::Parse(format!("envelope data is {}, expected an object", kind(&other)))),
+        None => Err(RegistryError::Parse("envelope has no data".to_string())),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses an instance list reply (v1 object, or v2 envelope). Malformed hosts are skipped and
+/// counted; a body that is not the expected shape is an error.
+pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
+    let doc: Value = parse_json(body)?;
+    let list = match api {
+        Api::V1 => doc,
+        Api::V2 => unwrap_envelope(doc)?,
+    };
+    let hosts = match list {
+        Value::Object(mut m) => match m.remove("hosts") {
+            Some(Value::Array(h)) => h,
+            Some(Value::Null) => Vec::new(),
+            Some(other) => return Err(RegistryError::Parse(format!("hosts is {}, expected an array", kind(&other)))),
+            None => return Err(RegistryError::Parse("no hosts field".to_string())),
+        },
+        other => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
+    };
+    let mut out = Vec::with_capacity(hosts.len());
+    let (mut skipped, mut bad_meta) = (0u32, 0u32);
+    for h in &hosts {
+        match host(h, build, &mut bad_meta) {
+            Some(i) => out.push(i),
+            None => skipped += 1,
+        }
+    }
+    Ok(finish(out, skipped, bad_meta))
+}
+
+/// Parses an instance detail reply (`GET /nacos/v1/ns/instance`: the instance object; v2: an
+/// envelope around it). Unlike the list it shows `enabled:false`.
+pub fn parse_detail(body: &[u8], api: Api, build: &BuildOptions) -> Result<Instance, RegistryError> {
+    let doc: Value = parse_json(body)?;
+    let rec = match api {
+        Api::V1 => doc,
+        Api::V2 => unwrap_envelope(doc)?,
+    };
+    let mut bad = 0;
+    host(&rec, build, &mut bad).ok_or_else(|| RegistryError::Parse("not a valid instance (ip, port, weight, healthy, enabled)".to_string()))
+}
+
+/// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
+fn flag(rec: &Value, key: &str) -> Option<bool> {
+    match rec.get(key) {
+        None | Some(Value::Null) => Some(true),
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => None,
+    }
+}
+
+/// One host record; `None` when malformed.
+fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instance> {
+    if !rec.is_object() {
+        return None;
+    }
+    let ip = rec.get("ip")?.as_str()?;
+    let port = rec.get("port")?.as_i64()?;
+    let addr = format_addr(ip, port)?;
+    let weight = match rec.get("weight") {
+        None | Some(Value::Null) => None,
+        Some(w) => Some(scale_weight(w.as_f64()?, build.weight_scale)?),
+    };
+    let healthy = flag(rec, "healthy")?;
+    let enabled = flag(rec, "enabled")?;
+    // A deliberate drain wins over ill health (the protect threshold may revive `Down`, never
+    // `Draining`).
+    let state = if !enabled {
+        State::Draining
+    } else if !healthy {
+        State::Down
+    } else {
+        State::Serving
+    };
+    let md = metadata_map(rec.get("metadata"), bad_meta);
+    let (inst, bad) = build.build(addr, weight, None, state, md);
+    *bad_meta += bad;
+    Some(inst)
+}
+
+impl Adapter for Nacos {
+    fn request(&mut self, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
+        if self.needs_login(now_ms) {
+            if let Some(c) = &self.auth {
+                return (Call::Login, self.login_request(c));
+            }
+        }
+        let path = self.list_path(q, self.live_token(now_ms));
+        (Call::List, HttpRequest { headers: self.headers("GET", path), body: None, timeout_ms: self.endpoint.timeout_ms })
+    }
+
+    fn on_reply(&mut self, _q: &mut ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+        match call {
+            Call::Login => self.on_login(resp, now_ms),
+            Call::List => self.on_list(resp),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!("../../../shared/fixtures/registry/", $name, ".json")).as_slice()
+        };
+    }
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn v1(body: &[u8]) -> Result<Parsed, RegistryError> {
+        parse_list(body, Api::V1, &BuildOptions::default())
+    }
+    fn v2(body: &[u8]) -> Result<Parsed, RegistryError> {
+        parse_list(body, Api::V2, &BuildOptions::default())
+    }
+    fn ep() -> Endpoint {
+        Endpoint { authority: "nacos.local:8848".into(), timeout_ms: 1500, max_body_bytes: 8 << 20 }
+    }
+    fn creds() -> Credentials {
+        Credentials { username: "nacos user".into(), password: "p&ss=w0rd!".into() }
+    }
+    fn adapter(api: Api, auth: bool) -> Nacos {
+        Nacos::new(ep(), api, auth.then(creds), BuildOptions::default())
+    }
+    fn q(service: &str) -> ServiceQuery {
+        ServiceQuery { service: service.into(), ..Default::default() }
+    }
+    fn resp(status: Option<u16>, body: &[u8]) -> HttpResponse<'_> {
+        HttpResponse { status, headers: &[], body, body_size: body.len() }
+    }
+    /// (addr, weight, start_ms, warmup_ms, state)
+    fn row(i: &Instance) -> (&str, i32, Option<i64>, i64, State) {
+        (i.addr.as_str(), i.weight, i.start_ms, i.warmup_ms, i.state)
+    }
+    fn host_json(extra: &str) -> String {
+        format!(r#"{{"hosts":[{{"ip":"10.0.0.1","port":80{extra}}}]}}"#)
+    }
+
+    // ---- fixtures -------------------------------------------------------------------------
+
+    #[test]
+    fn fixture_nacos_v1_list() {
+        let p = v1(fixture!("nacos-v1-instance-list")).unwrap();
+        assert_eq!((p.skipped, p.malformed_meta), (0, 0));
+        assert_eq!(p.instances.len(), 1);
+        // weight 1 -> 100, healthy:false -> down, empty metadata -> defaults
+        assert_eq!(row(&p.instances[0]), ("10.10.10.10:8888", 100, None, 600_000, State::Down));
+        assert!(p.instances[0].metadata.is_empty());
+        // the v1 body is not a v2 envelope
+        assert_eq!(v2(fixture!("nacos-v1-instance-list")), Err(RegistryError::Parse("envelope has no code".into())));
+    }
+
+    #[test]
+    fn fixture_nacos_v2_list() {
+        let p = v2(fixture!("nacos-v2-instance-list")).unwrap();
+        assert_eq!(p.instances.len(), 1);
+        let i = &p.instances[0];
+        assert_eq!(row(i), ("127.0.0.1:8080", 100, None, 600_000, State::Serving));
+        assert_eq!(i.metadata.get("value").map(String::as_str), Some("1"));
+        // the envelope read as v1 has no hosts at the top
+        assert_eq!(v1(fixture!("nacos-v2-instance-list")), Err(RegistryError::Parse("no hosts field".into())));
+    }
+
+    #[test]
+    fn fixture_rnacos_list() {
+        let p = v1(fixture!("rnacos-instance-list-captured")).unwrap();
+        assert_eq!((p.skipped, p.malformed_meta), (0, 0));
+        assert_eq!(p.instances.len(), 2);
+        // weight 2.0 -> 200; Dubbo timestamp / warmup from metadata
+        assert_eq!(row(&p.instances[0]), ("10.0.0.1:8080", 200, Some(1_700_000_000_000), 60_000, State::Serving));
+        assert_eq!(row(&p.instances[1]), ("10.0.0.2:8080", 100, None, 600_000, State::Serving));
+        assert_eq!(p.instances[0].metadata.len(), 2);
+    }
+
+    #[test]
+    fn fixture_rnacos_after_disable_is_absence() {
+        let p = v1(fixture!("rnacos-instance-list-after-disable-captured")).unwrap();
+        assert_eq!(p.instances.len(), 1);
+        assert_eq!(row(&p.instances[0]), ("10.0.0.2:8080", 100, None, 600_000, State::Serving));
+    }
+
+    #[test]
+    fn fixture_rnacos_unhealthy() {
+        let p = v1(fixture!("rnacos-instance-list-unhealthy-captured")).unwrap();
+        assert_eq!(p.instances.len(), 2);
+        assert_eq!(row(&p.instances[0]), ("10.0.0.1:8080", 500, Some(1_700_000_000_000), 60_000, State::Down));
+        assert_eq!(row(&p.instances[1]), ("10.0.0.2:8080", 100, None, 600_000, State::Serving));
+    }
+
+    #[test]
+    fn fixture_rnacos_protect_threshold_reports_healthy() {
+        // The server lies under its protect threshold: the list says healthy.
+        let p = v1(fixture!("rnacos-instance-list-protect-threshold-captured")).unwrap();
+        assert_eq!(p.instances.len(), 1);
+        assert_eq!(row(&p.instances[0]), ("10.0.0.9:9090", 100, None, 600_000, State::Serving));
+    }
+
+    #[test]
+    fn fixture_details() {
+        let b = BuildOptions::default();
+        let i = parse_detail(fixture!("rnacos-instance-detail-disabled-captured"), Api::V1, &b).unwrap();
+        assert_eq!(row(&i), ("10.0.0.1:8080", 200, Some(1_700_000_000_000), 60_000, State::Draining));
+        let i = parse_detail(fixture!("nacos-v1-instance-detail"), Api::V1, &b).unwrap();
+        assert_eq!(row(&i), ("10.10.10.10:8888", 100, None, 600_000, State::Down));
+        // v2 envelope around a detail
+        let body = br#"{"code":0,"message":"success","data":{"ip":"::1","port":9,"weight":0.5,"healthy":true,"enabled":false,"metadata":{}}}"#;
+        assert_eq!(row(&parse_detail(body, Api::V2, &b).unwrap()), ("[::1]:9", 50, None, 600_000, State::Draining));
+        let body = br#"{"code":20004,"message":"instance not found","data":null}"#;
+        assert_eq!(parse_detail(body, Api::V2, &b), Err(RegistryError::Envelope { code: 20004, message: "instance not found".into() }));
+        assert!(matches!(parse_detail(br#"{"ip":"x","port":1}"#, Api::V1, &b), Err(RegistryError::Parse(_))));
+        assert!(matches!(parse_detail(b"[]", Api::V1, &b), Err(RegistryError::Parse(_))));
+    }
+
+    #[test]
+    fn fixture_beat_is_not_a_list() {
+        assert_eq!(v1(fixture!("rnacos-beat-captured")), Err(RegistryError::Parse("no hosts field".into())));
+    }
+
+    #[test]
+    fn fixture_logins() {
+        for (body, token, ttl_s) in [
+            (
+                fixture!("nacos-auth-login"),
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJuYWNvcyIsImV4cCI6MTYwNTYyOTE2Nn0.2TogGhhr11_vLEjqKko1HJHUJEmsPuCxkur-CfNojDo",
+                18_000i64,
+            ),
+            (fixture!("rnacos-login-captured"), "c377fe23ad5e4a99b7cf5f800d483c23d027d7191a324850a327539276bd78fa", 3_600),
+        ] {
+            let mut a = adapter(Api::V1, true);
+            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body), T0), Reply::LoggedIn);
+            let t = a.token.clone().unwrap();
+            assert_eq!(t.value, token);
+            assert_eq!(t.expires_ms, T0 + ttl_s * 1000);
+            // 10 % of 18000 s (1800 s) > 60 s; 10 % of 3600 s is 360 s > 60 s
+            assert_eq!(t.renew_ms, T0 + ttl_s * 1000 - ttl_s * 100);
+            let (call, req) = a.request(&q("s"), T0 + 1);
+            assert_eq!(call, Call::List);
+            assert!(req.header(":path").unwrap().ends_with(&format!("&healthyOnly=false&accessToken={token}")));
+        }
+    }
+
+    #[test]
+    fn fixture_rnacos_403() {
+        let body = fixture!("rnacos-403-captured");
+        // without auth: a plain status error
+        let mut a = adapter(Api::V1, false);
+        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), body), T0) {
+            Reply::Error(RegistryError::Status(403, s)) => assert!(s.contains("unknown user!"), "{s}"),
+            other => panic!("{other:?}"),
+        }
+        // with auth: an auth error that drops the token
+        let mut a = adapter(Api::V1, true);
+        a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), fixture!("rnacos-login-captured")), T0);
+        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), body), T0 + 1) {
+            Reply::Error(RegistryError::Auth(s)) => assert!(s.contains("HTTP 403") && s.contains("unknown user!"), "{s}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(a.token.is_none());
+        assert_eq!(a.request(&q("s"), T0 + 2).0, Call::Login);
+    }
+
+    // ---- hostile input --------------------------------------------------------------------
+
+    #[derive(Debug)]
+    enum Want {
+        Parse,
+        Hosts { kept: usize, skipped: u32 },
+        Envelope(i64, &'static str),
+    }
+
+    #[test]
+    fn hostile_table() {
+        let deep = format!(r#"{{"hosts":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep_meta = format!(r#"{{"hosts":[{{"ip":"1.1.1.1","port":1,"metadata":{}1{}}}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let cases: Vec<(&str, Api, String, Want)> = vec![
+            ("empty body", Api::V1, String::new(), Want::Parse),
+            ("whitespace", Api::V1, " \n".into(), Want::Parse),
+            ("null", Api::V1, "null".into(), Want::Parse),
+            ("null v2", Api::V2, "null".into(), Want::Parse),
+            ("array", Api::V1, "[]".into(), Want::Parse),
+            ("string", Api::V1, r#""hosts""#.into(), Want::Parse),
+            ("empty object", Api::V1, "{}".into(), Want::Parse),
+            ("hosts null", Api::V1, r#"{"hosts":null}"#.into(), Want::Hosts { kept: 0, skipped: 0 }),
+            ("hosts empty", Api::V1, r#"{"hosts":[]}"#.into(), Want::Hosts { kept: 0, skipped: 0 }),
+            ("hosts object", Api::V1, r#"{"hosts":{"ip":"1.1.1.1","port":1}}"#.into(), Want::Parse),
+            ("hosts string", Api::V1, r#"{"hosts":"1.1.1.1:1"}"#.into(), Want::Parse),
+            ("host not object", Api::V1, r#"{"hosts":[1,"x",null,[]]}"#.into(), Want::Hosts { kept: 0, skipped: 4 }),
+            ("port as string", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1","port":"80"}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port float", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1","port":80.5}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port 0", Api::V1, host_json("").replace("80", "0"), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port negative", Api::V1, host_json("").replace("80", "-80"), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port 65536", Api::V1, host_json("").replace("80", "65536"), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port 65535", Api::V1, host_json("").replace("80", "65535"), Want::Hosts { kept: 1, skipped: 0 }),
+            ("port huge", Api::V1, host_json("").replace("80", "99999999999999999999999"), Want::Hosts { kept: 0, skipped: 1 }),
+            ("port missing", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1"}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("ip missing", Api::V1, r#"{"hosts":[{"port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("ip hostname", Api::V1, r#"{"hosts":[{"ip":"db.local","port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("ip number", Api::V1, r#"{"hosts":[{"ip":167772161,"port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("ip with port", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1:80","port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            ("weight x", Api::V1, host_json(r#","weight":"x""#), Want::Hosts { kept: 0, skipped: 1 }),
+            ("weight bool", Api::V1, host_json(r#","weight":true"#), Want::Hosts { kept: 0, skipped: 1 }),
+            ("weight negative", Api::V1, host_json(r#","weight":-1.0"#), Want::Hosts { kept: 0, skipped: 1 }),
+            // JSON cannot carry NaN/Infinity; serde_json refuses an overflowing literal outright
+            ("weight 1e999", Api::V1, host_json(r#","weight":1e999"#), Want::Parse),
+            ("weight NaN literal", Api::V1, host_json(r#","weight":NaN"#), Want::Parse),
+            ("weight null", Api::V1, host_json(r#","weight":null"#), Want::Hosts { kept: 1, skipped: 0 }),
+            ("healthy string", Api::V1, host_json(r#","healthy":"false""#), Want::Hosts { kept: 0, skipped: 1 }),
+            ("enabled number", Api::V1, host_json(r#","enabled":0"#), Want::Hosts { kept: 0, skipped: 1 }),
+            ("truncated", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1","port":1}"#.into(), Want::Parse),
+            ("truncated mid-string", Api::V1, r#"{"hosts":[{"ip":"1.1"#.into(), Want::Parse),
+            ("trailing garbage", Api::V1, r#"{"hosts":[]} x"#.into(), Want::Parse),
+            ("deep nesting", Api::V1, deep, Want::Parse),
+            ("deep metadata", Api::V1, deep_meta, Want::Parse),
+            ("invalid utf-8 escape", Api::V1, r#"{"hosts":[{"ip":"\udc00","port":1}]}"#.into(), Want::Parse),
+            (
+                "v2 error code",
+                Api::V2,
+                r#"{"code":20004,"message":"service not found: DEFAULT_GROUP@@x","data":null}"#.into(),
+                Want::Envelope(20004, "service not found: DEFAULT_GROUP@@x"),
+            ),
+            ("v2 error no message", Api::V2, r#"{"code":-1}"#.into(), Want::Envelope(-1, "")),
+            ("v2 error odd message", Api::V2, r#"{"code":500,"message":{"a":1}}"#.into(), Want::Envelope(500, r#"{"a":1}"#)),
+            ("v2 code string", Api::V2, r#"{"code":"0","data":{"hosts":[]}}"#.into(), Want::Parse),
+            ("v2 no code", Api::V2, r#"{"data":{"hosts":[]}}"#.into(), Want::Parse),
+            ("v2 data null", Api::V2, r#"{"code":0,"message":"success","data":null}"#.into(), Want::Parse),
+            ("v2 data array", Api::V2, r#"{"code":0,"data":[]}"#.into(), Want::Parse),
+            ("v2 hosts null", Api::V2, r#"{"code":0,"data":{"hosts":null}}"#.into(), Want::Hosts { kept: 0, skipped: 0 }),
+            ("v2 ok", Api::V2, r#"{"code":0,"data":{"hosts":[{"ip":"1.1.1.1","port":1},{"ip":"x","port":1}]}}"#.into(), Want::Hosts { kept: 1, skipped: 1 }),
+        ];
+        for (name, api, body, want) in cases {
+            let got = parse_list(body.as_bytes(), api, &BuildOptions::default());
+            let ok = match (&want, &got) {
+                (Want::Parse, Err(RegistryError::Parse(_))) => true,
+                (Want::Hosts { kept, skipped }, Ok(p)) => p.instances.len() == *kept && p.skipped == *skipped,
+                (Want::Envelope(c, m), Err(RegistryError::Envelope { code, message })) => c == code && m == message,
+                _ => false,
+            };
+            assert!(ok, "{name}: wanted {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn weights_and_states() {
+        let body = br#"{"hosts":[
+            {"ip":"10.0.0.1","port":1,"weight":0.5},
+            {"ip":"10.0.0.2","port":1,"weight":0},
+            {"ip":"10.0.0.3","port":1,"weight":1e300},
+            {"ip":"10.0.0.4","port":1,"weight":3,"metadata":{"weight":"7"}},
+            {"ip":"10.0.0.5","port":1,"healthy":false,"enabled":false},
+            {"ip":"10.0.0.6","port":1,"enabled":false},
+            {"ip":"10.0.0.7","port":1,"metadata":{"lossless.drain":"true"}},
+            {"ip":"10.0.0.8","port":1,"weight":-0.0}
+        ]}"#;
+        let p = v1(body).unwrap();
+        let got: Vec<(i32, State)> = p.instances.iter().map(|i| (i.weight, i.state)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (50, State::Serving),
+                (0, State::Serving),
+                (i32::MAX, State::Serving),
+                (7, State::Serving),    // Dubbo's weight param wins over the Nacos weight
+                (100, State::Draining), // a deliberate drain wins over ill health
+                (100, State::Draining),
+                (100, State::Draining),
+                (0, State::Serving),
+            ]
+        );
+        // a custom scale
+        let b = BuildOptions { weight_scale: 1.0, ..Default::default() };
+        assert_eq!(parse_list(br#"{"hosts":[{"ip":"1.1.1.1","port":1,"weight":2.6}]}"#, Api::V1, &b).unwrap().instances[0].weight, 3);
+    }
+
+    #[test]
+    fn ipv6_duplicates_and_metadata() {
+        let body = r#"{"hosts":[
+            {"ip":"fe80::1","port":8080,"metadata":{"zone":"ü✓","n":1,"b":true,"nested":{"x":1},"arr":[1]}},
+            {"ip":"[::1]","port":80},
+            {"ip":"10.0.0.1","port":80,"weight":1},
+            {"ip":" 10.0.0.1 ","port":80,"weight":3,"healthy":false},
+            {"ip":"10.0.0.1","port":80,"metadata":"oops"}
+        ]}"#;
+        let p = v1(body.as_bytes()).unwrap();
+        let addrs: Vec<&str> = p.instances.iter().map(|i| i.addr.as_str()).collect();
+        assert_eq!(addrs, vec!["10.0.0.1:80", "[::1]:80", "[fe80::1]:8080"]);
+        // duplicates merged: the worst state and the highest weight
+        assert_eq!((p.instances[0].weight, p.instances[0].state), (300, State::Down));
+        let md = &p.instances[2].metadata;
+        assert_eq!(md.get("zone").map(String::as_str), Some("ü✓"));
+        assert_eq!(md.get("n").map(String::as_str), Some("1"));
+        assert_eq!(md.get("b").map(String::as_str), Some("true"));
+        assert!(!md.contains_key("nested"));
+        // two nested values and one non-object metadata
+        assert_eq!((p.skipped, p.malformed_meta), (0, 3));
+        // malformed time metadata is counted, the instance is kept with defaults
+        let p = v1(br#"{"hosts":[{"ip":"1.1.1.1","port":1,"metadata":{"timestamp":"soon","warmup":"-"}}]}"#).unwrap();
+        assert_eq!(row(&p.instances[0]), ("1.1.1.1:1", 100, None, 600_000, State::Serving));
+        assert_eq!(p.malformed_meta, 2);
+    }
+
+    #[test]
+    fn ten_megabytes_is_too_large() {
+        let mut body = br#"{"hosts":["#.to_vec();
+        while body.len() < 10_000_000 {
+            body.extend_from_slice(br#"{"ip":"10.0.0.1","port":80},"#);
+        }
+        body.extend_from_slice(br#"{"ip":"10.0.0.1","port":80}]}"#);
+        let size = body.len();
+        assert_eq!(check_common(&resp(Some(200), &body), &ep()), Err(RegistryError::TooLarge { size, cap: 8 << 20 }));
+        let mut a = adapter(Api::V1, false);
+        assert_eq!(a.on_reply(&mut q("s"), Call::List, &resp(Some(200), &body), T0), Reply::Error(RegistryError::TooLarge { size, cap: 8 << 20 }));
+        // the glue may report the size without fetching the body
+        let small = HttpResponse { status: Some(200), headers: &[], body: b"", body_size: 10_000_000 };
+        assert_eq!(a.on_reply(&mut q("s"), Call::List, &small, T0), Reply::Error(RegistryError::TooLarge { size: 10_000_000, cap: 8 << 20 }));
+    }
+
+    #[test]
+    fn list_replies() {
+        let mut a = adapter(Api::V1, false);
+        let mut sq = q("s");
+        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(None, b""), T0), Reply::Error(RegistryError::Transport));
+        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(Some(500), b"boom"), T0), Reply::Error(RegistryError::Status(500, "boom".into())));
+        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(Some(401), b"no"), T0), Reply::Error(RegistryError::Status(401, "no".into())));
+        match a.on_reply(&mut sq, Call::List, &resp(Some(200), fixture!("rnacos-instance-list-captured")), T0) {
+            Reply::Members(p) => assert_eq!(p.instances.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let mut a = adapter(Api::V2, false);
+        let body = br#"{"code":20004,"message":"service not found","data":null}"#;
+        assert_eq!(
+            a.on_reply(&mut sq, Call::List, &resp(Some(200), body), T0),
+            Reply::Error(RegistryError::Envelope { code: 20004, message: "service not found".into() })
+        );
+        match a.on_reply(&mut sq, Call::List, &resp(Some(200), fixture!("nacos-v2-instance-list")), T0) {
+            Reply::Members(p) => assert_eq!(p.instances[0].addr, "127.0.0.1:8080"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // ---- requests ---------------------------------------------------------------------------
+
+    #[test]
+    fn v1_request_shape() {
+        let mut a = adapter(Api::V1, false);
+        let (call, req) = a.request(&q("demo-svc"), T0);
+        assert_eq!(call, Call::List);
+        let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec![":method", ":path", ":authority", "accept"]);
+        assert_eq!(req.header(":method"), Some("GET"));
+        assert_eq!(req.header(":path"), Some("/nacos/v1/ns/instance/list?serviceName=demo-svc&healthyOnly=false"));
+        assert_eq!(req.header(":authority"), Some("nacos.local:8848"));
+        assert_eq!(req.header("accept"), Some("application/json"));
+        assert_eq!((req.body, req.timeout_ms), (None, 1500));
+
+        let full = ServiceQuery {
+            service: "providers:com.acme.Orders:1.0.0:".into(),
+            group: Some("DUBBO GROUP".into()),
+            namespace: Some("prod/ns&x=1".into()),
+            clusters: vec!["A".into(), String::new(), "b c".into()],
+            ..Default::default()
+        };
+        let (_, req) = a.request(&full, T0);
+        assert_eq!(
+            req.header(":path"),
+            Some("/nacos/v1/ns/instance/list?serviceName=providers%3Acom.acme.Orders%3A1.0.0%3A&groupName=DUBBO%20GROUP&namespaceId=prod%2Fns%26x%3D1&clusters=A%2Cb%20c&healthyOnly=false")
+        );
+        // empty optional values are left out
+        let empty = ServiceQuery {
+            service: "s".into(),
+            group: Some(String::new()),
+            namespace: Some(String::new()),
+            clusters: vec![String::new()],
+            ..Default::default()
+        };
+        assert_eq!(a.request(&empty, T0).1.header(":path"), Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false"));
+    }
+
+    #[test]
+    fn v2_request_shape() {
+        let mut a = adapter(Api::V2, false);
+        let full = ServiceQuery {
+            service: "providers:com.acme.Orders:1.0.0:".into(),
+            group: Some("DEFAULT_GROUP".into()),
+            namespace: Some("public".into()),
+            clusters: vec!["c1".into(), "c2".into()],
+            tag: Some("ignored".into()),
+            ..Default::default()
+        };
+        let (call, req) = a.request(&full, T0);
+        assert_eq!(call, Call::List);
+        assert_eq!(
+            req.header(":path"),
+            Some("/nacos/v2/ns/instance/list?serviceName=providers%3Acom.acme.Orders%3A1.0.0%3A&groupName=DEFAULT_GROUP&namespaceId=public&clusterName=c1%2Cc2&healthyOnly=false")
+        );
+        assert_eq!(a.request(&q("x"), T0).1.header(":path"), Some("/nacos/v2/ns/instance/list?serviceName=x&healthyOnly=false"));
+    }
+
+    #[test]
+    fn token_in_query_is_encoded() {
+        for (api, prefix) in [(Api::V1, "/nacos/v1/ns/instance/list"), (Api::V2, "/nacos/v2/ns/instance/list")] {
+            let mut a = adapter(api, true);
+            let login = br#"{"accessToken":"a+b/c=","tokenTtl":18000}"#;
+            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), login), T0), Reply::LoggedIn);
+            let (call, req) = a.request(&ServiceQuery { group: Some("g".into()), ..q("s") }, T0);
+            assert_eq!(call, Call::List);
+            assert_eq!(req.header(":path").unwrap(), format!("{prefix}?serviceName=s&groupName=g&healthyOnly=false&accessToken=a%2Bb%2Fc%3D"));
+        }
+    }
+
+    #[test]
+    fn detail_request_shape() {
+        let a = adapter(Api::V1, false);
+        let sq = ServiceQuery { group: Some("G".into()), clusters: vec!["DEFAULT".into(), "x".into()], ..q("demo svc") };
+        let r = a.detail_request(&sq, "10.0.0.1", 8080, T0);
+        assert_eq!(r.header(":path"), Some("/nacos/v1/ns/instance?serviceName=demo%20svc&groupName=G&cluster=DEFAULT&ip=10.0.0.1&port=8080"));
+        let a = adapter(Api::V2, false);
+        let r = a.detail_request(&q("s"), "[::1]", 9, T0);
+        assert_eq!(r.header(":path"), Some("/nacos/v2/ns/instance?serviceName=s&ip=%3A%3A1&port=9"));
+        assert_eq!(r.header(":method"), Some("GET"));
+    }
+
+    // ---- auth -------------------------------------------------------------------------------
+
+    fn login_ok(a: &mut Nacos, token: &str, ttl_s: i64, now: i64) {
+        let body = format!(r#"{{"accessToken":"{token}","tokenTtl":{ttl_s},"globalAdmin":false}}"#);
+        assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body.as_bytes()), now), Reply::LoggedIn);
+    }
+
+    #[test]
+    fn login_comes_first() {
+        let mut a = adapter(Api::V1, true);
+        let (call, req) = a.request(&q("s"), T0);
+        assert_eq!(call, Call::Login);
+        let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec![":method", ":path", ":authority", "accept", "content-type"]);
+        assert_eq!(req.header(":method"), Some("POST"));
+        assert_eq!(req.header(":path"), Some("/nacos/v1/auth/login"));
+        assert_eq!(req.header(":authority"), Some("nacos.local:8848"));
+        assert_eq!(req.header("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(req.body.as_deref(), Some(b"username=nacos%20user&password=p%26ss%3Dw0rd%21".as_slice()));
+        assert_eq!(req.timeout_ms, 1500);
+        // v2 logs in at the same place
+        assert_eq!(adapter(Api::V2, true).request(&q("s"), T0).1.header(":path"), Some("/nacos/v1/auth/login"));
+        // no token yet: asking again still logs in
+        assert_eq!(a.request(&q("s"), T0 + 5).0, Call::Login);
+        login_ok(&mut a, "tok", 3600, T0);
+        let (call, req) = a.request(&q("s"), T0);
+        assert_eq!(call, Call::List);
+        assert_eq!(req.header(":path"), Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false&accessToken=tok"));
+        assert_eq!(req.body, None);
+    }
+
+    #[test]
+    fn expiry_triggers_relogin() {
+        // 3600 s: margin is 10 % = 360 s
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "t1", 3600, T0);
+        assert_eq!(a.request(&q("s"), T0 + 3_239_999).0, Call::List);
+        assert_eq!(a.request(&q("s"), T0 + 3_240_000).0, Call::Login);
+        login_ok(&mut a, "t2", 3600, T0 + 3_240_000);
+        assert!(a.request(&q("s"), T0 + 3_240_001).1.header(":path").unwrap().ends_with("accessToken=t2"));
+
+        // 300 s: 10 % is 30 s, so the 60 s floor applies
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "t", 300, T0);
+        assert_eq!(a.request(&q("s"), T0 + 239_999).0, Call::List);
+        assert_eq!(a.request(&q("s"), T0 + 240_000).0, Call::Login);
+
+        // 30 s: the margin is capped at half the TTL so a fresh token is always used
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "t", 30, T0);
+        assert_eq!(a.request(&q("s"), T0).0, Call::List);
+        assert_eq!(a.request(&q("s"), T0 + 14_999).0, Call::List);
+        assert_eq!(a.request(&q("s"), T0 + 15_000).0, Call::Login);
+
+        // no usable tokenTtl: the default TTL
+        for body in
+            [r#"{"accessToken":"t"}"#, r#"{"accessToken":"t","tokenTtl":0}"#, r#"{"accessToken":"t","tokenTtl":"x"}"#, r#"{"accessToken":"t","tokenTtl":-5}"#]
+        {
+            let mut a = adapter(Api::V1, true);
+            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body.as_bytes()), T0), Reply::LoggedIn, "{body}");
+            assert_eq!(a.token.as_ref().unwrap().expires_ms, T0 + DEFAULT_TTL_S * 1000, "{body}");
+        }
+        // a huge TTL saturates instead of overflowing
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "t", i64::MAX, T0);
+        assert_eq!(a.token.as_ref().unwrap().expires_ms, i64::MAX);
+        assert_eq!(a.request(&q("s"), T0 + 1).0, Call::List);
+    }
+
+    #[test]
+    fn forbidden_list_triggers_relogin() {
+        for status in [401u16, 403] {
+            let mut a = adapter(Api::V2, true);
+            login_ok(&mut a, "t1", 18000, T0);
+            assert_eq!(a.request(&q("s"), T0 + 1).0, Call::List);
+            match a.on_reply(&mut q("s"), Call::List, &resp(Some(status), b"token expired!"), T0 + 2) {
+                Reply::Error(RegistryError::Auth(m)) => assert!(m.contains(&format!("HTTP {status}")) && m.contains("token expired!"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(a.request(&q("s"), T0 + 3).0, Call::Login);
+            login_ok(&mut a, "t2", 18000, T0 + 4);
+            assert!(a.request(&q("s"), T0 + 5).1.header(":path").unwrap().ends_with("accessToken=t2"));
+        }
+        // other errors keep the token
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "t1", 18000, T0);
+        assert_eq!(a.on_reply(&mut q("s"), Call::List, &resp(Some(500), b""), T0), Reply::Error(RegistryError::Status(500, String::new())));
+        assert_eq!(a.request(&q("s"), T0).0, Call::List);
+    }
+
+    #[test]
+    fn login_failures() {
+        let pw = creds().password;
+        let cases: Vec<(Option<u16>, Vec<u8>, &str)> = vec![
+            (Some(403), b"unknown user!".to_vec(), "auth"),
+            (Some(401), format!("bad password {pw} / {}", encode(&pw)).into_bytes(), "auth"),
+            (Some(200), b"not json".to_vec(), "auth"),
+            (Some(200), br#"{"tokenTtl":3600}"#.to_vec(), "auth"),
+            (Some(200), br#"{"accessToken":"","tokenTtl":3600}"#.to_vec(), "auth"),
+            (Some(200), br#"{"accessToken":7,"tokenTtl":3600}"#.to_vec(), "auth"),
+            (Some(200), br#"{"accessToken":"a\nb","tokenTtl":3600}"#.to_vec(), "auth"),
+            (Some(500), b"down".to_vec(), "auth"),
+            (None, Vec::new(), "transport"),
+        ];
+        for (status, body, want) in cases {
+            let mut a = adapter(Api::V1, true);
+            match a.on_reply(&mut q("s"), Call::Login, &resp(status, &body), T0) {
+                Reply::Error(e) => {
+                    assert_eq!(e.kind(), want, "{status:?} {e:?}");
+                    let shown = format!("{e} {e:?}");
+                    assert!(!shown.contains(&pw) && !shown.contains(&encode(&pw)), "password leaked: {shown}");
+                }
+                other => panic!("{status:?}: {other:?}"),
+            }
+            assert!(a.token.is_none());
+            // still no token: the next request logs in again
+            assert_eq!(a.request(&q("s"), T0 + 1).0, Call::Login);
+        }
+    }
+
+    #[test]
+    fn failed_renewal_keeps_valid_token() {
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "old", 3600, T0);
+        let renew = T0 + 3_240_000;
+        assert_eq!(a.request(&q("s"), renew).0, Call::Login);
+        assert!(matches!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(503), b""), renew), Reply::Error(RegistryError::Auth(_))));
+        // the old token still works for a while: list with it, retry the login later
+        let (call, req) = a.request(&q("s"), renew + 1);
+        assert_eq!(call, Call::List);
+        assert!(req.header(":path").unwrap().ends_with("accessToken=old"));
+        assert_eq!(a.request(&q("s"), renew + RENEW_RETRY_MS).0, Call::Login);
+        // once expired it is neither kept nor sent
+        let end = T0 + 3_600_000;
+        assert!(matches!(a.on_reply(&mut q("s"), Call::Login, &resp(None, b""), end), Reply::Error(RegistryError::Transport)));
+        assert!(a.token.is_none());
+        assert_eq!(a.request(&q("s"), end + 1).0, Call::Login);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut a = adapter(Api::V1, true);
+        login_ok(&mut a, "sekrit-token", 3600, T0);
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("p&ss=w0rd!") && !shown.contains("sekrit-token"), "{shown}");
+        assert!(shown.contains("nacos user"));
+        // a 403 body echoing the token is redacted
+        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), b"token sekrit-token expired"), T0) {
+            Reply::Error(RegistryError::Auth(m)) => assert_eq!(m, "list answered HTTP 403: token *** expired"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_auth_never_logs_in() {
+        let mut a = adapter(Api::V1, false);
+        for t in [i64::MIN, 0, T0, i64::MAX] {
+            let (call, req) = a.request(&q("s"), t);
+            assert_eq!(call, Call::List);
+            assert!(!req.header(":path").unwrap().contains("accessToken"));
+        }
     }
 }

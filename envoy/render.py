@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Fills the ${NAME} placeholders of an Envoy config template.
+
+    python3 envoy/render.py envoy/outbound-override-host.yaml ADMIN_PORT=9901 LISTEN_PORT=10000 ... > envoy.yaml
+
+LOSSLESS_CONFIG takes the filter's JSON config (single line, no single quotes); DEMO_ENDPOINTS a
+YAML flow list of lb_endpoints, or use ENDPOINTS=127.0.0.1:9001,127.0.0.1:9002 to build it.
+Exits non-zero if a placeholder is left unfilled.
+"""
+import json
+import re
+import string
+import sys
+
+
+def endpoints(addrs):
+    out = []
+    for a in addrs.split(","):
+        host, port = a.rsplit(":", 1)
+        out.append({"endpoint": {"address": {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}}})
+    return json.dumps(out)
+
+
+def render(template_text, values):
+    values = dict(values)
+    if "ENDPOINTS" in values and "DEMO_ENDPOINTS" not in values:
+        values["DEMO_ENDPOINTS"] = endpoints(values.pop("ENDPOINTS"))
+    if "LOSSLESS_CONFIG" in values:
+        cfg = values["LOSSLESS_CONFIG"]
+        if not isinstance(cfg, str):
+            cfg = json.dumps(cfg, separators=(",", ":"))
+        if "'" in cfg or "\n" in cfg:
+            raise ValueError("LOSSLESS_CONFIG must be one line without single quotes")
+        values["LOSSLESS_CONFIG"] = cfg
+    out = string.Template(template_text).safe_substitute({k: str(v) for k, v in values.items()})
+    left = re.findall(r"\$\{[A-Z_]+\}", out)
+    if left:
+        raise ValueError(f"unfilled placeholders: {sorted(set(left))}")
+    return out
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    values = dict(a.split("=", 1) for a in argv[2:])
+    with open(argv[1]) as f:
+        sys.stdout.write(render(f.read(), values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

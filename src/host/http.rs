@@ -1,0 +1,161 @@
+//! HTTP context: routes each request by the current pick, answers locally when it must, and reads
+//! the drain header on responses.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use log::info;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use super::root::Vm;
+use super::{now_ms, property, HostShared};
+use crate::config::Mode;
+use crate::drain::{local_reply, Reason};
+use crate::runtime::{bump_gen, mark_draining, membership_json, route, Route, Shared};
+
+pub struct Http {
+    vm: Rc<RefCell<Vm>>,
+    /// The service this request was routed to, if any.
+    service: Option<usize>,
+    /// Answered locally: the response is ours, not an upstream's.
+    local: bool,
+}
+
+impl Http {
+    pub fn new(vm: Rc<RefCell<Vm>>) -> Self {
+        Http { vm, service: None, local: false }
+    }
+
+    fn send(&mut self, status: u32, headers: Vec<(String, String)>, body: &str) -> Action {
+        self.local = true;
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let _ = hostcalls::send_http_response(status, h, Some(body.as_bytes()));
+        Action::Pause
+    }
+
+    fn header(name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    /// The admin endpoints under the configured prefix, for loopback callers only.
+    fn admin(&mut self, vm: &mut Vm, path: &str, now: i64) -> Action {
+        let peer_is_loopback = property(vec!["source", "address"]).and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip().is_loopback());
+        if !peer_is_loopback {
+            vm.metrics.admin_denied.inc();
+            return self.send(403, vec![("content-type".into(), "text/plain".into())], "lossless: admin endpoints answer loopback callers only\n");
+        }
+        let method = Self::header(":method").unwrap_or_default();
+        let rest = path.get(vm.cfg.admin_prefix.len()..).unwrap_or_default();
+        let rest = rest.split('?').next().unwrap_or_default();
+        let json = vec![("content-type".to_string(), "application/json".to_string())];
+        match (method.as_str(), rest) {
+            ("GET", "/membership") => {
+                let vm = &mut *vm;
+                vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+                let body = membership_json(&vm.cfg, &mut vm.view, now, &mut vm.rng, vm.leader);
+                self.send(200, json, &body)
+            }
+            ("POST", "/drain") | ("POST", "/undrain") if vm.cfg.mode == Mode::Inbound => {
+                let on = rest == "/drain";
+                HostShared.set(&vm.keys.self_drain(), if on { b"1" } else { b"0" }, None);
+                bump_gen(&HostShared, &vm.keys);
+                info!("lossless: local {} requested", if on { "drain" } else { "undrain" });
+                self.send(200, json, &format!("{{\"draining\":{on}}}\n"))
+            }
+            _ => self.send(
+                404,
+                vec![("content-type".into(), "text/plain".into())],
+                "lossless: unknown admin endpoint (GET /membership, POST /drain, POST /undrain)\n",
+            ),
+        }
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let vm_rc = self.vm.clone();
+        let Ok(mut guard) = vm_rc.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let vm = &mut *guard;
+        let now = now_ms();
+        if let Some(path) = Self::header(":path") {
+            if path.starts_with(&vm.cfg.admin_prefix)
+                && path.get(vm.cfg.admin_prefix.len()..).is_some_and(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
+            {
+                return self.admin(vm, &path, now);
+            }
+        }
+        vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+        // a client never chooses the upstream: drop whatever it sent in a routing header
+        if vm.cfg.mode == Mode::Outbound {
+            for h in &vm.route_headers {
+                if Self::header(h).is_some() {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, h, None);
+                    vm.metrics.client_header_stripped.inc();
+                }
+            }
+        }
+        let cluster = if vm.cfg.mode == Mode::Outbound { property(vec!["xds", "cluster_name"]) } else { None };
+        let pin = vm.cfg.drain.pin_header.as_deref().and_then(Self::header);
+        match route(&vm.cfg, &mut vm.view, cluster.as_deref(), pin.as_deref(), now, &mut vm.rng, &mut vm.scratch) {
+            Route::PassThrough => Action::Continue,
+            Route::Forward { service, header, value } => {
+                self.service = Some(service);
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &header, Some(&value));
+                if let Some(m) = vm.metrics.svc(service) {
+                    m.picks.inc();
+                }
+                Action::Continue
+            }
+            Route::Reject { service, reason } => {
+                if let Some(m) = service.and_then(|s| vm.metrics.svc(s)) {
+                    m.local_503(reason).inc();
+                }
+                let r = local_reply(reason, &vm.cfg.drain);
+                self.send(r.status, r.headers, &r.body)
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.local {
+            return Action::Continue;
+        }
+        let vm_rc = self.vm.clone();
+        let Ok(mut guard) = vm_rc.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let vm = &mut *guard;
+        match vm.cfg.mode {
+            Mode::Inbound => {
+                // in-flight requests finish while draining; their responses tell the caller
+                if vm.view.self_drain.draining() {
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &vm.cfg.drain.header, Some(Reason::SelfDraining.as_str()));
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "connection", Some("close"));
+                }
+            }
+            Mode::Outbound => {
+                if vm.cfg.drain.notify
+                    && self.service.is_some()
+                    && hostcalls::get_map_value(MapType::HttpResponseHeaders, &vm.cfg.drain.header).ok().flatten().is_some()
+                {
+                    if let Some(addr) = property(vec!["upstream", "address"]) {
+                        if mark_draining(&HostShared, &vm.keys, &vm.view, &addr) {
+                            vm.metrics.notify_marks.inc();
+                            info!("lossless: upstream {addr} announced it is draining; no new requests go to it");
+                            let now = now_ms();
+                            vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+                        }
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+}
