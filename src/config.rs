@@ -200,11 +200,12 @@ struct RawDrain {
     retry_after_s: u32,
     pin_header: Option<String>,
     notify: bool,
+    notify_grace_ms: u64,
 }
 
 impl Default for RawDrain {
     fn default() -> Self {
-        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true }
+        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true, notify_grace_ms: 2000 }
     }
 }
 
@@ -289,6 +290,9 @@ pub struct DrainConfig {
     pub retry_after_s: u32,
     pub pin_header: Option<String>,
     pub notify: bool,
+    /// Inbound: how long a draining instance keeps serving, with the drain header on every
+    /// response, before it answers 503.
+    pub notify_grace_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -476,6 +480,9 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             return Err(err("drain.pin_header", "must be a lowercase header name ([a-z0-9-_]+)"));
         }
     }
+    if d.notify_grace_ms > 600_000 {
+        return Err(err("drain.notify_grace_ms", "must be between 0 and 600000 (ms)"));
+    }
     if d.retry_after_s > 3600 {
         return Err(err("drain.retry_after_s", "must be between 0 and 3600"));
     }
@@ -514,7 +521,13 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         refresh_interval_ms: raw.refresh_interval_ms,
         jitter_percent: raw.jitter_percent,
         weight_refresh_ms: raw.weight_refresh_ms,
-        drain: DrainConfig { header: d.header, retry_after_s: d.retry_after_s, pin_header: d.pin_header, notify: d.notify },
+        drain: DrainConfig {
+            header: d.header,
+            retry_after_s: d.retry_after_s,
+            pin_header: d.pin_header,
+            notify: d.notify,
+            notify_grace_ms: d.notify_grace_ms as i64,
+        },
         inbound,
         admin_prefix: prefix,
     })

@@ -96,11 +96,30 @@ pub struct SelfDrain {
     pub registry_offline: bool,
     /// The local drain endpoint was called.
     pub manual: bool,
+    /// When this VM first saw the drain (ms since epoch).
+    pub since_ms: Option<i64>,
 }
 
 impl SelfDrain {
-    /// Updates from a membership refresh.
-    pub fn observe(&mut self, members: &[Instance], self_addr: &str) {
+    /// Updates from a membership refresh and the manual flag, at `now_ms`.
+    pub fn update(&mut self, members: &[Instance], self_addr: &str, manual: bool, now_ms: i64) {
+        self.manual = manual;
+        self.observe(members, self_addr);
+        match (self.draining(), self.since_ms) {
+            (true, None) => self.since_ms = Some(now_ms),
+            (false, Some(_)) => self.since_ms = None,
+            _ => {}
+        }
+    }
+
+    /// Draining and past the notify grace: new requests get 503. Within the grace, requests are
+    /// still served and every response carries the drain header, so each caller learns of the
+    /// drain from a normal response (its retry policy never hides it) and stops sending.
+    pub fn rejecting(&self, now_ms: i64, grace_ms: i64) -> bool {
+        self.draining() && self.since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= grace_ms)
+    }
+
+    fn observe(&mut self, members: &[Instance], self_addr: &str) {
         match members.binary_search_by(|m| m.addr.as_str().cmp(self_addr)).ok().and_then(|i| members.get(i)) {
             Some(m) if m.state == State::Serving => {
                 self.seen_serving = true;
@@ -122,7 +141,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn cfg() -> DrainConfig {
-        DrainConfig { header: "x-lossless-drain".into(), retry_after_s: 2, pin_header: Some("x-pin".into()), notify: true }
+        DrainConfig { header: "x-lossless-drain".into(), retry_after_s: 2, pin_header: Some("x-pin".into()), notify: true, notify_grace_ms: 0 }
     }
 
     fn i(addr: &str, state: State) -> Instance {
@@ -169,5 +188,24 @@ mod tests {
         s.observe(&[i(me, State::Serving)], me);
         s.manual = true;
         assert!(s.draining());
+    }
+
+    #[test]
+    fn grace_then_reject() {
+        let me = "10.0.0.1:80";
+        let serving = [i(me, State::Serving)];
+        let mut s = SelfDrain::default();
+        s.update(&serving, me, false, 1000);
+        assert!(!s.draining() && !s.rejecting(5000, 2000));
+        s.update(&serving, me, true, 2000);
+        assert!(s.draining());
+        assert!(!s.rejecting(3999, 2000), "within the grace: served, with the drain header");
+        assert!(s.rejecting(4000, 2000));
+        // the time of the first sighting is kept across refreshes
+        s.update(&serving, me, true, 3000);
+        assert_eq!(s.since_ms, Some(2000));
+        s.update(&serving, me, false, 5000);
+        assert!(!s.draining() && s.since_ms.is_none());
+        assert!(!s.rejecting(9000, 0));
     }
 }

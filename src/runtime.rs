@@ -372,9 +372,9 @@ impl View {
         }
         if let Some(ib) = &cfg.inbound {
             let (flag, _) = shared.get(&keys.self_drain());
-            self.self_drain.manual = flag.as_deref() == Some(b"1");
+            let manual = flag.as_deref() == Some(b"1");
             if let Some(sv) = self.services.get(ib.service) {
-                self.self_drain.observe(&sv.snap.members, &ib.self_address);
+                self.self_drain.update(&sv.snap.members, &ib.self_address, manual, now_ms);
             }
         }
     }
@@ -395,7 +395,7 @@ pub enum Route {
 /// `pin` the value of the operator's pin header if configured and sent. O(log n) in instances.
 pub fn route(cfg: &Config, view: &mut View, cluster: Option<&str>, pin: Option<&str>, now_ms: i64, rng: &mut Rng, scratch: &mut Vec<usize>) -> Route {
     if cfg.mode == Mode::Inbound {
-        if view.self_drain.draining() {
+        if view.self_drain.rejecting(now_ms, cfg.drain.notify_grace_ms) {
             return Route::Reject { service: cfg.inbound.as_ref().map(|i| i.service), reason: Reason::SelfDraining };
         }
         return Route::PassThrough;
@@ -507,6 +507,8 @@ pub fn membership_json(cfg: &Config, view: &mut View, now_ms: i64, rng: &mut Rng
             json!({
                 "address": ib.self_address,
                 "draining": view.self_drain.draining(),
+                "draining_since_ms": view.self_drain.since_ms,
+                "rejecting": view.self_drain.rejecting(now_ms, cfg.drain.notify_grace_ms),
                 "manual": view.self_drain.manual,
                 "registry_offline": view.self_drain.registry_offline,
                 "seen_serving": view.self_drain.seen_serving,
@@ -671,7 +673,7 @@ mod tests {
 
     #[test]
     fn inbound_self_drain() {
-        let json = br#"{"mode":"inbound","inbound":{"service":"me","self_address":"10.0.0.1:80"},
+        let json = br#"{"mode":"inbound","inbound":{"service":"me","self_address":"10.0.0.1:80"},"drain":{"notify_grace_ms":1000},
             "registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/demo"}},"services":[{"name":"me","registry":"s"}]}"#;
         let cfg = config::parse(json).unwrap();
         let keys = Keys::new(json);
@@ -691,7 +693,9 @@ mod tests {
         assert_eq!(route(&cfg, &mut view, None, None, NOW, &mut rng, &mut s), Route::PassThrough);
         publish(r#"{"instances":[{"address":"10.0.0.2:80"}]}"#, 2);
         view.sync(&cfg, &shared, &keys, NOW, &mut rng);
-        assert_eq!(route(&cfg, &mut view, None, None, NOW, &mut rng, &mut s), Route::Reject { service: Some(0), reason: Reason::SelfDraining });
+        assert_eq!(route(&cfg, &mut view, None, None, NOW, &mut rng, &mut s), Route::PassThrough, "notify grace: still served");
+        assert!(view.self_drain.draining());
+        assert_eq!(route(&cfg, &mut view, None, None, NOW + 1000, &mut rng, &mut s), Route::Reject { service: Some(0), reason: Reason::SelfDraining });
         publish(r#"{"instances":[{"address":"10.0.0.1:80"}]}"#, 3);
         view.sync(&cfg, &shared, &keys, NOW, &mut rng);
         assert_eq!(route(&cfg, &mut view, None, None, NOW, &mut rng, &mut s), Route::PassThrough);
@@ -699,7 +703,7 @@ mod tests {
         shared.set(&keys.self_drain(), b"1", None);
         bump_gen(&shared, &keys);
         view.sync(&cfg, &shared, &keys, NOW, &mut rng);
-        assert!(matches!(route(&cfg, &mut view, None, None, NOW, &mut rng, &mut s), Route::Reject { reason: Reason::SelfDraining, .. }));
+        assert!(matches!(route(&cfg, &mut view, None, None, NOW + 1000, &mut rng, &mut s), Route::Reject { reason: Reason::SelfDraining, .. }));
         let j: serde_json::Value = serde_json::from_str(&membership_json(&cfg, &mut view, NOW, &mut rng, true)).unwrap();
         assert_eq!(j["self"]["manual"], true);
     }

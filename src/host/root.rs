@@ -173,7 +173,7 @@ impl RootContext for Root {
         let cfg = match config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                error!("lossless: {e}");
+                error!("{e}");
                 return false;
             }
         };

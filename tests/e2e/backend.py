@@ -1,0 +1,122 @@
+"""Test backend: answers 200 + its identity, counts requests, has /__ control endpoints.
+
+Run: python3 backend.py --port P [--name NAME]. Binds 127.0.0.1 only.
+"""
+
+import argparse
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class State:
+    def __init__(self, instance, name):
+        self.instance = instance
+        self.name = name
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.drain = False
+        self.status = 200
+        self.delay_ms = 0
+
+    def count(self, method):
+        with self.lock:
+            self.counts[method] = self.counts.get(method, 0) + 1
+
+    def stats(self):
+        with self.lock:
+            counts = dict(self.counts)
+        return {
+            "instance": self.instance,
+            "name": self.name,
+            "counts": counts,
+            "total": sum(counts.values()),
+            "drain": self.drain,
+            "status": self.status,
+            "delay_ms": self.delay_ms,
+        }
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else ~40 ms per request behind Envoy
+    state: State = None
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _read_body(self):
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _send(self, code, body, extra=()):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("x-instance", self.state.instance)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _control(self, path, query):
+        st = self.state
+        arg = parse_qs(query)
+        val = (arg.get("on") or arg.get("code") or arg.get("ms") or ["0"])[0]
+        if self.command == "GET" and path == "/__stats":
+            return self._send(200, st.stats())
+        if self.command != "POST":
+            return self._send(405, {"error": "use POST"})
+        if path == "/__drain_header":
+            st.drain = val not in ("0", "false", "")
+        elif path == "/__status":
+            st.status = int(val)
+        elif path == "/__delay":
+            st.delay_ms = int(val)
+        elif path == "/__reset":
+            with st.lock:
+                st.counts.clear()
+        else:
+            return self._send(404, {"error": "unknown control " + path})
+        return self._send(200, st.stats())
+
+    def _serve(self):
+        body = self._read_body()
+        url = urlsplit(self.path)
+        if url.path.startswith("/__"):
+            return self._control(url.path, url.query)
+        st = self.state
+        st.count(self.command)
+        if st.delay_ms > 0:
+            time.sleep(st.delay_ms / 1000.0)
+        extra = [("x-lossless-drain", "1")] if st.drain else []
+        self._send(st.status, {"instance": st.instance, "name": st.name,
+                               "method": self.command, "path": url.path,
+                               "received": len(body)}, extra)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--name", default="")
+    args = ap.parse_args()
+    instance = f"127.0.0.1:{args.port}"
+    Handler.state = State(instance, args.name or instance)
+    server = Server(("127.0.0.1", args.port), Handler)
+    print(f"backend {args.name} listening on {instance}", flush=True)
+    server.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    main()

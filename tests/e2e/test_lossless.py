@@ -1,0 +1,344 @@
+"""lossless inside a real Envoy, against a real rnacos and real backends.
+
+Each test owns its processes (stopped by pid at teardown), binds 127.0.0.1 only, and uses free
+ports. Loads are bounded in time.
+"""
+
+import json
+import sys
+import time
+
+import pytest
+
+from harness import (HERE, LOOPBACK, REPO, Backend, Envoy, Load, ProcessExited, free_port,
+                     get_json, lb_endpoints, request, wait_http, wait_until, wasm_crash_lines)
+
+SERVICE = "demo-svc"
+OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
+ORIGINAL_DST = REPO / "envoy" / "outbound-original-dst.yaml"
+INBOUND = REPO / "envoy" / "inbound.yaml"
+HOUR_MS = 3_600_000
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def config(registry_addr, refresh_ms=1000, mode="outbound", inbound=None, **service):
+    """The filter's JSON config for one service `demo` backed by rnacos service demo-svc."""
+    svc = {"name": "demo", "registry": "nacos", "registry_service": SERVICE}
+    svc.update(service)
+    cfg = {
+        "mode": mode,
+        "registries": {"nacos": {"type": "nacos", "cluster": "registry", "authority": registry_addr,
+                                 "timeout_ms": 1000}},
+        "services": [svc],
+        "refresh_interval_ms": refresh_ms,
+        "drain": {"pin_header": "x-pin", "notify_grace_ms": 1000},
+    }
+    if inbound:
+        cfg["inbound"] = inbound
+    return json.dumps(cfg, separators=(",", ":"))
+
+
+def subs(registry_port, cfg, endpoints=(), listen=None, app_port=None):
+    s = {"LISTEN_PORT": listen or free_port(), "REGISTRY_PORT": registry_port,
+         "LOSSLESS_CONFIG": cfg, "DEMO_ENDPOINTS": lb_endpoints(endpoints) if endpoints else "[]"}
+    if app_port:
+        s["APP_PORT"] = app_port
+    return s
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+def membership(envoy_listen_port):
+    return get_json(f"http://{LOOPBACK}:{envoy_listen_port}/lossless/membership")
+
+
+def serving(envoy_listen_port):
+    doc = membership(envoy_listen_port)
+    return sorted(i["address"] for i in doc["services"][0]["instances"] if i["state"] == "serving")
+
+
+@pytest.fixture(autouse=True)
+def no_wasm_crash(request, tmp_logs):
+    """Promise 9: no `[critical][wasm]` or panic line in any Envoy log of the suite."""
+    yield
+    for log in sorted(tmp_logs.rglob("*.envoy.log")):
+        if log.name.startswith("badcfg"):  # refuses its config on purpose
+            continue
+        bad = wasm_crash_lines(log.read_text(errors="replace"))
+        assert not bad, f"{log}:\n" + "\n".join(bad[:20])
+
+
+@pytest.fixture
+def backends(make_backend):
+    def make(n):
+        return [make_backend() for _ in range(n)]
+    return make
+
+
+def register(rnacos, b, started_ms, warmup_ms=30_000, port=None):
+    rnacos.register(SERVICE, LOOPBACK, port or b.port, weight=1.0,
+                    metadata={"timestamp": started_ms, "warmup": warmup_ms})
+
+
+def start_gateway(make_envoy, registry_port, cfg, endpoints, concurrency=1, name="gateway",
+                  template=OUTBOUND, listen=None):
+    s = subs(registry_port, cfg, endpoints, listen=listen)
+    env = make_envoy(template, s, concurrency=concurrency, name=name)
+    env.listen = int(s["LISTEN_PORT"])
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# 1 + 2: warmup follows the Dubbo weight, and survives an Envoy restart
+
+def dubbo_weight(uptime_ms, warmup_ms, weight=100):
+    """Dubbo getWeight for an instance `uptime_ms` old (uptime 0 or past warmup: full weight)."""
+    if uptime_ms <= 0 or uptime_ms >= warmup_ms:
+        return weight
+    return max(1, min(int(uptime_ms / (warmup_ms / weight)), weight))
+
+
+def test_warmup_tracks_dubbo_weight_and_survives_restart(rnacos, backends, make_envoy):
+    b = backends(4)
+    old = now_ms() - HOUR_MS
+    for x in b[:3]:
+        register(rnacos, x, old)
+    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [x.addr for x in b])
+    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10, what="3 serving instances")
+
+    warmup = 40_000
+    load = Load(gw.listen, threads=8, duration=56, post_share=0.2).start()
+    wall0 = time.time()
+    t0 = now_ms()
+    register(rnacos, b[3], t0, warmup_ms=warmup)
+    new = b[3].addr
+
+    def at(frac):  # load-relative seconds of a point of the warmup
+        return (t0 + frac * warmup) / 1000 - wall0
+
+    def check(frac, half=2.0):
+        lo, hi = at(frac) - half, at(frac) + half
+        window = [s for s in load.window(lo, hi) if 200 <= s.status < 300]
+        assert len(window) > 500, f"too few samples at {frac:.0%}: {len(window)}"
+        expected = sum(
+            dubbo_weight((wall0 + s.t) * 1000 - t0, warmup) / (300 + dubbo_weight((wall0 + s.t) * 1000 - t0, warmup))
+            for s in window) / len(window)
+        got = sum(1 for s in window if s.instance == new) / len(window)
+        print(f"warmup {frac:.0%}: share {got:.3f}, Dubbo weight share {expected:.3f}, {len(window)} samples")
+        assert abs(got - expected) <= 0.03, f"at {frac:.0%} of warmup: share {got:.3f}, expected {expected:.3f}"
+        return got
+
+    def sleep_until(frac):
+        time.sleep(max(0.0, at(frac) - (time.time() - wall0)))
+
+    sleep_until(0.25 + 0.05)
+    check(0.25)
+    sleep_until(0.5 + 0.05)
+    check(0.5)
+    # Envoy restarts half way: the ramp continues from the instance's start time
+    gw.restart()
+    restarted = time.time() - wall0
+    sleep_until(0.75 + 0.05)
+    check(0.70)
+    check(0.75)
+    sleep_until(1.0 + 0.3)
+    load.wait()
+    window = [s for s in load.window(at(1.0) + 0.5, None) if 200 <= s.status < 300]
+    share = sum(1 for s in window if s.instance == new) / len(window)
+    assert abs(share - 0.25) <= 0.03, f"after warmup: share {share:.3f}"
+    # the only failures are requests sent while Envoy itself was down
+    errors = [s for s in load.errors() if not (restarted - 8 <= s.t <= restarted + 3)]
+    assert not errors, errors[:5]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3: offline in the registry -> no new request reaches it after refresh interval + 500 ms
+
+def test_offline_instance_gets_no_new_requests(rnacos, backends, make_envoy):
+    b = backends(3)
+    for x in b:
+        register(rnacos, x, now_ms() - HOUR_MS)
+    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [x.addr for x in b])
+    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+    load = Load(gw.listen, threads=8, duration=8, post_share=0.3).start()
+    time.sleep(2)
+    off_at = load.elapsed()
+    rnacos.set_enabled(SERVICE, LOOPBACK, b[2].port, False)
+    load.wait()
+    bound = off_at + 1.1 + 0.5  # refresh interval (1 s + 10 % jitter) + 500 ms
+    late = [s for s in load.results() if s.instance == b[2].addr and s.t > bound]
+    assert not late, f"{len(late)} requests reached the offline instance after {bound - off_at:.1f} s"
+    before = [s for s in load.results() if s.instance == b[2].addr and s.t < off_at]
+    assert len(before) > 100, "it did serve before going offline"
+    assert not load.errors(), load.summary()
+    # the backend's own count agrees: nothing arrives any more
+    count = b[2].total()
+    time.sleep(1.5)
+    assert b[2].total() == count
+
+
+# ----------------------------------------------------------------------------------------------
+# 4: self-drain on the instance's sidecar + active notify + Envoy retry policy -> 0 errors
+
+def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy):
+    apps = backends(3)
+    sidecars = []
+    for i, app in enumerate(apps):
+        listen = free_port()
+        me = f"{LOOPBACK}:{listen}"
+        cfg = config(rnacos.addr, mode="inbound", inbound={"service": "demo", "self_address": me})
+        sc = make_envoy(INBOUND, subs(rnacos.http_port, cfg, listen=listen, app_port=app.port),
+                        name=f"sidecar{i}")
+        sc.listen, sc.addr, sc.app = listen, me, app
+        sidecars.append(sc)
+        register(rnacos, None, now_ms() - HOUR_MS, port=listen)
+    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [s.addr for s in sidecars])
+    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+    for sc in sidecars:
+        wait_until(lambda sc=sc: membership(sc.listen)["self"]["seen_serving"], timeout=10)
+
+    load = Load(gw.listen, threads=8, duration=12, post_share=0.3).start()
+    time.sleep(2)
+    # (a) the preStop hook: POST /lossless/drain on the sidecar, from loopback
+    drained_at = load.elapsed()
+    status, _, body = request("POST", f"http://{LOOPBACK}:{sidecars[0].listen}/lossless/drain", body=b"")
+    assert status == 200 and json.loads(body)["draining"] is True
+    time.sleep(4)
+    # (b) the registry marks the second instance offline (Nacos enabled=false)
+    offline_at = load.elapsed()
+    rnacos.set_enabled(SERVICE, LOOPBACK, sidecars[1].listen, False)
+    load.wait()
+
+    assert not load.errors(), load.summary()
+    # the gateway learned of the drain from the drain header on normal responses
+    marks = gw.stat("wasmcustom.lossless.notify_marks", 0)
+    assert marks >= 1, f"notify_marks = {marks}"
+    late = [s for s in load.results() if s.instance == apps[0].addr and s.t > drained_at + 1.0]
+    assert not late, f"{len(late)} requests reached the manually drained instance after 1 s"
+    late = [s for s in load.results() if s.instance == apps[1].addr and s.t > offline_at + 1.6]
+    assert not late, f"{len(late)} requests reached the offline instance after 1.6 s"
+    # the drained sidecar answers new requests 503 + drain header + connection: close
+    status, headers, _ = request("GET", f"http://{LOOPBACK}:{sidecars[0].listen}/")
+    assert status == 503
+    assert headers.get("x-lossless-drain") == "self_draining"
+    assert headers.get("connection") == "close"
+    assert "retry-after" in headers
+    # and the registry-offline one as well, within its grace
+    wait_until(lambda: request("GET", f"http://{LOOPBACK}:{sidecars[1].listen}/")[0] == 503, timeout=5)
+    # a non-loopback caller cannot drain: the endpoint checks the peer, not headers (cannot
+    # be exercised from loopback; the unit of that check is in the filter)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5: registry killed for 20 s, then garbage / 500 / stalls: traffic continues, only stats change
+
+def test_registry_outage_and_garbage_change_only_stats(rnacos, backends, make_envoy, procs):
+    b = backends(3)
+    for x in b:
+        register(rnacos, x, now_ms() - HOUR_MS)
+    front = free_port()
+    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
+                             "--upstream", rnacos.addr])
+    wait_http(f"http://{LOOPBACK}:{front}/__count")
+    gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b])
+    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+    load = Load(gw.listen, threads=8, duration=36, post_share=0.2).start()
+    time.sleep(2)
+    failed0 = gw.stat("wasmcustom.lossless.demo.refresh_failed", 0)
+    rnacos.kill()
+    time.sleep(20)
+    failed1 = gw.stat("wasmcustom.lossless.demo.refresh_failed", 0)
+    assert failed1 - failed0 >= 10, "refresh failures are counted while the registry is down"
+    rnacos.start()
+    for mode in ("garbage", "500", "stall", "empty"):
+        request("POST", f"http://{LOOPBACK}:{front}/__mode?m={mode}", body=b"")
+        time.sleep(3)
+        assert serving(gw.listen) == sorted(x.addr for x in b), f"membership changed in mode {mode}"
+    request("POST", f"http://{LOOPBACK}:{front}/__mode?m=pass", body=b"")
+    load.wait()
+    assert not load.errors(), load.summary()
+    counts = load.counts()
+    assert all(counts[x.addr] > 200 for x in b), counts
+    st = gw.stats()
+    assert st["wasmcustom.lossless.demo.refresh_failed"] > failed1
+    assert st["wasmcustom.lossless.demo.refresh_kept"] >= 1, "the empty list was held back"
+    assert st["wasmcustom.lossless.demo.hosts_serving"] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# 6: --concurrency 4 -> one registry list request per interval, not four
+
+def test_one_poller_per_process(rnacos, backends, make_envoy, procs):
+    b = backends(2)
+    for x in b:
+        register(rnacos, x, now_ms() - HOUR_MS)
+    front = free_port()
+    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
+                             "--upstream", rnacos.addr])
+    wait_http(f"http://{LOOPBACK}:{front}/__count")
+    gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b],
+                       concurrency=4)
+    wait_until(lambda: len(serving(gw.listen)) == 2, timeout=10)
+    # traffic on every worker while we count
+    load = Load(gw.listen, threads=8, duration=11).start()
+    c0 = get_json(f"http://{LOOPBACK}:{front}/__count")["lists"]
+    time.sleep(10)
+    c1 = get_json(f"http://{LOOPBACK}:{front}/__count")["lists"]
+    load.wait()
+    assert 8 <= c1 - c0 <= 12, f"{c1 - c0} list requests in 10 s with --concurrency 4"
+    assert not load.errors(), load.summary()
+
+
+# ----------------------------------------------------------------------------------------------
+# 7: a client's own routing header never reaches an address outside the membership
+
+@pytest.mark.compat
+@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST], ids=["override_host", "original_dst"])
+def test_client_cannot_steer_routing(rnacos, backends, make_envoy, template):
+    member, secret = backends(2)
+    register(rnacos, member, now_ms() - HOUR_MS)
+    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr),
+                       [member.addr, secret.addr], template=template)
+    wait_until(lambda: serving(gw.listen) == [member.addr], timeout=10)
+    for headers in ({"x-lossless-upstream": secret.addr},
+                    {"x-lossless-upstream": f"{secret.addr},{secret.addr}"},
+                    {"x-pin": secret.addr},
+                    {"x-envoy-original-dst-host": secret.addr},
+                    {"host": secret.addr}):
+        for _ in range(20):
+            status, h, _ = request("GET", f"http://{LOOPBACK}:{gw.listen}/", headers=headers)
+            assert status == 200 and h.get("x-instance") == member.addr, (headers, status, h)
+    assert secret.total() == 0
+    assert gw.stat("wasmcustom.lossless.client_header_stripped", 0) >= 40
+
+
+# ----------------------------------------------------------------------------------------------
+# 8: a bad config makes Envoy refuse the filter with a message naming the field
+
+@pytest.mark.compat
+def test_bad_config_is_refused_naming_the_field(procs, tmp_logs, envoy_bin, wasm_path):
+    bad = json.dumps({"registries": {"nacos": {"type": "nacos", "cluster": "registry", "authority": "x"}},
+                      "services": [{"name": "demo", "registry": "nacos", "routing": {"mode": "nearest"}}]})
+    env = Envoy(procs, tmp_logs, OUTBOUND, subs(free_port(), bad), name="badcfg", binary=envoy_bin)
+    with pytest.raises(RuntimeError):
+        env.start(timeout=20)
+    log = env.log_text()
+    assert "services[0].routing.mode" in log and "unknown variant `nearest`" in log, env.log_tail()
+    wait_until(lambda: not env.is_alive(), timeout=10, what="envoy to exit")
+
+
+# ----------------------------------------------------------------------------------------------
+# Envoy configs shipped in envoy/ are valid
+
+@pytest.mark.compat
+@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST, INBOUND], ids=lambda p: p.stem)
+def test_shipped_configs_validate(tmp_logs, envoy_bin, wasm_path, template):
+    cfg = config("127.0.0.1:8848")
+    rc, out = Envoy.validate(template, subs(8848, cfg, ["127.0.0.1:9001"], app_port=9002),
+                             tmp_logs, binary=envoy_bin)
+    assert rc == 0, out
