@@ -332,16 +332,97 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." || path == "?" { String::new() } else { path };
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        // serde_json appends " at line L column C": keep it, it helps with long configs
-        err(path, msg)
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json says where (line, column) but not which field: recover the field path
+        // from the position with a small scan of the text (cheaper in code size than wrapping
+        // every visitor).
+        let path = if e.line() == 0 { String::new() } else { path_at(bytes, e.line(), e.column()) };
+        err(path, e.to_string())
     })?;
     validate(raw)
+}
+
+/// The JSON path (`services[0].routing.mode`) of the value or key that ends at 1-based
+/// `line`/`column` of `text`, as serde_json reports error positions.
+fn path_at(text: &[u8], line: usize, column: usize) -> String {
+    enum Frame {
+        Obj { key: Option<String>, in_value: bool },
+        Arr { idx: usize },
+    }
+    let mut offset = 0usize;
+    let mut l = 1usize;
+    for (i, b) in text.iter().enumerate() {
+        if l == line {
+            offset = i;
+            break;
+        }
+        if *b == b'\n' {
+            l += 1;
+            offset = i + 1;
+        }
+    }
+    let end = offset.saturating_add(column).min(text.len());
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0usize;
+    while i < end {
+        let b = text.get(i).copied().unwrap_or(b' ');
+        match b {
+            b'{' => stack.push(Frame::Obj { key: None, in_value: false }),
+            b'[' => stack.push(Frame::Arr { idx: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b':' => {
+                if let Some(Frame::Obj { in_value, .. }) = stack.last_mut() {
+                    *in_value = true;
+                }
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Obj { key, in_value }) => {
+                    *key = None;
+                    *in_value = false;
+                }
+                Some(Frame::Arr { idx }) => *idx += 1,
+                None => {}
+            },
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < text.len() {
+                    match text.get(j) {
+                        Some(b'\\') => j += 2,
+                        Some(b'"') => break,
+                        _ => j += 1,
+                    }
+                }
+                if let Some(Frame::Obj { key, in_value: false }) = stack.last_mut() {
+                    let raw = text.get(start..j.min(text.len())).unwrap_or_default();
+                    *key = Some(String::from_utf8_lossy(raw).into_owned());
+                }
+                i = j;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut path = String::new();
+    for f in &stack {
+        match f {
+            Frame::Obj { key: Some(k), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+            }
+            Frame::Obj { key: None, .. } => {}
+            Frame::Arr { idx } => {
+                path.push('[');
+                path.push_str(&idx.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
 }
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
@@ -750,7 +831,7 @@ mod tests {
             (r#"{"registries":{},"services":[]}"#.into(), "registries", "at least one registry"),
             (with_service(r#","routing":{"mode":"nearest"}"#), "services[0].routing.mode", "unknown variant `nearest`, expected `override_host` or `original_dst`"),
             (with_service(r#","wieght":3"#), "services[0].wieght", "unknown field `wieght`"),
-            (with_service(r#","registry":"x""#), "services[0]", "duplicate field `registry`"),
+            (with_service(r#","registry":"x""#), "services[0].registry", "duplicate field `registry`"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"zk"}]}"#.into(), "services[0].registry", "unknown registry 'zk'; defined: n"),
             (with_service(r#","warmup":{"default_warmup_ms":-1}"#), "services[0].warmup.default_warmup_ms", "must be >= 0"),
             (with_service(r#","warmup":{"curve":{"aggression":0}}"#), "services[0].warmup.curve.aggression", "(0, 100]"),
@@ -769,6 +850,9 @@ mod tests {
             (r#"{"mode":"inbound","inbound":{"service":"d","self_address":"localhost:80"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "inbound.self_address", "must be ip:port"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"},{"name":"d","registry":"n"}]}"#.into(), "services[1].name", "duplicate service name 'd'"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"},{"name":"e","registry":"n","match_clusters":["d"]}]}"#.into(), "services[1].match_clusters[0]", "already matched"),
+            (r#"{"registries":{"n":{"type":"nacos","authority":"a"}},"services":[]}"#.into(), "registries.n", "missing field `cluster`"),
+            (with_service(r#","warmup":{"metadata_keys":{"start_time":[{"key":"a","unit":"ms"},{"key":"b","unit":"hours"}]}}"#), "services[0].warmup.metadata_keys.start_time[1].unit", "unknown variant `hours`"),
+            ("{\n  \"registries\": {\"n\": {\"type\": \"nacos\", \"cluster\": \"n\", \"authority\": \"a\"}},\n  \"services\": [\n    {\"name\": \"d\", \"registry\": \"n\"},\n    {\"name\": \"e\", \"registry\": \"n\", \"policy\": \"least\\\"conn\"}\n  ]\n}".into(), "services[1].policy", "unknown variant"),
             (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
         ];
         for (json, path, msg) in cases {
