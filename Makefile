@@ -78,3 +78,21 @@ $(CARGO_FUZZ):
 .PHONY: fuzz
 fuzz: $(CARGO_FUZZ)
 	PATH=$(dir $(CARGO_FUZZ)):$$PATH bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# Benchmarks, not part of `make test`: criterion micro-benchmarks (benches/), then Envoy + nginx +
+# wrk on loopback: lossless vs no filter, a pass-through wasm filter (bench/passthrough) and Envoy's
+# native slow start, at 3, 100 and 10,000 instances. Writes BENCHMARKS.md (about 20 minutes).
+# Options: make bench BENCH_ARGS="--rounds 5" (see python3 bench/run.py -h).
+BENCH_ARGS ?=
+PASSTHROUGH := target/passthrough/$(WASM_TARGET)/release/passthrough.wasm
+.PHONY: bench bench-deps
+bench-deps:
+	@command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
+	  apt-get update -qq; own=0; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; own=1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx; rc=$$?; \
+	  if [ $$own = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; }
+bench: build envoy bench-deps
+	cargo build --release --target $(WASM_TARGET) --manifest-path bench/passthrough/Cargo.toml --target-dir target/passthrough
+	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) PASSTHROUGH_WASM=$(abspath $(PASSTHROUGH)) \
+	  python3 bench/run.py $(BENCH_ARGS)

@@ -3,6 +3,10 @@
 use crate::config::DrainConfig;
 use crate::instance::{Instance, State};
 
+/// Value of the drain header on a response that was served (work done) by a draining instance.
+/// Refusals carry their [`Reason`] instead; only those are safe to retry.
+pub const SERVED_WHILE_DRAINING: &str = "draining";
+
 /// Why a request is answered locally with 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -38,18 +42,14 @@ pub struct LocalReply {
     pub body: String,
 }
 
-/// The 503 for `reason`: `retry-after`, the drain header naming the reason (so a caller's retry
-/// policy can retry it safely: nothing was done), and for a self-draining instance
-/// `connection: close` so that keep-alive callers reconnect elsewhere.
+/// The 503 for `reason`: `retry-after` and the drain header naming the reason (so a caller's retry
+/// policy can retry it safely: nothing was done).
 pub fn local_reply(reason: Reason, d: &DrainConfig) -> LocalReply {
-    let mut headers = vec![
+    let headers = vec![
         ("retry-after".to_string(), d.retry_after_s.to_string()),
         (d.header.clone(), reason.as_str().to_string()),
         ("content-type".to_string(), "text/plain".to_string()),
     ];
-    if reason == Reason::SelfDraining {
-        headers.push(("connection".to_string(), "close".to_string()));
-    }
     let body = match reason {
         Reason::NoInstances => "lossless: the service has no instances\n",
         Reason::NoneServing => "lossless: every instance of the service is draining or down\n",
@@ -154,9 +154,8 @@ mod tests {
         assert_eq!(r.status, 503);
         assert!(r.headers.contains(&("retry-after".into(), "2".into())));
         assert!(r.headers.contains(&("x-lossless-drain".into(), "self_draining".into())));
-        assert!(r.headers.contains(&("connection".into(), "close".into())));
         let r = local_reply(Reason::NoneServing, &cfg());
-        assert!(!r.headers.iter().any(|(k, _)| k == "connection"));
+        assert!(r.headers.contains(&("x-lossless-drain".into(), "none_serving".into())));
         assert!(r.body.contains("draining or down"));
     }
 

@@ -218,8 +218,12 @@ impl Poller {
             Reply::LoggedIn => RefreshOutcome::LoggedIn,
             Reply::Unchanged => RefreshOutcome::Unchanged,
             Reply::Error(e) => RefreshOutcome::Failed(e),
-            Reply::Members(parsed) => {
+            Reply::Members(mut parsed) => {
                 let skipped = parsed.skipped;
+                // the snapshot does not carry metadata: compare and publish without it
+                for m in &mut parsed.instances {
+                    m.metadata.clear();
+                }
                 let current = view.snapshot(svc).cloned().unwrap_or_default();
                 match st.tracker.decide(&current.members, parsed, &guard) {
                     Decision::Keep(h) => RefreshOutcome::Kept(h),
@@ -598,8 +602,11 @@ mod tests {
         assert_eq!(w.route("other", None, NOW), Route::PassThrough);
         // the same list again publishes nothing
         assert!(matches!(w.refresh(THREE, NOW + 2000), RefreshOutcome::Same { .. }));
+        // metadata is not part of the snapshot: a list with metadata is the same list
+        let with_md = THREE.replace(r#""10.0.0.1:80""#, r#""10.0.0.1:80","metadata":{"zone":"a"}"#);
+        assert!(matches!(w.refresh(&with_md, NOW + 4000), RefreshOutcome::Same { .. }));
         // a garbage reply keeps the membership
-        assert!(matches!(w.refresh("<html>", NOW + 4000), RefreshOutcome::Failed(RegistryError::Parse(_))));
+        assert!(matches!(w.refresh("<html>", NOW + 6000), RefreshOutcome::Failed(RegistryError::Parse(_))));
         assert_eq!(w.view.services[0].members.len(), 3);
         assert_eq!(w.view.decodes, 1, "decoded once: only on version change");
     }

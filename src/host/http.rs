@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, MapType};
 use super::root::Vm;
 use super::{now_ms, property, HostShared};
 use crate::config::Mode;
-use crate::drain::{local_reply, Reason};
+use crate::drain::local_reply;
 use crate::runtime::{bump_gen, mark_draining, membership_json, route, Route, Shared};
 
 pub struct Http {
@@ -62,7 +62,7 @@ impl Http {
                 let on = rest == "/drain";
                 HostShared.set(&vm.keys.self_drain(), if on { b"1" } else { b"0" }, None);
                 bump_gen(&HostShared, &vm.keys);
-                info!("lossless: local {} requested", if on { "drain" } else { "undrain" });
+                info!("local {} requested", if on { "drain" } else { "undrain" });
                 self.send(200, json, &format!("{{\"draining\":{on}}}\n"))
             }
             _ => self.send(
@@ -134,10 +134,11 @@ impl HttpContext for Http {
         let vm = &mut *guard;
         match vm.cfg.mode {
             Mode::Inbound => {
-                // in-flight requests finish while draining; their responses tell the caller
+                // requests served while draining (in flight, or within the notify grace) tell the
+                // caller with the drain header; its value is not a refusal reason, so a caller's
+                // retry policy (which retries refusals only) never resends work that was done
                 if vm.view.self_drain.draining() {
-                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &vm.cfg.drain.header, Some(Reason::SelfDraining.as_str()));
-                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "connection", Some("close"));
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, &vm.cfg.drain.header, Some(crate::drain::SERVED_WHILE_DRAINING));
                 }
             }
             Mode::Outbound => {
@@ -148,7 +149,7 @@ impl HttpContext for Http {
                     if let Some(addr) = property(vec!["upstream", "address"]) {
                         if mark_draining(&HostShared, &vm.keys, &vm.view, &addr) {
                             vm.metrics.notify_marks.inc();
-                            info!("lossless: upstream {addr} announced it is draining; no new requests go to it");
+                            info!("upstream {addr} announced it is draining; no new requests go to it");
                             let now = now_ms();
                             vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
                         }

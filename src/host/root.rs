@@ -72,7 +72,7 @@ impl Vm {
                     self.poller.dispatch_failed(&self.cfg, svc, now, &mut self.rng);
                     let name = self.cfg.services.get(svc).map(|s| s.name.clone()).unwrap_or_default();
                     self.log_limited(svc, "dispatch", now, || {
-                        format!("lossless: cannot call registry cluster '{cluster}' for service '{name}': {status:?} (is the cluster defined?)")
+                        format!("cannot call registry cluster '{cluster}' for service '{name}': {status:?} (is the cluster defined?)")
                     });
                 }
             }
@@ -107,7 +107,7 @@ impl Vm {
                     m.protected.inc();
                 }
                 info!(
-                    "lossless: service '{name}' membership v{version}: {hosts} instances{}",
+                    "service '{name}' membership v{version}: {hosts} instances{}",
                     if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() }
                 );
                 self.view.sync(&self.cfg, &shared, &self.keys, now, &mut self.rng);
@@ -117,19 +117,17 @@ impl Vm {
                 m.instances_skipped.add(i64::from(*skipped));
             }
             RefreshOutcome::Unchanged => m.refresh_unchanged.inc(),
-            RefreshOutcome::LoggedIn => info!("lossless: logged in to the registry of service '{name}'"),
+            RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
             RefreshOutcome::Kept(hold) => {
                 m.refresh_kept.inc();
                 let hold = *hold;
-                self.log_limited(svc, "kept", now, || {
-                    format!("lossless: service '{name}': registry list held back ({}), keeping the last good membership", hold.kind())
-                });
+                self.log_limited(svc, "kept", now, || format!("service '{name}': registry list held back ({}), keeping the last good membership", hold.kind()));
             }
             RefreshOutcome::Failed(e) => {
                 m.refresh_failed.inc();
                 let kind = e.kind();
                 let text = e.to_string();
-                self.log_limited(svc, kind, now, || format!("lossless: service '{name}': refresh failed, keeping the last good membership: {text}"));
+                self.log_limited(svc, kind, now, || format!("service '{name}': refresh failed, keeping the last good membership: {text}"));
             }
         }
         // a login or a blocking query goes on at once
@@ -195,7 +193,7 @@ impl RootContext for Root {
             suppressed: 0,
             cfg,
         };
-        info!("lossless: configured {} service(s) in {:?} mode", names.len(), vm.cfg.mode);
+        info!("configured {} service(s) in {:?} mode", names.len(), vm.cfg.mode);
         self.vm = Some(Rc::new(RefCell::new(vm)));
         let _ = hostcalls::set_tick_period(Duration::from_millis(TICK_MS));
         true
@@ -211,7 +209,7 @@ impl RootContext for Root {
             vm.poller.reset();
             vm.pending.clear();
             if leads {
-                info!("lossless: this VM now polls the registry");
+                info!("this VM now polls the registry");
             }
         }
         let vm = &mut *vm;

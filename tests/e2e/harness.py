@@ -212,7 +212,12 @@ class RnacosError(RuntimeError):
 
 
 class Rnacos:
-    """An rnacos server on free loopback ports with its own data dir (kept across restart())."""
+    """An rnacos server on free loopback ports with its own data dir (kept across restart()).
+
+    Measured on 0.8.8: persistent (ephemeral=false) instances are TCP-probed every
+    `probe_interval` s (default 60, min 5) and listed healthy=false while nothing listens;
+    ephemeral ones are removed ~35 s after the last beat (env RNACOS_NAMING_*_TIMEOUT_SECOND).
+    """
 
     def __init__(self, procs, workdir, binary=None, auth=False, name="rnacos",
                  probe_interval=None, env=None):
@@ -254,8 +259,8 @@ class Rnacos:
         proc = self.procs.start(self.name, [self.binary], env=self.env, cwd=self.workdir)
         probe = "/nacos/v1/ns/instance/list?serviceName=__probe__&healthyOnly=false"
         wait_http(self.url + probe, timeout=timeout, status=403 if self.auth else 200, proc=proc)
-        if self.auth:
-            self.login()
+        if self.auth:  # the admin user is created asynchronously after startup
+            wait_until(self.login, timeout=timeout, interval=0.2, what="rnacos login")
         return self
 
     def stop(self):
@@ -265,11 +270,18 @@ class Rnacos:
         return self.procs.kill(self.name)
 
     def restart(self, timeout=30.0):
+        """Same ports and data dir. Persistent instances survive unless panicked() (see there)."""
         self.stop()
         return self.start(timeout)
 
     def is_alive(self):
         return self.procs.is_alive(self.name)
+
+    def panicked(self):
+        """True if a thread of rnacos panicked (0.8.8 sometimes does in its raft apply under
+        write bursts: it keeps serving from memory, but loses the instances on restart)."""
+        path = self.procs.logs.get(self.name)
+        return bool(path) and "panicked" in Path(path).read_text(errors="replace")
 
     def login(self, username="admin", password="admin"):
         status, _, data = request("POST", self.url + "/nacos/v1/auth/login",
@@ -304,8 +316,9 @@ class Rnacos:
 
     def register(self, service, ip, port, weight=1.0, metadata=None, ephemeral=False,
                  enabled=True):
-        """POST /nacos/v1/ns/instance. Metadata values are sent as strings (Nacos Map<String,
-        String>; rnacos silently drops a metadata object with non-string values)."""
+        """POST /nacos/v1/ns/instance. Metadata values are sent as strings (rnacos silently
+        drops a metadata object with non-string values). On an existing instance this is an
+        update: weight=1.0 and empty metadata leave the old values (rnacos)."""
         params = self._instance(service, ip, port, ephemeral)
         params.update(weight=weight, enabled="true" if enabled else "false", healthy="true")
         if metadata:
@@ -313,7 +326,8 @@ class Rnacos:
         return self.call("POST", "/nacos/v1/ns/instance", params)
 
     def update(self, service, ip, port, ephemeral=False, **fields):
-        """PUT /nacos/v1/ns/instance with extra fields (weight, enabled, metadata dict...)."""
+        """PUT /nacos/v1/ns/instance with fields (weight, enabled, metadata dict...). rnacos:
+        creates an unknown instance; ignores weight=1.0 and metadata={}; metadata replaces."""
         params = self._instance(service, ip, port, ephemeral)
         for key, value in fields.items():
             if key == "metadata" and isinstance(value, dict):
@@ -450,7 +464,8 @@ def render(template, subs, out_path):
     text = string.Template(resolve_template(template).read_text()).safe_substitute(values)
     left = sorted(set(re.findall(r"\$\{[^}]*\}", text)))
     if left:
-        raise ValueError(f"unsubstituted placeholders in {template}: {', '.join(left)}")
+        hint = " (set env LOSSLESS_WASM)" if "${LOSSLESS_WASM}" in left else ""
+        raise ValueError(f"unsubstituted placeholders in {template}: {', '.join(left)}{hint}")
     out_path = Path(out_path)
     out_path.write_text(text)
     return out_path

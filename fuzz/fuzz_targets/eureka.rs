@@ -1,0 +1,12 @@
+//! `registry::eureka::parse` (`/eureka/apps/{APP}` and `/eureka/apps`, full and delta).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lossless::instance::BuildOptions;
+use lossless::registry::eureka::parse;
+use lossless_fuzz::check_parser;
+
+fuzz_target!(|data: &[u8]| {
+    let build = BuildOptions::default();
+    check_parser(|| parse(data, &build));
+});
