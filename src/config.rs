@@ -91,6 +91,17 @@ enum RegistryType {
     Static,
 }
 
+impl RegistryType {
+    fn name(self) -> &'static str {
+        match self {
+            RegistryType::Nacos => "nacos",
+            RegistryType::Eureka => "eureka",
+            RegistryType::Consul => "consul",
+            RegistryType::Static => "static",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistry {
@@ -447,12 +458,10 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let mut kinds = Vec::new();
     for (name, r) in raw.registries {
         let p = format!("registries.{name}");
-        let build = BuildOptions::default();
-        let (adapter, kind) = registry(&p, &r, build)?;
+        let adapter = registry(&p, &r, BuildOptions::default())?;
         names.push(name.clone());
         kinds.push(r.kind);
         registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
-        let _ = kind;
     }
 
     let mut services: Vec<ServiceConfig> = Vec::new();
@@ -468,17 +477,19 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             return Err(err(format!("{p}.registry"), format!("unknown registry '{}'; defined: {}", s.registry, names.join(", "))));
         };
         let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
-        let only = |field: &str, set: bool, allowed: &[RegistryType]| -> Result<(), ConfigError> {
-            if set && !allowed.contains(&kind) {
-                return Err(err(format!("{p}.{field}"), format!("does not apply to a {kind:?} registry").to_lowercase()));
+        use RegistryType::{Consul as C, Nacos as N};
+        let fields: [(&str, bool, &[RegistryType]); 5] = [
+            ("group", s.group.is_some(), &[N]),
+            ("clusters", !s.clusters.is_empty(), &[N]),
+            ("namespace", s.namespace.is_some(), &[N, C]),
+            ("tag", s.tag.is_some(), &[C]),
+            ("dc", s.dc.is_some(), &[C]),
+        ];
+        for (field, set, applies) in fields {
+            if set && !applies.contains(&kind) {
+                return Err(err(format!("{p}.{field}"), format!("does not apply to a {} registry", kind.name())));
             }
-            Ok(())
-        };
-        only("group", s.group.is_some(), &[RegistryType::Nacos])?;
-        only("clusters", !s.clusters.is_empty(), &[RegistryType::Nacos])?;
-        only("namespace", s.namespace.is_some(), &[RegistryType::Nacos, RegistryType::Consul])?;
-        only("tag", s.tag.is_some(), &[RegistryType::Consul])?;
-        only("dc", s.dc.is_some(), &[RegistryType::Consul])?;
+        }
         let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
         for (k, c) in match_clusters.iter().enumerate() {
             if c.is_empty() {
@@ -614,6 +625,11 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     })
 }
 
+/// A path Envoy will accept in `:path`: absolute, no whitespace, controls or fragment.
+fn valid_path(p: &str) -> bool {
+    p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#')
+}
+
 fn set_build(k: &mut RegistryKind, b: BuildOptions, already: bool) -> Result<(), String> {
     let slot = match k {
         RegistryKind::Nacos(a) => &mut a.build,
@@ -628,7 +644,7 @@ fn set_build(k: &mut RegistryKind, b: BuildOptions, already: bool) -> Result<(),
     Ok(())
 }
 
-fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<(RegistryKind, RegistryType), ConfigError> {
+fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<RegistryKind, ConfigError> {
     if r.cluster.is_empty() {
         return Err(err(format!("{p}.cluster"), "must name the Envoy cluster of the registry"));
     }
@@ -642,18 +658,23 @@ fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<(RegistryKi
         return Err(err(format!("{p}.max_body_bytes"), "must be between 1024 and 268435456"));
     }
     let ep = Endpoint { authority: r.authority.clone(), timeout_ms: r.timeout_ms, max_body_bytes: r.max_body_bytes };
-    let not = |field: &str, set: bool, kind: &str| -> Result<(), ConfigError> {
-        if set {
-            return Err(err(format!("{p}.{field}"), format!("does not apply to a {kind} registry")));
+    use RegistryType::{Consul as C, Eureka as E, Nacos as N, Static as S};
+    let fields: [(&str, bool, &[RegistryType]); 7] = [
+        ("api", r.api.is_some(), &[N]),
+        ("username", r.username.is_some(), &[N]),
+        ("password", r.password.is_some(), &[N]),
+        ("token", r.token.is_some(), &[C]),
+        ("wait_s", r.wait_s.is_some(), &[C]),
+        ("path_prefix", r.path_prefix.is_some(), &[E]),
+        ("path", r.path.is_some(), &[S]),
+    ];
+    for (field, set, applies) in fields {
+        if set && !applies.contains(&r.kind) {
+            return Err(err(format!("{p}.{field}"), format!("does not apply to a {} registry", r.kind.name())));
         }
-        Ok(())
-    };
+    }
     let kind = match r.kind {
-        RegistryType::Nacos => {
-            not("token", r.token.is_some(), "nacos")?;
-            not("wait_s", r.wait_s.is_some(), "nacos")?;
-            not("path_prefix", r.path_prefix.is_some(), "nacos")?;
-            not("path", r.path.is_some(), "nacos")?;
+        N => {
             let api = match r.api.as_deref() {
                 None | Some("v1") => Api::V1,
                 Some("v2") => Api::V2,
@@ -667,57 +688,31 @@ fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<(RegistryKi
             };
             RegistryKind::Nacos(Nacos::new(ep, api, auth, build))
         }
-        RegistryType::Eureka => {
-            for (f, set) in [
-                ("api", r.api.is_some()),
-                ("username", r.username.is_some()),
-                ("password", r.password.is_some()),
-                ("token", r.token.is_some()),
-                ("wait_s", r.wait_s.is_some()),
-                ("path", r.path.is_some()),
-            ] {
-                not(f, set, "eureka")?;
-            }
+        E => {
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/eureka".into());
-            if !prefix.starts_with('/') {
-                return Err(err(format!("{p}.path_prefix"), "must start with '/'"));
+            if !valid_path(&prefix) {
+                return Err(err(format!("{p}.path_prefix"), "must start with '/' and hold no spaces, control characters, '?' or '#'"));
             }
             RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string(), build))
         }
-        RegistryType::Consul => {
-            for (f, set) in [
-                ("api", r.api.is_some()),
-                ("username", r.username.is_some()),
-                ("password", r.password.is_some()),
-                ("path_prefix", r.path_prefix.is_some()),
-                ("path", r.path.is_some()),
-            ] {
-                not(f, set, "consul")?;
-            }
+        C => {
             let wait = r.wait_s.unwrap_or(0);
             if wait > 600 {
                 return Err(err(format!("{p}.wait_s"), "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)"));
             }
             RegistryKind::Consul(Consul::new(ep, r.token.clone(), wait, build))
         }
-        RegistryType::Static => {
-            for (f, set) in [
-                ("api", r.api.is_some()),
-                ("username", r.username.is_some()),
-                ("password", r.password.is_some()),
-                ("token", r.token.is_some()),
-                ("wait_s", r.wait_s.is_some()),
-                ("path_prefix", r.path_prefix.is_some()),
-            ] {
-                not(f, set, "static")?;
-            }
-            let Some(path) = r.path.clone().filter(|x| x.starts_with('/')) else {
-                return Err(err(format!("{p}.path"), "is required for a static registry and must start with '/' ({service} is replaced by the service name)"));
+        S => {
+            let Some(path) = r.path.clone().filter(|x| valid_path(x)) else {
+                return Err(err(
+                    format!("{p}.path"),
+                    "is required for a static registry, must start with '/' and hold no spaces, control characters or '#' ({service} is replaced by the service name)",
+                ));
             };
             RegistryKind::Static(StaticJson { endpoint: ep, path, build })
         }
     };
-    Ok((kind, r.kind))
+    Ok(kind)
 }
 
 #[cfg(test)]
@@ -853,6 +848,8 @@ mod tests {
             (r#"{"registries":{"n":{"type":"nacos","authority":"a"}},"services":[]}"#.into(), "registries.n", "missing field `cluster`"),
             (with_service(r#","warmup":{"metadata_keys":{"start_time":[{"key":"a","unit":"ms"},{"key":"b","unit":"hours"}]}}"#), "services[0].warmup.metadata_keys.start_time[1].unit", "unknown variant `hours`"),
             ("{\n  \"registries\": {\"n\": {\"type\": \"nacos\", \"cluster\": \"n\", \"authority\": \"a\"}},\n  \"services\": [\n    {\"name\": \"d\", \"registry\": \"n\"},\n    {\"name\": \"e\", \"registry\": \"n\", \"policy\": \"least\\\"conn\"}\n  ]\n}".into(), "services[1].policy", "unknown variant"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","path_prefix":"/eu reka"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.path_prefix", "no spaces"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","token":"t"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.token", "does not apply to a eureka registry"),
             (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
         ];
         for (json, path, msg) in cases {

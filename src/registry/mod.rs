@@ -13,12 +13,25 @@ use std::fmt;
 use crate::instance::{BuildOptions, Instance, State};
 
 /// A request for the glue to dispatch. `headers` holds the pseudo headers (`:method`, `:path`,
-/// `:authority`) first, then the others.
-#[derive(Debug, Clone, PartialEq)]
+/// `:authority`) first, then the others. Its `Debug` leaves out header values and the body, which
+/// may hold credentials.
+#[derive(Clone, PartialEq)]
 pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     pub timeout_ms: u64,
+}
+
+impl fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HttpRequest")
+            .field("path", &self.header(":path").map(|p| p.split('?').next().unwrap_or_default()))
+            .field("headers", &names)
+            .field("body_bytes", &self.body.as_ref().map(Vec::len))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl HttpRequest {
@@ -294,6 +307,17 @@ mod tests {
         let a = &p.instances[0];
         assert_eq!((a.addr.as_str(), a.weight, a.state, a.start_ms), ("10.0.0.1:80", 9, State::Draining, Some(3)));
         assert_eq!((p.skipped, p.malformed_meta), (2, 1));
+    }
+
+    #[test]
+    fn request_debug_hides_secrets() {
+        let r = HttpRequest {
+            headers: vec![(":path".into(), "/x?accessToken=SECRET".into()), ("x-consul-token".into(), "SECRET".into())],
+            body: Some(b"password=SECRET".to_vec()),
+            timeout_ms: 1,
+        };
+        let d = format!("{r:?}");
+        assert!(!d.contains("SECRET") && d.contains("/x") && d.contains("x-consul-token"), "{d}");
     }
 
     #[test]
