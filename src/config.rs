@@ -212,11 +212,12 @@ struct RawDrain {
     pin_header: Option<String>,
     notify: bool,
     notify_grace_ms: u64,
+    failed_host_ttl_ms: u64,
 }
 
 impl Default for RawDrain {
     fn default() -> Self {
-        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true, notify_grace_ms: 2000 }
+        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true, notify_grace_ms: 2000, failed_host_ttl_ms: 10_000 }
     }
 }
 
@@ -304,6 +305,8 @@ pub struct DrainConfig {
     /// Inbound: how long a draining instance keeps serving, with the drain header on every
     /// response, before it answers 503.
     pub notify_grace_ms: i64,
+    /// Outbound: how long an instance a request failed on (Envoy retried elsewhere) is left out.
+    pub failed_host_ttl_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -572,6 +575,9 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             return Err(err("drain.pin_header", "must be a lowercase header name ([a-z0-9-_]+)"));
         }
     }
+    if d.failed_host_ttl_ms > 3_600_000 {
+        return Err(err("drain.failed_host_ttl_ms", "must be between 0 and 3600000 (ms)"));
+    }
     if d.notify_grace_ms > 600_000 {
         return Err(err("drain.notify_grace_ms", "must be between 0 and 600000 (ms)"));
     }
@@ -619,6 +625,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             pin_header: d.pin_header,
             notify: d.notify,
             notify_grace_ms: d.notify_grace_ms as i64,
+            failed_host_ttl_ms: d.failed_host_ttl_ms as i64,
         },
         inbound,
         admin_prefix: prefix,

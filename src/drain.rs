@@ -141,7 +141,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn cfg() -> DrainConfig {
-        DrainConfig { header: "x-lossless-drain".into(), retry_after_s: 2, pin_header: Some("x-pin".into()), notify: true, notify_grace_ms: 0 }
+        DrainConfig {
+            header: "x-lossless-drain".into(),
+            retry_after_s: 2,
+            pin_header: Some("x-pin".into()),
+            notify: true,
+            notify_grace_ms: 0,
+            failed_host_ttl_ms: 0,
+        }
     }
 
     fn i(addr: &str, state: State) -> Instance {

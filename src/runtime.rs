@@ -235,7 +235,7 @@ impl Poller {
                         let hosts = snap.members.len();
                         let version = snap.version;
                         shared.set(&keys.service(&sc.name), &snap.encode(), None);
-                        prune_marks(shared, keys, view, svc, &snap);
+                        prune_marks(shared, keys, view, svc, &snap, now_ms);
                         bump_gen(shared, keys);
                         RefreshOutcome::Published { version, hosts, skipped, protected }
                     }
@@ -255,15 +255,15 @@ fn interval(cfg: &Config, rng: &mut Rng) -> i64 {
 }
 
 /// Drops drain marks the registry has overtaken (the instance restarted or is gone everywhere).
-fn prune_marks(shared: &dyn Shared, keys: &Keys, view: &View, svc: usize, fresh: &Snapshot) {
+fn prune_marks(shared: &dyn Shared, keys: &Keys, view: &View, svc: usize, fresh: &Snapshot, now_ms: i64) {
     let key = keys.marks();
     for _ in 0..4 {
         let (bytes, cas) = shared.get(&key);
         let mut marks = Marks::decode(bytes.as_deref().unwrap_or_default());
-        if marks.m.is_empty() {
+        if marks.m.is_empty() && marks.down.is_empty() {
             return;
         }
-        let changed = marks.prune(|addr| {
+        let changed = marks.prune(now_ms, |addr| {
             if let Some(i) = fresh.find(addr) {
                 return fresh.members.get(i);
             }
@@ -300,6 +300,41 @@ pub fn mark_draining(shared: &dyn Shared, keys: &Keys, view: &View, addr: &str) 
     false
 }
 
+/// Marks the addresses that Envoy tried and left for another (connection failure, reset or a
+/// refusal: the request was retried elsewhere) down for every VM until `now_ms + ttl_ms`. Only
+/// members are marked. Returns how many new marks were written.
+pub fn mark_failed(shared: &dyn Shared, keys: &Keys, view: &View, addrs: &[&str], now_ms: i64, ttl_ms: i64) -> usize {
+    let members: Vec<&str> = addrs.iter().copied().filter(|a| view.services.iter().any(|s| s.snap.find(a).is_some())).collect();
+    if members.is_empty() || ttl_ms <= 0 {
+        return 0;
+    }
+    let key = keys.marks();
+    for _ in 0..4 {
+        let (bytes, cas) = shared.get(&key);
+        let mut marks = Marks::decode(bytes.as_deref().unwrap_or_default());
+        let n = members.iter().filter(|a| marks.mark_down(a, now_ms, now_ms.saturating_add(ttl_ms))).count();
+        if n == 0 {
+            return 0;
+        }
+        if shared.set(&key, &marks.encode(), cas) {
+            bump_gen(shared, keys);
+            return n;
+        }
+    }
+    0
+}
+
+/// Which of the addresses written for a request failed, given how many attempts Envoy made and
+/// where the last one went. Envoy's override_host policy takes the list in order, one address per
+/// attempt; when the last attempt is not where that order says (an address was skipped), nothing
+/// is concluded.
+pub fn failed_attempts<'a>(written: &'a [String], attempts: usize, last_upstream: &str) -> &'a [String] {
+    if attempts < 2 || written.get(attempts - 1).map(String::as_str) != Some(last_upstream) {
+        return &[];
+    }
+    written.get(..attempts - 1).unwrap_or_default()
+}
+
 /// One service as this VM sees it.
 #[derive(Debug)]
 pub struct ServiceView {
@@ -317,6 +352,8 @@ pub struct View {
     pub services: Vec<ServiceView>,
     gen_cas: Option<u32>,
     synced: bool,
+    /// When the next down mark expires: the view is rebuilt then even if nothing was published.
+    next_expiry_ms: i64,
     pub marks: Marks,
     pub self_drain: SelfDrain,
     /// Number of snapshot decodes (each is O(n); they happen only on change).
@@ -338,6 +375,7 @@ impl View {
                 .collect(),
             gen_cas: None,
             synced: false,
+            next_expiry_ms: i64::MAX,
             marks: Marks::default(),
             self_drain: SelfDrain::default(),
             decodes: 0,
@@ -352,13 +390,14 @@ impl View {
     /// nothing changed.
     pub fn sync(&mut self, cfg: &Config, shared: &dyn Shared, keys: &Keys, now_ms: i64, rng: &mut Rng) {
         let (_, gen) = shared.get(&keys.gen());
-        if self.synced && gen == self.gen_cas {
+        if self.synced && gen == self.gen_cas && now_ms < self.next_expiry_ms {
             return;
         }
         self.synced = true;
         self.gen_cas = gen;
         let (mb, _) = shared.get(&keys.marks());
         self.marks = Marks::decode(mb.as_deref().unwrap_or_default());
+        self.next_expiry_ms = self.marks.next_expiry(now_ms);
         for (sc, sv) in cfg.services.iter().zip(self.services.iter_mut()) {
             let (bytes, cas) = shared.get(&keys.service(&sc.name));
             if cas != sv.snap_cas {
@@ -371,7 +410,7 @@ impl View {
                 sv.snap_cas = cas;
             }
             sv.members = sv.snap.members.clone();
-            apply_marks(&mut sv.members, &self.marks);
+            apply_marks(&mut sv.members, &self.marks, now_ms);
             sv.balancer.rebuild(&sv.members, now_ms, rng);
         }
         if let Some(ib) = &cfg.inbound {
@@ -484,6 +523,7 @@ pub fn membership_json(cfg: &Config, view: &mut View, now_ms: i64, rng: &mut Rng
                         "address": m.addr,
                         "state": m.state.as_str(),
                         "marked": view.marks.applies(m),
+                        "marked_down_until_ms": view.marks.down.get(&m.addr).filter(|u| **u > now_ms),
                         "weight": m.weight,
                         "live_weight": sv.balancer.weight_of(i),
                         "start_ms": m.start_ms,
@@ -661,6 +701,33 @@ mod tests {
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":200},{"address":"10.0.0.2:80"}]}"#, NOW + 4000);
         assert_eq!(w.view.services[0].members[0].state, State::Serving);
         assert!(w.view.marks.m.is_empty());
+    }
+
+    #[test]
+    fn failed_hosts_are_skipped_until_the_mark_expires() {
+        let mut w = World::new();
+        w.refresh(THREE, NOW);
+        let written: Vec<String> = vec!["10.0.0.2:80".into(), "10.0.0.3:80".into(), "10.0.0.1:80".into()];
+        // two attempts, the second went to the second address: the first failed
+        let failed = failed_attempts(&written, 2, "10.0.0.3:80");
+        assert_eq!(failed, &written[..1]);
+        // the order does not match (an address was skipped): nothing is concluded
+        assert!(failed_attempts(&written, 2, "10.0.0.1:80").is_empty());
+        assert!(failed_attempts(&written, 1, "10.0.0.2:80").is_empty());
+        assert!(failed_attempts(&written, 7, "10.0.0.2:80").is_empty());
+        let refs: Vec<&str> = failed.iter().map(String::as_str).collect();
+        assert_eq!(mark_failed(&w.shared, &w.keys, &w.view, &refs, NOW, 10_000), 1);
+        assert_eq!(mark_failed(&w.shared, &w.keys, &w.view, &["1.2.3.4:5"], NOW, 10_000), 0, "only members");
+        for _ in 0..100 {
+            let Route::Forward { value, .. } = w.route("demo", None, NOW + 1) else { panic!() };
+            assert!(!value.contains("10.0.0.2:80"), "{value}");
+        }
+        // expiry needs no publish: the view rebuilds by itself
+        let Route::Forward { value, .. } = w.route("demo", None, NOW + 10_001) else { panic!() };
+        assert_eq!(value.split(',').count(), 3);
+        // the poller drops expired marks with its next publish
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}]}"#, NOW + 12_000);
+        assert!(w.view.marks.down.is_empty());
     }
 
     #[test]

@@ -14,19 +14,20 @@ use super::root::Vm;
 use super::{now_ms, property, HostShared};
 use crate::config::Mode;
 use crate::drain::local_reply;
-use crate::runtime::{bump_gen, mark_draining, membership_json, route, Route, Shared};
+use crate::runtime::{bump_gen, failed_attempts, mark_draining, mark_failed, membership_json, route, Route, Shared};
 
 pub struct Http {
     vm: Rc<RefCell<Vm>>,
-    /// The service this request was routed to, if any.
+    /// The service this request was routed to, if any, and the addresses written for it.
     service: Option<usize>,
+    written: String,
     /// Answered locally: the response is ours, not an upstream's.
     local: bool,
 }
 
 impl Http {
     pub fn new(vm: Rc<RefCell<Vm>>) -> Self {
-        Http { vm, service: None, local: false }
+        Http { vm, service: None, written: String::new(), local: false }
     }
 
     fn send(&mut self, status: u32, headers: Vec<(String, String)>, body: &str) -> Action {
@@ -76,6 +77,35 @@ impl Http {
 
 impl Context for Http {}
 
+impl Http {
+    /// Envoy retried this request (`x-envoy-attempt-count` > 1, with
+    /// `include_attempt_count_in_response` on the route): the addresses it left failed. Mark them
+    /// down for every VM for a while, ahead of the registry.
+    fn mark_failed_attempts(&self, vm: &mut Vm) {
+        if self.written.is_empty() || vm.cfg.drain.failed_host_ttl_ms <= 0 {
+            return;
+        }
+        let attempts = hostcalls::get_map_value(MapType::HttpResponseHeaders, "x-envoy-attempt-count")
+            .ok()
+            .flatten()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(1);
+        if attempts < 2 {
+            return;
+        }
+        let Some(last) = property(vec!["upstream", "address"]) else { return };
+        let written: Vec<String> = self.written.split(',').map(str::to_string).collect();
+        let failed: Vec<&str> = failed_attempts(&written, attempts, &last).iter().map(String::as_str).collect();
+        let now = now_ms();
+        let n = mark_failed(&HostShared, &vm.keys, &vm.view, &failed, now, vm.cfg.drain.failed_host_ttl_ms);
+        if n > 0 {
+            vm.metrics.failed_host_marks.add(n as i64);
+            info!("requests failed on {failed:?} and were retried elsewhere: left out for {} ms", vm.cfg.drain.failed_host_ttl_ms);
+            vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+        }
+    }
+}
+
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let vm_rc = self.vm.clone();
@@ -111,6 +141,7 @@ impl HttpContext for Http {
                 if let Some(m) = vm.metrics.svc(service) {
                     m.picks.inc();
                 }
+                self.written = value;
                 Action::Continue
             }
             Route::Reject { service, reason } => {
@@ -142,6 +173,7 @@ impl HttpContext for Http {
                 }
             }
             Mode::Outbound => {
+                self.mark_failed_attempts(vm);
                 if vm.cfg.drain.notify
                     && self.service.is_some()
                     && hostcalls::get_map_value(MapType::HttpResponseHeaders, &vm.cfg.drain.header).ok().flatten().is_some()

@@ -88,6 +88,7 @@ impl ServiceMetrics {
 pub struct Metrics {
     pub services: Vec<ServiceMetrics>,
     pub notify_marks: Metric,
+    pub failed_host_marks: Metric,
     pub admin_denied: Metric,
     pub client_header_stripped: Metric,
     pub dispatch_failed: Metric,
@@ -99,6 +100,7 @@ impl Metrics {
         Metrics {
             services: services.iter().map(|s| ServiceMetrics::new(s)).collect(),
             notify_marks: c("notify_marks"),
+            failed_host_marks: c("failed_host_marks"),
             admin_denied: c("admin_denied"),
             client_header_stripped: c("client_header_stripped"),
             dispatch_failed: c("dispatch_failed"),
