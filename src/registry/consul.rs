@@ -27,7 +27,8 @@
 use serde_json::Value;
 
 use super::{
-    check_common, encode, finish, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
+    check_common, collect, encode, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
@@ -55,18 +56,7 @@ impl Consul {
 /// Parses the body of `GET /v1/health/service/{name}`.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let entries: Vec<Value> = parse_json(body)?;
-    let mut out = Vec::with_capacity(entries.len());
-    let (mut skipped, mut bad_meta) = (0u32, 0u32);
-    for e in &entries {
-        match entry(e, build) {
-            Some((inst, bad)) => {
-                bad_meta += bad;
-                out.push(inst);
-            }
-            None => skipped += 1,
-        }
-    }
-    Ok(finish(out, skipped, bad_meta))
+    Ok(collect(&entries, |e| entry(e, build)))
 }
 
 /// One `ServiceEntry`; `None` when it is malformed.
@@ -146,12 +136,7 @@ impl Adapter for Consul {
             path.push('?');
             path.push_str(&params.join("&"));
         }
-        let mut headers = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), path),
-            (":authority".to_string(), self.endpoint.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
+        let mut headers = request_headers(&self.endpoint, "GET", path);
         if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
             headers.push(("x-consul-token".to_string(), t.to_string()));
         }

@@ -34,7 +34,8 @@
 use serde_json::Value;
 
 use super::{
-    check_common, encode, finish, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
+    collect, encode, list_reply, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery,
 };
 use crate::instance::{format_addr, BuildOptions, Instance, State};
 
@@ -56,21 +57,9 @@ impl Eureka {
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let doc: Value = parse_json(body)?;
     let records = records(&doc)?;
-    let mut out = Vec::with_capacity(records.len());
-    let (mut skipped, mut bad_meta) = (0u32, 0u32);
-    for rec in records {
-        if rec.get("actionType").and_then(Value::as_str) == Some("DELETED") {
-            continue;
-        }
-        match parse_instance_value(rec, build) {
-            Some((inst, bad)) => {
-                bad_meta += bad;
-                out.push(inst);
-            }
-            None => skipped += 1,
-        }
-    }
-    Ok(finish(out, skipped, bad_meta))
+    // delta bodies mark removed instances DELETED: they are not members (and not malformed)
+    let live = records.into_iter().filter(|r| r.get("actionType").and_then(Value::as_str) != Some("DELETED"));
+    Ok(collect(live, |rec| parse_instance_value(rec, build)))
 }
 
 /// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
@@ -190,23 +179,12 @@ fn state_of(rec: &Value) -> State {
 impl Adapter for Eureka {
     fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = format!("{}/apps/{}", self.prefix, encode(&q.service));
-        let headers = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), path),
-            (":authority".to_string(), self.endpoint.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
+        let headers = request_headers(&self.endpoint, "GET", path);
         (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
     }
 
     fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        if let Err(e) = check_common(resp, &self.endpoint) {
-            return Reply::Error(e);
-        }
-        match parse(resp.body, &self.build) {
-            Ok(p) => Reply::Members(p),
-            Err(e) => Reply::Error(e),
-        }
+        list_reply(resp, &self.endpoint, |body| parse(body, &self.build))
     }
 }
 

@@ -175,6 +175,41 @@ pub trait Adapter {
     }
 }
 
+/// The headers of a registry request: the pseudo headers first, then `accept: application/json`.
+pub fn request_headers(ep: &Endpoint, method: &str, path: String) -> Vec<(String, String)> {
+    vec![
+        (":method".to_string(), method.to_string()),
+        (":path".to_string(), path),
+        (":authority".to_string(), ep.authority.clone()),
+        ("accept".to_string(), "application/json".to_string()),
+    ]
+}
+
+/// A list reply: the common checks, then `parse` on the body.
+pub fn list_reply(resp: &HttpResponse<'_>, ep: &Endpoint, parse: impl FnOnce(&[u8]) -> Result<Parsed, RegistryError>) -> Reply {
+    match check_common(resp, ep).and_then(|()| parse(resp.body)) {
+        Ok(p) => Reply::Members(p),
+        Err(e) => Reply::Error(e),
+    }
+}
+
+/// Turns records into a [`Parsed`] list: `record` gives the instance and its count of malformed
+/// metadata values, or `None` for a malformed record (skipped and counted).
+pub fn collect<'a, R: 'a>(records: impl IntoIterator<Item = &'a R>, mut record: impl FnMut(&'a R) -> Option<(Instance, u32)>) -> Parsed {
+    let mut out = Vec::new();
+    let (mut skipped, mut bad_meta) = (0u32, 0u32);
+    for r in records {
+        match record(r) {
+            Some((inst, bad)) => {
+                bad_meta += bad;
+                out.push(inst);
+            }
+            None => skipped += 1,
+        }
+    }
+    finish(out, skipped, bad_meta)
+}
+
 /// Checks what every adapter checks first: transport failure, size cap, status.
 pub fn check_common(resp: &HttpResponse<'_>, ep: &Endpoint) -> Result<(), RegistryError> {
     let Some(status) = resp.status else {

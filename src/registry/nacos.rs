@@ -19,8 +19,8 @@
 use serde_json::Value;
 
 use super::{
-    check_common, encode, finish, metadata_map, parse_json, snippet, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
-    ServiceQuery,
+    check_common, collect, encode, metadata_map, parse_json, request_headers, snippet, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed,
+    RegistryError, Reply, ServiceQuery,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
@@ -107,12 +107,7 @@ impl Nacos {
     }
 
     fn headers(&self, method: &str, path: String) -> Vec<(String, String)> {
-        vec![
-            (":method".to_string(), method.to_string()),
-            (":path".to_string(), path),
-            (":authority".to_string(), self.endpoint.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-        ]
+        request_headers(&self.endpoint, method, path)
     }
 
     fn login_request(&self, c: &Credentials) -> HttpRequest {
@@ -303,15 +298,10 @@ pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed,
         },
         other => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
     };
-    let mut out = Vec::with_capacity(hosts.len());
-    let (mut skipped, mut bad_meta) = (0u32, 0u32);
-    for h in &hosts {
-        match host(h, build, &mut bad_meta) {
-            Some(i) => out.push(i),
-            None => skipped += 1,
-        }
-    }
-    Ok(finish(out, skipped, bad_meta))
+    Ok(collect(&hosts, |h| {
+        let mut bad_meta = 0;
+        host(h, build, &mut bad_meta).map(|i| (i, bad_meta))
+    }))
 }
 
 /// Parses an instance detail reply (`GET /nacos/v1/ns/instance`: the instance object; v2: an

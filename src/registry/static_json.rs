@@ -13,8 +13,11 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{check_common, finish, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery};
-use crate::instance::{canonical_addr, BuildOptions, State};
+use super::{
+    collect, list_reply, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery,
+};
+use crate::instance::{canonical_addr, BuildOptions, Instance, State};
 
 /// Serves `path` with `{service}` replaced by the URL-encoded service name.
 #[derive(Debug, Clone)]
@@ -32,66 +35,44 @@ struct Doc {
 /// Parses a static JSON body.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let doc: Doc = parse_json(body)?;
-    let mut out = Vec::with_capacity(doc.instances.len());
-    let (mut skipped, mut bad_meta) = (0u32, 0u32);
-    for rec in &doc.instances {
-        let Some(addr) = rec.get("address").and_then(Value::as_str).and_then(canonical_addr) else {
-            skipped += 1;
-            continue;
-        };
-        let weight = match rec.get("weight") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0) {
-                Some(w) => Some(w),
-                None => {
-                    skipped += 1;
-                    continue;
-                }
-            },
-        };
-        let state = match rec.get("state").map(|s| s.as_str()) {
-            None | Some(Some("serving")) => State::Serving,
-            Some(Some("draining")) => State::Draining,
-            Some(Some("down")) => State::Down,
-            Some(_) => {
-                skipped += 1;
-                continue;
-            }
-        };
-        let start = rec.get("start_ms").and_then(Value::as_i64).filter(|t| *t > 0);
-        let md = metadata_map(rec.get("metadata"), &mut bad_meta);
-        let (mut inst, bad) = build.build(addr, weight, start, state, md);
-        bad_meta += bad;
-        if let Some(w) = rec.get("warmup_ms").and_then(Value::as_i64).filter(|w| *w >= 0) {
-            if !inst.metadata.keys().any(|k| build.keys.warmup.iter().any(|mk| &mk.key == k)) {
-                inst.warmup_ms = w;
-            }
+    Ok(collect(&doc.instances, |rec| record(rec, build)))
+}
+
+/// One record; `None` when it is malformed.
+fn record(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let addr = rec.get("address").and_then(Value::as_str).and_then(canonical_addr)?;
+    let weight = match rec.get("weight") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0)?),
+    };
+    let state = match rec.get("state").map(|s| s.as_str()) {
+        None | Some(Some("serving")) => State::Serving,
+        Some(Some("draining")) => State::Draining,
+        Some(Some("down")) => State::Down,
+        Some(_) => return None,
+    };
+    let start = rec.get("start_ms").and_then(Value::as_i64).filter(|t| *t > 0);
+    let mut bad_meta = 0;
+    let md = metadata_map(rec.get("metadata"), &mut bad_meta);
+    let (mut inst, bad) = build.build(addr, weight, start, state, md);
+    // the record's warmup_ms beats the default, metadata keys beat both
+    if let Some(w) = rec.get("warmup_ms").and_then(Value::as_i64).filter(|w| *w >= 0) {
+        if !inst.metadata.keys().any(|k| build.keys.warmup.iter().any(|mk| &mk.key == k)) {
+            inst.warmup_ms = w;
         }
-        out.push(inst);
     }
-    Ok(finish(out, skipped, bad_meta))
+    Some((inst, bad_meta + bad))
 }
 
 impl Adapter for StaticJson {
     fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = self.path.replace("{service}", &super::encode(&q.service));
-        let headers = vec![
-            (":method".to_string(), "GET".to_string()),
-            (":path".to_string(), path),
-            (":authority".to_string(), self.endpoint.authority.clone()),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
+        let headers = request_headers(&self.endpoint, "GET", path);
         (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
     }
 
     fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        if let Err(e) = check_common(resp, &self.endpoint) {
-            return Reply::Error(e);
-        }
-        match parse(resp.body, &self.build) {
-            Ok(p) => Reply::Members(p),
-            Err(e) => Reply::Error(e),
-        }
+        list_reply(resp, &self.endpoint, |body| parse(body, &self.build))
     }
 }
 
