@@ -428,8 +428,8 @@ impl View {
 pub enum Route {
     /// Not a service of ours: forward untouched (after routing headers were stripped).
     PassThrough,
-    /// Set `header` to `value` (the picked addresses) and forward.
-    Forward { service: usize, header: String, value: String },
+    /// Set the service's routing header to `value` (the picked addresses) and forward.
+    Forward { service: usize, value: String },
     /// Answer locally with 503.
     Reject { service: Option<usize>, reason: Reason },
 }
@@ -475,7 +475,7 @@ pub fn route(cfg: &Config, view: &mut View, cluster: Option<&str>, pin: Option<&
             value.push_str(&m.addr);
         }
     }
-    Route::Forward { service: svc, header: sc.header.clone(), value }
+    Route::Forward { service: svc, value }
 }
 
 /// Host counts for the gauges of one service.
@@ -635,8 +635,8 @@ mod tests {
         assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
         // not due again before the interval (1 s +- 10 %)
         assert!(w.poller.due(&mut w.cfg, NOW + 500).is_empty());
-        let Route::Forward { header, value, .. } = w.route("demo", None, NOW) else { panic!() };
-        assert_eq!(header, "x-lossless-upstream");
+        let Route::Forward { service, value } = w.route("demo", None, NOW) else { panic!() };
+        assert_eq!(w.cfg.services[service].header, "x-lossless-upstream");
         let addrs: Vec<&str> = value.split(',').collect();
         assert_eq!(addrs.len(), 3, "primary + 2 fallbacks: {value}");
         assert_eq!(w.route("other", None, NOW), Route::PassThrough);

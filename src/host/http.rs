@@ -135,9 +135,11 @@ impl HttpContext for Http {
         let pin = vm.cfg.drain.pin_header.as_deref().and_then(Self::header);
         match route(&vm.cfg, &mut vm.view, cluster.as_deref(), pin.as_deref(), now, &mut vm.rng, &mut vm.scratch) {
             Route::PassThrough => Action::Continue,
-            Route::Forward { service, header, value } => {
+            Route::Forward { service, value } => {
                 self.service = Some(service);
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &header, Some(&value));
+                if let Some(sc) = vm.cfg.services.get(service) {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &sc.header, Some(&value));
+                }
                 if let Some(m) = vm.metrics.svc(service) {
                     m.picks.inc();
                 }
