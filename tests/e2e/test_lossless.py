@@ -85,6 +85,15 @@ def register(rnacos, b, started_ms, warmup_ms=30_000, port=None):
                     metadata={"timestamp": started_ms, "warmup": warmup_ms})
 
 
+def start_registry_front(procs, rnacos):
+    """regproxy.py in front of rnacos: counts list requests and injects faults. Returns its port."""
+    front = free_port()
+    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
+                             "--upstream", rnacos.addr])
+    wait_http(f"http://{LOOPBACK}:{front}/__count")
+    return front
+
+
 def start_gateway(make_envoy, registry_port, cfg, endpoints, concurrency=1, name="gateway",
                   template=OUTBOUND, listen=None):
     s = subs(registry_port, cfg, endpoints, listen=listen)
@@ -241,10 +250,7 @@ def test_registry_outage_and_garbage_change_only_stats(rnacos, backends, make_en
     b = backends(3)
     for x in b:
         register(rnacos, x, now_ms() - HOUR_MS)
-    front = free_port()
-    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
-                             "--upstream", rnacos.addr])
-    wait_http(f"http://{LOOPBACK}:{front}/__count")
+    front = start_registry_front(procs, rnacos)
     gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b])
     wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
     load = Load(gw.listen, threads=8, duration=37, post_share=0.2).start()
@@ -282,10 +288,7 @@ def test_one_poller_per_process(rnacos, backends, make_envoy, procs):
     b = backends(2)
     for x in b:
         register(rnacos, x, now_ms() - HOUR_MS)
-    front = free_port()
-    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
-                             "--upstream", rnacos.addr])
-    wait_http(f"http://{LOOPBACK}:{front}/__count")
+    front = start_registry_front(procs, rnacos)
     gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b],
                        concurrency=4)
     wait_until(lambda: len(serving(gw.listen)) == 2, timeout=10)
