@@ -343,6 +343,13 @@ fn valid_header(name: &str) -> bool {
 
 /// Parses and validates the plugin configuration.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    parse_with_env(bytes, &|_| None)
+}
+
+/// Like [`parse`], with `env` to expand `${NAME}` in `inbound.self_address` (the filter passes the
+/// VM's environment: Envoy's `vm_config.environment_variables`, Istio's `vmConfig.env`, so one
+/// config serves every pod, e.g. `"${INSTANCE_IP}:8080"`).
+pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
     }
@@ -353,7 +360,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let path = if e.line() == 0 { String::new() } else { path_at(bytes, e.line(), e.column()) };
         err(path, e.to_string())
     })?;
-    validate(raw)
+    validate(raw, env)
 }
 
 /// The JSON path (`services[0].routing.mode`) of the value or key that ends at 1-based
@@ -439,7 +446,28 @@ fn path_at(text: &[u8], line: usize, column: usize) -> String {
     path
 }
 
-fn validate(raw: Raw) -> Result<Config, ConfigError> {
+/// Expands `${NAME}` from `env`; the error names the missing variable.
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(rest.get(..i).unwrap_or_default());
+        let after = rest.get(i + 2..).unwrap_or_default();
+        let Some(end) = after.find('}') else {
+            return Err("has an unclosed ${".into());
+        };
+        let name = after.get(..end).unwrap_or_default();
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("uses ${{{name}}}, which is not set in the Wasm VM's environment (vm_config.environment_variables)")),
+        }
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     if !(100..=3_600_000).contains(&raw.refresh_interval_ms) {
         return Err(err("refresh_interval_ms", "must be between 100 and 3600000 (ms)"));
     }
@@ -592,8 +620,9 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             let Some(service) = services.iter().position(|s| s.name == ib.service) else {
                 return Err(err("inbound.service", format!("unknown service '{}'", ib.service)));
             };
-            let Some(self_address) = canonical_addr(&ib.self_address) else {
-                return Err(err("inbound.self_address", "must be ip:port (IPv6 as [addr]:port)"));
+            let expanded = expand(&ib.self_address, env).map_err(|m| err("inbound.self_address", m))?;
+            let Some(self_address) = canonical_addr(&expanded) else {
+                return Err(err("inbound.self_address", format!("must be ip:port (IPv6 as [addr]:port), got '{expanded}'")));
             };
             Some(InboundConfig { service, self_address })
         }
@@ -811,6 +840,22 @@ mod tests {
         .unwrap();
         let ib = c.inbound.unwrap();
         assert_eq!((ib.service, ib.self_address.as_str()), (0, "127.0.0.1:9001"));
+    }
+
+    #[test]
+    fn inbound_address_from_the_environment() {
+        let json = br#"{"mode":"inbound","inbound":{"service":"demo","self_address":"${INSTANCE_IP}:8080"},
+            "registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"n"}]}"#;
+        let env = |k: &str| (k == "INSTANCE_IP").then(|| "10.1.2.3".to_string());
+        let c = parse_with_env(json, &env).unwrap();
+        assert_eq!(c.inbound.unwrap().self_address, "10.1.2.3:8080");
+        let e = parse(json).unwrap_err();
+        assert_eq!(e.path, "inbound.self_address");
+        assert!(e.message.contains("${INSTANCE_IP}") && e.message.contains("not set"), "{e}");
+        let bad_env = |_: &str| Some("not-an-ip".to_string());
+        assert!(parse_with_env(json, &bad_env).unwrap_err().message.contains("got 'not-an-ip:8080'"));
+        assert_eq!(expand("${A", &|_| None), Err("has an unclosed ${".into()));
+        assert_eq!(expand("x${A}y${B}z", &|k| Some(k.to_lowercase())), Ok("xaybz".into()));
     }
 
     fn bad(json: &str) -> ConfigError {

@@ -168,7 +168,7 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
-        let cfg = match config::parse(&bytes) {
+        let cfg = match config::parse_with_env(&bytes, &|name| std::env::var(name).ok()) {
             Ok(c) => c,
             Err(e) => {
                 error!("{e}");
