@@ -41,10 +41,13 @@ impl Http {
         hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
-    /// The admin endpoints under the configured prefix, for loopback callers only.
+    /// The admin endpoints under the configured prefix, for loopback callers only. Without
+    /// `use_remote_address`, Envoy takes `source.address` from `x-forwarded-for`, so a request
+    /// that carries any forwarding header is refused too: a local operator's call has none.
     fn admin(&mut self, vm: &mut Vm, path: &str, now: i64) -> Action {
+        let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip", "x-envoy-external-address"].iter().any(|h| Self::header(h).is_some());
         let peer_is_loopback = property(vec!["source", "address"]).and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip().is_loopback());
-        if !peer_is_loopback {
+        if forwarded || !peer_is_loopback {
             vm.metrics.admin_denied.inc();
             return self.send(403, vec![("content-type".into(), "text/plain".into())], "lossless: admin endpoints answer loopback callers only\n");
         }

@@ -38,20 +38,19 @@ pub struct Vm {
     pub route_headers: Vec<String>,
     pub scratch: Vec<usize>,
     pending: HashMap<u32, (usize, Call)>,
-    last_log: HashMap<(usize, &'static str), i64>,
-    suppressed: u64,
+    /// Per (service, kind): when it was last logged and how many were suppressed since.
+    last_log: HashMap<(usize, &'static str), (i64, u64)>,
 }
 
 impl Vm {
     fn log_limited(&mut self, svc: usize, kind: &'static str, now: i64, msg: impl FnOnce() -> String) {
-        let last = self.last_log.get(&(svc, kind)).copied().unwrap_or(i64::MIN);
-        if now.saturating_sub(last) >= LOG_EVERY_MS {
-            self.last_log.insert((svc, kind), now);
-            let extra = if self.suppressed > 0 { format!(" ({} similar messages suppressed)", self.suppressed) } else { String::new() };
-            self.suppressed = 0;
+        let entry = self.last_log.entry((svc, kind)).or_insert((i64::MIN, 0));
+        if now.saturating_sub(entry.0) >= LOG_EVERY_MS {
+            let extra = if entry.1 > 0 { format!(" ({} similar messages suppressed)", entry.1) } else { String::new() };
+            *entry = (now, 0);
             warn!("{}{}", msg(), extra);
         } else {
-            self.suppressed += 1;
+            entry.1 += 1;
         }
     }
 
@@ -190,7 +189,6 @@ impl RootContext for Root {
             scratch: Vec::with_capacity(17),
             pending: HashMap::new(),
             last_log: HashMap::new(),
-            suppressed: 0,
             cfg,
         };
         info!("configured {} service(s) in {:?} mode", names.len(), vm.cfg.mode);

@@ -144,7 +144,11 @@ impl Adapter for Consul {
     }
 
     fn on_reply(&mut self, q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        if let Err(e) = check_common(resp, &self.endpoint) {
+        let secrets: &[&str] = match self.token.as_deref() {
+            Some(t) => &[t],
+            None => &[],
+        };
+        if let Err(e) = check_common(resp, &self.endpoint, secrets) {
             return Reply::Error(e);
         }
         let stored = q.consul_index;

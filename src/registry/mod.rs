@@ -187,7 +187,7 @@ pub fn request_headers(ep: &Endpoint, method: &str, path: String) -> Vec<(String
 
 /// A list reply: the common checks, then `parse` on the body.
 pub fn list_reply(resp: &HttpResponse<'_>, ep: &Endpoint, parse: impl FnOnce(&[u8]) -> Result<Parsed, RegistryError>) -> Reply {
-    match check_common(resp, ep).and_then(|()| parse(resp.body)) {
+    match check_common(resp, ep, &[]).and_then(|()| parse(resp.body)) {
         Ok(p) => Reply::Members(p),
         Err(e) => Reply::Error(e),
     }
@@ -210,8 +210,10 @@ pub fn collect<'a, R: 'a>(records: impl IntoIterator<Item = &'a R>, mut record: 
     finish(out, skipped, bad_meta)
 }
 
-/// Checks what every adapter checks first: transport failure, size cap, status.
-pub fn check_common(resp: &HttpResponse<'_>, ep: &Endpoint) -> Result<(), RegistryError> {
+/// Checks what every adapter checks first: transport failure, size cap, status. The start of an
+/// error body goes into the error with every one of `secrets` (tokens, passwords: a registry may
+/// echo the request) replaced by `***`.
+pub fn check_common(resp: &HttpResponse<'_>, ep: &Endpoint, secrets: &[&str]) -> Result<(), RegistryError> {
     let Some(status) = resp.status else {
         return Err(RegistryError::Transport);
     };
@@ -220,16 +222,21 @@ pub fn check_common(resp: &HttpResponse<'_>, ep: &Endpoint) -> Result<(), Regist
         return Err(RegistryError::TooLarge { size, cap: ep.max_body_bytes });
     }
     if !(200..300).contains(&status) {
-        return Err(RegistryError::Status(status, snippet(resp.body)));
+        return Err(RegistryError::Status(status, snippet(resp.body, secrets)));
     }
     Ok(())
 }
 
-/// The first 200 bytes of a body as text, for logs.
-pub fn snippet(body: &[u8]) -> String {
-    let end = body.len().min(200);
-    let s = String::from_utf8_lossy(body.get(..end).unwrap_or_default());
-    s.chars().filter(|c| !c.is_control()).collect()
+/// The first 200 characters of a body as text, for logs, with `secrets` replaced by `***`
+/// (before the cut, so a secret straddling it cannot leak in part).
+pub fn snippet(body: &[u8], secrets: &[&str]) -> String {
+    let longest = secrets.iter().map(|s| s.len()).max().unwrap_or(0);
+    let head = body.get(..body.len().min(200 + longest)).unwrap_or_default();
+    let mut s = String::from_utf8_lossy(head).into_owned();
+    for secret in secrets.iter().filter(|x| !x.is_empty()) {
+        s = s.replace(secret, "***");
+    }
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// Parses a JSON body into `T`, mapping every failure (syntax, types, truncation, recursion limit)
@@ -366,9 +373,16 @@ mod tests {
         let ep = Endpoint { authority: "r".into(), timeout_ms: 1, max_body_bytes: 10 };
         let h = [];
         let r = |status, body: &'static [u8], size| HttpResponse { status, headers: &h, body, body_size: size };
-        assert_eq!(check_common(&r(None, b"", 0), &ep), Err(RegistryError::Transport));
-        assert_eq!(check_common(&r(Some(200), b"", 11), &ep), Err(RegistryError::TooLarge { size: 11, cap: 10 }));
-        assert_eq!(check_common(&r(Some(500), b"oops\n", 5), &ep), Err(RegistryError::Status(500, "oops".into())));
-        assert_eq!(check_common(&r(Some(204), b"", 0), &ep), Ok(()));
+        assert_eq!(check_common(&r(None, b"", 0), &ep, &[]), Err(RegistryError::Transport));
+        assert_eq!(check_common(&r(Some(200), b"", 11), &ep, &[]), Err(RegistryError::TooLarge { size: 11, cap: 10 }));
+        assert_eq!(check_common(&r(Some(500), b"oops\n", 5), &ep, &[]), Err(RegistryError::Status(500, "oops".into())));
+        assert_eq!(check_common(&r(Some(204), b"", 0), &ep, &[]), Ok(()));
+        // a registry that echoes the request cannot leak a secret into the log
+        let echo = r(Some(500), b"GET /x?accessToken=SECRET-TOKEN&a=1", 36);
+        let big = Endpoint { max_body_bytes: 1000, ..ep.clone() };
+        assert_eq!(check_common(&echo, &big, &["SECRET-TOKEN"]), Err(RegistryError::Status(500, "GET /x?accessToken=***&a=1".into())));
+        let long = format!("{}SECRET-TOKEN", "x".repeat(195));
+        let cut = snippet(long.as_bytes(), &["SECRET-TOKEN"]);
+        assert!(!cut.contains("SECRET") && cut.ends_with("***") && cut.chars().count() == 198, "{cut}");
     }
 }

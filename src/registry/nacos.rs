@@ -153,34 +153,29 @@ impl Nacos {
         HttpRequest { headers: self.headers("GET", p), body: None, timeout_ms: self.endpoint.timeout_ms }
     }
 
-    /// Replaces anything secret (password, raw and encoded; the token) in a message.
-    fn redact(&self, s: &str) -> String {
-        let mut out = s.to_string();
+    /// Everything secret this adapter holds (password, raw and encoded; the token): kept out of
+    /// error messages.
+    fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if let Some(c) = &self.auth {
-            for secret in [c.password.clone(), encode(&c.password)] {
-                if !secret.is_empty() {
-                    out = out.replace(&secret, "***");
-                }
-            }
+            out.push(c.password.clone());
+            out.push(encode(&c.password));
         }
         if let Some(t) = &self.token {
-            if !t.value.is_empty() {
-                out = out.replace(&t.value, "***");
-            }
+            out.push(t.value.clone());
         }
+        out.retain(|s| !s.is_empty());
         out
     }
 
-    /// The start of a body for an error message, with secrets removed (redacted before cutting, so
-    /// a secret straddling the cut cannot leak in part).
-    fn safe_snippet(&self, body: &[u8]) -> String {
-        let extra = self.auth.as_ref().map_or(0, |c| encode(&c.password).len());
-        let head = body.get(..body.len().min(200 + extra)).unwrap_or_default();
-        snippet(self.redact(&String::from_utf8_lossy(head)).as_bytes())
+    fn check(&self, resp: &HttpResponse<'_>) -> Result<(), RegistryError> {
+        let secrets = self.secrets();
+        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        check_common(resp, &self.endpoint, &refs)
     }
 
     fn on_login(&mut self, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
-        let err = match check_common(resp, &self.endpoint) {
+        let err = match self.check(resp) {
             Ok(()) => match parse_login(resp.body) {
                 Ok((value, ttl_s)) => {
                     let ttl_ms = ttl_s.saturating_mul(1000);
@@ -192,7 +187,7 @@ impl Nacos {
                 }
                 Err(m) => RegistryError::Auth(format!("login reply: {m}")),
             },
-            Err(RegistryError::Status(s, _)) => RegistryError::Auth(format!("login answered HTTP {s}: {}", self.safe_snippet(resp.body))),
+            Err(RegistryError::Status(s, body)) => RegistryError::Auth(format!("login answered HTTP {s}: {body}")),
             Err(e) => e,
         };
         // Keep a still valid token and retry the renewal a little later; without one, the next
@@ -203,10 +198,10 @@ impl Nacos {
     }
 
     fn on_list(&mut self, resp: &HttpResponse<'_>) -> Reply {
-        match check_common(resp, &self.endpoint) {
+        match self.check(resp) {
             Ok(()) => {}
-            Err(RegistryError::Status(s @ (401 | 403), _)) if self.auth.is_some() => {
-                let msg = format!("list answered HTTP {s}: {}", self.safe_snippet(resp.body));
+            Err(RegistryError::Status(s @ (401 | 403), body)) if self.auth.is_some() => {
+                let msg = format!("list answered HTTP {s}: {body}");
                 self.token = None;
                 self.renew_after_ms = i64::MIN;
                 return Reply::Error(RegistryError::Auth(msg));
@@ -257,9 +252,9 @@ fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
     };
     if code != 0 {
         let message = match m.get("message") {
-            Some(Value::String(s)) => snippet(s.as_bytes()),
+            Some(Value::String(s)) => snippet(s.as_bytes(), &[]),
             None | Some(Value::Null) => String::new(),
-            Some(other) => snippet(other.to_string().as_bytes()),
+            Some(other) => snippet(other.to_string().as_bytes(), &[]),
         };
         return Err(RegistryError::Envelope { code, message });
     }
@@ -684,7 +679,7 @@ mod tests {
         }
         body.extend_from_slice(br#"{"ip":"10.0.0.1","port":80}]}"#);
         let size = body.len();
-        assert_eq!(check_common(&resp(Some(200), &body), &ep()), Err(RegistryError::TooLarge { size, cap: 8 << 20 }));
+        assert_eq!(check_common(&resp(Some(200), &body), &ep(), &[]), Err(RegistryError::TooLarge { size, cap: 8 << 20 }));
         let mut a = adapter(Api::V1, false);
         assert_eq!(a.on_reply(&mut q("s"), Call::List, &resp(Some(200), &body), T0), Reply::Error(RegistryError::TooLarge { size, cap: 8 << 20 }));
         // the glue may report the size without fetching the body

@@ -13,6 +13,8 @@ TAIL_LINES = 25
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "compat: also runs on the oldest supported Envoy")
+    config.addinivalue_line("markers", "chaos: chaos and soak tests (make chaos)")
+    config.addinivalue_line("markers", "soak: long soak, not part of make test (-m 'not soak')")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import string
@@ -254,7 +255,25 @@ class Rnacos:
     def addr(self):
         return f"{LOOPBACK}:{self.http_port}"
 
-    def start(self, timeout=30.0):
+    def start(self, timeout=30.0, attempts=3):
+        """Start and wait until it serves (and, with auth, logs in). rnacos 0.8.8 sometimes panics
+        in its raft thread right at startup and then refuses logins ("Mailbox has closed"): such a
+        start is retried with a fresh data dir, up to `attempts` times."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except (TimeoutError, RnacosError):
+                if attempt + 1 == attempts or not self.panicked():
+                    raise
+                self.kill()
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                log = self.procs.logs.get(self.name)
+                if log:  # keep the evidence, clear panicked() for the next try
+                    Path(log).rename(Path(log).with_suffix(f".panic{attempt}.log"))
+        return self
+
+    def _start_once(self, timeout):
         # cwd = workdir so that rnacos' dotenv does not pick up a stray .env
         proc = self.procs.start(self.name, [self.binary], env=self.env, cwd=self.workdir)
         probe = "/nacos/v1/ns/instance/list?serviceName=__probe__&healthyOnly=false"

@@ -345,7 +345,8 @@ def test_killed_instance_is_left_out_for_all_workers(rnacos, backends, make_envo
 def test_client_cannot_steer_routing(rnacos, backends, make_envoy, template):
     member, secret = backends(2)
     register(rnacos, member, now_ms() - HOUR_MS)
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr),
+    mode = "original_dst" if template == ORIGINAL_DST else "override_host"
+    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr, routing={"mode": mode}),
                        [member.addr, secret.addr], template=template)
     wait_until(lambda: serving(gw.listen) == [member.addr], timeout=10)
     for headers in ({"x-lossless-upstream": secret.addr},
