@@ -16,7 +16,7 @@ ENVOY := $(VENV)/bin/envoy
 ENVOY_OLD_VENV := $(CACHE)/envoy-$(ENVOY_OLDEST)
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 
-.PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean
+.PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli
 
 target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -45,14 +45,19 @@ $(RNACOS):
 	CARGO_TARGET_DIR=$(CACHE)/rnacos-target cargo install rnacos --version $(RNACOS_VERSION) --locked --root $(CACHE)/rnacos-$(RNACOS_VERSION)
 rnacos: $(RNACOS)
 
-deps: target envoy rnacos $(ENVOY_OLD_VENV)/bin/envoy
+# docker-compose (Debian's, without the Docker engine it recommends): the packaging tests render
+# envoy/docker-compose.yaml with `docker-compose config`, which needs no engine.
+compose-cli:
+	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+
+deps: target envoy rnacos $(ENVOY_OLD_VENV)/bin/envoy compose-cli
 
 unit:
 	cargo test
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
-	  $(PY) -m pytest -q tests/e2e
+	  $(PY) -m pytest -q tests/e2e -m "not soak"
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(ENVOY_OLD_VENV)/bin/envoy RNACOS_BIN=$(RNACOS) \
 	  $(PY) -m pytest -q tests/e2e -m compat
 
@@ -96,3 +101,24 @@ bench: build envoy bench-deps
 	cargo build --release --target $(WASM_TARGET) --manifest-path bench/passthrough/Cargo.toml --target-dir target/passthrough
 	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) PASSTHROUGH_WASM=$(abspath $(PASSTHROUGH)) \
 	  python3 bench/run.py $(BENCH_ARGS)
+
+# The demo (about 3 minutes): rnacos, a gateway Envoy with lossless, three JVM-like instances behind
+# lossless sidecars, a rolling release under load (live view), then the same release against plain
+# Envoy with health checks; report in demo-out/. Options: make demo DEMO_ARGS="--warmup 10", or
+# DEMO_WARMUP, DEMO_INSTANCES, DEMO_REPLACE, DEMO_RATE, DEMO_BASELINE=0 (python3 demo/run.py -h).
+DEMO_ARGS ?=
+.PHONY: demo
+demo: build envoy rnacos
+	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
+	  $(PY) demo/run.py $(DEMO_ARGS)
+
+# Chaos and soak tests (tests/e2e/test_chaos.py, about 15 minutes): a flapping registry for
+# CHAOS_FLAP_S, slow/huge/trickling registry replies, LDS hot reload, security, and a soak of
+# CHAOS_SOAK_S with a rolling release every 2 minutes.
+CHAOS_FLAP_S ?= 60
+CHAOS_SOAK_S ?= 600
+.PHONY: chaos
+chaos: build deps
+	CHAOS_FLAP_S=$(CHAOS_FLAP_S) CHAOS_SOAK_S=$(CHAOS_SOAK_S) \
+	  LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
+	  $(PY) -m pytest -q tests/e2e -m chaos
