@@ -1,0 +1,393 @@
+//! Native micro-benchmarks of the per-request and per-refresh paths (`cargo bench --bench micro`).
+//!
+//! Built with the `bench` profile, which inherits `[profile.release]` (opt-level "z", LTO): the same
+//! optimisation the shipped `.wasm` gets, so the figures are not flattered by -O3. Sample counts are
+//! small so the whole run takes a few minutes; `make bench` reads the estimates back from
+//! `target/criterion/` into BENCHMARKS.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
+use serde_json::{json, Value};
+
+use lossless::balancer::{Balancer, Policy};
+use lossless::clock::Rng;
+use lossless::config;
+use lossless::instance::{BuildOptions, Instance, State};
+use lossless::membership::Snapshot;
+use lossless::registry::nacos::Api;
+use lossless::registry::{self, HttpResponse};
+use lossless::runtime::{self, FakeShared, Keys, Poller, RefreshOutcome, Route, View};
+use lossless::warmup::{self, Curve};
+
+/// A fixed "now" (ms since the epoch) so every run sees the same warmup fractions.
+const NOW: i64 = 1_800_000_000_000;
+/// Dubbo's default warmup window.
+const WARMUP: i64 = 600_000;
+
+/// The i-th instance's IP (10.0.x.y, distinct up to 62,500 instances).
+fn ip(i: usize) -> String {
+    format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1)
+}
+
+/// Start time of instance i: every 10th instance is warming (somewhere in its 10 min window), the
+/// rest started an hour ago.
+fn start_of(i: usize) -> i64 {
+    if i % 10 == 0 {
+        NOW - 1_000 - (i as i64 * 7_919) % (WARMUP - 2_000)
+    } else {
+        NOW - 3_600_000
+    }
+}
+
+/// Instances as the balancer sees them: weight 100, 10 % warming.
+fn members(n: usize) -> Vec<Instance> {
+    let mut v: Vec<Instance> = (0..n)
+        .map(|i| Instance {
+            addr: format!("{}:20880", ip(i)),
+            weight: 100,
+            start_ms: Some(start_of(i)),
+            warmup_ms: WARMUP,
+            state: State::Serving,
+            metadata: BTreeMap::new(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.addr.cmp(&b.addr));
+    v
+}
+
+/// Dubbo provider URL parameters, as Dubbo registers them as Nacos instance metadata (12 keys).
+fn dubbo_metadata(i: usize) -> Value {
+    json!({
+        "anyhost": "true",
+        "application": "orders-provider",
+        "deprecated": "false",
+        "dubbo": "2.0.2",
+        "dynamic": "true",
+        "generic": "false",
+        "interface": "com.acme.orders.OrderService",
+        "methods": "cancel,create,get,list,update",
+        "pid": (10_000 + i).to_string(),
+        "release": "3.3.0",
+        "side": "provider",
+        "timestamp": start_of(i).to_string(),
+        "warmup": WARMUP.to_string(),
+    })
+}
+
+/// `GET /nacos/v1/ns/instance/list` reply with n hosts.
+fn nacos_body(n: usize) -> Vec<u8> {
+    let svc = "DEFAULT_GROUP@@providers:com.acme.orders.OrderService:1.0.0:";
+    let hosts: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "instanceId": format!("{}#20880#DEFAULT#{svc}", ip(i)),
+                "ip": ip(i),
+                "port": 20880,
+                "weight": 1.0,
+                "healthy": true,
+                "enabled": true,
+                "ephemeral": true,
+                "clusterName": "DEFAULT",
+                "serviceName": svc,
+                "metadata": dubbo_metadata(i),
+                "instanceHeartBeatInterval": 5000,
+                "instanceHeartBeatTimeOut": 15000,
+                "ipDeleteTimeout": 30000,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "name": svc,
+        "groupName": "DEFAULT_GROUP",
+        "clusters": "",
+        "cacheMillis": 10000,
+        "hosts": hosts,
+        "lastRefTime": NOW,
+        "checksum": "3bbcf6dd1175203a8afdade0e77a27cd",
+        "allIPs": false,
+        "reachProtectionThreshold": false,
+        "valid": true,
+    }))
+    .unwrap()
+}
+
+/// `GET /eureka/apps/ORDERS` reply (Jackson codec) with n instances.
+fn eureka_body(n: usize) -> Vec<u8> {
+    let inst: Vec<Value> = (0..n)
+        .map(|i| {
+            let host = ip(i);
+            json!({
+                "instanceId": format!("{host}:orders:8080"),
+                "hostName": host,
+                "app": "ORDERS",
+                "ipAddr": host,
+                "status": "UP",
+                "overriddenStatus": "UNKNOWN",
+                "port": {"$": 8080, "@enabled": "true"},
+                "securePort": {"$": 443, "@enabled": "false"},
+                "countryId": 1,
+                "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"},
+                "leaseInfo": {
+                    "renewalIntervalInSecs": 30,
+                    "durationInSecs": 90,
+                    "registrationTimestamp": start_of(i),
+                    "lastRenewalTimestamp": NOW - 5_000,
+                    "evictionTimestamp": 0,
+                    "serviceUpTimestamp": start_of(i),
+                },
+                "metadata": {"management.port": "8080", "zone": "zone-a", "version": "1.4.2", "warmup": WARMUP.to_string()},
+                "homePageUrl": format!("http://{host}:8080/"),
+                "statusPageUrl": format!("http://{host}:8080/actuator/info"),
+                "healthCheckUrl": format!("http://{host}:8080/actuator/health"),
+                "vipAddress": "orders",
+                "secureVipAddress": "orders",
+                "isCoordinatingDiscoveryServer": "false",
+                "lastUpdatedTimestamp": start_of(i).to_string(),
+                "lastDirtyTimestamp": start_of(i).to_string(),
+                "actionType": "ADDED",
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"application": {"name": "ORDERS", "instance": inst}})).unwrap()
+}
+
+/// `GET /v1/health/service/orders` reply with n entries.
+fn consul_body(n: usize) -> Vec<u8> {
+    let entries: Vec<Value> = (0..n)
+        .map(|i| {
+            let host = ip(i);
+            let node = format!("node-{i}");
+            json!({
+                "Node": {
+                    "ID": format!("{i:08x}-0000-0000-0000-000000000000"),
+                    "Node": node,
+                    "Address": host,
+                    "Datacenter": "dc1",
+                    "TaggedAddresses": {"lan": host, "wan": host},
+                    "Meta": {"consul-network-segment": ""},
+                    "CreateIndex": 10 + i,
+                    "ModifyIndex": 10 + i,
+                },
+                "Service": {
+                    "ID": format!("orders-{i}"),
+                    "Service": "orders",
+                    "Tags": ["v1", "http"],
+                    "Address": host,
+                    "Meta": {"timestamp": start_of(i).to_string(), "warmup": WARMUP.to_string(), "version": "1.4.2"},
+                    "Port": 8080,
+                    "Weights": {"Passing": 1, "Warning": 1},
+                    "EnableTagOverride": false,
+                    "CreateIndex": 20 + i,
+                    "ModifyIndex": 20 + i,
+                },
+                "Checks": [
+                    {"Node": node, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "",
+                     "Output": "Agent alive and reachable", "ServiceID": "", "ServiceName": "", "ServiceTags": []},
+                    {"Node": node, "CheckID": format!("service:orders-{i}"), "Name": "Service 'orders' check", "Status": "passing",
+                     "Notes": "", "Output": "HTTP GET http://localhost/health: 200 OK", "ServiceID": format!("orders-{i}"),
+                     "ServiceName": "orders", "ServiceTags": ["v1", "http"]},
+                ],
+            })
+        })
+        .collect();
+    serde_json::to_vec(&entries).unwrap()
+}
+
+/// lossless's static JSON document with n instances (every 10th with a start time, warming).
+fn static_body(n: usize) -> Vec<u8> {
+    let inst: Vec<Value> = (0..n)
+        .map(|i| {
+            if i % 10 == 0 {
+                json!({"address": format!("{}:8080", ip(i)), "weight": 100, "start_ms": start_of(i), "warmup_ms": WARMUP})
+            } else {
+                json!({"address": format!("{}:8080", ip(i)), "weight": 100})
+            }
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "instances": inst })).unwrap()
+}
+
+fn bench_warmup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("warmup");
+    g.bench_function("dubbo_weight", |b| b.iter(|| warmup::dubbo_weight(black_box(100), black_box(Some(NOW - 300_000)), black_box(WARMUP), black_box(NOW))));
+    g.finish();
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::Random => "random",
+        Policy::RoundRobin => "round_robin",
+    }
+}
+
+fn bench_balancer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("balancer_pick_2_fallbacks");
+    for n in [10usize, 1_000, 10_000] {
+        let ms = members(n);
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(7);
+            let mut bal = Balancer::new(policy, Curve::default(), 100);
+            bal.rebuild(&ms, NOW, &mut rng);
+            assert!(bal.warming(), "10 % of the instances warm up");
+            let mut out = Vec::with_capacity(3);
+            g.bench_with_input(BenchmarkId::new(policy_name(policy), n), &n, |b, _| {
+                b.iter(|| {
+                    bal.pick(&mut rng, 2, &mut out).unwrap();
+                    black_box(out.len())
+                })
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("balancer_rebuild");
+    g.sample_size(20);
+    for n in [10_000usize] {
+        let ms = members(n);
+        g.throughput(Throughput::Elements(n as u64));
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(7);
+            let mut bal = Balancer::new(policy, Curve::default(), 100);
+            g.bench_with_input(BenchmarkId::new(policy_name(policy), n), &n, |b, _| {
+                b.iter(|| {
+                    bal.rebuild(black_box(&ms), NOW, &mut rng);
+                    black_box(bal.serving())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_snapshot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(20);
+    for n in [1_000usize, 10_000] {
+        let snap = Snapshot { version: 3, updated_ms: NOW, members: members(n) };
+        let bytes = snap.encode();
+        assert_eq!(Snapshot::decode(&bytes).unwrap().members.len(), n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("encode", n), &n, |b, _| b.iter(|| black_box(snap.encode()).len()));
+        g.bench_with_input(BenchmarkId::new("decode", n), &n, |b, _| b.iter(|| Snapshot::decode(black_box(&bytes)).unwrap().members.len()));
+    }
+    g.finish();
+}
+
+type Parser = fn(&[u8], &BuildOptions) -> Result<registry::Parsed, registry::RegistryError>;
+/// Makes a registry body with n instances.
+type BodyGen = fn(usize) -> Vec<u8>;
+
+fn nacos_v1(body: &[u8], build: &BuildOptions) -> Result<registry::Parsed, registry::RegistryError> {
+    registry::nacos::parse_list(body, Api::V1, build)
+}
+
+fn bench_parsers(c: &mut Criterion) {
+    let parsers: [(&str, BodyGen, Parser); 4] = [
+        ("nacos_v1", nacos_body, nacos_v1),
+        ("eureka", eureka_body, registry::eureka::parse),
+        ("consul", consul_body, registry::consul::parse),
+        ("static_json", static_body, registry::static_json::parse),
+    ];
+    let build = BuildOptions::default();
+    let mut g = c.benchmark_group("registry_parse");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(500));
+    for (name, body_of, parse) in parsers {
+        for n in [1_000usize, 10_000] {
+            let body = body_of(n);
+            let parsed = parse(&body, &build).unwrap();
+            assert_eq!((parsed.instances.len(), parsed.skipped), (n, 0), "{name}: every generated record parses");
+            let warming = parsed.instances.iter().filter(|i| warmup::is_warming(i.start_ms, i.warmup_ms, NOW)).count();
+            assert_eq!(warming, n / 10, "{name}: start time and warmup read from the record");
+            g.throughput(Throughput::Bytes(body.len() as u64));
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| b.iter(|| parse(black_box(&body), &build).unwrap().instances.len()));
+        }
+    }
+    g.finish();
+}
+
+/// A poller, a view and a fake shared store with `n` instances published through the real refresh
+/// path (static registry reply -> keep-last-good -> encode -> shared data -> decode -> balancer).
+struct World {
+    cfg: config::Config,
+    keys: Keys,
+    shared: FakeShared,
+    view: View,
+    rng: Rng,
+}
+
+fn world(n: usize) -> World {
+    let json = br#"{"registries":{"s":{"type":"static","cluster":"registry","authority":"registry","path":"/m/{service}.json"}},
+        "services":[{"name":"demo","registry":"s","match_clusters":["demo"]}]}"#;
+    let mut cfg = config::parse(json).unwrap();
+    let keys = Keys::new(json);
+    let shared = FakeShared::default();
+    let mut poller = Poller::new(cfg.services.len());
+    let mut view = View::new(&cfg);
+    let mut rng = Rng::new(1);
+    let due = poller.due(&mut cfg, NOW);
+    let (svc, call, _) = due.first().cloned().unwrap();
+    let body = static_body(n);
+    let headers = vec![(":status".to_string(), "200".to_string())];
+    let resp = HttpResponse { status: Some(200), headers: &headers, body: &body, body_size: body.len() };
+    let out = poller.on_reply(&mut cfg, &mut view, &shared, &keys, svc, call, &resp, NOW, &mut rng);
+    assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
+    view.sync(&cfg, &shared, &keys, NOW, &mut rng);
+    World { cfg, keys, shared, view, rng }
+}
+
+fn bench_route(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_end_to_end");
+    for n in [10usize, 1_000, 10_000] {
+        let mut w = world(n);
+        let mut scratch = Vec::with_capacity(3);
+        // the clock advances 1 ms every 15 requests (15k req/s on this VM): with 10 % of the
+        // instances warming, the weights are recomputed every 100 ms, i.e. every ~1,500 requests,
+        // and that O(n) rebuild is amortised into the figure
+        let mut k: i64 = 0;
+        g.bench_with_input(BenchmarkId::new("sync_route_warming_15k_rps", n), &n, |b, _| {
+            b.iter(|| {
+                k += 1;
+                let now = NOW + k / 15;
+                let World { cfg, keys, shared, view, rng } = &mut w;
+                view.sync(cfg, shared, keys, now, rng);
+                match runtime::route(cfg, view, Some("demo"), None, now, rng, &mut scratch) {
+                    Route::Forward { value, .. } => value.len(),
+                    other => panic!("{other:?}"),
+                }
+            })
+        });
+    }
+    // a membership change costs every VM a decode and a rebuild: the per-VM share of a publish
+    for n in [1_000usize, 10_000] {
+        let w = world(n);
+        g.bench_with_input(BenchmarkId::new("sync_after_publish", n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    runtime::bump_gen(&w.shared, &w.keys);
+                    // a fresh view, as on another worker: decodes the snapshot
+                    View::new(&w.cfg)
+                },
+                |mut view| {
+                    let mut rng = Rng::new(3);
+                    view.sync(&w.cfg, &w.shared, &w.keys, NOW, &mut rng);
+                    view.services[0].balancer.serving()
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default().sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).without_plots();
+    targets = bench_warmup, bench_balancer, bench_snapshot, bench_parsers, bench_route
+}
+criterion_main!(micro);
