@@ -34,7 +34,7 @@
 use serde_json::Value;
 
 use super::{
-    collect, encode, list_reply, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
     ServiceQuery,
 };
 use crate::instance::{format_addr, BuildOptions, Instance, State};
@@ -179,8 +179,7 @@ fn state_of(rec: &Value) -> State {
 impl Adapter for Eureka {
     fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = format!("{}/apps/{}", self.prefix, encode(&q.service));
-        let headers = request_headers(&self.endpoint, "GET", path);
-        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
+        (Call::List, get_request(&self.endpoint, path))
     }
 
     fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {

@@ -175,6 +175,11 @@ pub trait Adapter {
     }
 }
 
+/// A `GET` of `path` on the registry, with [`request_headers`].
+pub fn get_request(ep: &Endpoint, path: String) -> HttpRequest {
+    HttpRequest { headers: request_headers(ep, "GET", path), body: None, timeout_ms: ep.timeout_ms }
+}
+
 /// The headers of a registry request: the pseudo headers first, then `accept: application/json`.
 pub fn request_headers(ep: &Endpoint, method: &str, path: String) -> Vec<(String, String)> {
     vec![

@@ -14,8 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    collect, list_reply, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
-    ServiceQuery,
+    collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
 };
 use crate::instance::{canonical_addr, BuildOptions, Instance, State};
 
@@ -67,8 +66,7 @@ fn record(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
 impl Adapter for StaticJson {
     fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = self.path.replace("{service}", &super::encode(&q.service));
-        let headers = request_headers(&self.endpoint, "GET", path);
-        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
+        (Call::List, get_request(&self.endpoint, path))
     }
 
     fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {

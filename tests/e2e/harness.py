@@ -208,11 +208,24 @@ def _stop_everything():
 
 # --------------------------------------------------------------------------- rnacos
 
+class Managed:
+    """A process started through `self.procs` under `self.name`."""
+
+    def stop(self):
+        return self.procs.stop(self.name)
+
+    def kill(self):
+        return self.procs.kill(self.name)
+
+    def is_alive(self):
+        return self.procs.is_alive(self.name)
+
+
 class RnacosError(RuntimeError):
     pass
 
 
-class Rnacos:
+class Rnacos(Managed):
     """An rnacos server on free loopback ports with its own data dir (kept across restart()).
 
     Measured on 0.8.8: persistent (ephemeral=false) instances are TCP-probed every
@@ -282,19 +295,10 @@ class Rnacos:
             wait_until(self.login, timeout=timeout, interval=0.2, what="rnacos login")
         return self
 
-    def stop(self):
-        return self.procs.stop(self.name)
-
-    def kill(self):
-        return self.procs.kill(self.name)
-
     def restart(self, timeout=30.0):
         """Same ports and data dir. Persistent instances survive unless panicked() (see there)."""
         self.stop()
         return self.start(timeout)
-
-    def is_alive(self):
-        return self.procs.is_alive(self.name)
 
     def panicked(self):
         """True if a thread of rnacos panicked (0.8.8 sometimes does in its raft apply under
@@ -392,7 +396,7 @@ class Rnacos:
 
 # --------------------------------------------------------------------------- backends
 
-class Backend:
+class Backend(Managed):
     """A backend.py server on a free port (or `port`); answers with x-instance: 127.0.0.1:P."""
 
     def __init__(self, procs, name=None, port=None):
@@ -418,18 +422,9 @@ class Backend:
         wait_http(self.url + "/__stats", timeout=timeout, proc=self.proc)
         return self
 
-    def stop(self):
-        return self.procs.stop(self.name)
-
-    def kill(self):
-        return self.procs.kill(self.name)
-
     def restart(self, timeout=10.0):
         self.stop()
         return self.start(timeout)
-
-    def is_alive(self):
-        return self.procs.is_alive(self.name)
 
     def stats(self):
         return get_json(self.url + "/__stats")
@@ -501,7 +496,7 @@ def lb_endpoints(addrs):
     return "[" + ", ".join(items) + "]"
 
 
-class Envoy:
+class Envoy(Managed):
     """Envoy from a template; subs need ADMIN_PORT (a free one is added if missing)."""
 
     def __init__(self, procs, workdir, template, subs=None, concurrency=1, name="envoy",
@@ -539,18 +534,9 @@ class Envoy:
             raise RuntimeError(f"envoy {self.name} not ready: {exc}\n{self.log_tail()}") from exc
         return self
 
-    def stop(self):
-        return self.procs.stop(self.name)
-
-    def kill(self):
-        return self.procs.kill(self.name)
-
     def restart(self, timeout=30.0):
         self.stop()
         return self.start(timeout)
-
-    def is_alive(self):
-        return self.procs.is_alive(self.name)
 
     def admin(self, method, path, body=None):
         """(status, text) of an admin call."""
