@@ -124,7 +124,7 @@ impl HttpContext for Http {
                 return self.admin(vm, &path, now);
             }
         }
-        vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+        vm.sync_throttled(now);
         // a client never chooses the upstream: drop whatever it sent in a routing header
         if vm.cfg.mode == Mode::Outbound {
             for h in &vm.route_headers {
@@ -143,8 +143,9 @@ impl HttpContext for Http {
                 if let Some(sc) = vm.cfg.services.get(service) {
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &sc.header, Some(&value));
                 }
-                if let Some(m) = vm.metrics.svc(service) {
-                    m.picks.inc();
+                // counted locally, added to the stat on the next tick
+                if let Some(n) = vm.pending_picks.get_mut(service) {
+                    *n += 1;
                 }
                 self.written = value;
                 Action::Continue

@@ -45,6 +45,8 @@ pub struct ServiceMetrics {
     pub hosts_draining: Metric,
     pub hosts_down: Metric,
     pub version: Metric,
+    /// How long the last applied refresh took in the poller (parse, guard, publish), µs.
+    pub refresh_us: Metric,
 }
 
 impl ServiceMetrics {
@@ -66,6 +68,7 @@ impl ServiceMetrics {
             hosts_draining: g("hosts_draining"),
             hosts_down: g("hosts_down"),
             version: g("snapshot_version"),
+            refresh_us: g("refresh_duration_us"),
         }
     }
 

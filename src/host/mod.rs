@@ -22,6 +22,11 @@ pub fn now_ms() -> i64 {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Host time in µs since the epoch, for measuring work inside the VM.
+pub fn now_us() -> u64 {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// A property as a string (`["xds", "cluster_name"]`, `["source", "address"]`).
 pub fn property(path: Vec<&str>) -> Option<String> {
     hostcalls::get_property(path).ok().flatten().and_then(|b| String::from_utf8(b).ok())

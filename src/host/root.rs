@@ -12,7 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::http::Http;
 use super::metrics::Metrics;
-use super::{now_ms, HostShared};
+use super::{now_ms, now_us, HostShared};
 use crate::clock::Rng;
 use crate::config::{self, Config};
 use crate::registry::{Call, HttpResponse};
@@ -22,6 +22,9 @@ use crate::runtime::{host_counts, try_lead, Keys, Poller, RefreshOutcome, View};
 const TICK_MS: u64 = 100;
 /// A poller that stops renewing its lease is replaced after this long.
 const LEASE_TTL_MS: i64 = 2000;
+/// On the request path a VM checks for published changes at most this often (one shared-data
+/// read); the VM that marks an instance re-reads at once, the others within this bound.
+const SYNC_EVERY_MS: i64 = 20;
 /// The same registry complaint is logged at most once per this period.
 const LOG_EVERY_MS: i64 = 10_000;
 
@@ -37,12 +40,34 @@ pub struct Vm {
     /// Every routing header of every service, stripped from client requests.
     pub route_headers: Vec<String>,
     pub scratch: Vec<usize>,
+    /// Picks per service not yet added to the `picks` stat (one host call per tick, not per request).
+    pub pending_picks: Vec<i64>,
+    next_sync_ms: i64,
     pending: HashMap<u32, (usize, Call)>,
     /// Per (service, kind): when it was last logged and how many were suppressed since.
     last_log: HashMap<(usize, &'static str), (i64, u64)>,
 }
 
 impl Vm {
+    /// Re-reads published changes if the last check is older than [`SYNC_EVERY_MS`].
+    pub fn sync_throttled(&mut self, now: i64) {
+        if now >= self.next_sync_ms {
+            self.next_sync_ms = now.saturating_add(SYNC_EVERY_MS);
+            self.view.sync(&self.cfg, &HostShared, &self.keys, now, &mut self.rng);
+        }
+    }
+
+    fn flush_picks(&mut self) {
+        for (i, n) in self.pending_picks.iter_mut().enumerate() {
+            if *n > 0 {
+                if let Some(m) = self.metrics.svc(i) {
+                    m.picks.add(*n);
+                }
+                *n = 0;
+            }
+        }
+    }
+
     fn log_limited(&mut self, svc: usize, kind: &'static str, now: i64, msg: impl FnOnce() -> String) {
         let entry = self.last_log.entry((svc, kind)).or_insert((i64::MIN, 0));
         if now.saturating_sub(entry.0) >= LOG_EVERY_MS {
@@ -95,24 +120,30 @@ impl Vm {
         let resp = HttpResponse { status, headers: &headers, body: &body, body_size };
         let shared = HostShared;
         self.view.sync(&self.cfg, &shared, &self.keys, now, &mut self.rng);
+        let started = now_us();
         let outcome = self.poller.on_reply(&mut self.cfg, &mut self.view, &shared, &self.keys, svc, call, &resp, now, &mut self.rng);
+        // parse + keep-last-good + publish, in the poller's VM
+        let took_us = now_us().saturating_sub(started);
         let name = self.cfg.services.get(svc).map(|s| s.name.clone()).unwrap_or_default();
         let m = self.metrics.svc(svc).cloned().unwrap_or_default();
         match &outcome {
             RefreshOutcome::Published { version, hosts, skipped, protected } => {
                 m.refresh_ok.inc();
+                m.refresh_us.set(took_us);
                 m.instances_skipped.add(i64::from(*skipped));
                 if *protected {
                     m.protected.inc();
                 }
                 info!(
-                    "service '{name}' membership v{version}: {hosts} instances{}",
-                    if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() }
+                    "service '{name}' membership v{version}: {hosts} instances{} (parsed and published in {} ms)",
+                    if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() },
+                    took_us as f64 / 1000.0
                 );
                 self.view.sync(&self.cfg, &shared, &self.keys, now, &mut self.rng);
             }
             RefreshOutcome::Same { skipped } => {
                 m.refresh_ok.inc();
+                m.refresh_us.set(took_us);
                 m.instances_skipped.add(i64::from(*skipped));
             }
             RefreshOutcome::Unchanged => m.refresh_unchanged.inc(),
@@ -187,6 +218,8 @@ impl RootContext for Root {
             leader: false,
             route_headers,
             scratch: Vec::with_capacity(17),
+            pending_picks: vec![0; names.len()],
+            next_sync_ms: 0,
             pending: HashMap::new(),
             last_log: HashMap::new(),
             cfg,
@@ -212,6 +245,7 @@ impl RootContext for Root {
         }
         let vm = &mut *vm;
         vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
+        vm.flush_picks();
         if vm.leader {
             vm.poll(now);
             vm.gauges(now);
