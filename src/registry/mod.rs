@@ -10,7 +10,7 @@ pub mod static_json;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::instance::{BuildOptions, Instance, State};
+use crate::instance::Instance;
 
 /// A request for the glue to dispatch. `headers` holds the pseudo headers (`:method`, `:path`,
 /// `:authority`) first, then the others. Its `Debug` leaves out header values and the body, which
@@ -259,7 +259,8 @@ pub fn finish(mut instances: Vec<Instance>, skipped: u32, malformed_meta: u32) -
     for i in instances {
         match out.last_mut() {
             Some(last) if last.addr == i.addr => {
-                last.state = worst(last.state, i.state);
+                // State orders serving < draining < down: the most restrictive wins
+                last.state = last.state.max(i.state);
                 last.weight = last.weight.max(i.weight);
                 last.start_ms = match (last.start_ms, i.start_ms) {
                     (Some(a), Some(b)) => Some(a.max(b)),
@@ -272,10 +273,6 @@ pub fn finish(mut instances: Vec<Instance>, skipped: u32, malformed_meta: u32) -
         }
     }
     Parsed { instances: out, skipped, malformed_meta }
-}
-
-fn worst(a: State, b: State) -> State {
-    a.max(b)
 }
 
 /// Percent-encodes a query component (RFC 3986 unreserved characters stay).
@@ -328,12 +325,10 @@ pub fn metadata_map(v: Option<&serde_json::Value>, malformed: &mut u32) -> BTree
     out
 }
 
-/// Shared by adapters: options to build instances.
-pub type Build = BuildOptions;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::State;
 
     fn inst(addr: &str, w: i32, st: State, start: Option<i64>) -> Instance {
         Instance { addr: addr.into(), weight: w, start_ms: start, warmup_ms: 10, state: st, metadata: BTreeMap::new() }
