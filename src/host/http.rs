@@ -124,7 +124,7 @@ impl HttpContext for Http {
                 return self.admin(vm, &path, now);
             }
         }
-        vm.sync_throttled(now);
+        vm.view.sync(&vm.cfg, &HostShared, &vm.keys, now, &mut vm.rng);
         // a client never chooses the upstream: drop whatever it sent in a routing header
         if vm.cfg.mode == Mode::Outbound {
             for h in &vm.route_headers {

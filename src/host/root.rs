@@ -22,9 +22,6 @@ use crate::runtime::{host_counts, try_lead, Keys, Poller, RefreshOutcome, View};
 const TICK_MS: u64 = 100;
 /// A poller that stops renewing its lease is replaced after this long.
 const LEASE_TTL_MS: i64 = 2000;
-/// On the request path a VM checks for published changes at most this often (one shared-data
-/// read); the VM that marks an instance re-reads at once, the others within this bound.
-const SYNC_EVERY_MS: i64 = 20;
 /// The same registry complaint is logged at most once per this period.
 const LOG_EVERY_MS: i64 = 10_000;
 
@@ -42,21 +39,12 @@ pub struct Vm {
     pub scratch: Vec<usize>,
     /// Picks per service not yet added to the `picks` stat (one host call per tick, not per request).
     pub pending_picks: Vec<i64>,
-    next_sync_ms: i64,
     pending: HashMap<u32, (usize, Call)>,
     /// Per (service, kind): when it was last logged and how many were suppressed since.
     last_log: HashMap<(usize, &'static str), (i64, u64)>,
 }
 
 impl Vm {
-    /// Re-reads published changes if the last check is older than [`SYNC_EVERY_MS`].
-    pub fn sync_throttled(&mut self, now: i64) {
-        if now >= self.next_sync_ms {
-            self.next_sync_ms = now.saturating_add(SYNC_EVERY_MS);
-            self.view.sync(&self.cfg, &HostShared, &self.keys, now, &mut self.rng);
-        }
-    }
-
     fn flush_picks(&mut self) {
         for (i, n) in self.pending_picks.iter_mut().enumerate() {
             if *n > 0 {
@@ -219,7 +207,6 @@ impl RootContext for Root {
             route_headers,
             scratch: Vec::with_capacity(17),
             pending_picks: vec![0; names.len()],
-            next_sync_ms: 0,
             pending: HashMap::new(),
             last_log: HashMap::new(),
             cfg,
