@@ -335,7 +335,7 @@ fn world(n: usize) -> World {
     let body = static_body(n);
     let headers = vec![(":status".to_string(), "200".to_string())];
     let resp = HttpResponse { status: Some(200), headers: &headers, body: &body, body_size: body.len() };
-    let out = poller.on_reply(&mut cfg, &mut view, &shared, &keys, svc, call, &resp, NOW, &mut rng);
+    let out = poller.on_reply(&mut cfg, &view, &shared, &keys, svc, call, &resp, NOW, &mut rng);
     assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
     view.sync(&cfg, &shared, &keys, NOW, &mut rng);
     World { cfg, keys, shared, view, rng }

@@ -184,7 +184,7 @@ impl Poller {
     pub fn on_reply(
         &mut self,
         cfg: &mut Config,
-        view: &mut View,
+        view: &View,
         shared: &dyn Shared,
         keys: &Keys,
         svc: usize,
@@ -224,14 +224,14 @@ impl Poller {
                 for m in &mut parsed.instances {
                     m.metadata.clear();
                 }
-                let current = view.snapshot(svc).cloned().unwrap_or_default();
-                match st.tracker.decide(&current.members, parsed, &guard) {
+                let (current, version) = view.snapshot(svc).map_or((&[][..], 0), |s| (&s.members[..], s.version));
+                match st.tracker.decide(current, parsed, &guard) {
                     Decision::Keep(h) => RefreshOutcome::Kept(h),
                     Decision::Apply { members, protected } => {
-                        if members == current.members && current.version > 0 {
+                        if members == current && version > 0 {
                             return RefreshOutcome::Same { skipped };
                         }
-                        let snap = Snapshot { version: current.version + 1, updated_ms: now_ms, members };
+                        let snap = Snapshot { version: version + 1, updated_ms: now_ms, members };
                         let hosts = snap.members.len();
                         let version = snap.version;
                         shared.set(&keys.service(&sc.name), &snap.encode(), None);
@@ -603,7 +603,7 @@ mod tests {
             let (svc, call, req) = &due[0];
             assert_eq!(req.header(":path"), Some("/demo"));
             let (h, b) = ok(body);
-            let r = self.poller.on_reply(&mut self.cfg, &mut self.view, &self.shared, &self.keys, *svc, *call, &reply(&h, &b), now, &mut self.rng);
+            let r = self.poller.on_reply(&mut self.cfg, &self.view, &self.shared, &self.keys, *svc, *call, &reply(&h, &b), now, &mut self.rng);
             self.view.sync(&self.cfg, &self.shared, &self.keys, now, &mut self.rng);
             r
         }

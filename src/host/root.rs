@@ -109,7 +109,7 @@ impl Vm {
         let shared = HostShared;
         self.view.sync(&self.cfg, &shared, &self.keys, now, &mut self.rng);
         let started = now_us();
-        let outcome = self.poller.on_reply(&mut self.cfg, &mut self.view, &shared, &self.keys, svc, call, &resp, now, &mut self.rng);
+        let outcome = self.poller.on_reply(&mut self.cfg, &self.view, &shared, &self.keys, svc, call, &resp, now, &mut self.rng);
         // parse + keep-last-good + publish, in the poller's VM
         let took_us = now_us().saturating_sub(started);
         let name = self.cfg.services.get(svc).map(|s| s.name.clone()).unwrap_or_default();

@@ -16,17 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import HERE, LOOPBACK, REPO, Rnacos, free_port, get_json, request, wait_http
-
-SERVICE = "demo-svc"
-OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
-ORIGINAL_DST = REPO / "envoy" / "outbound-original-dst.yaml"
-INBOUND = REPO / "envoy" / "inbound.yaml"
-HOUR_MS = 3_600_000
-
-
-def now_ms():
-    return int(time.time() * 1000)
+from harness import HERE, LOOPBACK, SERVICE, Rnacos, free_port, get_json, request, wait_http
 
 
 def env_seconds(name, default):

@@ -27,6 +27,17 @@ REPO = HERE.parents[1]
 TEMPLATES = HERE / "templates"
 LOOPBACK = "127.0.0.1"
 
+# What the lossless suites share: the rnacos service, the shipped Envoy templates, time helpers.
+SERVICE = "demo-svc"
+OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
+ORIGINAL_DST = REPO / "envoy" / "outbound-original-dst.yaml"
+INBOUND = REPO / "envoy" / "inbound.yaml"
+HOUR_MS = 3_600_000
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
 
 def env_path(name):
     """Path from env var `name`; raises if unset or missing."""

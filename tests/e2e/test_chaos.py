@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from chaos_helpers import (HOUR_MS, INBOUND, ORIGINAL_DST, OUTBOUND, SERVICE, AuthRnacos,
-                           MembershipSampler, RegFront, env_seconds, envoy_pid, filter_config,
-                           filter_log_lines, fmt_mem, memory, now_ms, percentile, proxied,
+from chaos_helpers import (AuthRnacos, MembershipSampler, RegFront, env_seconds, envoy_pid,
+                           filter_config, filter_log_lines, fmt_mem, memory, percentile, proxied,
                            raw_http, serving_of, with_proxy_protocol)
-from harness import (LOOPBACK, Backend, Load, free_port, get_json, lb_endpoints, render, request,
-                     wait_until, wasm_crash_lines)
+from harness import (HOUR_MS, INBOUND, LOOPBACK, ORIGINAL_DST, OUTBOUND, SERVICE, Backend, Load,
+                     free_port, get_json, lb_endpoints, now_ms, render, request, wait_until,
+                     wasm_crash_lines)
 
 pytestmark = pytest.mark.chaos
 
@@ -139,7 +139,6 @@ def test_flapping_registry_never_collapses_the_set(rnacos, make_backend, make_en
     time.sleep(1)
     sampler = MembershipSampler(gw.listen, every=0.2).start()
     front.mode("cycle:" + ",".join(FLAP_CYCLE))
-    flap_from = load.elapsed()
     time.sleep(flap_s)
     front.mode("pass")
     flap_to = load.elapsed()

@@ -10,18 +10,9 @@ import time
 
 import pytest
 
-from harness import (HERE, LOOPBACK, REPO, Backend, Envoy, Load, ProcessExited, free_port,
-                     get_json, lb_endpoints, request, wait_http, wait_until, wasm_crash_lines)
-
-SERVICE = "demo-svc"
-OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
-ORIGINAL_DST = REPO / "envoy" / "outbound-original-dst.yaml"
-INBOUND = REPO / "envoy" / "inbound.yaml"
-HOUR_MS = 3_600_000
-
-
-def now_ms():
-    return int(time.time() * 1000)
+from harness import (HERE, HOUR_MS, INBOUND, LOOPBACK, ORIGINAL_DST, OUTBOUND, SERVICE, Envoy, Load,
+                     free_port, get_json, lb_endpoints, now_ms, request, wait_http, wait_until,
+                     wasm_crash_lines)
 
 
 def config(registry_addr, refresh_ms=1000, mode="outbound", inbound=None, **service):
