@@ -1,33 +1,4 @@
-//! Host services the core needs, behind traits so tests use fakes: time and randomness.
-
-use std::cell::Cell;
-
-/// Wall-clock time in ms since the epoch.
-pub trait Clock {
-    fn now_ms(&self) -> i64;
-}
-
-/// A clock tests move by hand.
-#[derive(Debug, Default)]
-pub struct FakeClock(Cell<i64>);
-
-impl FakeClock {
-    pub fn new(ms: i64) -> Self {
-        FakeClock(Cell::new(ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.set(ms)
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.set(self.0.get() + ms)
-    }
-}
-
-impl Clock for FakeClock {
-    fn now_ms(&self) -> i64 {
-        self.0.get()
-    }
-}
+//! Randomness for the balancer, jitter and VM ids: seeded from WASI randomness in the filter, fixed in tests.
 
 /// A small, fast PRNG (SplitMix64). Seeded from WASI randomness in the filter, fixed in tests.
 #[derive(Debug, Clone)]
@@ -77,14 +48,5 @@ mod tests {
         }
         assert_eq!(r.below(0), 0);
         assert_ne!(Rng::from_entropy().next_u64(), Rng::from_entropy().next_u64());
-    }
-
-    #[test]
-    fn fake_clock_moves() {
-        let c = FakeClock::new(5);
-        c.advance(10);
-        assert_eq!(c.now_ms(), 15);
-        c.set(1);
-        assert_eq!(c.now_ms(), 1);
     }
 }
