@@ -18,9 +18,12 @@ use lossless::clock::Rng;
 use lossless::config;
 use lossless::instance::{BuildOptions, Instance, State};
 use lossless::membership::Snapshot;
+use lossless::poller::RefreshOutcome;
 use lossless::registry::nacos::Api;
 use lossless::registry::{self, HttpResponse};
-use lossless::runtime::{self, FakeShared, Keys, Poller, RefreshOutcome, Route, View};
+use lossless::router::{route, Route};
+use lossless::store::{bump_gen, FakeShared};
+use lossless::vm::Vm;
 use lossless::warmup::{self, Curve};
 
 /// A fixed "now" (ms since the epoch) so every run sees the same warmup fractions.
@@ -213,7 +216,11 @@ fn static_body(n: usize) -> Vec<u8> {
 
 fn bench_warmup(c: &mut Criterion) {
     let mut g = c.benchmark_group("warmup");
-    g.bench_function("dubbo_weight", |b| b.iter(|| warmup::dubbo_weight(black_box(100), black_box(Some(NOW - 300_000)), black_box(WARMUP), black_box(NOW))));
+    g.bench_function("dubbo_weight", |b| {
+        b.iter(|| {
+            warmup::dubbo_weight(black_box(100), black_box(Some(NOW - 300_000)), black_box(WARMUP), black_box(NOW))
+        })
+    });
     g.finish();
 }
 
@@ -272,7 +279,9 @@ fn bench_snapshot(c: &mut Criterion) {
         assert_eq!(Snapshot::decode(&bytes).unwrap().members.len(), n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("encode", n), &n, |b, _| b.iter(|| black_box(snap.encode()).len()));
-        g.bench_with_input(BenchmarkId::new("decode", n), &n, |b, _| b.iter(|| Snapshot::decode(black_box(&bytes)).unwrap().members.len()));
+        g.bench_with_input(BenchmarkId::new("decode", n), &n, |b, _| {
+            b.iter(|| Snapshot::decode(black_box(&bytes)).unwrap().members.len())
+        });
     }
     g.finish();
 }
@@ -305,40 +314,41 @@ fn bench_parsers(c: &mut Criterion) {
             let warming = parsed.instances.iter().filter(|i| warmup::is_warming(i.start_ms, i.warmup_ms, NOW)).count();
             assert_eq!(warming, n / 10, "{name}: start time and warmup read from the record");
             g.throughput(Throughput::Bytes(body.len() as u64));
-            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| b.iter(|| parse(black_box(&body), &build).unwrap().instances.len()));
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| parse(black_box(&body), &build).unwrap().instances.len())
+            });
         }
     }
     g.finish();
 }
 
-/// A poller, a view and a fake shared store with `n` instances published through the real refresh
-/// path (static registry reply -> keep-last-good -> encode -> shared data -> decode -> balancer).
+/// A VM and a fake shared store with `n` instances published through the real refresh path
+/// (static registry reply -> keep-last-good -> encode -> shared data -> decode -> balancer).
 struct World {
-    cfg: config::Config,
-    keys: Keys,
+    vm: Vm,
     shared: FakeShared,
-    view: View,
-    rng: Rng,
+}
+
+const WORLD_CFG: &[u8] =
+    br#"{"registries":{"s":{"type":"static","cluster":"registry","authority":"registry","path":"/m/{service}.json"}},
+    "services":[{"name":"demo","registry":"s","match_clusters":["demo"]}]}"#;
+
+fn new_vm() -> Vm {
+    Vm::new(config::parse(WORLD_CFG).unwrap(), WORLD_CFG, 1, Rng::new(1))
 }
 
 fn world(n: usize) -> World {
-    let json = br#"{"registries":{"s":{"type":"static","cluster":"registry","authority":"registry","path":"/m/{service}.json"}},
-        "services":[{"name":"demo","registry":"s","match_clusters":["demo"]}]}"#;
-    let mut cfg = config::parse(json).unwrap();
-    let keys = Keys::new(json);
+    let mut vm = new_vm();
     let shared = FakeShared::default();
-    let mut poller = Poller::new(cfg.services.len());
-    let mut view = View::new(&cfg);
-    let mut rng = Rng::new(1);
-    let due = poller.due(&mut cfg, NOW);
-    let (svc, call, _) = due.first().cloned().unwrap();
+    vm.on_start(&shared);
+    let due = vm.on_tick(&shared, NOW);
+    vm.dispatched(1, due.first().unwrap());
     let body = static_body(n);
     let headers = vec![(":status".to_string(), "200".to_string())];
     let resp = HttpResponse { status: Some(200), headers: &headers, body: &body, body_size: body.len() };
-    let out = poller.on_reply(&mut cfg, &view, &shared, &keys, svc, call, &resp, NOW, &mut rng);
+    let (_, out) = vm.on_registry_reply(&shared, 1, &resp, NOW).unwrap();
     assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
-    view.sync(&cfg, &shared, &keys, NOW, &mut rng);
-    World { cfg, keys, shared, view, rng }
+    World { vm, shared }
 }
 
 fn bench_route(c: &mut Criterion) {
@@ -354,9 +364,10 @@ fn bench_route(c: &mut Criterion) {
             b.iter(|| {
                 k += 1;
                 let now = NOW + k / 15;
-                let World { cfg, keys, shared, view, rng } = &mut w;
-                view.sync(cfg, shared, keys, now, rng);
-                match runtime::route(cfg, view, Some("demo"), None, now, rng, &mut scratch) {
+                let World { vm, shared } = &mut w;
+                vm.sync(shared, now);
+                let s = &mut vm.services[0];
+                match route(0, &s.cfg, &mut s.view, None, now, &mut vm.rng, &mut scratch) {
                     Route::Forward { value, .. } => value.len(),
                     other => panic!("{other:?}"),
                 }
@@ -369,14 +380,13 @@ fn bench_route(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("sync_after_publish", n), &n, |b, _| {
             b.iter_batched(
                 || {
-                    runtime::bump_gen(&w.shared, &w.keys);
-                    // a fresh view, as on another worker: decodes the snapshot
-                    View::new(&w.cfg)
+                    bump_gen(&w.shared, &w.vm.keys);
+                    // a fresh VM, as another worker: decodes the snapshot
+                    new_vm()
                 },
-                |mut view| {
-                    let mut rng = Rng::new(3);
-                    view.sync(&w.cfg, &w.shared, &w.keys, NOW, &mut rng);
-                    view.services[0].balancer.serving()
+                |mut vm| {
+                    vm.sync(&w.shared, NOW);
+                    vm.services[0].view.balancer.serving()
                 },
                 BatchSize::LargeInput,
             )

@@ -261,7 +261,14 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn m(i: usize, w: i32, state: State, start: Option<i64>, warmup: i64) -> Instance {
-        Instance { addr: format!("10.0.{}.{}:80", i / 250, i % 250), weight: w, start_ms: start, warmup_ms: warmup, state, metadata: BTreeMap::new() }
+        Instance {
+            addr: format!("10.0.{}.{}:80", i / 250, i % 250),
+            weight: w,
+            start_ms: start,
+            warmup_ms: warmup,
+            state,
+            metadata: BTreeMap::new(),
+        }
     }
 
     fn shares(b: &mut Balancer, n: usize, picks: usize, rng: &mut Rng) -> Vec<f64> {
@@ -299,7 +306,12 @@ mod tests {
             assert!(b.warming());
             let got = shares(&mut b, ms.len(), 100_000, &mut rng);
             for i in 0..ms.len() {
-                assert!((got[i] - want[i]).abs() <= 1.0, "{policy:?} instance {i}: got {:.2}% want {:.2}%", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= 1.0,
+                    "{policy:?} instance {i}: got {:.2}% want {:.2}%",
+                    got[i],
+                    want[i]
+                );
             }
             assert_eq!(got[4], 0.0, "draining never picked");
             assert_eq!(got[5], 0.0, "down never picked");
@@ -358,7 +370,11 @@ mod tests {
     #[test]
     fn dominant_weight_fallbacks_terminate() {
         // one instance holds nearly all weight: rejection fails, the scan finds the others
-        let ms = vec![m(0, 1_000_000, State::Serving, None, 0), m(1, 1, State::Serving, None, 0), m(2, 0, State::Serving, None, 0)];
+        let ms = vec![
+            m(0, 1_000_000, State::Serving, None, 0),
+            m(1, 1, State::Serving, None, 0),
+            m(2, 0, State::Serving, None, 0),
+        ];
         let mut rng = Rng::new(3);
         let mut b = Balancer::new(Policy::Random, Curve::default(), 100);
         b.rebuild(&ms, NOW, &mut rng);
@@ -416,7 +432,8 @@ mod tests {
     #[test]
     fn round_robin_is_smooth() {
         // weights 5,1,1: within every window of 7 picks each gets exactly its weight
-        let ms = vec![m(0, 5, State::Serving, None, 0), m(1, 1, State::Serving, None, 0), m(2, 1, State::Serving, None, 0)];
+        let ms =
+            vec![m(0, 5, State::Serving, None, 0), m(1, 1, State::Serving, None, 0), m(2, 1, State::Serving, None, 0)];
         let mut rng = Rng::new(5);
         let mut b = Balancer::new(Policy::RoundRobin, Curve::default(), 100);
         b.rebuild(&ms, NOW, &mut rng);

@@ -10,12 +10,13 @@ use crate::balancer::Policy;
 use crate::instance::{canonical_addr, BuildOptions, MetadataKeys};
 use crate::membership::Guard;
 use crate::registry::nacos::{Api, Credentials};
-use crate::registry::{consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery};
+use crate::registry::{
+    consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery,
+};
 use crate::warmup::Curve;
 
 /// A minimal valid configuration, shown when the configuration is empty.
-pub const MINIMAL_EXAMPLE: &str =
-    r#"{"registries":{"nacos":{"type":"nacos","cluster":"nacos","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
+pub const MINIMAL_EXAMPLE: &str = r#"{"registries":{"nacos":{"type":"nacos","cluster":"nacos","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
 
 /// A configuration error: the field path (`services[0].routing.mode`) and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,7 +218,14 @@ struct RawDrain {
 
 impl Default for RawDrain {
     fn default() -> Self {
-        RawDrain { header: "x-lossless-drain".into(), retry_after_s: 1, pin_header: None, notify: true, notify_grace_ms: 2000, failed_host_ttl_ms: 10_000 }
+        RawDrain {
+            header: "x-lossless-drain".into(),
+            retry_after_s: 1,
+            pin_header: None,
+            notify: true,
+            notify_grace_ms: 2000,
+            failed_host_ttl_ms: 10_000,
+        }
     }
 }
 
@@ -270,7 +278,7 @@ impl RegistryKind {
         }
     }
 
-    pub fn adapter(&mut self) -> &mut dyn Adapter {
+    pub fn adapter(&self) -> &dyn Adapter {
         match self {
             RegistryKind::Nacos(a) => a,
             RegistryKind::Eureka(a) => a,
@@ -317,17 +325,25 @@ pub struct InboundConfig {
     pub self_address: String,
 }
 
+/// Settings that apply to the whole filter (every service).
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Settings {
     pub mode: Mode,
-    pub registries: Vec<RegistryConfig>,
-    pub services: Vec<ServiceConfig>,
     pub refresh_interval_ms: u64,
     pub jitter_percent: u32,
     pub weight_refresh_ms: u64,
     pub drain: DrainConfig,
     pub inbound: Option<InboundConfig>,
     pub admin_prefix: String,
+}
+
+/// The validated configuration. Immutable: what changes at run time lives in the poller and the
+/// view ([`crate::service::Service`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub registries: Vec<RegistryConfig>,
+    pub services: Vec<ServiceConfig>,
 }
 
 impl Config {
@@ -459,7 +475,11 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
         let name = after.get(..end).unwrap_or_default();
         match env(name) {
             Some(v) => out.push_str(&v),
-            None => return Err(format!("uses ${{{name}}}, which is not set in the Wasm VM's environment (vm_config.environment_variables)")),
+            None => {
+                return Err(format!(
+                    "uses ${{{name}}}, which is not set in the Wasm VM's environment (vm_config.environment_variables)"
+                ))
+            }
         }
         rest = after.get(end + 1..).unwrap_or_default();
     }
@@ -489,7 +509,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     let mut kinds = Vec::new();
     for (name, r) in raw.registries {
         let p = format!("registries.{name}");
-        let adapter = registry(&p, &r, BuildOptions::default())?;
+        let adapter = registry(&p, &r)?;
         names.push(name.clone());
         kinds.push(r.kind);
         registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
@@ -499,13 +519,19 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     for (i, s) in raw.services.into_iter().enumerate() {
         let p = format!("services[{i}]");
         if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(err(format!("{p}.name"), "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)"));
+            return Err(err(
+                format!("{p}.name"),
+                "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)",
+            ));
         }
         if services.iter().any(|o| o.name == s.name) {
             return Err(err(format!("{p}.name"), format!("duplicate service name '{}'", s.name)));
         }
         let Some(reg) = names.iter().position(|n| *n == s.registry) else {
-            return Err(err(format!("{p}.registry"), format!("unknown registry '{}'; defined: {}", s.registry, names.join(", "))));
+            return Err(err(
+                format!("{p}.registry"),
+                format!("unknown registry '{}'; defined: {}", s.registry, names.join(", ")),
+            ));
         };
         let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
         use RegistryType::{Consul as C, Nacos as N};
@@ -527,7 +553,10 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 return Err(err(format!("{p}.match_clusters[{k}]"), "must not be empty"));
             }
             if services.iter().any(|o| o.match_clusters.contains(c)) {
-                return Err(err(format!("{p}.match_clusters[{k}]"), format!("cluster '{c}' is already matched by another service")));
+                return Err(err(
+                    format!("{p}.match_clusters[{k}]"),
+                    format!("cluster '{c}' is already matched by another service"),
+                ));
             }
         }
         if !valid_header(&s.routing.header) {
@@ -537,7 +566,10 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             return Err(err(format!("{p}.routing.fallbacks"), "must be between 0 and 16"));
         }
         if s.routing.mode == RoutingMode::OriginalDst && s.routing.fallbacks != 2 && s.routing.fallbacks != 0 {
-            return Err(err(format!("{p}.routing.fallbacks"), "original_dst routes to a single address; fallbacks need mode override_host"));
+            return Err(err(
+                format!("{p}.routing.fallbacks"),
+                "original_dst routes to a single address; fallbacks need mode override_host",
+            ));
         }
         let w = &s.warmup;
         if w.default_warmup_ms < 0 {
@@ -567,11 +599,6 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             default_weight: w.default_weight,
             default_warmup_ms: w.default_warmup_ms,
         };
-        if let Some(r) = registries.get_mut(reg) {
-            // build options are per service; adapters are per registry: the last service's options
-            // would win, so a registry's services must agree on them.
-            set_build(&mut r.kind, build, services.iter().any(|o| o.registry == reg)).map_err(|m| err(format!("{p}.warmup"), m))?;
-        }
         services.push(ServiceConfig {
             query: ServiceQuery {
                 service: s.registry_service.unwrap_or_else(|| s.name.clone()),
@@ -580,7 +607,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 clusters: s.clusters,
                 tag: s.tag,
                 dc: s.dc,
-                consul_index: 0,
+                build,
             },
             name: s.name,
             registry: reg,
@@ -613,7 +640,9 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         return Err(err("drain.retry_after_s", "must be between 0 and 3600"));
     }
     let inbound = match (raw.mode, raw.inbound) {
-        (Mode::Inbound, None) => return Err(err("inbound", "mode \"inbound\" needs {\"service\": NAME, \"self_address\": \"ip:port\"}")),
+        (Mode::Inbound, None) => {
+            return Err(err("inbound", "mode \"inbound\" needs {\"service\": NAME, \"self_address\": \"ip:port\"}"))
+        }
         (Mode::Outbound, Some(_)) => return Err(err("inbound", "only allowed with \"mode\": \"inbound\"")),
         (Mode::Outbound, None) => None,
         (Mode::Inbound, Some(ib)) => {
@@ -622,7 +651,10 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             };
             let expanded = expand(&ib.self_address, env).map_err(|m| err("inbound.self_address", m))?;
             let Some(self_address) = canonical_addr(&expanded) else {
-                return Err(err("inbound.self_address", format!("must be ip:port (IPv6 as [addr]:port), got '{expanded}'")));
+                return Err(err(
+                    "inbound.self_address",
+                    format!("must be ip:port (IPv6 as [addr]:port), got '{expanded}'"),
+                ));
             };
             Some(InboundConfig { service, self_address })
         }
@@ -636,28 +668,33 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             if c.wait_s > 0 && c.endpoint.timeout_ms <= c.wait_s * 1000 + c.wait_s * 1000 / 16 {
                 return Err(err(
                     format!("registries.{}.timeout_ms", r.name),
-                    format!("must exceed wait_s plus Consul's jitter (wait/16): more than {} ms", c.wait_s * 1000 + c.wait_s * 1000 / 16),
+                    format!(
+                        "must exceed wait_s plus Consul's jitter (wait/16): more than {} ms",
+                        c.wait_s * 1000 + c.wait_s * 1000 / 16
+                    ),
                 ));
             }
         }
     }
     Ok(Config {
-        mode: raw.mode,
+        settings: Settings {
+            mode: raw.mode,
+            refresh_interval_ms: raw.refresh_interval_ms,
+            jitter_percent: raw.jitter_percent,
+            weight_refresh_ms: raw.weight_refresh_ms,
+            drain: DrainConfig {
+                header: d.header,
+                retry_after_s: d.retry_after_s,
+                pin_header: d.pin_header,
+                notify: d.notify,
+                notify_grace_ms: d.notify_grace_ms as i64,
+                failed_host_ttl_ms: d.failed_host_ttl_ms as i64,
+            },
+            inbound,
+            admin_prefix: prefix,
+        },
         registries,
         services,
-        refresh_interval_ms: raw.refresh_interval_ms,
-        jitter_percent: raw.jitter_percent,
-        weight_refresh_ms: raw.weight_refresh_ms,
-        drain: DrainConfig {
-            header: d.header,
-            retry_after_s: d.retry_after_s,
-            pin_header: d.pin_header,
-            notify: d.notify,
-            notify_grace_ms: d.notify_grace_ms as i64,
-            failed_host_ttl_ms: d.failed_host_ttl_ms as i64,
-        },
-        inbound,
-        admin_prefix: prefix,
     })
 }
 
@@ -666,21 +703,7 @@ fn valid_path(p: &str) -> bool {
     p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#')
 }
 
-fn set_build(k: &mut RegistryKind, b: BuildOptions, already: bool) -> Result<(), String> {
-    let slot = match k {
-        RegistryKind::Nacos(a) => &mut a.build,
-        RegistryKind::Eureka(a) => &mut a.build,
-        RegistryKind::Consul(a) => &mut a.build,
-        RegistryKind::Static(a) => &mut a.build,
-    };
-    if already && *slot != b {
-        return Err("services of one registry must share the same warmup defaults and metadata_keys (define a second registry entry for different ones)".into());
-    }
-    *slot = b;
-    Ok(())
-}
-
-fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<RegistryKind, ConfigError> {
+fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
     if r.cluster.is_empty() {
         return Err(err(format!("{p}.cluster"), "must name the Envoy cluster of the registry"));
     }
@@ -722,21 +745,27 @@ fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<RegistryKin
                 (Some(_), None) => return Err(err(format!("{p}.password"), "is required with username")),
                 _ => return Err(err(format!("{p}.username"), "is required (non-empty) with password")),
             };
-            RegistryKind::Nacos(Nacos::new(ep, api, auth, build))
+            RegistryKind::Nacos(Nacos::new(ep, api, auth))
         }
         E => {
             let prefix = r.path_prefix.clone().unwrap_or_else(|| "/eureka".into());
             if !valid_path(&prefix) {
-                return Err(err(format!("{p}.path_prefix"), "must start with '/' and hold no spaces, control characters, '?' or '#'"));
+                return Err(err(
+                    format!("{p}.path_prefix"),
+                    "must start with '/' and hold no spaces, control characters, '?' or '#'",
+                ));
             }
-            RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string(), build))
+            RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string()))
         }
         C => {
             let wait = r.wait_s.unwrap_or(0);
             if wait > 600 {
-                return Err(err(format!("{p}.wait_s"), "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)"));
+                return Err(err(
+                    format!("{p}.wait_s"),
+                    "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)",
+                ));
             }
-            RegistryKind::Consul(Consul::new(ep, r.token.clone(), wait, build))
+            RegistryKind::Consul(Consul::new(ep, r.token.clone(), wait))
         }
         S => {
             let Some(path) = r.path.clone().filter(|x| valid_path(x)) else {
@@ -745,7 +774,7 @@ fn registry(p: &str, r: &RawRegistry, build: BuildOptions) -> Result<RegistryKin
                     "is required for a static registry, must start with '/' and hold no spaces, control characters or '#' ({service} is replaced by the service name)",
                 ));
             };
-            RegistryKind::Static(StaticJson { endpoint: ep, path, build })
+            RegistryKind::Static(StaticJson { endpoint: ep, path })
         }
     };
     Ok(kind)
@@ -800,14 +829,18 @@ mod tests {
         assert_eq!(c.service_for_cluster("nope"), None);
         assert_eq!(c.services[1].routing, RoutingMode::OriginalDst);
         assert_eq!(c.services[1].fallbacks, 0);
-        assert_eq!((c.refresh_interval_ms, c.jitter_percent, c.weight_refresh_ms), (500, 20, 50));
-        assert_eq!(c.drain.pin_header.as_deref(), Some("x-pin"));
-        assert_eq!(c.admin_prefix, "/_lossless");
+        assert_eq!(
+            (c.settings.refresh_interval_ms, c.settings.jitter_percent, c.settings.weight_refresh_ms),
+            (500, 20, 50)
+        );
+        assert_eq!(c.settings.drain.pin_header.as_deref(), Some("x-pin"));
+        assert_eq!(c.settings.admin_prefix, "/_lossless");
+        assert_eq!(c.services[0].query.build.default_warmup_ms, 120_000);
+        assert_eq!(c.services[1].query.build.default_warmup_ms, 600_000, "warmup defaults are per service");
         let reg = &c.registries[c.services[0].registry];
         assert_eq!(reg.cluster, "nacos");
         match &reg.kind {
             RegistryKind::Nacos(n) => {
-                assert_eq!(n.build.default_warmup_ms, 120_000);
                 assert_eq!(n.endpoint.timeout_ms, 1500);
                 assert!(n.auth.is_some());
                 // credentials never print
@@ -827,8 +860,11 @@ mod tests {
         let s = &c.services[0];
         assert_eq!((s.routing, s.fallbacks, s.header.as_str()), (RoutingMode::OverrideHost, 2, "x-lossless-upstream"));
         assert_eq!(s.match_clusters, vec!["demo".to_string()]);
-        assert_eq!((c.refresh_interval_ms, c.drain.header.as_str(), c.drain.retry_after_s), (1000, "x-lossless-drain", 1));
-        assert_eq!(c.mode, Mode::Outbound);
+        assert_eq!(
+            (c.settings.refresh_interval_ms, c.settings.drain.header.as_str(), c.settings.drain.retry_after_s),
+            (1000, "x-lossless-drain", 1)
+        );
+        assert_eq!(c.settings.mode, Mode::Outbound);
     }
 
     #[test]
@@ -838,7 +874,7 @@ mod tests {
             "registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"n"}]}"#,
         )
         .unwrap();
-        let ib = c.inbound.unwrap();
+        let ib = c.settings.inbound.unwrap();
         assert_eq!((ib.service, ib.self_address.as_str()), (0, "127.0.0.1:9001"));
     }
 
@@ -848,7 +884,7 @@ mod tests {
             "registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"demo","registry":"n"}]}"#;
         let env = |k: &str| (k == "INSTANCE_IP").then(|| "10.1.2.3".to_string());
         let c = parse_with_env(json, &env).unwrap();
-        assert_eq!(c.inbound.unwrap().self_address, "10.1.2.3:8080");
+        assert_eq!(c.settings.inbound.unwrap().self_address, "10.1.2.3:8080");
         let e = parse(json).unwrap_err();
         assert_eq!(e.path, "inbound.self_address");
         assert!(e.message.contains("${INSTANCE_IP}") && e.message.contains("not set"), "{e}");
@@ -866,7 +902,9 @@ mod tests {
     }
 
     fn with_service(extra: &str) -> String {
-        format!(r#"{{"registries":{{"n":{{"type":"nacos","cluster":"n","authority":"a"}}}},"services":[{{"name":"demo","registry":"n"{extra}}}]}}"#)
+        format!(
+            r#"{{"registries":{{"n":{{"type":"nacos","cluster":"n","authority":"a"}}}},"services":[{{"name":"demo","registry":"n"{extra}}}]}}"#
+        )
     }
 
     #[test]

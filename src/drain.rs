@@ -31,7 +31,8 @@ impl Reason {
         }
     }
 
-    pub const ALL: [Reason; 4] = [Reason::NoInstances, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
+    pub const ALL: [Reason; 4] =
+        [Reason::NoInstances, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
 }
 
 /// A local reply to send instead of forwarding.
@@ -76,13 +77,10 @@ pub fn pin(members: &[Instance], value: Option<&str>) -> Pin {
     let Some(addr) = value.and_then(crate::instance::canonical_addr) else {
         return Pin::Ignore;
     };
-    match members.binary_search_by(|m| m.addr.as_str().cmp(&addr)) {
-        Ok(i) => match members.get(i).map(|m| m.state) {
-            Some(State::Serving) => Pin::Serving(i),
-            Some(_) => Pin::Draining,
-            None => Pin::Ignore,
-        },
-        Err(_) => Pin::Ignore,
+    match crate::instance::position(members, &addr).and_then(|i| members.get(i).map(|m| (i, m.state))) {
+        Some((i, State::Serving)) => Pin::Serving(i),
+        Some(_) => Pin::Draining,
+        None => Pin::Ignore,
     }
 }
 
@@ -120,7 +118,7 @@ impl SelfDrain {
     }
 
     fn observe(&mut self, members: &[Instance], self_addr: &str) {
-        match members.binary_search_by(|m| m.addr.as_str().cmp(self_addr)).ok().and_then(|i| members.get(i)) {
+        match crate::instance::find(members, self_addr) {
             Some(m) if m.state == State::Serving => {
                 self.seen_serving = true;
                 self.registry_offline = false;
@@ -168,7 +166,8 @@ mod tests {
 
     #[test]
     fn pins() {
-        let ms = vec![i("10.0.0.1:80", State::Serving), i("10.0.0.2:80", State::Draining), i("10.0.0.3:80", State::Down)];
+        let ms =
+            vec![i("10.0.0.1:80", State::Serving), i("10.0.0.2:80", State::Draining), i("10.0.0.3:80", State::Down)];
         assert_eq!(pin(&ms, None), Pin::Ignore);
         assert_eq!(pin(&ms, Some("10.0.0.1:80")), Pin::Serving(0));
         assert_eq!(pin(&ms, Some(" 10.0.0.2:80")), Pin::Draining);

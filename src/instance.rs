@@ -48,6 +48,16 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The member with address `addr` in `members` (sorted by address, as every membership is).
+pub fn find<'a>(members: &'a [Instance], addr: &str) -> Option<&'a Instance> {
+    position(members, addr).and_then(|i| members.get(i))
+}
+
+/// The index of the member with address `addr` in `members` (sorted by address).
+pub fn position(members: &[Instance], addr: &str) -> Option<usize> {
+    members.binary_search_by(|m| m.addr.as_str().cmp(addr)).ok()
+}
+
 /// Formats an address as Envoy expects it, validating both parts. Returns `None` for an address
 /// that is not an IP literal or a port outside 1..=65535.
 pub fn format_addr(ip: &str, port: i64) -> Option<String> {
@@ -105,8 +115,14 @@ pub struct MetadataKeys {
 impl Default for MetadataKeys {
     fn default() -> Self {
         MetadataKeys {
-            start_time: vec![MetaKey { key: "timestamp".into(), unit: Unit::Ms }, MetaKey { key: "sermant.grace.warmup.inject.time".into(), unit: Unit::Ms }],
-            warmup: vec![MetaKey { key: "warmup".into(), unit: Unit::Ms }, MetaKey { key: "sermant.grace.warmup.time".into(), unit: Unit::S }],
+            start_time: vec![
+                MetaKey { key: "timestamp".into(), unit: Unit::Ms },
+                MetaKey { key: "sermant.grace.warmup.inject.time".into(), unit: Unit::Ms },
+            ],
+            warmup: vec![
+                MetaKey { key: "warmup".into(), unit: Unit::Ms },
+                MetaKey { key: "sermant.grace.warmup.time".into(), unit: Unit::S },
+            ],
             weight: vec!["weight".into()],
             drain: vec!["lossless.drain".into()],
         }
@@ -259,8 +275,12 @@ mod tests {
     fn default_keys_dubbo_and_sermant() {
         let k = MetadataKeys::default();
         let f = k.read(&md(&[("timestamp", "1700000000000"), ("warmup", "60000"), ("weight", "7")]));
-        assert_eq!((f.start_ms, f.warmup_ms, f.weight, f.malformed), (Some(1_700_000_000_000), Some(60_000), Some(7), 0));
-        let f = k.read(&md(&[("sermant.grace.warmup.inject.time", "1700000000000"), ("sermant.grace.warmup.time", "120")]));
+        assert_eq!(
+            (f.start_ms, f.warmup_ms, f.weight, f.malformed),
+            (Some(1_700_000_000_000), Some(60_000), Some(7), 0)
+        );
+        let f =
+            k.read(&md(&[("sermant.grace.warmup.inject.time", "1700000000000"), ("sermant.grace.warmup.time", "120")]));
         assert_eq!((f.start_ms, f.warmup_ms), (Some(1_700_000_000_000), Some(120_000)));
     }
 
@@ -283,7 +303,13 @@ mod tests {
     #[test]
     fn build_prefers_metadata_and_drain_flag() {
         let o = BuildOptions::default();
-        let (i, bad) = o.build("1.1.1.1:1".into(), Some(200), Some(5), State::Serving, md(&[("timestamp", "9"), ("lossless.drain", "true")]));
+        let (i, bad) = o.build(
+            "1.1.1.1:1".into(),
+            Some(200),
+            Some(5),
+            State::Serving,
+            md(&[("timestamp", "9"), ("lossless.drain", "true")]),
+        );
         assert_eq!((i.weight, i.start_ms, i.warmup_ms, i.state, bad), (200, Some(9), 600_000, State::Draining, 0));
         let (i, _) = o.build("1.1.1.1:1".into(), None, Some(5), State::Down, md(&[]));
         assert_eq!((i.weight, i.start_ms, i.state), (100, Some(5), State::Down));

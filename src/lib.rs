@@ -1,16 +1,55 @@
 //! lossless: a proxy-wasm filter for Envoy that gives service instances lossless online/offline.
 //!
-//! Everything but [`host`] is pure logic, free of proxy-wasm calls, and tested natively.
+//! Everything but `host` (the glue, compiled into the `.wasm` only) is pure logic, free of
+//! proxy-wasm calls, and tested natively. One file, one reason to change.
+//!
+//! # The refresh path: a registry reply becomes membership
+//!
+//! 1. [`vm::Vm::on_tick`] (every 100 ms in every VM): [`store::try_lead`] elects one poller VM per
+//!    Envoy process; it asks [`poller::PollState::due`] for each [`service::Service`].
+//! 2. The registry's [`registry::Adapter`] builds the request (a login first when needed); the glue
+//!    dispatches it on the registry's Envoy cluster.
+//! 3. [`vm::Vm::on_registry_reply`]: the adapter turns the reply into instances
+//!    ([`registry::Parsed`], built by the service's own [`instance::BuildOptions`]);
+//!    [`poller::PollState::on_reply`] applies the keep-last-good rules
+//!    ([`membership::Tracker`]) and returns the [`membership::Snapshot`] to publish.
+//! 4. The snapshot goes to shared data ([`store::Keys::service`]), stale marks are pruned
+//!    ([`marks::prune`]), and the generation is bumped ([`store::bump_gen`]).
+//! 5. Every VM notices the generation on its next request or tick ([`vm::Vm::sync`],
+//!    [`view::View::stale`]), decodes the changed snapshots, applies the shared [`marks::Marks`] and
+//!    rebuilds its [`balancer::Balancer`] ([`view::ServiceView::rebuild`]).
+//!
+//! # The request path: a request gets its upstream
+//!
+//! 1. [`vm::Vm::on_request`] with the request's facts through [`vm::Host`]: admin calls go to
+//!    [`admin`]; client-sent routing headers are removed; the cluster picks the service.
+//! 2. [`router::route`] picks the primary (Dubbo's warmup weight, [`warmup`], through the
+//!    [`balancer`]) and the fallbacks, honours a pin ([`drain::pin`]), or refuses with a
+//!    [`drain::Reason`] ([`drain::local_reply`]).
+//! 3. The glue applies the [`vm::Flow`]: the routing header is set, or the local 503 is sent.
+//! 4. [`vm::Vm::on_response`]: an instance that announced its drain, or that Envoy left for
+//!    another attempt, is marked for every VM ([`marks::mark_draining`], [`marks::mark_failed`]);
+//!    inbound, a draining instance tags what it served.
+//!
+//! Configuration: [`config`] (validated once, immutable). Stats: [`service::ServiceStats`] and
+//! [`service::Stats`], counted in the VM and flushed to Envoy on the tick.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod admin;
 pub mod balancer;
 pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod instance;
+pub mod marks;
 pub mod membership;
+pub mod poller;
 pub mod registry;
-pub mod runtime;
+pub mod router;
+pub mod service;
+pub mod store;
+pub mod view;
+pub mod vm;
 pub mod warmup;
 
 #[cfg(target_arch = "wasm32")]

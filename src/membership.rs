@@ -1,7 +1,7 @@
-//! Service membership: the snapshot published through shared data, its compact encoding, the
-//! keep-last-good rules applied to every refresh, and drain marks set by instances themselves.
+//! Service membership: the snapshot published through shared data, its compact encoding, and the
+//! keep-last-good rules applied to every refresh.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,14 +48,21 @@ impl Snapshot {
             members: w
                 .m
                 .into_iter()
-                .map(|Wire(addr, weight, start_ms, warmup_ms, state)| Instance { addr, weight, start_ms, warmup_ms, state, metadata: BTreeMap::new() })
+                .map(|Wire(addr, weight, start_ms, warmup_ms, state)| Instance {
+                    addr,
+                    weight,
+                    start_ms,
+                    warmup_ms,
+                    state,
+                    metadata: BTreeMap::new(),
+                })
                 .collect(),
         })
     }
 
     /// Index of the member with this address (members are sorted).
     pub fn find(&self, addr: &str) -> Option<usize> {
-        self.members.binary_search_by(|m| m.addr.as_str().cmp(addr)).ok()
+        crate::instance::position(&self.members, addr)
     }
 }
 
@@ -124,10 +131,7 @@ impl Tracker {
         } else if prev_serving.len() >= 2 {
             let lost = prev_serving
                 .iter()
-                .filter(|a| match next.binary_search_by(|m| m.addr.as_str().cmp(a)) {
-                    Ok(i) => next.get(i).is_some_and(|m| m.state == State::Down),
-                    Err(_) => true,
-                })
+                .filter(|a| crate::instance::find(&next, a).is_none_or(|m| m.state == State::Down))
                 .count();
             (lost as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
         } else {
@@ -151,103 +155,6 @@ impl Tracker {
     }
 }
 
-/// Marks set by callers, shared by every VM:
-/// - drain marks: instances that said themselves they are draining (the drain header), with the
-///   start time they had when marked. Such a mark holds until the registry shows the instance with
-///   a newer start time (it restarted) or no longer lists it;
-/// - down marks: instances a request just failed on (connection failure, reset, refusal: Envoy
-///   retried elsewhere), until an expiry; after it the instance gets traffic again, and is marked
-///   again if it still fails (passive health checking, ahead of the registry).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Marks {
-    /// addr -> start_ms at the time of the drain mark (0 when unknown).
-    pub m: HashMap<String, i64>,
-    /// addr -> until when (ms since epoch) the instance counts as down.
-    #[serde(default)]
-    pub down: HashMap<String, i64>,
-}
-
-/// At most this many marks are kept (shared data is never freed: keep it bounded).
-pub const MAX_MARKS: usize = 4096;
-
-impl Marks {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-    pub fn decode(b: &[u8]) -> Marks {
-        if b.is_empty() {
-            return Marks::default();
-        }
-        serde_json::from_slice(b).unwrap_or_default()
-    }
-
-    /// Marks `addr` draining; false when it was marked already or the table is full.
-    pub fn mark(&mut self, addr: &str, start_ms: Option<i64>) -> bool {
-        if self.m.contains_key(addr) || self.m.len() + self.down.len() >= MAX_MARKS {
-            return false;
-        }
-        self.m.insert(addr.to_string(), start_ms.unwrap_or(0));
-        true
-    }
-
-    /// Marks `addr` down until `until_ms`; false when an unexpired mark exists or the table is full.
-    pub fn mark_down(&mut self, addr: &str, now_ms: i64, until_ms: i64) -> bool {
-        if self.down.get(addr).is_some_and(|u| *u > now_ms) {
-            return false;
-        }
-        if !self.down.contains_key(addr) && self.m.len() + self.down.len() >= MAX_MARKS {
-            return false;
-        }
-        self.down.insert(addr.to_string(), until_ms);
-        true
-    }
-
-    /// Does a drain mark apply to this member?
-    pub fn applies(&self, m: &Instance) -> bool {
-        match self.m.get(&m.addr) {
-            Some(marked) => m.start_ms.unwrap_or(0) <= *marked,
-            None => false,
-        }
-    }
-
-    /// Is this address marked down at `now_ms`?
-    pub fn is_down(&self, addr: &str, now_ms: i64) -> bool {
-        self.down.get(addr).is_some_and(|u| *u > now_ms)
-    }
-
-    /// The earliest expiry of a down mark still in force (`i64::MAX` if none).
-    pub fn next_expiry(&self, now_ms: i64) -> i64 {
-        self.down.values().copied().filter(|u| *u > now_ms).min().unwrap_or(i64::MAX)
-    }
-
-    /// Drops marks whose instance restarted (newer start time) or is listed by no service.
-    /// `lookup` gives the member for an address across all services, if any. True if changed.
-    /// Expired down marks go too.
-    pub fn prune<'a>(&mut self, now_ms: i64, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
-        let before = self.m.len() + self.down.len();
-        self.m.retain(|addr, marked| match lookup(addr) {
-            Some(inst) => inst.start_ms.unwrap_or(0) <= *marked,
-            None => false,
-        });
-        self.down.retain(|_, until| *until > now_ms);
-        self.m.len() + self.down.len() != before
-    }
-}
-
-/// The membership a VM routes by: the snapshot with drain and down marks applied.
-pub fn apply_marks(members: &mut [Instance], marks: &Marks, now_ms: i64) {
-    if marks.m.is_empty() && marks.down.is_empty() {
-        return;
-    }
-    for m in members.iter_mut().filter(|m| m.state.is_serving()) {
-        if marks.applies(m) {
-            m.state = State::Draining;
-        } else if marks.is_down(&m.addr, now_ms) {
-            m.state = State::Down;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +173,11 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trip() {
-        let s = Snapshot { version: 7, updated_ms: 99, members: vec![i("10.0.0.1:80", State::Serving, Some(5)), i("[::1]:81", State::Draining, None)] };
+        let s = Snapshot {
+            version: 7,
+            updated_ms: 99,
+            members: vec![i("10.0.0.1:80", State::Serving, Some(5)), i("[::1]:81", State::Draining, None)],
+        };
         let b = s.encode();
         assert_eq!(Snapshot::decode(&b).unwrap(), s);
         assert!(Snapshot::decode(b"{").is_err());
@@ -282,7 +193,9 @@ mod tests {
         let prev = ten();
         assert_eq!(t.decide(&prev, parsed(vec![]), &g), Decision::Keep(Hold::Empty));
         assert_eq!(t.decide(&prev, parsed(vec![]), &g), Decision::Keep(Hold::Empty));
-        assert!(matches!(t.decide(&prev, parsed(vec![]), &g), Decision::Apply { ref members, .. } if members.is_empty()));
+        assert!(
+            matches!(t.decide(&prev, parsed(vec![]), &g), Decision::Apply { ref members, .. } if members.is_empty())
+        );
         // from empty, an empty list is just applied
         assert!(matches!(t.decide(&[], parsed(vec![]), &g), Decision::Apply { .. }));
     }
@@ -321,51 +234,5 @@ mod tests {
         assert!(protected);
         assert_eq!(members.iter().filter(|m| m.state == State::Serving).count(), 9);
         assert_eq!(members[7].state, State::Draining, "a deliberate drain is never overridden");
-    }
-
-    #[test]
-    fn marks_apply_and_prune() {
-        let mut marks = Marks::default();
-        assert!(marks.mark("10.0.0.1:80", Some(100)));
-        assert!(!marks.mark("10.0.0.1:80", Some(100)));
-        let mut ms = vec![i("10.0.0.1:80", State::Serving, Some(100)), i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms, &marks, 0);
-        assert_eq!((ms[0].state, ms[1].state), (State::Draining, State::Serving));
-        let back = Marks::decode(&marks.encode());
-        assert_eq!(back, marks);
-        assert_eq!(Marks::decode(b"garbage"), Marks::default());
-        // restarted with a newer start time: the mark goes
-        let restarted = i("10.0.0.1:80", State::Serving, Some(200));
-        assert!(marks.prune(0, |_| Some(&restarted)));
-        assert!(marks.m.is_empty());
-        // gone from the registry: the mark goes
-        marks.mark("10.0.0.9:80", None);
-        assert!(marks.prune(0, |_| None));
-        // bounded
-        for k in 0..MAX_MARKS + 10 {
-            marks.mark(&format!("10.1.{}.{}:80", k / 256, k % 256), None);
-        }
-        assert_eq!(marks.m.len(), MAX_MARKS);
-        assert!(!marks.mark_down("10.9.9.9:80", 0, 10), "bounded, down marks included");
-    }
-
-    #[test]
-    fn down_marks_expire() {
-        let mut marks = Marks::default();
-        assert!(marks.mark_down("10.0.0.2:80", 1000, 5000));
-        assert!(!marks.mark_down("10.0.0.2:80", 2000, 9000), "still in force");
-        let mut ms = vec![i("10.0.0.1:80", State::Serving, None), i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms, &marks, 4999);
-        assert_eq!((ms[0].state, ms[1].state), (State::Serving, State::Down));
-        assert_eq!(marks.next_expiry(4999), 5000);
-        let mut ms2 = vec![i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms2, &marks, 5000);
-        assert_eq!(ms2[0].state, State::Serving, "expired: traffic again");
-        assert_eq!(marks.next_expiry(5000), i64::MAX);
-        assert!(marks.mark_down("10.0.0.2:80", 5000, 9000), "fails again: marked again");
-        assert!(marks.prune(9000, |_| None));
-        assert!(marks.down.is_empty());
-        // a mark from an older encoding without `down` still decodes
-        assert_eq!(Marks::decode(br#"{"m":{"a":1}}"#).m.len(), 1);
     }
 }

@@ -4,28 +4,30 @@
 
 use libfuzzer_sys::fuzz_target;
 use lossless::config::{parse, Mode, RegistryKind, RoutingMode};
+use lossless::registry::{Cursor, Session};
 
 fn valid_header(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut c = match parse(data) {
+    let c = match parse(data) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.to_string();
             return;
         }
     };
-    assert!((100..=3_600_000).contains(&c.refresh_interval_ms));
-    assert!(c.jitter_percent <= 50);
-    assert!((10..=10_000).contains(&c.weight_refresh_ms));
+    let st = &c.settings;
+    assert!((100..=3_600_000).contains(&st.refresh_interval_ms));
+    assert!(st.jitter_percent <= 50);
+    assert!((10..=10_000).contains(&st.weight_refresh_ms));
     assert!(!c.registries.is_empty() && !c.services.is_empty());
-    assert!(c.drain.retry_after_s <= 3600);
-    assert!(valid_header(&c.drain.header));
-    assert!(c.drain.pin_header.as_deref().is_none_or(valid_header));
-    assert!(c.admin_prefix.starts_with('/') && c.admin_prefix.len() >= 2 && !c.admin_prefix.ends_with('/'));
-    match (&c.mode, &c.inbound) {
+    assert!(st.drain.retry_after_s <= 3600);
+    assert!(valid_header(&st.drain.header));
+    assert!(st.drain.pin_header.as_deref().is_none_or(valid_header));
+    assert!(st.admin_prefix.starts_with('/') && st.admin_prefix.len() >= 2 && !st.admin_prefix.ends_with('/'));
+    match (&st.mode, &st.inbound) {
         (Mode::Outbound, None) => {}
         (Mode::Inbound, Some(ib)) => {
             assert!(ib.service < c.services.len());
@@ -41,21 +43,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(!ep.authority.is_empty() && !ep.authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/'));
         assert!((10..=900_000).contains(&ep.timeout_ms));
         assert!((1024..=(256 << 20)).contains(&ep.max_body_bytes));
-        let build = match &r.kind {
-            RegistryKind::Nacos(a) => &a.build,
-            RegistryKind::Eureka(a) => &a.build,
+        match &r.kind {
+            RegistryKind::Nacos(_) | RegistryKind::Eureka(_) => {}
             RegistryKind::Consul(a) => {
                 assert!(a.wait_s <= 600);
                 assert!(a.wait_s == 0 || a.endpoint.timeout_ms > a.wait_s * 1000);
-                &a.build
             }
-            RegistryKind::Static(a) => {
-                assert!(a.path.starts_with('/'));
-                &a.build
-            }
-        };
-        assert!(build.default_weight >= 0 && build.default_warmup_ms >= 0);
-        assert!(build.weight_scale.is_finite() && build.weight_scale > 0.0 && build.weight_scale <= 1e6);
+            RegistryKind::Static(a) => assert!(a.path.starts_with('/')),
+        }
     }
     let mut seen_names = std::collections::BTreeSet::new();
     let mut seen_clusters = std::collections::BTreeSet::new();
@@ -74,11 +69,14 @@ fuzz_target!(|data: &[u8]| {
         assert!((0.0..=1.0).contains(&s.guard.protect_threshold) && (0.0..=1.0).contains(&s.guard.max_drop));
         assert!(s.curve.aggression.is_finite() && s.curve.aggression > 0.0 && s.curve.aggression <= 100.0);
         assert!((0.0..=100.0).contains(&s.curve.min_weight_percent));
+        let build = &s.query.build;
+        assert!(build.default_weight >= 0 && build.default_warmup_ms >= 0);
+        assert!(build.weight_scale.is_finite() && build.weight_scale > 0.0 && build.weight_scale <= 1e6);
     }
     // Every service's first request can be built, with the pseudo headers first.
-    let services = c.services.clone();
-    for s in &services {
-        let (_, req) = c.registries[s.registry].kind.adapter().request(&s.query, 1_800_000_000_000);
+    for s in &c.services {
+        let (session, cursor) = (Session::default(), Cursor::default());
+        let (_, req) = c.registries[s.registry].kind.adapter().request(&session, &cursor, &s.query, 1_800_000_000_000);
         let names: Vec<&str> = req.headers.iter().take(3).map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, [":method", ":path", ":authority"], "request headers {:?}", req.headers);
         assert!(req.header(":path").is_some_and(|p| p.starts_with('/')));

@@ -1,9 +1,10 @@
-//! `membership::Snapshot::decode` and `membership::Marks::decode` on arbitrary bytes; whatever
+//! `membership::Snapshot::decode` and `marks::Marks::decode` on arbitrary bytes; whatever
 //! decodes must survive `decode(encode(x)) == x`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lossless::membership::{Marks, Snapshot};
+use lossless::marks::Marks;
+use lossless::membership::Snapshot;
 use lossless_fuzz::check_snapshot_roundtrip;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,5 +17,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let m = Marks::decode(data);
     let bytes = m.encode();
-    assert_eq!(Marks::decode(&bytes), m, "Marks round trip changed the marks (encoded as {:?})", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        Marks::decode(&bytes),
+        m,
+        "Marks round trip changed the marks (encoded as {:?})",
+        String::from_utf8_lossy(&bytes)
+    );
 });

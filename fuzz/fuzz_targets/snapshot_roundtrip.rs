@@ -18,7 +18,14 @@ fuzz_target!(|input: Input| {
     let members = input
         .members
         .into_iter()
-        .map(|(addr, weight, start_ms, warmup_ms, st)| Instance { addr, weight, start_ms, warmup_ms, state: state_of(st), metadata: Default::default() })
+        .map(|(addr, weight, start_ms, warmup_ms, st)| Instance {
+            addr,
+            weight,
+            start_ms,
+            warmup_ms,
+            state: state_of(st),
+            metadata: Default::default(),
+        })
         .collect();
     check_snapshot_roundtrip(&Snapshot { version: input.version, updated_ms: input.updated_ms, members });
 });

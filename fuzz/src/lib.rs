@@ -65,7 +65,12 @@ pub fn check_snapshot_roundtrip(s: &Snapshot) {
     assert!(!bytes.is_empty(), "Snapshot::encode gave nothing for {s:?}");
     match Snapshot::decode(&bytes) {
         Ok(d) => {
-            assert_eq!(&d, s, "Snapshot round trip changed the snapshot (encoded as {:?})", String::from_utf8_lossy(&bytes));
+            assert_eq!(
+                &d,
+                s,
+                "Snapshot round trip changed the snapshot (encoded as {:?})",
+                String::from_utf8_lossy(&bytes)
+            );
             assert_eq!(d.encode(), bytes, "Snapshot encoding is not stable");
         }
         Err(e) => panic!("Snapshot::decode rejected its own encoding {:?}: {e}", String::from_utf8_lossy(&bytes)),
@@ -87,7 +92,14 @@ mod tests {
     use std::panic::catch_unwind;
 
     fn inst(addr: &str, weight: i32) -> Instance {
-        Instance { addr: addr.into(), weight, start_ms: None, warmup_ms: 0, state: State::Serving, metadata: Default::default() }
+        Instance {
+            addr: addr.into(),
+            weight,
+            start_ms: None,
+            warmup_ms: 0,
+            state: State::Serving,
+            metadata: Default::default(),
+        }
     }
     fn parsed(v: Vec<Instance>) -> Parsed {
         Parsed { instances: v, skipped: 0, malformed_meta: 0 }

@@ -1,5 +1,5 @@
-//! proxy-wasm glue: the only code that talks to the host. Everything it decides comes from
-//! [`crate::runtime`]; this module moves bytes between Envoy and that logic.
+//! proxy-wasm glue: the only code that talks to the host. It gathers facts, calls
+//! [`crate::vm::Vm`], and applies what comes back, handling every host-call result.
 
 mod http;
 mod metrics;
@@ -8,38 +8,60 @@ mod root;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{LogLevel, MapType};
 
-use crate::runtime::Shared;
+use crate::store::Shared;
+use crate::vm::Host;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
 }}
 
-/// Wall-clock ms since the epoch from the host (0 if the host cannot say).
+/// Host time since the epoch (zero if the host cannot say).
+fn since_epoch() -> std::time::Duration {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+}
+
+/// Wall-clock ms since the epoch.
 pub fn now_ms() -> i64 {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as i64).unwrap_or(0)
+    since_epoch().as_millis() as i64
 }
 
 /// Host time in µs since the epoch, for measuring work inside the VM.
 pub fn now_us() -> u64 {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_micros() as u64).unwrap_or(0)
+    since_epoch().as_micros() as u64
 }
 
-/// A property as a string (`["xds", "cluster_name"]`, `["source", "address"]`).
-pub fn property(path: Vec<&str>) -> Option<String> {
-    hostcalls::get_property(path).ok().flatten().and_then(|b| String::from_utf8(b).ok())
-}
+/// Envoy itself: shared data, headers and properties of the current HTTP exchange.
+pub struct Envoy;
 
-/// Envoy shared data.
-pub struct HostShared;
-
-impl Shared for HostShared {
+impl Shared for Envoy {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         hostcalls::get_shared_data(key).unwrap_or((None, None))
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+impl Host for Envoy {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_ok()
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+    fn set_response_header(&self, name: &str, value: &str) -> bool {
+        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
+    }
+    fn property(&self, path: &[&str]) -> Option<String> {
+        hostcalls::get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
     }
 }

@@ -27,8 +27,8 @@
 use serde_json::Value;
 
 use super::{
-    check_common, collect, encode, metadata_map, parse_json, request_headers, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
-    ServiceQuery,
+    check_common, collect, encode, metadata_map, parse_json, request_headers, Adapter, Call, Cursor, Endpoint,
+    HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
@@ -38,18 +38,21 @@ pub struct Consul {
     pub token: Option<String>,
     /// Blocking query `wait`, seconds (0 = no blocking queries).
     pub wait_s: u64,
-    pub build: BuildOptions,
 }
 
 impl std::fmt::Debug for Consul {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consul").field("endpoint", &self.endpoint).field("token", &self.token.as_ref().map(|_| "***")).field("wait_s", &self.wait_s).finish()
+        f.debug_struct("Consul")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("wait_s", &self.wait_s)
+            .finish()
     }
 }
 
 impl Consul {
-    pub fn new(endpoint: Endpoint, token: Option<String>, wait_s: u64, build: BuildOptions) -> Self {
-        Consul { endpoint, token, wait_s, build }
+    pub fn new(endpoint: Endpoint, token: Option<String>, wait_s: u64) -> Self {
+        Consul { endpoint, token, wait_s }
     }
 }
 
@@ -120,15 +123,15 @@ fn weights(v: Option<&Value>, scale: f64) -> Option<(i32, i32)> {
 }
 
 impl Adapter for Consul {
-    fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
+    fn request(&self, _s: &Session, c: &Cursor, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let mut params: Vec<String> = Vec::new();
         for (k, v) in [("dc", &q.dc), ("tag", &q.tag), ("ns", &q.namespace)] {
             if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                 params.push(format!("{k}={}", encode(v)));
             }
         }
-        if self.wait_s > 0 && q.consul_index > 0 {
-            params.push(format!("index={}", q.consul_index));
+        if self.wait_s > 0 && c.index > 0 {
+            params.push(format!("index={}", c.index));
             params.push(format!("wait={}s", self.wait_s));
         }
         let mut path = format!("/v1/health/service/{}", encode(&q.service));
@@ -143,7 +146,15 @@ impl Adapter for Consul {
         (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
     }
 
-    fn on_reply(&mut self, q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
+    fn on_reply(
+        &self,
+        _s: &mut Session,
+        c: &mut Cursor,
+        q: &ServiceQuery,
+        _call: Call,
+        resp: &HttpResponse<'_>,
+        _now_ms: i64,
+    ) -> Reply {
         let secrets: &[&str] = match self.token.as_deref() {
             Some(t) => &[t],
             None => &[],
@@ -151,22 +162,22 @@ impl Adapter for Consul {
         if let Err(e) = check_common(resp, &self.endpoint, secrets) {
             return Reply::Error(e);
         }
-        let stored = q.consul_index;
+        let stored = c.index;
         match resp.header("x-consul-index").and_then(|v| v.trim().parse::<u64>().ok()) {
-            None => q.consul_index = 0,
+            None => c.index = 0,
             Some(index) => {
                 // "indexes must be > 0": treat 0 as 1
                 let index = index.max(1);
                 if stored > 0 && index == stored {
                     return Reply::Unchanged;
                 }
-                q.consul_index = if index < stored { 0 } else { index };
+                c.index = if index < stored { 0 } else { index };
             }
         }
-        match parse(resp.body, &self.build) {
+        match parse(resp.body, &q.build) {
             Ok(p) => Reply::Members(p),
             Err(e) => {
-                q.consul_index = 0;
+                c.index = 0;
                 Reply::Error(e)
             }
         }
@@ -180,6 +191,7 @@ impl Adapter for Consul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Client;
 
     const SAMPLE: &[u8] = include_bytes!("../../../shared/fixtures/registry/consul-health-service.json");
 
@@ -202,7 +214,10 @@ mod tests {
         assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
         let i = &r.instances[0];
         // both checks (service:redis, serfHealth) passing: Passing weight 10 on the Dubbo scale
-        assert_eq!((i.addr.as_str(), i.state, i.weight, i.start_ms, i.warmup_ms), ("10.1.10.12:8000", State::Serving, 1000, None, 600_000));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.weight, i.start_ms, i.warmup_ms),
+            ("10.1.10.12:8000", State::Serving, 1000, None, 600_000)
+        );
         assert_eq!(i.metadata.get("redis_version").map(String::as_str), Some("4.0"));
         // Node.Meta is not service metadata
         assert_eq!(i.metadata.len(), 1);
@@ -242,14 +257,26 @@ mod tests {
         assert_eq!(st("[]"), (State::Serving, 1000));
         assert_eq!(st("null"), (State::Serving, 1000));
         assert_eq!(st(&format!("[{}]", check("serfHealth", "passing"))), (State::Serving, 1000));
-        assert_eq!(st(&format!("[{},{}]", check("serfHealth", "passing"), check("service:a", "warning"))), (State::Serving, 300));
-        assert_eq!(st(&format!("[{},{}]", check("service:a", "warning"), check("serfHealth", "critical"))), (State::Down, 1000));
+        assert_eq!(
+            st(&format!("[{},{}]", check("serfHealth", "passing"), check("service:a", "warning"))),
+            (State::Serving, 300)
+        );
+        assert_eq!(
+            st(&format!("[{},{}]", check("service:a", "warning"), check("serfHealth", "critical"))),
+            (State::Down, 1000)
+        );
         assert_eq!(st(&format!("[{}]", check("serfHealth", "CRITICAL"))), (State::Down, 1000));
         // a status Consul does not define is not healthy
         assert_eq!(st(&format!("[{}]", check("serfHealth", "bogus"))), (State::Down, 1000));
         // maintenance wins over critical (its own status is critical)
-        assert_eq!(st(&format!("[{},{}]", check("serfHealth", "passing"), check("_node_maintenance", "critical"))), (State::Draining, 1000));
-        assert_eq!(st(&format!("[{},{}]", check("_service_maintenance:a", "critical"), check("serfHealth", "critical"))), (State::Draining, 1000));
+        assert_eq!(
+            st(&format!("[{},{}]", check("serfHealth", "passing"), check("_node_maintenance", "critical"))),
+            (State::Draining, 1000)
+        );
+        assert_eq!(
+            st(&format!("[{},{}]", check("_service_maintenance:a", "critical"), check("serfHealth", "critical"))),
+            (State::Draining, 1000)
+        );
         assert_eq!(st(&format!("[{}]", check("_service_maintenance:", "passing"))), (State::Draining, 1000));
         // similar names are not maintenance
         assert_eq!(st(&format!("[{}]", check("_service_maintenance", "critical"))), (State::Down, 1000));
@@ -258,7 +285,10 @@ mod tests {
         assert_eq!(st(r#"[{"Status":"critical"}]"#), (State::Down, 1000));
         // default weights are 1
         assert_eq!(one("", "[]").instances[0].weight, 100);
-        assert_eq!(one(r#","Weights":{"Passing":5}"#, &format!("[{}]", check("c", "warning"))).instances[0].weight, 100);
+        assert_eq!(
+            one(r#","Weights":{"Passing":5}"#, &format!("[{}]", check("c", "warning"))).instances[0].weight,
+            100
+        );
         assert_eq!(one(r#","Weights":null"#, "[]").instances[0].weight, 100);
         assert_eq!(one(r#","Weights":{"Passing":0,"Warning":0}"#, "[]").instances[0].weight, 0);
         // a metadata weight wins over the native one; a metadata drain flag drains
@@ -266,20 +296,36 @@ mod tests {
         assert_eq!(one(r#","Meta":{"lossless.drain":"true"}"#, "[]").instances[0].state, State::Draining);
         // a custom scale
         let b = BuildOptions { weight_scale: 1.0, ..BuildOptions::default() };
-        let r = parse(br#"[{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":10,"Warning":1}}}]"#, &b).unwrap();
+        let r = parse(br#"[{"Service":{"Address":"10.0.0.1","Port":80,"Weights":{"Passing":10,"Warning":1}}}]"#, &b)
+            .unwrap();
         assert_eq!(r.instances[0].weight, 10);
     }
 
     #[test]
     fn addresses_and_metadata() {
         let addr = |entry: &str| p(&format!("[{entry}]")).unwrap().instances.first().map(|i| i.addr.clone());
-        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"10.0.0.1","Port":80}}"#).as_deref(), Some("10.0.0.1:80"));
-        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"","Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
+        assert_eq!(
+            addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"10.0.0.1","Port":80}}"#).as_deref(),
+            Some("10.0.0.1:80")
+        );
+        assert_eq!(
+            addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"","Port":80}}"#).as_deref(),
+            Some("10.0.0.9:80")
+        );
         assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
-        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":null,"Port":80}}"#).as_deref(), Some("10.0.0.9:80"));
-        assert_eq!(addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"2001:db8::1","Port":80}}"#).as_deref(), Some("[2001:db8::1]:80"));
+        assert_eq!(
+            addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":null,"Port":80}}"#).as_deref(),
+            Some("10.0.0.9:80")
+        );
+        assert_eq!(
+            addr(r#"{"Node":{"Address":"10.0.0.9"},"Service":{"Address":"2001:db8::1","Port":80}}"#).as_deref(),
+            Some("[2001:db8::1]:80")
+        );
         // metadata, unicode included
-        let r = one(r#","Meta":{"zone":"a","ключ":"значение ✓","emoji":"🦀","timestamp":"1700000000000","warmup":"60000"}"#, "[]");
+        let r = one(
+            r#","Meta":{"zone":"a","ключ":"значение ✓","emoji":"🦀","timestamp":"1700000000000","warmup":"60000"}"#,
+            "[]",
+        );
         let i = &r.instances[0];
         assert_eq!(i.metadata.get("ключ").map(String::as_str), Some("значение ✓"));
         assert_eq!(i.metadata.get("emoji").map(String::as_str), Some("🦀"));
@@ -320,7 +366,10 @@ mod tests {
         assert!(parse_err(&deep));
         let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
         assert!(parse_err(&format!(r#"[{{"Service":{{"Address":"10.0.0.1","Port":80,"Meta":{deep_obj}}}}}]"#)));
-        assert!(matches!(parse(b"[{\"Service\":{\"Address\":\"\xfe\"}}]", &BuildOptions::default()), Err(RegistryError::Parse(_))));
+        assert!(matches!(
+            parse(b"[{\"Service\":{\"Address\":\"\xfe\"}}]", &BuildOptions::default()),
+            Err(RegistryError::Parse(_))
+        ));
 
         // malformed entries are skipped and counted; each line is one skip
         let bad = [
@@ -338,9 +387,9 @@ mod tests {
             r#"{"Service":{"Address":"10.0.0.1","Port":65536}}"#,
             r#"{"Service":{"Address":"10.0.0.1","Port":18446744073709551615}}"#, // huge
             r#"{"Service":{"Address":"10.0.0.1","Port":1e300}}"#,
-            r#"{"Service":{"Address":"redis.service.consul","Port":80}}"#,          // host name
+            r#"{"Service":{"Address":"redis.service.consul","Port":80}}"#, // host name
             r#"{"Service":{"Address":7,"Port":80},"Node":{"Address":"10.0.0.9"}}"#, // Address wrong type
-            r#"{"Service":{"Address":"","Port":80}}"#,                              // no address at all
+            r#"{"Service":{"Address":"","Port":80}}"#,                     // no address at all
             r#"{"Service":{"Address":"","Port":80},"Node":{"Address":""}}"#,
             r#"{"Service":{"Address":"","Port":80},"Node":"n1"}"#,
             r#"{"Service":{"Address":"10.0.0.1","Port":80},"Checks":{"Status":"passing"}}"#, // Checks as object
@@ -355,7 +404,8 @@ mod tests {
             r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":[10,1]}}"#,
             r#"{"Service":{"Address":"10.0.0.1","Port":80,"Weights":1}}"#,
         ];
-        let good = r#"{"Service":{"Address":"10.0.0.2","Port":80,"Weights":{"Passing":18446744073709551615,"Warning":1}}}"#;
+        let good =
+            r#"{"Service":{"Address":"10.0.0.2","Port":80,"Weights":{"Passing":18446744073709551615,"Warning":1}}}"#;
         let r = p(&format!("[{},{good}]", bad.join(","))).unwrap();
         assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
         // a huge weight is clamped
@@ -364,13 +414,12 @@ mod tests {
         assert_eq!(r.instances[0].weight, i32::MAX);
     }
 
-    fn adapter(wait_s: u64, token: Option<&str>) -> Consul {
-        Consul::new(
+    fn adapter(wait_s: u64, token: Option<&str>) -> Client<Consul> {
+        Client::new(Consul::new(
             Endpoint { authority: "consul:8500".into(), timeout_ms: 35_000, max_body_bytes: 1 << 20 },
             token.map(String::from),
             wait_s,
-            BuildOptions::default(),
-        )
+        ))
     }
 
     #[test]
@@ -394,15 +443,23 @@ mod tests {
         q.dc = Some("dc 1".into());
         q.tag = Some("v2&x=1".into());
         q.namespace = Some("team-a".into());
-        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a"));
-        q.consul_index = 42;
-        assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a&index=42&wait=30s"));
-        let q = ServiceQuery { service: "web".into(), tag: Some("blue".into()), consul_index: 7, ..Default::default() };
+        assert_eq!(
+            a.request(&q, 0).1.header(":path"),
+            Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a")
+        );
+        a.cursor.index = 42;
+        assert_eq!(
+            a.request(&q, 0).1.header(":path"),
+            Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a&index=42&wait=30s")
+        );
+        a.cursor.index = 7;
+        let q = ServiceQuery { service: "web".into(), tag: Some("blue".into()), ..Default::default() };
         assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/web?tag=blue&index=7&wait=30s"));
-        let q = ServiceQuery { service: "web".into(), dc: Some(String::new()), consul_index: 7, ..Default::default() };
+        let q = ServiceQuery { service: "web".into(), dc: Some(String::new()), ..Default::default() };
         assert_eq!(a.request(&q, 0).1.header(":path"), Some("/v1/health/service/web?index=7&wait=30s"));
         // no blocking queries: never an index
         let mut a = adapter(0, None);
+        a.cursor.index = 7;
         let (_, req) = a.request(&q, 0);
         assert_eq!(req.header(":path"), Some("/v1/health/service/web"));
         assert_eq!(req.header("x-consul-token"), None);
@@ -415,69 +472,75 @@ mod tests {
 
     #[test]
     fn debug_hides_token() {
-        let s = format!("{:?}", adapter(5, Some("s3cr3t-token")));
+        let s = format!("{:?}", adapter(5, Some("s3cr3t-token")).adapter);
         assert!(!s.contains("s3cr3t"), "{s}");
         assert!(s.contains("***"), "{s}");
     }
 
-    fn reply(a: &mut Consul, q: &mut ServiceQuery, status: Option<u16>, index: Option<&str>, body: &[u8]) -> Reply {
-        let headers: Vec<(String, String)> = index.map(|i| ("X-Consul-Index".to_string(), i.to_string())).into_iter().collect();
+    fn reply(a: &mut Client<Consul>, q: &ServiceQuery, status: Option<u16>, index: Option<&str>, body: &[u8]) -> Reply {
+        let headers: Vec<(String, String)> =
+            index.map(|i| ("X-Consul-Index".to_string(), i.to_string())).into_iter().collect();
         a.on_reply(q, Call::List, &HttpResponse { status, headers: &headers, body, body_size: body.len() }, 0)
     }
 
-    fn path(a: &mut Consul, q: &ServiceQuery) -> String {
+    fn path(a: &mut Client<Consul>, q: &ServiceQuery) -> String {
         a.request(q, 0).1.header(":path").unwrap().to_string()
     }
 
     #[test]
     fn index_sequence() {
         let mut a = adapter(60, None);
-        let mut q = ServiceQuery { service: "redis".into(), ..Default::default() };
+        let q = ServiceQuery { service: "redis".into(), ..Default::default() };
         let members = |r: Reply| match r {
             Reply::Members(p) => p.instances.len(),
             r => panic!("{r:?}"),
         };
         // first call: no index
         assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("100"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 100);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("100"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 100);
         assert_eq!(path(&mut a, &q), "/v1/health/service/redis?index=100&wait=60s");
         // the blocking query timed out: same index, body not even parsed
-        assert_eq!(reply(&mut a, &mut q, Some(200), Some("100"), b"not json"), Reply::Unchanged);
-        assert_eq!(q.consul_index, 100);
+        assert_eq!(reply(&mut a, &q, Some(200), Some("100"), b"not json"), Reply::Unchanged);
+        assert_eq!(a.cursor.index, 100);
         // a change
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some(" 150 "), b"[]")), 0);
-        assert_eq!(q.consul_index, 150);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some(" 150 "), b"[]")), 0);
+        assert_eq!(a.cursor.index, 150);
         // went backwards: reset to 0, the list is still used
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("120"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 0);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("120"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 0);
         assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
         // after a reset the same index as before is not "unchanged"
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("120"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 120);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("120"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 120);
         // missing header: reset to 0, list used
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), None, SAMPLE)), 1);
-        assert_eq!(q.consul_index, 0);
+        assert_eq!(members(reply(&mut a, &q, Some(200), None, SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 0);
         // unparsable header: same
-        q.consul_index = 120;
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("abc"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 0);
-        q.consul_index = 120;
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("-5"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 0);
+        a.cursor.index = 120;
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("abc"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 0);
+        a.cursor.index = 120;
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("-5"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 0);
         // "0" is taken as 1
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("0"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, 1);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("0"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, 1);
         assert_eq!(path(&mut a, &q), "/v1/health/service/redis?index=1&wait=60s");
-        assert_eq!(reply(&mut a, &mut q, Some(200), Some("0"), SAMPLE), Reply::Unchanged);
-        assert_eq!(reply(&mut a, &mut q, Some(200), Some("1"), SAMPLE), Reply::Unchanged);
+        assert_eq!(reply(&mut a, &q, Some(200), Some("0"), SAMPLE), Reply::Unchanged);
+        assert_eq!(reply(&mut a, &q, Some(200), Some("1"), SAMPLE), Reply::Unchanged);
         // a huge index is fine
-        assert_eq!(members(reply(&mut a, &mut q, Some(200), Some("18446744073709551615"), SAMPLE)), 1);
-        assert_eq!(q.consul_index, u64::MAX);
+        assert_eq!(members(reply(&mut a, &q, Some(200), Some("18446744073709551615"), SAMPLE)), 1);
+        assert_eq!(a.cursor.index, u64::MAX);
         // the header name is case-insensitive
-        q.consul_index = 5;
+        a.cursor.index = 5;
         let headers = [("x-consul-index".to_string(), "5".to_string())];
-        let r = a.on_reply(&mut q, Call::List, &HttpResponse { status: Some(200), headers: &headers, body: b"[]", body_size: 2 }, 0);
+        let r = a.on_reply(
+            &q,
+            Call::List,
+            &HttpResponse { status: Some(200), headers: &headers, body: b"[]", body_size: 2 },
+            0,
+        );
         assert_eq!(r, Reply::Unchanged);
     }
 
@@ -485,31 +548,44 @@ mod tests {
     fn index_without_blocking() {
         // wait_s = 0: no index in the request, but an unchanged index still skips the parse
         let mut a = adapter(0, None);
-        let mut q = ServiceQuery { service: "redis".into(), ..Default::default() };
-        assert!(matches!(reply(&mut a, &mut q, Some(200), Some("9"), SAMPLE), Reply::Members(_)));
-        assert_eq!(q.consul_index, 9);
+        let q = ServiceQuery { service: "redis".into(), ..Default::default() };
+        assert!(matches!(reply(&mut a, &q, Some(200), Some("9"), SAMPLE), Reply::Members(_)));
+        assert_eq!(a.cursor.index, 9);
         assert_eq!(path(&mut a, &q), "/v1/health/service/redis");
-        assert_eq!(reply(&mut a, &mut q, Some(200), Some("9"), SAMPLE), Reply::Unchanged);
+        assert_eq!(reply(&mut a, &q, Some(200), Some("9"), SAMPLE), Reply::Unchanged);
     }
 
     #[test]
     fn errors_and_index() {
         let mut a = adapter(60, None);
-        let mut q = ServiceQuery { service: "redis".into(), consul_index: 100, ..Default::default() };
+        let q = ServiceQuery { service: "redis".into(), ..Default::default() };
+        a.cursor.index = 100;
         // transport failure or an error status: the index is kept
-        assert_eq!(reply(&mut a, &mut q, None, None, b""), Reply::Error(RegistryError::Transport));
-        assert_eq!(q.consul_index, 100);
-        assert_eq!(reply(&mut a, &mut q, Some(500), Some("200"), b"rpc error"), Reply::Error(RegistryError::Status(500, "rpc error".into())));
-        assert_eq!(q.consul_index, 100);
-        assert_eq!(reply(&mut a, &mut q, Some(403), None, b"Permission denied"), Reply::Error(RegistryError::Status(403, "Permission denied".into())));
-        assert_eq!(q.consul_index, 100);
+        assert_eq!(reply(&mut a, &q, None, None, b""), Reply::Error(RegistryError::Transport));
+        assert_eq!(a.cursor.index, 100);
+        assert_eq!(
+            reply(&mut a, &q, Some(500), Some("200"), b"rpc error"),
+            Reply::Error(RegistryError::Status(500, "rpc error".into()))
+        );
+        assert_eq!(a.cursor.index, 100);
+        assert_eq!(
+            reply(&mut a, &q, Some(403), None, b"Permission denied"),
+            Reply::Error(RegistryError::Status(403, "Permission denied".into()))
+        );
+        assert_eq!(a.cursor.index, 100);
         // a new index with a body that does not parse: reset, so the next request fetches afresh
-        assert!(matches!(reply(&mut a, &mut q, Some(200), Some("200"), br#"[{"Service":"#), Reply::Error(RegistryError::Parse(_))));
-        assert_eq!(q.consul_index, 0);
+        assert!(matches!(
+            reply(&mut a, &q, Some(200), Some("200"), br#"[{"Service":"#),
+            Reply::Error(RegistryError::Parse(_))
+        ));
+        assert_eq!(a.cursor.index, 0);
         // 10 MB body with a 1 MB cap: refused before parsing, index kept
-        q.consul_index = 100;
+        a.cursor.index = 100;
         let big = vec![b' '; 10 << 20];
-        assert_eq!(reply(&mut a, &mut q, Some(200), Some("300"), &big), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
-        assert_eq!(q.consul_index, 100);
+        assert_eq!(
+            reply(&mut a, &q, Some(200), Some("300"), &big),
+            Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 })
+        );
+        assert_eq!(a.cursor.index, 100);
     }
 }

@@ -34,8 +34,8 @@
 use serde_json::Value;
 
 use super::{
-    collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
-    ServiceQuery,
+    collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
+    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
 use crate::instance::{format_addr, BuildOptions, Instance, State};
 
@@ -44,12 +44,11 @@ pub struct Eureka {
     pub endpoint: Endpoint,
     /// Path prefix of the Eureka REST API, default `/eureka`.
     pub prefix: String,
-    pub build: BuildOptions,
 }
 
 impl Eureka {
-    pub fn new(endpoint: Endpoint, prefix: String, build: BuildOptions) -> Self {
-        Eureka { endpoint, prefix, build }
+    pub fn new(endpoint: Endpoint, prefix: String) -> Self {
+        Eureka { endpoint, prefix }
     }
 }
 
@@ -157,10 +156,15 @@ fn status(v: Option<&Value>) -> Status {
     let Some(s) = v.and_then(Value::as_str).map(str::trim) else {
         return Status::Unknown;
     };
-    [("UP", Status::Up), ("DOWN", Status::Down), ("STARTING", Status::Starting), ("OUT_OF_SERVICE", Status::OutOfService)]
-        .into_iter()
-        .find(|(name, _)| s.eq_ignore_ascii_case(name))
-        .map_or(Status::Unknown, |(_, st)| st)
+    [
+        ("UP", Status::Up),
+        ("DOWN", Status::Down),
+        ("STARTING", Status::Starting),
+        ("OUT_OF_SERVICE", Status::OutOfService),
+    ]
+    .into_iter()
+    .find(|(name, _)| s.eq_ignore_ascii_case(name))
+    .map_or(Status::Unknown, |(_, st)| st)
 }
 
 fn state_of(rec: &Value) -> State {
@@ -177,25 +181,35 @@ fn state_of(rec: &Value) -> State {
 }
 
 impl Adapter for Eureka {
-    fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
+    fn request(&self, _s: &Session, _c: &Cursor, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = format!("{}/apps/{}", self.prefix, encode(&q.service));
         (Call::List, get_request(&self.endpoint, path))
     }
 
-    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        list_reply(resp, &self.endpoint, |body| parse(body, &self.build))
+    fn on_reply(
+        &self,
+        _s: &mut Session,
+        _c: &mut Cursor,
+        q: &ServiceQuery,
+        _call: Call,
+        resp: &HttpResponse<'_>,
+        _now_ms: i64,
+    ) -> Reply {
+        list_reply(resp, &self.endpoint, |body| parse(body, &q.build))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Client;
 
     const APP: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-app-captured.json");
     const APPS: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-captured.json");
     const FULL: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-full-steeltoe.json");
     const DELTA: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-apps-delta-steeltoe.json");
-    const OVERRIDDEN: &[u8] = include_bytes!("../../../shared/fixtures/registry/eureka-instance-overridden-steeltoe.json");
+    const OVERRIDDEN: &[u8] =
+        include_bytes!("../../../shared/fixtures/registry/eureka-instance-overridden-steeltoe.json");
 
     fn p(body: &str) -> Result<Parsed, RegistryError> {
         parse(body.as_bytes(), &BuildOptions::default())
@@ -216,7 +230,10 @@ mod tests {
         assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
         let i = &r.instances[0];
         // both ports enabled: the plain one is used
-        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight, i.warmup_ms), ("10.8.30.55:8080", State::Serving, Some(1_606_976_860_846), 100, 600_000));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.start_ms, i.weight, i.warmup_ms),
+            ("10.8.30.55:8080", State::Serving, Some(1_606_976_860_846), 100, 600_000)
+        );
         assert_eq!(md(i, "instanceId"), Some("myMicroservice2:338445840785870848"));
         assert_eq!(i.metadata.len(), 1);
     }
@@ -226,7 +243,10 @@ mod tests {
         let r = parse(APPS, &BuildOptions::default()).unwrap();
         assert_eq!((r.instances.len(), r.skipped), (1, 0));
         let i = &r.instances[0];
-        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight), ("10.8.30.55:9002", State::Serving, Some(1_606_972_240_279), 100));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.start_ms, i.weight),
+            ("10.8.30.55:9002", State::Serving, Some(1_606_972_240_279), 100)
+        );
         assert_eq!(md(i, "management.port"), Some("9002"));
     }
 
@@ -235,7 +255,10 @@ mod tests {
         let r = parse(FULL, &BuildOptions::default()).unwrap();
         assert_eq!((r.instances.len(), r.skipped, r.malformed_meta), (1, 0, 0));
         let i = &r.instances[0];
-        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight), ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223), 100));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.start_ms, i.weight),
+            ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223), 100)
+        );
         // {"@class":"java.util.Collections$EmptyMap"} is an empty map
         assert!(i.metadata.is_empty());
     }
@@ -246,7 +269,10 @@ mod tests {
         let r = parse(DELTA, &BuildOptions::default()).unwrap();
         assert_eq!(r.instances.len(), 1);
         let i = &r.instances[0];
-        assert_eq!((i.addr.as_str(), i.state, i.start_ms), ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223)));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.start_ms),
+            ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223))
+        );
         assert!(i.metadata.is_empty());
         // a DELETED delta record is no member
         let deleted = std::str::from_utf8(DELTA).unwrap().replace("\"MODIFIED\"", "\"DELETED\"");
@@ -259,10 +285,14 @@ mod tests {
         // a bare InstanceInfo: status UP, overriddenStatus OUT_OF_SERVICE, legacy overriddenstatus DOWN
         let v: Value = serde_json::from_slice(OVERRIDDEN).unwrap();
         let (i, bad) = parse_instance_value(&v, &BuildOptions::default()).unwrap();
-        assert_eq!((i.addr.as_str(), i.state, i.start_ms, i.weight, bad), ("192.168.56.1:8080", State::Draining, Some(1_457_714_988_223), 100, 0));
+        assert_eq!(
+            (i.addr.as_str(), i.state, i.start_ms, i.weight, bad),
+            ("192.168.56.1:8080", State::Draining, Some(1_457_714_988_223), 100, 0)
+        );
         assert!(i.metadata.is_empty());
         // wrapped as an /apps/{APP} reply, and as a single object instead of a list
-        let wrapped = format!(r#"{{"application":{{"name":"FOO","instance":{}}}}}"#, std::str::from_utf8(OVERRIDDEN).unwrap());
+        let wrapped =
+            format!(r#"{{"application":{{"name":"FOO","instance":{}}}}}"#, std::str::from_utf8(OVERRIDDEN).unwrap());
         let r = p(&wrapped).unwrap();
         assert_eq!(r.instances.len(), 1);
         assert_eq!(r.instances[0].state, State::Draining);
@@ -306,18 +336,36 @@ mod tests {
             let r = one(&format!(r#"{{"ipAddr":"10.0.0.1","status":"UP"{ports}}}"#));
             r.instances.first().map(|i| i.addr.clone())
         };
-        assert_eq!(addr(r#","port":{"$":80,"@enabled":"true"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:80"));
-        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:443"));
-        assert_eq!(addr(r#","port":{"$":80,"@enabled":false},"securePort":{"$":"443","@enabled":true}"#).as_deref(), Some("10.0.0.1:443"));
+        assert_eq!(
+            addr(r#","port":{"$":80,"@enabled":"true"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(),
+            Some("10.0.0.1:80")
+        );
+        assert_eq!(
+            addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(),
+            Some("10.0.0.1:443")
+        );
+        assert_eq!(
+            addr(r#","port":{"$":80,"@enabled":false},"securePort":{"$":"443","@enabled":true}"#).as_deref(),
+            Some("10.0.0.1:443")
+        );
         // both disabled: the plain port, as Eureka clients do
-        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"false"}"#).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(
+            addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443,"@enabled":"false"}"#).as_deref(),
+            Some("10.0.0.1:80")
+        );
         // secure port without @enabled is disabled (Eureka's default)
-        assert_eq!(addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443}"#).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(
+            addr(r#","port":{"$":80,"@enabled":"false"},"securePort":{"$":443}"#).as_deref(),
+            Some("10.0.0.1:80")
+        );
         // "$" as a string, no @enabled, a bare number
         assert_eq!(addr(r#","port":{"$":"8080"}"#).as_deref(), Some("10.0.0.1:8080"));
         assert_eq!(addr(r#","port":8081"#).as_deref(), Some("10.0.0.1:8081"));
         // only a secure port
-        assert_eq!(addr(r#","port":{"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(), Some("10.0.0.1:443"));
+        assert_eq!(
+            addr(r#","port":{"@enabled":"false"},"securePort":{"$":443,"@enabled":"true"}"#).as_deref(),
+            Some("10.0.0.1:443")
+        );
         // IPv6
         let r = one(r#"{"ipAddr":"fe80::1","status":"UP","port":{"$":80}}"#);
         assert_eq!(r.instances[0].addr, "[fe80::1]:80");
@@ -332,19 +380,25 @@ mod tests {
         assert_eq!((i.start_ms, i.weight, i.warmup_ms), (Some(1_700_000_000_000), 7, 30_000));
         assert_eq!(md(i, "zone"), Some("a"));
         // metadata timestamp wins over serviceUpTimestamp; 0 means never up
-        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":5},"metadata":{"timestamp":"9"}}"#);
+        let r = one(
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":5},"metadata":{"timestamp":"9"}}"#,
+        );
         assert_eq!(r.instances[0].start_ms, Some(9));
-        let r = one(r#"{"ipAddr":"10.0.0.1","status":"STARTING","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":0}}"#);
+        let r =
+            one(r#"{"ipAddr":"10.0.0.1","status":"STARTING","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":0}}"#);
         assert_eq!((r.instances[0].start_ms, r.instances[0].state), (None, State::Down));
         // malformed metadata values are counted, the instance is kept
-        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":{"weight":"heavy","nested":{"a":1}}}"#);
+        let r = one(
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":{"weight":"heavy","nested":{"a":1}}}"#,
+        );
         assert_eq!((r.instances.len(), r.malformed_meta, r.instances[0].weight), (1, 2, 100));
     }
 
     #[test]
     fn shapes() {
         // single application object with a single instance object
-        let r = p(r#"{"application":{"name":"A","instance":{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}}"#).unwrap();
+        let r = p(r#"{"application":{"name":"A","instance":{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}}"#)
+            .unwrap();
         assert_eq!(r.instances.len(), 1);
         // no instances
         assert_eq!(p(r#"{"application":{"name":"A"}}"#).unwrap(), Parsed::default());
@@ -354,13 +408,21 @@ mod tests {
             {"name":"A","instance":[{"ipAddr":"10.0.0.2","status":"UP","port":{"$":80}}]},
             {"name":"B","instance":{"ipAddr":"10.0.0.1","status":"DOWN","port":{"$":80}}}]}}"#)
         .unwrap();
-        assert_eq!(r.instances.iter().map(|i| (i.addr.as_str(), i.state)).collect::<Vec<_>>(), [("10.0.0.1:80", State::Down), ("10.0.0.2:80", State::Serving)]);
+        assert_eq!(
+            r.instances.iter().map(|i| (i.addr.as_str(), i.state)).collect::<Vec<_>>(),
+            [("10.0.0.1:80", State::Down), ("10.0.0.2:80", State::Serving)]
+        );
         let r = p(r#"{"applications":{"application":{"name":"A","instance":{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}}}"#).unwrap();
         assert_eq!(r.instances.len(), 1);
-        assert_eq!(p(r#"{"applications":{"versions__delta":"1","apps__hashcode":"","application":[]}}"#).unwrap(), Parsed::default());
+        assert_eq!(
+            p(r#"{"applications":{"versions__delta":"1","apps__hashcode":"","application":[]}}"#).unwrap(),
+            Parsed::default()
+        );
         assert_eq!(p(r#"{"applications":{"versions__delta":"1"}}"#).unwrap(), Parsed::default());
         // duplicates merge: the most restrictive state wins
-        let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}},{"ipAddr":"10.0.0.1","status":"OUT_OF_SERVICE","port":{"$":80}}"#);
+        let r = one(
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80}},{"ipAddr":"10.0.0.1","status":"OUT_OF_SERVICE","port":{"$":80}}"#,
+        );
         assert_eq!((r.instances.len(), r.instances[0].state), (1, State::Draining));
     }
 
@@ -391,7 +453,9 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(parse_err(&format!(r#"{{"application":{{"instance":{deep}}}}}"#)));
         let deep_obj = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
-        assert!(parse_err(&format!(r#"{{"application":{{"instance":[{{"ipAddr":"10.0.0.1","port":{{"$":80}},"metadata":{deep_obj}}}]}}}}"#)));
+        assert!(parse_err(&format!(
+            r#"{{"application":{{"instance":[{{"ipAddr":"10.0.0.1","port":{{"$":80}},"metadata":{deep_obj}}}]}}}}"#
+        )));
 
         // malformed instances are skipped and counted; each line is one skip
         let bad = [
@@ -406,9 +470,9 @@ mod tests {
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":65536}}"#,         // too big
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":1e300}}"#,         // huge float
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":18446744073709551615}}"#,
-            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80.5}}"#,     // not an integer
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80.5}}"#, // not an integer
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":"eighty"}}"#, // not a number
-            r#"{"ipAddr":"10.0.0.1","status":"UP","port":[80]}"#,           // array
+            r#"{"ipAddr":"10.0.0.1","status":"UP","port":[80]}"#,       // array
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80,"@enabled":"false"},"securePort":{"$":-5,"@enabled":"true"}}"#,
             r#"null"#,
             r#""10.0.0.1:80""#,
@@ -430,11 +494,17 @@ mod tests {
         let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":-5}}"#);
         assert_eq!(r.instances[0].start_ms, None);
         // invalid UTF-8
-        assert!(matches!(parse(b"{\"application\":{\"name\":\"\xff\"}}", &BuildOptions::default()), Err(RegistryError::Parse(_))));
+        assert!(matches!(
+            parse(b"{\"application\":{\"name\":\"\xff\"}}", &BuildOptions::default()),
+            Err(RegistryError::Parse(_))
+        ));
     }
 
-    fn adapter(cap: usize) -> Eureka {
-        Eureka::new(Endpoint { authority: "eureka:8761".into(), timeout_ms: 700, max_body_bytes: cap }, "/eureka".into(), BuildOptions::default())
+    fn adapter(cap: usize) -> Client<Eureka> {
+        Client::new(Eureka::new(
+            Endpoint { authority: "eureka:8761".into(), timeout_ms: 700, max_body_bytes: cap },
+            "/eureka".into(),
+        ))
     }
 
     #[test]
@@ -444,13 +514,21 @@ mod tests {
         let (call, req) = a.request(&q, 0);
         assert_eq!(call, Call::List);
         let h: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(h, [(":method", "GET"), (":path", "/eureka/apps/USERS"), (":authority", "eureka:8761"), ("accept", "application/json")]);
+        assert_eq!(
+            h,
+            [
+                (":method", "GET"),
+                (":path", "/eureka/apps/USERS"),
+                (":authority", "eureka:8761"),
+                ("accept", "application/json")
+            ]
+        );
         assert_eq!((req.body, req.timeout_ms), (None, 700));
         // the name is sent as configured (no upper-casing), URL-encoded
         let q = ServiceQuery { service: "my app/é?x=1".into(), ..Default::default() };
         assert_eq!(a.request(&q, 0).1.header(":path"), Some("/eureka/apps/my%20app%2F%C3%A9%3Fx%3D1"));
         // an empty prefix (config trims the trailing '/')
-        a.prefix = String::new();
+        a.adapter.prefix = String::new();
         let q = ServiceQuery { service: "users".into(), ..Default::default() };
         assert_eq!(a.request(&q, 0).1.header(":path"), Some("/apps/users"));
     }
@@ -458,24 +536,36 @@ mod tests {
     #[test]
     fn replies() {
         let mut a = adapter(1 << 20);
-        let mut q = ServiceQuery { service: "MYMICROSERVICE2".into(), ..Default::default() };
+        let q = ServiceQuery { service: "MYMICROSERVICE2".into(), ..Default::default() };
         let h = [];
         let resp = |status, body: &'static [u8]| HttpResponse { status, headers: &h, body, body_size: body.len() };
-        match a.on_reply(&mut q, Call::List, &resp(Some(200), APP), 0) {
+        match a.on_reply(&q, Call::List, &resp(Some(200), APP), 0) {
             Reply::Members(p) => assert_eq!(p.instances[0].addr, "10.8.30.55:8080"),
             r => panic!("{r:?}"),
         }
-        assert_eq!(a.on_reply(&mut q, Call::List, &resp(None, b""), 0), Reply::Error(RegistryError::Transport));
+        assert_eq!(a.on_reply(&q, Call::List, &resp(None, b""), 0), Reply::Error(RegistryError::Transport));
         // unknown app
-        assert_eq!(a.on_reply(&mut q, Call::List, &resp(Some(404), b""), 0), Reply::Error(RegistryError::Status(404, String::new())));
-        assert!(matches!(a.on_reply(&mut q, Call::List, &resp(Some(200), b"<applications/>"), 0), Reply::Error(RegistryError::Parse(_))));
+        assert_eq!(
+            a.on_reply(&q, Call::List, &resp(Some(404), b""), 0),
+            Reply::Error(RegistryError::Status(404, String::new()))
+        );
+        assert!(matches!(
+            a.on_reply(&q, Call::List, &resp(Some(200), b"<applications/>"), 0),
+            Reply::Error(RegistryError::Parse(_))
+        ));
         // 10 MB body against a 1 MB cap: refused before parsing
         let big = vec![b' '; 10 << 20];
         let r = HttpResponse { status: Some(200), headers: &h, body: &big, body_size: big.len() };
-        assert_eq!(a.on_reply(&mut q, Call::List, &r, 0), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
+        assert_eq!(
+            a.on_reply(&q, Call::List, &r, 0),
+            Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 })
+        );
         // the host reported a size larger than what the glue fetched
         let r = HttpResponse { status: Some(200), headers: &h, body: b"", body_size: 10 << 20 };
-        assert_eq!(a.on_reply(&mut q, Call::List, &r, 0), Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 }));
+        assert_eq!(
+            a.on_reply(&q, Call::List, &r, 0),
+            Reply::Error(RegistryError::TooLarge { size: 10 << 20, cap: 1 << 20 })
+        );
         assert!(!a.long_poll());
     }
 }

@@ -10,7 +10,7 @@ pub mod static_json;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::instance::Instance;
+use crate::instance::{BuildOptions, Instance};
 
 /// A request for the glue to dispatch. `headers` holds the pseudo headers (`:method`, `:path`,
 /// `:authority`) first, then the others. Its `Debug` leaves out header values and the body, which
@@ -93,7 +93,9 @@ impl fmt::Display for RegistryError {
         match self {
             RegistryError::Transport => write!(f, "registry call failed (timeout or connection failure)"),
             RegistryError::Status(s, body) => write!(f, "registry answered HTTP {s}: {body}"),
-            RegistryError::TooLarge { size, cap } => write!(f, "registry reply of {size} bytes exceeds the cap of {cap} bytes"),
+            RegistryError::TooLarge { size, cap } => {
+                write!(f, "registry reply of {size} bytes exceeds the cap of {cap} bytes")
+            }
             RegistryError::Parse(m) => write!(f, "registry reply is not valid: {m}"),
             RegistryError::Envelope { code, message } => write!(f, "registry returned error code {code}: {message}"),
             RegistryError::Auth(m) => write!(f, "registry authentication failed: {m}"),
@@ -125,7 +127,8 @@ pub enum Reply {
     Error(RegistryError),
 }
 
-/// Per-service lookup parameters, from config, plus adapter state that lives per service.
+/// What to ask the registry for one service, and how to read its records: built from the
+/// service's configuration and never changed at run time.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServiceQuery {
     /// The service's name in the registry.
@@ -140,8 +143,48 @@ pub struct ServiceQuery {
     pub tag: Option<String>,
     /// Consul datacenter.
     pub dc: Option<String>,
-    /// Consul: the `X-Consul-Index` of the last reply (0 = none yet).
-    pub consul_index: u64,
+    /// How this service's records become instances (its own metadata keys, weight scale and
+    /// warmup defaults: two services of one registry may differ).
+    pub build: BuildOptions,
+}
+
+/// A registry access token and its lifetime (Nacos `accessToken`).
+#[derive(Clone)]
+pub struct Token {
+    pub value: String,
+    /// ms since the epoch after which the token is no longer sent.
+    pub expires_ms: i64,
+    /// ms since the epoch from which a new login is due.
+    pub renew_ms: i64,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token {{ value: \"***\", expires_ms: {}, renew_ms: {} }}", self.expires_ms, self.renew_ms)
+    }
+}
+
+/// The run-time side of talking to one registry, kept by the poller (the configuration stays
+/// immutable): the login token, shared by every service of the registry.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The current access token (only with credentials).
+    pub token: Option<Token>,
+    /// After a failed renewal: no new login before this time while the old token is still valid.
+    pub renew_after_ms: i64,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session { token: None, renew_after_ms: i64::MIN }
+    }
+}
+
+/// The run-time side of one service's list requests, kept by the poller: Consul's blocking-query
+/// index (`X-Consul-Index` of the last reply, 0 = none yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub index: u64,
 }
 
 /// Where the registry is and how to talk to it, common to every adapter.
@@ -161,17 +204,52 @@ pub enum Call {
     Login,
 }
 
-/// A registry adapter: one per configured registry, shared by all its services (so a login token
-/// is shared too).
+/// A registry adapter: one per configured registry, immutable; what changes at run time (a login
+/// token, a blocking-query index) comes in as [`Session`] and [`Cursor`], owned by the poller.
 pub trait Adapter {
     /// The next request for `q` (a login when a token is needed first).
-    fn request(&mut self, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest);
+    fn request(&self, s: &Session, c: &Cursor, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest);
     /// Interprets the reply to a request made by [`Adapter::request`].
-    fn on_reply(&mut self, q: &mut ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply;
+    fn on_reply(
+        &self,
+        s: &mut Session,
+        c: &mut Cursor,
+        q: &ServiceQuery,
+        call: Call,
+        resp: &HttpResponse<'_>,
+        now_ms: i64,
+    ) -> Reply;
     /// True when the list request blocks until a change (Consul): the next request goes out as soon
     /// as the previous one returns.
     fn long_poll(&self) -> bool {
         false
+    }
+}
+
+/// An adapter with its own [`Session`] and [`Cursor`], for tests and benchmarks that drive one
+/// service by hand.
+#[derive(Debug, Clone)]
+pub struct Client<A> {
+    pub adapter: A,
+    pub session: Session,
+    pub cursor: Cursor,
+}
+
+impl<A: Adapter> Client<A> {
+    pub fn new(adapter: A) -> Self {
+        Client { adapter, session: Session::default(), cursor: Cursor::default() }
+    }
+    /// [`Adapter::request`] with this client's state.
+    pub fn request(&self, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
+        self.adapter.request(&self.session, &self.cursor, q, now_ms)
+    }
+    /// [`Adapter::on_reply`] with this client's state.
+    pub fn on_reply(&mut self, q: &ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+        self.adapter.on_reply(&mut self.session, &mut self.cursor, q, call, resp, now_ms)
+    }
+    /// [`Adapter::long_poll`].
+    pub fn long_poll(&self) -> bool {
+        self.adapter.long_poll()
     }
 }
 
@@ -191,7 +269,11 @@ pub fn request_headers(ep: &Endpoint, method: &str, path: String) -> Vec<(String
 }
 
 /// A list reply: the common checks, then `parse` on the body.
-pub fn list_reply(resp: &HttpResponse<'_>, ep: &Endpoint, parse: impl FnOnce(&[u8]) -> Result<Parsed, RegistryError>) -> Reply {
+pub fn list_reply(
+    resp: &HttpResponse<'_>,
+    ep: &Endpoint,
+    parse: impl FnOnce(&[u8]) -> Result<Parsed, RegistryError>,
+) -> Reply {
     match check_common(resp, ep, &[]).and_then(|()| parse(resp.body)) {
         Ok(p) => Reply::Members(p),
         Err(e) => Reply::Error(e),
@@ -200,7 +282,10 @@ pub fn list_reply(resp: &HttpResponse<'_>, ep: &Endpoint, parse: impl FnOnce(&[u
 
 /// Turns records into a [`Parsed`] list: `record` gives the instance and its count of malformed
 /// metadata values, or `None` for a malformed record (skipped and counted).
-pub fn collect<'a, R: 'a>(records: impl IntoIterator<Item = &'a R>, mut record: impl FnMut(&'a R) -> Option<(Instance, u32)>) -> Parsed {
+pub fn collect<'a, R: 'a>(
+    records: impl IntoIterator<Item = &'a R>,
+    mut record: impl FnMut(&'a R) -> Option<(Instance, u32)>,
+) -> Parsed {
     let mut out = Vec::new();
     let (mut skipped, mut bad_meta) = (0u32, 0u32);
     for r in records {
@@ -380,7 +465,10 @@ mod tests {
         // a registry that echoes the request cannot leak a secret into the log
         let echo = r(Some(500), b"GET /x?accessToken=SECRET-TOKEN&a=1", 36);
         let big = Endpoint { max_body_bytes: 1000, ..ep.clone() };
-        assert_eq!(check_common(&echo, &big, &["SECRET-TOKEN"]), Err(RegistryError::Status(500, "GET /x?accessToken=***&a=1".into())));
+        assert_eq!(
+            check_common(&echo, &big, &["SECRET-TOKEN"]),
+            Err(RegistryError::Status(500, "GET /x?accessToken=***&a=1".into()))
+        );
         let long = format!("{}SECRET-TOKEN", "x".repeat(195));
         let cut = snippet(long.as_bytes(), &["SECRET-TOKEN"]);
         assert!(!cut.contains("SECRET") && cut.ends_with("***") && cut.chars().count() == 198, "{cut}");

@@ -8,8 +8,7 @@
 //! `metadata` (Dubbo providers carry `timestamp` and `warmup` there). `enabled=false` is a
 //! deliberate drain and wins over `healthy=false` (so a protect threshold never revives it);
 //! `healthy=false` is down. Note that Nacos drops disabled instances from the list altogether and
-//! reports unhealthy ones as healthy when the protect threshold is reached: [`parse_detail`] reads
-//! the per-instance detail endpoint, which tells the truth about one instance.
+//! reports unhealthy ones as healthy when the protect threshold is reached.
 //!
 //! Auth: with credentials, the first request is `POST /nacos/v1/auth/login`; the token goes into
 //! every list as `accessToken=`. It is renewed ahead of expiry (within 10 % of its TTL or 60 s,
@@ -19,8 +18,8 @@
 use serde_json::Value;
 
 use super::{
-    check_common, collect, encode, metadata_map, parse_json, request_headers, snippet, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed,
-    RegistryError, Reply, ServiceQuery,
+    check_common, collect, encode, metadata_map, parse_json, request_headers, snippet, Adapter, Call, Cursor, Endpoint,
+    HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session, Token,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
@@ -55,55 +54,31 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// An access token and when to renew it.
-#[derive(Clone, PartialEq)]
-struct Token {
-    value: String,
-    /// ms since the epoch after which the token is no longer sent.
-    expires_ms: i64,
-    /// ms since the epoch from which a new login is due.
-    renew_ms: i64,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token {{ value: \"***\", expires_ms: {}, renew_ms: {} }}", self.expires_ms, self.renew_ms)
-    }
-}
-
+/// A Nacos registry: where it is, which API, which credentials. Immutable; the token lives in the
+/// poller's [`Session`].
 #[derive(Debug, Clone)]
 pub struct Nacos {
     pub endpoint: Endpoint,
     pub api: Api,
     pub auth: Option<Credentials>,
-    pub build: BuildOptions,
-    /// The current access token (only with `auth`).
-    token: Option<Token>,
-    /// After a failed renewal: no new login before this time while the old token is still valid.
-    renew_after_ms: i64,
 }
 
 impl Nacos {
-    pub fn new(endpoint: Endpoint, api: Api, auth: Option<Credentials>, build: BuildOptions) -> Self {
-        Nacos { endpoint, api, auth, build, token: None, renew_after_ms: i64::MIN }
+    pub fn new(endpoint: Endpoint, api: Api, auth: Option<Credentials>) -> Self {
+        Nacos { endpoint, api, auth }
     }
 
     /// True when the next request has to be a login.
-    fn needs_login(&self, now_ms: i64) -> bool {
+    fn needs_login(&self, s: &Session, now_ms: i64) -> bool {
         if self.auth.is_none() {
             return false;
         }
-        match &self.token {
+        match &s.token {
             None => true,
             Some(t) if now_ms >= t.expires_ms => true,
-            Some(t) if now_ms >= t.renew_ms => now_ms >= self.renew_after_ms,
+            Some(t) if now_ms >= t.renew_ms => now_ms >= s.renew_after_ms,
             Some(_) => false,
         }
-    }
-
-    /// The token to send with a list, if any (an expired one is never sent).
-    fn live_token(&self, now_ms: i64) -> Option<&str> {
-        self.token.as_ref().filter(|t| now_ms < t.expires_ms).map(|t| t.value.as_str())
     }
 
     fn headers(&self, method: &str, path: String) -> Vec<(String, String)> {
@@ -133,86 +108,71 @@ impl Nacos {
         p
     }
 
-    /// A request for the detail of one instance (`GET /nacos/v{1,2}/ns/instance`), which, unlike
-    /// the list, still shows a disabled instance (`enabled:false`) and the true health under a
-    /// protect threshold. Carries the current token if there is one (with auth, call
-    /// [`Adapter::request`] first until it stops asking for a login). Parse the reply with
-    /// [`parse_detail`] after [`check_common`].
-    pub fn detail_request(&self, q: &ServiceQuery, ip: &str, port: u16, now_ms: i64) -> HttpRequest {
-        let (prefix, cluster_key) = match self.api {
-            Api::V1 => ("/nacos/v1/ns/instance", "cluster"),
-            Api::V2 => ("/nacos/v2/ns/instance", "clusterName"),
-        };
-        let mut p = format!("{prefix}?serviceName={}", encode(&q.service));
-        push_param(&mut p, "groupName", q.group.as_deref());
-        push_param(&mut p, "namespaceId", q.namespace.as_deref());
-        push_param(&mut p, cluster_key, q.clusters.iter().find(|c| !c.is_empty()).map(String::as_str));
-        push_param(&mut p, "ip", Some(ip.trim_start_matches('[').trim_end_matches(']')));
-        push_param(&mut p, "port", Some(port.to_string().as_str()));
-        push_param(&mut p, "accessToken", self.live_token(now_ms));
-        HttpRequest { headers: self.headers("GET", p), body: None, timeout_ms: self.endpoint.timeout_ms }
-    }
-
-    /// Everything secret this adapter holds (password, raw and encoded; the token): kept out of
-    /// error messages.
-    fn secrets(&self) -> Vec<String> {
+    /// Everything secret in play (password, raw and encoded; the token): kept out of error
+    /// messages.
+    fn secrets(&self, s: &Session) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(c) = &self.auth {
             out.push(c.password.clone());
             out.push(encode(&c.password));
         }
-        if let Some(t) = &self.token {
+        if let Some(t) = &s.token {
             out.push(t.value.clone());
         }
-        out.retain(|s| !s.is_empty());
+        out.retain(|x| !x.is_empty());
         out
     }
 
-    fn check(&self, resp: &HttpResponse<'_>) -> Result<(), RegistryError> {
-        let secrets = self.secrets();
+    fn check(&self, s: &Session, resp: &HttpResponse<'_>) -> Result<(), RegistryError> {
+        let secrets = self.secrets(s);
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         check_common(resp, &self.endpoint, &refs)
     }
 
-    fn on_login(&mut self, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
-        let err = match self.check(resp) {
+    fn on_login(&self, s: &mut Session, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+        let err = match self.check(s, resp) {
             Ok(()) => match parse_login(resp.body) {
                 Ok((value, ttl_s)) => {
                     let ttl_ms = ttl_s.saturating_mul(1000);
                     let margin = (ttl_ms / 10).max(MIN_MARGIN_MS).min(ttl_ms / 2);
                     let expires_ms = now_ms.saturating_add(ttl_ms);
-                    self.token = Some(Token { value, expires_ms, renew_ms: expires_ms.saturating_sub(margin) });
-                    self.renew_after_ms = i64::MIN;
+                    s.token = Some(Token { value, expires_ms, renew_ms: expires_ms.saturating_sub(margin) });
+                    s.renew_after_ms = i64::MIN;
                     return Reply::LoggedIn;
                 }
                 Err(m) => RegistryError::Auth(format!("login reply: {m}")),
             },
-            Err(RegistryError::Status(s, body)) => RegistryError::Auth(format!("login answered HTTP {s}: {body}")),
+            Err(RegistryError::Status(st, body)) => RegistryError::Auth(format!("login answered HTTP {st}: {body}")),
             Err(e) => e,
         };
         // Keep a still valid token and retry the renewal a little later; without one, the next
         // request logs in again.
-        self.token = self.token.take().filter(|t| now_ms < t.expires_ms);
-        self.renew_after_ms = now_ms.saturating_add(RENEW_RETRY_MS);
+        s.token = s.token.take().filter(|t| now_ms < t.expires_ms);
+        s.renew_after_ms = now_ms.saturating_add(RENEW_RETRY_MS);
         Reply::Error(err)
     }
 
-    fn on_list(&mut self, resp: &HttpResponse<'_>) -> Reply {
-        match self.check(resp) {
+    fn on_list(&self, s: &mut Session, q: &ServiceQuery, resp: &HttpResponse<'_>) -> Reply {
+        match self.check(s, resp) {
             Ok(()) => {}
-            Err(RegistryError::Status(s @ (401 | 403), body)) if self.auth.is_some() => {
-                let msg = format!("list answered HTTP {s}: {body}");
-                self.token = None;
-                self.renew_after_ms = i64::MIN;
+            Err(RegistryError::Status(st @ (401 | 403), body)) if self.auth.is_some() => {
+                let msg = format!("list answered HTTP {st}: {body}");
+                s.token = None;
+                s.renew_after_ms = i64::MIN;
                 return Reply::Error(RegistryError::Auth(msg));
             }
             Err(e) => return Reply::Error(e),
         }
-        match parse_list(resp.body, self.api, &self.build) {
+        match parse_list(resp.body, self.api, &q.build) {
             Ok(p) => Reply::Members(p),
             Err(e) => Reply::Error(e),
         }
     }
+}
+
+/// The token to send with a list, if any (an expired one is never sent).
+fn live_token(s: &Session, now_ms: i64) -> Option<&str> {
+    s.token.as_ref().filter(|t| now_ms < t.expires_ms).map(|t| t.value.as_str())
 }
 
 /// Appends `&key=value` (value encoded) when `value` is set and not empty.
@@ -247,7 +207,9 @@ fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
         return Err(RegistryError::Parse(format!("expected an envelope object, got {}", kind(&doc))));
     };
     let code = match m.get("code") {
-        Some(c) => c.as_i64().ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", kind(c))))?,
+        Some(c) => c
+            .as_i64()
+            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", kind(c))))?,
         None => return Err(RegistryError::Parse("envelope has no code".to_string())),
     };
     if code != 0 {
@@ -299,18 +261,6 @@ pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed,
     }))
 }
 
-/// Parses an instance detail reply (`GET /nacos/v1/ns/instance`: the instance object; v2: an
-/// envelope around it). Unlike the list it shows `enabled:false`.
-pub fn parse_detail(body: &[u8], api: Api, build: &BuildOptions) -> Result<Instance, RegistryError> {
-    let doc: Value = parse_json(body)?;
-    let rec = match api {
-        Api::V1 => doc,
-        Api::V2 => unwrap_envelope(doc)?,
-    };
-    let mut bad = 0;
-    host(&rec, build, &mut bad).ok_or_else(|| RegistryError::Parse("not a valid instance (ip, port, weight, healthy, enabled)".to_string()))
-}
-
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
 fn flag(rec: &Value, key: &str) -> Option<bool> {
     match rec.get(key) {
@@ -350,20 +300,31 @@ fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instanc
 }
 
 impl Adapter for Nacos {
-    fn request(&mut self, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
-        if self.needs_login(now_ms) {
+    fn request(&self, s: &Session, _c: &Cursor, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
+        if self.needs_login(s, now_ms) {
             if let Some(c) = &self.auth {
                 return (Call::Login, self.login_request(c));
             }
         }
-        let path = self.list_path(q, self.live_token(now_ms));
-        (Call::List, HttpRequest { headers: self.headers("GET", path), body: None, timeout_ms: self.endpoint.timeout_ms })
+        let path = self.list_path(q, live_token(s, now_ms));
+        (
+            Call::List,
+            HttpRequest { headers: self.headers("GET", path), body: None, timeout_ms: self.endpoint.timeout_ms },
+        )
     }
 
-    fn on_reply(&mut self, _q: &mut ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+    fn on_reply(
+        &self,
+        s: &mut Session,
+        _c: &mut Cursor,
+        q: &ServiceQuery,
+        call: Call,
+        resp: &HttpResponse<'_>,
+        now_ms: i64,
+    ) -> Reply {
         match call {
-            Call::Login => self.on_login(resp, now_ms),
-            Call::List => self.on_list(resp),
+            Call::Login => self.on_login(s, resp, now_ms),
+            Call::List => self.on_list(s, q, resp),
         }
     }
 }
@@ -371,6 +332,7 @@ impl Adapter for Nacos {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Client;
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -392,8 +354,8 @@ mod tests {
     fn creds() -> Credentials {
         Credentials { username: "nacos user".into(), password: "p&ss=w0rd!".into() }
     }
-    fn adapter(api: Api, auth: bool) -> Nacos {
-        Nacos::new(ep(), api, auth.then(creds), BuildOptions::default())
+    fn adapter(api: Api, auth: bool) -> Client<Nacos> {
+        Client::new(Nacos::new(ep(), api, auth.then(creds)))
     }
     fn q(service: &str) -> ServiceQuery {
         ServiceQuery { service: service.into(), ..Default::default() }
@@ -469,22 +431,6 @@ mod tests {
     }
 
     #[test]
-    fn fixture_details() {
-        let b = BuildOptions::default();
-        let i = parse_detail(fixture!("rnacos-instance-detail-disabled-captured"), Api::V1, &b).unwrap();
-        assert_eq!(row(&i), ("10.0.0.1:8080", 200, Some(1_700_000_000_000), 60_000, State::Draining));
-        let i = parse_detail(fixture!("nacos-v1-instance-detail"), Api::V1, &b).unwrap();
-        assert_eq!(row(&i), ("10.10.10.10:8888", 100, None, 600_000, State::Down));
-        // v2 envelope around a detail
-        let body = br#"{"code":0,"message":"success","data":{"ip":"::1","port":9,"weight":0.5,"healthy":true,"enabled":false,"metadata":{}}}"#;
-        assert_eq!(row(&parse_detail(body, Api::V2, &b).unwrap()), ("[::1]:9", 50, None, 600_000, State::Draining));
-        let body = br#"{"code":20004,"message":"instance not found","data":null}"#;
-        assert_eq!(parse_detail(body, Api::V2, &b), Err(RegistryError::Envelope { code: 20004, message: "instance not found".into() }));
-        assert!(matches!(parse_detail(br#"{"ip":"x","port":1}"#, Api::V1, &b), Err(RegistryError::Parse(_))));
-        assert!(matches!(parse_detail(b"[]", Api::V1, &b), Err(RegistryError::Parse(_))));
-    }
-
-    #[test]
     fn fixture_beat_is_not_a_list() {
         assert_eq!(v1(fixture!("rnacos-beat-captured")), Err(RegistryError::Parse("no hosts field".into())));
     }
@@ -500,8 +446,8 @@ mod tests {
             (fixture!("rnacos-login-captured"), "c377fe23ad5e4a99b7cf5f800d483c23d027d7191a324850a327539276bd78fa", 3_600),
         ] {
             let mut a = adapter(Api::V1, true);
-            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body), T0), Reply::LoggedIn);
-            let t = a.token.clone().unwrap();
+            assert_eq!(a.on_reply(&q("s"), Call::Login, &resp(Some(200), body), T0), Reply::LoggedIn);
+            let t = a.session.token.clone().unwrap();
             assert_eq!(t.value, token);
             assert_eq!(t.expires_ms, T0 + ttl_s * 1000);
             // 10 % of 18000 s (1800 s) > 60 s; 10 % of 3600 s is 360 s > 60 s
@@ -517,18 +463,20 @@ mod tests {
         let body = fixture!("rnacos-403-captured");
         // without auth: a plain status error
         let mut a = adapter(Api::V1, false);
-        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), body), T0) {
+        match a.on_reply(&q("s"), Call::List, &resp(Some(403), body), T0) {
             Reply::Error(RegistryError::Status(403, s)) => assert!(s.contains("unknown user!"), "{s}"),
             other => panic!("{other:?}"),
         }
         // with auth: an auth error that drops the token
         let mut a = adapter(Api::V1, true);
-        a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), fixture!("rnacos-login-captured")), T0);
-        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), body), T0 + 1) {
-            Reply::Error(RegistryError::Auth(s)) => assert!(s.contains("HTTP 403") && s.contains("unknown user!"), "{s}"),
+        a.on_reply(&q("s"), Call::Login, &resp(Some(200), fixture!("rnacos-login-captured")), T0);
+        match a.on_reply(&q("s"), Call::List, &resp(Some(403), body), T0 + 1) {
+            Reply::Error(RegistryError::Auth(s)) => {
+                assert!(s.contains("HTTP 403") && s.contains("unknown user!"), "{s}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(a.token.is_none());
+        assert!(a.session.token.is_none());
         assert_eq!(a.request(&q("s"), T0 + 2).0, Call::Login);
     }
 
@@ -544,7 +492,11 @@ mod tests {
     #[test]
     fn hostile_table() {
         let deep = format!(r#"{{"hosts":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
-        let deep_meta = format!(r#"{{"hosts":[{{"ip":"1.1.1.1","port":1,"metadata":{}1{}}}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep_meta = format!(
+            r#"{{"hosts":[{{"ip":"1.1.1.1","port":1,"metadata":{}1{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         let cases: Vec<(&str, Api, String, Want)> = vec![
             ("empty body", Api::V1, String::new(), Want::Parse),
             ("whitespace", Api::V1, " \n".into(), Want::Parse),
@@ -558,18 +510,48 @@ mod tests {
             ("hosts object", Api::V1, r#"{"hosts":{"ip":"1.1.1.1","port":1}}"#.into(), Want::Parse),
             ("hosts string", Api::V1, r#"{"hosts":"1.1.1.1:1"}"#.into(), Want::Parse),
             ("host not object", Api::V1, r#"{"hosts":[1,"x",null,[]]}"#.into(), Want::Hosts { kept: 0, skipped: 4 }),
-            ("port as string", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1","port":"80"}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
-            ("port float", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1","port":80.5}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            (
+                "port as string",
+                Api::V1,
+                r#"{"hosts":[{"ip":"1.1.1.1","port":"80"}]}"#.into(),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
+            (
+                "port float",
+                Api::V1,
+                r#"{"hosts":[{"ip":"1.1.1.1","port":80.5}]}"#.into(),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
             ("port 0", Api::V1, host_json("").replace("80", "0"), Want::Hosts { kept: 0, skipped: 1 }),
             ("port negative", Api::V1, host_json("").replace("80", "-80"), Want::Hosts { kept: 0, skipped: 1 }),
             ("port 65536", Api::V1, host_json("").replace("80", "65536"), Want::Hosts { kept: 0, skipped: 1 }),
             ("port 65535", Api::V1, host_json("").replace("80", "65535"), Want::Hosts { kept: 1, skipped: 0 }),
-            ("port huge", Api::V1, host_json("").replace("80", "99999999999999999999999"), Want::Hosts { kept: 0, skipped: 1 }),
+            (
+                "port huge",
+                Api::V1,
+                host_json("").replace("80", "99999999999999999999999"),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
             ("port missing", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1"}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
             ("ip missing", Api::V1, r#"{"hosts":[{"port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
-            ("ip hostname", Api::V1, r#"{"hosts":[{"ip":"db.local","port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
-            ("ip number", Api::V1, r#"{"hosts":[{"ip":167772161,"port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
-            ("ip with port", Api::V1, r#"{"hosts":[{"ip":"1.1.1.1:80","port":1}]}"#.into(), Want::Hosts { kept: 0, skipped: 1 }),
+            (
+                "ip hostname",
+                Api::V1,
+                r#"{"hosts":[{"ip":"db.local","port":1}]}"#.into(),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
+            (
+                "ip number",
+                Api::V1,
+                r#"{"hosts":[{"ip":167772161,"port":1}]}"#.into(),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
+            (
+                "ip with port",
+                Api::V1,
+                r#"{"hosts":[{"ip":"1.1.1.1:80","port":1}]}"#.into(),
+                Want::Hosts { kept: 0, skipped: 1 },
+            ),
             ("weight x", Api::V1, host_json(r#","weight":"x""#), Want::Hosts { kept: 0, skipped: 1 }),
             ("weight bool", Api::V1, host_json(r#","weight":true"#), Want::Hosts { kept: 0, skipped: 1 }),
             ("weight negative", Api::V1, host_json(r#","weight":-1.0"#), Want::Hosts { kept: 0, skipped: 1 }),
@@ -592,13 +574,28 @@ mod tests {
                 Want::Envelope(20004, "service not found: DEFAULT_GROUP@@x"),
             ),
             ("v2 error no message", Api::V2, r#"{"code":-1}"#.into(), Want::Envelope(-1, "")),
-            ("v2 error odd message", Api::V2, r#"{"code":500,"message":{"a":1}}"#.into(), Want::Envelope(500, r#"{"a":1}"#)),
+            (
+                "v2 error odd message",
+                Api::V2,
+                r#"{"code":500,"message":{"a":1}}"#.into(),
+                Want::Envelope(500, r#"{"a":1}"#),
+            ),
             ("v2 code string", Api::V2, r#"{"code":"0","data":{"hosts":[]}}"#.into(), Want::Parse),
             ("v2 no code", Api::V2, r#"{"data":{"hosts":[]}}"#.into(), Want::Parse),
             ("v2 data null", Api::V2, r#"{"code":0,"message":"success","data":null}"#.into(), Want::Parse),
             ("v2 data array", Api::V2, r#"{"code":0,"data":[]}"#.into(), Want::Parse),
-            ("v2 hosts null", Api::V2, r#"{"code":0,"data":{"hosts":null}}"#.into(), Want::Hosts { kept: 0, skipped: 0 }),
-            ("v2 ok", Api::V2, r#"{"code":0,"data":{"hosts":[{"ip":"1.1.1.1","port":1},{"ip":"x","port":1}]}}"#.into(), Want::Hosts { kept: 1, skipped: 1 }),
+            (
+                "v2 hosts null",
+                Api::V2,
+                r#"{"code":0,"data":{"hosts":null}}"#.into(),
+                Want::Hosts { kept: 0, skipped: 0 },
+            ),
+            (
+                "v2 ok",
+                Api::V2,
+                r#"{"code":0,"data":{"hosts":[{"ip":"1.1.1.1","port":1},{"ip":"x","port":1}]}}"#.into(),
+                Want::Hosts { kept: 1, skipped: 1 },
+            ),
         ];
         for (name, api, body, want) in cases {
             let got = parse_list(body.as_bytes(), api, &BuildOptions::default());
@@ -641,7 +638,11 @@ mod tests {
         );
         // a custom scale
         let b = BuildOptions { weight_scale: 1.0, ..Default::default() };
-        assert_eq!(parse_list(br#"{"hosts":[{"ip":"1.1.1.1","port":1,"weight":2.6}]}"#, Api::V1, &b).unwrap().instances[0].weight, 3);
+        assert_eq!(
+            parse_list(br#"{"hosts":[{"ip":"1.1.1.1","port":1,"weight":2.6}]}"#, Api::V1, &b).unwrap().instances[0]
+                .weight,
+            3
+        );
     }
 
     #[test]
@@ -679,32 +680,47 @@ mod tests {
         }
         body.extend_from_slice(br#"{"ip":"10.0.0.1","port":80}]}"#);
         let size = body.len();
-        assert_eq!(check_common(&resp(Some(200), &body), &ep(), &[]), Err(RegistryError::TooLarge { size, cap: 8 << 20 }));
+        assert_eq!(
+            check_common(&resp(Some(200), &body), &ep(), &[]),
+            Err(RegistryError::TooLarge { size, cap: 8 << 20 })
+        );
         let mut a = adapter(Api::V1, false);
-        assert_eq!(a.on_reply(&mut q("s"), Call::List, &resp(Some(200), &body), T0), Reply::Error(RegistryError::TooLarge { size, cap: 8 << 20 }));
+        assert_eq!(
+            a.on_reply(&q("s"), Call::List, &resp(Some(200), &body), T0),
+            Reply::Error(RegistryError::TooLarge { size, cap: 8 << 20 })
+        );
         // the glue may report the size without fetching the body
         let small = HttpResponse { status: Some(200), headers: &[], body: b"", body_size: 10_000_000 };
-        assert_eq!(a.on_reply(&mut q("s"), Call::List, &small, T0), Reply::Error(RegistryError::TooLarge { size: 10_000_000, cap: 8 << 20 }));
+        assert_eq!(
+            a.on_reply(&q("s"), Call::List, &small, T0),
+            Reply::Error(RegistryError::TooLarge { size: 10_000_000, cap: 8 << 20 })
+        );
     }
 
     #[test]
     fn list_replies() {
         let mut a = adapter(Api::V1, false);
-        let mut sq = q("s");
-        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(None, b""), T0), Reply::Error(RegistryError::Transport));
-        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(Some(500), b"boom"), T0), Reply::Error(RegistryError::Status(500, "boom".into())));
-        assert_eq!(a.on_reply(&mut sq, Call::List, &resp(Some(401), b"no"), T0), Reply::Error(RegistryError::Status(401, "no".into())));
-        match a.on_reply(&mut sq, Call::List, &resp(Some(200), fixture!("rnacos-instance-list-captured")), T0) {
+        let sq = q("s");
+        assert_eq!(a.on_reply(&sq, Call::List, &resp(None, b""), T0), Reply::Error(RegistryError::Transport));
+        assert_eq!(
+            a.on_reply(&sq, Call::List, &resp(Some(500), b"boom"), T0),
+            Reply::Error(RegistryError::Status(500, "boom".into()))
+        );
+        assert_eq!(
+            a.on_reply(&sq, Call::List, &resp(Some(401), b"no"), T0),
+            Reply::Error(RegistryError::Status(401, "no".into()))
+        );
+        match a.on_reply(&sq, Call::List, &resp(Some(200), fixture!("rnacos-instance-list-captured")), T0) {
             Reply::Members(p) => assert_eq!(p.instances.len(), 2),
             other => panic!("{other:?}"),
         }
         let mut a = adapter(Api::V2, false);
         let body = br#"{"code":20004,"message":"service not found","data":null}"#;
         assert_eq!(
-            a.on_reply(&mut sq, Call::List, &resp(Some(200), body), T0),
+            a.on_reply(&sq, Call::List, &resp(Some(200), body), T0),
             Reply::Error(RegistryError::Envelope { code: 20004, message: "service not found".into() })
         );
-        match a.on_reply(&mut sq, Call::List, &resp(Some(200), fixture!("nacos-v2-instance-list")), T0) {
+        match a.on_reply(&sq, Call::List, &resp(Some(200), fixture!("nacos-v2-instance-list")), T0) {
             Reply::Members(p) => assert_eq!(p.instances[0].addr, "127.0.0.1:8080"),
             other => panic!("{other:?}"),
         }
@@ -714,7 +730,7 @@ mod tests {
 
     #[test]
     fn v1_request_shape() {
-        let mut a = adapter(Api::V1, false);
+        let a = adapter(Api::V1, false);
         let (call, req) = a.request(&q("demo-svc"), T0);
         assert_eq!(call, Call::List);
         let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -745,12 +761,15 @@ mod tests {
             clusters: vec![String::new()],
             ..Default::default()
         };
-        assert_eq!(a.request(&empty, T0).1.header(":path"), Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false"));
+        assert_eq!(
+            a.request(&empty, T0).1.header(":path"),
+            Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false")
+        );
     }
 
     #[test]
     fn v2_request_shape() {
-        let mut a = adapter(Api::V2, false);
+        let a = adapter(Api::V2, false);
         let full = ServiceQuery {
             service: "providers:com.acme.Orders:1.0.0:".into(),
             group: Some("DEFAULT_GROUP".into()),
@@ -765,7 +784,10 @@ mod tests {
             req.header(":path"),
             Some("/nacos/v2/ns/instance/list?serviceName=providers%3Acom.acme.Orders%3A1.0.0%3A&groupName=DEFAULT_GROUP&namespaceId=public&clusterName=c1%2Cc2&healthyOnly=false")
         );
-        assert_eq!(a.request(&q("x"), T0).1.header(":path"), Some("/nacos/v2/ns/instance/list?serviceName=x&healthyOnly=false"));
+        assert_eq!(
+            a.request(&q("x"), T0).1.header(":path"),
+            Some("/nacos/v2/ns/instance/list?serviceName=x&healthyOnly=false")
+        );
     }
 
     #[test]
@@ -773,30 +795,21 @@ mod tests {
         for (api, prefix) in [(Api::V1, "/nacos/v1/ns/instance/list"), (Api::V2, "/nacos/v2/ns/instance/list")] {
             let mut a = adapter(api, true);
             let login = br#"{"accessToken":"a+b/c=","tokenTtl":18000}"#;
-            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), login), T0), Reply::LoggedIn);
+            assert_eq!(a.on_reply(&q("s"), Call::Login, &resp(Some(200), login), T0), Reply::LoggedIn);
             let (call, req) = a.request(&ServiceQuery { group: Some("g".into()), ..q("s") }, T0);
             assert_eq!(call, Call::List);
-            assert_eq!(req.header(":path").unwrap(), format!("{prefix}?serviceName=s&groupName=g&healthyOnly=false&accessToken=a%2Bb%2Fc%3D"));
+            assert_eq!(
+                req.header(":path").unwrap(),
+                format!("{prefix}?serviceName=s&groupName=g&healthyOnly=false&accessToken=a%2Bb%2Fc%3D")
+            );
         }
-    }
-
-    #[test]
-    fn detail_request_shape() {
-        let a = adapter(Api::V1, false);
-        let sq = ServiceQuery { group: Some("G".into()), clusters: vec!["DEFAULT".into(), "x".into()], ..q("demo svc") };
-        let r = a.detail_request(&sq, "10.0.0.1", 8080, T0);
-        assert_eq!(r.header(":path"), Some("/nacos/v1/ns/instance?serviceName=demo%20svc&groupName=G&cluster=DEFAULT&ip=10.0.0.1&port=8080"));
-        let a = adapter(Api::V2, false);
-        let r = a.detail_request(&q("s"), "[::1]", 9, T0);
-        assert_eq!(r.header(":path"), Some("/nacos/v2/ns/instance?serviceName=s&ip=%3A%3A1&port=9"));
-        assert_eq!(r.header(":method"), Some("GET"));
     }
 
     // ---- auth -------------------------------------------------------------------------------
 
-    fn login_ok(a: &mut Nacos, token: &str, ttl_s: i64, now: i64) {
+    fn login_ok(a: &mut Client<Nacos>, token: &str, ttl_s: i64, now: i64) {
         let body = format!(r#"{{"accessToken":"{token}","tokenTtl":{ttl_s},"globalAdmin":false}}"#);
-        assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body.as_bytes()), now), Reply::LoggedIn);
+        assert_eq!(a.on_reply(&q("s"), Call::Login, &resp(Some(200), body.as_bytes()), now), Reply::LoggedIn);
     }
 
     #[test]
@@ -819,7 +832,10 @@ mod tests {
         login_ok(&mut a, "tok", 3600, T0);
         let (call, req) = a.request(&q("s"), T0);
         assert_eq!(call, Call::List);
-        assert_eq!(req.header(":path"), Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false&accessToken=tok"));
+        assert_eq!(
+            req.header(":path"),
+            Some("/nacos/v1/ns/instance/list?serviceName=s&healthyOnly=false&accessToken=tok")
+        );
         assert_eq!(req.body, None);
     }
 
@@ -847,17 +863,24 @@ mod tests {
         assert_eq!(a.request(&q("s"), T0 + 15_000).0, Call::Login);
 
         // no usable tokenTtl: the default TTL
-        for body in
-            [r#"{"accessToken":"t"}"#, r#"{"accessToken":"t","tokenTtl":0}"#, r#"{"accessToken":"t","tokenTtl":"x"}"#, r#"{"accessToken":"t","tokenTtl":-5}"#]
-        {
+        for body in [
+            r#"{"accessToken":"t"}"#,
+            r#"{"accessToken":"t","tokenTtl":0}"#,
+            r#"{"accessToken":"t","tokenTtl":"x"}"#,
+            r#"{"accessToken":"t","tokenTtl":-5}"#,
+        ] {
             let mut a = adapter(Api::V1, true);
-            assert_eq!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(200), body.as_bytes()), T0), Reply::LoggedIn, "{body}");
-            assert_eq!(a.token.as_ref().unwrap().expires_ms, T0 + DEFAULT_TTL_S * 1000, "{body}");
+            assert_eq!(
+                a.on_reply(&q("s"), Call::Login, &resp(Some(200), body.as_bytes()), T0),
+                Reply::LoggedIn,
+                "{body}"
+            );
+            assert_eq!(a.session.token.as_ref().unwrap().expires_ms, T0 + DEFAULT_TTL_S * 1000, "{body}");
         }
         // a huge TTL saturates instead of overflowing
         let mut a = adapter(Api::V1, true);
         login_ok(&mut a, "t", i64::MAX, T0);
-        assert_eq!(a.token.as_ref().unwrap().expires_ms, i64::MAX);
+        assert_eq!(a.session.token.as_ref().unwrap().expires_ms, i64::MAX);
         assert_eq!(a.request(&q("s"), T0 + 1).0, Call::List);
     }
 
@@ -867,8 +890,10 @@ mod tests {
             let mut a = adapter(Api::V2, true);
             login_ok(&mut a, "t1", 18000, T0);
             assert_eq!(a.request(&q("s"), T0 + 1).0, Call::List);
-            match a.on_reply(&mut q("s"), Call::List, &resp(Some(status), b"token expired!"), T0 + 2) {
-                Reply::Error(RegistryError::Auth(m)) => assert!(m.contains(&format!("HTTP {status}")) && m.contains("token expired!"), "{m}"),
+            match a.on_reply(&q("s"), Call::List, &resp(Some(status), b"token expired!"), T0 + 2) {
+                Reply::Error(RegistryError::Auth(m)) => {
+                    assert!(m.contains(&format!("HTTP {status}")) && m.contains("token expired!"), "{m}")
+                }
                 other => panic!("{other:?}"),
             }
             assert_eq!(a.request(&q("s"), T0 + 3).0, Call::Login);
@@ -878,7 +903,10 @@ mod tests {
         // other errors keep the token
         let mut a = adapter(Api::V1, true);
         login_ok(&mut a, "t1", 18000, T0);
-        assert_eq!(a.on_reply(&mut q("s"), Call::List, &resp(Some(500), b""), T0), Reply::Error(RegistryError::Status(500, String::new())));
+        assert_eq!(
+            a.on_reply(&q("s"), Call::List, &resp(Some(500), b""), T0),
+            Reply::Error(RegistryError::Status(500, String::new()))
+        );
         assert_eq!(a.request(&q("s"), T0).0, Call::List);
     }
 
@@ -898,7 +926,7 @@ mod tests {
         ];
         for (status, body, want) in cases {
             let mut a = adapter(Api::V1, true);
-            match a.on_reply(&mut q("s"), Call::Login, &resp(status, &body), T0) {
+            match a.on_reply(&q("s"), Call::Login, &resp(status, &body), T0) {
                 Reply::Error(e) => {
                     assert_eq!(e.kind(), want, "{status:?} {e:?}");
                     let shown = format!("{e} {e:?}");
@@ -906,7 +934,7 @@ mod tests {
                 }
                 other => panic!("{status:?}: {other:?}"),
             }
-            assert!(a.token.is_none());
+            assert!(a.session.token.is_none());
             // still no token: the next request logs in again
             assert_eq!(a.request(&q("s"), T0 + 1).0, Call::Login);
         }
@@ -918,7 +946,10 @@ mod tests {
         login_ok(&mut a, "old", 3600, T0);
         let renew = T0 + 3_240_000;
         assert_eq!(a.request(&q("s"), renew).0, Call::Login);
-        assert!(matches!(a.on_reply(&mut q("s"), Call::Login, &resp(Some(503), b""), renew), Reply::Error(RegistryError::Auth(_))));
+        assert!(matches!(
+            a.on_reply(&q("s"), Call::Login, &resp(Some(503), b""), renew),
+            Reply::Error(RegistryError::Auth(_))
+        ));
         // the old token still works for a while: list with it, retry the login later
         let (call, req) = a.request(&q("s"), renew + 1);
         assert_eq!(call, Call::List);
@@ -926,8 +957,11 @@ mod tests {
         assert_eq!(a.request(&q("s"), renew + RENEW_RETRY_MS).0, Call::Login);
         // once expired it is neither kept nor sent
         let end = T0 + 3_600_000;
-        assert!(matches!(a.on_reply(&mut q("s"), Call::Login, &resp(None, b""), end), Reply::Error(RegistryError::Transport)));
-        assert!(a.token.is_none());
+        assert!(matches!(
+            a.on_reply(&q("s"), Call::Login, &resp(None, b""), end),
+            Reply::Error(RegistryError::Transport)
+        ));
+        assert!(a.session.token.is_none());
         assert_eq!(a.request(&q("s"), end + 1).0, Call::Login);
     }
 
@@ -939,7 +973,7 @@ mod tests {
         assert!(!shown.contains("p&ss=w0rd!") && !shown.contains("sekrit-token"), "{shown}");
         assert!(shown.contains("nacos user"));
         // a 403 body echoing the token is redacted
-        match a.on_reply(&mut q("s"), Call::List, &resp(Some(403), b"token sekrit-token expired"), T0) {
+        match a.on_reply(&q("s"), Call::List, &resp(Some(403), b"token sekrit-token expired"), T0) {
             Reply::Error(RegistryError::Auth(m)) => assert_eq!(m, "list answered HTTP 403: token *** expired"),
             other => panic!("{other:?}"),
         }
@@ -947,7 +981,7 @@ mod tests {
 
     #[test]
     fn no_auth_never_logs_in() {
-        let mut a = adapter(Api::V1, false);
+        let a = adapter(Api::V1, false);
         for t in [i64::MIN, 0, T0, i64::MAX] {
             let (call, req) = a.request(&q("s"), t);
             assert_eq!(call, Call::List);

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery,
+    collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
+    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
 use crate::instance::{canonical_addr, BuildOptions, Instance, State};
 
@@ -23,7 +24,6 @@ use crate::instance::{canonical_addr, BuildOptions, Instance, State};
 pub struct StaticJson {
     pub endpoint: Endpoint,
     pub path: String,
-    pub build: BuildOptions,
 }
 
 #[derive(Deserialize)]
@@ -64,19 +64,28 @@ fn record(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
 }
 
 impl Adapter for StaticJson {
-    fn request(&mut self, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
+    fn request(&self, _s: &Session, _c: &Cursor, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = self.path.replace("{service}", &super::encode(&q.service));
         (Call::List, get_request(&self.endpoint, path))
     }
 
-    fn on_reply(&mut self, _q: &mut ServiceQuery, _call: Call, resp: &HttpResponse<'_>, _now_ms: i64) -> Reply {
-        list_reply(resp, &self.endpoint, |body| parse(body, &self.build))
+    fn on_reply(
+        &self,
+        _s: &mut Session,
+        _c: &mut Cursor,
+        q: &ServiceQuery,
+        _call: Call,
+        resp: &HttpResponse<'_>,
+        _now_ms: i64,
+    ) -> Reply {
+        list_reply(resp, &self.endpoint, |body| parse(body, &q.build))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Client;
 
     fn p(body: &str) -> Result<Parsed, RegistryError> {
         parse(body.as_bytes(), &BuildOptions::default())
@@ -87,10 +96,16 @@ mod tests {
         let r = p(r#"{"instances":[{"address":"10.0.0.1:8080","weight":7,"start_ms":1700000000000,"warmup_ms":30000,"state":"draining","metadata":{"zone":"a"}},{"address":"[::1]:9"}]}"#).unwrap();
         assert_eq!(r.instances.len(), 2);
         let a = &r.instances[0];
-        assert_eq!((a.addr.as_str(), a.weight, a.start_ms, a.warmup_ms, a.state), ("10.0.0.1:8080", 7, Some(1_700_000_000_000), 30_000, State::Draining));
+        assert_eq!(
+            (a.addr.as_str(), a.weight, a.start_ms, a.warmup_ms, a.state),
+            ("10.0.0.1:8080", 7, Some(1_700_000_000_000), 30_000, State::Draining)
+        );
         assert_eq!(a.metadata.get("zone").map(String::as_str), Some("a"));
         let b = &r.instances[1];
-        assert_eq!((b.addr.as_str(), b.weight, b.start_ms, b.warmup_ms, b.state), ("[::1]:9", 100, None, 600_000, State::Serving));
+        assert_eq!(
+            (b.addr.as_str(), b.weight, b.start_ms, b.warmup_ms, b.state),
+            ("[::1]:9", 100, None, 600_000, State::Serving)
+        );
     }
 
     #[test]
@@ -109,11 +124,10 @@ mod tests {
 
     #[test]
     fn request_shape() {
-        let mut a = StaticJson {
+        let a = Client::new(StaticJson {
             endpoint: Endpoint { authority: "cp:80".into(), timeout_ms: 500, max_body_bytes: 1 << 20 },
             path: "/members/{service}.json".into(),
-            build: BuildOptions::default(),
-        };
+        });
         let q = ServiceQuery { service: "a b".into(), ..Default::default() };
         let (call, req) = a.request(&q, 0);
         assert_eq!(call, Call::List);

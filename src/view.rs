@@ -1,0 +1,116 @@
+//! What one VM routes by: each service's published snapshot, decoded only when its shared-data
+//! CAS token changes, with the shared marks applied, and its balancer. Re-read only when the
+//! generation key changed (one small shared-data read per request otherwise) or a down mark
+//! expired. [`crate::vm::Vm::sync`] drives it.
+
+use crate::balancer::Balancer;
+use crate::clock::Rng;
+use crate::config::ServiceConfig;
+use crate::drain::SelfDrain;
+use crate::instance::{Instance, State};
+use crate::marks::{apply_marks, Marks};
+use crate::membership::Snapshot;
+use crate::store::{Keys, Shared};
+
+/// One service as this VM sees it.
+#[derive(Debug)]
+pub struct ServiceView {
+    /// The published snapshot (raw, as the registry said).
+    pub snap: Snapshot,
+    snap_cas: Option<u32>,
+    /// The snapshot with the marks applied: what is routed by. Sorted by address.
+    pub members: Vec<Instance>,
+    pub balancer: Balancer,
+}
+
+impl ServiceView {
+    pub fn new(sc: &ServiceConfig, weight_refresh_ms: u64) -> Self {
+        ServiceView {
+            snap: Snapshot::default(),
+            snap_cas: None,
+            members: Vec::new(),
+            balancer: Balancer::new(sc.policy, sc.curve, weight_refresh_ms as i64),
+        }
+    }
+
+    /// Decodes the published snapshot if its CAS token changed. Returns true when it decoded one.
+    pub fn load(&mut self, shared: &dyn Shared, key: &str) -> bool {
+        let (bytes, cas) = shared.get(key);
+        if cas == self.snap_cas {
+            return false;
+        }
+        self.snap_cas = cas;
+        match bytes.map(|b| Snapshot::decode(&b)) {
+            Some(Ok(s)) => {
+                self.snap = s;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies `marks` to the snapshot and rebuilds the balancer.
+    pub fn rebuild(&mut self, marks: &Marks, now_ms: i64, rng: &mut Rng) {
+        self.members.clone_from(&self.snap.members);
+        apply_marks(&mut self.members, marks, now_ms);
+        self.balancer.rebuild(&self.members, now_ms, rng);
+    }
+}
+
+/// What every service's view shares: the generation seen last, the marks, the inbound self-drain.
+#[derive(Debug, Default)]
+pub struct View {
+    gen_cas: Option<u32>,
+    synced: bool,
+    /// When the next down mark expires: the view is rebuilt then even if nothing was published.
+    next_expiry_ms: i64,
+    pub marks: Marks,
+    pub self_drain: SelfDrain,
+    /// Number of snapshot decodes (each is O(n); they happen only on change).
+    pub decodes: u64,
+}
+
+impl View {
+    /// True when something may have changed since the last call (the generation moved, a down mark
+    /// expired, or this is the first call); then the marks are re-read.
+    pub fn stale(&mut self, shared: &dyn Shared, keys: &Keys, now_ms: i64) -> bool {
+        let (_, gen) = shared.get(&keys.gen());
+        if self.synced && gen == self.gen_cas && now_ms < self.next_expiry_ms {
+            return false;
+        }
+        self.synced = true;
+        self.gen_cas = gen;
+        let (mb, _) = shared.get(&keys.marks());
+        self.marks = Marks::decode(mb.as_deref().unwrap_or_default());
+        self.next_expiry_ms = self.marks.next_expiry(now_ms);
+        true
+    }
+}
+
+/// Host counts for the gauges of one service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    pub total: u64,
+    pub serving: u64,
+    pub warming: u64,
+    pub draining: u64,
+    pub down: u64,
+}
+
+/// Counts `members` by state at `now_ms` (warming: serving and inside its warmup window).
+pub fn host_counts(members: &[Instance], now_ms: i64) -> HostCounts {
+    let mut c = HostCounts { total: members.len() as u64, ..Default::default() };
+    for m in members {
+        match m.state {
+            State::Serving => {
+                c.serving += 1;
+                if crate::warmup::is_warming(m.start_ms, m.warmup_ms, now_ms) && m.weight > 0 {
+                    c.warming += 1;
+                }
+            }
+            State::Draining => c.draining += 1,
+            State::Down => c.down += 1,
+        }
+    }
+    c
+}

@@ -1,0 +1,896 @@
+//! Everything one Envoy worker VM knows and decides, free of proxy-wasm calls. The glue
+//! (`host`, compiled into the `.wasm` only) calls four entry points and applies what they return:
+//!
+//! - [`Vm::on_tick`]: lease, view, due registry requests ([`Dispatch`]);
+//! - [`Vm::on_registry_reply`]: a registry reply becomes membership ([`crate::poller`]);
+//! - [`Vm::on_request`]: the routing decision for one request ([`Flow`]);
+//! - [`Vm::on_response`]: what a response tells about the instance that served it.
+//!
+//! Per-request facts come through [`Host`], read only when a decision needs them, so a counting
+//! fake host measures the host calls of each path natively.
+
+use std::collections::HashMap;
+
+use log::{info, warn};
+
+use crate::admin::{self, AdminCall};
+use crate::clock::Rng;
+use crate::config::{Config, Mode, Settings};
+use crate::drain::{local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
+use crate::instance::canonical_addr;
+use crate::marks;
+use crate::poller::{interval, RefreshOutcome};
+use crate::registry::{Call, HttpRequest, HttpResponse};
+use crate::router::{route, Route};
+use crate::service::{Registry, Service, Stats};
+use crate::store::{bump_gen, try_lead, Keys, Shared};
+use crate::view::{HostCounts, ServiceView, View};
+
+/// A poller that stops renewing its lease is replaced after this long (ms).
+pub const LEASE_TTL_MS: i64 = 2000;
+/// The same registry complaint is logged at most once per this period (ms).
+const LOG_EVERY_MS: i64 = 10_000;
+
+/// The host as one HTTP exchange sees it. Each call is one crossing of the VM boundary.
+pub trait Host: Shared {
+    /// Wall-clock ms since the epoch.
+    fn now_ms(&self) -> i64;
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// Sets (`Some`) or removes (`None`) a request header; false when the host refused.
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> bool;
+    fn response_header(&self, name: &str) -> Option<String>;
+    /// Sets a response header; false when the host refused.
+    fn set_response_header(&self, name: &str, value: &str) -> bool;
+    /// A property as text (`["xds", "cluster_name"]`, `["upstream", "address"]`).
+    fn property(&self, path: &[&str]) -> Option<String>;
+}
+
+/// What the glue does with a request after [`Vm::on_request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Flow {
+    /// Forward it (with whatever headers were set).
+    Continue,
+    /// Answer it locally.
+    Reply(LocalReply),
+}
+
+/// What one HTTP exchange remembers between its request and its response.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    /// The service the request was routed to, if any.
+    pub service: Option<usize>,
+    /// The addresses written into the routing header, comma-separated.
+    pub written: String,
+    /// Answered locally: the response is ours, not an upstream's.
+    pub local: bool,
+}
+
+/// A registry request to dispatch on `cluster`; hand the token back with [`Vm::dispatched`].
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub service: usize,
+    pub call: Call,
+    pub cluster: String,
+    pub request: HttpRequest,
+}
+
+/// One worker VM's state: configuration, registries, services, the shared view, the lease.
+#[derive(Debug)]
+pub struct Vm {
+    pub settings: Settings,
+    pub registries: Vec<Registry>,
+    pub services: Vec<Service>,
+    pub view: View,
+    pub keys: Keys,
+    pub rng: Rng,
+    /// This VM's id in the poller lease.
+    pub vm_id: u64,
+    /// This VM holds the poller lease.
+    pub leader: bool,
+    pub stats: Stats,
+    /// Every routing header of every service, stripped from client requests.
+    route_headers: Vec<String>,
+    /// Registry calls in flight: token -> (service, call).
+    pending: HashMap<u32, (usize, Call)>,
+    /// Per (service, kind): when it was last logged and how many were suppressed since.
+    last_log: HashMap<(usize, &'static str), (i64, u64)>,
+    scratch: Vec<usize>,
+}
+
+impl Vm {
+    /// A VM for `cfg`; `config_bytes` names its shared-data keys (two configurations in one Envoy
+    /// never share state), `vm_id` is its lease id (random: context ids repeat across VMs).
+    pub fn new(cfg: Config, config_bytes: &[u8], vm_id: u64, rng: Rng) -> Vm {
+        let Config { settings, registries, services } = cfg;
+        let mut route_headers: Vec<String> = services.iter().map(|s| s.header.clone()).collect();
+        route_headers.sort();
+        route_headers.dedup();
+        let services = services
+            .into_iter()
+            .map(|sc| Service {
+                view: ServiceView::new(&sc, settings.weight_refresh_ms),
+                poll: Default::default(),
+                stats: Default::default(),
+                cfg: sc,
+            })
+            .collect();
+        Vm {
+            registries: registries.into_iter().map(|cfg| Registry { cfg, session: Default::default() }).collect(),
+            services,
+            view: View::default(),
+            keys: Keys::new(config_bytes),
+            rng,
+            vm_id,
+            leader: false,
+            stats: Stats::default(),
+            route_headers,
+            pending: HashMap::new(),
+            last_log: HashMap::new(),
+            scratch: Vec::with_capacity(17),
+            settings,
+        }
+    }
+
+    /// Creates the shared keys this configuration writes with CAS (call once at start).
+    pub fn on_start(&self, shared: &dyn Shared) {
+        self.keys.create_all(shared);
+    }
+
+    /// Re-reads shared data if anything was published or marked since the last call: one small
+    /// read when nothing changed.
+    pub fn sync(&mut self, shared: &dyn Shared, now_ms: i64) {
+        if !self.view.stale(shared, &self.keys, now_ms) {
+            return;
+        }
+        for s in &mut self.services {
+            if s.view.load(shared, &self.keys.service(&s.cfg.name)) {
+                self.view.decodes += 1;
+            }
+            s.view.rebuild(&self.view.marks, now_ms, &mut self.rng);
+        }
+        if let Some(ib) = &self.settings.inbound {
+            let (flag, _) = shared.get(&self.keys.self_drain());
+            let manual = flag.as_deref() == Some(b"1");
+            if let Some(s) = self.services.get(ib.service) {
+                self.view.self_drain.update(&s.view.snap.members, &ib.self_address, manual, now_ms);
+            }
+        }
+    }
+
+    // ---- refresh path ----------------------------------------------------------------------
+
+    /// The periodic work: take or renew the poller lease, sync the view, and (as the poller) the
+    /// registry requests that are due.
+    pub fn on_tick(&mut self, shared: &dyn Shared, now_ms: i64) -> Vec<Dispatch> {
+        let leads = try_lead(shared, &self.keys, self.vm_id, now_ms, LEASE_TTL_MS);
+        if leads != self.leader {
+            self.leader = leads;
+            for s in &mut self.services {
+                s.poll.reset();
+            }
+            self.pending.clear();
+            if leads {
+                info!("this VM now polls the registry");
+            }
+        }
+        self.sync(shared, now_ms);
+        self.due(now_ms)
+    }
+
+    /// The registry requests due at `now_ms` (none unless this VM is the poller).
+    pub fn due(&mut self, now_ms: i64) -> Vec<Dispatch> {
+        if !self.leader {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, s) in self.services.iter_mut().enumerate() {
+            let Some(reg) = self.registries.get(s.cfg.registry) else { continue };
+            if let Some((call, request)) = s.poll.due(&reg.cfg, &reg.session, &s.cfg, now_ms) {
+                out.push(Dispatch { service: i, call, cluster: reg.cfg.cluster.clone(), request });
+            }
+        }
+        out
+    }
+
+    /// The host accepted `d` under `token`.
+    pub fn dispatched(&mut self, token: u32, d: &Dispatch) {
+        self.pending.insert(token, (d.service, d.call));
+    }
+
+    /// The host refused to dispatch `d` (`why`, for the log): retried after one interval.
+    pub fn dispatch_failed(&mut self, d: &Dispatch, why: &str, now_ms: i64) {
+        self.stats.dispatch_failed += 1;
+        let retry = interval(&self.settings, &mut self.rng);
+        let Some(s) = self.services.get_mut(d.service) else { return };
+        s.poll.dispatch_failed(now_ms, retry);
+        s.stats.refresh_failed += 1;
+        let (name, cluster) = (s.cfg.name.clone(), d.cluster.clone());
+        self.log_limited(d.service, "dispatch", now_ms, || {
+            format!("cannot call registry cluster '{cluster}' for service '{name}': {why} (is the cluster defined?)")
+        });
+    }
+
+    /// The largest registry body the reply to `token` may have (the glue fetches no more).
+    pub fn max_body(&self, token: u32) -> usize {
+        self.pending
+            .get(&token)
+            .and_then(|(svc, _)| self.services.get(*svc))
+            .and_then(|s| self.registries.get(s.cfg.registry))
+            .map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes)
+    }
+
+    /// A registry reply arrived for `token`: parse, apply the keep-last-good rules, publish.
+    /// Returns the service it was for and what happened (`None` for an unknown token).
+    pub fn on_registry_reply(
+        &mut self,
+        shared: &dyn Shared,
+        token: u32,
+        resp: &HttpResponse<'_>,
+        now_ms: i64,
+    ) -> Option<(usize, RefreshOutcome)> {
+        let (svc, call) = self.pending.remove(&token)?;
+        self.sync(shared, now_ms);
+        let interval_ms = interval(&self.settings, &mut self.rng);
+        let s = self.services.get_mut(svc)?;
+        let reg = self.registries.get_mut(s.cfg.registry)?;
+        let (outcome, publish) =
+            s.poll.on_reply(&reg.cfg, &mut reg.session, &s.cfg, &s.view.snap, call, resp, now_ms, interval_ms);
+        if let Some(snap) = publish {
+            shared.set(&self.keys.service(&s.cfg.name), &snap.encode(), None);
+            let services = &self.services;
+            marks::prune(shared, &self.keys, now_ms, |addr| {
+                services.iter().enumerate().find_map(|(k, o)| {
+                    let members = if k == svc { &snap.members } else { &o.view.snap.members };
+                    crate::instance::find(members, addr)
+                })
+            });
+            bump_gen(shared, &self.keys);
+            self.sync(shared, now_ms);
+        }
+        self.account(svc, &outcome, now_ms);
+        Some((svc, outcome))
+    }
+
+    /// Stats and logs for a refresh outcome.
+    fn account(&mut self, svc: usize, outcome: &RefreshOutcome, now_ms: i64) {
+        let Some(s) = self.services.get_mut(svc) else { return };
+        let name = s.cfg.name.clone();
+        let st = &mut s.stats;
+        match outcome {
+            RefreshOutcome::Published { version, hosts, skipped, protected } => {
+                st.refresh_ok += 1;
+                st.instances_skipped += u64::from(*skipped);
+                st.protect_threshold_hit += u64::from(*protected);
+                let skipped = if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() };
+                info!("service '{name}' membership v{version}: {hosts} instances{skipped}");
+            }
+            RefreshOutcome::Same { skipped } => {
+                st.refresh_ok += 1;
+                st.instances_skipped += u64::from(*skipped);
+            }
+            RefreshOutcome::Unchanged => st.refresh_unchanged += 1,
+            RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
+            RefreshOutcome::Kept(hold) => {
+                st.refresh_kept += 1;
+                let kind = hold.kind();
+                self.log_limited(svc, "kept", now_ms, || {
+                    format!("service '{name}': registry list held back ({kind}), keeping the last good membership")
+                });
+            }
+            RefreshOutcome::Failed(e) => {
+                st.refresh_failed += 1;
+                let (kind, text) = (e.kind(), e.to_string());
+                self.log_limited(svc, kind, now_ms, || {
+                    format!("service '{name}': refresh failed, keeping the last good membership: {text}")
+                });
+            }
+        }
+    }
+
+    fn log_limited(&mut self, svc: usize, kind: &'static str, now_ms: i64, msg: impl FnOnce() -> String) {
+        let entry = self.last_log.entry((svc, kind)).or_insert((i64::MIN, 0));
+        if now_ms.saturating_sub(entry.0) >= LOG_EVERY_MS {
+            let extra = if entry.1 > 0 { format!(" ({} similar messages suppressed)", entry.1) } else { String::new() };
+            *entry = (now_ms, 0);
+            warn!("{}{}", msg(), extra);
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    /// Host counts and snapshot version of every service, for the gauges.
+    pub fn gauges(&self, now_ms: i64) -> impl Iterator<Item = (usize, HostCounts, u64)> + '_ {
+        self.services
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| (i, crate::view::host_counts(&s.view.members, now_ms), s.view.snap.version))
+    }
+
+    // ---- request path ----------------------------------------------------------------------
+
+    /// Decides what happens to a request: an admin call, a local 503, or a forward with the
+    /// routing header set. Client-sent routing headers are always removed (outbound).
+    pub fn on_request(&mut self, h: &dyn Host, ex: &mut Exchange) -> Flow {
+        let now = h.now_ms();
+        if let Some(path) = h.request_header(":path") {
+            if admin::is_admin_path(&path, &self.settings.admin_prefix) {
+                ex.local = true;
+                return self.admin(h, &path, now);
+            }
+        }
+        self.sync(h, now);
+        if self.settings.mode == Mode::Inbound {
+            if self.view.self_drain.rejecting(now, self.settings.drain.notify_grace_ms) {
+                return self.reject(ex, self.settings.inbound.as_ref().map(|i| i.service), Reason::SelfDraining);
+            }
+            return Flow::Continue;
+        }
+        // a client never chooses the upstream: drop whatever it sent in a routing header
+        for name in &self.route_headers {
+            if h.request_header(name).is_some() {
+                h.set_request_header(name, None);
+                self.stats.client_header_stripped += 1;
+            }
+        }
+        let Some(svc) = h.property(&["xds", "cluster_name"]).and_then(|c| self.service_for_cluster(&c)) else {
+            return Flow::Continue;
+        };
+        let pin = self.settings.drain.pin_header.as_deref().and_then(|p| h.request_header(p));
+        let Some(s) = self.services.get_mut(svc) else { return Flow::Continue };
+        match route(svc, &s.cfg, &mut s.view, pin.as_deref(), now, &mut self.rng, &mut self.scratch) {
+            Route::PassThrough => Flow::Continue,
+            Route::Forward { service, value } => {
+                if !h.set_request_header(&s.cfg.header, Some(&value)) {
+                    warn!("cannot set routing header '{}' for service '{}'", s.cfg.header, s.cfg.name);
+                }
+                s.stats.picks += 1;
+                ex.service = Some(service);
+                ex.written = value;
+                Flow::Continue
+            }
+            Route::Reject { service, reason } => self.reject(ex, service, reason),
+        }
+    }
+
+    fn service_for_cluster(&self, cluster: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.cfg.match_clusters.iter().any(|c| c == cluster))
+    }
+
+    fn reject(&mut self, ex: &mut Exchange, service: Option<usize>, reason: Reason) -> Flow {
+        if let Some(s) = service.and_then(|i| self.services.get_mut(i)) {
+            s.stats.local_503(reason);
+        }
+        ex.local = true;
+        Flow::Reply(local_reply(reason, &self.settings.drain))
+    }
+
+    fn admin(&mut self, h: &dyn Host, path: &str, now: i64) -> Flow {
+        let forwarded = admin::FORWARDING_HEADERS.iter().any(|n| h.request_header(n).is_some());
+        let text = |status: u32, body: &str| LocalReply {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.into(),
+        };
+        let json = |body: String| LocalReply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        };
+        if !admin::allowed(h.property(&["source", "address"]).as_deref(), forwarded) {
+            self.stats.admin_denied += 1;
+            return Flow::Reply(text(403, admin::FORBIDDEN));
+        }
+        let method = h.request_header(":method").unwrap_or_default();
+        match admin::call(&self.settings, &method, path) {
+            AdminCall::Membership => {
+                self.sync(h, now);
+                Flow::Reply(json(admin::membership_json(
+                    &self.settings,
+                    &mut self.services,
+                    &self.view,
+                    now,
+                    &mut self.rng,
+                    self.leader,
+                )))
+            }
+            AdminCall::Drain(on) => {
+                h.set(&self.keys.self_drain(), if on { b"1" } else { b"0" }, None);
+                bump_gen(h, &self.keys);
+                info!("local {} requested", if on { "drain" } else { "undrain" });
+                Flow::Reply(json(format!("{{\"draining\":{on}}}\n")))
+            }
+            AdminCall::Unknown => Flow::Reply(text(404, admin::UNKNOWN_ENDPOINT)),
+        }
+    }
+
+    // ---- response path ---------------------------------------------------------------------
+
+    /// Learns from a response: inbound, tags responses served while draining; outbound, marks
+    /// the instances Envoy left for another attempt, and an instance that announced its drain.
+    pub fn on_response(&mut self, h: &dyn Host, ex: &Exchange) {
+        if ex.local {
+            return;
+        }
+        match self.settings.mode {
+            Mode::Inbound => {
+                // requests served while draining (in flight, or within the notify grace) tell the
+                // caller with the drain header; its value is not a refusal reason, so a caller's
+                // retry policy (which retries refusals only) never resends work that was done
+                if self.view.self_drain.draining()
+                    && !h.set_response_header(&self.settings.drain.header, SERVED_WHILE_DRAINING)
+                {
+                    warn!("cannot set the drain header on a response");
+                }
+            }
+            Mode::Outbound => {
+                if ex.service.is_none() {
+                    return;
+                }
+                self.mark_failed_attempts(h, ex);
+                if self.settings.drain.notify && h.response_header(&self.settings.drain.header).is_some() {
+                    if let Some(addr) = h.property(&["upstream", "address"]) {
+                        self.mark_draining(h, &addr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Envoy retried this request (`x-envoy-attempt-count` > 1, with
+    /// `include_attempt_count_in_response` on the route): the addresses it left failed. Mark them
+    /// down for every VM for a while, ahead of the registry.
+    fn mark_failed_attempts(&mut self, h: &dyn Host, ex: &Exchange) {
+        let ttl = self.settings.drain.failed_host_ttl_ms;
+        if ex.written.is_empty() || ttl <= 0 {
+            return;
+        }
+        let attempts =
+            h.response_header("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
+        if attempts < 2 {
+            return;
+        }
+        let Some(last) = h.property(&["upstream", "address"]) else { return };
+        let written: Vec<&str> = ex.written.split(',').collect();
+        let failed: Vec<&str> =
+            marks::failed_attempts(&written, attempts, &last).iter().copied().filter(|a| self.is_member(a)).collect();
+        let now = h.now_ms();
+        let n = marks::mark_failed(h, &self.keys, &failed, now, ttl);
+        if n > 0 {
+            self.stats.failed_host_marks += n as u64;
+            info!("requests failed on {failed:?} and were retried elsewhere: left out for {ttl} ms");
+            self.sync(h, now);
+        }
+    }
+
+    fn is_member(&self, addr: &str) -> bool {
+        self.services.iter().any(|s| crate::instance::find(&s.view.snap.members, addr).is_some())
+    }
+
+    /// An upstream announced its drain: mark it for every VM (members only: the drain header of
+    /// a stranger changes nothing).
+    fn mark_draining(&mut self, h: &dyn Host, addr: &str) {
+        let Some(addr) = canonical_addr(addr) else { return };
+        let Some(start) =
+            self.services.iter().find_map(|s| crate::instance::find(&s.view.snap.members, &addr).map(|m| m.start_ms))
+        else {
+            return;
+        };
+        if marks::mark_draining(h, &self.keys, &addr, start) {
+            self.stats.notify_marks += 1;
+            info!("upstream {addr} announced it is draining; no new requests go to it");
+            self.sync(h, h.now_ms());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::instance::State;
+    use crate::membership::Snapshot;
+    use crate::registry::RegistryError;
+    use crate::store::FakeShared;
+    use std::cell::{Cell, RefCell};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const CFG: &[u8] = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+        "services":[{"name":"demo","registry":"s","match_clusters":["demo"]}],"drain":{"pin_header":"x-pin"}}"#;
+
+    /// A host for one exchange, counting every call that would cross the VM boundary.
+    struct FakeHost<'a> {
+        shared: &'a FakeShared,
+        now: i64,
+        req: RefCell<Vec<(String, String)>>,
+        resp: RefCell<Vec<(String, String)>>,
+        props: Vec<(&'static str, String)>,
+        calls: Cell<u64>,
+    }
+
+    impl FakeHost<'_> {
+        fn count(&self) {
+            self.calls.set(self.calls.get() + 1);
+        }
+        /// Host calls so far, shared-data calls included.
+        fn total(&self) -> u64 {
+            self.calls.get() + self.shared.calls.get()
+        }
+    }
+
+    impl Shared for FakeHost<'_> {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.shared.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            self.shared.set(key, value, cas)
+        }
+    }
+
+    impl Host for FakeHost<'_> {
+        fn now_ms(&self) -> i64 {
+            self.count();
+            self.now
+        }
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.count();
+            self.req.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }
+        fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
+            self.count();
+            let mut r = self.req.borrow_mut();
+            r.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                r.push((name.into(), v.into()));
+            }
+            true
+        }
+        fn response_header(&self, name: &str) -> Option<String> {
+            self.count();
+            self.resp.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }
+        fn set_response_header(&self, name: &str, value: &str) -> bool {
+            self.count();
+            self.resp.borrow_mut().push((name.into(), value.into()));
+            true
+        }
+        fn property(&self, path: &[&str]) -> Option<String> {
+            self.count();
+            let key = path.join(".");
+            self.props.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        }
+    }
+
+    struct World {
+        vm: Vm,
+        shared: FakeShared,
+    }
+
+    fn host<'a>(shared: &'a FakeShared, now: i64, req: &[(&str, &str)], cluster: Option<&str>) -> FakeHost<'a> {
+        let mut props = vec![("source.address", "127.0.0.1:40000".to_string())];
+        if let Some(c) = cluster {
+            props.push(("xds.cluster_name", c.to_string()));
+        }
+        let req = RefCell::new(req.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        FakeHost { shared, now, req, resp: RefCell::default(), props, calls: Cell::new(0) }
+    }
+
+    impl World {
+        fn new(cfg: &[u8]) -> Self {
+            let vm = Vm::new(config::parse(cfg).unwrap(), cfg, 1, Rng::new(1));
+            let shared = FakeShared::default();
+            vm.on_start(&shared);
+            World { vm, shared }
+        }
+        fn refresh(&mut self, body: &str, now: i64) -> RefreshOutcome {
+            let due = self.vm.on_tick(&self.shared, now);
+            assert_eq!(due.len(), 1, "one request per interval");
+            assert_eq!(due[0].request.header(":path"), Some("/demo"));
+            self.vm.dispatched(7, &due[0]);
+            let h = [(":status".to_string(), "200".to_string())];
+            let resp = HttpResponse { status: Some(200), headers: &h, body: body.as_bytes(), body_size: body.len() };
+            self.vm.on_registry_reply(&self.shared, 7, &resp, now).unwrap().1
+        }
+        /// Routes a request to `cluster`; the routing header's value, or the local reply.
+        fn route(&mut self, cluster: &str, pin: Option<&str>, now: i64) -> Result<String, LocalReply> {
+            let mut req = vec![(":path", "/x")];
+            if let Some(p) = pin {
+                req.push(("x-pin", p));
+            }
+            let h = host(&self.shared, now, &req, Some(cluster));
+            let mut ex = Exchange::default();
+            match self.vm.on_request(&h, &mut ex) {
+                Flow::Reply(r) => Err(r),
+                Flow::Continue => Ok(h
+                    .req
+                    .borrow()
+                    .iter()
+                    .find(|(k, _)| k == "x-lossless-upstream")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()),
+            }
+        }
+        fn members(&self) -> &[crate::instance::Instance] {
+            &self.vm.services[0].view.members
+        }
+    }
+
+    fn reason(r: &LocalReply) -> &str {
+        r.headers.iter().find(|(k, _)| k == "x-lossless-drain").map(|(_, v)| v.as_str()).unwrap_or("")
+    }
+
+    const THREE: &str =
+        r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"},{"address":"10.0.0.3:80"}]}"#;
+
+    #[test]
+    fn poll_publish_route() {
+        let mut w = World::new(CFG);
+        assert_eq!(reason(&w.route("demo", None, NOW).unwrap_err()), "no_instances");
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
+        // not due again before the interval (1 s +- 10 %)
+        assert!(w.vm.on_tick(&w.shared, NOW + 500).is_empty());
+        let value = w.route("demo", None, NOW).unwrap();
+        assert_eq!(value.split(',').count(), 3, "primary + 2 fallbacks: {value}");
+        assert_eq!(w.route("other", None, NOW).unwrap(), "", "another cluster is not routed");
+        // the same list again publishes nothing
+        assert!(matches!(w.refresh(THREE, NOW + 2000), RefreshOutcome::Same { .. }));
+        // metadata is not part of the snapshot: a list with metadata is the same list
+        let with_md = THREE.replace(r#""10.0.0.1:80""#, r#""10.0.0.1:80","metadata":{"zone":"a"}"#);
+        assert!(matches!(w.refresh(&with_md, NOW + 4000), RefreshOutcome::Same { .. }));
+        // a garbage reply keeps the membership
+        assert!(matches!(w.refresh("<html>", NOW + 6000), RefreshOutcome::Failed(RegistryError::Parse(_))));
+        assert_eq!(w.members().len(), 3);
+        assert_eq!(w.vm.view.decodes, 1, "decoded once: only on version change");
+        assert_eq!(w.vm.services[0].stats.refresh_ok, 3);
+        assert_eq!(w.vm.services[0].stats.refresh_failed, 1);
+    }
+
+    #[test]
+    fn client_routing_headers_are_stripped() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        let h =
+            host(&w.shared, NOW, &[(":path", "/x"), ("x-lossless-upstream", "169.254.169.254:80")], Some("elsewhere"));
+        assert_eq!(w.vm.on_request(&h, &mut Exchange::default()), Flow::Continue);
+        assert!(
+            h.req.borrow().iter().all(|(k, _)| k != "x-lossless-upstream"),
+            "stripped even for a cluster that is not ours"
+        );
+        assert_eq!(w.vm.stats.client_header_stripped, 1);
+        let h = host(&w.shared, NOW, &[(":path", "/x"), ("x-lossless-upstream", "169.254.169.254:80")], Some("demo"));
+        w.vm.on_request(&h, &mut Exchange::default());
+        let v = h.req.borrow().iter().find(|(k, _)| k == "x-lossless-upstream").map(|(_, v)| v.clone()).unwrap();
+        assert!(!v.contains("169.254"), "{v}");
+    }
+
+    #[test]
+    fn draining_excluded_and_pins() {
+        let mut w = World::new(CFG);
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80","state":"draining"},{"address":"10.0.0.3:80","state":"down"}]}"#, NOW);
+        for _ in 0..200 {
+            assert_eq!(
+                w.route("demo", None, NOW).unwrap(),
+                "10.0.0.1:80",
+                "only the serving instance, no draining fallbacks"
+            );
+        }
+        assert_eq!(reason(&w.route("demo", Some("10.0.0.2:80"), NOW).unwrap_err()), "pinned_draining");
+        assert_eq!(
+            w.route("demo", Some("169.254.169.254:80"), NOW).unwrap(),
+            "10.0.0.1:80",
+            "a pin outside the membership is ignored"
+        );
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","state":"draining"},{"address":"10.0.0.2:80","state":"draining"}]}"#, NOW + 2000);
+        let r = w.route("demo", None, NOW + 2000).unwrap_err();
+        assert_eq!((r.status, reason(&r)), (503, "none_serving"));
+        assert_eq!(w.vm.services[0].stats.local_503, [0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn pinned_serving_goes_first() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        for _ in 0..50 {
+            let value = w.route("demo", Some("10.0.0.3:80"), NOW).unwrap();
+            let v: Vec<&str> = value.split(',').collect();
+            assert_eq!(v[0], "10.0.0.3:80");
+            assert_eq!(v.len(), 3);
+            assert_eq!(v.iter().filter(|a| **a == "10.0.0.3:80").count(), 1);
+        }
+    }
+
+    /// Routes one request and answers it with `resp` headers from `upstream`.
+    fn exchange(w: &mut World, now: i64, upstream: &str, resp: &[(&str, &str)]) -> String {
+        let h = host(&w.shared, now, &[(":path", "/x")], Some("demo"));
+        let mut ex = Exchange::default();
+        w.vm.on_request(&h, &mut ex);
+        let mut h = host(&w.shared, now, &[], Some("demo"));
+        h.props.push(("upstream.address", upstream.to_string()));
+        *h.resp.borrow_mut() = resp.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        w.vm.on_response(&h, &ex);
+        ex.written
+    }
+
+    #[test]
+    fn notify_marks_until_restart_or_gone() {
+        let mut w = World::new(CFG);
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":100},{"address":"10.0.0.2:80"}]}"#, NOW);
+        exchange(&mut w, NOW, "1.2.3.4:80", &[("x-lossless-drain", "draining")]);
+        assert_eq!(w.vm.stats.notify_marks, 0, "strangers cannot be marked");
+        exchange(&mut w, NOW, "10.0.0.1:80", &[("x-lossless-drain", "draining")]);
+        assert_eq!(w.vm.stats.notify_marks, 1);
+        // another VM sees it at once through the generation
+        let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 2, Rng::new(2));
+        other.sync(&w.shared, NOW);
+        assert_eq!(other.services[0].view.members[0].state, State::Draining);
+        for _ in 0..100 {
+            assert_eq!(w.route("demo", None, NOW).unwrap(), "10.0.0.2:80");
+        }
+        // registry still lists it with the same start: the mark holds
+        w.refresh(
+            r#"{"instances":[{"address":"10.0.0.1:80","start_ms":100},{"address":"10.0.0.2:80","weight":5}]}"#,
+            NOW + 2000,
+        );
+        assert_eq!(w.members()[0].state, State::Draining);
+        // restarted (newer start): the mark goes
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":200},{"address":"10.0.0.2:80"}]}"#, NOW + 4000);
+        assert_eq!(w.members()[0].state, State::Serving);
+        assert!(w.vm.view.marks.m.is_empty());
+    }
+
+    #[test]
+    fn failed_hosts_are_skipped_until_the_mark_expires() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        // two attempts: the first address written failed, the second served
+        let h = host(&w.shared, NOW, &[(":path", "/x")], Some("demo"));
+        let mut ex = Exchange::default();
+        w.vm.on_request(&h, &mut ex);
+        let written: Vec<String> = ex.written.split(',').map(String::from).collect();
+        let mut h = host(&w.shared, NOW, &[], Some("demo"));
+        h.props.push(("upstream.address", written[1].clone()));
+        *h.resp.borrow_mut() = vec![("x-envoy-attempt-count".into(), "2".into())];
+        w.vm.on_response(&h, &ex);
+        assert_eq!(w.vm.stats.failed_host_marks, 1);
+        for _ in 0..100 {
+            let value = w.route("demo", None, NOW + 1).unwrap();
+            assert!(!value.contains(&written[0]), "{value}");
+        }
+        // expiry needs no publish: the view rebuilds by itself
+        assert_eq!(w.route("demo", None, NOW + 10_001).unwrap().split(',').count(), 3);
+        // the poller drops expired marks with its next publish
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}]}"#, NOW + 12_000);
+        assert!(w.vm.view.marks.down.is_empty());
+    }
+
+    #[test]
+    fn flapping_registry_keeps_the_set() {
+        let mut w = World::new(CFG);
+        let ten: Vec<String> = (1..=10).map(|k| format!(r#"{{"address":"10.0.0.{k}:80"}}"#)).collect();
+        let full = format!(r#"{{"instances":[{}]}}"#, ten.join(","));
+        let partial = format!(r#"{{"instances":[{}]}}"#, ten[0]);
+        w.refresh(&full, NOW);
+        let mut t = NOW;
+        for body in [
+            r#"{"instances":[]}"#,
+            partial.as_str(),
+            "oops",
+            full.as_str(),
+            partial.as_str(),
+            r#"{"instances":[]}"#,
+            full.as_str(),
+        ] {
+            t += 2000;
+            w.refresh(body, t);
+            assert_eq!(w.vm.services[0].view.balancer.serving(), 10, "after {body}");
+        }
+    }
+
+    #[test]
+    fn inbound_self_drain() {
+        let json = br#"{"mode":"inbound","inbound":{"service":"me","self_address":"10.0.0.1:80"},"drain":{"notify_grace_ms":1000},
+            "registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/demo"}},"services":[{"name":"me","registry":"s"}]}"#;
+        let mut w = World::new(json);
+        let keys = w.vm.keys.clone();
+        let publish = |shared: &FakeShared, members: &str, v: u64| {
+            let p = crate::registry::static_json::parse(members.as_bytes(), &Default::default()).unwrap();
+            shared.set(
+                &keys.service("me"),
+                &Snapshot { version: v, updated_ms: 0, members: p.instances }.encode(),
+                None,
+            );
+            bump_gen(shared, &keys);
+        };
+        let req = |w: &mut World, now: i64| {
+            let h = host(&w.shared, now, &[(":path", "/x")], None);
+            let mut ex = Exchange::default();
+            let flow = w.vm.on_request(&h, &mut ex);
+            let h = host(&w.shared, now, &[], None);
+            w.vm.on_response(&h, &ex);
+            let tagged = h.resp.borrow().iter().any(|(k, v)| k == "x-lossless-drain" && v == "draining");
+            (flow, tagged)
+        };
+        assert_eq!(req(&mut w, NOW), (Flow::Continue, false), "not registered yet");
+        publish(&w.shared, r#"{"instances":[{"address":"10.0.0.1:80"}]}"#, 1);
+        assert_eq!(req(&mut w, NOW), (Flow::Continue, false));
+        publish(&w.shared, r#"{"instances":[{"address":"10.0.0.2:80"}]}"#, 2);
+        assert_eq!(req(&mut w, NOW), (Flow::Continue, true), "notify grace: still served, with the drain header");
+        assert!(w.vm.view.self_drain.draining());
+        let (flow, _) = req(&mut w, NOW + 1000);
+        assert!(matches!(flow, Flow::Reply(ref r) if reason(r) == "self_draining"));
+        publish(&w.shared, r#"{"instances":[{"address":"10.0.0.1:80"}]}"#, 3);
+        assert_eq!(req(&mut w, NOW + 1000), (Flow::Continue, false));
+        // the local drain endpoint sets the shared flag
+        let h = host(&w.shared, NOW + 1000, &[(":path", "/lossless/drain"), (":method", "POST")], None);
+        assert!(matches!(w.vm.on_request(&h, &mut Exchange::default()), Flow::Reply(ref r) if r.status == 200));
+        assert_eq!(req(&mut w, NOW + 1000), (Flow::Continue, true), "the grace starts when the drain is seen");
+        let (flow, _) = req(&mut w, NOW + 2000);
+        assert!(matches!(flow, Flow::Reply(ref r) if reason(r) == "self_draining"));
+        let h = host(&w.shared, NOW + 2000, &[(":path", "/lossless/membership"), (":method", "GET")], None);
+        let Flow::Reply(r) = w.vm.on_request(&h, &mut Exchange::default()) else { panic!() };
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(j["self"]["manual"], true);
+    }
+
+    #[test]
+    fn admin_refuses_remote_and_forwarded_callers() {
+        let mut w = World::new(CFG);
+        let mut h = host(&w.shared, NOW, &[(":path", "/lossless/membership"), (":method", "GET")], None);
+        h.props = vec![("source.address", "10.1.1.1:5555".into())];
+        assert!(matches!(w.vm.on_request(&h, &mut Exchange::default()), Flow::Reply(ref r) if r.status == 403));
+        let h = host(
+            &w.shared,
+            NOW,
+            &[(":path", "/lossless/membership"), (":method", "GET"), ("x-forwarded-for", "10.1.1.1")],
+            None,
+        );
+        assert!(matches!(w.vm.on_request(&h, &mut Exchange::default()), Flow::Reply(ref r) if r.status == 403));
+        assert_eq!(w.vm.stats.admin_denied, 2);
+        let h = host(&w.shared, NOW, &[(":path", "/lossless/nope"), (":method", "GET")], None);
+        assert!(matches!(w.vm.on_request(&h, &mut Exchange::default()), Flow::Reply(ref r) if r.status == 404));
+    }
+
+    #[test]
+    fn membership_json_has_live_weights() {
+        let mut w = World::new(CFG);
+        w.refresh(&format!(r#"{{"instances":[{{"address":"10.0.0.1:80","start_ms":{},"warmup_ms":100000}},{{"address":"10.0.0.2:80"}}]}}"#, NOW - 50_000), NOW);
+        let h = host(&w.shared, NOW, &[(":path", "/lossless/membership"), (":method", "GET")], None);
+        let Flow::Reply(r) = w.vm.on_request(&h, &mut Exchange::default()) else { panic!() };
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let inst = &j["services"][0]["instances"];
+        assert_eq!(inst[0]["live_weight"], 50);
+        assert_eq!(inst[0]["warming"], true);
+        assert_eq!(inst[1]["live_weight"], 100);
+        assert_eq!(j["services"][0]["hosts"]["warming"], 1);
+    }
+
+    /// Host calls per path, printed for BENCHMARKS.md; the assertions keep them from growing.
+    #[test]
+    fn host_calls_per_path() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        w.route("demo", None, NOW).unwrap();
+        let count = |w: &mut World, req: &[(&str, &str)], cluster: Option<&str>, resp: Option<&[(&str, &str)]>| {
+            let shared_before = w.shared.calls.get();
+            let h = host(&w.shared, NOW, req, cluster);
+            let mut ex = Exchange::default();
+            w.vm.on_request(&h, &mut ex);
+            let on_req = h.total() - shared_before;
+            let mut h = host(&w.shared, NOW, &[], cluster);
+            h.props.push(("upstream.address", "10.0.0.1:80".into()));
+            *h.resp.borrow_mut() =
+                resp.unwrap_or_default().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let before = h.total();
+            w.vm.on_response(&h, &ex);
+            (on_req, h.total() - before)
+        };
+        let routed = count(&mut w, &[(":path", "/x")], Some("demo"), None);
+        let other = count(&mut w, &[(":path", "/x")], Some("other"), None);
+        println!("host calls, routed request: {} on the request, {} on the response", routed.0, routed.1);
+        println!("host calls, request to another cluster: {} on the request, {} on the response", other.0, other.1);
+        // :path, now, gen, the routing header (read), cluster, pin, set header
+        assert!(routed.0 <= 7, "{routed:?}");
+        // attempt count, drain header
+        assert!(routed.1 <= 2, "{routed:?}");
+        assert!(other.0 <= 5 && other.1 == 0, "{other:?}");
+    }
+}
