@@ -367,7 +367,7 @@ fn bench_route(c: &mut Criterion) {
                 let World { vm, shared } = &mut w;
                 vm.sync(shared, now);
                 let s = &mut vm.services[0];
-                match route(0, &s.cfg, &mut s.view, None, now, &mut vm.rng, &mut scratch) {
+                match route(0, &s.cfg, &mut s.view, None, None, now, &mut vm.rng, &mut scratch) {
                     Route::Forward { value, .. } => value.len(),
                     other => panic!("{other:?}"),
                 }

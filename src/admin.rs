@@ -79,7 +79,7 @@ pub fn membership_json(
                         "address": m.addr,
                         "state": m.state.as_str(),
                         "marked": view.marks.applies(m),
-                        "marked_down_until_ms": view.marks.down.get(&m.addr).filter(|u| **u > now_ms),
+                        "ejected": view.marks.is_ejected(m).then(|| view.marks.ejected.get(&m.addr)).flatten().map(|e| json!({"times": e.times, "until_ms": e.until_ms, "trial_until_ms": e.trial_until_ms})),
                         "weight": m.weight,
                         "live_weight": sv.balancer.weight_of(i),
                         "start_ms": m.start_ms,

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::balancer::Policy;
+use crate::health::OutlierDetection;
 use crate::instance::{canonical_addr, BuildOptions, MetadataKeys};
 use crate::membership::Guard;
 use crate::registry::nacos::{Api, Credentials};
@@ -156,6 +157,8 @@ struct RawService {
     warmup: RawWarmup,
     #[serde(default)]
     guard: Guard,
+    #[serde(default)]
+    outlier_detection: OutlierDetection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +216,6 @@ struct RawDrain {
     pin_header: Option<String>,
     notify: bool,
     notify_grace_ms: u64,
-    failed_host_ttl_ms: u64,
 }
 
 impl Default for RawDrain {
@@ -224,7 +226,6 @@ impl Default for RawDrain {
             pin_header: None,
             notify: true,
             notify_grace_ms: 2000,
-            failed_host_ttl_ms: 10_000,
         }
     }
 }
@@ -302,6 +303,7 @@ pub struct ServiceConfig {
     pub policy: Policy,
     pub curve: Curve,
     pub guard: Guard,
+    pub outlier_detection: OutlierDetection,
 }
 
 #[derive(Debug, Clone)]
@@ -313,8 +315,6 @@ pub struct DrainConfig {
     /// Inbound: how long a draining instance keeps serving, with the drain header on every
     /// response, before it answers 503.
     pub notify_grace_ms: i64,
-    /// Outbound: how long an instance a request failed on (Envoy retried elsewhere) is left out.
-    pub failed_host_ttl_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -593,6 +593,30 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         if !(0.0..=1.0).contains(&s.guard.max_drop) {
             return Err(err(format!("{p}.guard.max_drop"), "must be between 0 and 1"));
         }
+        let od = &s.outlier_detection;
+        if !(1000..=3_600_000).contains(&od.base_ejection_time_ms) {
+            return Err(err(
+                format!("{p}.outlier_detection.base_ejection_time_ms"),
+                "must be between 1000 and 3600000 (ms)",
+            ));
+        }
+        if !(od.base_ejection_time_ms..=3_600_000).contains(&od.max_ejection_time_ms) {
+            return Err(err(
+                format!("{p}.outlier_detection.max_ejection_time_ms"),
+                "must be between base_ejection_time_ms and 3600000 (ms)",
+            ));
+        }
+        if od.max_ejection_percent > 100 {
+            return Err(err(format!("{p}.outlier_detection.max_ejection_percent"), "must be between 0 and 100"));
+        }
+        for (field, n) in [
+            ("consecutive_gateway_failure", od.consecutive_gateway_failure),
+            ("consecutive_local_origin_failure", od.consecutive_local_origin_failure),
+        ] {
+            if !(1..=1000).contains(&n) {
+                return Err(err(format!("{p}.outlier_detection.{field}"), "must be between 1 and 1000"));
+            }
+        }
         let build = BuildOptions {
             keys: s.warmup.metadata_keys.clone(),
             weight_scale: w.weight_scale,
@@ -618,6 +642,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             policy: s.policy,
             curve: s.warmup.curve,
             guard: s.guard,
+            outlier_detection: s.outlier_detection,
         });
     }
 
@@ -629,9 +654,6 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         if !valid_header(h) {
             return Err(err("drain.pin_header", "must be a lowercase header name ([a-z0-9-_]+)"));
         }
-    }
-    if d.failed_host_ttl_ms > 3_600_000 {
-        return Err(err("drain.failed_host_ttl_ms", "must be between 0 and 3600000 (ms)"));
     }
     if d.notify_grace_ms > 600_000 {
         return Err(err("drain.notify_grace_ms", "must be between 0 and 600000 (ms)"));
@@ -688,7 +710,6 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                 pin_header: d.pin_header,
                 notify: d.notify,
                 notify_grace_ms: d.notify_grace_ms as i64,
-                failed_host_ttl_ms: d.failed_host_ttl_ms as i64,
             },
             inbound,
             admin_prefix: prefix,

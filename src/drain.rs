@@ -10,8 +10,11 @@ pub const SERVED_WHILE_DRAINING: &str = "draining";
 /// Why a request is answered locally with 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The service has no instances (or its membership is not known yet).
+    /// The service has no instances.
     NoInstances,
+    /// No membership is known yet (the registry has not answered since Envoy started) and the
+    /// routing mode has no fallback of Envoy's own (`original_dst`).
+    NoMembership,
     /// Every instance is draining or down.
     NoneServing,
     /// The request is pinned to an instance that is draining or down.
@@ -25,14 +28,26 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoInstances => "no_instances",
+            Reason::NoMembership => "no_membership",
             Reason::NoneServing => "none_serving",
             Reason::PinnedDraining => "pinned_draining",
             Reason::SelfDraining => "self_draining",
         }
     }
 
-    pub const ALL: [Reason; 4] =
-        [Reason::NoInstances, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
+    pub const ALL: [Reason; 5] =
+        [Reason::NoInstances, Reason::NoMembership, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
+
+    /// Position in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Reason::NoInstances => 0,
+            Reason::NoMembership => 1,
+            Reason::NoneServing => 2,
+            Reason::PinnedDraining => 3,
+            Reason::SelfDraining => 4,
+        }
+    }
 }
 
 /// A local reply to send instead of forwarding.
@@ -53,6 +68,9 @@ pub fn local_reply(reason: Reason, d: &DrainConfig) -> LocalReply {
     ];
     let body = match reason {
         Reason::NoInstances => "lossless: the service has no instances\n",
+        Reason::NoMembership => {
+            "lossless: no membership yet (the registry has not answered since this proxy started)\n"
+        }
         Reason::NoneServing => "lossless: every instance of the service is draining or down\n",
         Reason::PinnedDraining => "lossless: the pinned instance is draining; retry without the pin\n",
         Reason::SelfDraining => "lossless: this instance is draining; retry elsewhere\n",
@@ -145,12 +163,18 @@ mod tests {
             pin_header: Some("x-pin".into()),
             notify: true,
             notify_grace_ms: 0,
-            failed_host_ttl_ms: 0,
         }
     }
 
     fn i(addr: &str, state: State) -> Instance {
         Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state, metadata: BTreeMap::new() }
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     #[test]

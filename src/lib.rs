@@ -40,6 +40,7 @@ pub mod balancer;
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod health;
 pub mod instance;
 pub mod marks;
 pub mod membership;

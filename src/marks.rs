@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::{Ejection, OutlierDetection, TRIAL_TIMEOUT_MS};
 use crate::instance::{Instance, State};
 use crate::store::{bump_gen, update_cas, Keys, Shared};
 
@@ -13,16 +14,18 @@ use crate::store::{bump_gen, update_cas, Keys, Shared};
 /// - drain marks: instances that said themselves they are draining (the drain header), with the
 ///   start time they had when marked. Such a mark holds until the registry shows the instance with
 ///   a newer start time (it restarted) or no longer lists it;
-/// - down marks: instances a request just failed on (connection failure, reset, refusal: Envoy
-///   retried elsewhere), until an expiry; after it the instance gets traffic again, and is marked
-///   again if it still fails (passive health checking, ahead of the registry).
+/// - ejections ([`crate::health`]): instances that failed (connection failures, gateway failures,
+///   timeouts). Out until a trial request after the ejection time succeeds, the registry shows a
+///   restart, or the instance leaves the registry.
+///
+/// A drain wins over an ejection; the registry's own draining or down wins over both.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marks {
     /// addr -> start_ms at the time of the drain mark (0 when unknown).
     pub m: HashMap<String, i64>,
-    /// addr -> until when (ms since epoch) the instance counts as down.
+    /// addr -> its ejection.
     #[serde(default)]
-    pub down: HashMap<String, i64>,
+    pub ejected: HashMap<String, Ejection>,
 }
 
 /// At most this many marks are kept (shared data is never freed: keep it bounded).
@@ -39,25 +42,51 @@ impl Marks {
         serde_json::from_slice(b).unwrap_or_default()
     }
 
+    fn full(&self) -> bool {
+        self.m.len() + self.ejected.len() >= MAX_MARKS
+    }
+
     /// Marks `addr` draining; false when it was marked already or the table is full.
     pub fn mark(&mut self, addr: &str, start_ms: Option<i64>) -> bool {
-        if self.m.contains_key(addr) || self.m.len() + self.down.len() >= MAX_MARKS {
+        if self.m.contains_key(addr) || self.full() {
             return false;
         }
         self.m.insert(addr.to_string(), start_ms.unwrap_or(0));
         true
     }
 
-    /// Marks `addr` down until `until_ms`; false when an unexpired mark exists or the table is full.
-    pub fn mark_down(&mut self, addr: &str, now_ms: i64, until_ms: i64) -> bool {
-        if self.down.get(addr).is_some_and(|u| *u > now_ms) {
-            return false;
-        }
-        if !self.down.contains_key(addr) && self.m.len() + self.down.len() >= MAX_MARKS {
-            return false;
-        }
-        self.down.insert(addr.to_string(), until_ms);
+    /// Ejects `addr` (start time `start_ms`) at `now_ms`, or extends the ejection of an instance
+    /// whose trial failed (`trial`): the ejection time grows with each one in a row. False when it
+    /// is ejected already (and this is no trial), or the table is full.
+    pub fn eject(
+        &mut self,
+        addr: &str,
+        start_ms: Option<i64>,
+        now_ms: i64,
+        od: &OutlierDetection,
+        trial: bool,
+    ) -> bool {
+        let times = match self.ejected.get(addr) {
+            Some(e) if trial => e.times.saturating_add(1),
+            Some(_) => return false,
+            None if self.full() => return false,
+            None => 1,
+        };
+        let until_ms = now_ms.saturating_add(od.ejection_ms(times));
+        self.ejected
+            .insert(addr.to_string(), Ejection { times, until_ms, start_ms: start_ms.unwrap_or(0), trial_until_ms: 0 });
         true
+    }
+
+    /// Takes the trial of `addr` at `now_ms` if it is due; false when not (another VM has it).
+    pub fn claim_trial(&mut self, addr: &str, now_ms: i64) -> bool {
+        match self.ejected.get_mut(addr) {
+            Some(e) if e.trial_due(now_ms) => {
+                e.trial_until_ms = now_ms.saturating_add(TRIAL_TIMEOUT_MS);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Does a drain mark apply to this member?
@@ -68,39 +97,37 @@ impl Marks {
         }
     }
 
-    /// Is this address marked down at `now_ms`?
-    pub fn is_down(&self, addr: &str, now_ms: i64) -> bool {
-        self.down.get(addr).is_some_and(|u| *u > now_ms)
+    /// Is this member ejected (also while its trial is due or out)? A newer start time than the
+    /// one it was ejected with means it restarted: not ejected.
+    pub fn is_ejected(&self, m: &Instance) -> bool {
+        self.ejected.get(&m.addr).is_some_and(|e| m.start_ms.unwrap_or(0) <= e.start_ms)
     }
 
-    /// The earliest expiry of a down mark still in force (`i64::MAX` if none).
+    /// When some ejection next changes meaning (a trial falls due or times out; `i64::MAX` if none).
     pub fn next_expiry(&self, now_ms: i64) -> i64 {
-        self.down.values().copied().filter(|u| *u > now_ms).min().unwrap_or(i64::MAX)
+        self.ejected.values().map(|e| e.next_change(now_ms)).min().unwrap_or(i64::MAX)
     }
 
-    /// Drops marks whose instance restarted (newer start time) or is listed by no service.
-    /// `lookup` gives the member for an address across all services, if any. True if changed.
-    /// Expired down marks go too.
-    pub fn prune<'a>(&mut self, now_ms: i64, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
-        let before = self.m.len() + self.down.len();
-        self.m.retain(|addr, marked| match lookup(addr) {
-            Some(inst) => inst.start_ms.unwrap_or(0) <= *marked,
-            None => false,
-        });
-        self.down.retain(|_, until| *until > now_ms);
-        self.m.len() + self.down.len() != before
+    /// Drops marks and ejections whose instance restarted (newer start time) or is listed by no
+    /// service. `lookup` gives the member for an address across all services. True if changed.
+    pub fn prune<'a>(&mut self, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
+        let before = self.m.len() + self.ejected.len();
+        self.m.retain(|addr, marked| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= *marked));
+        self.ejected.retain(|addr, e| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= e.start_ms));
+        self.m.len() + self.ejected.len() != before
     }
 }
 
-/// The membership a VM routes by: the snapshot with drain and down marks applied.
-pub fn apply_marks(members: &mut [Instance], marks: &Marks, now_ms: i64) {
-    if marks.m.is_empty() && marks.down.is_empty() {
+/// The membership a VM routes by: the snapshot with drain marks and ejections applied to the
+/// members the registry lists as serving.
+pub fn apply_marks(members: &mut [Instance], marks: &Marks) {
+    if marks.m.is_empty() && marks.ejected.is_empty() {
         return;
     }
     for m in members.iter_mut().filter(|m| m.state.is_serving()) {
         if marks.applies(m) {
             m.state = State::Draining;
-        } else if marks.is_down(&m.addr, now_ms) {
+        } else if marks.is_ejected(m) {
             m.state = State::Down;
         }
     }
@@ -121,24 +148,36 @@ pub fn mark_draining(shared: &dyn Shared, keys: &Keys, addr: &str, start_ms: Opt
     edit_marks(shared, keys, |marks| marks.mark(addr, start_ms))
 }
 
-/// Marks members a request failed on down for every VM until `now_ms + ttl_ms`. Returns how many
-/// new marks were written.
-pub fn mark_failed(shared: &dyn Shared, keys: &Keys, addrs: &[&str], now_ms: i64, ttl_ms: i64) -> usize {
-    if addrs.is_empty() || ttl_ms <= 0 {
-        return 0;
-    }
-    let mut n = 0;
+/// Ejects `member` for every VM (see [`Marks::eject`]), unless `may_eject` says its service has
+/// as many ejected as it may. `may_eject` gets the marks as they are now.
+pub fn eject(
+    shared: &dyn Shared,
+    keys: &Keys,
+    member: &Instance,
+    now_ms: i64,
+    od: &OutlierDetection,
+    trial: bool,
+    may_eject: impl Fn(&Marks) -> bool,
+) -> bool {
     edit_marks(shared, keys, |marks| {
-        n = addrs.iter().filter(|a| marks.mark_down(a, now_ms, now_ms.saturating_add(ttl_ms))).count();
-        n > 0
-    });
-    n
+        (trial || may_eject(marks)) && marks.eject(&member.addr, member.start_ms, now_ms, od, trial)
+    })
 }
 
-/// Drops marks the registry has overtaken (the instance restarted or is listed by no service) and
-/// expired down marks. `lookup` finds a member by address across every service.
-pub fn prune<'a>(shared: &dyn Shared, keys: &Keys, now_ms: i64, lookup: impl Fn(&str) -> Option<&'a Instance>) {
-    edit_marks(shared, keys, |marks| !(marks.m.is_empty() && marks.down.is_empty()) && marks.prune(now_ms, &lookup));
+/// Takes the trial of `addr` for this VM (see [`Marks::claim_trial`]).
+pub fn claim_trial(shared: &dyn Shared, keys: &Keys, addr: &str, now_ms: i64) -> bool {
+    edit_marks(shared, keys, |marks| marks.claim_trial(addr, now_ms))
+}
+
+/// The trial of `addr` succeeded: it gets traffic again, for every VM.
+pub fn readmit(shared: &dyn Shared, keys: &Keys, addr: &str) -> bool {
+    edit_marks(shared, keys, |marks| marks.ejected.remove(addr).is_some())
+}
+
+/// Drops marks and ejections the registry has overtaken (see [`Marks::prune`]). `lookup` finds a
+/// member by address across every service.
+pub fn prune<'a>(shared: &dyn Shared, keys: &Keys, lookup: impl Fn(&str) -> Option<&'a Instance>) {
+    edit_marks(shared, keys, |marks| !(marks.m.is_empty() && marks.ejected.is_empty()) && marks.prune(&lookup));
 }
 
 /// Which of the addresses written for a request failed, given how many attempts Envoy made and
@@ -167,44 +206,87 @@ mod tests {
         assert!(marks.mark("10.0.0.1:80", Some(100)));
         assert!(!marks.mark("10.0.0.1:80", Some(100)));
         let mut ms = vec![i("10.0.0.1:80", State::Serving, Some(100)), i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms, &marks, 0);
+        apply_marks(&mut ms, &marks);
         assert_eq!((ms[0].state, ms[1].state), (State::Draining, State::Serving));
         let back = Marks::decode(&marks.encode());
         assert_eq!(back, marks);
         assert_eq!(Marks::decode(b"garbage"), Marks::default());
         // restarted with a newer start time: the mark goes
         let restarted = i("10.0.0.1:80", State::Serving, Some(200));
-        assert!(marks.prune(0, |_| Some(&restarted)));
+        assert!(marks.prune(|_| Some(&restarted)));
         assert!(marks.m.is_empty());
         // gone from the registry: the mark goes
         marks.mark("10.0.0.9:80", None);
-        assert!(marks.prune(0, |_| None));
+        assert!(marks.prune(|_| None));
         // bounded
         for k in 0..MAX_MARKS + 10 {
             marks.mark(&format!("10.1.{}.{}:80", k / 256, k % 256), None);
         }
         assert_eq!(marks.m.len(), MAX_MARKS);
-        assert!(!marks.mark_down("10.9.9.9:80", 0, 10), "bounded, down marks included");
+        assert!(
+            !marks.eject("10.9.9.9:80", None, 0, &OutlierDetection::default(), false),
+            "bounded, ejections included"
+        );
+    }
+
+    /// The ejection state machine, one step per row: what happens, and the state after it.
+    #[test]
+    fn ejection_state_machine() {
+        let od = OutlierDetection::default();
+        let a = "10.0.0.2:80";
+        let member = i(a, State::Serving, Some(100));
+        let mut marks = Marks::default();
+        // ejected: out, not due for a trial before the base time
+        assert!(marks.eject(a, Some(100), 1000, &od, false));
+        assert!(marks.is_ejected(&member));
+        assert!(!marks.eject(a, Some(100), 1500, &od, false), "ejected once, not again");
+        assert!(!marks.claim_trial(a, 30_999));
+        assert_eq!(marks.next_expiry(1000), 31_000);
+        // the time is over: still out (no blind re-admission), one trial at a time
+        assert!(marks.is_ejected(&member));
+        assert!(marks.claim_trial(a, 31_000));
+        assert!(!marks.claim_trial(a, 31_001), "another VM does not get a second trial");
+        // the trial failed: out again for twice as long
+        assert!(marks.eject(a, Some(100), 32_000, &od, true));
+        let e = marks.ejected[a];
+        assert_eq!((e.times, e.until_ms, e.trial_until_ms), (2, 92_000, 0));
+        // a trial that never comes back frees the next one after its timeout
+        assert!(marks.claim_trial(a, 92_000));
+        assert!(!marks.claim_trial(a, 92_000 + TRIAL_TIMEOUT_MS - 1));
+        assert!(marks.claim_trial(a, 92_000 + TRIAL_TIMEOUT_MS));
+        // repeated failures are capped
+        for k in 0..20 {
+            marks.eject(a, Some(100), 200_000 + k, &od, true);
+        }
+        assert_eq!(marks.ejected[a].until_ms - 200_019, od.max_ejection_time_ms);
+        // a trial succeeded: readmitted
+        assert!(marks.ejected.remove(a).is_some());
+        assert!(!marks.is_ejected(&member));
     }
 
     #[test]
-    fn down_marks_expire() {
+    fn registry_and_drain_win_over_an_ejection() {
+        let od = OutlierDetection::default();
         let mut marks = Marks::default();
-        assert!(marks.mark_down("10.0.0.2:80", 1000, 5000));
-        assert!(!marks.mark_down("10.0.0.2:80", 2000, 9000), "still in force");
-        let mut ms = vec![i("10.0.0.1:80", State::Serving, None), i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms, &marks, 4999);
-        assert_eq!((ms[0].state, ms[1].state), (State::Serving, State::Down));
-        assert_eq!(marks.next_expiry(4999), 5000);
-        let mut ms2 = vec![i("10.0.0.2:80", State::Serving, None)];
-        apply_marks(&mut ms2, &marks, 5000);
-        assert_eq!(ms2[0].state, State::Serving, "expired: traffic again");
-        assert_eq!(marks.next_expiry(5000), i64::MAX);
-        assert!(marks.mark_down("10.0.0.2:80", 5000, 9000), "fails again: marked again");
-        assert!(marks.prune(9000, |_| None));
-        assert!(marks.down.is_empty());
-        // a mark from an older encoding without `down` still decodes
-        assert_eq!(Marks::decode(br#"{"m":{"a":1}}"#).m.len(), 1);
+        marks.eject("10.0.0.1:80", Some(100), 0, &od, false);
+        marks.eject("10.0.0.2:80", Some(100), 0, &od, false);
+        marks.mark("10.0.0.2:80", Some(100));
+        let mut ms = vec![
+            i("10.0.0.1:80", State::Serving, Some(100)),
+            i("10.0.0.2:80", State::Serving, Some(100)),
+            i("10.0.0.3:80", State::Draining, None),
+        ];
+        marks.eject("10.0.0.3:80", None, 0, &od, false);
+        apply_marks(&mut ms, &marks);
+        assert_eq!(ms[0].state, State::Down, "ejected");
+        assert_eq!(ms[1].state, State::Draining, "a drain wins over an ejection");
+        assert_eq!(ms[2].state, State::Draining, "the registry's word wins");
+        // restarted (newer start time): the ejection no longer applies, and prune drops it
+        let restarted = i("10.0.0.1:80", State::Serving, Some(200));
+        assert!(!marks.is_ejected(&restarted));
+        let lookup = |a: &str| if a == "10.0.0.1:80" { Some(&restarted) } else { None };
+        assert!(marks.prune(lookup));
+        assert!(marks.ejected.is_empty(), "restarted or gone: every ejection dropped");
     }
 
     #[test]

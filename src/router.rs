@@ -20,26 +20,40 @@ pub enum Route {
 }
 
 /// Routes a request to service `svc` (`sc`, `sv`). `pin` is the operator's pin header, if
-/// configured and sent; `scratch` is reused across calls.
+/// configured and sent; `trial` an ejected member this request is the trial of (it goes first
+/// unless a pin does); `scratch` is reused across calls.
+#[allow(clippy::too_many_arguments)]
 pub fn route(
     svc: usize,
     sc: &ServiceConfig,
     sv: &mut ServiceView,
     pin: Option<&str>,
+    trial: Option<usize>,
     now_ms: i64,
     rng: &mut Rng,
     scratch: &mut Vec<usize>,
 ) -> Route {
+    if sv.snap.version == 0 {
+        // no membership yet: override_host falls back to the cluster's own policy (fail open);
+        // original_dst has nowhere to go
+        return match sc.routing {
+            RoutingMode::OverrideHost => Route::PassThrough,
+            RoutingMode::OriginalDst => Route::Reject { service: Some(svc), reason: Reason::NoMembership },
+        };
+    }
     sv.balancer.refresh_if_due(&sv.members, now_ms, rng);
     let pinned = match drain::pin(&sv.members, pin) {
         Pin::Draining => return Route::Reject { service: Some(svc), reason: Reason::PinnedDraining },
         Pin::Serving(i) => Some(i),
-        Pin::Ignore => None,
+        Pin::Ignore => trial,
     };
     let fallbacks = if sc.routing == RoutingMode::OriginalDst { 0 } else { sc.fallbacks };
     match sv.balancer.pick(rng, fallbacks, scratch) {
         Err(NoPick::Empty) => return Route::Reject { service: Some(svc), reason: Reason::NoInstances },
-        Err(NoPick::NoneServing) => return Route::Reject { service: Some(svc), reason: Reason::NoneServing },
+        Err(NoPick::NoneServing) if pinned.is_none() => {
+            return Route::Reject { service: Some(svc), reason: Reason::NoneServing }
+        }
+        Err(NoPick::NoneServing) => scratch.clear(),
         Ok(()) => {}
     }
     if let Some(p) = pinned {

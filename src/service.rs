@@ -35,13 +35,21 @@ pub struct ServiceStats {
     pub instances_skipped: u64,
     pub protect_threshold_hit: u64,
     pub picks: u64,
+    /// Instances ejected by outlier detection (Envoy: `ejections_enforced_total`).
+    pub ejections_enforced: u64,
+    /// Ejections not made because `max_ejection_percent` was reached (Envoy: `ejections_overflow`).
+    pub ejections_overflow: u64,
+    /// Trial requests sent to ejected instances whose ejection time was over.
+    pub ejection_trials: u64,
+    /// Ejected instances readmitted after a successful trial.
+    pub readmitted: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
-    pub local_503: [u64; 4],
+    pub local_503: [u64; 5],
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 16] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -49,7 +57,12 @@ impl ServiceStats {
         "instances_skipped",
         "protect_threshold_hit",
         "picks",
+        "outlier_detection.ejections_enforced",
+        "outlier_detection.ejections_overflow",
+        "outlier_detection.trials",
+        "outlier_detection.readmitted",
         "local_503.no_instances",
+        "local_503.no_membership",
         "local_503.none_serving",
         "local_503.pinned_draining",
         "local_503.self_draining",
@@ -57,16 +70,15 @@ impl ServiceStats {
 
     /// Counts a local 503.
     pub fn local_503(&mut self, r: Reason) {
-        let i = Reason::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        if let Some(n) = self.local_503.get_mut(i) {
+        if let Some(n) = self.local_503.get_mut(r.index()) {
             *n += 1;
         }
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 11] {
+    pub fn take(&mut self) -> [u64; 16] {
         let s = std::mem::take(self);
-        let [a, b, c, d] = s.local_503;
+        let [a, b, c, d, e] = s.local_503;
         [
             s.refresh_ok,
             s.refresh_failed,
@@ -75,10 +87,15 @@ impl ServiceStats {
             s.instances_skipped,
             s.protect_threshold_hit,
             s.picks,
+            s.ejections_enforced,
+            s.ejections_overflow,
+            s.ejection_trials,
+            s.readmitted,
             a,
             b,
             c,
             d,
+            e,
         ]
     }
 }
@@ -88,7 +105,6 @@ impl ServiceStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub notify_marks: u64,
-    pub failed_host_marks: u64,
     pub admin_denied: u64,
     pub client_header_stripped: u64,
     pub dispatch_failed: u64,
@@ -100,9 +116,9 @@ impl Stats {
         ["notify_marks", "failed_host_marks", "admin_denied", "client_header_stripped", "dispatch_failed"];
 
     /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 5] {
+    pub fn take(&mut self) -> [u64; 4] {
         let s = std::mem::take(self);
-        [s.notify_marks, s.failed_host_marks, s.admin_denied, s.client_header_stripped, s.dispatch_failed]
+        [s.notify_marks, s.admin_denied, s.client_header_stripped, s.dispatch_failed]
     }
 }
 

@@ -21,6 +21,9 @@ pub struct ServiceView {
     /// The snapshot with the marks applied: what is routed by. Sorted by address.
     pub members: Vec<Instance>,
     pub balancer: Balancer,
+    /// Members the registry lists as serving whose ejection is over and whose trial nobody has
+    /// taken: the next request of this VM tries to take one.
+    pub trial_due: Vec<usize>,
 }
 
 impl ServiceView {
@@ -30,6 +33,7 @@ impl ServiceView {
             snap_cas: None,
             members: Vec::new(),
             balancer: Balancer::new(sc.policy, sc.curve, weight_refresh_ms as i64),
+            trial_due: Vec::new(),
         }
     }
 
@@ -52,8 +56,17 @@ impl ServiceView {
     /// Applies `marks` to the snapshot and rebuilds the balancer.
     pub fn rebuild(&mut self, marks: &Marks, now_ms: i64, rng: &mut Rng) {
         self.members.clone_from(&self.snap.members);
-        apply_marks(&mut self.members, marks, now_ms);
+        apply_marks(&mut self.members, marks);
         self.balancer.rebuild(&self.members, now_ms, rng);
+        self.trial_due.clear();
+        if !marks.ejected.is_empty() {
+            for (i, m) in self.snap.members.iter().enumerate() {
+                let due = marks.ejected.get(&m.addr).is_some_and(|e| e.trial_due(now_ms));
+                if due && m.state.is_serving() && self.members.get(i).is_some_and(|v| v.state == State::Down) {
+                    self.trial_due.push(i);
+                }
+            }
+        }
     }
 }
 
@@ -62,7 +75,8 @@ impl ServiceView {
 pub struct View {
     gen_cas: Option<u32>,
     synced: bool,
-    /// When the next down mark expires: the view is rebuilt then even if nothing was published.
+    /// When the next ejection changes meaning: the view is rebuilt then even if nothing was
+    /// published.
     next_expiry_ms: i64,
     pub marks: Marks,
     pub self_drain: SelfDrain,
@@ -71,8 +85,8 @@ pub struct View {
 }
 
 impl View {
-    /// True when something may have changed since the last call (the generation moved, a down mark
-    /// expired, or this is the first call); then the marks are re-read.
+    /// True when something may have changed since the last call (the generation moved, an
+    /// ejection's time ran out, or this is the first call); then the marks are re-read.
     pub fn stale(&mut self, shared: &dyn Shared, keys: &Keys, now_ms: i64) -> bool {
         let (_, gen) = shared.get(&keys.gen());
         if self.synced && gen == self.gen_cas && now_ms < self.next_expiry_ms {

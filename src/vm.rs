@@ -17,6 +17,7 @@ use crate::admin::{self, AdminCall};
 use crate::clock::Rng;
 use crate::config::{Config, Mode, Settings};
 use crate::drain::{local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
+use crate::health::{classify, Counts, Failure, Outcome};
 use crate::instance::canonical_addr;
 use crate::marks;
 use crate::poller::{interval, RefreshOutcome};
@@ -63,6 +64,8 @@ pub struct Exchange {
     pub written: String,
     /// Answered locally: the response is ours, not an upstream's.
     pub local: bool,
+    /// This request is the trial of the ejected instance it was routed to first.
+    pub trial: bool,
 }
 
 /// A registry request to dispatch on `cluster`; hand the token back with [`Vm::dispatched`].
@@ -94,6 +97,8 @@ pub struct Vm {
     pending: HashMap<u32, (usize, Call)>,
     /// Per (service, kind): when it was last logged and how many were suppressed since.
     last_log: HashMap<(usize, &'static str), (i64, u64)>,
+    /// Consecutive failures this VM saw, per instance address (outlier detection).
+    failures: HashMap<String, Counts>,
     scratch: Vec<usize>,
 }
 
@@ -126,6 +131,7 @@ impl Vm {
             route_headers,
             pending: HashMap::new(),
             last_log: HashMap::new(),
+            failures: HashMap::new(),
             scratch: Vec::with_capacity(17),
             settings,
         }
@@ -238,7 +244,7 @@ impl Vm {
         if let Some(snap) = publish {
             shared.set(&self.keys.service(&s.cfg.name), &snap.encode(), None);
             let services = &self.services;
-            marks::prune(shared, &self.keys, now_ms, |addr| {
+            marks::prune(shared, &self.keys, |addr| {
                 services.iter().enumerate().find_map(|(k, o)| {
                     let members = if k == svc { &snap.members } else { &o.view.snap.members };
                     crate::instance::find(members, addr)
@@ -336,8 +342,9 @@ impl Vm {
             return Flow::Continue;
         };
         let pin = self.settings.drain.pin_header.as_deref().and_then(|p| h.request_header(p));
+        let trial = self.take_trial(h, svc, now);
         let Some(s) = self.services.get_mut(svc) else { return Flow::Continue };
-        match route(svc, &s.cfg, &mut s.view, pin.as_deref(), now, &mut self.rng, &mut self.scratch) {
+        match route(svc, &s.cfg, &mut s.view, pin.as_deref(), trial, now, &mut self.rng, &mut self.scratch) {
             Route::PassThrough => Flow::Continue,
             Route::Forward { service, value } => {
                 if !h.set_request_header(&s.cfg.header, Some(&value)) {
@@ -345,11 +352,27 @@ impl Vm {
                 }
                 s.stats.picks += 1;
                 ex.service = Some(service);
+                ex.trial =
+                    trial.is_some_and(|t| s.view.members.get(t).is_some_and(|m| value.starts_with(m.addr.as_str())));
                 ex.written = value;
                 Flow::Continue
             }
             Route::Reject { service, reason } => self.reject(ex, service, reason),
         }
+    }
+
+    /// An ejected member of `svc` whose ejection time is over, if this VM takes its trial now
+    /// (one request, for every VM; see [`crate::health`]).
+    fn take_trial(&mut self, h: &dyn Host, svc: usize, now: i64) -> Option<usize> {
+        let s = self.services.get_mut(svc)?;
+        let i = s.view.trial_due.pop()?;
+        let addr = s.view.members.get(i)?.addr.clone();
+        if !marks::claim_trial(h, &self.keys, &addr, now) {
+            return None;
+        }
+        s.stats.ejection_trials += 1;
+        info!("service '{}': {addr} was ejected; one trial request goes to it", s.cfg.name);
+        Some(i)
     }
 
     fn service_for_cluster(&self, cluster: &str) -> Option<usize> {
@@ -405,8 +428,8 @@ impl Vm {
 
     // ---- response path ---------------------------------------------------------------------
 
-    /// Learns from a response: inbound, tags responses served while draining; outbound, marks
-    /// the instances Envoy left for another attempt, and an instance that announced its drain.
+    /// Learns from a response: inbound, tags responses served while draining; outbound, judges
+    /// the instance that served it (outlier detection) and marks one that announced its drain.
     pub fn on_response(&mut self, h: &dyn Host, ex: &Exchange) {
         if ex.local {
             return;
@@ -423,11 +446,10 @@ impl Vm {
                 }
             }
             Mode::Outbound => {
-                if ex.service.is_none() {
-                    return;
-                }
-                self.mark_failed_attempts(h, ex);
-                if self.settings.drain.notify && h.response_header(&self.settings.drain.header).is_some() {
+                let Some(svc) = ex.service else { return };
+                let drain = h.response_header(&self.settings.drain.header).is_some();
+                self.judge(h, ex, svc, drain);
+                if drain && self.settings.drain.notify {
                     if let Some(addr) = h.property(&["upstream", "address"]) {
                         self.mark_draining(h, &addr);
                     }
@@ -436,34 +458,72 @@ impl Vm {
         }
     }
 
-    /// Envoy retried this request (`x-envoy-attempt-count` > 1, with
-    /// `include_attempt_count_in_response` on the route): the addresses it left failed. Mark them
-    /// down for every VM for a while, ahead of the registry.
-    fn mark_failed_attempts(&mut self, h: &dyn Host, ex: &Exchange) {
-        let ttl = self.settings.drain.failed_host_ttl_ms;
-        if ex.written.is_empty() || ttl <= 0 {
+    /// Outlier detection for one routed response: the attempts Envoy left for another count as
+    /// connection failures; the last attempt's outcome counts for or against its instance.
+    fn judge(&mut self, h: &dyn Host, ex: &Exchange, svc: usize, drain: bool) {
+        if !self.services.get(svc).is_some_and(|s| s.cfg.outlier_detection.enabled) {
             return;
         }
         let attempts =
             h.response_header("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
-        if attempts < 2 {
-            return;
-        }
-        let Some(last) = h.property(&["upstream", "address"]) else { return };
-        let written: Vec<&str> = ex.written.split(',').collect();
-        let failed: Vec<&str> =
-            marks::failed_attempts(&written, attempts, &last).iter().copied().filter(|a| self.is_member(a)).collect();
+        let status = h.response_header(":status").and_then(|v| v.parse::<u16>().ok());
+        let outcome = classify(status, drain, || h.property(&["response", "code_details"]));
+        // the served instance is needed only when something is to be learnt about it
+        let learn = attempts > 1 || ex.trial || matches!(outcome, Outcome::Failed(_)) || !self.failures.is_empty();
+        let Some(last) = learn.then(|| h.property(&["upstream", "address"])).flatten() else { return };
         let now = h.now_ms();
-        let n = marks::mark_failed(h, &self.keys, &failed, now, ttl);
-        if n > 0 {
-            self.stats.failed_host_marks += n as u64;
-            info!("requests failed on {failed:?} and were retried elsewhere: left out for {ttl} ms");
-            self.sync(h, now);
+        let written: Vec<&str> = ex.written.split(',').collect();
+        for addr in marks::failed_attempts(&written, attempts, &last) {
+            self.failed(h, svc, addr, Failure::LocalOrigin, false, now);
+        }
+        let trial = ex.trial && written.first() == Some(&last.as_str()) && attempts == 1;
+        match outcome {
+            Outcome::Success => {
+                self.failures.remove(&last);
+                if trial && marks::readmit(h, &self.keys, &last) {
+                    if let Some(s) = self.services.get_mut(svc) {
+                        s.stats.readmitted += 1;
+                        info!("service '{}': {last} answered its trial request; readmitted", s.cfg.name);
+                    }
+                    self.sync(h, now);
+                }
+            }
+            Outcome::Failed(kind) => self.failed(h, svc, &last, kind, trial, now),
+            Outcome::Neutral => {}
         }
     }
 
-    fn is_member(&self, addr: &str) -> bool {
-        self.services.iter().any(|s| crate::instance::find(&s.view.snap.members, addr).is_some())
+    /// Counts a failure of `addr`; ejects it for every VM once the consecutive count reaches the
+    /// threshold (at once for a failed trial), unless too many instances of `svc` are out.
+    fn failed(&mut self, h: &dyn Host, svc: usize, addr: &str, kind: Failure, trial: bool, now: i64) {
+        let Some(s) = self.services.get(svc) else { return };
+        let od = s.cfg.outlier_detection;
+        let Some(member) = crate::instance::find(&s.view.snap.members, addr) else { return };
+        let counts = self.failures.entry(addr.to_string()).or_default();
+        if !(counts.fail(kind, &od) || trial) {
+            return;
+        }
+        self.failures.remove(addr);
+        let members = &s.view.snap.members;
+        let may_eject =
+            |m: &marks::Marks| od.may_eject(members.len(), members.iter().filter(|x| m.is_ejected(x)).count());
+        let ejected = marks::eject(h, &self.keys, member, now, &od, trial, may_eject);
+        let Some(s) = self.services.get_mut(svc) else { return };
+        if ejected {
+            s.stats.ejections_enforced += 1;
+            let why = match kind {
+                Failure::LocalOrigin => "connection failure",
+                Failure::Gateway => "gateway failures",
+            };
+            warn!(
+                "service '{}': {addr} ejected ({why}{}); no new requests go to it",
+                s.cfg.name,
+                if trial { ", trial failed" } else { "" }
+            );
+            self.sync(h, now);
+        } else if !self.view.marks.ejected.contains_key(addr) {
+            s.stats.ejections_overflow += 1;
+        }
     }
 
     /// An upstream announced its drain: mark it for every VM (members only: the drain header of
@@ -624,7 +684,7 @@ mod tests {
     #[test]
     fn poll_publish_route() {
         let mut w = World::new(CFG);
-        assert_eq!(reason(&w.route("demo", None, NOW).unwrap_err()), "no_instances");
+        assert_eq!(w.route("demo", None, NOW).unwrap(), "", "no membership yet: override_host fails open (no header)");
         assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
         // not due again before the interval (1 s +- 10 %)
         assert!(w.vm.on_tick(&w.shared, NOW + 500).is_empty());
@@ -682,7 +742,7 @@ mod tests {
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","state":"draining"},{"address":"10.0.0.2:80","state":"draining"}]}"#, NOW + 2000);
         let r = w.route("demo", None, NOW + 2000).unwrap_err();
         assert_eq!((r.status, reason(&r)), (503, "none_serving"));
-        assert_eq!(w.vm.services[0].stats.local_503, [0, 1, 1, 0]);
+        assert_eq!(w.vm.services[0].stats.local_503, [0, 0, 1, 1, 0]);
     }
 
     #[test]
@@ -737,8 +797,31 @@ mod tests {
         assert!(w.vm.view.marks.m.is_empty());
     }
 
+    /// Sends one request to `demo` and answers it: `upstream` served the last of `attempts`, with
+    /// `status` and Envoy's `details`. Returns the exchange.
+    fn answer(w: &mut World, now: i64, upstream: Option<&str>, attempts: u32, status: u16, details: &str) -> Exchange {
+        let h = host(&w.shared, now, &[(":path", "/x")], Some("demo"));
+        let mut ex = Exchange::default();
+        assert_eq!(w.vm.on_request(&h, &mut ex), Flow::Continue);
+        let first = ex.written.split(',').next().unwrap_or_default().to_string();
+        let mut h = host(&w.shared, now, &[], Some("demo"));
+        h.props.push(("upstream.address", upstream.map_or(first, String::from)));
+        h.props.push(("response.code_details", details.to_string()));
+        *h.resp.borrow_mut() =
+            vec![(":status".into(), status.to_string()), ("x-envoy-attempt-count".into(), attempts.to_string())];
+        w.vm.on_response(&h, &ex);
+        ex
+    }
+
+    fn state_of(w: &World, addr: &str) -> State {
+        crate::instance::find(w.members(), addr).unwrap().state
+    }
+
+    const REFUSED: &str =
+        "upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_Connection_refused}";
+
     #[test]
-    fn failed_hosts_are_skipped_until_the_mark_expires() {
+    fn a_failed_attempt_ejects_until_a_trial_succeeds() {
         let mut w = World::new(CFG);
         w.refresh(THREE, NOW);
         // two attempts: the first address written failed, the second served
@@ -748,18 +831,91 @@ mod tests {
         let written: Vec<String> = ex.written.split(',').map(String::from).collect();
         let mut h = host(&w.shared, NOW, &[], Some("demo"));
         h.props.push(("upstream.address", written[1].clone()));
-        *h.resp.borrow_mut() = vec![("x-envoy-attempt-count".into(), "2".into())];
+        *h.resp.borrow_mut() = vec![(":status".into(), "200".into()), ("x-envoy-attempt-count".into(), "2".into())];
         w.vm.on_response(&h, &ex);
-        assert_eq!(w.vm.stats.failed_host_marks, 1);
+        let dead = written[0].as_str();
+        assert_eq!(w.vm.services[0].stats.ejections_enforced, 1);
+        assert_eq!(state_of(&w, dead), State::Down);
         for _ in 0..100 {
-            let value = w.route("demo", None, NOW + 1).unwrap();
-            assert!(!value.contains(&written[0]), "{value}");
+            assert!(!w.route("demo", None, NOW + 1).unwrap().contains(dead));
         }
-        // expiry needs no publish: the view rebuilds by itself
-        assert_eq!(w.route("demo", None, NOW + 10_001).unwrap().split(',').count(), 3);
-        // the poller drops expired marks with its next publish
-        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}]}"#, NOW + 12_000);
-        assert!(w.vm.view.marks.down.is_empty());
+        // another VM sees the ejection at once
+        let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 2, Rng::new(2));
+        other.sync(&w.shared, NOW + 1);
+        assert_eq!(crate::instance::find(&other.services[0].view.members, dead).unwrap().state, State::Down);
+        // the ejection time is over: no blind re-admission, one trial request goes to it first
+        let ex = answer(&mut w, NOW + 30_000, None, 1, 503, REFUSED);
+        assert!(ex.trial && ex.written.starts_with(dead), "{ex:?}");
+        assert_eq!(w.vm.services[0].stats.ejection_trials, 1);
+        // the trial failed: ejected again, for twice as long
+        assert_eq!(w.vm.view.marks.ejected[dead].times, 2);
+        assert!(!answer(&mut w, NOW + 30_001, None, 1, 200, "via_upstream").written.contains(dead));
+        other.sync(&w.shared, NOW + 30_001);
+        assert!(other.services[0].view.trial_due.is_empty(), "the other VM takes no trial of its own");
+        assert!(!answer(&mut w, NOW + 89_999, None, 1, 200, "via_upstream").trial);
+        // the next trial succeeds: readmitted for every VM
+        let ex = answer(&mut w, NOW + 90_000, None, 1, 200, "via_upstream");
+        assert!(ex.trial && ex.written.starts_with(dead));
+        assert_eq!(w.vm.services[0].stats.readmitted, 1);
+        assert_eq!(state_of(&w, dead), State::Serving);
+        other.sync(&w.shared, NOW + 90_001);
+        assert_eq!(crate::instance::find(&other.services[0].view.members, dead).unwrap().state, State::Serving);
+    }
+
+    #[test]
+    fn consecutive_gateway_failures_eject_and_a_success_resets_the_count() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        let a = "10.0.0.1:80";
+        for _ in 0..2 {
+            answer(&mut w, NOW, Some(a), 1, 503, "via_upstream");
+        }
+        answer(&mut w, NOW, Some(a), 1, 200, "via_upstream");
+        answer(&mut w, NOW, Some(a), 1, 504, "upstream_response_timeout");
+        answer(&mut w, NOW, Some(a), 1, 502, "upstream_reset_before_response_started{connection_termination}");
+        assert_eq!(state_of(&w, a), State::Serving, "two in a row since the last success");
+        // a drain answer or Envoy's own overflow says nothing about the instance
+        answer(&mut w, NOW, Some(a), 1, 503, "upstream_reset_before_response_started{overflow}");
+        assert_eq!(state_of(&w, a), State::Serving);
+        answer(&mut w, NOW, Some(a), 1, 503, "via_upstream");
+        assert_eq!(state_of(&w, a), State::Down, "the third gateway failure in a row");
+        // at most half of the instances (at least one) are ejected: the set is never emptied
+        let b = "10.0.0.2:80";
+        answer(&mut w, NOW, Some(b), 1, 503, REFUSED);
+        assert_eq!(state_of(&w, b), State::Serving);
+        assert_eq!(w.vm.services[0].stats.ejections_overflow, 1);
+        // the registry wins: a restart (newer start time) ends the ejection
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":5},{"address":"10.0.0.2:80"},{"address":"10.0.0.3:80"}]}"#, NOW + 2000);
+        assert_eq!(state_of(&w, a), State::Serving);
+        assert!(w.vm.view.marks.ejected.is_empty());
+    }
+
+    #[test]
+    fn original_dst_ejects_on_the_first_connection_failure() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","routing":{"mode":"original_dst","header":"x-lossless-upstream","fallbacks":0}}]}"#;
+        let mut w = World::new(cfg);
+        let r = w.route("demo", None, NOW).unwrap_err();
+        assert_eq!((r.status, reason(&r)), (503, "no_membership"), "original_dst has no fallback: a clear refusal");
+        w.refresh(THREE, NOW);
+        let ex = answer(&mut w, NOW, None, 1, 503, REFUSED);
+        let dead = ex.written.clone();
+        assert_eq!(state_of(&w, &dead), State::Down);
+        for _ in 0..50 {
+            assert_ne!(w.route("demo", None, NOW).unwrap(), dead);
+        }
+    }
+
+    #[test]
+    fn outlier_detection_can_be_turned_off() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","outlier_detection":{"enabled":false}}]}"#;
+        let mut w = World::new(cfg);
+        w.refresh(THREE, NOW);
+        for _ in 0..5 {
+            answer(&mut w, NOW, Some("10.0.0.1:80"), 1, 503, REFUSED);
+        }
+        assert_eq!(state_of(&w, "10.0.0.1:80"), State::Serving);
     }
 
     #[test]
@@ -889,8 +1045,8 @@ mod tests {
         println!("host calls, request to another cluster: {} on the request, {} on the response", other.0, other.1);
         // :path, now, gen, the routing header (read), cluster, pin, set header
         assert!(routed.0 <= 7, "{routed:?}");
-        // attempt count, drain header
-        assert!(routed.1 <= 2, "{routed:?}");
+        // drain header, attempt count, :status
+        assert!(routed.1 <= 3, "{routed:?}");
         assert!(other.0 <= 5 && other.1 == 0, "{other:?}");
     }
 }
