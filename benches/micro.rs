@@ -346,7 +346,7 @@ fn world(n: usize) -> World {
     let body = static_body(n);
     let headers = vec![(":status".to_string(), "200".to_string())];
     let resp = HttpResponse { status: Some(200), headers: &headers, body: &body, body_size: body.len() };
-    let (_, out) = vm.on_registry_reply(&shared, 1, &resp, NOW).unwrap();
+    let (_, out) = vm.on_call_reply(&shared, 1, &resp, NOW).unwrap();
     assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
     World { vm, shared }
 }

@@ -6,7 +6,7 @@
 //! - `POST {prefix}/drain`, `POST {prefix}/undrain` (inbound mode): start or stop draining this
 //!   instance (the preStop hook calls it).
 
-use serde_json::{json, Value};
+use std::fmt::Write;
 
 use crate::clock::Rng;
 use crate::config::{Mode, Settings};
@@ -56,7 +56,35 @@ pub const UNKNOWN_ENDPOINT: &str = "lossless: unknown admin endpoint (GET /membe
 /// The body of the 403 for a caller [`allowed`] refuses.
 pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers only\n";
 
-/// The JSON view of what this VM believes: services, members with live weights, marks.
+/// A JSON string literal for `s` (quotes, backslashes and control characters escaped).
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `value` or `null`.
+fn json_opt<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
+    let _ = match value {
+        Some(v) => write!(out, "{v}"),
+        None => write!(out, "null"),
+    };
+}
+
+/// The JSON view of what this VM believes: services, members with live weights, marks. Shape:
+/// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
+/// hosts: {total, serving, warming, draining, down}, instances: [{address, state, marked,
+/// ejected: {times, until_ms, trial_until_ms}|null, health_check_failing, weight, live_weight,
+/// start_ms, warmup_ms, warming}]}], self?: {…}}` (times in ms since the epoch).
 pub fn membership_json(
     settings: &Settings,
     services: &mut [Service],
@@ -65,58 +93,79 @@ pub fn membership_json(
     rng: &mut Rng,
     leader: bool,
 ) -> String {
-    let docs: Vec<Value> = services
-        .iter_mut()
-        .map(|s| {
-            let sv = &mut s.view;
-            sv.balancer.refresh_if_due(&sv.members, now_ms, rng);
-            let members: Vec<Value> = sv
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    json!({
-                        "address": m.addr,
-                        "state": m.state.as_str(),
-                        "marked": view.marks.applies(m),
-                        "ejected": view.marks.is_ejected(m).then(|| view.marks.ejected.get(&m.addr)).flatten().map(|e| json!({"times": e.times, "until_ms": e.until_ms, "trial_until_ms": e.trial_until_ms})),
-                        "weight": m.weight,
-                        "live_weight": sv.balancer.weight_of(i),
-                        "start_ms": m.start_ms,
-                        "warmup_ms": m.warmup_ms,
-                        "warming": m.state.is_serving() && crate::warmup::is_warming(m.start_ms, m.warmup_ms, now_ms),
-                    })
-                })
-                .collect();
-            let c = host_counts(&sv.members, now_ms);
-            json!({
-                "name": s.cfg.name,
-                "registry_service": s.cfg.query.service,
-                "match_clusters": s.cfg.match_clusters,
-                "version": sv.snap.version,
-                "updated_ms": sv.snap.updated_ms,
-                "hosts": {"total": c.total, "serving": c.serving, "warming": c.warming, "draining": c.draining, "down": c.down},
-                "instances": members,
-            })
-        })
-        .collect();
-    let mut doc = json!({ "now_ms": now_ms, "poller": leader, "services": docs });
-    if let (Some(ib), Some(obj)) = (&settings.inbound, doc.as_object_mut()) {
+    let mut o = String::with_capacity(512);
+    let _ = write!(o, "{{\"now_ms\":{now_ms},\"poller\":{leader},\"services\":[");
+    for (k, s) in services.iter_mut().enumerate() {
+        if k > 0 {
+            o.push(',');
+        }
+        let sv = &mut s.view;
+        sv.balancer.refresh_if_due(&sv.members, now_ms, rng);
+        o.push_str("{\"name\":");
+        json_str(&mut o, &s.cfg.name);
+        o.push_str(",\"registry_service\":");
+        json_str(&mut o, &s.cfg.query.service);
+        o.push_str(",\"match_clusters\":[");
+        for (j, c) in s.cfg.match_clusters.iter().enumerate() {
+            if j > 0 {
+                o.push(',');
+            }
+            json_str(&mut o, c);
+        }
+        let c = host_counts(&sv.members, now_ms);
+        let _ = write!(
+            o,
+            "],\"version\":{},\"updated_ms\":{},\"hosts\":{{\"total\":{},\"serving\":{},\"warming\":{},\"draining\":{},\"down\":{}}},\"instances\":[",
+            sv.snap.version, sv.snap.updated_ms, c.total, c.serving, c.warming, c.draining, c.down
+        );
+        for (i, m) in sv.members.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"address\":");
+            json_str(&mut o, &m.addr);
+            let _ = write!(o, ",\"state\":\"{}\",\"marked\":{},\"ejected\":", m.state.as_str(), view.marks.applies(m));
+            match view.marks.ejected.get(&m.addr).filter(|_| view.marks.is_ejected(m)) {
+                Some(e) => {
+                    let _ = write!(
+                        o,
+                        "{{\"times\":{},\"until_ms\":{},\"trial_until_ms\":{}}}",
+                        e.times, e.until_ms, e.trial_until_ms
+                    );
+                }
+                None => o.push_str("null"),
+            }
+            let warming = m.state.is_serving() && crate::warmup::is_warming(m.start_ms, m.warmup_ms, now_ms);
+            let _ = write!(
+                o,
+                ",\"health_check_failing\":{},\"weight\":{},\"live_weight\":{},\"start_ms\":",
+                view.marks.is_unhealthy(m),
+                m.weight,
+                sv.balancer.weight_of(i)
+            );
+            json_opt(&mut o, m.start_ms);
+            let _ = write!(o, ",\"warmup_ms\":{},\"warming\":{warming}}}", m.warmup_ms);
+        }
+        o.push_str("]}");
+    }
+    o.push(']');
+    if let Some(ib) = &settings.inbound {
         let d = &view.self_drain;
-        obj.insert(
-            "self".into(),
-            json!({
-                "address": ib.self_address,
-                "draining": d.draining(),
-                "draining_since_ms": d.since_ms,
-                "rejecting": d.rejecting(now_ms, settings.drain.notify_grace_ms),
-                "manual": d.manual,
-                "registry_offline": d.registry_offline,
-                "seen_serving": d.seen_serving,
-            }),
+        o.push_str(",\"self\":{\"address\":");
+        json_str(&mut o, &ib.self_address);
+        let _ = write!(o, ",\"draining\":{},\"draining_since_ms\":", d.draining());
+        json_opt(&mut o, d.since_ms);
+        let _ = write!(
+            o,
+            ",\"rejecting\":{},\"manual\":{},\"registry_offline\":{},\"seen_serving\":{}}}",
+            d.rejecting(now_ms, settings.drain.notify_grace_ms),
+            d.manual,
+            d.registry_offline,
+            d.seen_serving
         );
     }
-    doc.to_string()
+    o.push('}');
+    o
 }
 
 #[cfg(test)]
@@ -131,6 +180,15 @@ mod tests {
             r#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/x"}},"services":[{"name":"me","registry":"s"}]}"#
         };
         config::parse(json.as_bytes()).unwrap().settings
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut o = String::new();
+        json_str(&mut o, "a\"b\\c\nd\u{1}é");
+        assert_eq!(o, r#""a\"b\\c\u000ad\u0001é""#);
+        let v: String = serde_json::from_str(&o).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::balancer::Policy;
-use crate::health::OutlierDetection;
+use crate::health::{HealthCheck, OutlierDetection};
 use crate::instance::{canonical_addr, BuildOptions, MetadataKeys};
 use crate::membership::Guard;
 use crate::registry::nacos::{Api, Credentials};
@@ -38,6 +38,11 @@ impl fmt::Display for ConfigError {
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { path: path.into(), message: message.into() }
+}
+
+/// An error at `prefix.field`.
+fn at(prefix: &str, field: &str, message: impl Into<String>) -> ConfigError {
+    err(format!("{prefix}.{field}"), message)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +164,7 @@ struct RawService {
     guard: Guard,
     #[serde(default)]
     outlier_detection: OutlierDetection,
+    health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +310,8 @@ pub struct ServiceConfig {
     pub curve: Curve,
     pub guard: Guard,
     pub outlier_detection: OutlierDetection,
+    /// Active health checking, when configured.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone)]
@@ -525,7 +533,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             ));
         }
         if services.iter().any(|o| o.name == s.name) {
-            return Err(err(format!("{p}.name"), format!("duplicate service name '{}'", s.name)));
+            return Err(at(&p, "name", format!("duplicate service name '{}'", s.name)));
         }
         let Some(reg) = names.iter().position(|n| *n == s.registry) else {
             return Err(err(
@@ -544,7 +552,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         ];
         for (field, set, applies) in fields {
             if set && !applies.contains(&kind) {
-                return Err(err(format!("{p}.{field}"), format!("does not apply to a {} registry", kind.name())));
+                return Err(at(&p, field, format!("does not apply to a {} registry", kind.name())));
             }
         }
         let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
@@ -560,10 +568,10 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             }
         }
         if !valid_header(&s.routing.header) {
-            return Err(err(format!("{p}.routing.header"), "must be a lowercase header name ([a-z0-9-_]+)"));
+            return Err(at(&p, "routing.header", "must be a lowercase header name ([a-z0-9-_]+)"));
         }
         if s.routing.fallbacks > 16 {
-            return Err(err(format!("{p}.routing.fallbacks"), "must be between 0 and 16"));
+            return Err(at(&p, "routing.fallbacks", "must be between 0 and 16"));
         }
         if s.routing.mode == RoutingMode::OriginalDst && s.routing.fallbacks != 2 && s.routing.fallbacks != 0 {
             return Err(err(
@@ -573,25 +581,25 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         }
         let w = &s.warmup;
         if w.default_warmup_ms < 0 {
-            return Err(err(format!("{p}.warmup.default_warmup_ms"), "must be >= 0 (ms)"));
+            return Err(at(&p, "warmup.default_warmup_ms", "must be >= 0 (ms)"));
         }
         if w.default_weight < 0 {
-            return Err(err(format!("{p}.warmup.default_weight"), "must be >= 0"));
+            return Err(at(&p, "warmup.default_weight", "must be >= 0"));
         }
         if !(w.weight_scale.is_finite() && w.weight_scale > 0.0 && w.weight_scale <= 1e6) {
-            return Err(err(format!("{p}.warmup.weight_scale"), "must be a number in (0, 1000000]"));
+            return Err(at(&p, "warmup.weight_scale", "must be a number in (0, 1000000]"));
         }
         if !(w.curve.aggression.is_finite() && w.curve.aggression > 0.0 && w.curve.aggression <= 100.0) {
-            return Err(err(format!("{p}.warmup.curve.aggression"), "must be a number in (0, 100]"));
+            return Err(at(&p, "warmup.curve.aggression", "must be a number in (0, 100]"));
         }
         if !(0.0..=100.0).contains(&w.curve.min_weight_percent) {
-            return Err(err(format!("{p}.warmup.curve.min_weight_percent"), "must be between 0 and 100"));
+            return Err(at(&p, "warmup.curve.min_weight_percent", "must be between 0 and 100"));
         }
         if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
-            return Err(err(format!("{p}.guard.protect_threshold"), "must be between 0 and 1"));
+            return Err(at(&p, "guard.protect_threshold", "must be between 0 and 1"));
         }
         if !(0.0..=1.0).contains(&s.guard.max_drop) {
-            return Err(err(format!("{p}.guard.max_drop"), "must be between 0 and 1"));
+            return Err(at(&p, "guard.max_drop", "must be between 0 and 1"));
         }
         let od = &s.outlier_detection;
         if !(1000..=3_600_000).contains(&od.base_ejection_time_ms) {
@@ -607,7 +615,10 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             ));
         }
         if od.max_ejection_percent > 100 {
-            return Err(err(format!("{p}.outlier_detection.max_ejection_percent"), "must be between 0 and 100"));
+            return Err(at(&p, "outlier_detection.max_ejection_percent", "must be between 0 and 100"));
+        }
+        if let Some(hc) = &s.health_check {
+            validate_health_check(&format!("{p}.health_check"), hc)?;
         }
         for (field, n) in [
             ("consecutive_gateway_failure", od.consecutive_gateway_failure),
@@ -643,6 +654,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             curve: s.warmup.curve,
             guard: s.guard,
             outlier_detection: s.outlier_detection,
+            health_check: s.health_check,
         });
     }
 
@@ -719,6 +731,40 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     })
 }
 
+fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
+    if !valid_path(&hc.path) {
+        return Err(at(p, "path", "must start with '/' and hold no spaces, control characters or '#'"));
+    }
+    if hc.expected_statuses.is_empty()
+        || hc.expected_statuses.iter().any(|(lo, hi)| !(100..=599).contains(lo) || hi <= lo || *hi > 600)
+    {
+        return Err(err(
+            format!("{p}.expected_statuses"),
+            "must be [start, end) ranges within 100..600, e.g. [[200, 300]]",
+        ));
+    }
+    if let Some(h) = &hc.host {
+        if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
+            return Err(at(p, "host", "must be host[:port]"));
+        }
+    }
+    if !(100..=3_600_000).contains(&hc.interval_ms) {
+        return Err(at(p, "interval_ms", "must be between 100 and 3600000 (ms)"));
+    }
+    if !(10..=hc.interval_ms).contains(&hc.timeout_ms) {
+        return Err(at(p, "timeout_ms", "must be between 10 ms and interval_ms"));
+    }
+    if hc.interval_jitter_percent > 50 {
+        return Err(at(p, "interval_jitter_percent", "must be between 0 and 50"));
+    }
+    for (field, n) in [("unhealthy_threshold", hc.unhealthy_threshold), ("healthy_threshold", hc.healthy_threshold)] {
+        if !(1..=100).contains(&n) {
+            return Err(at(p, field, "must be between 1 and 100"));
+        }
+    }
+    Ok(())
+}
+
 /// A path Envoy will accept in `:path`: absolute, no whitespace, controls or fragment.
 fn valid_path(p: &str) -> bool {
     p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#')
@@ -726,16 +772,16 @@ fn valid_path(p: &str) -> bool {
 
 fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
     if r.cluster.is_empty() {
-        return Err(err(format!("{p}.cluster"), "must name the Envoy cluster of the registry"));
+        return Err(at(p, "cluster", "must name the Envoy cluster of the registry"));
     }
     if r.authority.is_empty() || r.authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
-        return Err(err(format!("{p}.authority"), "must be host[:port] (the :authority of registry requests)"));
+        return Err(at(p, "authority", "must be host[:port] (the :authority of registry requests)"));
     }
     if !(10..=900_000).contains(&r.timeout_ms) {
-        return Err(err(format!("{p}.timeout_ms"), "must be between 10 and 900000 (ms)"));
+        return Err(at(p, "timeout_ms", "must be between 10 and 900000 (ms)"));
     }
     if !(1024..=(256 << 20)).contains(&r.max_body_bytes) {
-        return Err(err(format!("{p}.max_body_bytes"), "must be between 1024 and 268435456"));
+        return Err(at(p, "max_body_bytes", "must be between 1024 and 268435456"));
     }
     let ep = Endpoint { authority: r.authority.clone(), timeout_ms: r.timeout_ms, max_body_bytes: r.max_body_bytes };
     use RegistryType::{Consul as C, Eureka as E, Nacos as N, Static as S};
@@ -750,7 +796,7 @@ fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
     ];
     for (field, set, applies) in fields {
         if set && !applies.contains(&r.kind) {
-            return Err(err(format!("{p}.{field}"), format!("does not apply to a {} registry", r.kind.name())));
+            return Err(at(p, field, format!("does not apply to a {} registry", r.kind.name())));
         }
     }
     let kind = match r.kind {
@@ -758,13 +804,13 @@ fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
             let api = match r.api.as_deref() {
                 None | Some("v1") => Api::V1,
                 Some("v2") => Api::V2,
-                Some(other) => return Err(err(format!("{p}.api"), format!("'{other}' is not one of \"v1\", \"v2\""))),
+                Some(other) => return Err(at(p, "api", format!("'{other}' is not one of \"v1\", \"v2\""))),
             };
             let auth = match (&r.username, &r.password) {
                 (Some(u), Some(pw)) if !u.is_empty() => Some(Credentials { username: u.clone(), password: pw.clone() }),
                 (None, None) => None,
-                (Some(_), None) => return Err(err(format!("{p}.password"), "is required with username")),
-                _ => return Err(err(format!("{p}.username"), "is required (non-empty) with password")),
+                (Some(_), None) => return Err(at(p, "password", "is required with username")),
+                _ => return Err(at(p, "username", "is required (non-empty) with password")),
             };
             RegistryKind::Nacos(Nacos::new(ep, api, auth))
         }
@@ -945,6 +991,15 @@ mod tests {
             (with_service(r#","routing":{"fallbacks":"two"}"#), "services[0].routing.fallbacks", "invalid type: string \"two\", expected usize"),
             (with_service(r#","tag":"v1""#), "services[0].tag", "does not apply to a nacos registry"),
             (with_service(r#","guard":{"protect_threshold":1.5}"#), "services[0].guard.protect_threshold", "between 0 and 1"),
+            (with_service(r#","outlier_detection":{"max_ejection_percent":101}"#), "services[0].outlier_detection.max_ejection_percent", "between 0 and 100"),
+            (with_service(r#","outlier_detection":{"base_ejection_time_ms":60000,"max_ejection_time_ms":1000}"#), "services[0].outlier_detection.max_ejection_time_ms", "between base_ejection_time_ms"),
+            (with_service(r#","outlier_detection":{"consecutive_gateway_failure":0}"#), "services[0].outlier_detection.consecutive_gateway_failure", "between 1 and 1000"),
+            (with_service(r#","outlier_detection":{"interval_ms":1}"#), "services[0].outlier_detection.interval_ms", "unknown field `interval_ms`"),
+            (with_service(r#","health_check":{"path":"health"}"#), "services[0].health_check.path", "must start with '/'"),
+            (with_service(r#","health_check":{"timeout_ms":9000,"interval_ms":1000}"#), "services[0].health_check.timeout_ms", "between 10 ms and interval_ms"),
+            (with_service(r#","health_check":{"expected_statuses":[[300,200]]}"#), "services[0].health_check.expected_statuses", "[start, end) ranges"),
+            (with_service(r#","health_check":{"type":"grpc"}"#), "services[0].health_check.type", "unknown variant `grpc`"),
+            (with_service(r#","health_check":{"unhealthy_threshold":0}"#), "services[0].health_check.unhealthy_threshold", "between 1 and 100"),
             (r#"{"refresh_interval_ms":5,"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "refresh_interval_ms", "between 100 and 3600000"),
             (r#"{"registries":{"n":{"type":"zookeeper","cluster":"n","authority":"a"}},"services":[]}"#.into(), "registries.n.type", "unknown variant `zookeeper`"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","api":"v3"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.api", "'v3' is not one of"),

@@ -140,8 +140,8 @@ impl Counts {
     }
 }
 
-/// An ejection, shared by every VM: `[times, until_ms, start_ms, trial_until_ms]` on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// An ejection, shared by every VM (see [`crate::marks::Marks::encode`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ejection {
     /// Ejections in a row (each failed trial adds one): the n-th lasts n × base.
     pub times: u32,
@@ -166,9 +166,118 @@ impl Ejection {
     }
 }
 
+/// Response header lossless adds to Envoy's answer when no connection to the picked instance
+/// could be made: nothing reached it, so any request (a POST too) is safe to send again. A retry
+/// policy of an Envoy in front (`retriable_headers`) resends it, and lossless picks again.
+pub const UNREACHED_HEADER: &str = "x-lossless-unreached";
+
 /// How long a trial request may be out before another VM may try again (ms): Envoy's default
 /// route timeout.
 pub const TRIAL_TIMEOUT_MS: i64 = 15_000;
+
+/// Active health checking of one service (config `services[].health_check`), in the vocabulary
+/// of Envoy's `HealthCheck` (api/envoy/config/core/v3/health_check.proto). Opt-in. The poller VM
+/// sends one probe per instance per interval for the whole Envoy process, through the service's
+/// routing cluster with the routing header set to the instance, so the probe takes the path a
+/// request would. An instance the registry lists whose check fails is down for every VM.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// `http`: `GET path`, passing on an expected status. `tcp`: the same request, passing on any
+    /// answer at all (the instance accepted the connection and spoke HTTP).
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    pub path: String,
+    /// Passing statuses as `[start, end)` ranges (Envoy's `expected_statuses`), default 200..300.
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// `:authority` of the probe (default: the instance's address).
+    pub host: Option<String>,
+    pub interval_ms: i64,
+    /// Spread of each interval, ± percent, so probes of many instances do not align.
+    pub interval_jitter_percent: u32,
+    pub timeout_ms: i64,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// A new instance gets no traffic before its first passing check.
+    pub no_traffic_before_first_pass: bool,
+}
+
+/// What a probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::Http,
+            path: "/".into(),
+            expected_statuses: vec![(200, 300)],
+            host: None,
+            interval_ms: 5000,
+            interval_jitter_percent: 10,
+            timeout_ms: 1000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+            no_traffic_before_first_pass: false,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Whether a probe answered with `status` (`None`: no answer: connection failure, reset or
+    /// timeout) passes.
+    pub fn passes(&self, status: Option<u16>) -> bool {
+        match (self.kind, status) {
+            (_, None) => false,
+            (CheckKind::Tcp, Some(_)) => true,
+            (CheckKind::Http, Some(s)) => self.expected_statuses.iter().any(|(lo, hi)| (*lo..*hi).contains(&s)),
+        }
+    }
+}
+
+/// One instance's active health as the poller VM tracks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeState {
+    pub next_due_ms: i64,
+    pub in_flight: bool,
+    /// Consecutive passing / failing probes.
+    pub passes: u32,
+    pub failures: u32,
+    /// The current verdict: `None` until the thresholds decided once.
+    pub healthy: Option<bool>,
+}
+
+impl ProbeState {
+    /// Records a probe result; returns the new verdict when it changed.
+    pub fn record(&mut self, passed: bool, hc: &HealthCheck) -> Option<bool> {
+        self.in_flight = false;
+        if passed {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+        }
+        let verdict = if self.failures >= hc.unhealthy_threshold.max(1) {
+            Some(false)
+        } else if self.passes >= hc.healthy_threshold.max(1) {
+            Some(true)
+        } else {
+            None
+        };
+        match verdict {
+            Some(v) if self.healthy != Some(v) => {
+                self.healthy = Some(v);
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -253,6 +362,35 @@ mod tests {
         assert!(od.may_eject(10, 4) && !od.may_eject(10, 5));
         let ten = OutlierDetection { max_ejection_percent: 10, ..od };
         assert!(ten.may_eject(3, 0) && !ten.may_eject(3, 1), "Envoy's 'at least one'");
+    }
+
+    #[test]
+    fn probe_verdicts_follow_the_thresholds() {
+        let hc = HealthCheck { unhealthy_threshold: 2, healthy_threshold: 2, ..HealthCheck::default() };
+        let mut p = ProbeState::default();
+        assert_eq!(p.record(true, &hc), None, "one pass of two");
+        assert_eq!(p.record(true, &hc), Some(true));
+        assert_eq!(p.record(true, &hc), None, "no change");
+        assert_eq!(p.record(false, &hc), None, "one failure of two");
+        assert_eq!(p.record(true, &hc), None, "a pass resets the failures");
+        assert_eq!(p.record(false, &hc), None);
+        assert_eq!(p.record(false, &hc), Some(false));
+        assert_eq!(p.record(true, &hc), None);
+        assert_eq!(p.record(true, &hc), Some(true));
+        // Envoy's defaults here: the first failure of a new instance does not decide yet
+        let mut p = ProbeState::default();
+        assert_eq!(p.record(false, &HealthCheck::default()), None);
+        assert_eq!(p.record(false, &HealthCheck::default()), Some(false));
+    }
+
+    #[test]
+    fn probe_answers() {
+        let http = HealthCheck { expected_statuses: vec![(200, 300), (404, 405)], ..HealthCheck::default() };
+        assert!(http.passes(Some(200)) && http.passes(Some(299)) && http.passes(Some(404)));
+        assert!(!http.passes(Some(300)) && !http.passes(Some(503)) && !http.passes(None));
+        let tcp = HealthCheck { kind: CheckKind::Tcp, ..HealthCheck::default() };
+        assert!(tcp.passes(Some(503)) && tcp.passes(Some(200)));
+        assert!(!tcp.passes(None), "no answer: the connection failed or timed out");
     }
 
     #[test]

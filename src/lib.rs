@@ -9,7 +9,7 @@
 //!    Envoy process; it asks [`poller::PollState::due`] for each [`service::Service`].
 //! 2. The registry's [`registry::Adapter`] builds the request (a login first when needed); the glue
 //!    dispatches it on the registry's Envoy cluster.
-//! 3. [`vm::Vm::on_registry_reply`]: the adapter turns the reply into instances
+//! 3. [`vm::Vm::on_call_reply`]: the adapter turns the reply into instances
 //!    ([`registry::Parsed`], built by the service's own [`instance::BuildOptions`]);
 //!    [`poller::PollState::on_reply`] applies the keep-last-good rules
 //!    ([`membership::Tracker`]) and returns the [`membership::Snapshot`] to publish.
@@ -27,9 +27,17 @@
 //!    [`balancer`]) and the fallbacks, honours a pin ([`drain::pin`]), or refuses with a
 //!    [`drain::Reason`] ([`drain::local_reply`]).
 //! 3. The glue applies the [`vm::Flow`]: the routing header is set, or the local 503 is sent.
-//! 4. [`vm::Vm::on_response`]: an instance that announced its drain, or that Envoy left for
-//!    another attempt, is marked for every VM ([`marks::mark_draining`], [`marks::mark_failed`]);
-//!    inbound, a draining instance tags what it served.
+//! 4. [`vm::Vm::on_response`]: the response is judged ([`health::classify`]); an instance that
+//!    announced its drain is marked ([`marks::mark_draining`]), one that failed often enough, or
+//!    that Envoy left for another attempt, is ejected ([`marks::eject`]) for every VM; a trial
+//!    request's success readmits ([`marks::readmit`]); inbound, a draining instance tags what it
+//!    served.
+//!
+//! # The health path (opt-in active checks)
+//!
+//! [`vm::Vm::due`] asks each service's [`prober::Prober`] for the probes due; the glue sends them
+//! through the service's routing cluster; [`vm::Vm::on_call_reply`] records the answer and shares
+//! a changed verdict ([`marks::set_health`]).
 //!
 //! Configuration: [`config`] (validated once, immutable). Stats: [`service::ServiceStats`] and
 //! [`service::Stats`], counted in the VM and flushed to Envoy on the tick.
@@ -45,6 +53,7 @@ pub mod instance;
 pub mod marks;
 pub mod membership;
 pub mod poller;
+pub mod prober;
 pub mod registry;
 pub mod router;
 pub mod service;

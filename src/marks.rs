@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::health::{Ejection, OutlierDetection, TRIAL_TIMEOUT_MS};
 use crate::instance::{Instance, State};
 use crate::store::{bump_gen, update_cas, Keys, Shared};
@@ -18,32 +16,91 @@ use crate::store::{bump_gen, update_cas, Keys, Shared};
 ///   timeouts). Out until a trial request after the ejection time succeeds, the registry shows a
 ///   restart, or the instance leaves the registry.
 ///
-/// A drain wins over an ejection; the registry's own draining or down wins over both.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// - failing active health checks ([`crate::health::HealthCheck`]): instances the poller's probes
+///   found unhealthy (or not yet healthy), with their start time, until a probe passes.
+///
+/// A drain wins over an ejection or a failing check; the registry's own draining or down wins over
+/// all of them.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Marks {
     /// addr -> start_ms at the time of the drain mark (0 when unknown).
     pub m: HashMap<String, i64>,
     /// addr -> its ejection.
-    #[serde(default)]
     pub ejected: HashMap<String, Ejection>,
+    /// addr -> start_ms when its health check started failing (0 when unknown).
+    pub unhealthy: HashMap<String, i64>,
 }
 
 /// At most this many marks are kept (shared data is never freed: keep it bounded).
 pub const MAX_MARKS: usize = 4096;
 
 impl Marks {
+    /// The shared-data form: one mark per line, `d addr start_ms` (drain),
+    /// `e addr times until_ms start_ms trial_until_ms` (ejection), `u addr start_ms` (failing
+    /// health check). Read on every view rebuild: plain text parses fast and in little code.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-    pub fn decode(b: &[u8]) -> Marks {
-        if b.is_empty() {
-            return Marks::default();
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (a, s) in &self.m {
+            let _ = writeln!(out, "d {a} {s}");
         }
-        serde_json::from_slice(b).unwrap_or_default()
+        for (a, e) in &self.ejected {
+            let _ = writeln!(out, "e {a} {} {} {} {}", e.times, e.until_ms, e.start_ms, e.trial_until_ms);
+        }
+        for (a, s) in &self.unhealthy {
+            let _ = writeln!(out, "u {a} {s}");
+        }
+        out.into_bytes()
+    }
+
+    /// Reads [`Marks::encode`]'s form; a malformed line is skipped (it never blocks the rest).
+    pub fn decode(b: &[u8]) -> Marks {
+        let mut marks = Marks::default();
+        for line in String::from_utf8_lossy(b).lines() {
+            let mut f = line.split(' ');
+            let (Some(kind), Some(addr)) = (f.next(), f.next()) else { continue };
+            let nums: Vec<i64> = f.map_while(|x| x.parse().ok()).collect();
+            match (kind, nums.as_slice()) {
+                ("d", [start]) => {
+                    marks.m.insert(addr.to_string(), *start);
+                }
+                ("u", [start]) => {
+                    marks.unhealthy.insert(addr.to_string(), *start);
+                }
+                ("e", [times, until_ms, start_ms, trial_until_ms]) => {
+                    let times = u32::try_from(*times).unwrap_or(u32::MAX);
+                    let e =
+                        Ejection { times, until_ms: *until_ms, start_ms: *start_ms, trial_until_ms: *trial_until_ms };
+                    marks.ejected.insert(addr.to_string(), e);
+                }
+                _ => {}
+            }
+        }
+        marks
     }
 
     fn full(&self) -> bool {
-        self.m.len() + self.ejected.len() >= MAX_MARKS
+        self.m.len() + self.ejected.len() + self.unhealthy.len() >= MAX_MARKS
+    }
+
+    /// Records the verdict of `addr`'s health check: failing marks it (with its start time),
+    /// passing clears the mark and readmits an ejected instance (it answered). True if changed.
+    pub fn set_health(&mut self, addr: &str, start_ms: Option<i64>, healthy: bool) -> bool {
+        if healthy {
+            let a = self.unhealthy.remove(addr).is_some();
+            let b = self.ejected.remove(addr).is_some();
+            a || b
+        } else if self.unhealthy.contains_key(addr) || self.full() {
+            false
+        } else {
+            self.unhealthy.insert(addr.to_string(), start_ms.unwrap_or(0));
+            true
+        }
+    }
+
+    /// Is this member's health check failing (a newer start time means it restarted: not)?
+    pub fn is_unhealthy(&self, m: &Instance) -> bool {
+        self.unhealthy.get(&m.addr).is_some_and(|s| m.start_ms.unwrap_or(0) <= *s)
     }
 
     /// Marks `addr` draining; false when it was marked already or the table is full.
@@ -111,23 +168,25 @@ impl Marks {
     /// Drops marks and ejections whose instance restarted (newer start time) or is listed by no
     /// service. `lookup` gives the member for an address across all services. True if changed.
     pub fn prune<'a>(&mut self, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
-        let before = self.m.len() + self.ejected.len();
-        self.m.retain(|addr, marked| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= *marked));
-        self.ejected.retain(|addr, e| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= e.start_ms));
-        self.m.len() + self.ejected.len() != before
+        let before = self.m.len() + self.ejected.len() + self.unhealthy.len();
+        let current = |addr: &str, marked: i64| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= marked);
+        self.m.retain(|addr, marked| current(addr, *marked));
+        self.ejected.retain(|addr, e| current(addr, e.start_ms));
+        self.unhealthy.retain(|addr, marked| current(addr, *marked));
+        self.m.len() + self.ejected.len() + self.unhealthy.len() != before
     }
 }
 
 /// The membership a VM routes by: the snapshot with drain marks and ejections applied to the
 /// members the registry lists as serving.
 pub fn apply_marks(members: &mut [Instance], marks: &Marks) {
-    if marks.m.is_empty() && marks.ejected.is_empty() {
+    if marks.m.is_empty() && marks.ejected.is_empty() && marks.unhealthy.is_empty() {
         return;
     }
     for m in members.iter_mut().filter(|m| m.state.is_serving()) {
         if marks.applies(m) {
             m.state = State::Draining;
-        } else if marks.is_ejected(m) {
+        } else if marks.is_ejected(m) || marks.is_unhealthy(m) {
             m.state = State::Down;
         }
     }
@@ -174,10 +233,17 @@ pub fn readmit(shared: &dyn Shared, keys: &Keys, addr: &str) -> bool {
     edit_marks(shared, keys, |marks| marks.ejected.remove(addr).is_some())
 }
 
+/// Records a health-check verdict for every VM (see [`Marks::set_health`]).
+pub fn set_health(shared: &dyn Shared, keys: &Keys, member: &Instance, healthy: bool) -> bool {
+    edit_marks(shared, keys, |marks| marks.set_health(&member.addr, member.start_ms, healthy))
+}
+
 /// Drops marks and ejections the registry has overtaken (see [`Marks::prune`]). `lookup` finds a
 /// member by address across every service.
 pub fn prune<'a>(shared: &dyn Shared, keys: &Keys, lookup: impl Fn(&str) -> Option<&'a Instance>) {
-    edit_marks(shared, keys, |marks| !(marks.m.is_empty() && marks.ejected.is_empty()) && marks.prune(&lookup));
+    edit_marks(shared, keys, |marks| {
+        !(marks.m.is_empty() && marks.ejected.is_empty() && marks.unhealthy.is_empty()) && marks.prune(&lookup)
+    });
 }
 
 /// Which of the addresses written for a request failed, given how many attempts Envoy made and
@@ -211,6 +277,14 @@ mod tests {
         let back = Marks::decode(&marks.encode());
         assert_eq!(back, marks);
         assert_eq!(Marks::decode(b"garbage"), Marks::default());
+        // every kind round-trips; a malformed line is skipped, the rest kept
+        let mut all = marks.clone();
+        all.eject("10.0.0.3:80", Some(7), 1000, &OutlierDetection::default(), false);
+        all.set_health("[::1]:9", None, false);
+        assert_eq!(Marks::decode(&all.encode()), all);
+        let mut text = all.encode();
+        text.extend_from_slice(b"e 1.2.3.4:5 x\nd\n\xff\xfe\nz a 1\n");
+        assert_eq!(Marks::decode(&text), all);
         // restarted with a newer start time: the mark goes
         let restarted = i("10.0.0.1:80", State::Serving, Some(200));
         assert!(marks.prune(|_| Some(&restarted)));
@@ -287,6 +361,28 @@ mod tests {
         let lookup = |a: &str| if a == "10.0.0.1:80" { Some(&restarted) } else { None };
         assert!(marks.prune(lookup));
         assert!(marks.ejected.is_empty(), "restarted or gone: every ejection dropped");
+    }
+
+    #[test]
+    fn health_checks_mark_and_readmit() {
+        let od = OutlierDetection::default();
+        let a = i("10.0.0.1:80", State::Serving, Some(100));
+        let mut marks = Marks::default();
+        assert!(marks.set_health(&a.addr, a.start_ms, false));
+        assert!(!marks.set_health(&a.addr, a.start_ms, false), "no change");
+        let mut ms = vec![a.clone()];
+        apply_marks(&mut ms, &marks);
+        assert_eq!(ms[0].state, State::Down);
+        // a passing probe clears the mark and ends an ejection: the instance answered
+        marks.eject(&a.addr, a.start_ms, 0, &od, false);
+        assert!(marks.set_health(&a.addr, a.start_ms, true));
+        assert!(marks.unhealthy.is_empty() && marks.ejected.is_empty());
+        // a restart clears a failing check
+        marks.set_health(&a.addr, a.start_ms, false);
+        let restarted = i("10.0.0.1:80", State::Serving, Some(200));
+        assert!(!marks.is_unhealthy(&restarted));
+        assert!(marks.prune(|_| Some(&restarted)));
+        assert!(marks.unhealthy.is_empty());
     }
 
     #[test]

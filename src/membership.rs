@@ -19,45 +19,61 @@ pub struct Snapshot {
     pub members: Vec<Instance>,
 }
 
-/// One member on the wire: `[addr, weight, start_ms|null, warmup_ms, state]`.
-#[derive(Serialize, Deserialize)]
-struct Wire(String, i32, Option<i64>, i64, State);
-
-#[derive(Serialize, Deserialize)]
-struct WireSnap {
-    v: u64,
-    t: i64,
-    m: Vec<Wire>,
-}
-
 impl Snapshot {
+    /// The shared-data form: a header line `lossless-snapshot version updated_ms`, then one line
+    /// per member `addr weight start_ms|- warmup_ms state`. Decoded by every VM on each change:
+    /// plain text parses fast and in little code.
     pub fn encode(&self) -> Vec<u8> {
-        let w = WireSnap {
-            v: self.version,
-            t: self.updated_ms,
-            m: self.members.iter().map(|i| Wire(i.addr.clone(), i.weight, i.start_ms, i.warmup_ms, i.state)).collect(),
-        };
-        serde_json::to_vec(&w).unwrap_or_default()
+        use std::fmt::Write;
+        let mut out = String::with_capacity(40 + 48 * self.members.len());
+        let _ = writeln!(out, "lossless-snapshot {} {}", self.version, self.updated_ms);
+        for i in &self.members {
+            let _ = write!(out, "{} {} ", i.addr, i.weight);
+            let _ = match i.start_ms {
+                Some(t) => write!(out, "{t}"),
+                None => write!(out, "-"),
+            };
+            let _ = writeln!(out, " {} {}", i.warmup_ms, i.state.as_str());
+        }
+        out.into_bytes()
     }
 
+    /// Reads [`Snapshot::encode`]'s form; anything else is an error naming the line.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
-        let w: WireSnap = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        Ok(Snapshot {
-            version: w.v,
-            updated_ms: w.t,
-            members: w
-                .m
-                .into_iter()
-                .map(|Wire(addr, weight, start_ms, warmup_ms, state)| Instance {
-                    addr,
-                    weight,
-                    start_ms,
-                    warmup_ms,
-                    state,
-                    metadata: BTreeMap::new(),
-                })
-                .collect(),
-        })
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+        let (version, updated_ms) = match head.as_slice() {
+            ["lossless-snapshot", v, t] => {
+                (v.parse::<u64>().map_err(|e| e.to_string())?, t.parse::<i64>().map_err(|e| e.to_string())?)
+            }
+            _ => return Err("not a snapshot".to_string()),
+        };
+        let mut members = Vec::new();
+        for (n, line) in lines.enumerate() {
+            let bad = || format!("snapshot line {}: {line:?}", n + 2);
+            let f: Vec<&str> = line.split(' ').collect();
+            let [addr, weight, start, warmup, state] = f.as_slice() else { return Err(bad()) };
+            let start_ms = match *start {
+                "-" => None,
+                t => Some(t.parse().map_err(|_| bad())?),
+            };
+            let state = match *state {
+                "serving" => State::Serving,
+                "draining" => State::Draining,
+                "down" => State::Down,
+                _ => return Err(bad()),
+            };
+            members.push(Instance {
+                addr: addr.to_string(),
+                weight: weight.parse().map_err(|_| bad())?,
+                start_ms,
+                warmup_ms: warmup.parse().map_err(|_| bad())?,
+                state,
+                metadata: BTreeMap::new(),
+            });
+        }
+        Ok(Snapshot { version, updated_ms, members })
     }
 
     /// Index of the member with this address (members are sorted).
@@ -182,6 +198,12 @@ mod tests {
         assert_eq!(Snapshot::decode(&b).unwrap(), s);
         assert!(Snapshot::decode(b"{").is_err());
         assert!(Snapshot::decode(b"").is_err());
+        assert!(Snapshot::decode(b"lossless-snapshot 1 2\n10.0.0.1:80 100 - 0 gone\n").is_err());
+        assert!(Snapshot::decode(b"lossless-snapshot 1 2\n10.0.0.1:80 100 -\n").is_err());
+        assert_eq!(
+            Snapshot::decode(b"lossless-snapshot 3 4\n").unwrap(),
+            Snapshot { version: 3, updated_ms: 4, members: vec![] }
+        );
         assert_eq!(s.find("[::1]:81"), Some(1));
         assert_eq!(s.find("1.1.1.1:1"), None);
     }

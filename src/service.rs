@@ -4,6 +4,7 @@
 use crate::config::{RegistryConfig, ServiceConfig};
 use crate::drain::Reason;
 use crate::poller::PollState;
+use crate::prober::Prober;
 use crate::registry::Session;
 use crate::view::ServiceView;
 
@@ -19,6 +20,8 @@ pub struct Registry {
 pub struct Service {
     pub cfg: ServiceConfig,
     pub poll: PollState,
+    /// Active health checks (poller VM, when configured).
+    pub prober: Prober,
     pub view: ServiceView,
     pub stats: ServiceStats,
 }
@@ -43,13 +46,16 @@ pub struct ServiceStats {
     pub ejection_trials: u64,
     /// Ejected instances readmitted after a successful trial.
     pub readmitted: u64,
+    /// Active health-check probes that passed / failed (Envoy: `health_check.success`, `.failure`).
+    pub health_check_success: u64,
+    pub health_check_failure: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
     pub local_503: [u64; 5],
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 18] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -61,6 +67,8 @@ impl ServiceStats {
         "outlier_detection.ejections_overflow",
         "outlier_detection.trials",
         "outlier_detection.readmitted",
+        "health_check.success",
+        "health_check.failure",
         "local_503.no_instances",
         "local_503.no_membership",
         "local_503.none_serving",
@@ -68,7 +76,7 @@ impl ServiceStats {
         "local_503.self_draining",
     ];
 
-    /// Counts a local 503.
+    /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
     pub fn local_503(&mut self, r: Reason) {
         if let Some(n) = self.local_503.get_mut(r.index()) {
             *n += 1;
@@ -76,7 +84,7 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 16] {
+    pub fn take(&mut self) -> [u64; 18] {
         let s = std::mem::take(self);
         let [a, b, c, d, e] = s.local_503;
         [
@@ -91,6 +99,8 @@ impl ServiceStats {
             s.ejections_overflow,
             s.ejection_trials,
             s.readmitted,
+            s.health_check_success,
+            s.health_check_failure,
             a,
             b,
             c,
@@ -112,8 +122,7 @@ pub struct Stats {
 
 impl Stats {
     /// The counter names, in the order [`Stats::take`] returns them.
-    pub const NAMES: [&'static str; 5] =
-        ["notify_marks", "failed_host_marks", "admin_denied", "client_header_stripped", "dispatch_failed"];
+    pub const NAMES: [&'static str; 4] = ["notify_marks", "admin_denied", "client_header_stripped", "dispatch_failed"];
 
     /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
     pub fn take(&mut self) -> [u64; 4] {
@@ -132,3 +141,49 @@ pub const GAUGE_NAMES: [&str; 7] = [
     "snapshot_version",
     "refresh_duration_us",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter lands under its own name: each field set to a distinct value comes back at
+    /// the position of its name.
+    #[test]
+    fn names_and_values_line_up() {
+        let mut s = ServiceStats {
+            refresh_ok: 1,
+            refresh_failed: 2,
+            refresh_kept: 3,
+            refresh_unchanged: 4,
+            instances_skipped: 5,
+            protect_threshold_hit: 6,
+            picks: 7,
+            ejections_enforced: 8,
+            ejections_overflow: 9,
+            ejection_trials: 10,
+            readmitted: 11,
+            health_check_success: 12,
+            health_check_failure: 13,
+            local_503: [14, 15, 16, 17, 18],
+        };
+        let values = s.take();
+        let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
+        assert_eq!(named.len(), ServiceStats::NAMES.len());
+        for (name, want) in
+            [("refresh_ok", 1), ("picks", 7), ("outlier_detection.trials", 10), ("health_check.failure", 13)]
+        {
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
+        }
+        for r in Reason::ALL {
+            let name = format!("local_503.{}", r.as_str());
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(14 + r.index() as u64), "{name}");
+        }
+        assert_eq!(s, ServiceStats::default(), "taken: reset");
+        let mut g = Stats { notify_marks: 1, admin_denied: 2, client_header_stripped: 3, dispatch_failed: 4 };
+        let named: Vec<(&str, u64)> = Stats::NAMES.iter().copied().zip(g.take()).collect();
+        assert_eq!(
+            named,
+            [("notify_marks", 1), ("admin_denied", 2), ("client_header_stripped", 3), ("dispatch_failed", 4)]
+        );
+    }
+}

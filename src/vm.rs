@@ -1,8 +1,9 @@
 //! Everything one Envoy worker VM knows and decides, free of proxy-wasm calls. The glue
 //! (`host`, compiled into the `.wasm` only) calls four entry points and applies what they return:
 //!
-//! - [`Vm::on_tick`]: lease, view, due registry requests ([`Dispatch`]);
-//! - [`Vm::on_registry_reply`]: a registry reply becomes membership ([`crate::poller`]);
+//! - [`Vm::on_tick`]: lease, view, due registry requests and probes ([`Dispatch`]);
+//! - [`Vm::on_call_reply`]: a registry reply becomes membership ([`crate::poller`]), a probe's
+//!   answer health ([`crate::prober`]);
 //! - [`Vm::on_request`]: the routing decision for one request ([`Flow`]);
 //! - [`Vm::on_response`]: what a response tells about the instance that served it.
 //!
@@ -17,7 +18,7 @@ use crate::admin::{self, AdminCall};
 use crate::clock::Rng;
 use crate::config::{Config, Mode, Settings};
 use crate::drain::{local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
-use crate::health::{classify, Counts, Failure, Outcome};
+use crate::health::{classify, Counts, Failure, Outcome, UNREACHED_HEADER};
 use crate::instance::canonical_addr;
 use crate::marks;
 use crate::poller::{interval, RefreshOutcome};
@@ -68,13 +69,22 @@ pub struct Exchange {
     pub trial: bool,
 }
 
-/// A registry request to dispatch on `cluster`; hand the token back with [`Vm::dispatched`].
+/// A request to dispatch on `cluster`; hand the token back with [`Vm::dispatched`].
 #[derive(Debug, Clone)]
 pub struct Dispatch {
     pub service: usize,
-    pub call: Call,
+    pub purpose: Purpose,
     pub cluster: String,
     pub request: HttpRequest,
+}
+
+/// What a dispatched request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// A registry call of the service.
+    Registry(Call),
+    /// An active health-check probe of this instance.
+    Probe(String),
 }
 
 /// One worker VM's state: configuration, registries, services, the shared view, the lease.
@@ -93,8 +103,8 @@ pub struct Vm {
     pub stats: Stats,
     /// Every routing header of every service, stripped from client requests.
     route_headers: Vec<String>,
-    /// Registry calls in flight: token -> (service, call).
-    pending: HashMap<u32, (usize, Call)>,
+    /// Calls in flight: token -> (service, purpose).
+    pending: HashMap<u32, (usize, Purpose)>,
     /// Per (service, kind): when it was last logged and how many were suppressed since.
     last_log: HashMap<(usize, &'static str), (i64, u64)>,
     /// Consecutive failures this VM saw, per instance address (outlier detection).
@@ -113,6 +123,7 @@ impl Vm {
         let services = services
             .into_iter()
             .map(|sc| Service {
+                prober: Default::default(),
                 view: ServiceView::new(&sc, settings.weight_refresh_ms),
                 poll: Default::default(),
                 stats: Default::default(),
@@ -173,6 +184,7 @@ impl Vm {
             self.leader = leads;
             for s in &mut self.services {
                 s.poll.reset();
+                s.prober.reset();
             }
             self.pending.clear();
             if leads {
@@ -180,11 +192,12 @@ impl Vm {
             }
         }
         self.sync(shared, now_ms);
-        self.due(now_ms)
+        self.due(shared, now_ms)
     }
 
-    /// The registry requests due at `now_ms` (none unless this VM is the poller).
-    pub fn due(&mut self, now_ms: i64) -> Vec<Dispatch> {
+    /// The registry requests and health-check probes due at `now_ms` (none unless this VM is the
+    /// poller).
+    pub fn due(&mut self, shared: &dyn Shared, now_ms: i64) -> Vec<Dispatch> {
         if !self.leader {
             return Vec::new();
         }
@@ -192,7 +205,27 @@ impl Vm {
         for (i, s) in self.services.iter_mut().enumerate() {
             let Some(reg) = self.registries.get(s.cfg.registry) else { continue };
             if let Some((call, request)) = s.poll.due(&reg.cfg, &reg.session, &s.cfg, now_ms) {
-                out.push(Dispatch { service: i, call, cluster: reg.cfg.cluster.clone(), request });
+                out.push(Dispatch {
+                    service: i,
+                    purpose: Purpose::Registry(call),
+                    cluster: reg.cfg.cluster.clone(),
+                    request,
+                });
+            }
+            let (Some(hc), Some(cluster)) = (&s.cfg.health_check, s.cfg.match_clusters.first()) else { continue };
+            let (probes, new) = s.prober.due(hc, &s.cfg, &s.view.snap.members, now_ms, &mut self.rng);
+            for addr in new {
+                if let Some(m) = crate::instance::find(&s.view.snap.members, &addr) {
+                    marks::set_health(shared, &self.keys, m, false);
+                }
+            }
+            for p in probes {
+                out.push(Dispatch {
+                    service: i,
+                    purpose: Purpose::Probe(p.addr),
+                    cluster: cluster.clone(),
+                    request: p.request,
+                });
             }
         }
         out
@@ -200,7 +233,7 @@ impl Vm {
 
     /// The host accepted `d` under `token`.
     pub fn dispatched(&mut self, token: u32, d: &Dispatch) {
-        self.pending.insert(token, (d.service, d.call));
+        self.pending.insert(token, (d.service, d.purpose.clone()));
     }
 
     /// The host refused to dispatch `d` (`why`, for the log): retried after one interval.
@@ -208,33 +241,48 @@ impl Vm {
         self.stats.dispatch_failed += 1;
         let retry = interval(&self.settings, &mut self.rng);
         let Some(s) = self.services.get_mut(d.service) else { return };
-        s.poll.dispatch_failed(now_ms, retry);
-        s.stats.refresh_failed += 1;
+        match &d.purpose {
+            Purpose::Registry(_) => {
+                s.poll.dispatch_failed(now_ms, retry);
+                s.stats.refresh_failed += 1;
+            }
+            Purpose::Probe(addr) => s.prober.dispatch_failed(addr),
+        }
         let (name, cluster) = (s.cfg.name.clone(), d.cluster.clone());
         self.log_limited(d.service, "dispatch", now_ms, || {
-            format!("cannot call registry cluster '{cluster}' for service '{name}': {why} (is the cluster defined?)")
+            format!("cannot call cluster '{cluster}' for service '{name}': {why} (is the cluster defined?)")
         });
     }
 
-    /// The largest registry body the reply to `token` may have (the glue fetches no more).
+    /// The largest body the reply to `token` may have (the glue fetches no more; probes: none).
     pub fn max_body(&self, token: u32) -> usize {
-        self.pending
-            .get(&token)
-            .and_then(|(svc, _)| self.services.get(*svc))
-            .and_then(|s| self.registries.get(s.cfg.registry))
-            .map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes)
+        match self.pending.get(&token) {
+            Some((svc, Purpose::Registry(_))) => self
+                .services
+                .get(*svc)
+                .and_then(|s| self.registries.get(s.cfg.registry))
+                .map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes),
+            _ => 0,
+        }
     }
 
-    /// A registry reply arrived for `token`: parse, apply the keep-last-good rules, publish.
-    /// Returns the service it was for and what happened (`None` for an unknown token).
-    pub fn on_registry_reply(
+    /// The reply to a dispatched call arrived for `token`. A registry reply is parsed, checked by
+    /// the keep-last-good rules and published: returns the service and what happened. A probe's
+    /// answer decides its instance's health (returns `None`, like an unknown token).
+    pub fn on_call_reply(
         &mut self,
         shared: &dyn Shared,
         token: u32,
         resp: &HttpResponse<'_>,
         now_ms: i64,
     ) -> Option<(usize, RefreshOutcome)> {
-        let (svc, call) = self.pending.remove(&token)?;
+        let (svc, call) = match self.pending.remove(&token)? {
+            (svc, Purpose::Registry(call)) => (svc, call),
+            (svc, Purpose::Probe(addr)) => {
+                self.on_probe_reply(shared, svc, &addr, resp.status, now_ms);
+                return None;
+            }
+        };
         self.sync(shared, now_ms);
         let interval_ms = interval(&self.settings, &mut self.rng);
         let s = self.services.get_mut(svc)?;
@@ -255,6 +303,24 @@ impl Vm {
         }
         self.account(svc, &outcome, now_ms);
         Some((svc, outcome))
+    }
+
+    /// A probe of `addr` answered `status` (`None`: no answer).
+    fn on_probe_reply(&mut self, shared: &dyn Shared, svc: usize, addr: &str, status: Option<u16>, now_ms: i64) {
+        let Some(s) = self.services.get_mut(svc) else { return };
+        let Some(hc) = &s.cfg.health_check else { return };
+        if hc.passes(status) {
+            s.stats.health_check_success += 1;
+        } else {
+            s.stats.health_check_failure += 1;
+        }
+        let Some(healthy) = s.prober.on_reply(hc, addr, status) else { return };
+        let Some(m) = crate::instance::find(&s.view.snap.members, addr) else { return };
+        if marks::set_health(shared, &self.keys, m, healthy) {
+            let verdict = if healthy { "passes: it gets traffic" } else { "fails: no new requests go to it" };
+            info!("service '{}': the health check of {addr} {verdict}", s.cfg.name);
+            self.sync(shared, now_ms);
+        }
     }
 
     /// Stats and logs for a refresh outcome.
@@ -468,6 +534,11 @@ impl Vm {
             h.response_header("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
         let status = h.response_header(":status").and_then(|v| v.parse::<u16>().ok());
         let outcome = classify(status, drain, || h.property(&["response", "code_details"]));
+        if outcome == Outcome::Failed(Failure::LocalOrigin)
+            && !h.set_response_header(UNREACHED_HEADER, "connection_failure")
+        {
+            warn!("cannot set {UNREACHED_HEADER} on a response");
+        }
         // the served instance is needed only when something is to be learnt about it
         let learn = attempts > 1 || ex.trial || matches!(outcome, Outcome::Failed(_)) || !self.failures.is_empty();
         let Some(last) = learn.then(|| h.property(&["upstream", "address"])).flatten() else { return };
@@ -642,13 +713,18 @@ mod tests {
             World { vm, shared }
         }
         fn refresh(&mut self, body: &str, now: i64) -> RefreshOutcome {
-            let due = self.vm.on_tick(&self.shared, now);
+            let due: Vec<Dispatch> = self
+                .vm
+                .on_tick(&self.shared, now)
+                .into_iter()
+                .filter(|d| matches!(d.purpose, Purpose::Registry(_)))
+                .collect();
             assert_eq!(due.len(), 1, "one request per interval");
             assert_eq!(due[0].request.header(":path"), Some("/demo"));
             self.vm.dispatched(7, &due[0]);
             let h = [(":status".to_string(), "200".to_string())];
             let resp = HttpResponse { status: Some(200), headers: &h, body: body.as_bytes(), body_size: body.len() };
-            self.vm.on_registry_reply(&self.shared, 7, &resp, now).unwrap().1
+            self.vm.on_call_reply(&self.shared, 7, &resp, now).unwrap().1
         }
         /// Routes a request to `cluster`; the routing header's value, or the local reply.
         fn route(&mut self, cluster: &str, pin: Option<&str>, now: i64) -> Result<String, LocalReply> {
@@ -800,6 +876,18 @@ mod tests {
     /// Sends one request to `demo` and answers it: `upstream` served the last of `attempts`, with
     /// `status` and Envoy's `details`. Returns the exchange.
     fn answer(w: &mut World, now: i64, upstream: Option<&str>, attempts: u32, status: u16, details: &str) -> Exchange {
+        answer_with_headers(w, now, upstream, attempts, status, details).0
+    }
+
+    /// [`answer`], also returning the response headers as the filter left them.
+    fn answer_with_headers(
+        w: &mut World,
+        now: i64,
+        upstream: Option<&str>,
+        attempts: u32,
+        status: u16,
+        details: &str,
+    ) -> (Exchange, Vec<(String, String)>) {
         let h = host(&w.shared, now, &[(":path", "/x")], Some("demo"));
         let mut ex = Exchange::default();
         assert_eq!(w.vm.on_request(&h, &mut ex), Flow::Continue);
@@ -810,7 +898,8 @@ mod tests {
         *h.resp.borrow_mut() =
             vec![(":status".into(), status.to_string()), ("x-envoy-attempt-count".into(), attempts.to_string())];
         w.vm.on_response(&h, &ex);
-        ex
+        let headers = h.resp.borrow().clone();
+        (ex, headers)
     }
 
     fn state_of(w: &World, addr: &str) -> State {
@@ -898,12 +987,64 @@ mod tests {
         let r = w.route("demo", None, NOW).unwrap_err();
         assert_eq!((r.status, reason(&r)), (503, "no_membership"), "original_dst has no fallback: a clear refusal");
         w.refresh(THREE, NOW);
-        let ex = answer(&mut w, NOW, None, 1, 503, REFUSED);
+        let (ex, headers) = answer_with_headers(&mut w, NOW, None, 1, 503, REFUSED);
         let dead = ex.written.clone();
+        assert!(headers.contains(&(UNREACHED_HEADER.into(), "connection_failure".into())), "{headers:?}");
+        let (_, headers) = answer_with_headers(&mut w, NOW, None, 1, 504, "upstream_response_timeout");
+        assert!(!headers.iter().any(|(k, _)| k == UNREACHED_HEADER), "a timeout may have reached it: {headers:?}");
         assert_eq!(state_of(&w, &dead), State::Down);
         for _ in 0..50 {
             assert_ne!(w.route("demo", None, NOW).unwrap(), dead);
         }
+    }
+
+    #[test]
+    fn active_health_checks_take_a_failing_instance_out_and_back() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","health_check":{"path":"/health","interval_ms":1000,"timeout_ms":500}}]}"#;
+        let mut w = World::new(cfg);
+        w.refresh(THREE, NOW);
+        let a = "10.0.0.1:80";
+        let mut token = 100;
+        // the poller sends each instance one probe per interval, through the routing cluster
+        let mut probe = |w: &mut World, t: i64, status: Option<u16>| -> usize {
+            let mut n = 0;
+            for d in w.vm.on_tick(&w.shared, t) {
+                let Purpose::Probe(addr) = &d.purpose else { continue };
+                assert_eq!(
+                    (d.cluster.as_str(), d.request.header("x-lossless-upstream")),
+                    ("demo", Some(addr.as_str()))
+                );
+                token += 1;
+                w.vm.dispatched(token, &d);
+                let st = if addr == a { status } else { Some(200) };
+                let h: Vec<(String, String)> =
+                    st.map(|s| vec![(":status".to_string(), s.to_string())]).unwrap_or_default();
+                let resp = HttpResponse { status: st, headers: &h, body: b"", body_size: 0 };
+                assert!(w.vm.on_call_reply(&w.shared, token, &resp, t).is_none());
+                n += 1;
+            }
+            n
+        };
+        let mut sent = 0;
+        for t in (0..=2000).step_by(100) {
+            sent += probe(&mut w, NOW + t, None);
+        }
+        assert!((5..=7).contains(&sent), "3 instances, 2 intervals: {sent} probes");
+        assert_eq!(state_of(&w, a), State::Down, "two failed probes: unhealthy");
+        assert!(w.vm.services[0].stats.health_check_failure >= 2);
+        for _ in 0..50 {
+            assert!(!w.route("demo", None, NOW + 2000).unwrap().contains(a));
+        }
+        // another VM sees it
+        let mut other = Vm::new(config::parse(cfg).unwrap(), cfg, 2, Rng::new(2));
+        other.sync(&w.shared, NOW + 2000);
+        assert_eq!(crate::instance::find(&other.services[0].view.members, a).unwrap().state, State::Down);
+        // it answers again: back at the first pass
+        for t in (2100..=3100).step_by(100) {
+            probe(&mut w, NOW + t, Some(200));
+        }
+        assert_eq!(state_of(&w, a), State::Serving);
     }
 
     #[test]

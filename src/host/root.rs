@@ -63,7 +63,7 @@ impl Context for Root {
         };
         let resp = HttpResponse { status, headers: &headers, body: &body, body_size };
         let started = now_us();
-        let done = vm.on_registry_reply(&Envoy, token_id, &resp, now);
+        let done = vm.on_call_reply(&Envoy, token_id, &resp, now);
         let took_us = now_us().saturating_sub(started);
         if let (Some((svc, outcome)), Some(m)) = (done, &self.metrics) {
             if matches!(outcome, RefreshOutcome::Published { .. } | RefreshOutcome::Same { .. }) {
@@ -71,7 +71,7 @@ impl Context for Root {
             }
         }
         // a login or a blocking query goes on at once
-        let due = vm.due(now);
+        let due = vm.due(&Envoy, now);
         Self::dispatch(&mut vm, due, now);
     }
 }
