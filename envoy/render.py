@@ -1,23 +1,34 @@
 #!/usr/bin/env python3
-"""Fills the ${NAME} placeholders of an Envoy config template.
+r"""Fills the ${NAME} placeholders of an Envoy config template.
 
-    python3 envoy/render.py envoy/outbound-override-host.yaml ADMIN_PORT=9901 LISTEN_PORT=10000 ... > envoy.yaml
+    python3 envoy/render.py envoy/outbound-override-host.yaml \
+        ADMIN_PORT=9901 LISTEN_PORT=10000 ... > envoy.yaml
 
 LOSSLESS_CONFIG takes the filter's JSON config (single line, no single quotes); DEMO_ENDPOINTS a
 YAML flow list of lb_endpoints, or use ENDPOINTS=127.0.0.1:9001,127.0.0.1:9002 to build it.
 Exits non-zero if a placeholder is left unfilled.
+
+The tests, the demo and the benchmarks fill their templates with render() too (tests/kit).
 """
+
 import json
 import re
 import string
 import sys
 
+LOOPBACK = "127.0.0.1"
+
 
 def endpoints(addrs):
+    """lb_endpoints as a JSON (so YAML flow) list, from "host:port,host:port" or an iterable of
+    "host:port" strings or bare ports (host 127.0.0.1)."""
+    if isinstance(addrs, str):
+        addrs = [a for a in addrs.split(",") if a.strip()]
     out = []
-    for a in addrs.split(","):
-        host, port = a.rsplit(":", 1)
-        out.append({"endpoint": {"address": {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}}})
+    for a in addrs:
+        host, _, port = str(a).strip().rpartition(":")
+        address = {"address": host.strip("[]") or LOOPBACK, "port_value": int(port)}
+        out.append({"endpoint": {"address": {"socket_address": address}}})
     return json.dumps(out)
 
 
