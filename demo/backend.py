@@ -320,7 +320,7 @@ def main():
     if args.registry:
         ip, _, port = advertise.rpartition(":")
         reg = Registry(args.registry, args.service, ip, int(port))
-        for attempt in range(20):  # bounded: rnacos may be busy
+        for _ in range(20):  # bounded: rnacos may be busy
             try:
                 reg.register({"timestamp": started, "warmup": args.warmup_ms})
                 log("registered", advertise)

@@ -1,0 +1,195 @@
+"""The figures of a demo run (summary.json) and the plain-text summary of all runs side by side
+(summary.txt)."""
+
+import math
+from collections import Counter
+
+from kit import percentile
+
+
+def summarize(run):
+    """The run's figures (summary.json): requests, failures by kind, latency, per instance."""
+    a = run.args
+    samples = run.load.results() if run.load else []
+    by_addr = {inst.addr: inst for inst in run.instances}
+    ok = [s for s in samples if 200 <= s.status < 300]
+    failed = [s for s in samples if not 200 <= s.status < 300]
+    kinds = Counter(failure_kind(s) for s in failed)
+    lat = [s.latency for s in ok]
+    instances = {}
+    for inst in run.instances:
+        if inst.phase == "planned":
+            continue
+        mine = [s for s in samples if s.instance == inst.addr]
+        fin = inst.final or {}
+        d = {
+            "address": inst.addr,
+            "backend_port": inst.app_port,
+            "started_s": rnd(run.rel(inst.t_start)),
+            "backend_started_s": rnd(run.wall_to_rel(inst.started_ms)),
+            "serving_s": rnd(run.rel(inst.t_up)),
+            "sigterm_s": rnd(run.rel(inst.t_term)),
+            "exited_s": rnd(run.rel(inst.t_exit)),
+            "client_ok": sum(1 for s in mine if 200 <= s.status < 300),
+            "client_failed": sum(1 for s in mine if not 200 <= s.status < 300),
+            "backend_served": fin.get("served_total"),
+            "backend_served_by_method": fin.get("served"),
+            "backend_rejected_overloaded": fin.get("rejected"),
+        }
+        if inst.t_term is not None:
+            last = max((s.t for s in mine), default=None)
+            if fin.get("offline_ms"):
+                # the backend's own view: new requests after it marked itself offline
+                d["offline_to_no_new_traffic_ms"] = max(
+                    0, (fin.get("last_arrival_ms") or 0) - fin["offline_ms"])
+                d["offline_s"] = rnd(run.wall_to_rel(fin["offline_ms"]))
+                d["drained_quietly"] = fin.get("quiet")
+            # the client's view: the last request it sent that this instance answered
+            if last is not None:
+                d["client_last_request_after_sigterm_ms"] = int(
+                    max(0.0, last - run.rel(inst.t_term)) * 1000)
+            if inst.sidecar_stats:
+                d["sidecar_self_draining_503"] = int(inst.sidecar_stats.get(
+                    "wasmcustom.lossless.demo.local_503.self_draining", 0))
+            if inst.t_unhealthy is not None:
+                d["sigterm_to_health_check_unhealthy_ms"] = int(
+                    (inst.t_unhealthy - inst.t_term) * 1000)
+        instances[inst.name] = d
+    served = [d["backend_served"] for d in instances.values()]
+    backend_total = sum(x for x in served if x is not None)
+    unattributed_ok = sum(1 for s in ok if s.instance not in by_addr)
+    drains = [d["offline_to_no_new_traffic_ms"] for d in instances.values()
+              if "offline_to_no_new_traffic_ms" in d]
+    hc = [d["sigterm_to_health_check_unhealthy_ms"] for d in instances.values()
+          if "sigterm_to_health_check_unhealthy_ms" in d]
+    return {
+        "mode": run.mode,
+        "duration_s": rnd(max((s.t for s in samples), default=0.0)),
+        "rate": a.rate,
+        "post_share": a.post_share,
+        "warmup_s": a.warmup,
+        "instances_replaced": a.replace,
+        "requests": len(samples),
+        "requests_by_method": dict(Counter(x.method for x in samples)),
+        "ok": len(ok),
+        "failed": len(failed),
+        "failed_get": sum(1 for s in failed if s.method == "GET"),
+        "failed_post": sum(1 for s in failed if s.method == "POST"),
+        "failures_by_kind": dict(kinds.most_common()),
+        "latency_ms": {"p50": ms(percentile(lat, 0.5)), "p99": ms(percentile(lat, 0.99)),
+                       "max": ms(max(lat, default=None))},
+        "backend_served_total": backend_total,
+        "client_ok_total": len(ok),
+        "client_ok_unattributed": unattributed_ok,
+        "counts_consistent": (None not in served and backend_total == len(ok)),
+        "max_offline_to_no_new_traffic_ms": max(drains) if drains else None,
+        "max_sigterm_to_health_check_unhealthy_ms": max(hc) if hc else None,
+        "instances": instances,
+        "events": [{"t": rnd(run.rel(t)), "event": e} for t, e in run.events],
+    }
+
+def shares(run):
+    """Per instance: [(second, share of that second's requests it answered, successfully or
+    not)] over its lifetime; and failed requests per second."""
+    samples = run.load.results() if run.load else []
+    if not samples:
+        return {}, []
+    seconds = max(1, int(max(s.t for s in samples)))  # the last, partial second is left out
+    samples = [s for s in samples if s.t < seconds]
+    totals = [0] * seconds
+    fails = [0] * seconds
+    per = {inst.addr: [0] * seconds for inst in run.instances}
+    for s in samples:
+        b = int(s.t)
+        totals[b] += 1
+        if s.instance in per:  # answered by it, refused (overloaded) or not
+            per[s.instance][b] += 1
+        if not 200 <= s.status < 300:
+            fails[b] += 1
+    out = {}
+    for inst in run.instances:
+        if inst.phase == "planned":
+            continue
+        first = max(0, int(math.floor(run.rel(inst.t_start) or 0)))
+        end = run.rel(inst.t_exit)
+        last = seconds - 1 if end is None else min(seconds - 1, int(math.ceil(end)))
+        pts = [(b + 0.5, per[inst.addr][b] / totals[b] if totals[b] else 0.0)
+               for b in range(first, last + 1)]
+        out[inst.name] = pts
+    return out, fails
+
+def failure_kind(s):
+    if s.status == 0:
+        err = (s.error or "error").split(":", 1)[0]
+        return f"client error {err}"
+    if s.headers.get("x-overloaded"):
+        return f"{s.status} overloaded (cold instance)"
+    if s.headers.get("x-lossless-drain"):
+        return f"{s.status} drain ({s.headers['x-lossless-drain']})"
+    if s.instance:
+        return f"{s.status} from instance"
+    return f"{s.status} from gateway (upstream reset)"
+
+
+def rnd(x, n=2):
+    return None if x is None else round(x, n)
+
+
+def ms(seconds):
+    """Seconds as milliseconds rounded to 0.1 (None stays None)."""
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def text_summary(runs):
+    """Plain text: each run, then the side-by-side table."""
+    lines = []
+    for s in runs.values():
+        lines.append(f"== {s['mode']}: {s['requests']} requests in {s['duration_s']} s, "
+                     f"{s['failed']} failed ({s['failed_get']} GET, {s['failed_post']} POST)")
+        for kind, n in s["failures_by_kind"].items():
+            lines.append(f"   {n:6d}  {kind}")
+        lines.append(f"   latency of ok requests: p50 {s['latency_ms']['p50']} ms, "
+                     f"p99 {s['latency_ms']['p99']} ms, max {s['latency_ms']['max']} ms")
+        lines.append(f"   backends served {s['backend_served_total']}, the load generator saw "
+                     f"{s['client_ok_total']} ok: "
+                     + ("consistent" if s["counts_consistent"] else "NOT consistent"))
+        for name, d in s["instances"].items():
+            extra = []
+            if "offline_to_no_new_traffic_ms" in d:
+                extra.append(f"offline -> no new traffic {d['offline_to_no_new_traffic_ms']} ms")
+            if "sidecar_self_draining_503" in d:
+                extra.append(f"sidecar refusals {d['sidecar_self_draining_503']}")
+            if "sigterm_to_health_check_unhealthy_ms" in d:
+                extra.append("SIGTERM -> health check unhealthy "
+                             f"{d['sigterm_to_health_check_unhealthy_ms']} ms")
+            lines.append(f"   {name} {d['address']}: client ok {d['client_ok']}, "
+                         f"failed {d['client_failed']}, backend served {d['backend_served']}, "
+                         f"overloaded {d['backend_rejected_overloaded']}"
+                         + ("; " + ", ".join(extra) if extra else ""))
+        lines.append("")
+    names = list(runs)
+    rows = [("requests", "requests"), ("failed requests", "failed"),
+            ("  failed GET", "failed_get"), ("  failed POST", "failed_post")]
+    width, lw = 14, 40
+    lines.append("== side by side")
+    lines.append(f"{'':<{lw}}" + "".join(f"{n:>{width}}" for n in names))
+    for label, key in rows:
+        lines.append(f"{label:<{lw}}" + "".join(f"{runs[n][key]:>{width}}" for n in names))
+    kinds = sorted({k for n in names for k in runs[n]["failures_by_kind"]})
+    for kind in kinds:
+        label = "  " + (kind if len(kind) <= lw - 2 else kind[:lw - 5] + "...")
+        lines.append(f"{label:<{lw}}" + "".join(
+            f"{runs[n]['failures_by_kind'].get(kind, 0):>{width}}" for n in names))
+
+    def fmt_ms(v):
+        return "-" if v is None else f"{v / 1000:.2f} s"
+    lines.append(f"{'p99 latency of ok requests':<{lw}}" + "".join(
+        f"{str(runs[n]['latency_ms']['p99']) + ' ms':>{width}}" for n in names))
+    lines.append(f"{'max offline -> no new traffic':<{lw}}" + "".join(
+        f"{fmt_ms(runs[n]['max_offline_to_no_new_traffic_ms']):>{width}}" for n in names))
+    lines.append(f"{'max SIGTERM -> health check drop':<{lw}}" + "".join(
+        f"{fmt_ms(runs[n]['max_sigterm_to_health_check_unhealthy_ms']):>{width}}"
+        for n in names))
+    lines.append(f"{'backend counts = client ok':<{lw}}" + "".join(
+        f"{'yes' if runs[n]['counts_consistent'] else 'no':>{width}}" for n in names))
+    return "\n".join(lines) + "\n"
