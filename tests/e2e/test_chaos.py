@@ -10,9 +10,9 @@ and bounds every wait. Timing bounds are loose enough for a loaded 2-core machin
 proves does not depend on them.
 """
 
+import functools
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -23,60 +23,59 @@ from pathlib import Path
 
 import pytest
 
-from chaos_helpers import (AuthRnacos, MembershipSampler, RegFront, env_seconds, envoy_pid,
-                           filter_config, filter_log_lines, fmt_mem, memory, percentile, proxied,
-                           raw_http, serving_of, with_proxy_protocol)
-from harness import (HOUR_MS, INBOUND, LOOPBACK, ORIGINAL_DST, OUTBOUND, SERVICE, Backend, Load,
-                     free_port, get_json, lb_endpoints, now_ms, render, request, wait_until,
-                     wasm_crash_lines)
+from chaos_helpers import (
+    AuthRnacos,
+    MembershipSampler,
+    filter_log_lines,
+    fmt_mem,
+    memory,
+    proxied,
+    raw_http,
+    with_proxy_protocol,
+)
+from harness import (
+    INBOUND,
+    ORIGINAL_DST,
+    OUTBOUND,
+    SERVICE,
+    TEMPLATES,
+    Backend,
+    RegFront,
+    filter_config,
+    membership,
+    register,
+    serving_of,
+)
+from kit import (
+    HOUR_MS,
+    LOOPBACK,
+    Load,
+    env_default,
+    free_port,
+    lb_endpoints,
+    now_ms,
+    percentile,
+    render,
+    request,
+    wait_until,
+)
 
-pytestmark = pytest.mark.chaos
-
-
-@pytest.fixture(autouse=True)
-def no_wasm_crash(request, tmp_logs):
-    """No `[critical][wasm]` or panic line in any Envoy log of a chaos test. A test that pushes a
-    refused config on purpose lists Envoy's own lines about that refusal in
-    `request.node.allowed_wasm_lines` (regexes)."""
-    yield
-    allowed = [re.compile(r) for r in getattr(request.node, "allowed_wasm_lines", ())]
-    for log in sorted(tmp_logs.rglob("*.envoy.log")):
-        bad = [line for line in wasm_crash_lines(log.read_text(errors="replace"))
-               if not any(a.search(line) for a in allowed)]
-        assert not bad, f"{log}:\n" + "\n".join(bad[:20])
-
-
-@pytest.fixture
-def node(request):
-    """The running test's item (not named `request`: that is harness.request here)."""
-    return request.node
-
-
-def register(rnacos, port, started_ms, warmup_ms=30_000, service=SERVICE, **meta):
-    metadata = {"timestamp": started_ms}
-    if warmup_ms is not None:
-        metadata["warmup"] = warmup_ms
-    metadata.update(meta)
-    rnacos.register(service, LOOPBACK, port, weight=1.0, metadata=metadata)
-
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("no_wasm_crash")]
 
 # Envoy writes its --log-path file every 10 s by default: the tests read the log sooner
 FAST_LOG_FLUSH = ["--file-flush-interval-msec", "100"]
 
 
-def start_gateway(make_envoy, registry_port, cfg, endpoints, concurrency=2, name="gateway",
-                  template=OUTBOUND, **kwargs):
-    listen = free_port()
-    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": registry_port, "LOSSLESS_CONFIG": cfg,
-            "DEMO_ENDPOINTS": lb_endpoints(endpoints) if endpoints else "[]"}
-    kwargs.setdefault("extra_args", FAST_LOG_FLUSH)
-    env = make_envoy(template, subs, concurrency=concurrency, name=name, **kwargs)
-    env.listen = listen
-    return env
+@pytest.fixture
+def node(request):
+    """The running test's item (not named `request`: that is kit.request here)."""
+    return request.node
 
 
-def membership(port):
-    return get_json(f"http://{LOOPBACK}:{port}/lossless/membership")
+@pytest.fixture
+def make_gateway(make_gateway):
+    """The suite's gateways: 2 workers, Envoy's log flushed every 100 ms."""
+    return functools.partial(make_gateway, concurrency=2, extra_args=FAST_LOG_FLUSH)
 
 
 def wait_serving(port, n, timeout=15):
@@ -115,19 +114,14 @@ def sample_problems(samples, n, version, service=0):
 FLAP_CYCLE = ["pass", "empty", "partial", "500", "pass", "partial", "empty", "garbage"]
 
 
-def test_flapping_registry_never_collapses_the_set(rnacos, make_backend, make_envoy, procs):
+def test_flapping_registry_never_collapses_the_set(rnacos, registry_front, serving_gateway):
     """The registry front answers each list request with the next reply of FLAP_CYCLE: the full
     list (10 instances), an empty list, 1 of the 10, a 500 or garbage. Between two full lists there
     are at most 2 held-back replies (empty or partial), never guard.confirm_refreshes (3): no flap
     may be applied. Traffic, membership samples every 200 ms, stats and log volume are checked."""
-    flap_s = env_seconds("CHAOS_FLAP_S", 20)
-    backends = [make_backend() for _ in range(10)]
-    for b in backends:
-        register(rnacos, b.port, now_ms() - HOUR_MS)
-    front = RegFront(procs, rnacos.addr)
-    gw = start_gateway(make_envoy, front.port, filter_config(front.addr),
-                       [b.addr for b in backends])
-    wait_serving(gw.listen, 10)
+    flap_s = env_default("CHAOS_FLAP_S", 20.0, float)
+    front = registry_front
+    gw, backends = serving_gateway(10, registry=front)
     doc0 = membership(gw.listen)
     version0 = doc0["services"][0]["version"]
     st0 = lossless_stats(gw)
@@ -204,14 +198,9 @@ SLOW_PHASES = [
 ]
 
 
-def test_slow_and_huge_registry_replies(rnacos, make_backend, make_envoy, procs):
-    backends = [make_backend() for _ in range(3)]
-    for b in backends:
-        register(rnacos, b.port, now_ms() - HOUR_MS)
-    front = RegFront(procs, rnacos.addr)
-    gw = start_gateway(make_envoy, front.port, filter_config(front.addr, timeout_ms=1000),
-                       [b.addr for b in backends])
-    wait_serving(gw.listen, 3)
+def test_slow_and_huge_registry_replies(registry_front, serving_gateway, make_gateway):
+    front = registry_front
+    gw, backends = serving_gateway(3, registry=front)  # registry timeout_ms 1000
     version0 = membership(gw.listen)["services"][0]["version"]
     # warm Envoy up (connections, buffers, stats) before the first memory reading
     Load(gw.listen, threads=8, duration=3, post_share=0.2).run()
@@ -283,10 +272,10 @@ def test_slow_and_huge_registry_replies(rnacos, make_backend, make_envoy, procs)
     # control (the memory check can fail): with max_body_bytes raised to 16 MiB, a 12 MiB reply is
     # copied into the poller's VM (and parsed: a valid list), and net RSS grows by about that
     front.mode("pass")
-    ctl = start_gateway(make_envoy, front.port,
-                        filter_config(front.addr, timeout_ms=3000,
-                                      registry={"max_body_bytes": 16 << 20}),
-                        [b.addr for b in backends], name="control")
+    ctl = make_gateway(front.port,
+                       filter_config(front.addr, timeout_ms=3000,
+                                     registry={"max_body_bytes": 16 << 20}),
+                       [b.addr for b in backends], name="control")
     wait_serving(ctl.listen, 3)
     Load(ctl.listen, threads=8, duration=3, post_share=0.2).run()
     c0 = memory(ctl)
@@ -309,7 +298,7 @@ def test_slow_and_huge_registry_replies(rnacos, make_backend, make_envoy, procs)
 def write_listener(path, version, listen, cfg):
     """Renders lds-listener.yaml and moves it over `path` atomically (Envoy watches the path)."""
     tmp = Path(str(path) + ".tmp")
-    render("lds-listener.yaml", {"VERSION": version, "LISTEN_PORT": listen,
+    render(TEMPLATES / "lds-listener.yaml", {"VERSION": version, "LISTEN_PORT": listen,
                                  "LOSSLESS_CONFIG": cfg}, tmp)
     os.replace(tmp, path)
 
@@ -333,7 +322,7 @@ def test_config_hot_reload_through_lds(rnacos, make_backend, make_envoy, procs, 
                     {"LDS_PATH": lds, "REGISTRY_PORT": rnacos.http_port,
                      "DEMO_ENDPOINTS": lb_endpoints([b.addr for b in backends])},
                     concurrency=2, name="gateway", extra_args=FAST_LOG_FLUSH)
-    pid = envoy_pid(gw)
+    pid = gw.pid
     wait_serving(listen, 3)
     doc = membership(listen)
     assert [s["name"] for s in doc["services"]] == ["demo"]
@@ -396,7 +385,7 @@ def test_config_hot_reload_through_lds(rnacos, make_backend, make_envoy, procs, 
     load.wait()
     assert not load.errors(), load.summary()
     # no restart: the same process, serving all along
-    assert envoy_pid(gw) == pid and gw.is_alive()
+    assert gw.pid == pid and gw.is_alive()
     assert gw.stat("server.uptime", 0) >= 40
     assert lossless_stats(gw)["hosts_serving"] == 3
     assert lossless_stats(gw, "demo2")["hosts_serving"] == 1
@@ -407,8 +396,8 @@ def test_config_hot_reload_through_lds(rnacos, make_backend, make_envoy, procs, 
 # 5. Soak: steady load with a rolling release every 2 minutes; memory flat, 0 errors
 
 @pytest.mark.soak
-def test_soak_rolling_releases(rnacos, make_envoy, procs, tmp_logs):
-    duration = env_seconds("CHAOS_SOAK_S", 600)
+def test_soak_rolling_releases(rnacos, make_gateway, procs, tmp_logs):
+    duration = env_default("CHAOS_SOAK_S", 600.0, float)
     every = 120.0
     first_release = 30.0
     warm = 60.0
@@ -426,7 +415,7 @@ def test_soak_rolling_releases(rnacos, make_envoy, procs, tmp_logs):
     for b in live:
         register(rnacos, b.port, now_ms() - HOUR_MS)
     spare = list(pool[live_n:])
-    gw = start_gateway(make_envoy, rnacos.http_port, filter_config(rnacos.addr), pool)
+    gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr), pool)
     wait_serving(gw.listen, live_n)
 
     load = Load(gw.listen, threads=8, rate=100, duration=duration, post_share=0.2, timeout=10,
@@ -449,7 +438,7 @@ def test_soak_rolling_releases(rnacos, make_envoy, procs, tmp_logs):
             port = spare.pop(0)
             new = start(port)
             register(rnacos, new.port, now_ms(), warmup_ms=30_000)
-            wait_until(lambda: new.addr in serving_of(membership(gw.listen)), timeout=10,
+            wait_until(lambda new=new: new.addr in serving_of(membership(gw.listen)), timeout=10,
                        what="the new instance in the membership")
             off_at = load.elapsed()
             rnacos.set_enabled(SERVICE, LOOPBACK, old.port, False)
@@ -478,7 +467,7 @@ def test_soak_rolling_releases(rnacos, make_envoy, procs, tmp_logs):
     assert len(events) == len(releases) and len(events) >= 1, events
     # every release went through the gateway: the old instance got nothing once stopped (0
     # errors says so), the new one took traffic
-    for off_at, old, new in events:
+    for off_at, _old, new in events:
         assert load.counts(off_at + 5, None)[new] > 0, (new, off_at)
     rss0, rss1 = baseline[1]["rss_kb"], final[1]["rss_kb"]
     alloc0, alloc1 = baseline[1]["allocated"], final[1]["allocated"]
@@ -507,8 +496,9 @@ def http2_get(port, authority, headers=()):
     return status, {k.strip().lower(): v.strip() for k, _, v in pairs if v}
 
 
-@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST], ids=["override_host", "original_dst"])
-def test_no_header_reaches_a_non_member_or_a_draining_pin(rnacos, make_backend, make_envoy,
+@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST],
+                         ids=["override_host", "original_dst"])
+def test_no_header_reaches_a_non_member_or_a_draining_pin(rnacos, make_backend, make_gateway,
                                                           template):
     m1, m2, m3, secret = (make_backend(n) for n in ("m1", "m2", "m3", "secret"))
     for b in (m1, m2):
@@ -519,8 +509,8 @@ def test_no_header_reaches_a_non_member_or_a_draining_pin(rnacos, make_backend, 
     mode = "original_dst" if template == ORIGINAL_DST else "override_host"
     services = [{"name": "demo", "registry": "nacos", "registry_service": SERVICE,
                  "routing": {"mode": mode}}]
-    gw = start_gateway(make_envoy, rnacos.http_port, filter_config(rnacos.addr, services=services),
-                       [m1.addr, m2.addr, m3.addr, secret.addr], template=template)
+    gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr, services=services),
+                      [m1.addr, m2.addr, m3.addr, secret.addr], template=template)
     wait_until(lambda: serving_of(membership(gw.listen)) == sorted([m1.addr, m2.addr]),
                timeout=15, what="m1 and m2 serving")
     members = {m1.addr, m2.addr}
@@ -553,7 +543,7 @@ def test_no_header_reaches_a_non_member_or_a_draining_pin(rnacos, make_backend, 
             status, h = http2_get(gw.listen, s, [f"x-lossless-upstream: {s}", f"x-pin: {s}"])
             assert status == 200 and h.get("x-instance") in members, (status, h)
     else:
-        warnings.warn("curl not found: the HTTP/2 :authority case was not run")
+        warnings.warn("curl not found: the HTTP/2 :authority case was not run", stacklevel=1)
     assert secret.total() == 0, "a non-member was reached"
 
     # a pin to a member that is draining (by its registry entry) gets 503, however it is spelled
@@ -585,7 +575,8 @@ def test_no_header_reaches_a_non_member_or_a_draining_pin(rnacos, make_backend, 
 # 6b. The admin endpoints answer loopback callers only (PROXY protocol claims the source)
 
 @pytest.mark.parametrize("spoof", ["none", "forwarding_headers"])
-def test_admin_endpoints_refuse_non_loopback_callers(rnacos, make_backend, make_envoy, tmp_logs,
+def test_admin_endpoints_refuse_non_loopback_callers(rnacos, make_backend, make_envoy,
+                                                     make_gateway, tmp_logs,
                                                      spoof):
     """A loopback test client cannot be non-loopback, so the listeners (the shipped outbound and
     inbound configs) get Envoy's PROXY protocol listener filter and each request claims its
@@ -597,8 +588,8 @@ def test_admin_endpoints_refuse_non_loopback_callers(rnacos, make_backend, make_
     sc_port = free_port()
     me = f"{LOOPBACK}:{sc_port}"
     register(rnacos, sc_port, now_ms() - HOUR_MS, service="side-svc")
-    gw = start_gateway(make_envoy, rnacos.http_port, filter_config(rnacos.addr), [app.addr],
-                       template=with_proxy_protocol(OUTBOUND, tmp_logs))
+    gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr), [app.addr],
+                      template=with_proxy_protocol(OUTBOUND, tmp_logs))
     side = [{"name": "side", "registry": "nacos", "registry_service": "side-svc"}]
     inbound_cfg = filter_config(rnacos.addr, services=side, mode="inbound",
                                 inbound={"service": "side", "self_address": me})
@@ -672,7 +663,8 @@ def test_admin_endpoints_refuse_non_loopback_callers(rnacos, make_backend, make_
 # ----------------------------------------------------------------------------------------------
 # 6c. Registry credentials never appear in a log line or in the JSON view
 
-def test_registry_credentials_never_logged(procs, tmp_logs, rnacos_bin, make_backend, make_envoy):
+def test_registry_credentials_never_logged(procs, tmp_logs, rnacos_bin, make_backend,
+                                           make_gateway):
     """rnacos with auth and a password of our own; tokens live 8 s, so the filter renews them.
     Then careless replies that echo the request (the list path with the token, the login body
     with the password) in 403s and 500s, each until the filter has logged it. No Envoy log line
@@ -685,8 +677,8 @@ def test_registry_credentials_never_logged(procs, tmp_logs, rnacos_bin, make_bac
         register(rn, b.port, now_ms() - HOUR_MS)
     front = RegFront(procs, rn.addr)
     creds = {"username": "admin", "password": password}
-    gw = start_gateway(make_envoy, front.port, filter_config(front.addr, registry=creds),
-                       [b.addr for b in backends])
+    gw = make_gateway(front.port, filter_config(front.addr, registry=creds),
+                      [b.addr for b in backends])
     wait_serving(gw.listen, 2)
     Load(gw.listen, threads=4, duration=2).run()
     time.sleep(9)  # past the first token's TTL: renewed
@@ -714,9 +706,9 @@ def test_registry_credentials_never_logged(procs, tmp_logs, rnacos_bin, make_bac
     tokens = seen["tokens"]
     # a second gateway with a wrong password: the refusal is logged, the password is not
     wrong = f"wrong+{secrets.token_hex(6)}"
-    gw2 = start_gateway(make_envoy, rn.http_port,
-                        filter_config(rn.addr, registry={"username": "admin", "password": wrong}),
-                        [b.addr for b in backends], name="gateway-wrongpw")
+    gw2 = make_gateway(rn.http_port,
+                       filter_config(rn.addr, registry={"username": "admin", "password": wrong}),
+                       [b.addr for b in backends], name="gateway-wrongpw")
     wait_until(lambda: any("authentication failed" in ln for ln in filter_log_lines(gw2)),
                timeout=15, what="the login failure in the log")
 

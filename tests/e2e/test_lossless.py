@@ -5,63 +5,32 @@ ports. Loads are bounded in time.
 """
 
 import json
-import sys
+import statistics
 import time
 
 import pytest
 
-from harness import (HERE, HOUR_MS, INBOUND, LOOPBACK, ORIGINAL_DST, OUTBOUND, SERVICE, Envoy, Load,
-                     free_port, get_json, lb_endpoints, now_ms, request, wait_http, wait_until,
-                     wasm_crash_lines)
+from harness import (
+    INBOUND,
+    ORIGINAL_DST,
+    OUTBOUND,
+    SERVICE,
+    filter_config,
+    membership,
+    register,
+    serving,
+)
+from kit import HOUR_MS, LOOPBACK, Envoy, Load, free_port, lb_endpoints, now_ms, request, wait_until
 
-
-def config(registry_addr, refresh_ms=1000, mode="outbound", inbound=None, **service):
-    """The filter's JSON config for one service `demo` backed by rnacos service demo-svc."""
-    svc = {"name": "demo", "registry": "nacos", "registry_service": SERVICE}
-    svc.update(service)
-    cfg = {
-        "mode": mode,
-        "registries": {"nacos": {"type": "nacos", "cluster": "registry", "authority": registry_addr,
-                                 "timeout_ms": 1000}},
-        "services": [svc],
-        "refresh_interval_ms": refresh_ms,
-        "drain": {"pin_header": "x-pin", "notify_grace_ms": 1000},
-    }
-    if inbound:
-        cfg["inbound"] = inbound
-    return json.dumps(cfg, separators=(",", ":"))
+pytestmark = pytest.mark.usefixtures("no_wasm_crash")  # promise 9: no wasm crash in any Envoy log
 
 
 def subs(registry_port, cfg, endpoints=(), listen=None, app_port=None):
     s = {"LISTEN_PORT": listen or free_port(), "REGISTRY_PORT": registry_port,
-         "LOSSLESS_CONFIG": cfg, "DEMO_ENDPOINTS": lb_endpoints(endpoints) if endpoints else "[]"}
+         "LOSSLESS_CONFIG": cfg, "DEMO_ENDPOINTS": lb_endpoints(endpoints)}
     if app_port:
         s["APP_PORT"] = app_port
     return s
-
-
-def port_of(addr):
-    return int(addr.rsplit(":", 1)[1])
-
-
-def membership(envoy_listen_port):
-    return get_json(f"http://{LOOPBACK}:{envoy_listen_port}/lossless/membership")
-
-
-def serving(envoy_listen_port):
-    doc = membership(envoy_listen_port)
-    return sorted(i["address"] for i in doc["services"][0]["instances"] if i["state"] == "serving")
-
-
-@pytest.fixture(autouse=True)
-def no_wasm_crash(request, tmp_logs):
-    """Promise 9: no `[critical][wasm]` or panic line in any Envoy log of the suite."""
-    yield
-    for log in sorted(tmp_logs.rglob("*.envoy.log")):
-        if log.name.startswith("badcfg"):  # refuses its config on purpose
-            continue
-        bad = wasm_crash_lines(log.read_text(errors="replace"))
-        assert not bad, f"{log}:\n" + "\n".join(bad[:20])
 
 
 @pytest.fixture
@@ -69,28 +38,6 @@ def backends(make_backend):
     def make(n):
         return [make_backend() for _ in range(n)]
     return make
-
-
-def register(rnacos, b, started_ms, warmup_ms=30_000, port=None):
-    rnacos.register(SERVICE, LOOPBACK, port or b.port, weight=1.0,
-                    metadata={"timestamp": started_ms, "warmup": warmup_ms})
-
-
-def start_registry_front(procs, rnacos):
-    """regproxy.py in front of rnacos: counts list requests and injects faults. Returns its port."""
-    front = free_port()
-    procs.start("regproxy", [sys.executable, str(HERE / "regproxy.py"), "--port", front,
-                             "--upstream", rnacos.addr])
-    wait_http(f"http://{LOOPBACK}:{front}/__count")
-    return front
-
-
-def start_gateway(make_envoy, registry_port, cfg, endpoints, concurrency=1, name="gateway",
-                  template=OUTBOUND, listen=None):
-    s = subs(registry_port, cfg, endpoints, listen=listen)
-    env = make_envoy(template, s, concurrency=concurrency, name=name)
-    env.listen = int(s["LISTEN_PORT"])
-    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,19 +50,19 @@ def dubbo_weight(uptime_ms, warmup_ms, weight=100):
     return max(1, min(int(uptime_ms / (warmup_ms / weight)), weight))
 
 
-def test_warmup_tracks_dubbo_weight_and_survives_restart(rnacos, backends, make_envoy):
+def test_warmup_tracks_dubbo_weight_and_survives_restart(rnacos, backends, make_gateway):
     b = backends(4)
     old = now_ms() - HOUR_MS
     for x in b[:3]:
-        register(rnacos, x, old)
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [x.addr for x in b])
+        register(rnacos, x.port, old)
+    gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr), [x.addr for x in b])
     wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10, what="3 serving instances")
 
     warmup = 40_000
     load = Load(gw.listen, threads=8, duration=56, post_share=0.2).start()
     wall0 = time.time()
     t0 = now_ms()
-    register(rnacos, b[3], t0, warmup_ms=warmup)
+    register(rnacos, b[3].port, t0, warmup_ms=warmup)
     new = b[3].addr
 
     def at(frac):  # load-relative seconds of a point of the warmup
@@ -125,12 +72,13 @@ def test_warmup_tracks_dubbo_weight_and_survives_restart(rnacos, backends, make_
         lo, hi = at(frac) - half, at(frac) + half
         window = [s for s in load.window(lo, hi) if 200 <= s.status < 300]
         assert len(window) > 500, f"too few samples at {frac:.0%}: {len(window)}"
-        expected = sum(
-            dubbo_weight((wall0 + s.t) * 1000 - t0, warmup) / (300 + dubbo_weight((wall0 + s.t) * 1000 - t0, warmup))
-            for s in window) / len(window)
+        weights = [dubbo_weight((wall0 + s.t) * 1000 - t0, warmup) for s in window]
+        expected = statistics.fmean(w / (300 + w) for w in weights)
         got = sum(1 for s in window if s.instance == new) / len(window)
-        print(f"warmup {frac:.0%}: share {got:.3f}, Dubbo weight share {expected:.3f}, {len(window)} samples")
-        assert abs(got - expected) <= 0.03, f"at {frac:.0%} of warmup: share {got:.3f}, expected {expected:.3f}"
+        print(f"warmup {frac:.0%}: share {got:.3f}, Dubbo weight share {expected:.3f}, "
+              f"{len(window)} samples")
+        assert abs(got - expected) <= 0.03, \
+            f"at {frac:.0%} of warmup: share {got:.3f}, expected {expected:.3f}"
         return got
 
     def sleep_until(frac):
@@ -159,12 +107,8 @@ def test_warmup_tracks_dubbo_weight_and_survives_restart(rnacos, backends, make_
 # ----------------------------------------------------------------------------------------------
 # 3: offline in the registry -> no new request reaches it after refresh interval + 500 ms
 
-def test_offline_instance_gets_no_new_requests(rnacos, backends, make_envoy):
-    b = backends(3)
-    for x in b:
-        register(rnacos, x, now_ms() - HOUR_MS)
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [x.addr for x in b])
-    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+def test_offline_instance_gets_no_new_requests(rnacos, serving_gateway):
+    gw, b = serving_gateway(3)
     load = Load(gw.listen, threads=8, duration=8, post_share=0.3).start()
     time.sleep(2)
     off_at = load.elapsed()
@@ -172,7 +116,8 @@ def test_offline_instance_gets_no_new_requests(rnacos, backends, make_envoy):
     load.wait()
     bound = off_at + 1.1 + 0.5  # refresh interval (1 s + 10 % jitter) + 500 ms
     late = [s for s in load.results() if s.instance == b[2].addr and s.t > bound]
-    assert not late, f"{len(late)} requests reached the offline instance after {bound - off_at:.1f} s"
+    assert not late, \
+        f"{len(late)} requests reached the offline instance after {bound - off_at:.1f} s"
     before = [s for s in load.results() if s.instance == b[2].addr and s.t < off_at]
     assert len(before) > 100, "it did serve before going offline"
     assert not load.errors(), load.summary()
@@ -185,19 +130,20 @@ def test_offline_instance_gets_no_new_requests(rnacos, backends, make_envoy):
 # ----------------------------------------------------------------------------------------------
 # 4: self-drain on the instance's sidecar + active notify + Envoy retry policy -> 0 errors
 
-def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy):
+def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy, make_gateway):
     apps = backends(3)
     sidecars = []
     for i, app in enumerate(apps):
         listen = free_port()
         me = f"{LOOPBACK}:{listen}"
-        cfg = config(rnacos.addr, mode="inbound", inbound={"service": "demo", "self_address": me})
+        cfg = filter_config(rnacos.addr, mode="inbound",
+                            inbound={"service": "demo", "self_address": me})
         sc = make_envoy(INBOUND, subs(rnacos.http_port, cfg, listen=listen, app_port=app.port),
                         name=f"sidecar{i}")
         sc.listen, sc.addr, sc.app = listen, me, app
         sidecars.append(sc)
-        register(rnacos, None, now_ms() - HOUR_MS, port=listen)
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [s.addr for s in sidecars])
+        register(rnacos, listen, now_ms() - HOUR_MS)
+    gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr), [s.addr for s in sidecars])
     wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
     for sc in sidecars:
         wait_until(lambda sc=sc: membership(sc.listen)["self"]["seen_serving"], timeout=10)
@@ -206,7 +152,8 @@ def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy):
     time.sleep(2)
     # (a) the preStop hook: POST /lossless/drain on the sidecar, from loopback
     drained_at = load.elapsed()
-    status, _, body = request("POST", f"http://{LOOPBACK}:{sidecars[0].listen}/lossless/drain", body=b"")
+    status, _, body = request("POST", f"http://{LOOPBACK}:{sidecars[0].listen}/lossless/drain",
+                              body=b"")
     assert status == 200 and json.loads(body)["draining"] is True
     time.sleep(4)
     # (b) the registry marks the second instance offline (Nacos enabled=false)
@@ -229,7 +176,8 @@ def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy):
     assert headers.get("x-lossless-drain") == "self_draining"
     assert headers.get("retry-after") == "1"
     # and the registry-offline one as well, within its grace
-    wait_until(lambda: request("GET", f"http://{LOOPBACK}:{sidecars[1].listen}/")[0] == 503, timeout=5)
+    wait_until(lambda: request("GET", f"http://{LOOPBACK}:{sidecars[1].listen}/")[0] == 503,
+               timeout=5)
     # a non-loopback caller cannot drain: the endpoint checks the peer, not headers (cannot
     # be exercised from loopback; the unit of that check is in the filter)
 
@@ -237,13 +185,9 @@ def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy):
 # ----------------------------------------------------------------------------------------------
 # 5: registry killed for 20 s, then garbage / 500 / stalls: traffic continues, only stats change
 
-def test_registry_outage_and_garbage_change_only_stats(rnacos, backends, make_envoy, procs):
-    b = backends(3)
-    for x in b:
-        register(rnacos, x, now_ms() - HOUR_MS)
-    front = start_registry_front(procs, rnacos)
-    gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b])
-    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+def test_registry_outage_and_garbage_change_only_stats(rnacos, registry_front, serving_gateway):
+    front = registry_front
+    gw, b = serving_gateway(3, registry=front)
     load = Load(gw.listen, threads=8, duration=37, post_share=0.2).start()
     time.sleep(2)
     failed0 = gw.stat("wasmcustom.lossless.demo.refresh_failed", 0)
@@ -255,13 +199,13 @@ def test_registry_outage_and_garbage_change_only_stats(rnacos, backends, make_en
     # rnacos 0.8.8 can lose its data on restart (a known panic in its raft apply thread):
     # register again, as the instances' own heartbeats would
     for x in b:
-        register(rnacos, x, now_ms() - HOUR_MS)
+        register(rnacos, x.port, now_ms() - HOUR_MS)
     # an empty list is held back for guard.confirm_refreshes (3) refreshes: 1.5 s is one or two
     for mode, secs in (("garbage", 3), ("500", 3), ("stall", 4), ("empty", 1.5)):
-        request("POST", f"http://{LOOPBACK}:{front}/__mode?m={mode}", body=b"")
+        front.mode(mode)
         time.sleep(secs)
         assert serving(gw.listen) == sorted(x.addr for x in b), f"membership changed in mode {mode}"
-    request("POST", f"http://{LOOPBACK}:{front}/__mode?m=pass", body=b"")
+    front.mode("pass")
     load.wait()
     assert not load.errors(), load.summary()
     counts = load.counts()
@@ -275,19 +219,13 @@ def test_registry_outage_and_garbage_change_only_stats(rnacos, backends, make_en
 # ----------------------------------------------------------------------------------------------
 # 6: --concurrency 4 -> one registry list request per interval, not four
 
-def test_one_poller_per_process(rnacos, backends, make_envoy, procs):
-    b = backends(2)
-    for x in b:
-        register(rnacos, x, now_ms() - HOUR_MS)
-    front = start_registry_front(procs, rnacos)
-    gw = start_gateway(make_envoy, front, config(f"{LOOPBACK}:{front}"), [x.addr for x in b],
-                       concurrency=4)
-    wait_until(lambda: len(serving(gw.listen)) == 2, timeout=10)
+def test_one_poller_per_process(registry_front, serving_gateway):
+    gw, _ = serving_gateway(2, registry=registry_front, concurrency=4)
     # traffic on every worker while we count
     load = Load(gw.listen, threads=8, duration=11).start()
-    c0 = get_json(f"http://{LOOPBACK}:{front}/__count")["lists"]
+    c0 = registry_front.count()["lists"]
     time.sleep(10)
-    c1 = get_json(f"http://{LOOPBACK}:{front}/__count")["lists"]
+    c1 = registry_front.count()["lists"]
     load.wait()
     assert 8 <= c1 - c0 <= 12, f"{c1 - c0} list requests in 10 s with --concurrency 4"
     assert not load.errors(), load.summary()
@@ -296,13 +234,8 @@ def test_one_poller_per_process(rnacos, backends, make_envoy, procs):
 # ----------------------------------------------------------------------------------------------
 # an instance killed without goodbye: Envoy retries elsewhere, lossless leaves it out for everyone
 
-def test_killed_instance_is_left_out_for_all_workers(rnacos, backends, make_envoy):
-    b = backends(3)
-    for x in b:
-        register(rnacos, x, now_ms() - HOUR_MS)
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr), [x.addr for x in b],
-                       concurrency=2)
-    wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
+def test_killed_instance_is_left_out_for_all_workers(serving_gateway):
+    gw, b = serving_gateway(3, concurrency=2)
     # GETs: a request in flight on the crashed instance is retried too (retry_on reset applies to
     # idempotent methods only; a POST in flight at the crash cannot be retried blindly)
     load = Load(gw.listen, threads=8, duration=6).start()
@@ -332,13 +265,15 @@ def test_killed_instance_is_left_out_for_all_workers(rnacos, backends, make_envo
 # 7: a client's own routing header never reaches an address outside the membership
 
 @pytest.mark.compat
-@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST], ids=["override_host", "original_dst"])
-def test_client_cannot_steer_routing(rnacos, backends, make_envoy, template):
+@pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST],
+                         ids=["override_host", "original_dst"])
+def test_client_cannot_steer_routing(rnacos, backends, make_gateway, template):
     member, secret = backends(2)
-    register(rnacos, member, now_ms() - HOUR_MS)
+    register(rnacos, member.port, now_ms() - HOUR_MS)
     mode = "original_dst" if template == ORIGINAL_DST else "override_host"
-    gw = start_gateway(make_envoy, rnacos.http_port, config(rnacos.addr, routing={"mode": mode}),
-                       [member.addr, secret.addr], template=template)
+    gw = make_gateway(rnacos.http_port,
+                      filter_config(rnacos.addr, service={"routing": {"mode": mode}}),
+                      [member.addr, secret.addr], template=template)
     wait_until(lambda: serving(gw.listen) == [member.addr], timeout=10)
     for headers in ({"x-lossless-upstream": secret.addr},
                     {"x-lossless-upstream": f"{secret.addr},{secret.addr}"},
@@ -357,8 +292,10 @@ def test_client_cannot_steer_routing(rnacos, backends, make_envoy, template):
 
 @pytest.mark.compat
 def test_bad_config_is_refused_naming_the_field(procs, tmp_logs, envoy_bin, wasm_path):
-    bad = json.dumps({"registries": {"nacos": {"type": "nacos", "cluster": "registry", "authority": "x"}},
-                      "services": [{"name": "demo", "registry": "nacos", "routing": {"mode": "nearest"}}]})
+    bad = json.dumps({"registries": {"nacos": {"type": "nacos", "cluster": "registry",
+                                               "authority": "x"}},
+                      "services": [{"name": "demo", "registry": "nacos",
+                                    "routing": {"mode": "nearest"}}]})
     env = Envoy(procs, tmp_logs, OUTBOUND, subs(free_port(), bad), name="badcfg", binary=envoy_bin)
     with pytest.raises(RuntimeError):
         env.start(timeout=20)
@@ -373,7 +310,7 @@ def test_bad_config_is_refused_naming_the_field(procs, tmp_logs, envoy_bin, wasm
 @pytest.mark.compat
 @pytest.mark.parametrize("template", [OUTBOUND, ORIGINAL_DST, INBOUND], ids=lambda p: p.stem)
 def test_shipped_configs_validate(tmp_logs, envoy_bin, wasm_path, template):
-    cfg = config("127.0.0.1:8848")
+    cfg = filter_config("127.0.0.1:8848")
     rc, out = Envoy.validate(template, subs(8848, cfg, ["127.0.0.1:9001"], app_port=9002),
                              tmp_logs, binary=envoy_bin)
     assert rc == 0, out

@@ -1,8 +1,9 @@
-"""Smoke test of the harness itself: rnacos, backends, plain Envoy (no wasm) and the load."""
+"""Smoke test of the test kit itself: rnacos, backends, plain Envoy (no wasm) and the load."""
 
 import pytest
 
-from harness import Envoy, Load, assert_no_wasm_crash, free_port, lb_endpoints
+from harness import TEMPLATES
+from kit import Envoy, Load, assert_no_wasm_crash, free_port, lb_endpoints
 
 pytestmark = pytest.mark.compat
 
@@ -30,9 +31,9 @@ def test_rnacos_register_and_list(rnacos):
 
 def test_plain_envoy_round_robin(make_backend, make_envoy, tmp_logs):
     backends = [make_backend("b1"), make_backend("b2")]
-    subs = {"LISTEN_PORT": free_port(), "ENDPOINTS": lb_endpoints(b.addr for b in backends)}
+    subs = {"LISTEN_PORT": free_port(), "DEMO_ENDPOINTS": lb_endpoints(b.addr for b in backends)}
 
-    rc, out = Envoy.validate("plain.yaml", subs, tmp_logs)
+    rc, out = Envoy.validate(TEMPLATES / "plain.yaml", subs, tmp_logs)
     assert rc == 0, out
 
     envoy = make_envoy("plain.yaml", subs, concurrency=2)
