@@ -196,7 +196,11 @@ impl Balancer {
         };
         self.chosen.clear();
         self.chosen.push(primary);
-        let want = fallbacks.min(self.slots.len() - 1);
+        // an instance whose weight is 0 is an operator's "no traffic" (Nacos' client drops
+        // weight <= 0): never a fallback while any instance has a positive weight
+        let candidates =
+            if self.total > 0 { self.weights.iter().filter(|w| **w > 0).count() } else { self.slots.len() };
+        let want = fallbacks.min(candidates.saturating_sub(1));
         while self.chosen.len() <= want {
             let s = self.fallback_slot(rng);
             self.chosen.push(s);
@@ -243,7 +247,7 @@ impl Balancer {
             if self.chosen.contains(&s) {
                 continue;
             }
-            if self.uniform || self.weights.get(s as usize).copied().unwrap_or(0) > 0 {
+            if self.total == 0 || self.weights.get(s as usize).copied().unwrap_or(0) > 0 {
                 return s;
             }
             zero_weight.get_or_insert(s);
@@ -318,6 +322,33 @@ mod tests {
         }
     }
 
+    /// Registry weight 0 is an operator's "no traffic" (Nacos' client drops `weight <= 0`,
+    /// NacosNamingService / Balancer.getHostByRandomWeight): never a primary, never a fallback,
+    /// while any instance has a positive weight; when none has, they are all that is left.
+    #[test]
+    fn weight_zero_is_never_picked_while_others_have_weight() {
+        let ms = vec![
+            m(0, 0, State::Serving, None, 0),
+            m(1, 100, State::Serving, None, 0),
+            m(2, 100, State::Serving, None, 0),
+        ];
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(9);
+            let mut b = Balancer::new(policy, Curve::default(), 100);
+            b.rebuild(&ms, NOW, &mut rng);
+            let mut out = Vec::new();
+            for _ in 0..5000 {
+                b.pick(&mut rng, 2, &mut out).unwrap();
+                assert!(!out.contains(&0), "{policy:?}: {out:?}");
+                assert_eq!(out.len(), 2, "only the two weighted instances: {out:?}");
+            }
+            let zeros = vec![m(0, 0, State::Serving, None, 0), m(1, 0, State::Serving, None, 0)];
+            b.rebuild(&zeros, NOW, &mut rng);
+            b.pick(&mut rng, 2, &mut out).unwrap();
+            assert_eq!(out.len(), 2, "{policy:?}: all weight 0: picked among them");
+        }
+    }
+
     #[test]
     fn weights_follow_the_clock() {
         let ms = members_1_2_7_warming();
@@ -369,7 +400,8 @@ mod tests {
 
     #[test]
     fn dominant_weight_fallbacks_terminate() {
-        // one instance holds nearly all weight: rejection fails, the scan finds the others
+        // one instance holds nearly all weight: rejection fails, the scan finds the other weighted
+        // one; the weight-0 instance is no fallback
         let ms = vec![
             m(0, 1_000_000, State::Serving, None, 0),
             m(1, 1, State::Serving, None, 0),
@@ -382,7 +414,7 @@ mod tests {
         b.pick(&mut rng, 2, &mut out).unwrap();
         let mut s = out.clone();
         s.sort();
-        assert_eq!(s, vec![0, 1, 2]);
+        assert_eq!(s, vec![0, 1]);
     }
 
     #[test]

@@ -802,9 +802,13 @@ fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
     let kind = match r.kind {
         N => {
             let api = match r.api.as_deref() {
-                None | Some("v1") => Api::V1,
-                Some("v2") => Api::V2,
-                Some(other) => return Err(at(p, "api", format!("'{other}' is not one of \"v1\", \"v2\""))),
+                None | Some("auto") => None,
+                Some("v1") => Some(Api::V1),
+                Some("v2") => Some(Api::V2),
+                Some("v3") => Some(Api::V3),
+                Some(other) => {
+                    return Err(at(p, "api", format!("'{other}' is not one of \"auto\", \"v1\", \"v2\", \"v3\"")))
+                }
             };
             let auth = match (&r.username, &r.password) {
                 (Some(u), Some(pw)) if !u.is_empty() => Some(Credentials { username: u.clone(), password: pw.clone() }),
@@ -1002,7 +1006,7 @@ mod tests {
             (with_service(r#","health_check":{"unhealthy_threshold":0}"#), "services[0].health_check.unhealthy_threshold", "between 1 and 100"),
             (r#"{"refresh_interval_ms":5,"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "refresh_interval_ms", "between 100 and 3600000"),
             (r#"{"registries":{"n":{"type":"zookeeper","cluster":"n","authority":"a"}},"services":[]}"#.into(), "registries.n.type", "unknown variant `zookeeper`"),
-            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","api":"v3"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.api", "'v3' is not one of"),
+            (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","api":"v4"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.api", "'v4' is not one of"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","username":"u"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.password", "required with username"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":60,"timeout_ms":60000}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.timeout_ms", "must exceed wait_s"),
             (r#"{"registries":{"s":{"type":"static","cluster":"s","authority":"a"}},"services":[{"name":"d","registry":"s"}]}"#.into(), "registries.s.path", "is required for a static registry"),

@@ -83,15 +83,27 @@ impl Snapshot {
 }
 
 /// Keep-last-good options.
+///
+/// What a registry's list says, and what is held back:
+/// - an instance *absent* from a list was taken out on purpose: Nacos omits `enabled=false`
+///   instances and deregistered ones (naming ServiceUtil.doSelectInstances with enableOnly; the
+///   v3 client list "will not return enabled=false instances", InstanceOpenApiController.list),
+///   Eureka and Consul drop cancelled or deregistered ones. It applies within one refresh, however
+///   many leave at once; a list that is empty altogether is held (below);
+/// - an instance still listed but *down* is a health verdict, and a mass verdict is what a
+///   health-check flap or a registry that lost its heartbeats looks like: held, as is an empty
+///   list while the membership was not, until `confirm_refreshes` replies agree.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Guard {
-    /// Nacos-style protect threshold (0..1): when the serving share of a list is below it, the
-    /// instances reported down are routed to as well, so a health flap cannot shrink the set to a
-    /// handful of hosts. 0 turns it off (Nacos' default).
+    /// Nacos' protect threshold (0..1), applied exactly as the Nacos server does
+    /// (naming ServiceUtil.selectInstancesWithHealthyProtection): among the instances that are not
+    /// deliberately out, when `healthy / total <= protect_threshold`, the down ones are routed to
+    /// as well. At 0 (Nacos' default) that means: when none is healthy, route to all rather than
+    /// to none. A registry that reports it protected (`reachProtectionThreshold`) counts too.
     pub protect_threshold: f64,
-    /// A refresh that removes more than this share (0..1) of the serving instances at once (gone
-    /// from the list or down) is held back ...
+    /// A refresh in which more than this share (0..1) of the serving instances turn down at once
+    /// is held back ...
     pub max_drop: f64,
     /// ... until this many consecutive refreshes agree.
     pub confirm_refreshes: u32,
@@ -108,7 +120,7 @@ impl Default for Guard {
 pub enum Hold {
     /// The list was empty while the membership was not (held until confirmed).
     Empty,
-    /// The list dropped more than `max_drop` of the serving instances (held until confirmed).
+    /// More than `max_drop` of the serving instances turned down at once (held until confirmed).
     SuddenDrop,
 }
 
@@ -145,11 +157,12 @@ impl Tracker {
         let hold = if next.is_empty() && !prev.is_empty() {
             Some(Hold::Empty)
         } else if prev_serving.len() >= 2 {
-            let lost = prev_serving
+            // absent instances were taken out on purpose; only a mass turn to down is suspect
+            let turned_down = prev_serving
                 .iter()
-                .filter(|a| crate::instance::find(&next, a).is_none_or(|m| m.state == State::Down))
+                .filter(|a| crate::instance::find(&next, a).is_some_and(|m| m.state == State::Down))
                 .count();
-            (lost as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
+            (turned_down as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
         } else {
             None
         };
@@ -160,8 +173,7 @@ impl Tracker {
             }
         }
         self.pending = 0;
-        let serving = next.iter().filter(|m| m.state.is_serving()).count();
-        let protected = !next.is_empty() && (serving as f64) < g.protect_threshold * next.len() as f64;
+        let protected = parsed.registry_protected || protect(&next, g.protect_threshold);
         if protected {
             for m in next.iter_mut().filter(|m| m.state == State::Down) {
                 m.state = State::Serving;
@@ -169,6 +181,14 @@ impl Tracker {
         }
         Decision::Apply { members: next, protected }
     }
+}
+
+/// Nacos' protection rule: among the instances not deliberately out (draining), `healthy / total
+/// <= threshold`. An empty list is never protected (Nacos: 0 / 0 is not `<=` anything).
+pub fn protect(list: &[Instance], threshold: f64) -> bool {
+    let total = list.iter().filter(|m| m.state != State::Draining).count();
+    let healthy = list.iter().filter(|m| m.state == State::Serving).count();
+    total > 0 && (healthy as f64) / (total as f64) <= threshold.max(0.0)
 }
 
 #[cfg(test)]
@@ -223,15 +243,25 @@ mod tests {
     }
 
     #[test]
-    fn sudden_drop_held_but_rolling_release_passes() {
+    fn mass_down_held_but_deliberate_absence_applies() {
         let g = Guard::default();
         let mut t = Tracker::default();
         let prev = ten();
-        // 1 of 10 left: held
-        assert_eq!(t.decide(&prev, parsed(prev[..1].to_vec()), &g), Decision::Keep(Hold::SuddenDrop));
+        // 9 of 10 turn down at once (a health flap): held
+        let mut flap = prev.clone();
+        for m in flap.iter_mut().skip(1) {
+            m.state = State::Down;
+        }
+        assert_eq!(t.decide(&prev, parsed(flap), &g), Decision::Keep(Hold::SuddenDrop));
         // a full list in between resets the count
         assert!(matches!(t.decide(&prev, parsed(prev.clone()), &g), Decision::Apply { .. }));
         assert_eq!(t.pending, 0);
+        // 9 of 10 absent (Nacos: disabled or deregistered on purpose): applied within this refresh
+        let Decision::Apply { members, .. } = t.decide(&prev, parsed(prev[..1].to_vec()), &g) else { panic!() };
+        assert_eq!(members.len(), 1);
+        // 2 of 3 disabled in Nacos (the case that held them back for three refreshes before)
+        let three = prev[..3].to_vec();
+        assert!(matches!(t.decide(&three, parsed(prev[2..3].to_vec()), &g), Decision::Apply { .. }));
         // one instance gone (a rolling release): applied at once
         let Decision::Apply { members, .. } = t.decide(&prev, parsed(prev[1..].to_vec()), &g) else { panic!() };
         assert_eq!(members.len(), 9);
@@ -241,6 +271,40 @@ mod tests {
         // all down: held (a health flap)
         let down: Vec<Instance> = prev.iter().map(|m| Instance { state: State::Down, ..m.clone() }).collect();
         assert_eq!(t.decide(&prev, parsed(down), &g), Decision::Keep(Hold::SuddenDrop));
+    }
+
+    /// Nacos: `healthy / total <= threshold` over the enabled instances (naming
+    /// ServiceUtil.selectInstancesWithHealthyProtection), `<=` and not `<`, and at 0 when none is
+    /// healthy; 0/0 never.
+    #[test]
+    fn protect_rule_is_nacos_own() {
+        let with = |healthy: usize, down: usize, draining: usize| -> Vec<Instance> {
+            let mut v = Vec::new();
+            for k in 0..healthy + down + draining {
+                let st = if k < healthy {
+                    State::Serving
+                } else if k < healthy + down {
+                    State::Down
+                } else {
+                    State::Draining
+                };
+                v.push(i(&format!("10.0.1.{k}:80"), st, None));
+            }
+            v
+        };
+        assert!(protect(&with(5, 5, 0), 0.5), "5/10 <= 0.5: the boundary protects");
+        assert!(!protect(&with(6, 4, 0), 0.5));
+        assert!(protect(&with(0, 3, 0), 0.0), "threshold 0: none healthy protects");
+        assert!(!protect(&with(1, 3, 0), 0.0));
+        assert!(!protect(&[], 0.5), "an empty list is never protected");
+        assert!(!protect(&with(0, 0, 2), 0.0), "draining instances are not counted");
+        assert!(protect(&with(1, 1, 8), 0.5), "1 healthy of 2 enabled: drains do not dilute the share");
+        // the registry's own word counts
+        let mut t = Tracker::default();
+        let mut p = parsed(with(9, 1, 0));
+        p.registry_protected = true;
+        let Decision::Apply { protected, members } = t.decide(&[], p, &Guard::default()) else { panic!() };
+        assert!(protected && members.iter().all(|m| m.state == State::Serving));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum RefreshOutcome {
     Unchanged,
     /// Logged in; the list request follows at once.
     LoggedIn,
+    /// The registry does not speak the API tried; the next one is tried at once (the reason).
+    Again(String),
     /// The reply was unusable; the last good membership stays.
     Failed(RegistryError),
 }
@@ -85,13 +87,14 @@ impl PollState {
         let adapter = reg.kind.adapter();
         let reply = adapter.on_reply(session, &mut self.cursor, &sc.query, call, resp, now_ms);
         self.next_due_ms = match (&reply, adapter.long_poll()) {
-            (Reply::LoggedIn, _) => now_ms,
+            (Reply::LoggedIn | Reply::Again(_), _) => now_ms,
             // a blocking query goes out again at once, but never in a tight loop
             (Reply::Members(_) | Reply::Unchanged, true) => now_ms.saturating_add(LONG_POLL_GAP_MS),
             _ => now_ms.saturating_add(interval_ms),
         };
         match reply {
             Reply::LoggedIn => (RefreshOutcome::LoggedIn, None),
+            Reply::Again(why) => (RefreshOutcome::Again(why), None),
             Reply::Unchanged => (RefreshOutcome::Unchanged, None),
             Reply::Error(e) => (RefreshOutcome::Failed(e), None),
             Reply::Members(mut parsed) => {

@@ -342,6 +342,7 @@ impl Vm {
             }
             RefreshOutcome::Unchanged => st.refresh_unchanged += 1,
             RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
+            RefreshOutcome::Again(why) => info!("service '{name}': {why}"),
             RefreshOutcome::Kept(hold) => {
                 st.refresh_kept += 1;
                 let kind = hold.kind();
@@ -1064,21 +1065,34 @@ mod tests {
         let mut w = World::new(CFG);
         let ten: Vec<String> = (1..=10).map(|k| format!(r#"{{"address":"10.0.0.{k}:80"}}"#)).collect();
         let full = format!(r#"{{"instances":[{}]}}"#, ten.join(","));
-        let partial = format!(r#"{{"instances":[{}]}}"#, ten[0]);
+        let down: Vec<String> = (1..=10).map(|k| format!(r#"{{"address":"10.0.0.{k}:80","state":"down"}}"#)).collect();
+        let all_down = format!(r#"{{"instances":[{}]}}"#, down.join(","));
         w.refresh(&full, NOW);
         let mut t = NOW;
         for body in [
             r#"{"instances":[]}"#,
-            partial.as_str(),
+            all_down.as_str(),
             "oops",
             full.as_str(),
-            partial.as_str(),
+            all_down.as_str(),
             r#"{"instances":[]}"#,
             full.as_str(),
         ] {
             t += 2000;
             w.refresh(body, t);
             assert_eq!(w.vm.services[0].view.balancer.serving(), 10, "after {body}");
+        }
+    }
+
+    #[test]
+    fn a_deliberate_offline_applies_within_one_refresh() {
+        // Nacos omits disabled instances: 2 of 3 disabled at once are gone at the next refresh
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        w.refresh(r#"{"instances":[{"address":"10.0.0.3:80"}]}"#, NOW + 2000);
+        assert_eq!(w.members().len(), 1);
+        for _ in 0..50 {
+            assert_eq!(w.route("demo", None, NOW + 2000).unwrap(), "10.0.0.3:80");
         }
     }
 

@@ -112,6 +112,13 @@ pub struct Parsed {
     pub skipped: u32,
     /// Metadata values that could not be read (the instance was kept without them).
     pub malformed_meta: u32,
+    /// `name:port` of records refused because their address is a host name: Envoy's
+    /// `override_host` policy and `ORIGINAL_DST` cluster both take an IP literal only, and a
+    /// proxy-wasm filter cannot resolve names. Each is also counted in `skipped`.
+    pub unroutable: Vec<String>,
+    /// The registry says it applied its protect threshold to this list (Nacos
+    /// `reachProtectionThreshold`): its `healthy` flags are not the instances' own.
+    pub registry_protected: bool,
 }
 
 /// What a reply means for the service.
@@ -123,6 +130,9 @@ pub enum Reply {
     Unchanged,
     /// The reply was to a login; send the list request now.
     LoggedIn,
+    /// The registry does not speak the API that was tried (Nacos `api: auto`); the next request,
+    /// with the next API, goes out now. Says which, for the log.
+    Again(String),
     /// No usable list: keep the last good membership.
     Error(RegistryError),
 }
@@ -170,13 +180,17 @@ impl fmt::Debug for Token {
 pub struct Session {
     /// The current access token (only with credentials).
     pub token: Option<Token>,
+    /// Nacos with `api: auto`: the API being tried or found (`None`: start with the newest), and
+    /// whether a list reply confirmed it.
+    pub api: Option<nacos::Api>,
+    pub api_confirmed: bool,
     /// After a failed renewal: no new login before this time while the old token is still valid.
     pub renew_after_ms: i64,
 }
 
 impl Default for Session {
     fn default() -> Self {
-        Session { token: None, renew_after_ms: i64::MIN }
+        Session { token: None, renew_after_ms: i64::MIN, api: None, api_confirmed: false }
     }
 }
 
@@ -357,7 +371,7 @@ pub fn finish(mut instances: Vec<Instance>, skipped: u32, malformed_meta: u32) -
             _ => out.push(i),
         }
     }
-    Parsed { instances: out, skipped, malformed_meta }
+    Parsed { instances: out, skipped, malformed_meta, ..Parsed::default() }
 }
 
 /// Percent-encodes a query component (RFC 3986 unreserved characters stay).

@@ -1,8 +1,16 @@
-//! Nacos v1 / v2 adapter (with optional username/password auth).
+//! Nacos adapter for Nacos 1, 2 and 3 (with optional username/password auth).
 //!
-//! List: `GET /nacos/v1/ns/instance/list` (a bare `{hosts: [...]}` object) or
-//! `GET /nacos/v2/ns/instance/list` (an envelope `{code, message, data: {hosts: [...]}}`), always
-//! with `healthyOnly=false` (rnacos defaults it to true and would hide unhealthy instances).
+//! List: `GET /nacos/v1/ns/instance/list` (a bare `{hosts: [...]}` object),
+//! `GET /nacos/v2/ns/instance/list` (an envelope `{code, message, data: {hosts: [...]}}`), both
+//! with `healthyOnly=false` (rnacos defaults it to true and would hide unhealthy instances), or
+//! Nacos 3's client API `GET /nacos/v3/client/ns/instance/list` (an envelope whose `data` is the
+//! array of instances; it never filters by health: naming InstanceOpenApiController.list).
+//!
+//! `api: auto` (the default) works on all three without the user knowing which: it tries v3, then
+//! v2, then v1, and keeps the first that answers a list. An API the server does not have answers
+//! HTTP 410 (Nacos 3.0/3.1 for v2) or a 404 that is not a Nacos envelope (a path the server does not
+//! know; a Nacos "not found" error comes in its `{code, message, data}` envelope). Such an answer
+//! later, on the API that worked (the server was upgraded), starts the detection again.
 //!
 //! Each host gives `ip`, `port`, `weight` (a float, 1.0 = Dubbo 100), `healthy`, `enabled` and
 //! `metadata` (Dubbo providers carry `timestamp` and `warmup` there). `enabled=false` is a
@@ -10,8 +18,9 @@
 //! `healthy=false` is down. Note that Nacos drops disabled instances from the list altogether and
 //! reports unhealthy ones as healthy when the protect threshold is reached.
 //!
-//! Auth: with credentials, the first request is `POST /nacos/v1/auth/login`; the token goes into
-//! every list as `accessToken=`. It is renewed ahead of expiry (within 10 % of its TTL or 60 s,
+//! Auth: with credentials, the first request is a login, `POST /nacos/v1/auth/login` (v1, v2) or
+//! `POST /nacos/v3/auth/user/login` (v3); the token goes into every list as `accessToken=` (and,
+//! for v3, the `accessToken` header). It is renewed ahead of expiry (within 10 % of its TTL or 60 s,
 //! whichever is larger, but never more than half the TTL, so a fresh token is always used at
 //! least once) and dropped after a 401/403, so the next request logs in again.
 
@@ -23,8 +32,10 @@ use super::{
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
-/// Path of the login endpoint (the same for Nacos 1.x and 2.x, and rnacos).
+/// Path of the login endpoint of Nacos 1.x and 2.x (and rnacos).
 pub const LOGIN_PATH: &str = "/nacos/v1/auth/login";
+/// Path of Nacos 3's login endpoint (the v1 one is gone from Nacos 3.2).
+pub const LOGIN_PATH_V3: &str = "/nacos/v3/auth/user/login";
 /// TTL assumed when a login reply has no usable `tokenTtl` (seconds).
 const DEFAULT_TTL_S: i64 = 300;
 /// A token is renewed at least this long before it expires (unless the TTL is shorter than twice
@@ -39,6 +50,27 @@ const RENEW_RETRY_MS: i64 = 10_000;
 pub enum Api {
     V1,
     V2,
+    /// Nacos 3's client API.
+    V3,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::V1 => "v1",
+            Api::V2 => "v2",
+            Api::V3 => "v3",
+        }
+    }
+
+    /// The next older API `auto` tries after this one.
+    fn older(self) -> Option<Api> {
+        match self {
+            Api::V3 => Some(Api::V2),
+            Api::V2 => Some(Api::V1),
+            Api::V1 => None,
+        }
+    }
 }
 
 /// Username and password for `POST /nacos/v1/auth/login`.
@@ -59,13 +91,35 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, Clone)]
 pub struct Nacos {
     pub endpoint: Endpoint,
-    pub api: Api,
+    /// The API to call; `None`: `auto` (detected, kept in the [`Session`]).
+    pub api: Option<Api>,
     pub auth: Option<Credentials>,
 }
 
 impl Nacos {
-    pub fn new(endpoint: Endpoint, api: Api, auth: Option<Credentials>) -> Self {
+    pub fn new(endpoint: Endpoint, api: Option<Api>, auth: Option<Credentials>) -> Self {
         Nacos { endpoint, api, auth }
+    }
+
+    /// The API the next request uses: the configured one, or the one `auto` tries or found.
+    pub fn api(&self, s: &Session) -> Api {
+        self.api.or(s.api).unwrap_or(Api::V3)
+    }
+
+    /// `auto` only: the server does not have the API just tried (HTTP 410, or a 404 that is not a
+    /// Nacos envelope). Moves to the next older API, or, if the API had worked before, starts
+    /// over from the newest; returns what to log, `None` when every API was tried.
+    fn api_missing(&self, s: &mut Session, resp: &HttpResponse<'_>) -> Option<String> {
+        if self.api.is_some() || !missing_api(resp) {
+            return None;
+        }
+        let tried = self.api(s);
+        let next = if s.api_confirmed { Some(Api::V3) } else { tried.older() };
+        s.api = next;
+        s.api_confirmed = false;
+        s.token = None;
+        let status = resp.status.unwrap_or(0);
+        next.map(|n| format!("Nacos answered HTTP {status} to its {} API; trying {}", tried.name(), n.name()))
     }
 
     /// True when the next request has to be a login.
@@ -85,25 +139,29 @@ impl Nacos {
         request_headers(&self.endpoint, method, path)
     }
 
-    fn login_request(&self, c: &Credentials) -> HttpRequest {
-        let mut headers = self.headers("POST", LOGIN_PATH.to_string());
+    fn login_request(&self, c: &Credentials, api: Api) -> HttpRequest {
+        let path = if api == Api::V3 { LOGIN_PATH_V3 } else { LOGIN_PATH };
+        let mut headers = self.headers("POST", path.to_string());
         headers.push(("content-type".to_string(), "application/x-www-form-urlencoded".to_string()));
         let body = format!("username={}&password={}", encode(&c.username), encode(&c.password));
         HttpRequest { headers, body: Some(body.into_bytes()), timeout_ms: self.endpoint.timeout_ms }
     }
 
-    /// The `:path` of the list request for `q` (with `token` as `accessToken` when given).
-    pub fn list_path(&self, q: &ServiceQuery, token: Option<&str>) -> String {
-        let (prefix, cluster_key) = match self.api {
+    /// The `:path` of the `api` list request for `q` (with `token` as `accessToken` when given).
+    pub fn list_path(&self, api: Api, q: &ServiceQuery, token: Option<&str>) -> String {
+        let (prefix, cluster_key) = match api {
             Api::V1 => ("/nacos/v1/ns/instance/list", "clusters"),
             Api::V2 => ("/nacos/v2/ns/instance/list", "clusterName"),
+            Api::V3 => ("/nacos/v3/client/ns/instance/list", "clusterName"),
         };
         let mut p = format!("{prefix}?serviceName={}", encode(&q.service));
         push_param(&mut p, "groupName", q.group.as_deref());
         push_param(&mut p, "namespaceId", q.namespace.as_deref());
         let clusters: Vec<&str> = q.clusters.iter().map(String::as_str).filter(|c| !c.is_empty()).collect();
         push_param(&mut p, cluster_key, Some(clusters.join(",").as_str()));
-        p.push_str("&healthyOnly=false");
+        if api != Api::V3 {
+            p.push_str("&healthyOnly=false");
+        }
         push_param(&mut p, "accessToken", token);
         p
     }
@@ -130,6 +188,9 @@ impl Nacos {
     }
 
     fn on_login(&self, s: &mut Session, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
+        if let Some(why) = self.api_missing(s, resp) {
+            return Reply::Again(why);
+        }
         let err = match self.check(s, resp) {
             Ok(()) => match parse_login(resp.body) {
                 Ok((value, ttl_s)) => {
@@ -153,6 +214,10 @@ impl Nacos {
     }
 
     fn on_list(&self, s: &mut Session, q: &ServiceQuery, resp: &HttpResponse<'_>) -> Reply {
+        let api = self.api(s);
+        if let Some(why) = self.api_missing(s, resp) {
+            return Reply::Again(why);
+        }
         match self.check(s, resp) {
             Ok(()) => {}
             Err(RegistryError::Status(st @ (401 | 403), body)) if self.auth.is_some() => {
@@ -163,8 +228,11 @@ impl Nacos {
             }
             Err(e) => return Reply::Error(e),
         }
-        match parse_list(resp.body, self.api, &q.build) {
-            Ok(p) => Reply::Members(p),
+        match parse_list(resp.body, api, &q.build) {
+            Ok(p) => {
+                s.api_confirmed = true;
+                Reply::Members(p)
+            }
             Err(e) => Reply::Error(e),
         }
     }
@@ -185,9 +253,28 @@ fn push_param(p: &mut String, key: &str, value: Option<&str>) {
     }
 }
 
-/// Reads `{accessToken, tokenTtl}`; a missing or unusable TTL is taken as [`DEFAULT_TTL_S`].
+/// A reply that says the server does not have the API asked for: HTTP 410 (Nacos 3.0/3.1 for
+/// the v2 API), or a 404 that is not a Nacos envelope (a path the server does not know; Nacos'
+/// own "not found" errors come as `{code, message, data}`).
+fn missing_api(resp: &HttpResponse<'_>) -> bool {
+    match resp.status {
+        Some(410) => true,
+        Some(404) => {
+            !serde_json::from_slice::<Value>(resp.body).is_ok_and(|v| v.get("code").is_some_and(Value::is_i64))
+        }
+        _ => false,
+    }
+}
+
+/// Reads `{accessToken, tokenTtl}` (at the top, or in a `data` envelope); a missing or unusable
+/// TTL is taken as [`DEFAULT_TTL_S`].
 fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    if v.get("accessToken").is_none() {
+        if let Some(d) = v.get_mut("data").map(Value::take) {
+            v = d;
+        }
+    }
     let token = match v.get("accessToken") {
         Some(Value::String(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
         _ => return Err("no accessToken".to_string()),
@@ -200,7 +287,7 @@ fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
     Ok((token, ttl))
 }
 
-/// Unwraps the v2 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
+/// Unwraps the v2/v3 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
 /// otherwise.
 fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
     let Value::Object(mut m) = doc else {
@@ -220,11 +307,7 @@ fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
         };
         return Err(RegistryError::Envelope { code, message });
     }
-    match m.remove("data") {
-        Some(d @ Value::Object(_)) => Ok(d),
-        Some(other) => Err(RegistryError::Parse(format!("envelope data is {}, expected an object", kind(&other)))),
-        None => Err(RegistryError::Parse("envelope has no data".to_string())),
-    }
+    m.remove("data").ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -238,27 +321,41 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Parses an instance list reply (v1 object, or v2 envelope). Malformed hosts are skipped and
-/// counted; a body that is not the expected shape is an error.
+/// Parses an instance list reply (v1 object, v2 envelope around it, or v3 envelope around the
+/// array of instances). Malformed hosts are skipped and counted; a body that is not the expected
+/// shape is an error. `reachProtectionThreshold` (v1, v2) becomes [`Parsed::registry_protected`].
 pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let doc: Value = parse_json(body)?;
     let list = match api {
         Api::V1 => doc,
-        Api::V2 => unwrap_envelope(doc)?,
+        Api::V2 | Api::V3 => unwrap_envelope(doc)?,
     };
-    let hosts = match list {
-        Value::Object(mut m) => match m.remove("hosts") {
-            Some(Value::Array(h)) => h,
-            Some(Value::Null) => Vec::new(),
-            Some(other) => return Err(RegistryError::Parse(format!("hosts is {}, expected an array", kind(&other)))),
-            None => return Err(RegistryError::Parse("no hosts field".to_string())),
-        },
-        other => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
+    let mut protected = false;
+    let hosts = match (api, list) {
+        (Api::V3, Value::Array(h)) => h,
+        (Api::V3, Value::Null) => Vec::new(),
+        (Api::V3, other) => {
+            return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", kind(&other))))
+        }
+        (_, Value::Object(mut m)) => {
+            protected = m.get("reachProtectionThreshold").and_then(Value::as_bool).unwrap_or(false);
+            match m.remove("hosts") {
+                Some(Value::Array(h)) => h,
+                Some(Value::Null) => Vec::new(),
+                Some(other) => {
+                    return Err(RegistryError::Parse(format!("hosts is {}, expected an array", kind(&other))))
+                }
+                None => return Err(RegistryError::Parse("no hosts field".to_string())),
+            }
+        }
+        (_, other) => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
     };
-    Ok(collect(&hosts, |h| {
+    let mut parsed = collect(&hosts, |h| {
         let mut bad_meta = 0;
         host(h, build, &mut bad_meta).map(|i| (i, bad_meta))
-    }))
+    });
+    parsed.registry_protected = protected;
+    Ok(parsed)
 }
 
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
@@ -301,16 +398,18 @@ fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instanc
 
 impl Adapter for Nacos {
     fn request(&self, s: &Session, _c: &Cursor, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
+        let api = self.api(s);
         if self.needs_login(s, now_ms) {
             if let Some(c) = &self.auth {
-                return (Call::Login, self.login_request(c));
+                return (Call::Login, self.login_request(c, api));
             }
         }
-        let path = self.list_path(q, live_token(s, now_ms));
-        (
-            Call::List,
-            HttpRequest { headers: self.headers("GET", path), body: None, timeout_ms: self.endpoint.timeout_ms },
-        )
+        let token = live_token(s, now_ms);
+        let mut headers = self.headers("GET", self.list_path(api, q, token));
+        if let (Api::V3, Some(t)) = (api, token) {
+            headers.push(("accesstoken".to_string(), t.to_string()));
+        }
+        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
     }
 
     fn on_reply(
@@ -355,7 +454,7 @@ mod tests {
         Credentials { username: "nacos user".into(), password: "p&ss=w0rd!".into() }
     }
     fn adapter(api: Api, auth: bool) -> Client<Nacos> {
-        Client::new(Nacos::new(ep(), api, auth.then(creds)))
+        Client::new(Nacos::new(ep(), Some(api), auth.then(creds)))
     }
     fn q(service: &str) -> ServiceQuery {
         ServiceQuery { service: service.into(), ..Default::default() }
@@ -394,6 +493,126 @@ mod tests {
         assert_eq!(i.metadata.get("value").map(String::as_str), Some("1"));
         // the envelope read as v1 has no hosts at the top
         assert_eq!(v1(fixture!("nacos-v2-instance-list")), Err(RegistryError::Parse("no hosts field".into())));
+    }
+
+    #[test]
+    fn fixture_nacos_v3_list() {
+        let body = include_bytes!("../../tests/fixtures/registry/nacos-v3-instance-list-docs.json").as_slice();
+        let p = parse_list(body, Api::V3, &BuildOptions::default()).unwrap();
+        assert_eq!((p.instances.len(), p.skipped, p.registry_protected), (1, 0, false));
+        assert_eq!(row(&p.instances[0]), ("127.0.0.1:3306", 100, None, 600_000, State::Serving));
+        // the v3 data is an array, not {hosts}: the other shapes are refused in v3 and v3 in them
+        assert!(matches!(
+            parse_list(fixture!("nacos-v2-instance-list"), Api::V3, &BuildOptions::default()),
+            Err(RegistryError::Parse(_))
+        ));
+        assert!(matches!(v2(body), Err(RegistryError::Parse(_))));
+        // an unknown service: success with an empty array (Nacos' own integration test)
+        let empty =
+            parse_list(br#"{"code":0,"message":"success","data":[]}"#, Api::V3, &BuildOptions::default()).unwrap();
+        assert!(empty.instances.is_empty());
+        let err = parse_list(
+            br#"{"code":10000,"message":"parameter missing","data":"serviceName"}"#,
+            Api::V3,
+            &BuildOptions::default(),
+        );
+        assert_eq!(err, Err(RegistryError::Envelope { code: 10000, message: "parameter missing".into() }));
+    }
+
+    #[test]
+    fn registry_protection_is_read() {
+        let p =
+            v1(br#"{"hosts":[{"ip":"10.0.0.1","port":80,"healthy":true}],"reachProtectionThreshold":true}"#).unwrap();
+        assert!(p.registry_protected);
+        let p = v2(br#"{"code":0,"message":"success","data":{"hosts":[],"reachProtectionThreshold":true}}"#).unwrap();
+        assert!(p.registry_protected);
+        assert!(!v1(fixture!("rnacos-instance-list-captured")).unwrap().registry_protected);
+    }
+
+    /// `api: auto` on the servers as they answer: Nacos 3.2 (v3 only), Nacos 3.0/3.1 (v2 is 410
+    /// Gone), Nacos 2 and rnacos (v3 is an unknown path: 404 without a Nacos envelope; rnacos 0.8.8
+    /// has no v2 either). A Nacos "not found" in its envelope is an answer, not a missing API.
+    #[test]
+    fn auto_detects_the_api_and_remembers_it() {
+        let mut a = Client::new(Nacos::new(ep(), None, None));
+        let path = |a: &Client<Nacos>| a.request(&q("s"), T0).1.header(":path").unwrap().to_string();
+        assert!(path(&a).starts_with("/nacos/v3/client/ns/instance/list?serviceName=s"));
+        assert!(!path(&a).contains("healthyOnly"), "v3 ignores it");
+        // rnacos: 404 with an empty body, twice, then v1 answers
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(404), b""), T0), Reply::Again(_)));
+        assert!(path(&a).starts_with("/nacos/v2/ns/instance/list"));
+        let spring_404 = br#"{"timestamp":"2026-11-30T12:00:00.000+00:00","status":404,"error":"Not Found","path":"/nacos/v2/ns/instance/list"}"#;
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(404), spring_404), T0), Reply::Again(_)));
+        assert!(path(&a).starts_with("/nacos/v1/ns/instance/list"));
+        assert!(matches!(
+            a.on_reply(&q("s"), Call::List, &resp(Some(200), fixture!("rnacos-instance-list-captured")), T0),
+            Reply::Members(_)
+        ));
+        assert!(path(&a).starts_with("/nacos/v1/"), "remembered");
+        // an error that is not a missing API changes nothing
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(500), b"boom"), T0), Reply::Error(_)));
+        let not_found = br#"{"code":21008,"message":"service not exist","data":null}"#;
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(404), not_found), T0), Reply::Error(_)));
+        assert!(path(&a).starts_with("/nacos/v1/"));
+        // the server was upgraded (v1 gone): start over from the newest
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(410), b""), T0), Reply::Again(_)));
+        assert!(path(&a).starts_with("/nacos/v3/"));
+        // Nacos 3.0/3.1 with v3: found at once
+        let v3 = include_bytes!("../../tests/fixtures/registry/nacos-v3-instance-list-docs.json").as_slice();
+        assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(200), v3), T0), Reply::Members(_)));
+        // nothing answers: after v1 an error, and the next round starts at v3 again (no tight loop)
+        let mut a = Client::new(Nacos::new(ep(), None, None));
+        for _ in 0..2 {
+            assert!(matches!(a.on_reply(&q("s"), Call::List, &resp(Some(404), b""), T0), Reply::Again(_)));
+        }
+        assert!(matches!(
+            a.on_reply(&q("s"), Call::List, &resp(Some(404), b""), T0),
+            Reply::Error(RegistryError::Status(404, _))
+        ));
+        assert!(path(&a).starts_with("/nacos/v3/"));
+        // a configured API is never switched
+        let mut fixed = adapter(Api::V2, false);
+        assert!(matches!(
+            fixed.on_reply(&q("s"), Call::List, &resp(Some(410), b""), T0),
+            Reply::Error(RegistryError::Status(410, _))
+        ));
+    }
+
+    #[test]
+    fn auto_logs_in_where_the_api_is() {
+        let mut a = Client::new(Nacos::new(ep(), None, Some(creds())));
+        let (call, req) = a.request(&q("s"), T0);
+        assert_eq!((call, req.header(":path")), (Call::Login, Some(LOGIN_PATH_V3)));
+        // Nacos 3 answers its login with the token at the top
+        assert_eq!(
+            a.on_reply(
+                &q("s"),
+                Call::Login,
+                &resp(Some(200), br#"{"accessToken":"t3","tokenTtl":18000,"globalAdmin":true}"#),
+                T0
+            ),
+            Reply::LoggedIn
+        );
+        let (call, req) = a.request(&q("s"), T0);
+        assert_eq!(call, Call::List);
+        assert!(req.header(":path").unwrap().ends_with("&accessToken=t3"));
+        assert_eq!(req.header("accesstoken"), Some("t3"));
+        // Nacos 2: no v3 login; the v1 login is tried with the v2 API
+        let mut a = Client::new(Nacos::new(ep(), None, Some(creds())));
+        assert!(matches!(a.on_reply(&q("s"), Call::Login, &resp(Some(404), b""), T0), Reply::Again(_)));
+        let (call, req) = a.request(&q("s"), T0);
+        assert_eq!((call, req.header(":path")), (Call::Login, Some(LOGIN_PATH)));
+        // a token wrapped in an envelope is read too
+        assert_eq!(
+            a.on_reply(
+                &q("s"),
+                Call::Login,
+                &resp(Some(200), br#"{"code":0,"data":{"accessToken":"t2","tokenTtl":60}}"#),
+                T0
+            ),
+            Reply::LoggedIn
+        );
+        assert_eq!(a.session.token.as_ref().unwrap().value, "t2");
     }
 
     #[test]

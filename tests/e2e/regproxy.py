@@ -6,6 +6,7 @@ answer list requests with garbage, a 500, an empty list, or to stall past the ca
 
 More modes (chaos tests), each for list requests only:
     partial      the upstream's reply with only its first host
+    alldown      the upstream's reply with every host healthy=false (a health-check flap)
     403          403 (as a registry answers an expired token)
     slow         the upstream's reply after `delay` s (POST /__mode?m=slow&delay=3)
     huge         200 with a valid list padded to `mb` MiB (default 50), content-length known
@@ -123,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(int(State.params.get("status", 500)),
                                   ("echo " + self.path + " ").encode() + (body or b""),
                                   "text/plain")
-            if mode in ("partial", "slow", "huge", "hugechunked", "trickle"):
+            if mode in ("partial", "alldown", "slow", "huge", "hugechunked", "trickle"):
                 return self.chaos(mode, body)
         conn = http.client.HTTPConnection(*self.upstream, timeout=5)
         try:
@@ -161,6 +162,11 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "partial":
             doc = json.loads(data)
             doc["hosts"] = sorted(doc.get("hosts") or [], key=lambda h: (h["ip"], h["port"]))[:1]
+            return self.reply(status, json.dumps(doc).encode(), ctype)
+        if mode == "alldown":
+            doc = json.loads(data)
+            for h in doc.get("hosts") or []:
+                h["healthy"] = False
             return self.reply(status, json.dumps(doc).encode(), ctype)
         if mode == "slow":
             time.sleep(float(params.get("delay", 3)))
