@@ -63,10 +63,18 @@ e2e: build deps
 
 test: unit e2e
 
-lint: target
+# ruff, pinned, in the project's venv: `make lint` checks every Python file (ruff.toml).
+RUFF_VERSION := 0.17.5
+RUFF := $(VENV)/bin/ruff
+$(RUFF):
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check ruff==$(RUFF_VERSION)
+
+lint: target $(RUFF)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+	$(RUFF) check .
 
 fmt:
 	cargo fmt
