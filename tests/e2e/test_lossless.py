@@ -127,6 +127,24 @@ def test_offline_instance_gets_no_new_requests(rnacos, serving_gateway):
     assert b[2].total() == count
 
 
+def test_disabling_two_of_three_applies_within_one_refresh(rnacos, serving_gateway):
+    """Nacos leaves disabled instances out of its list: disabling 2 of 3 at once is a deliberate
+    offline, applied within one refresh (the drop guard holds mass health failures and empty
+    lists, not absences)."""
+    gw, b = serving_gateway(3)
+    load = Load(gw.listen, threads=8, duration=6, post_share=0.3).start()
+    time.sleep(2)
+    off_at = load.elapsed()
+    for x in b[:2]:
+        rnacos.set_enabled(SERVICE, LOOPBACK, x.port, False)
+    load.wait()
+    bound = off_at + 1.1 + 0.5  # refresh interval (1 s + 10 % jitter) + 500 ms
+    late = [s for s in load.results() if s.instance in (b[0].addr, b[1].addr) and s.t > bound]
+    assert not late, f"{len(late)} requests reached a disabled instance after {bound - off_at:.1f} s"
+    assert serving(gw.listen) == [b[2].addr]
+    assert not load.errors(), load.summary()
+
+
 # ----------------------------------------------------------------------------------------------
 # 4: self-drain on the instance's sidecar + active notify + Envoy retry policy -> 0 errors
 
@@ -229,6 +247,26 @@ def test_one_poller_per_process(registry_front, serving_gateway):
     load.wait()
     assert 8 <= c1 - c0 <= 12, f"{c1 - c0} list requests in 10 s with --concurrency 4"
     assert not load.errors(), load.summary()
+
+
+def test_one_poller_from_the_first_tick(registry_front, make_gateway):
+    """--concurrency 8, all workers starting together: the lease is taken by compare-and-swap on
+    a key created with a CAS no live key carries, so exactly one VM polls from the first tick
+    (Envoy's shared data does not check a CAS on an absent key). Counted at a registry front from
+    Envoy's start: one list request per interval (api v1 here, so no API detection requests)."""
+    port = int(registry_front.addr.rsplit(":", 1)[1])
+    c0 = registry_front.count()["lists"]
+    cfg = filter_config(registry_front.addr, registry={"api": "v1"})
+    gw = make_gateway(port, cfg, [], concurrency=8)
+    started = time.monotonic()
+    time.sleep(5.0)
+    c1 = registry_front.count()["lists"]
+    elapsed = time.monotonic() - started
+    # one per interval (1 s +- 10 %) since the first tick, whatever the start-up took
+    n = c1 - c0
+    assert 3 <= n <= elapsed / 0.9 + 1, f"{n} list requests in {elapsed:.1f} s with 8 workers"
+    polls = gw.log_text().count("this VM now polls the registry")
+    assert polls == 1, f"{polls} VMs took the poller lease"
 
 
 # ----------------------------------------------------------------------------------------------
