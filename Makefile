@@ -5,7 +5,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-wasip1
 WASM_RAW := target/$(WASM_TARGET)/release/lossless.wasm
 WASM := target/lossless.wasm
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
+WASM_OPT_FLAGS := --duplicate-function-elimination -Oz --merge-similar-functions -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 ENVOY_VERSION ?= 1.40.0
 ENVOY_OLDEST ?= 1.36.2
 RNACOS_VERSION := 0.8.8
@@ -74,6 +74,9 @@ lint: target $(RUFF)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
+	cargo fmt --check --manifest-path fuzz/Cargo.toml
+	cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
 	$(RUFF) check .
 
 fmt:

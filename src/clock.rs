@@ -1,4 +1,5 @@
-//! Randomness for the balancer, jitter and VM ids: seeded from WASI randomness in the filter, fixed in tests.
+//! Randomness for the balancer, jitter and VM ids (seeded from WASI randomness in the filter, fixed
+//! in tests), and the hasher of the filter's own maps.
 
 /// A small, fast PRNG (SplitMix64). Seeded from WASI randomness in the filter, fixed in tests.
 #[derive(Debug, Clone)]
@@ -28,6 +29,32 @@ impl Rng {
     /// Uniform in `0..n` (Lemire's multiply-shift; `n == 0` gives 0).
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// A `HashMap` hashed with FNV-1a: the filter's maps are keyed by addresses and small ids it
+/// reads itself, and FNV keeps the module smaller than the standard hasher's seeding.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bit.
+#[derive(Debug)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 

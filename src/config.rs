@@ -743,19 +743,11 @@ fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
             "must be [start, end) ranges within 100..600, e.g. [[200, 300]]",
         ));
     }
-    if let Some(h) = &hc.host {
-        if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
-            return Err(at(p, "host", "must be host[:port]"));
-        }
-    }
     if !(100..=3_600_000).contains(&hc.interval_ms) {
         return Err(at(p, "interval_ms", "must be between 100 and 3600000 (ms)"));
     }
     if !(10..=hc.interval_ms).contains(&hc.timeout_ms) {
         return Err(at(p, "timeout_ms", "must be between 10 ms and interval_ms"));
-    }
-    if hc.interval_jitter_percent > 50 {
-        return Err(at(p, "interval_jitter_percent", "must be between 0 and 50"));
     }
     for (field, n) in [("unhealthy_threshold", hc.unhealthy_threshold), ("healthy_threshold", hc.healthy_threshold)] {
         if !(1..=100).contains(&n) {

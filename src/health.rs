@@ -190,11 +190,7 @@ pub struct HealthCheck {
     pub path: String,
     /// Passing statuses as `[start, end)` ranges (Envoy's `expected_statuses`), default 200..300.
     pub expected_statuses: Vec<(u16, u16)>,
-    /// `:authority` of the probe (default: the instance's address).
-    pub host: Option<String>,
     pub interval_ms: i64,
-    /// Spread of each interval, ± percent, so probes of many instances do not align.
-    pub interval_jitter_percent: u32,
     pub timeout_ms: i64,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
@@ -216,9 +212,7 @@ impl Default for HealthCheck {
             kind: CheckKind::Http,
             path: "/".into(),
             expected_statuses: vec![(200, 300)],
-            host: None,
             interval_ms: 5000,
-            interval_jitter_percent: 10,
             timeout_ms: 1000,
             unhealthy_threshold: 2,
             healthy_threshold: 1,

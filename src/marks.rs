@@ -2,7 +2,7 @@
 //! through one shared-data key ([`crate::store::Keys::marks`]), and the cross-VM writes that set
 //! and prune them (each one [`update_cas`]).
 
-use std::collections::HashMap;
+use crate::clock::FastMap as HashMap;
 
 use crate::health::{Ejection, OutlierDetection, TRIAL_TIMEOUT_MS};
 use crate::instance::{Instance, State};

@@ -2,7 +2,7 @@
 //! probe, the probe request, and what its answer decides ([`crate::health::HealthCheck`]).
 //! [`crate::vm::Vm`] dispatches the probes and shares the verdicts ([`crate::marks::set_health`]).
 
-use std::collections::HashMap;
+use crate::clock::FastMap as HashMap;
 
 use crate::clock::Rng;
 use crate::config::ServiceConfig;
@@ -91,9 +91,9 @@ impl Prober {
     }
 }
 
-/// One interval with ± `interval_jitter_percent` spread.
+/// One interval with ± 10 % spread.
 fn jittered(hc: &HealthCheck, rng: &mut Rng) -> i64 {
-    let spread = hc.interval_ms * i64::from(hc.interval_jitter_percent) / 100;
+    let spread = hc.interval_ms / 10;
     if spread <= 0 {
         return hc.interval_ms;
     }
@@ -106,7 +106,7 @@ pub fn request(hc: &HealthCheck, sc: &ServiceConfig, addr: &str) -> HttpRequest 
     let headers = vec![
         (":method".to_string(), "GET".to_string()),
         (":path".to_string(), hc.path.clone()),
-        (":authority".to_string(), hc.host.clone().unwrap_or_else(|| addr.to_string())),
+        (":authority".to_string(), addr.to_string()),
         (sc.header.clone(), addr.to_string()),
         ("user-agent".to_string(), "lossless-health-check".to_string()),
     ];

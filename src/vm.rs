@@ -10,7 +10,7 @@
 //! Per-request facts come through [`Host`], read only when a decision needs them, so a counting
 //! fake host measures the host calls of each path natively.
 
-use std::collections::HashMap;
+use crate::clock::FastMap as HashMap;
 
 use log::{info, warn};
 
@@ -140,9 +140,9 @@ impl Vm {
             leader: false,
             stats: Stats::default(),
             route_headers,
-            pending: HashMap::new(),
-            last_log: HashMap::new(),
-            failures: HashMap::new(),
+            pending: HashMap::default(),
+            last_log: HashMap::default(),
+            failures: HashMap::default(),
             scratch: Vec::with_capacity(17),
             settings,
         }
