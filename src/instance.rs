@@ -69,6 +69,20 @@ pub fn format_addr(ip: &str, port: i64) -> Option<String> {
     Some(SocketAddr::new(ip, port).to_string())
 }
 
+/// `name:port` when `host` is a DNS host name (labels of letters, digits, `-` and `_`, at least one
+/// letter) and `port` is in 1..=65535: what a registry may hold instead of an IP (Spring Cloud
+/// Consul registers the machine's host name unless `prefer-ip-address` is set), which Envoy cannot
+/// route to. `None` for anything else (an IP literal, an empty or malformed name).
+pub fn host_name_addr(host: &str, port: i64) -> Option<String> {
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let host = host.trim();
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok =
+        |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = name.len() <= 253 && name.split('.').all(label_ok) && name.bytes().any(|b| b.is_ascii_alphabetic());
+    (ok && format_addr(host, 1).is_none()).then(|| format!("{host}:{port}"))
+}
+
 /// Parses `ip:port` / `[v6]:port` into the canonical form; `None` when it is not one.
 pub fn canonical_addr(s: &str) -> Option<String> {
     s.trim().parse::<SocketAddr>().ok().filter(|a| a.port() != 0).map(|a| a.to_string())
@@ -99,8 +113,26 @@ pub struct MetaKey {
     pub unit: Unit,
 }
 
+impl MetaKey {
+    fn pair(&self) -> (&str, Unit) {
+        (self.key.as_str(), self.unit)
+    }
+}
+
 /// Where start time, warmup, weight and a drain flag are read from in metadata. Keys are tried in
-/// order; the first one present with a well-formed value wins.
+/// order; the first one present with a well-formed value wins (an empty value is absent, as in
+/// Dubbo's `URL.getParameter(key, default)`).
+///
+/// Values are read as Dubbo 3.3 reads its `timestamp`, `warmup` and `weight` URL parameters
+/// (`org.apache.dubbo.common.URL.getParameter(String, long|int)`: Java's `Long.parseLong` /
+/// `Integer.parseInt`), and as Sermant reads its `sermant.grace.warmup.*` keys (the same two
+/// parsers, `GraceSwitchInterceptor.calculate`): an optional sign and ASCII digits, nothing else,
+/// start times in `long` range, warmups and weights in `int` range. Every well-formed value counts,
+/// negative ones included, with the meaning `AbstractLoadBalance.getWeight` gives it: a start time
+/// `<= 0` means "no start time" (no ramp), a warmup `<= 0` means no ramp, a weight `< 0` is 0.
+/// Where Java would throw `NumberFormatException` (and Dubbo fail the call) the value is malformed:
+/// counted, and the next key or the default is used. Java's parsers also take non-ASCII decimal
+/// digits (which digits depends on the JVM's Unicode version); here those are malformed.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataKeys {
@@ -123,24 +155,19 @@ impl Default for MetadataKeys {
                 MetaKey { key: "warmup".into(), unit: Unit::Ms },
                 MetaKey { key: "sermant.grace.warmup.time".into(), unit: Unit::S },
             ],
-            weight: vec!["weight".into()],
+            weight: vec!["weight".into(), "sermant.grace.warmup.weight".into()],
             drain: vec!["lossless.drain".into()],
         }
     }
 }
 
-/// An integer in a metadata string: decimal, optionally with a fractional part that is ignored
-/// when zero ("60000", "60000.0"). Anything else is `None`.
-fn parse_int(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(v) = s.parse::<i64>() {
-        return Some(v);
-    }
-    let f: f64 = s.parse().ok()?;
-    if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
-        Some(f as i64)
+/// Java's `Long.parseLong` (`int_range`: `Integer.parseInt`) on ASCII input: Rust's integer
+/// parser accepts exactly the same strings (optional `+`/`-`, then ASCII digits, in range).
+fn parse_java(s: &str, int_range: bool) -> Option<i64> {
+    if int_range {
+        s.parse::<i32>().ok().map(i64::from)
     } else {
-        None
+        s.parse().ok()
     }
 }
 
@@ -148,8 +175,11 @@ fn parse_int(s: &str) -> Option<i64> {
 /// never fatal.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MetaFacts {
+    /// The first well-formed start time; `<= 0` says "none" (and hides the registry's own).
     pub start_ms: Option<i64>,
+    /// The first well-formed warmup, `>= 0` (a negative one is 0: no ramp, as in Dubbo).
     pub warmup_ms: Option<i64>,
+    /// The first well-formed weight, `>= 0` (a negative one is 0, Dubbo's `Math.max(weight, 0)`).
     pub weight: Option<i32>,
     pub drain: bool,
     /// Number of keys present with a value that could not be read.
@@ -159,34 +189,33 @@ pub struct MetaFacts {
 impl MetadataKeys {
     pub fn read(&self, md: &BTreeMap<String, String>) -> MetaFacts {
         let mut f = MetaFacts::default();
-        f.start_ms = self.first_time(&self.start_time, md, &mut f.malformed).filter(|v| *v > 0);
-        f.warmup_ms = self.first_time(&self.warmup, md, &mut f.malformed).filter(|v| *v >= 0);
-        for k in &self.weight {
-            if let Some(v) = md.get(k) {
-                match parse_int(v).and_then(|v| i32::try_from(v).ok()).filter(|v| *v >= 0) {
-                    Some(w) => {
-                        f.weight = Some(w);
-                        break;
-                    }
-                    None => f.malformed += 1,
-                }
-            }
-        }
+        let bad = &mut f.malformed;
+        f.start_ms = first(self.start_time.iter().map(MetaKey::pair), md, false, bad);
+        f.warmup_ms = first(self.warmup.iter().map(MetaKey::pair), md, true, bad).map(|v| v.max(0));
+        let weight = first(self.weight.iter().map(|k| (k.as_str(), Unit::Ms)), md, true, bad);
+        f.weight = weight.and_then(|w| i32::try_from(w.max(0)).ok());
         f.drain = self.drain.iter().any(|k| md.get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")));
         f
     }
+}
 
-    fn first_time(&self, keys: &[MetaKey], md: &BTreeMap<String, String>, bad: &mut u32) -> Option<i64> {
-        for k in keys {
-            if let Some(v) = md.get(&k.key) {
-                match parse_int(v).and_then(|v| k.unit.to_ms(v)) {
-                    Some(ms) => return Some(ms),
-                    None => *bad += 1,
-                }
+/// The value of the first of `keys` present (and not empty) with a well-formed value, in ms;
+/// every malformed one on the way is counted in `bad`.
+fn first<'a>(
+    keys: impl Iterator<Item = (&'a str, Unit)>,
+    md: &BTreeMap<String, String>,
+    int_range: bool,
+    bad: &mut u32,
+) -> Option<i64> {
+    for (key, unit) in keys {
+        if let Some(v) = md.get(key).filter(|v| !v.is_empty()) {
+            match parse_java(v, int_range).and_then(|v| unit.to_ms(v)) {
+                Some(ms) => return Some(ms),
+                None => *bad += 1,
             }
         }
-        None
     }
+    None
 }
 
 /// Turns a registry's native weight (Nacos float 1.0, Consul integer 1) into the Dubbo scale.
@@ -241,7 +270,7 @@ impl BuildOptions {
     ) -> (Instance, u32) {
         let facts = self.keys.read(&metadata);
         let weight = facts.weight.or(native_weight).unwrap_or(self.default_weight);
-        let start_ms = facts.start_ms.or(native_start_ms.filter(|t| *t > 0));
+        let start_ms = facts.start_ms.or(native_start_ms).filter(|t| *t > 0);
         let warmup_ms = facts.warmup_ms.unwrap_or(self.default_warmup_ms);
         let state = if facts.drain && state == State::Serving { State::Draining } else { state };
         (Instance { addr, weight, start_ms, warmup_ms, state, metadata }, facts.malformed)
@@ -251,6 +280,7 @@ impl BuildOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn md(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -269,10 +299,23 @@ mod tests {
         assert_eq!(canonical_addr("[::1]:9"), Some("[::1]:9".into()));
         assert_eq!(canonical_addr("1.2.3.4:0"), None);
         assert_eq!(canonical_addr("1.2.3.4"), None);
+        // host names: what a registry may hold, refused as unroutable (not as malformed)
+        assert_eq!(host_name_addr("my-host.local", 8080).as_deref(), Some("my-host.local:8080"));
+        assert_eq!(host_name_addr("redis.service.consul.", 80).as_deref(), Some("redis.service.consul.:80"));
+        assert_eq!(host_name_addr("web_1", 80).as_deref(), Some("web_1:80"));
+        for (h, p) in [("10.0.0.1", 80), ("::1", 80), ("10.0.0.256", 80), ("", 80), ("a b", 80), ("a..b", 80), ("h", 0)]
+        {
+            assert_eq!(host_name_addr(h, p), None, "{h:?}:{p}");
+        }
+        assert_eq!(host_name_addr(&"a".repeat(64), 80), None);
     }
 
     #[test]
     fn default_keys_dubbo_and_sermant() {
+        // Sermant's weight key (GraceConstants.WARM_KEY_WEIGHT) after Dubbo's
+        let k = MetadataKeys::default();
+        assert_eq!(k.read(&md(&[("sermant.grace.warmup.weight", "30")])).weight, Some(30));
+        assert_eq!(k.read(&md(&[("sermant.grace.warmup.weight", "30"), ("weight", "5")])).weight, Some(5));
         let k = MetadataKeys::default();
         let f = k.read(&md(&[("timestamp", "1700000000000"), ("warmup", "60000"), ("weight", "7")]));
         assert_eq!(
@@ -287,17 +330,222 @@ mod tests {
     #[test]
     fn malformed_metadata_is_no_data() {
         let k = MetadataKeys::default();
-        let f = k.read(&md(&[("timestamp", "yesterday"), ("warmup", "1e400"), ("weight", "-1")]));
+        let f = k.read(&md(&[("timestamp", "yesterday"), ("warmup", "1e400"), ("weight", "1.5")]));
         assert_eq!((f.start_ms, f.warmup_ms, f.weight), (None, None, None));
         assert_eq!(f.malformed, 3);
         // a malformed first key falls through to the next one
         let f = k.read(&md(&[("timestamp", "x"), ("sermant.grace.warmup.inject.time", "5")]));
-        assert_eq!(f.start_ms, Some(5));
-        // seconds that overflow i64 in ms
-        let f = k.read(&md(&[("sermant.grace.warmup.time", &i64::MAX.to_string())]));
+        assert_eq!((f.start_ms, f.malformed), (Some(5), 1));
+        // Sermant's warmup is Integer.parseInt(...) * 1000L: beyond int range is malformed
+        let f = k.read(&md(&[("sermant.grace.warmup.time", "2147483648")]));
         assert_eq!((f.warmup_ms, f.malformed), (None, 1));
-        // "60000.0" is accepted
-        assert_eq!(k.read(&md(&[("warmup", "60000.0")])).warmup_ms, Some(60_000));
+        let f = k.read(&md(&[("sermant.grace.warmup.time", "2147483647")]));
+        assert_eq!(f.warmup_ms, Some(2_147_483_647_000));
+        // a start time in seconds that overflows i64 in ms
+        let s = MetadataKeys { start_time: vec![MetaKey { key: "t".into(), unit: Unit::S }], ..k.clone() };
+        assert_eq!(s.read(&md(&[("t", &i64::MAX.to_string())])).malformed, 1);
+        // what Java's parsers refuse is refused here: a fraction, spaces, hex, an exponent
+        for v in ["60000.0", " 60000", "60000 ", "0x10", "6e4", "+", "-", "٣"] {
+            let f = k.read(&md(&[("warmup", v), ("weight", v), ("timestamp", v)]));
+            assert_eq!((f.warmup_ms, f.weight, f.start_ms, f.malformed), (None, None, None, 3), "{v:?}");
+        }
+        // an empty value is absent (Dubbo's StringUtils.isEmpty -> default), not malformed
+        let f = k.read(&md(&[("weight", ""), ("sermant.grace.warmup.weight", "9")]));
+        assert_eq!((f.weight, f.malformed), (Some(9), 0));
+    }
+
+    /// Well-formed values keep Dubbo's meaning, negative and extreme ones included
+    /// (`AbstractLoadBalance.getWeight`: `Math.max(weight, 0)`, `timestamp > 0`,
+    /// `uptime < warmup`).
+    #[test]
+    fn dubbo_meaning_of_values() {
+        let k = MetadataKeys::default();
+        // key, value, then the weight, warmup and start time read
+        type Row<'a> = (&'a str, &'a str, Option<i32>, Option<i64>, Option<i64>);
+        let rows: &[Row] = &[
+            ("weight", "-5", Some(0), None, None),
+            ("weight", "-2147483648", Some(0), None, None),
+            ("weight", "+7", Some(7), None, None),
+            ("weight", "007", Some(7), None, None),
+            ("weight", "2147483647", Some(i32::MAX), None, None),
+            ("warmup", "-5", None, Some(0), None),
+            ("warmup", "0", None, Some(0), None),
+            ("warmup", "2147483647", None, Some(2_147_483_647), None),
+            ("timestamp", "-1000", None, None, Some(-1000)),
+            ("timestamp", "9223372036854775807", None, None, Some(i64::MAX)),
+        ];
+        for (key, v, weight, warmup, start) in rows {
+            let f = k.read(&md(&[(key, v)]));
+            assert_eq!((f.weight, f.warmup_ms, f.start_ms, f.malformed), (*weight, *warmup, *start, 0), "{key}={v}");
+        }
+        // a start time <= 0 is final: no ramp, and the registry's own start time is not used
+        let o = BuildOptions::default();
+        let (i, bad) = o.build("1.1.1.1:1".into(), None, Some(5), State::Serving, md(&[("timestamp", "0")]));
+        assert_eq!((i.start_ms, bad), (None, 0));
+        let (i, _) = o.build("1.1.1.1:1".into(), Some(50), None, State::Serving, md(&[("weight", "-1")]));
+        assert_eq!(i.weight, 0, "a negative metadata weight is 0, not the registry's weight");
+    }
+
+    /// Java's `Integer.parseInt` / `Long.parseLong` as the JDK documents them, for ASCII strings:
+    /// an optional sign, one or more digits, the value in range. Written for the tests, apart from
+    /// the code under test.
+    fn java_parse(s: &str, int_range: bool) -> Option<i64> {
+        let (neg, digits) = match s.as_bytes().split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            _ => (false, s.as_bytes()),
+        };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut v: i128 = 0;
+        for d in digits {
+            v = v * 10 + i128::from(d - b'0');
+            if v > i128::from(i64::MAX) + 1 {
+                return None;
+            }
+        }
+        let v = if neg { -v } else { v };
+        let (lo, hi) = if int_range { (i32::MIN.into(), i32::MAX.into()) } else { (i64::MIN.into(), i64::MAX.into()) };
+        (lo..=hi).contains(&v).then_some(v as i64)
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// Dubbo 3.3 `AbstractLoadBalance.getWeight` on metadata, each value parsed as
+    /// `URL.getParameter(key, default)` does (an empty value is the default); a value Java cannot
+    /// parse (Dubbo would throw and fail the call) counts as absent. The ramp itself is
+    /// `crate::warmup::calculate_warmup_weight`, checked row by row against Dubbo's own test.
+    fn dubbo_get_weight(md: &BTreeMap<String, String>, now: i64) -> i32 {
+        let param = |key: &str, int_range: bool, default: i64| {
+            md.get(key).filter(|v| !v.is_empty()).and_then(|v| java_parse(v, int_range)).unwrap_or(default)
+        };
+        let mut weight = param("weight", true, 100) as i32;
+        if weight > 0 {
+            let timestamp = param("timestamp", false, 0);
+            if timestamp > 0 {
+                let uptime = now - timestamp;
+                if uptime < 0 {
+                    return 1;
+                }
+                let warmup = param("warmup", true, 600_000);
+                if uptime > 0 && uptime < warmup {
+                    weight = crate::warmup::calculate_warmup_weight(uptime, warmup, weight);
+                }
+            }
+        }
+        weight.max(0)
+    }
+
+    fn lossless_weight(md: BTreeMap<String, String>, now: i64) -> (i32, u32) {
+        let (i, bad) = BuildOptions::default().build("10.0.0.1:1".into(), None, None, State::Serving, md);
+        (crate::warmup::Curve::default().weight(i.weight, i.start_ms, i.warmup_ms, now), bad)
+    }
+
+    /// Every row of what Dubbo 3.3.4's own `getWeight` returned (tests/fixtures/weights, made by
+    /// running Dubbo's jars): lossless gives the same weight. Where Dubbo's parsing throws, lossless
+    /// counts the value as malformed and gives what Dubbo gives without it (a row of the table too).
+    /// The only other difference: Java also parses non-ASCII digits ("٣" is 3 on Java 17).
+    #[test]
+    fn dubbo_getweight_fixture() {
+        let text = include_str!("../tests/fixtures/weights/dubbo-3.3.4-getweight.jsonl");
+        let now_rel = |s: &str| -> String {
+            match s.find("now") {
+                Some(at) => {
+                    let (head, tail) = s.split_at(at);
+                    let tail = tail.trim_start_matches("now");
+                    let digits: String = tail[1..].chars().take_while(char::is_ascii_digit).collect();
+                    let n: i64 = digits.parse().unwrap();
+                    let t = if tail.starts_with('-') { NOW - n } else { NOW + n };
+                    format!("{head}{t}{}", &tail[1 + digits.len()..])
+                }
+                None => s.to_string(),
+            }
+        };
+        type Row = (Option<String>, Option<String>, Option<String>);
+        let mut table: Vec<(Row, serde_json::Value)> = Vec::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let f = |k: &str| v[k].as_str().map(String::from);
+            table.push(((f("weight"), f("timestamp"), f("warmup")), v["dubbo"].clone()));
+        }
+        assert!(table.len() > 200);
+        let (mut divergent, mut via_default) = (Vec::new(), 0);
+        for ((w, t, wu), dubbo) in &table {
+            let mut m = BTreeMap::new();
+            let mut bad = Vec::new();
+            for (key, val, int_range) in [("weight", w, true), ("timestamp", t, false), ("warmup", wu, true)] {
+                if let Some(val) = val {
+                    let val = now_rel(val);
+                    if !val.is_empty() && java_parse(&val, int_range).is_none() {
+                        bad.push(key);
+                    }
+                    m.insert(key.to_string(), val);
+                }
+            }
+            let (got, malformed) = lossless_weight(m, NOW);
+            assert_eq!(malformed as usize, bad.len(), "{w:?} {t:?} {wu:?}");
+            let want = if bad.is_empty() {
+                dubbo.as_i64().unwrap_or_else(|| panic!("{w:?} {t:?} {wu:?}: {dubbo}"))
+            } else {
+                // the same row without the values Java cannot parse here
+                let drop = |k: &str, v: &Option<String>| if bad.contains(&k) { None } else { v.clone() };
+                let key = (drop("weight", w), drop("timestamp", t), drop("warmup", wu));
+                let Some((_, d)) = table.iter().find(|(r, _)| *r == key) else {
+                    panic!("no row {key:?} for {w:?} {t:?} {wu:?}")
+                };
+                via_default += 1;
+                if dubbo.is_i64() {
+                    // Dubbo parsed what this oracle (ASCII only) refuses
+                    divergent.extend([w, t, wu].into_iter().flatten().filter(|v| !v.is_ascii()).cloned());
+                }
+                d.as_i64().unwrap()
+            };
+            assert_eq!(i64::from(got), want, "{w:?} {t:?} {wu:?}");
+        }
+        assert!(via_default > 50);
+        divergent.sort();
+        divergent.dedup();
+        assert_eq!(divergent, ["\u{663}", "\u{ff17}"]);
+    }
+
+    /// Metadata values as registries carry them, and anything else.
+    fn meta_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<i32>().prop_map(|v| v.to_string()),
+            (-2_000_000i64..20_000_000).prop_map(|d| (NOW - d).to_string()),
+            (-10i64..1_300_000).prop_map(|v| v.to_string()),
+            "[+-]?[0-9]{0,20}",
+            "[ +\\-0-9.eExX]{0,12}",
+            ".*",
+        ]
+    }
+
+    proptest! {
+        /// For any metadata strings, lossless's weight is Dubbo's `getWeight` on Dubbo's own
+        /// parsing of them; what Java cannot parse is counted as malformed.
+        #[test]
+        fn weight_is_dubbos_for_any_metadata(
+            w in proptest::option::of(meta_value()),
+            t in proptest::option::of(meta_value()),
+            wu in proptest::option::of(meta_value()),
+            dt in -1_000i64..1_000,
+        ) {
+            let now = NOW + dt;
+            // Java parses non-ASCII digits too, and which ones depends on its Unicode version
+            prop_assume!(![&w, &t, &wu].into_iter().flatten().any(|v| v.chars().any(|c| !c.is_ascii() && c.is_numeric())));
+            let mut m = BTreeMap::new();
+            let mut bad = 0u32;
+            for (key, val, int_range) in [("weight", &w, true), ("timestamp", &t, false), ("warmup", &wu, true)] {
+                if let Some(v) = val {
+                    bad += u32::from(!v.is_empty() && java_parse(v, int_range).is_none());
+                    m.insert(key.to_string(), v.clone());
+                }
+            }
+            let want = dubbo_get_weight(&m, now);
+            prop_assert_eq!(lossless_weight(m, now), (want, bad));
+        }
     }
 
     #[test]

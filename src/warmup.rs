@@ -1,5 +1,6 @@
 //! The warmup weight: Apache Dubbo 3.3 `AbstractLoadBalance.getWeight`, bit-exact, plus optional
-//! curves behind configuration.
+//! curves behind configuration: Envoy-slow-start-like (`aggression`, `min_weight_percent`) or
+//! Sermant's (`sermant`).
 //!
 //! Dubbo computes `(int) (uptime / ((float) warmup / weight))` where `uptime` and `warmup` are
 //! Java `long`/`int` promoted to `float`: both divisions happen in f32. Doing the same sums in f64
@@ -63,6 +64,10 @@ pub struct Curve {
     /// 0 keeps Dubbo's floor of 1.
     #[serde(default)]
     pub min_weight_percent: f32,
+    /// Sermant's ramp with this exponent instead (see [`sermant_weight`]); `aggression` and
+    /// `min_weight_percent` are then not used.
+    #[serde(default)]
+    pub sermant: Option<u8>,
 }
 
 fn one() -> f32 {
@@ -71,14 +76,14 @@ fn one() -> f32 {
 
 impl Default for Curve {
     fn default() -> Self {
-        Curve { aggression: 1.0, min_weight_percent: 0.0 }
+        Curve { aggression: 1.0, min_weight_percent: 0.0, sermant: None }
     }
 }
 
 impl Curve {
     /// True when this is Dubbo's exact linear ramp.
     pub fn is_dubbo(&self) -> bool {
-        self.aggression == 1.0 && self.min_weight_percent == 0.0
+        self.aggression == 1.0 && self.min_weight_percent == 0.0 && self.sermant.is_none()
     }
 
     /// The weight of an instance: Dubbo-exact by default; with a custom curve, the same guards as
@@ -87,6 +92,9 @@ impl Curve {
     pub fn weight(&self, weight: i32, start_ms: Option<i64>, warmup_ms: i64, now_ms: i64) -> i32 {
         if self.is_dubbo() {
             return dubbo_weight(weight, start_ms, warmup_ms, now_ms);
+        }
+        if let Some(n) = self.sermant {
+            return sermant_weight(n, weight, start_ms, warmup_ms, now_ms);
         }
         if weight <= 0 {
             return 0;
@@ -107,6 +115,35 @@ impl Curve {
         let w = (weight as f32 * shaped).max(min);
         java_f2i(w).clamp(1, weight)
     }
+}
+
+/// Sermant's warmup weight (huaweicloud/Sermant, `sermant-service-registry`,
+/// `GraceSwitchInterceptor.calculateWeight`): `round((runtime / warmup)^curve * weight)` in
+/// doubles, Java's `Math.round` (ties up), clamped to `[1, weight]`, while `0 < runtime < warmup`;
+/// the full weight otherwise, a start time ahead of the clock included (Dubbo gives 1 there). The
+/// instance publishes `curve` as `sermant.grace.warmup.cal.curve` (Sermant's default 2); a weight
+/// `<= 0` is 0 here (Sermant would give 1 while warming), as everywhere in lossless.
+pub fn sermant_weight(curve: u8, weight: i32, start_ms: Option<i64>, warmup_ms: i64, now_ms: i64) -> i32 {
+    if weight <= 0 {
+        return 0;
+    }
+    let runtime = match start_ms.filter(|t| *t > 0) {
+        Some(ts) => now_ms.saturating_sub(ts),
+        None => 0,
+    };
+    if runtime <= 0 || runtime >= warmup_ms {
+        return weight;
+    }
+    let frac = runtime as f64 / warmup_ms as f64;
+    let mut pow = 1.0f64;
+    for _ in 0..curve {
+        pow *= frac;
+    }
+    let x = pow * weight as f64;
+    // Java's Math.round for x >= 0: the nearest integer, ties up (`x - floor(x)` is exact)
+    let floor = x.floor();
+    let rounded = if x - floor >= 0.5 { floor + 1.0 } else { floor };
+    (rounded as i32).clamp(1, weight)
 }
 
 /// True while the instance is inside its warmup window (its weight may be below full).
@@ -181,7 +218,7 @@ mod tests {
     #[test]
     fn custom_curve() {
         let now = 1_000_000;
-        let c = Curve { aggression: 2.0, min_weight_percent: 10.0 };
+        let c = Curve { aggression: 2.0, min_weight_percent: 10.0, sermant: None };
         // quarter of the window: sqrt(0.25) = 0.5
         assert_eq!(c.weight(100, Some(now - 25_000), 100_000, now), 50);
         // near zero: the floor of 10 %
@@ -189,6 +226,61 @@ mod tests {
         assert_eq!(c.weight(100, Some(now - 100_000), 100_000, now), 100);
         assert_eq!(c.weight(0, Some(now - 1), 100_000, now), 0);
         assert!(Curve::default().is_dubbo());
+    }
+
+    /// Sermant's own expression evaluated by Java (tests/fixtures/weights), every row.
+    #[test]
+    fn sermant_fixture() {
+        let text = include_str!("../tests/fixtures/weights/sermant-calculateweight.jsonl");
+        let now = 1_700_000_000_000i64;
+        let mut rows = 0;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let n = |k: &str| v[k].as_i64().unwrap();
+            let (runtime, warmup, curve, weight) = (n("runtime"), n("warmup"), n("curve") as u8, n("weight") as i32);
+            let got = sermant_weight(curve, weight, Some(now - runtime), warmup, now);
+            assert_eq!(i64::from(got), n("sermant"), "{line}");
+            let c = Curve { sermant: Some(curve), ..Curve::default() };
+            assert_eq!(c.weight(weight, Some(now - runtime), warmup, now), got);
+            rows += 1;
+        }
+        assert_eq!(rows, 700);
+    }
+
+    /// Sermant's guards (`GraceSwitchInterceptor.calculateWeight(long, long, String, String)`):
+    /// no inject time or no warmup time -> the weight; runtime <= 0 (clock skew) or past the
+    /// warmup -> the weight. And lossless's own: a weight <= 0 is 0.
+    #[test]
+    fn sermant_guards_and_metadata() {
+        let now = 1_700_000_000_000i64;
+        assert_eq!(sermant_weight(2, 100, None, 60_000, now), 100);
+        assert_eq!(sermant_weight(2, 100, Some(0), 60_000, now), 100);
+        assert_eq!(sermant_weight(2, 100, Some(now - 1), 0, now), 100);
+        assert_eq!(sermant_weight(2, 100, Some(now + 5), 60_000, now), 100, "Dubbo gives 1 here, Sermant the weight");
+        assert_eq!(sermant_weight(2, 100, Some(now), 60_000, now), 100);
+        assert_eq!(sermant_weight(2, 100, Some(now - 60_000), 60_000, now), 100);
+        assert_eq!(sermant_weight(2, 100, Some(now - 30_000), 60_000, now), 25);
+        assert_eq!(sermant_weight(2, 100, Some(now - 1), 60_000, now), 1);
+        assert_eq!(sermant_weight(0, 100, Some(now - 1), 60_000, now), 100);
+        assert_eq!(sermant_weight(2, 0, Some(now - 30_000), 60_000, now), 0);
+        assert_eq!(sermant_weight(2, -5, Some(now - 30_000), 60_000, now), 0);
+        // an instance as Sermant registers it (GraceHelper.configWarmUpParams): the keys lossless
+        // reads by default give Sermant's ramp with the Sermant curve
+        let md: std::collections::BTreeMap<String, String> = [
+            ("sermant.grace.warmup.cal.curve", "2"),
+            ("sermant.grace.warmup.inject.time", &(now - 30_000).to_string()),
+            ("sermant.grace.warmup.weight", "100"),
+            ("sermant.grace.warmup.time", "60"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let b = crate::instance::BuildOptions::default();
+        let (i, bad) = b.build("10.0.0.1:1".into(), None, None, crate::instance::State::Serving, md);
+        assert_eq!((i.weight, i.start_ms, i.warmup_ms, bad), (100, Some(now - 30_000), 60_000, 0));
+        let c = Curve { sermant: Some(2), ..Curve::default() };
+        assert_eq!(c.weight(i.weight, i.start_ms, i.warmup_ms, now), 25);
+        assert!(!c.is_dubbo());
     }
 
     proptest! {
@@ -214,7 +306,7 @@ mod tests {
 
         #[test]
         fn curve_bounds(uptime in 0i64..=1_000_000, warmup in 1i64..=1_000_000, weight in 1i32..=1000, aggr in 0.1f32..=10.0, minp in 0f32..=100.0) {
-            let c = Curve { aggression: aggr, min_weight_percent: minp };
+            let c = Curve { aggression: aggr, min_weight_percent: minp, sermant: None };
             let now = 2_000_000_000_000i64;
             let w = c.weight(weight, Some(now - uptime), warmup, now);
             prop_assert!((1..=weight).contains(&w));
