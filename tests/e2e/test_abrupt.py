@@ -92,7 +92,8 @@ def start_gateway(kind, rnacos, make_envoy, slots, service, active):
     subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": rnacos.http_port,
             "DEMO_ENDPOINTS": lb_endpoints(slots)}
     if kind == "plain":
-        subs.update(HC_INTERVAL=f"{HC['interval_ms'] / 1000}s", HC_TIMEOUT=f"{HC['timeout_ms'] / 1000}s")
+        subs.update(HC_INTERVAL=f"{HC['interval_ms'] / 1000}s",
+                    HC_TIMEOUT=f"{HC['timeout_ms'] / 1000}s")
         gw = make_envoy("plain-health.yaml", subs, concurrency=WORKERS, name="plain")
     else:
         subs["LOSSLESS_CONFIG"] = lossless_cfg(rnacos, kind, service, active)

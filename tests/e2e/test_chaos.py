@@ -119,7 +119,8 @@ def test_flapping_registry_never_collapses_the_set(rnacos, registry_front, servi
     list (10 instances), an empty list, all 10 marked unhealthy (a health-check flap), a 500 or
     garbage. Between two full lists there are at most 2 held-back replies (empty or all down),
     never guard.confirm_refreshes (3): no flap may be applied. (A list from which instances are
-    absent is applied at once: Nacos leaves out only what was taken out on purpose.) Traffic, membership samples every 200 ms, stats and log volume are checked."""
+    absent is applied at once: Nacos leaves out only what was taken out on purpose.) Traffic,
+    membership samples every 200 ms, stats and log volume are checked."""
     flap_s = env_default("CHAOS_FLAP_S", 20.0, float)
     front = registry_front
     gw, backends = serving_gateway(10, registry=front)

@@ -140,7 +140,8 @@ def test_disabling_two_of_three_applies_within_one_refresh(rnacos, serving_gatew
     load.wait()
     bound = off_at + 1.1 + 0.5  # refresh interval (1 s + 10 % jitter) + 500 ms
     late = [s for s in load.results() if s.instance in (b[0].addr, b[1].addr) and s.t > bound]
-    assert not late, f"{len(late)} requests reached a disabled instance after {bound - off_at:.1f} s"
+    assert not late, \
+        f"{len(late)} requests reached a disabled instance after {bound - off_at:.1f} s"
     assert serving(gw.listen) == [b[2].addr]
     assert not load.errors(), load.summary()
 
