@@ -9,20 +9,37 @@
 //! ]}}
 //! ```
 //! What is read, per instance:
-//! - `ipAddr` (an IP literal; a host name cannot be routed to and the instance is skipped);
+//! - `ipAddr` (an IP literal; a host name cannot be routed to: the instance is refused and named in
+//!   [`Parsed::unroutable`]);
 //! - `port` / `securePort` as `{"$": 8080, "@enabled": "true"}` (`$` a number or a numeric string;
 //!   `@enabled` a string or a bool, missing = enabled for `port`, disabled for `securePort`, as in
 //!   Eureka's `InstanceInfo`). The plain port is used unless it is disabled and the secure port is
 //!   enabled; a bare number instead of the object is accepted as an enabled port;
-//! - `status`, overridden by `overriddenStatus` (or the legacy `overriddenstatus` when the former is
-//!   absent) unless that is `UNKNOWN`. Names are matched case-insensitively and an unrecognised name
-//!   is `UNKNOWN`, as Eureka's `InstanceStatus.toEnum` does. `UP` is serving, `OUT_OF_SERVICE`
-//!   draining, everything else (`DOWN`, `STARTING`, `UNKNOWN`, missing) down;
-//! - `leaseInfo.serviceUpTimestamp` (ms) as the native start time (metadata keys still win);
+//! - `status`, and only that: the server has already applied its override rules to it. On every
+//!   register and renew, Netflix Eureka's `AbstractInstanceRegistry` sets `status` to what
+//!   `getOverriddenInstanceStatus` decides with `PeerAwareInstanceRegistryImpl`'s rule chain
+//!   (`FirstMatchWinsCompositeRule`: `DownOrStartingRule` — a `DOWN` or `STARTING` from the instance
+//!   wins over any override —, then `OverrideExistsRule`, then `LeaseExistsRule`), and
+//!   `statusUpdate` / `deleteStatusOverride` set `status` together with `overriddenStatus`. Eureka's
+//!   own client keeps `status == UP` (`Applications.shuffleAndFilterInstances`) and never reads
+//!   `overriddenStatus`. Names are matched case-insensitively and an unrecognised name is `UNKNOWN`,
+//!   as `InstanceStatus.toEnum` does. `UP` is serving, `OUT_OF_SERVICE` draining, everything else
+//!   (`DOWN`, `STARTING`, `UNKNOWN`, missing) down;
+//! - `leaseInfo.serviceUpTimestamp` (ms) as the native start time (metadata keys still win). It is
+//!   the Eureka server's clock at the lease's first `UP`, kept per server: a restarted Eureka node
+//!   rebuilds its registry from its peers or from re-registrations and stamps the time anew, so an
+//!   instance can look freshly started. Start times an instance publishes in its metadata
+//!   (`timestamp`, Sermant's inject time) do not move and win;
 //! - `metadata`, without the `@class` marker Eureka writes for an empty map.
 //!
 //! Eureka has no weight: it comes from metadata or the default. An instance without a usable
 //! address or port is skipped and counted.
+//!
+//! `404` on `/apps/{APP}` is the server saying the application has no instances
+//! (`ApplicationResource.getApplication` answers 404 when the response cache holds nothing for the
+//! name; `AbstractInstanceRegistry.getApplication` gives nothing once the last lease is gone): it is
+//! an empty list, which the membership's keep-last-good guard treats like any other empty list. A
+//! wrong `path_prefix` answers 404 too, and shows as `no_instances`.
 //!
 //! The `/apps` shape `{"applications": {"application": [...]}}` is accepted too and yields the
 //! instances of *all* its applications (useful for fixtures and a registry that serves one app per
@@ -37,7 +54,7 @@ use super::{
     collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
     HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
-use crate::instance::{format_addr, BuildOptions, Instance, State};
+use crate::instance::{format_addr, host_name_addr, BuildOptions, Instance, State};
 
 #[derive(Debug, Clone)]
 pub struct Eureka {
@@ -58,17 +75,27 @@ pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError>
     let records = records(&doc)?;
     // delta bodies mark removed instances DELETED: they are not members (and not malformed)
     let live = records.into_iter().filter(|r| r.get("actionType").and_then(Value::as_str) != Some("DELETED"));
-    Ok(collect(live, |rec| parse_instance_value(rec, build)))
+    let mut unroutable = Vec::new();
+    let mut parsed = collect(live, |rec| instance(rec, build, &mut unroutable));
+    parsed.unroutable = unroutable;
+    Ok(parsed)
 }
 
 /// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
 /// instance and the number of malformed metadata values.
 pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
+    instance(rec, build, &mut Vec::new())
+}
+
+fn instance(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
     let ip = rec.get("ipAddr")?.as_str()?;
     let port = port_info(rec.get("port"), true);
     let secure = port_info(rec.get("securePort"), false);
-    let chosen = if !port.enabled && secure.enabled { secure.value } else { port.value };
-    let addr = format_addr(ip, chosen?)?;
+    let chosen = if !port.enabled && secure.enabled { secure.value } else { port.value }?;
+    let Some(addr) = format_addr(ip, chosen) else {
+        unroutable.extend(host_name_addr(ip, chosen));
+        return None;
+    };
     let start = rec.get("leaseInfo").and_then(|l| l.get("serviceUpTimestamp")).and_then(int_of);
     let mut bad = 0u32;
     let mut md = metadata_map(rec.get("metadata"), &mut bad);
@@ -142,41 +169,13 @@ fn int_of(v: &Value) -> Option<i64> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Up,
-    Down,
-    Starting,
-    OutOfService,
-    Unknown,
-}
-
-/// Eureka's `InstanceStatus.toEnum`: case-insensitive, anything unrecognised is `UNKNOWN`.
-fn status(v: Option<&Value>) -> Status {
-    let Some(s) = v.and_then(Value::as_str).map(str::trim) else {
-        return Status::Unknown;
-    };
-    [
-        ("UP", Status::Up),
-        ("DOWN", Status::Down),
-        ("STARTING", Status::Starting),
-        ("OUT_OF_SERVICE", Status::OutOfService),
-    ]
-    .into_iter()
-    .find(|(name, _)| s.eq_ignore_ascii_case(name))
-    .map_or(Status::Unknown, |(_, st)| st)
-}
-
+/// `status` as Eureka's `InstanceStatus.toEnum` reads it (the name, case-insensitive; anything
+/// else is `UNKNOWN`): `UP` serving, `OUT_OF_SERVICE` draining, everything else down.
 fn state_of(rec: &Value) -> State {
-    let overridden = match rec.get("overriddenStatus").filter(|v| !v.is_null()) {
-        Some(v) => status(Some(v)),
-        None => status(rec.get("overriddenstatus")),
-    };
-    let effective = if overridden == Status::Unknown { status(rec.get("status")) } else { overridden };
-    match effective {
-        Status::Up => State::Serving,
-        Status::OutOfService => State::Draining,
-        Status::Down | Status::Starting | Status::Unknown => State::Down,
+    match rec.get("status").and_then(Value::as_str) {
+        Some(s) if s.eq_ignore_ascii_case("UP") => State::Serving,
+        Some(s) if s.eq_ignore_ascii_case("OUT_OF_SERVICE") => State::Draining,
+        _ => State::Down,
     }
 }
 
@@ -195,6 +194,10 @@ impl Adapter for Eureka {
         resp: &HttpResponse<'_>,
         _now_ms: i64,
     ) -> Reply {
+        // no instances (see the module doc); an oversize 404 is still refused
+        if resp.status == Some(404) && resp.body_size.max(resp.body.len()) <= self.endpoint.max_body_bytes {
+            return Reply::Members(Parsed::default());
+        }
         list_reply(resp, &self.endpoint, |body| parse(body, &q.build))
     }
 }
@@ -282,12 +285,13 @@ mod tests {
 
     #[test]
     fn fixture_instance_overridden_steeltoe() {
-        // a bare InstanceInfo: status UP, overriddenStatus OUT_OF_SERVICE, legacy overriddenstatus DOWN
+        // a bare InstanceInfo (test-authored): status UP, overriddenStatus OUT_OF_SERVICE, legacy
+        // overriddenstatus DOWN. `status` is what the server computed: UP, whatever the overrides say
         let v: Value = serde_json::from_slice(OVERRIDDEN).unwrap();
         let (i, bad) = parse_instance_value(&v, &BuildOptions::default()).unwrap();
         assert_eq!(
             (i.addr.as_str(), i.state, i.start_ms, i.weight, bad),
-            ("192.168.56.1:8080", State::Draining, Some(1_457_714_988_223), 100, 0)
+            ("192.168.56.1:8080", State::Serving, Some(1_457_714_988_223), 100, 0)
         );
         assert!(i.metadata.is_empty());
         // wrapped as an /apps/{APP} reply, and as a single object instead of a list
@@ -295,7 +299,38 @@ mod tests {
             format!(r#"{{"application":{{"name":"FOO","instance":{}}}}}"#, std::str::from_utf8(OVERRIDDEN).unwrap());
         let r = p(&wrapped).unwrap();
         assert_eq!(r.instances.len(), 1);
-        assert_eq!(r.instances[0].state, State::Draining);
+        assert_eq!(r.instances[0].state, State::Serving);
+    }
+
+    /// What a Eureka server serves after its own status rules ran, and what lossless makes of it.
+    /// Sources (Netflix/eureka, eureka-core): `AbstractInstanceRegistry.register` / `renew` set
+    /// `status` from the rule chain; `statusUpdate` sets `status` and `overriddenStatus` together;
+    /// `deleteStatusOverride` sets `overriddenStatus` UNKNOWN and `status` to the given one; the
+    /// cases are those of `InstanceRegistryTest`.
+    #[test]
+    fn server_status_rules() {
+        let rows: &[(&str, &str, State, &str)] = &[
+            // testStatusOverrideSetAndRemoval: PUT .../status?value=OUT_OF_SERVICE
+            ("OUT_OF_SERVICE", "OUT_OF_SERVICE", State::Draining, "statusUpdate"),
+            // ... then DELETE .../status?value=DOWN
+            ("DOWN", "UNKNOWN", State::Down, "deleteStatusOverride"),
+            // testStatusOverrideStartingStatus: DownOrStartingRule, the instance's STARTING wins
+            ("STARTING", "OUT_OF_SERVICE", State::Down, "DownOrStartingRule"),
+            // the instance reports DOWN (health check) while an operator override says UP
+            ("DOWN", "UP", State::Down, "DownOrStartingRule"),
+            // OverrideExistsRule: the override wins over the instance's UP, and status says so
+            ("OUT_OF_SERVICE", "OUT_OF_SERVICE", State::Draining, "OverrideExistsRule"),
+            ("UP", "UP", State::Serving, "OverrideExistsRule"),
+            // testStatusOverrideWithExistingLeaseOutOfService: LeaseExistsRule keeps OUT_OF_SERVICE
+            ("OUT_OF_SERVICE", "UNKNOWN", State::Draining, "LeaseExistsRule"),
+            ("UP", "UNKNOWN", State::Serving, "AlwaysMatchInstanceStatusRule"),
+        ];
+        for (status, overridden, want, rule) in rows {
+            let rec = format!(
+                r#"{{"ipAddr":"10.0.0.1","port":{{"$":80}},"status":"{status}","overriddenStatus":"{overridden}","overriddenstatus":"{overridden}"}}"#
+            );
+            assert_eq!(one(&rec).instances[0].state, *want, "{status}/{overridden} ({rule})");
+        }
     }
 
     #[test]
@@ -314,18 +349,13 @@ mod tests {
         assert_eq!(st(r#","status":"SLEEPING""#), State::Down);
         assert_eq!(st(r#","status":7"#), State::Down);
         assert_eq!(st(""), State::Down);
-        // overridden status wins unless UNKNOWN (or unrecognised, which Eureka reads as UNKNOWN)
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"OUT_OF_SERVICE""#), State::Draining);
-        assert_eq!(st(r#","status":"OUT_OF_SERVICE","overriddenStatus":"UP""#), State::Serving);
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"DOWN""#), State::Down);
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"UNKNOWN""#), State::Serving);
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"bogus""#), State::Serving);
-        assert_eq!(st(r#","status":"UP","overriddenstatus":"OUT_OF_SERVICE""#), State::Draining);
-        // both keys: the camel-case one wins, even when it says UNKNOWN
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"UNKNOWN","overriddenstatus":"DOWN""#), State::Serving);
-        assert_eq!(st(r#","status":"UP","overriddenStatus":"DOWN","overriddenstatus":"UP""#), State::Down);
-        // a null camel-case key counts as absent
-        assert_eq!(st(r#","status":"UP","overriddenStatus":null,"overriddenstatus":"DOWN""#), State::Down);
+        // InstanceStatus.toEnum does not trim
+        assert_eq!(st(r#","status":" UP""#), State::Down);
+        // status is authoritative: the overridden status is never read
+        assert_eq!(st(r#","status":"DOWN","overriddenStatus":"UP""#), State::Down);
+        assert_eq!(st(r#","status":"UP","overriddenStatus":"OUT_OF_SERVICE""#), State::Serving);
+        assert_eq!(st(r#","status":"OUT_OF_SERVICE","overriddenStatus":"UP""#), State::Draining);
+        assert_eq!(st(r#","status":"STARTING","overriddenstatus":"UP""#), State::Down);
         // metadata drain flag (inside build)
         assert_eq!(st(r#","status":"UP","metadata":{"lossless.drain":"true"}"#), State::Draining);
     }
@@ -461,7 +491,7 @@ mod tests {
         let bad = [
             r#"{"status":"UP","port":{"$":80}}"#,                                // no ipAddr
             r#"{"ipAddr":"","status":"UP","port":{"$":80}}"#,                    // empty ipAddr
-            r#"{"ipAddr":"my-host.local","status":"UP","port":{"$":80}}"#,       // host name
+            r#"{"ipAddr":"my-host.local","status":"UP","port":{"$":80}}"#,       // host name (unroutable)
             r#"{"ipAddr":7,"status":"UP","port":{"$":80}}"#,                     // wrong type
             r#"{"ipAddr":"10.0.0.1","status":"UP"}"#,                            // no port
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"@enabled":"true"}}"#, // port object without "$"
@@ -481,6 +511,7 @@ mod tests {
         let good = r#"{"ipAddr":"10.0.0.9","status":"UP","port":{"$":80},"metadata":{"région":"€ü✓","@class":"x","emoji":"🦀"}}"#;
         let r = one(&format!("{},{good}", bad.join(",")));
         assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
+        assert_eq!(r.unroutable, ["my-host.local:80"]);
         let i = &r.instances[0];
         assert_eq!(md(i, "région"), Some("€ü✓"));
         assert_eq!(md(i, "emoji"), Some("🦀"));
@@ -498,6 +529,33 @@ mod tests {
             parse(b"{\"application\":{\"name\":\"\xff\"}}", &BuildOptions::default()),
             Err(RegistryError::Parse(_))
         ));
+    }
+
+    /// The last instance of an application is gone: the 404 that follows is an empty list, held by
+    /// the keep-last-good guard for `confirm_refreshes` replies and then applied (no instances).
+    #[test]
+    fn last_instance_gone_goes_through_the_empty_list_guard() {
+        use crate::membership::{Decision, Guard, Hold, Tracker};
+        let mut a = adapter(1 << 20);
+        let q = ServiceQuery { service: "MYMICROSERVICE2".into(), ..Default::default() };
+        let prev = parse(APP, &BuildOptions::default()).unwrap().instances;
+        let (mut t, g) = (Tracker::default(), Guard::default());
+        let mut decide = |a: &mut Client<Eureka>| {
+            let h = [];
+            match a.on_reply(
+                &q,
+                Call::List,
+                &HttpResponse { status: Some(404), headers: &h, body: b"", body_size: 0 },
+                0,
+            ) {
+                Reply::Members(p) => t.decide(&prev, p, &g),
+                r => panic!("{r:?}"),
+            }
+        };
+        for _ in 1..g.confirm_refreshes {
+            assert_eq!(decide(&mut a), Decision::Keep(Hold::Empty));
+        }
+        assert_eq!(decide(&mut a), Decision::Apply { members: vec![], protected: false });
     }
 
     fn adapter(cap: usize) -> Client<Eureka> {
@@ -544,10 +602,24 @@ mod tests {
             r => panic!("{r:?}"),
         }
         assert_eq!(a.on_reply(&q, Call::List, &resp(None, b""), 0), Reply::Error(RegistryError::Transport));
-        // unknown app
+        // an application without instances: ApplicationResource.getApplication answers 404
+        // (Response.status(Status.NOT_FOUND).build(), no body) — an empty list, not a failure
+        assert_eq!(a.on_reply(&q, Call::List, &resp(Some(404), b""), 0), Reply::Members(Parsed::default()));
         assert_eq!(
-            a.on_reply(&q, Call::List, &resp(Some(404), b""), 0),
-            Reply::Error(RegistryError::Status(404, String::new()))
+            a.on_reply(&q, Call::List, &resp(Some(404), b"{\"error\":\"Not Found\"}"), 0),
+            Reply::Members(Parsed::default())
+        );
+        let big404 = vec![b' '; 2 << 20];
+        let r = HttpResponse { status: Some(404), headers: &h, body: &big404, body_size: big404.len() };
+        assert!(matches!(a.on_reply(&q, Call::List, &r, 0), Reply::Error(RegistryError::TooLarge { .. })));
+        // other errors stay errors
+        assert_eq!(
+            a.on_reply(&q, Call::List, &resp(Some(503), b""), 0),
+            Reply::Error(RegistryError::Status(503, String::new()))
+        );
+        assert_eq!(
+            a.on_reply(&q, Call::List, &resp(Some(403), b""), 0),
+            Reply::Error(RegistryError::Status(403, String::new()))
         );
         assert!(matches!(
             a.on_reply(&q, Call::List, &resp(Some(200), b"<applications/>"), 0),
