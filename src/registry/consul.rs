@@ -1,9 +1,17 @@
 //! Consul adapter: `GET /v1/health/service/{name}` with blocking queries.
 //!
-//! The reply is an array of `{"Node": {"Address"}, "Service": {"Address", "Port", "Meta",
-//! "Weights": {"Passing", "Warning"}}, "Checks": [{"CheckID", "Status"}]}`. Per entry:
-//! - address: `Service.Address`, or `Node.Address` when that is empty or missing (an IP literal;
-//!   a host name cannot be routed to and the entry is skipped); port: `Service.Port` (a JSON integer);
+//! The reply is an array of `{"Node": {"Address", "TaggedAddresses"}, "Service": {"Address", "Port",
+//! "TaggedAddresses", "Meta", "Weights": {"Passing", "Warning"}}, "Checks": [{"CheckID", "Status"}]}`.
+//! Per entry:
+//! - address and port, chosen by the registry's `address` option ([`Address`]), the way Consul's own
+//!   `CheckServiceNode.BestAddress(wan)` (agent/structs) picks them: by default `Service.Address`,
+//!   or `Node.Address` when that is empty or missing, with `Service.Port` (a JSON integer). It must
+//!   be an IP literal: Envoy's `ORIGINAL_DST` cluster parses its header with
+//!   `parseInternetAddressAndPortNoThrow` (no name resolution), and the `override_host` policy only
+//!   picks hosts its cluster already lists by address; a proxy-wasm filter cannot resolve names.
+//!   An entry whose address is a host name (Spring Cloud Consul registers the machine's host name
+//!   unless `spring.cloud.consul.discovery.prefer-ip-address=true`) is refused and named in
+//!   [`Parsed::unroutable`];
 //! - state: a node or service maintenance check (`_node_maintenance`, `_service_maintenance:*`)
 //!   makes it draining (maintenance wins: its own status is critical); otherwise any `critical`
 //!   check (or a status Consul does not define) makes it down; otherwise it is serving, with the
@@ -15,14 +23,16 @@
 //! An entry with no `Service` object, no usable address or port, a negative or non-integer weight,
 //! `Checks` that is not a list or a check without a string `Status` is skipped and counted.
 //!
-//! Blocking queries (`wait_s > 0`): the `X-Consul-Index` of a reply is sent back as `index=` with
-//! `wait=`, following Consul's rules: a missing or unparsable index resets to 0 (the next request
+//! Blocking queries (`wait_s > 0`, the default): the `X-Consul-Index` of a reply is sent back as
+//! `index=` with `wait=`, following Consul's rules ("Blocking Queries", Implementation Details): a missing or unparsable index resets to 0 (the next request
 //! does not block), an index that went backwards resets to 0, an index equal to the stored one means
 //! the query timed out with no change ([`Reply::Unchanged`], the body is not parsed), and an index
 //! of 0 is taken as 1. The index is tracked without blocking queries too (`wait_s = 0`): an
 //! unchanged index then skips the parse. A body that fails to parse also resets the index, so the
-//! next request fetches a fresh list instead of waiting for the next change. The glue must still
-//! rate-limit long polls after a reset or an error: a request without an index returns at once.
+//! next request fetches a fresh list instead of waiting for the next change. A blocking request's
+//! timeout is `timeout_ms` on top of the longest time Consul may hold it (`wait` plus its jitter of
+//! up to `wait / 16`). The loop is rate-limited as Consul prescribes, by the poller (a token bucket
+//! with a burst of 2, [`crate::poller`]): a request without an index returns at once.
 
 use serde_json::Value;
 
@@ -30,7 +40,7 @@ use super::{
     check_common, collect, encode, metadata_map, parse_json, request_headers, Adapter, Call, Cursor, Endpoint,
     HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
-use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
+use crate::instance::{format_addr, host_name_addr, scale_weight, BuildOptions, Instance, State};
 
 #[derive(Clone)]
 pub struct Consul {
@@ -38,6 +48,38 @@ pub struct Consul {
     pub token: Option<String>,
     /// Blocking query `wait`, seconds (0 = no blocking queries).
     pub wait_s: u64,
+    /// Which of an entry's addresses is used.
+    pub address: Address,
+}
+
+/// Which address of a Consul entry lossless routes to (the registry's `address` option).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Address {
+    /// `"service"`: `Service.Address`, else `Node.Address` (Consul's `BestAddress(false)`).
+    #[default]
+    Service,
+    /// `"node"`: `Node.Address` (the agent's), for services registered with a host name whose
+    /// instances all run on their agent's host.
+    Node,
+    /// Any other name, e.g. `"wan"`, `"lan"`, `"lan_ipv4"`, `"wan_ipv6"`: the `TaggedAddresses`
+    /// entry of that name, in the order of Consul's `BestAddress(true)` for `"wan"`: the
+    /// service's (its own port when non-zero), else `Service.Address`, else the node's, else
+    /// `Node.Address`.
+    Tagged(String),
+}
+
+impl Address {
+    /// The option's value; `None` when it is not a tagged-address name (`[A-Za-z0-9_-]+`).
+    pub fn parse(s: &str) -> Option<Address> {
+        match s {
+            "service" => Some(Address::Service),
+            "node" => Some(Address::Node),
+            t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {
+                Some(Address::Tagged(t.to_string()))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Consul {
@@ -46,32 +88,78 @@ impl std::fmt::Debug for Consul {
             .field("endpoint", &self.endpoint)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("wait_s", &self.wait_s)
+            .field("address", &self.address)
             .finish()
     }
 }
 
 impl Consul {
     pub fn new(endpoint: Endpoint, token: Option<String>, wait_s: u64) -> Self {
-        Consul { endpoint, token, wait_s }
+        Consul { endpoint, token, wait_s, address: Address::Service }
     }
 }
 
-/// Parses the body of `GET /v1/health/service/{name}`.
+/// Parses the body of `GET /v1/health/service/{name}` with the default address choice.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let entries: Vec<Value> = parse_json(body)?;
-    Ok(collect(&entries, |e| entry(e, build)))
+    parse_with(body, build, &Address::Service)
 }
 
-/// One `ServiceEntry`; `None` when it is malformed.
-fn entry(e: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
+/// Parses the body of `GET /v1/health/service/{name}`, taking each entry's address as `choice` says.
+pub fn parse_with(body: &[u8], build: &BuildOptions, choice: &Address) -> Result<Parsed, RegistryError> {
+    let entries: Vec<Value> = parse_json(body)?;
+    let mut unroutable = Vec::new();
+    let mut parsed = collect(&entries, |e| entry(e, build, choice, &mut unroutable));
+    parsed.unroutable = unroutable;
+    Ok(parsed)
+}
+
+/// A string field (`None`: missing or null; `Err`: another type).
+fn text<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, ()> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(_) => Err(()),
+    }
+}
+
+/// The entry's address and port as `choice` says; `None` when a field has the wrong type.
+fn pick<'a>(e: &'a Value, svc: &'a Value, choice: &Address) -> Option<(&'a str, i64)> {
+    let mut port = svc.get("Port")?.as_i64()?;
+    let node = e.get("Node");
+    let node_addr = || node.and_then(|n| text(n, "Address").ok().flatten());
+    let mut addr = text(svc, "Address").ok()?.unwrap_or_default();
+    match choice {
+        Address::Service => {}
+        Address::Node => addr = "",
+        Address::Tagged(t) => {
+            // Service.TaggedAddresses: {"wan": {"Address": "..", "Port": 80}} (the API docs' sample
+            // spells the inner keys in lower case)
+            if let Some(tagged) = svc.get("TaggedAddresses").and_then(|m| m.get(t.as_str())).filter(|v| v.is_object()) {
+                let field = |k: &str, lower: &str| tagged.get(k).or_else(|| tagged.get(lower));
+                addr = field("Address", "address").and_then(Value::as_str).map(str::trim).unwrap_or_default();
+                port = field("Port", "port").and_then(Value::as_i64).filter(|p| *p != 0).unwrap_or(port);
+            }
+            if addr.is_empty() {
+                let node_tagged = node.and_then(|n| n.get("TaggedAddresses")).and_then(|m| m.get(t.as_str()));
+                addr = node_tagged.and_then(Value::as_str).map(str::trim).unwrap_or_default();
+            }
+        }
+    }
+    if addr.is_empty() {
+        addr = node_addr()?;
+    }
+    Some((addr, port))
+}
+
+/// One `ServiceEntry`; `None` when it is malformed or its address is a host name (then named in
+/// `unroutable`).
+fn entry(e: &Value, build: &BuildOptions, choice: &Address, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
     let svc = e.get("Service").filter(|s| s.is_object())?;
-    let svc_addr = match svc.get("Address") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(s)) => s.trim(),
-        Some(_) => return None,
+    let (host, port) = pick(e, svc, choice)?;
+    let Some(addr) = format_addr(host, port) else {
+        unroutable.extend(host_name_addr(host, port));
+        return None;
     };
-    let ip = if svc_addr.is_empty() { e.get("Node")?.get("Address")?.as_str()? } else { svc_addr };
-    let addr = format_addr(ip, svc.get("Port")?.as_i64()?)?;
     let (passing, warning) = weights(svc.get("Weights"), build.weight_scale)?;
     let checks = match e.get("Checks") {
         None | Some(Value::Null) => &[][..],
@@ -130,9 +218,12 @@ impl Adapter for Consul {
                 params.push(format!("{k}={}", encode(v)));
             }
         }
+        let mut timeout_ms = self.endpoint.timeout_ms;
         if self.wait_s > 0 && c.index > 0 {
             params.push(format!("index={}", c.index));
             params.push(format!("wait={}s", self.wait_s));
+            // Consul holds the request up to wait + wait/16 (structs.JitterFraction)
+            timeout_ms = timeout_ms.saturating_add(self.wait_s * 1000 + self.wait_s * 1000 / 16);
         }
         let mut path = format!("/v1/health/service/{}", encode(&q.service));
         if !params.is_empty() {
@@ -143,7 +234,7 @@ impl Adapter for Consul {
         if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
             headers.push(("x-consul-token".to_string(), t.to_string()));
         }
-        (Call::List, HttpRequest { headers, body: None, timeout_ms: self.endpoint.timeout_ms })
+        (Call::List, HttpRequest { headers, body: None, timeout_ms })
     }
 
     fn on_reply(
@@ -174,7 +265,7 @@ impl Adapter for Consul {
                 c.index = if index < stored { 0 } else { index };
             }
         }
-        match parse(resp.body, &q.build) {
+        match parse_with(resp.body, &q.build, &self.address) {
             Ok(p) => Reply::Members(p),
             Err(e) => {
                 c.index = 0;
@@ -344,6 +435,101 @@ mod tests {
         assert_eq!(p("[]").unwrap(), Parsed::default());
     }
 
+    fn parse_as(body: &[u8], choice: &str) -> Parsed {
+        parse_with(body, &BuildOptions::default(), &Address::parse(choice).unwrap()).unwrap()
+    }
+
+    /// The `address` option on the API docs' sample (Node.TaggedAddresses lan/wan 10.1.10.12,
+    /// Service.TaggedAddresses lan 10.1.10.12:8000, wan 198.18.1.2:80).
+    #[test]
+    fn fixture_tagged_addresses() {
+        let addr = |body: &[u8], choice: &str| parse_as(body, choice).instances[0].addr.clone();
+        assert_eq!(addr(SAMPLE, "service"), "10.1.10.12:8000");
+        assert_eq!(addr(SAMPLE, "wan"), "198.18.1.2:80");
+        assert_eq!(addr(SAMPLE, "lan"), "10.1.10.12:8000");
+        assert_eq!(addr(SAMPLE, "node"), "10.1.10.12:8000");
+        // a tag nobody registered: Service.Address, as BestAddress does without a wan entry
+        assert_eq!(addr(SAMPLE, "lan_ipv6"), "10.1.10.12:8000");
+        // no service-level wan entry and no Service.Address: the node's wan address, the service port
+        let text = std::str::from_utf8(SAMPLE).unwrap();
+        let no_svc = text
+            .replacen(
+                r#""Address": "10.1.10.12",
+      "TaggedAddresses": {
+        "lan": {"#,
+                r#""Address": "",
+      "TaggedAddresses": {
+        "lan": {"#,
+                1,
+            )
+            .replace(
+                r#""wan": {
+          "address": "198.18.1.2",
+          "port": 80
+        }"#,
+                r#""x": {}"#,
+            )
+            .replacen(r#""wan": "10.1.10.12""#, r#""wan": "203.0.113.9""#, 1);
+        assert_ne!(no_svc, text);
+        assert_eq!(addr(no_svc.as_bytes(), "wan"), "203.0.113.9:8000");
+        assert_eq!(addr(no_svc.as_bytes(), "service"), "10.1.10.12:8000");
+        assert_eq!(Address::parse(""), None);
+        assert_eq!(Address::parse("w a n"), None);
+        assert_eq!(Address::parse("consul-virtual"), Some(Address::Tagged("consul-virtual".into())));
+    }
+
+    /// Consul's `CheckServiceNode.BestAddress(wan)` order (agent/structs/structs.go: wan: service
+    /// wan, service address, node wan, node address; lan: service address, node address), with
+    /// the Go API's field names (`api.ServiceAddress{Address, Port}`).
+    #[test]
+    fn best_address_order() {
+        let e = |svc_addr: &str, svc_wan: &str, node_wan: &str| {
+            format!(
+                r#"[{{"Node":{{"Address":"10.0.0.9","TaggedAddresses":{{{node_wan}}}}},"Service":{{"Address":"{svc_addr}","Port":80,"TaggedAddresses":{{{svc_wan}}}}}}}]"#
+            )
+        };
+        let rows: &[(&str, &str, &str, &str, &str)] = &[
+            (
+                "wan",
+                "10.0.0.1",
+                r#""wan":{"Address":"192.0.2.1","Port":8443}"#,
+                r#""wan":"192.0.2.9""#,
+                "192.0.2.1:8443",
+            ),
+            ("wan", "10.0.0.1", r#""wan":{"Address":"192.0.2.1","Port":0}"#, "", "192.0.2.1:80"),
+            ("wan", "10.0.0.1", "", r#""wan":"192.0.2.9""#, "10.0.0.1:80"),
+            ("wan", "", "", r#""wan":"192.0.2.9""#, "192.0.2.9:80"),
+            ("wan", "", "", "", "10.0.0.9:80"),
+            ("service", "10.0.0.1", r#""wan":{"Address":"192.0.2.1","Port":8443}"#, "", "10.0.0.1:80"),
+            ("service", "", r#""wan":{"Address":"192.0.2.1","Port":8443}"#, r#""wan":"192.0.2.9""#, "10.0.0.9:80"),
+            ("node", "10.0.0.1", "", "", "10.0.0.9:80"),
+            ("lan_ipv4", "10.0.0.1", r#""lan_ipv4":{"Address":"10.0.0.2","Port":81}"#, "", "10.0.0.2:81"),
+        ];
+        for (choice, svc_addr, svc_wan, node_wan, want) in rows {
+            let body = e(svc_addr, svc_wan, node_wan);
+            assert_eq!(parse_as(body.as_bytes(), choice).instances[0].addr, *want, "{choice}: {body}");
+        }
+    }
+
+    /// Spring Cloud Consul registers `Service.Address` = the machine's host name unless
+    /// `prefer-ip-address` is set (ConsulDiscoveryProperties: `preferIpAddress = false`,
+    /// `getHostname()`). Such an entry is refused, named and counted — unless the `address` option
+    /// points at an IP the entry also carries.
+    #[test]
+    fn host_names_are_refused_loudly() {
+        let body = br#"[{"Node":{"Address":"10.0.0.9","TaggedAddresses":{"lan":"10.0.0.9"}},"Service":{"Address":"orders-7f9c.example.internal","Port":8080}},
+            {"Node":{"Address":"10.0.0.8"},"Service":{"Address":"10.0.0.8","Port":8080}}]"#;
+        let r = parse_as(body, "service");
+        assert_eq!((r.instances.len(), r.skipped), (1, 1));
+        assert_eq!(r.unroutable, ["orders-7f9c.example.internal:8080"]);
+        let r = parse_as(body, "node");
+        assert_eq!(r.instances.iter().map(|i| i.addr.as_str()).collect::<Vec<_>>(), ["10.0.0.8:8080", "10.0.0.9:8080"]);
+        assert!(r.unroutable.is_empty());
+        // a node registered by name has nothing to fall back to
+        let r = parse_as(br#"[{"Node":{"Address":"node-1"},"Service":{"Address":"","Port":80}}]"#, "service");
+        assert_eq!((r.instances.len(), r.unroutable.as_slice()), (0, ["node-1:80".to_string()].as_slice()));
+    }
+
     #[test]
     fn hostile() {
         let parse_err = |body: &str| matches!(p(body), Err(RegistryError::Parse(_)));
@@ -387,7 +573,7 @@ mod tests {
             r#"{"Service":{"Address":"10.0.0.1","Port":65536}}"#,
             r#"{"Service":{"Address":"10.0.0.1","Port":18446744073709551615}}"#, // huge
             r#"{"Service":{"Address":"10.0.0.1","Port":1e300}}"#,
-            r#"{"Service":{"Address":"redis.service.consul","Port":80}}"#, // host name
+            r#"{"Service":{"Address":"redis.service.consul","Port":80}}"#, // host name (unroutable)
             r#"{"Service":{"Address":7,"Port":80},"Node":{"Address":"10.0.0.9"}}"#, // Address wrong type
             r#"{"Service":{"Address":"","Port":80}}"#,                     // no address at all
             r#"{"Service":{"Address":"","Port":80},"Node":{"Address":""}}"#,
@@ -408,6 +594,7 @@ mod tests {
             r#"{"Service":{"Address":"10.0.0.2","Port":80,"Weights":{"Passing":18446744073709551615,"Warning":1}}}"#;
         let r = p(&format!("[{},{good}]", bad.join(","))).unwrap();
         assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
+        assert_eq!(r.unroutable, ["redis.service.consul:80"]);
         // a huge weight is clamped
         assert_eq!((r.instances[0].addr.as_str(), r.instances[0].weight), ("10.0.0.2:80", i32::MAX));
         let r = one(r#","Weights":{"Passing":9223372036854775807}"#, "[]");
@@ -448,6 +635,8 @@ mod tests {
             Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a")
         );
         a.cursor.index = 42;
+        // a blocking request may be held wait + wait/16 (30 s + 1875 ms) on top of timeout_ms
+        assert_eq!(a.request(&q, 0).1.timeout_ms, 35_000 + 31_875);
         assert_eq!(
             a.request(&q, 0).1.header(":path"),
             Some("/v1/health/service/my%20svc%2F%C3%A9?dc=dc%201&tag=v2%26x%3D1&ns=team-a&index=42&wait=30s")
