@@ -127,6 +127,7 @@ struct RawRegistry {
     // consul
     token: Option<String>,
     wait_s: Option<u64>,
+    address: Option<String>,
     // eureka
     path_prefix: Option<String>,
     // static
@@ -697,19 +698,6 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
         return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
     }
-    for r in &registries {
-        if let RegistryKind::Consul(c) = &r.kind {
-            if c.wait_s > 0 && c.endpoint.timeout_ms <= c.wait_s * 1000 + c.wait_s * 1000 / 16 {
-                return Err(err(
-                    format!("registries.{}.timeout_ms", r.name),
-                    format!(
-                        "must exceed wait_s plus Consul's jitter (wait/16): more than {} ms",
-                        c.wait_s * 1000 + c.wait_s * 1000 / 16
-                    ),
-                ));
-            }
-        }
-    }
     Ok(Config {
         settings: Settings {
             mode: raw.mode,
@@ -777,12 +765,13 @@ fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
     }
     let ep = Endpoint { authority: r.authority.clone(), timeout_ms: r.timeout_ms, max_body_bytes: r.max_body_bytes };
     use RegistryType::{Consul as C, Eureka as E, Nacos as N, Static as S};
-    let fields: [(&str, bool, &[RegistryType]); 7] = [
+    let fields: [(&str, bool, &[RegistryType]); 8] = [
         ("api", r.api.is_some(), &[N]),
         ("username", r.username.is_some(), &[N]),
         ("password", r.password.is_some(), &[N]),
         ("token", r.token.is_some(), &[C]),
         ("wait_s", r.wait_s.is_some(), &[C]),
+        ("address", r.address.is_some(), &[C]),
         ("path_prefix", r.path_prefix.is_some(), &[E]),
         ("path", r.path.is_some(), &[S]),
     ];
@@ -821,14 +810,26 @@ fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
             RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string()))
         }
         C => {
-            let wait = r.wait_s.unwrap_or(0);
+            // blocking queries by default; a blocking request's timeout is timeout_ms + wait + wait/16
+            let wait = r.wait_s.unwrap_or(30);
             if wait > 600 {
                 return Err(err(
                     format!("{p}.wait_s"),
                     "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)",
                 ));
             }
-            RegistryKind::Consul(Consul::new(ep, r.token.clone(), wait))
+            let mut consul = Consul::new(ep, r.token.clone(), wait);
+            if let Some(a) = &r.address {
+                let Some(choice) = crate::registry::consul::Address::parse(a) else {
+                    return Err(at(
+                        p,
+                        "address",
+                        "must be \"service\", \"node\" or a TaggedAddresses name such as \"wan\"",
+                    ));
+                };
+                consul.address = choice;
+            }
+            RegistryKind::Consul(consul)
         }
         S => {
             let Some(path) = r.path.clone().filter(|x| valid_path(x)) else {
@@ -917,6 +918,31 @@ mod tests {
         }
     }
 
+    /// Consul: blocking queries by default (a 30 s wait, with the default 2 s timeout on top of
+    /// it), `wait_s: 0` polls; `address` picks which address of an entry is used.
+    #[test]
+    fn consul_defaults_and_address() {
+        use crate::registry::consul::Address as ConsulAddress;
+        let consul = |extra: &str| {
+            let text = format!(
+                r#"{{"registries":{{"c":{{"type":"consul","cluster":"c","authority":"a"{extra}}}}},"services":[{{"name":"d","registry":"c"}}]}}"#
+            );
+            match parse(text.as_bytes()).unwrap().registries.remove(0).kind {
+                RegistryKind::Consul(c) => c,
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = consul("");
+        assert_eq!((c.wait_s, c.endpoint.timeout_ms, &c.address), (30, 2000, &ConsulAddress::Service));
+        assert!(c.long_poll());
+        assert_eq!(consul(r#","wait_s":0"#).wait_s, 0);
+        // a timeout shorter than the wait is fine: it is added to the wait
+        assert_eq!(consul(r#","wait_s":600,"timeout_ms":100"#).wait_s, 600);
+        assert_eq!(consul(r#","address":"wan""#).address, ConsulAddress::Tagged("wan".into()));
+        assert_eq!(consul(r#","address":"node""#).address, ConsulAddress::Node);
+        assert_eq!(consul(r#","address":"service""#).address, ConsulAddress::Service);
+    }
+
     #[test]
     fn minimal_example_parses_with_defaults() {
         let c = parse(MINIMAL_EXAMPLE.as_bytes()).unwrap();
@@ -1000,7 +1026,10 @@ mod tests {
             (r#"{"registries":{"n":{"type":"zookeeper","cluster":"n","authority":"a"}},"services":[]}"#.into(), "registries.n.type", "unknown variant `zookeeper`"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","api":"v4"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.api", "'v4' is not one of"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","username":"u"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.password", "required with username"),
-            (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":60,"timeout_ms":60000}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.timeout_ms", "must exceed wait_s"),
+            (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":"w a n"}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "a TaggedAddresses name"),
+            (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":""}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "must be \"service\""),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","address":"wan"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.address", "does not apply to a eureka registry"),
+            (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":601}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.wait_s", "between 0 and 600"),
             (r#"{"registries":{"s":{"type":"static","cluster":"s","authority":"a"}},"services":[{"name":"d","registry":"s"}]}"#.into(), "registries.s.path", "is required for a static registry"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.cluster", "must name the Envoy cluster"),
             (r#"{"mode":"inbound","registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "inbound", "needs {\"service\""),

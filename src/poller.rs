@@ -8,8 +8,12 @@ use crate::config::{RegistryConfig, ServiceConfig, Settings};
 use crate::membership::{Decision, Hold, Snapshot, Tracker};
 use crate::registry::{Call, Cursor, HttpRequest, HttpResponse, RegistryError, Reply, Session};
 
-/// Least gap between two blocking queries, so a registry that answers at once is not hammered.
-pub const LONG_POLL_GAP_MS: i64 = 200;
+/// Blocking queries are rate-limited as Consul's "Blocking Queries" doc prescribes (Implementation
+/// Details, "Rate limit"): not a sleep on every turn, which delays updates in the happy case, but a
+/// token bucket with a burst of 2. A query that returns after waiting goes out again at once; when
+/// replies come back fast (values churning, an index reset), two go out at once and then one per
+/// refresh interval: the rate lossless polls at without blocking queries.
+pub const LONG_POLL_BURST: i64 = 2;
 
 /// Everything a refresh did, for stats and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +42,9 @@ pub struct PollState {
     tracker: Tracker,
     /// The registry's per-service cursor (Consul's blocking-query index).
     pub cursor: Cursor,
+    /// The long-poll token bucket as a theoretical arrival time (GCRA): the bucket is full again
+    /// at this time (ms).
+    long_poll_tat: i64,
 }
 
 impl PollState {
@@ -68,6 +75,14 @@ impl PollState {
         self.next_due_ms = 0;
     }
 
+    /// When the next blocking query may go: at once while the bucket (burst [`LONG_POLL_BURST`],
+    /// one token per `interval_ms`) holds a token, else when the next one comes.
+    fn long_poll_slot(&mut self, now_ms: i64, interval_ms: i64) -> i64 {
+        let at = now_ms.max(self.long_poll_tat.saturating_sub((LONG_POLL_BURST - 1) * interval_ms));
+        self.long_poll_tat = self.long_poll_tat.max(at).saturating_add(interval_ms);
+        at
+    }
+
     /// Interprets a registry reply against `current` (the published snapshot). Returns what
     /// happened and, when the membership changed, the snapshot to publish. `interval_ms` is the
     /// next (jittered) refresh interval.
@@ -89,7 +104,7 @@ impl PollState {
         self.next_due_ms = match (&reply, adapter.long_poll()) {
             (Reply::LoggedIn | Reply::Again(_), _) => now_ms,
             // a blocking query goes out again at once, but never in a tight loop
-            (Reply::Members(_) | Reply::Unchanged, true) => now_ms.saturating_add(LONG_POLL_GAP_MS),
+            (Reply::Members(_) | Reply::Unchanged, true) => self.long_poll_slot(now_ms, interval_ms),
             _ => now_ms.saturating_add(interval_ms),
         };
         match reply {
@@ -138,6 +153,56 @@ pub fn interval(settings: &Settings, rng: &mut Rng) -> i64 {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::membership::Snapshot;
+
+    /// Consul blocking queries: in the happy case (the query waited) the next goes out at once;
+    /// when replies churn, a burst of 2, then one per refresh interval (Consul's "Blocking
+    /// Queries" doc: a token bucket with a burst of 2, no sleep on every turn).
+    #[test]
+    fn blocking_queries_rate_limited_as_consul_prescribes() {
+        let cfg = config::parse(br#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"c"}},"services":[{"name":"demo","registry":"c"}]}"#).unwrap();
+        let (reg, sc) = (&cfg.registries[0], &cfg.services[0]);
+        let mut session = Session::default();
+        let idle = Session::default();
+        let mut ps = PollState::default();
+        let current = Snapshot::default();
+        let mut index = 0;
+        let mut reply = |ps: &mut PollState, now: i64, changed: bool| {
+            assert!(ps.due(reg, &Session::default(), sc, now).is_some(), "due at {now}");
+            index += u64::from(changed);
+            let headers = [("x-consul-index".to_string(), index.max(1).to_string())];
+            let body = br#"[{"Service":{"Address":"10.0.0.1","Port":80}}]"#;
+            let resp = HttpResponse { status: Some(200), headers: &headers, body, body_size: body.len() };
+            ps.on_reply(reg, &mut session, sc, &current, Call::List, &resp, now, 1000).0
+        };
+        let t0 = 1_700_000_000_000;
+        // the first request returns at once (no index yet), so does the second: the burst
+        assert!(matches!(reply(&mut ps, t0, true), RefreshOutcome::Published { .. }));
+        assert!(matches!(reply(&mut ps, t0, true), RefreshOutcome::Published { .. }));
+        // churning: from now on one per interval, not a busy loop
+        reply(&mut ps, t0, true);
+        assert!(ps.due(reg, &idle, sc, t0 + 999).is_none());
+        ps.in_flight = false;
+        reply(&mut ps, t0 + 1000, true);
+        assert!(ps.due(reg, &idle, sc, t0 + 1999).is_none());
+        ps.in_flight = false;
+        // an unchanged reply that came back fast counts the same
+        assert_eq!(reply(&mut ps, t0 + 2000, false), RefreshOutcome::Unchanged);
+        assert!(ps.due(reg, &idle, sc, t0 + 2999).is_none());
+        ps.in_flight = false;
+        // the happy case: each query waited (30 s), the next goes out at once, every time
+        let mut now = t0 + 3000;
+        for _ in 0..5 {
+            now += 30_000;
+            reply(&mut ps, now, false);
+            assert!(ps.due(reg, &idle, sc, now).is_some(), "at once after a wait");
+            ps.in_flight = false;
+        }
+        // after a quiet spell the burst is back: two at once
+        reply(&mut ps, now, true);
+        reply(&mut ps, now, true);
+        assert!(ps.due(reg, &idle, sc, now).is_none());
+    }
 
     #[test]
     fn jittered_interval_in_bounds() {
