@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use lossless::config::{parse, Mode, RegistryKind, RoutingMode};
-use lossless::registry::{Cursor, Session};
+use lossless::registry::{Adapter, Cursor, Session};
 
 fn valid_header(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -47,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
             RegistryKind::Nacos(_) | RegistryKind::Eureka(_) => {}
             RegistryKind::Consul(a) => {
                 assert!(a.wait_s <= 600);
-                assert!(a.wait_s == 0 || a.endpoint.timeout_ms > a.wait_s * 1000);
+                // a blocking request may be held wait + wait/16: its timeout covers that
+                let q = lossless::registry::ServiceQuery { service: "s".into(), ..Default::default() };
+                let (_, req) = a.request(&Session::default(), &Cursor { index: 7 }, &q, 0);
+                let held = a.wait_s * 1000 + a.wait_s * 1000 / 16;
+                assert!(req.timeout_ms > held, "timeout {} for a wait of {} s", req.timeout_ms, a.wait_s);
             }
             RegistryKind::Static(a) => assert!(a.path.starts_with('/')),
         }

@@ -29,6 +29,13 @@ pub fn check_parsed(p: &Parsed) {
     for i in &p.instances {
         check_instance(i);
     }
+    // host names refused for routing are named `name:port` and counted as skipped
+    assert!(p.unroutable.len() <= p.skipped as usize, "{} unroutable, {} skipped", p.unroutable.len(), p.skipped);
+    for u in &p.unroutable {
+        let (host, port) = u.rsplit_once(':').unwrap_or_else(|| panic!("unroutable {u:?} is not name:port"));
+        assert!(port.parse::<u16>().is_ok_and(|p| p != 0), "unroutable {u:?}: bad port");
+        assert!(host.parse::<std::net::IpAddr>().is_err() && !host.is_empty(), "unroutable {u:?} is an IP");
+    }
     for w in p.instances.windows(2) {
         if let [a, b] = w {
             assert!(a.addr < b.addr, "instances not sorted by addr or duplicate addr: {:?} then {:?}", a.addr, b.addr);
@@ -102,7 +109,7 @@ mod tests {
         }
     }
     fn parsed(v: Vec<Instance>) -> Parsed {
-        Parsed { instances: v, skipped: 0, malformed_meta: 0 }
+        Parsed { instances: v, ..Parsed::default() }
     }
 
     #[test]
