@@ -6,7 +6,8 @@
 //!    "warmup_ms": 60000, "state": "serving", "metadata": {"zone": "a"}}
 //! ]}
 //! ```
-//! Only `address` is required (`ip:port`, IPv6 as `[addr]:port`). `weight` defaults to the
+//! Only `address` is required (`ip:port`, IPv6 as `[addr]:port`; a `name:port` is refused and named
+//! in [`Parsed::unroutable`]: Envoy routes to IP literals only). `weight` defaults to the
 //! configured default (100), `state` to `serving` (`draining`, `down` also accepted), `start_ms` and
 //! `warmup_ms` to what metadata or the defaults say.
 
@@ -17,7 +18,7 @@ use super::{
     collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
     HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
 };
-use crate::instance::{canonical_addr, BuildOptions, Instance, State};
+use crate::instance::{canonical_addr, host_name_addr, BuildOptions, Instance, State};
 
 /// Serves `path` with `{service}` replaced by the URL-encoded service name.
 #[derive(Debug, Clone)]
@@ -34,12 +35,20 @@ struct Doc {
 /// Parses a static JSON body.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let doc: Doc = parse_json(body)?;
-    Ok(collect(&doc.instances, |rec| record(rec, build)))
+    let mut unroutable = Vec::new();
+    let mut parsed = collect(&doc.instances, |rec| record(rec, build, &mut unroutable));
+    parsed.unroutable = unroutable;
+    Ok(parsed)
 }
 
-/// One record; `None` when it is malformed.
-fn record(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
-    let addr = rec.get("address").and_then(Value::as_str).and_then(canonical_addr)?;
+/// One record; `None` when it is malformed or its address is a host name (named in `unroutable`).
+fn record(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
+    let raw = rec.get("address").and_then(Value::as_str)?;
+    let Some(addr) = canonical_addr(raw) else {
+        let named = raw.trim().rsplit_once(':').and_then(|(h, p)| host_name_addr(h, p.parse().ok()?));
+        unroutable.extend(named);
+        return None;
+    };
     let weight = match rec.get("weight") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0)?),
@@ -119,6 +128,7 @@ mod tests {
         let r = p(r#"{"instances":[{"address":"host:80"},{"address":"1.1.1.1:70000"},{"address":"1.1.1.1:1","weight":-1},{"address":"1.1.1.1:2","weight":"x"},{"address":"1.1.1.1:3","state":"gone"},{"address":"1.1.1.1:4","metadata":{"ü":"✓"}}]}"#).unwrap();
         assert_eq!(r.skipped, 5);
         assert_eq!(r.instances.len(), 1);
+        assert_eq!(r.unroutable, ["host:80"]);
         assert_eq!(r.instances[0].metadata.get("ü").map(String::as_str), Some("✓"));
     }
 
