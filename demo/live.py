@@ -43,6 +43,8 @@ class LiveView:
 
     def state_of(self, inst):
         v = self.run.view.get(inst.addr)
+        if inst.phase == "crashed":
+            return "killed", "31"
         if inst.phase == "exited":
             if self.run.mode == "baseline" and v and v["state"] == "healthy":
                 return "exited, HC healthy", "31"

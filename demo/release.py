@@ -50,6 +50,7 @@ class Instance:
         self.phase = "planned"  # planned, starting, up, terminating, exited
         self.t_start = self.t_up = self.t_term = self.t_exit = None  # monotonic
         self.t_unhealthy = None  # baseline: gateway health check noticed the exit
+        self.t_crash = None  # killed with SIGKILL without deregistering (monotonic)
         self.started_ms = None
         self.final = None  # the backend's final stats
         self.sidecar_stats = {}
@@ -314,9 +315,27 @@ class Run:
             self.step = (k, f"{new.name} warming up")
             self.sleep(a.warmup + 0.5 - new.uptime())
             self.steps_done = k + 1
+        if a.crash:
+            self.crash()
         self.step = (a.replace, "done")
         self.sleep(a.tail)
         self.done = True
+
+    def crash(self):
+        """One serving instance dies without a goodbye: the backend and its sidecar get SIGKILL
+        (a crashed pod), and its registration stays."""
+        a = self.args
+        victim = next((i for i in self.instances if i.phase == "up" and i.alive()), None)
+        if victim is None:
+            return
+        self.sleep(a.tail)
+        self.step = (a.replace, f"crash {victim.name}")
+        victim.t_crash = time.monotonic()
+        self.procs.kill(victim.proc_name)
+        if victim.sidecar is not None:
+            victim.sidecar.kill()
+        victim.t_exit, victim.phase = time.monotonic(), "crashed"
+        self.event(f"SIGKILL {victim.name}, still registered")
 
     def sleep(self, seconds):
         end = time.monotonic() + max(0.0, seconds)

@@ -74,6 +74,10 @@ def parse_args(argv=None):
     ap.add_argument("--drain-via", choices=("both", "registry", "sidecar"), default="both",
                     help="how a lossless instance goes offline on SIGTERM: Nacos enabled=false, "
                          "its sidecar's POST /lossless/drain, or both (default)")
+    ap.add_argument("--crash", action=argparse.BooleanOptionalAction,
+                    default=env_bool("DEMO_CRASH", True),
+                    help="after the release, kill one instance (and its sidecar) with SIGKILL, "
+                         "without deregistering it (default: yes)")
     ap.add_argument("--hc-interval", type=float, default=2.0,
                     help="baseline health check interval, s (default 2)")
     ap.add_argument("--plain", action="store_true",

@@ -54,9 +54,21 @@ def summarize(run):
             if inst.t_unhealthy is not None:
                 d["sigterm_to_health_check_unhealthy_ms"] = int(
                     (inst.t_unhealthy - inst.t_term) * 1000)
+        if inst.t_crash is not None:
+            # a killed backend cannot report its count; the client's view: what failed after the
+            # crash, and the last request that failed (the gateway was still sending there)
+            d["crashed_s"] = rnd(run.rel(inst.t_crash))
+            after = [s for s in failed if s.t >= run.rel(inst.t_crash)]
+            d["failed_after_crash"] = len(after)
+            d["crash_to_last_failed_ms"] = int(
+                max((s.t for s in after), default=run.rel(inst.t_crash)) * 1000
+                - run.rel(inst.t_crash) * 1000)
         instances[inst.name] = d
-    served = [d["backend_served"] for d in instances.values()]
+    counted = {n: d for n, d in instances.items() if "crashed_s" not in d}
+    served = [d["backend_served"] for d in counted.values()]
     backend_total = sum(x for x in served if x is not None)
+    crashed_ok = sum(d["client_ok"] for d in instances.values() if "crashed_s" in d)
+    crashes = [d for d in instances.values() if "crashed_s" in d]
     unattributed_ok = sum(1 for s in ok if s.instance not in by_addr)
     drains = [d["offline_to_no_new_traffic_ms"] for d in instances.values()
               if "offline_to_no_new_traffic_ms" in d]
@@ -81,7 +93,11 @@ def summarize(run):
         "backend_served_total": backend_total,
         "client_ok_total": len(ok),
         "client_ok_unattributed": unattributed_ok,
-        "counts_consistent": (None not in served and backend_total == len(ok)),
+        # a crashed backend's count died with it: the check covers the others
+        "counts_consistent": (None not in served and backend_total == len(ok) - crashed_ok),
+        "failed_after_crash": sum(d["failed_after_crash"] for d in crashes) if crashes else None,
+        "crash_to_last_failed_ms": max((d["crash_to_last_failed_ms"] for d in crashes),
+                                       default=None),
         "max_offline_to_no_new_traffic_ms": max(drains) if drains else None,
         "max_sigterm_to_health_check_unhealthy_ms": max(hc) if hc else None,
         "instances": instances,
@@ -162,6 +178,9 @@ def text_summary(runs):
             if "sigterm_to_health_check_unhealthy_ms" in d:
                 extra.append("SIGTERM -> health check unhealthy "
                              f"{d['sigterm_to_health_check_unhealthy_ms']} ms")
+            if "crashed_s" in d:
+                extra.append(f"killed at {d['crashed_s']} s (still registered): "
+                             f"{d['failed_after_crash']} failed after")
             lines.append(f"   {name} {d['address']}: client ok {d['client_ok']}, "
                          f"failed {d['client_failed']}, backend served {d['backend_served']}, "
                          f"overloaded {d['backend_rejected_overloaded']}"
@@ -190,6 +209,10 @@ def text_summary(runs):
     lines.append(f"{'max SIGTERM -> health check drop':<{lw}}" + "".join(
         f"{fmt_ms(runs[n]['max_sigterm_to_health_check_unhealthy_ms']):>{width}}"
         for n in names))
+    def dash(v):
+        return "-" if v is None else str(v)
+    lines.append(f"{'failed after the crash (SIGKILL)':<{lw}}" + "".join(
+        f"{dash(runs[n].get('failed_after_crash')):>{width}}" for n in names))
     lines.append(f"{'backend counts = client ok':<{lw}}" + "".join(
         f"{'yes' if runs[n]['counts_consistent'] else 'no':>{width}}" for n in names))
     return "\n".join(lines) + "\n"

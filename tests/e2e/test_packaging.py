@@ -49,7 +49,6 @@ WASM_IN_CONTAINER = "/etc/envoy/lossless.wasm"
 sys.path.insert(0, str(ENVOY_DIR))
 import render  # noqa: E402  (envoy/render.py)
 
-
 # ------------------------------------------------------------------------------------------------
 # helpers
 
@@ -89,7 +88,8 @@ def compose_cli():
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    probe = [docker, "compose", "version"] if docker else None
+    if probe and subprocess.run(probe, capture_output=True).returncode == 0:
         return [docker, "compose"]
     pytest.fail("neither docker-compose nor `docker compose` is installed: run `make compose-cli`")
 
@@ -153,11 +153,13 @@ def cluster(envoy_config, name):
 
 
 def hcm(envoy_config):
-    return envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    listener = envoy_config["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
 def endpoints_of(c):
-    return [(e["endpoint"]["address"]["socket_address"]["address"], e["endpoint"]["address"]["socket_address"]["port_value"])
+    return [(e["endpoint"]["address"]["socket_address"]["address"],
+             e["endpoint"]["address"]["socket_address"]["port_value"])
             for group in c["load_assignment"]["endpoints"] for e in group["lb_endpoints"]]
 
 
@@ -196,15 +198,18 @@ def test_compose_services_and_images(compose):
         b = services[name]
         assert Path(b["build"]["context"]).resolve() == REPO, name
         assert b["build"]["dockerfile"] == "envoy/compose/backend.Dockerfile", name
-        assert b["network_mode"] == f"service:{sidecar}", f"{name} must share its sidecar's network namespace"
+        assert b["network_mode"] == f"service:{sidecar}", \
+            f"{name} must share its sidecar's network namespace"
 
 
 def test_compose_mounts_wasm_and_configs_read_only(compose):
     wasm_host = (REPO / "target" / "lossless.wasm").resolve()
     for name, config in ENVOYS.items():
-        vols = {target: (Path(source).resolve(), ro) for source, target, ro in volumes(compose["services"][name])}
+        vols = {target: (Path(source).resolve(), ro)
+                for source, target, ro in volumes(compose["services"][name])}
         assert vols.get(WASM_IN_CONTAINER) == (wasm_host, True), f"{name}: wasm mount {vols}"
-        assert vols.get("/etc/envoy/envoy.yaml") == (config.resolve(), True), f"{name}: config mount {vols}"
+        assert vols.get("/etc/envoy/envoy.yaml") == (config.resolve(), True), \
+            f"{name}: config mount {vols}"
     assert not volumes(compose["services"]["nacos"])
 
 
@@ -212,9 +217,11 @@ def test_compose_ports_bound_to_loopback_only(compose):
     published = {}
     for name, service in compose["services"].items():
         for host_ip, host_port, target in ports(service):
-            assert host_ip == "127.0.0.1", f"{name} publishes {host_port}:{target} on {host_ip or 'all interfaces'}"
+            where = host_ip or "all interfaces"
+            assert host_ip == "127.0.0.1", f"{name} publishes {host_port}:{target} on {where}"
             published[name, target] = host_port
-    assert published == {("gateway", "10000"): "10000", ("gateway", "9901"): "9901", ("nacos", "8848"): "8848"}
+    assert published == {("gateway", "10000"): "10000", ("gateway", "9901"): "9901",
+                         ("nacos", "8848"): "8848"}
 
 
 def test_compose_addresses_agree(compose):
@@ -226,7 +233,7 @@ def test_compose_addresses_agree(compose):
     assert endpoints_of(cluster(gateway, "nacos")) == [("nacos", 8848)]
     for name, sidecar in BACKENDS.items():
         cmd = services[name]["command"]
-        opt = dict(zip(cmd[::2], cmd[1::2]))
+        opt = dict(zip(cmd[::2], cmd[1::2], strict=True))
         ip = services[sidecar]["networks"]["lossless"]["ipv4_address"]
         assert opt["--advertise"] == f"{ip}:10000", name
         assert opt["--registry"] == "nacos:8848", name
@@ -247,7 +254,7 @@ def test_compose_envoy_configs_validate(name, envoy, wasm, tmp_path):
     text = ENVOYS[name].read_text()
     assert text.count(WASM_IN_CONTAINER) == 1
     config = yaml.safe_load(text)
-    for cfg, lossless in lossless_filters(config):
+    for _, lossless in lossless_filters(config):
         for reg in lossless["registries"].values():
             cluster(config, reg["cluster"])  # the registry cluster exists
     envoy_validate(envoy, text.replace(WASM_IN_CONTAINER, str(wasm)), tmp_path, f"{name}.yaml")
