@@ -91,10 +91,10 @@ pub fn membership_json(
     view: &View,
     now_ms: i64,
     rng: &mut Rng,
-    leader: bool,
+    poller: bool,
 ) -> String {
     let mut o = String::with_capacity(512);
-    let _ = write!(o, "{{\"now_ms\":{now_ms},\"poller\":{leader},\"services\":[");
+    let _ = write!(o, "{{\"now_ms\":{now_ms},\"poller\":{poller},\"services\":[");
     for (k, s) in services.iter_mut().enumerate() {
         if k > 0 {
             o.push(',');

@@ -5,7 +5,7 @@
 //!
 //! # The refresh path: a registry reply becomes membership
 //!
-//! 1. [`vm::Vm::on_tick`] (every 100 ms in every VM): [`store::try_lead`] elects one poller VM per
+//! 1. [`vm::Vm::on_tick`] (every 100 ms in every VM): [`store::take_poller_lease`] elects one poller VM per
 //!    Envoy process; it asks [`poller::PollState::due`] for each [`service::Service`].
 //! 2. The registry's [`registry::Adapter`] builds the request (a login first when needed); the glue
 //!    dispatches it on the registry's Envoy cluster.

@@ -1,6 +1,6 @@
 //! The refresh path, one service at a time: when its next registry request is due, what a reply
 //! means (keep-last-good, [`crate::membership::Tracker`]), and the snapshot to publish. Only the VM
-//! holding the poller lease ([`crate::store::try_lead`]) acts on it; [`crate::vm::Vm`] dispatches
+//! holding the poller lease ([`crate::store::take_poller_lease`]) acts on it; [`crate::vm::Vm`] dispatches
 //! the requests and publishes what this decides.
 
 use crate::clock::Rng;

@@ -148,8 +148,8 @@ pub fn bump_gen(shared: &dyn Shared, keys: &Keys) {
 /// One poller per Envoy process: the VM holding an unexpired lease (`vm_id|expiry_ms`) polls; when
 /// it stops renewing, another VM takes over after `ttl_ms`. Every write is a CAS on the value just
 /// read, so of two VMs racing for a free or expired lease exactly one wins. Returns whether this
-/// VM leads now.
-pub fn try_lead(shared: &dyn Shared, keys: &Keys, vm_id: u64, now_ms: i64, ttl_ms: i64) -> bool {
+/// VM is the poller now.
+pub fn take_poller_lease(shared: &dyn Shared, keys: &Keys, vm_id: u64, now_ms: i64, ttl_ms: i64) -> bool {
     let value = format!("{vm_id}|{}", now_ms.saturating_add(ttl_ms));
     update_cas(
         shared,
@@ -181,12 +181,12 @@ mod tests {
         let keys = keys();
         let s = FakeShared::default();
         keys.create_all(&s);
-        assert!(try_lead(&s, &keys, 1, NOW, 3000));
-        assert!(!try_lead(&s, &keys, 2, NOW + 1000, 3000));
-        assert!(try_lead(&s, &keys, 1, NOW + 1000, 3000), "renewal");
-        assert!(!try_lead(&s, &keys, 2, NOW + 3999, 3000));
-        assert!(try_lead(&s, &keys, 2, NOW + 4001, 3000), "expired lease passes on");
-        assert!(!try_lead(&s, &keys, 1, NOW + 4002, 3000));
+        assert!(take_poller_lease(&s, &keys, 1, NOW, 3000));
+        assert!(!take_poller_lease(&s, &keys, 2, NOW + 1000, 3000));
+        assert!(take_poller_lease(&s, &keys, 1, NOW + 1000, 3000), "renewal");
+        assert!(!take_poller_lease(&s, &keys, 2, NOW + 3999, 3000));
+        assert!(take_poller_lease(&s, &keys, 2, NOW + 4001, 3000), "expired lease passes on");
+        assert!(!take_poller_lease(&s, &keys, 1, NOW + 4002, 3000));
     }
 
     #[test]
@@ -237,15 +237,15 @@ mod tests {
             let won2 = Cell::new(false);
             let racing = Interleaved {
                 inner: &s,
-                between: RefCell::new(Some(Box::new(|| won2.set(try_lead(&s, &k2, 2, NOW, 2000))))),
+                between: RefCell::new(Some(Box::new(|| won2.set(take_poller_lease(&s, &k2, 2, NOW, 2000))))),
                 key: keys.lease(),
             };
-            let won1 = try_lead(&racing, &keys, 1, NOW, 2000);
-            assert!(won1 != won2.get(), "created={created}: one leader, got vm1={won1} vm2={}", won2.get());
+            let won1 = take_poller_lease(&racing, &keys, 1, NOW, 2000);
+            assert!(won1 != won2.get(), "created={created}: one poller, got vm1={won1} vm2={}", won2.get());
             // and the stored lease names the winner
             let holder = if won1 { 1 } else { 2 };
-            assert!(try_lead(&s, &keys, holder, NOW + 1, 2000));
-            assert!(!try_lead(&s, &keys, 3 - holder, NOW + 1, 2000));
+            assert!(take_poller_lease(&s, &keys, holder, NOW + 1, 2000));
+            assert!(!take_poller_lease(&s, &keys, 3 - holder, NOW + 1, 2000));
         }
     }
 

@@ -25,7 +25,7 @@ use crate::poller::{interval, RefreshOutcome};
 use crate::registry::{Call, HttpRequest, HttpResponse};
 use crate::router::{route, Route};
 use crate::service::{Registry, Service, Stats};
-use crate::store::{bump_gen, try_lead, Keys, Shared};
+use crate::store::{bump_gen, take_poller_lease, Keys, Shared};
 use crate::view::{HostCounts, ServiceView, View};
 
 /// A poller that stops renewing its lease is replaced after this long (ms).
@@ -99,7 +99,7 @@ pub struct Vm {
     /// This VM's id in the poller lease.
     pub vm_id: u64,
     /// This VM holds the poller lease.
-    pub leader: bool,
+    pub poller: bool,
     pub stats: Stats,
     /// Every routing header of every service, stripped from client requests.
     route_headers: Vec<String>,
@@ -137,7 +137,7 @@ impl Vm {
             keys: Keys::new(config_bytes),
             rng,
             vm_id,
-            leader: false,
+            poller: false,
             stats: Stats::default(),
             route_headers,
             pending: HashMap::default(),
@@ -179,15 +179,15 @@ impl Vm {
     /// The periodic work: take or renew the poller lease, sync the view, and (as the poller) the
     /// registry requests that are due.
     pub fn on_tick(&mut self, shared: &dyn Shared, now_ms: i64) -> Vec<Dispatch> {
-        let leads = try_lead(shared, &self.keys, self.vm_id, now_ms, LEASE_TTL_MS);
-        if leads != self.leader {
-            self.leader = leads;
+        let polls = take_poller_lease(shared, &self.keys, self.vm_id, now_ms, LEASE_TTL_MS);
+        if polls != self.poller {
+            self.poller = polls;
             for s in &mut self.services {
                 s.poll.reset();
                 s.prober.reset();
             }
             self.pending.clear();
-            if leads {
+            if polls {
                 info!("this VM now polls the registry");
             }
         }
@@ -198,7 +198,7 @@ impl Vm {
     /// The registry requests and health-check probes due at `now_ms` (none unless this VM is the
     /// poller).
     pub fn due(&mut self, shared: &dyn Shared, now_ms: i64) -> Vec<Dispatch> {
-        if !self.leader {
+        if !self.poller {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -480,7 +480,7 @@ impl Vm {
                     &self.view,
                     now,
                     &mut self.rng,
-                    self.leader,
+                    self.poller,
                 )))
             }
             AdminCall::Drain(on) => {

@@ -113,7 +113,7 @@ impl RootContext for Root {
         if let Some(m) = &self.metrics {
             let vm = &mut *vm;
             m.flush(&mut vm.stats, vm.services.iter_mut().map(|s| s.stats.take()).enumerate());
-            if vm.leader {
+            if vm.poller {
                 for (i, c, version) in vm.gauges(now) {
                     m.hosts(i, c, version);
                 }
