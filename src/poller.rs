@@ -19,9 +19,10 @@ pub const LONG_POLL_BURST: i64 = 2;
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// A new snapshot was published.
-    Published { version: u64, hosts: usize, skipped: u32, protected: bool },
+    /// `unroutable`: records refused because their address is a host name (`name:port`).
+    Published { version: u64, hosts: usize, skipped: u32, protected: bool, unroutable: Vec<String> },
     /// The list was the same as what is published: nothing to do.
-    Same { skipped: u32 },
+    Same { skipped: u32, unroutable: Vec<String> },
     /// The list was held back by the keep-last-good rules.
     Kept(Hold),
     /// Blocking query returned without change.
@@ -114,6 +115,7 @@ impl PollState {
             Reply::Error(e) => (RefreshOutcome::Failed(e), None),
             Reply::Members(mut parsed) => {
                 let skipped = parsed.skipped;
+                let unroutable = std::mem::take(&mut parsed.unroutable);
                 // the snapshot does not carry metadata: compare and publish without it
                 for m in &mut parsed.instances {
                     m.metadata.clear();
@@ -122,7 +124,7 @@ impl PollState {
                     Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
                     Decision::Apply { members, protected } => {
                         if members == current.members && current.version > 0 {
-                            return (RefreshOutcome::Same { skipped }, None);
+                            return (RefreshOutcome::Same { skipped, unroutable }, None);
                         }
                         let snap = Snapshot { version: current.version + 1, updated_ms: now_ms, members };
                         let outcome = RefreshOutcome::Published {
@@ -130,6 +132,7 @@ impl PollState {
                             hosts: snap.members.len(),
                             skipped,
                             protected,
+                            unroutable,
                         };
                         (outcome, Some(snap))
                     }

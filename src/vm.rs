@@ -329,16 +329,18 @@ impl Vm {
         let name = s.cfg.name.clone();
         let st = &mut s.stats;
         match outcome {
-            RefreshOutcome::Published { version, hosts, skipped, protected } => {
+            RefreshOutcome::Published { version, hosts, skipped, protected, unroutable } => {
                 st.refresh_ok += 1;
                 st.instances_skipped += u64::from(*skipped);
                 st.protect_threshold_hit += u64::from(*protected);
                 let skipped = if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() };
                 info!("service '{name}' membership v{version}: {hosts} instances{skipped}");
+                self.log_unroutable(svc, &name, unroutable, now_ms);
             }
-            RefreshOutcome::Same { skipped } => {
+            RefreshOutcome::Same { skipped, unroutable } => {
                 st.refresh_ok += 1;
                 st.instances_skipped += u64::from(*skipped);
+                self.log_unroutable(svc, &name, unroutable, now_ms);
             }
             RefreshOutcome::Unchanged => st.refresh_unchanged += 1,
             RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
@@ -358,6 +360,18 @@ impl Vm {
                 });
             }
         }
+    }
+
+    /// Names the instances refused for a host-name address (Envoy routes to IP literals only).
+    fn log_unroutable(&mut self, svc: usize, name: &str, unroutable: &[String], now_ms: i64) {
+        if unroutable.is_empty() {
+            return;
+        }
+        let shown = unroutable.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let n = unroutable.len();
+        self.log_limited(svc, "unroutable", now_ms, || {
+            format!("service '{name}': {n} instance(s) refused, their address is a host name Envoy cannot route to (register the IP): {shown}")
+        });
     }
 
     fn log_limited(&mut self, svc: usize, kind: &'static str, now_ms: i64, msg: impl FnOnce() -> String) {
@@ -1082,6 +1096,15 @@ mod tests {
             w.refresh(body, t);
             assert_eq!(w.vm.services[0].view.balancer.serving(), 10, "after {body}");
         }
+    }
+
+    #[test]
+    fn host_name_addresses_are_refused_by_name() {
+        let mut w = World::new(CFG);
+        let out = w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"orders.internal:80"}]}"#, NOW);
+        let RefreshOutcome::Published { hosts, skipped, unroutable, .. } = out else { panic!("{out:?}") };
+        assert_eq!((hosts, skipped, unroutable), (1, 1, vec!["orders.internal:80".to_string()]));
+        assert_eq!(w.vm.services[0].stats.instances_skipped, 1);
     }
 
     #[test]
