@@ -6,7 +6,7 @@
 use crate::clock::Rng;
 use crate::config::{RegistryConfig, ServiceConfig, Settings};
 use crate::membership::{Decision, Hold, Snapshot, Tracker};
-use crate::registry::{Call, Cursor, HttpRequest, HttpResponse, RegistryError, Reply, Session};
+use crate::registry::{fingerprint, Call, Cursor, HttpRequest, HttpResponse, RegistryError, Reply, Session};
 
 /// Blocking queries are rate-limited as Consul's "Blocking Queries" doc prescribes (Implementation
 /// Details, "Rate limit"): not a sleep on every turn, which delays updates in the happy case, but a
@@ -46,6 +46,9 @@ pub struct PollState {
     /// The long-poll token bucket as a theoretical arrival time (GCRA): the bucket is full again
     /// at this time (ms).
     long_poll_tat: i64,
+    /// The [`fingerprint`] of the last list reply that was applied, and its skipped count: the
+    /// same reply again is `Same` without a parse.
+    applied: Option<(u64, u32)>,
 }
 
 impl PollState {
@@ -74,6 +77,8 @@ impl PollState {
     pub fn reset(&mut self) {
         self.in_flight = false;
         self.next_due_ms = 0;
+        // another VM may have published meanwhile: compare the next reply in full
+        self.applied = None;
     }
 
     /// When the next blocking query may go: at once while the bucket (burst [`LONG_POLL_BURST`],
@@ -101,6 +106,16 @@ impl PollState {
     ) -> (RefreshOutcome, Option<Snapshot>) {
         self.in_flight = false;
         let adapter = reg.kind.adapter();
+        // an unchanged list (blocking queries have their own index for that) is not parsed again
+        let print = (call == Call::List && matches!(resp.status, Some(200..=299)) && !adapter.long_poll())
+            .then(|| fingerprint(resp.body, adapter.volatile_keys()));
+        if let (Some(p), Some((last, skipped))) = (print, self.applied) {
+            if p == last && current.version > 0 {
+                self.next_due_ms = now_ms.saturating_add(interval_ms);
+                return (RefreshOutcome::Same { skipped, unroutable: Vec::new() }, None);
+            }
+        }
+        self.applied = None;
         let reply = adapter.on_reply(session, &mut self.cursor, &sc.query, call, resp, now_ms);
         self.next_due_ms = match (&reply, adapter.long_poll()) {
             (Reply::LoggedIn | Reply::Again(_), _) => now_ms,
@@ -123,6 +138,7 @@ impl PollState {
                 match self.tracker.decide(&current.members, parsed, &sc.guard) {
                     Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
                     Decision::Apply { members, protected } => {
+                        self.applied = print.map(|p| (p, skipped));
                         if members == current.members && current.version > 0 {
                             return (RefreshOutcome::Same { skipped, unroutable }, None);
                         }

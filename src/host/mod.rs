@@ -23,9 +23,17 @@ fn since_epoch() -> std::time::Duration {
     hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
 }
 
-/// Wall-clock ms since the epoch.
+/// Wall-clock ms since the epoch (a host call); also remembered as the request path's clock.
 pub fn now_ms() -> i64 {
-    since_epoch().as_millis() as i64
+    let now = since_epoch().as_millis() as i64;
+    TICK_CLOCK.with(|c| c.set(now));
+    now
+}
+
+thread_local! {
+    /// The time the VM last read from the host (every tick, every registry reply): the request
+    /// path's clock, at most one tick (100 ms) old, without a host call per request.
+    static TICK_CLOCK: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
 }
 
 /// Host time in µs since the epoch, for measuring work inside the VM.
@@ -47,7 +55,10 @@ impl Shared for Envoy {
 
 impl Host for Envoy {
     fn now_ms(&self) -> i64 {
-        now_ms()
+        match TICK_CLOCK.with(std::cell::Cell::get) {
+            0 => now_ms(),
+            t => t,
+        }
     }
     fn request_header(&self, name: &str) -> Option<String> {
         hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()

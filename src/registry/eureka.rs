@@ -180,6 +180,11 @@ fn state_of(rec: &Value) -> State {
 }
 
 impl Adapter for Eureka {
+    /// Each heartbeat (every 30 s by default) moves an instance's `lastRenewalTimestamp`.
+    fn volatile_keys(&self) -> &'static [&'static str] {
+        &["\"lastRenewalTimestamp\":"]
+    }
+
     fn request(&self, _s: &Session, _c: &Cursor, q: &ServiceQuery, _now_ms: i64) -> (Call, HttpRequest) {
         let path = format!("{}/apps/{}", self.prefix, encode(&q.service));
         (Call::List, get_request(&self.endpoint, path))

@@ -238,6 +238,54 @@ pub trait Adapter {
     fn long_poll(&self) -> bool {
         false
     }
+    /// `"key":` markers of values in a list reply that change on every call without the list
+    /// changing (Nacos' `lastRefTime`), left out of [`fingerprint`].
+    fn volatile_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// A fingerprint of a list reply that leaves out the values after `volatile` markers (up to the
+/// next `,` or `}`): equal fingerprints, equal lists, so an unchanged reply is recognised without
+/// parsing it. Hashes 8 bytes at a time; linear in the body.
+pub fn fingerprint(body: &[u8], volatile: &[&str]) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ body.len() as u64;
+    let mut feed = |bytes: &[u8]| {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+        }
+        for b in chunks.remainder() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let Ok(mut rest) = std::str::from_utf8(body) else {
+        feed(body);
+        return h;
+    };
+    // the next position of each marker in `rest`, found once per occurrence
+    let mut next: Vec<Option<usize>> = volatile.iter().map(|k| rest.find(k)).collect();
+    loop {
+        let first = next.iter().enumerate().filter_map(|(k, p)| p.map(|p| (p, k))).min();
+        let Some((at, k)) = first else {
+            feed(rest.as_bytes());
+            return h;
+        };
+        let key_end = at + volatile.get(k).map_or(0, |m| m.len());
+        feed(rest.as_bytes().get(..key_end).unwrap_or_default());
+        let after = rest.get(key_end..).unwrap_or_default();
+        let skip = after.find([',', '}']).unwrap_or(after.len());
+        let consumed = key_end + skip;
+        rest = after.get(skip..).unwrap_or_default();
+        for (j, p) in next.iter_mut().enumerate() {
+            *p = match *p {
+                Some(q) if q >= consumed => Some(q - consumed),
+                _ => volatile.get(j).and_then(|m| rest.find(m)),
+            };
+        }
+    }
 }
 
 /// An adapter with its own [`Session`] and [`Cursor`], for tests and benchmarks that drive one
@@ -260,6 +308,10 @@ impl<A: Adapter> Client<A> {
     /// [`Adapter::on_reply`] with this client's state.
     pub fn on_reply(&mut self, q: &ServiceQuery, call: Call, resp: &HttpResponse<'_>, now_ms: i64) -> Reply {
         self.adapter.on_reply(&mut self.session, &mut self.cursor, q, call, resp, now_ms)
+    }
+    /// [`Adapter::volatile_keys`].
+    pub fn volatile_keys(&self) -> &'static [&'static str] {
+        self.adapter.volatile_keys()
     }
     /// [`Adapter::long_poll`].
     pub fn long_poll(&self) -> bool {
@@ -448,6 +500,25 @@ mod tests {
         let a = &p.instances[0];
         assert_eq!((a.addr.as_str(), a.weight, a.state, a.start_ms), ("10.0.0.1:80", 9, State::Draining, Some(3)));
         assert_eq!((p.skipped, p.malformed_meta), (2, 1));
+    }
+
+    #[test]
+    fn fingerprint_ignores_volatile_values_only() {
+        let keys = ["\"lastRefTime\":", "\"checksum\":"];
+        let a = br#"{"hosts":[{"ip":"10.0.0.1","port":80}],"lastRefTime":1796065974088,"checksum":"1796065974088"}"#;
+        let b = br#"{"hosts":[{"ip":"10.0.0.1","port":80}],"lastRefTime":1796065975001,"checksum":"1796065975001"}"#;
+        let c = br#"{"hosts":[{"ip":"10.0.0.2","port":80}],"lastRefTime":1796065975001,"checksum":"1796065975001"}"#;
+        assert_eq!(fingerprint(a, &keys), fingerprint(b, &keys), "only the volatile values differ");
+        assert_ne!(fingerprint(a, &keys), fingerprint(c, &keys), "a host differs");
+        assert_ne!(fingerprint(a, &[]), fingerprint(b, &[]), "without markers every byte counts");
+        // a marker that repeats (one per instance), and one that is missing
+        let d = br#"[{"x":1,"lastRefTime":5},{"x":2,"lastRefTime":6}]"#;
+        let e = br#"[{"x":1,"lastRefTime":7},{"x":2,"lastRefTime":8}]"#;
+        let f = br#"[{"x":1,"lastRefTime":7},{"x":3,"lastRefTime":8}]"#;
+        assert_eq!(fingerprint(d, &keys), fingerprint(e, &keys));
+        assert_ne!(fingerprint(e, &keys), fingerprint(f, &keys));
+        // not UTF-8: every byte counts, no panic
+        assert_ne!(fingerprint(b"\xff\xfe", &keys), fingerprint(b"\xff\xfd", &keys));
     }
 
     #[test]

@@ -397,6 +397,11 @@ fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instanc
 }
 
 impl Adapter for Nacos {
+    /// Nacos stamps every list with the time of the call (`lastRefTime`, `checksum`).
+    fn volatile_keys(&self) -> &'static [&'static str] {
+        &["\"lastRefTime\":", "\"checksum\":"]
+    }
+
     fn request(&self, s: &Session, _c: &Cursor, q: &ServiceQuery, now_ms: i64) -> (Call, HttpRequest) {
         let api = self.api(s);
         if self.needs_login(s, now_ms) {
