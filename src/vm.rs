@@ -561,7 +561,9 @@ impl Vm {
         let now = h.now_ms();
         let written: Vec<&str> = ex.written.split(',').collect();
         for addr in marks::failed_attempts(&written, attempts, &last) {
-            self.failed(h, svc, addr, Failure::LocalOrigin, false, now);
+            // a trial that failed and was retried elsewhere is a failed trial all the same
+            let failed_trial = ex.trial && written.first() == Some(addr);
+            self.failed(h, svc, addr, Failure::LocalOrigin, failed_trial, now);
         }
         let trial = ex.trial && written.first() == Some(&last.as_str()) && attempts == 1;
         match outcome {
@@ -954,16 +956,26 @@ mod tests {
         assert_eq!(w.vm.services[0].stats.ejection_trials, 1);
         // the trial failed: ejected again, for twice as long
         assert_eq!(w.vm.view.marks.ejected[dead].times, 2);
+        // a trial that failed and that Envoy retried on the next address counts as failed too
+        let h = host(&w.shared, NOW + 90_000, &[(":path", "/x")], Some("demo"));
+        let mut ex = Exchange::default();
+        w.vm.on_request(&h, &mut ex);
+        assert!(ex.trial && ex.written.starts_with(dead), "{ex:?}");
+        let mut h = host(&w.shared, NOW + 90_000, &[], Some("demo"));
+        h.props.push(("upstream.address", ex.written.split(',').nth(1).unwrap().to_string()));
+        *h.resp.borrow_mut() = vec![(":status".into(), "200".into()), ("x-envoy-attempt-count".into(), "2".into())];
+        w.vm.on_response(&h, &ex);
+        assert_eq!(w.vm.view.marks.ejected[dead].times, 3, "failed trial, then retried elsewhere");
         assert!(!answer(&mut w, NOW + 30_001, None, 1, 200, "via_upstream").written.contains(dead));
         other.sync(&w.shared, NOW + 30_001);
         assert!(other.services[0].view.trial_due.is_empty(), "the other VM takes no trial of its own");
         assert!(!answer(&mut w, NOW + 89_999, None, 1, 200, "via_upstream").trial);
-        // the next trial succeeds: readmitted for every VM
-        let ex = answer(&mut w, NOW + 90_000, None, 1, 200, "via_upstream");
+        // the next trial (after 90 s, the third ejection) succeeds: readmitted for every VM
+        let ex = answer(&mut w, NOW + 180_000, None, 1, 200, "via_upstream");
         assert!(ex.trial && ex.written.starts_with(dead));
         assert_eq!(w.vm.services[0].stats.readmitted, 1);
         assert_eq!(state_of(&w, dead), State::Serving);
-        other.sync(&w.shared, NOW + 90_001);
+        other.sync(&w.shared, NOW + 180_001);
         assert_eq!(crate::instance::find(&other.services[0].view.members, dead).unwrap().state, State::Serving);
     }
 

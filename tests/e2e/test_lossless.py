@@ -260,7 +260,8 @@ def test_one_poller_from_the_first_tick(registry_front, make_gateway):
     port = int(registry_front.addr.rsplit(":", 1)[1])
     c0 = registry_front.count()["lists"]
     cfg = filter_config(registry_front.addr, registry={"api": "v1"})
-    gw = make_gateway(port, cfg, [], concurrency=8)
+    gw = make_gateway(port, cfg, [], concurrency=8,
+                      extra_args=["--file-flush-interval-msec", "100"])
     started = time.monotonic()
     time.sleep(5.0)
     c1 = registry_front.count()["lists"]
@@ -268,6 +269,7 @@ def test_one_poller_from_the_first_tick(registry_front, make_gateway):
     # one per interval (1 s +- 10 %) since the first tick, whatever the start-up took
     n = c1 - c0
     assert 3 <= n <= elapsed / 0.9 + 1, f"{n} list requests in {elapsed:.1f} s with 8 workers"
+    time.sleep(0.3)  # the log file is flushed every 100 ms
     polls = gw.log_text().count("this VM now polls the registry")
     assert polls == 1, f"{polls} VMs took the poller lease"
 
