@@ -434,8 +434,8 @@ impl Vm {
                 }
                 s.stats.picks += 1;
                 ex.service = Some(service);
-                ex.trial =
-                    trial.is_some_and(|t| s.view.members.get(t).is_some_and(|m| value.starts_with(m.addr.as_str())));
+                let first = value.split(',').next();
+                ex.trial = trial.is_some_and(|t| s.view.members.get(t).is_some_and(|m| first == Some(m.addr.as_str())));
                 ex.written = value;
                 Flow::Continue
             }
