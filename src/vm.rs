@@ -16,7 +16,7 @@ use log::{info, warn};
 
 use crate::admin::{self, AdminCall};
 use crate::clock::Rng;
-use crate::config::{Config, Mode, Settings};
+use crate::config::{Config, Mode, RoutingMode, Settings};
 use crate::drain::{local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
 use crate::health::{classify, Counts, Failure, Outcome, UNREACHED_HEADER};
 use crate::instance::canonical_addr;
@@ -42,8 +42,8 @@ pub trait Host: Shared {
     /// Sets (`Some`) or removes (`None`) a request header; false when the host refused.
     fn set_request_header(&self, name: &str, value: Option<&str>) -> bool;
     fn response_header(&self, name: &str) -> Option<String>;
-    /// Sets a response header; false when the host refused.
-    fn set_response_header(&self, name: &str, value: &str) -> bool;
+    /// Sets (`Some`) or removes (`None`) a response header; false when the host refused.
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> bool;
     /// A property as text (`["xds", "cluster_name"]`, `["upstream", "address"]`).
     fn property(&self, path: &[&str]) -> Option<String>;
 }
@@ -522,7 +522,7 @@ impl Vm {
                 // caller with the drain header; its value is not a refusal reason, so a caller's
                 // retry policy (which retries refusals only) never resends work that was done
                 if self.view.self_drain.draining()
-                    && !h.set_response_header(&self.settings.drain.header, SERVED_WHILE_DRAINING)
+                    && !h.set_response_header(&self.settings.drain.header, Some(SERVED_WHILE_DRAINING))
                 {
                     warn!("cannot set the drain header on a response");
                 }
@@ -543,17 +543,23 @@ impl Vm {
     /// Outlier detection for one routed response: the attempts Envoy left for another count as
     /// connection failures; the last attempt's outcome counts for or against its instance.
     fn judge(&mut self, h: &dyn Host, ex: &Exchange, svc: usize, drain: bool) {
-        if !self.services.get(svc).is_some_and(|s| s.cfg.outlier_detection.enabled) {
-            return;
-        }
+        let Some(sc) = self.services.get(svc).map(|s| &s.cfg) else { return };
+        let (enabled, original_dst) = (sc.outlier_detection.enabled, sc.routing == RoutingMode::OriginalDst);
         let attempts =
             h.response_header("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
         let status = h.response_header(":status").and_then(|v| v.parse::<u16>().ok());
         let outcome = classify(status, drain, || h.property(&["response", "code_details"]));
-        if outcome == Outcome::Failed(Failure::LocalOrigin)
-            && !h.set_response_header(UNREACHED_HEADER, "connection_failure")
-        {
-            warn!("cannot set {UNREACHED_HEADER} on a response");
+        if outcome == Outcome::Failed(Failure::LocalOrigin) {
+            // nothing reached the instance: an Envoy in front may resend it (original_dst template)
+            if !h.set_response_header(UNREACHED_HEADER, Some("connection_failure")) {
+                warn!("cannot set {UNREACHED_HEADER} on a response");
+            }
+        } else if original_dst && h.response_header(UNREACHED_HEADER).is_some() {
+            // only lossless may say so: an instance's own header could get work done twice
+            h.set_response_header(UNREACHED_HEADER, None);
+        }
+        if !enabled {
+            return;
         }
         // the served instance is needed only when something is to be learnt about it
         let learn = attempts > 1 || ex.trial || matches!(outcome, Outcome::Failed(_)) || !self.failures.is_empty();
@@ -697,9 +703,13 @@ mod tests {
             self.count();
             self.resp.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         }
-        fn set_response_header(&self, name: &str, value: &str) -> bool {
+        fn set_response_header(&self, name: &str, value: Option<&str>) -> bool {
             self.count();
-            self.resp.borrow_mut().push((name.into(), value.into()));
+            let mut r = self.resp.borrow_mut();
+            r.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                r.push((name.into(), v.into()));
+            }
             true
         }
         fn property(&self, path: &[&str]) -> Option<String> {
@@ -1020,6 +1030,16 @@ mod tests {
         assert!(headers.contains(&(UNREACHED_HEADER.into(), "connection_failure".into())), "{headers:?}");
         let (_, headers) = answer_with_headers(&mut w, NOW, None, 1, 504, "upstream_response_timeout");
         assert!(!headers.iter().any(|(k, _)| k == UNREACHED_HEADER), "a timeout may have reached it: {headers:?}");
+        // an instance cannot claim it was not reached (its POST would be resent)
+        let h = host(&w.shared, NOW, &[(":path", "/x")], Some("demo"));
+        let mut ex = Exchange::default();
+        w.vm.on_request(&h, &mut ex);
+        let mut h = host(&w.shared, NOW, &[], Some("demo"));
+        h.props.push(("upstream.address", ex.written.clone()));
+        *h.resp.borrow_mut() = vec![(":status".into(), "503".into()), (UNREACHED_HEADER.into(), "1".into())];
+        h.props.push(("response.code_details", "via_upstream".into()));
+        w.vm.on_response(&h, &ex);
+        assert!(!h.resp.borrow().iter().any(|(k, _)| k == UNREACHED_HEADER), "{:?}", h.resp.borrow());
         assert_eq!(state_of(&w, &dead), State::Down);
         for _ in 0..50 {
             assert_ne!(w.route("demo", None, NOW).unwrap(), dead);

@@ -69,8 +69,8 @@ impl Host for Envoy {
     fn response_header(&self, name: &str) -> Option<String> {
         hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
     }
-    fn set_response_header(&self, name: &str, value: &str) -> bool {
-        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
+    fn set_response_header(&self, name: &str, value: Option<&str>) -> bool {
+        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value).is_ok()
     }
     fn property(&self, path: &[&str]) -> Option<String> {
         hostcalls::get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
