@@ -15,6 +15,9 @@ PY := $(VENV)/bin/python
 ENVOY := $(VENV)/bin/envoy
 ENVOY_OLD_VENV := $(CACHE)/envoy-$(ENVOY_OLDEST)
 RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
+DUBBO_VERSION := 3.3.4
+DUBBO_SRC := $(sort $(wildcard peers/dubbo-provider/pom.xml peers/dubbo-provider/weights/pom.xml peers/dubbo-provider/src/main/java/org/lossless/peer/*.java peers/dubbo-provider/weights/src/main/java/org/lossless/peer/*.java))
+DUBBO_PROVIDER := $(CACHE)/dubbo-provider-$(DUBBO_VERSION)-$(shell cat $(DUBBO_SRC) | sha256sum | cut -c1-12)
 
 .PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli
 
@@ -45,18 +48,30 @@ $(RNACOS):
 	CARGO_TARGET_DIR=$(CACHE)/rnacos-target cargo install rnacos --version $(RNACOS_VERSION) --locked --root $(CACHE)/rnacos-$(RNACOS_VERSION)
 rnacos: $(RNACOS)
 
+# A real Apache Dubbo $(DUBBO_VERSION) provider and Dubbo's own getWeight over a vector file
+# (peers/dubbo-provider, Java 17): built by Maven (~1 min cold) into the cache, in a folder named
+# after a hash of their sources, so a change rebuilds and nothing else does.
+.PHONY: dubbo-provider
+$(DUBBO_PROVIDER)/ready:
+	@{ command -v javac && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mvn -q -B -f peers/dubbo-provider/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dout=$(DUBBO_PROVIDER)/provider package
+	mvn -q -B -f peers/dubbo-provider/weights/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dout=$(DUBBO_PROVIDER)/weights package
+	touch $@
+dubbo-provider: $(DUBBO_PROVIDER)/ready
+
 # docker-compose (Debian's, without the Docker engine it recommends): the packaging tests render
 # envoy/docker-compose.yaml with `docker-compose config`, which needs no engine.
 compose-cli:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
-deps: target envoy rnacos $(ENVOY_OLD_VENV)/bin/envoy compose-cli
+deps: target envoy rnacos dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli
 
 unit:
 	cargo test
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
+	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) \
 	  $(PY) -m pytest -q tests/e2e -m "not soak"
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(ENVOY_OLD_VENV)/bin/envoy RNACOS_BIN=$(RNACOS) \
 	  $(PY) -m pytest -q tests/e2e -m compat
