@@ -18,8 +18,10 @@ RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 DUBBO_VERSION := 3.3.4
 DUBBO_SRC := $(sort $(wildcard peers/dubbo-provider/pom.xml peers/dubbo-provider/weights/pom.xml peers/dubbo-provider/src/main/java/org/lossless/peer/*.java peers/dubbo-provider/weights/src/main/java/org/lossless/peer/*.java))
 DUBBO_PROVIDER := $(CACHE)/dubbo-provider-$(DUBBO_VERSION)-$(shell cat $(DUBBO_SRC) | sha256sum | cut -c1-12)
+EUREKA_VERSION := 2025.0.0
+EUREKA_JAR := $(CACHE)/eureka-server-$(EUREKA_VERSION)/eureka-server.jar
 
-.PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli
+.PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli eureka
 
 target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -48,6 +50,15 @@ $(RNACOS):
 	CARGO_TARGET_DIR=$(CACHE)/rnacos-target cargo install rnacos --version $(RNACOS_VERSION) --locked --root $(CACHE)/rnacos-$(RNACOS_VERSION)
 rnacos: $(RNACOS)
 
+# Spring Cloud Netflix's Eureka Server (peers/eureka-server, Spring Cloud $(EUREKA_VERSION) on Spring
+# Boot 3.5.7, Java 17): built by Maven (~1 min cold) into the cache, its local repository there too.
+$(EUREKA_JAR): peers/eureka-server/pom.xml $(wildcard peers/eureka-server/src/main/*/*) $(wildcard peers/eureka-server/src/main/java/*/*/*/*.java)
+	@{ command -v java && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mkdir -p $(dir $@)
+	mvn -q -B -f peers/eureka-server/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dbuild.dir=$(CACHE)/eureka-server-build package
+	cp $(CACHE)/eureka-server-build/eureka-server.jar $@
+eureka: $(EUREKA_JAR)
+
 # A real Apache Dubbo $(DUBBO_VERSION) provider and Dubbo's own getWeight over a vector file
 # (peers/dubbo-provider, Java 17): built by Maven (~1 min cold) into the cache, in a folder named
 # after a hash of their sources, so a change rebuilds and nothing else does.
@@ -64,13 +75,13 @@ dubbo-provider: $(DUBBO_PROVIDER)/ready
 compose-cli:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
-deps: target envoy rnacos dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli
+deps: target envoy rnacos eureka dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli
 
 unit:
 	cargo test
 
 e2e: build deps
-	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
+	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \
 	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) \
 	  $(PY) -m pytest -q tests/e2e -m "not soak"
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(ENVOY_OLD_VENV)/bin/envoy RNACOS_BIN=$(RNACOS) \

@@ -73,6 +73,12 @@ def rnacos_bin():
     return env_path("RNACOS_BIN")
 
 
+@pytest.fixture(scope="session")
+def eureka_jar():
+    """Spring Cloud Netflix's Eureka Server jar (`make eureka`, peers/eureka-server)."""
+    return env_path("EUREKA_JAR")
+
+
 @pytest.fixture
 def wasm_path():
     path = env_path("LOSSLESS_WASM")
