@@ -314,7 +314,7 @@ def test_lease_expiry_and_an_application_whose_last_instance_left(
     assert gw.stat("wasmcustom.lossless.demo.refresh_kept", 0) >= 2
     status, headers, _ = request("GET", f"http://{LOOPBACK}:{gw.listen}/")
     assert status == 503, (status, headers)
-    errors = [s for s in load.errors() if load.t0 + s.t < cancelled + empty - 0.1]
+    errors = [s for s in load.errors() if load.t0 + s.t < cancelled + empty - 0.3]
     assert not errors, (load.summary(), [round(load.t0 + s.t - cancelled, 3) for s in errors[:5]],
                         empty, errors[:2])
 
@@ -422,11 +422,11 @@ def test_response_cache_delay_and_notify_beating_it(
         due = flush - wall0  # every registry change waits for the flush
         for name in ("OUT_OF_SERVICE", "cancel", "register", "delete override", "lease expiry"):
             assert due - 0.3 <= seen[name] <= due + REFRESH_S + 0.5, (name, seen[name], due)
-        assert due - 0.3 + 2 * 0.9 <= seen["last instance (404)"] <= due + 3 * REFRESH_S + 0.5
+        assert due - 0.3 + 2 * 0.9 <= seen["last instance (404)"] <= due + 3 * REFRESH_S + 1.0
         assert due - 0.3 <= last["A"] <= due + REFRESH_S + 0.5, (last["A"], due)
     else:
         for name in ("OUT_OF_SERVICE", "cancel", "register", "delete override"):
             assert seen[name] <= took + REFRESH_S + 0.5, (name, seen[name])
         assert seen["lease expiry"] <= 2 * LEASE_S + 1.0 + REFRESH_S + 0.5, seen
-        assert seen["last instance (404)"] <= took + 3 * REFRESH_S + 0.5, seen
+        assert seen["last instance (404)"] <= took + 3 * REFRESH_S + 1.0, seen
         assert last["A"] <= took + REFRESH_S + 0.5, last
