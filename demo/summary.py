@@ -58,8 +58,12 @@ def summarize(run):
             # a killed backend cannot report its count; the client's view: what failed after the
             # crash, and the last request that failed (the gateway was still sending there)
             d["crashed_s"] = rnd(run.rel(inst.t_crash))
-            after = [s for s in failed if s.t >= run.rel(inst.t_crash)]
+            crash = run.rel(inst.t_crash)
+            after = [s for s in failed if s.t >= crash]
             d["failed_after_crash"] = len(after)
+            # requests the killed instance held: sent before, still open at the kill
+            d["failed_in_flight_at_crash"] = sum(
+                1 for s in failed if s.t < crash and s.t + s.latency >= crash - 0.05)
             d["crash_to_last_failed_ms"] = int(
                 max((s.t for s in after), default=run.rel(inst.t_crash)) * 1000
                 - run.rel(inst.t_crash) * 1000)
@@ -96,6 +100,8 @@ def summarize(run):
         # a crashed backend's count died with it: the check covers the others
         "counts_consistent": (None not in served and backend_total == len(ok) - crashed_ok),
         "failed_after_crash": sum(d["failed_after_crash"] for d in crashes) if crashes else None,
+        "failed_in_flight_at_crash": (sum(d["failed_in_flight_at_crash"] for d in crashes)
+                                      if crashes else None),
         "crash_to_last_failed_ms": max((d["crash_to_last_failed_ms"] for d in crashes),
                                        default=None),
         "max_offline_to_no_new_traffic_ms": max(drains) if drains else None,
@@ -211,7 +217,9 @@ def text_summary(runs):
         for n in names))
     def dash(v):
         return "-" if v is None else str(v)
-    lines.append(f"{'failed after the crash (SIGKILL)':<{lw}}" + "".join(
+    lines.append(f"{'failed in flight at the crash (SIGKILL)':<{lw}}" + "".join(
+        f"{dash(runs[n].get('failed_in_flight_at_crash')):>{width}}" for n in names))
+    lines.append(f"{'failed after the crash':<{lw}}" + "".join(
         f"{dash(runs[n].get('failed_after_crash')):>{width}}" for n in names))
     lines.append(f"{'backend counts = client ok':<{lw}}" + "".join(
         f"{'yes' if runs[n]['counts_consistent'] else 'no':>{width}}" for n in names))

@@ -60,7 +60,7 @@ def test_demo_short_release(tmp_logs, envoy_bin, rnacos_bin, wasm_path):
                  and float(r["t_s"]) + float(r["latency_ms"]) / 1000 >= crash_s - 0.05]
     assert failed == in_flight, (failed, crash_s, output[-3000:])
     assert len(failed) <= 8, failed
-    assert lossless["failed"] == len(failed)
+    assert lossless["failed"] == len(failed) == lossless["failed_in_flight_at_crash"]
     posts = lossless["requests_by_method"]["POST"]
     assert abs(posts / lossless["requests"] - 0.3) < 0.05, lossless["requests_by_method"]
 
