@@ -688,35 +688,40 @@ mod tests {
         }
         fn request_header(&self, name: &str) -> Option<String> {
             self.count();
-            self.req.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            get_header(&self.req, name)
         }
         fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
             self.count();
-            let mut r = self.req.borrow_mut();
-            r.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                r.push((name.into(), v.into()));
-            }
-            true
+            set_header(&self.req, name, value)
         }
         fn response_header(&self, name: &str) -> Option<String> {
             self.count();
-            self.resp.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            get_header(&self.resp, name)
         }
         fn set_response_header(&self, name: &str, value: Option<&str>) -> bool {
             self.count();
-            let mut r = self.resp.borrow_mut();
-            r.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                r.push((name.into(), v.into()));
-            }
-            true
+            set_header(&self.resp, name, value)
         }
         fn property(&self, path: &[&str]) -> Option<String> {
             self.count();
             let key = path.join(".");
             self.props.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         }
+    }
+
+    type Headers = RefCell<Vec<(String, String)>>;
+
+    fn get_header(map: &Headers, name: &str) -> Option<String> {
+        map.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    fn set_header(map: &Headers, name: &str, value: Option<&str>) -> bool {
+        let mut m = map.borrow_mut();
+        m.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            m.push((name.into(), v.into()));
+        }
+        true
     }
 
     struct World {
