@@ -20,6 +20,7 @@ DUBBO_SRC := $(sort $(wildcard peers/dubbo-provider/pom.xml peers/dubbo-provider
 DUBBO_PROVIDER := $(CACHE)/dubbo-provider-$(DUBBO_VERSION)-$(shell cat $(DUBBO_SRC) | sha256sum | cut -c1-12)
 EUREKA_VERSION := 2025.0.0
 EUREKA_JAR := $(CACHE)/eureka-server-$(EUREKA_VERSION)/eureka-server.jar
+SCG_JAR := $(CACHE)/scg-gateway-$(EUREKA_VERSION)/scg-gateway.jar
 
 .PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli eureka
 
@@ -58,6 +59,17 @@ $(EUREKA_JAR): peers/eureka-server/pom.xml $(wildcard peers/eureka-server/src/ma
 	mvn -q -B -f peers/eureka-server/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dbuild.dir=$(CACHE)/eureka-server-build package
 	cp $(CACHE)/eureka-server-build/eureka-server.jar $@
 eureka: $(EUREKA_JAR)
+
+# Spring Cloud Gateway (server-webflux) with Spring Cloud LoadBalancer on Eureka discovery, at their
+# default caches (peers/scg-gateway, the same Spring Cloud $(EUREKA_VERSION) BOM and Spring Boot
+# 3.5.7): the demo's --spring run. Built by Maven (~1 min cold) into the cache, only when missing.
+.PHONY: scg-gateway
+$(SCG_JAR): peers/scg-gateway/pom.xml $(wildcard peers/scg-gateway/src/main/*/*) $(wildcard peers/scg-gateway/src/main/java/*/*/*/*.java)
+	@{ command -v java && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mkdir -p $(dir $@)
+	mvn -q -B -f peers/scg-gateway/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dbuild.dir=$(CACHE)/scg-gateway-build package
+	cp $(CACHE)/scg-gateway-build/scg-gateway.jar $@
+scg-gateway: $(SCG_JAR)
 
 # A real Apache Dubbo $(DUBBO_VERSION) provider and Dubbo's own getWeight over a vector file
 # (peers/dubbo-provider, Java 17): built by Maven (~1 min cold) into the cache, in a folder named
@@ -143,10 +155,16 @@ bench: build envoy bench-deps
 # lossless sidecars, a rolling release under load (live view), then the same release against plain
 # Envoy with health checks; report in demo-out/. Options: make demo DEMO_ARGS="--warmup 10", or
 # DEMO_WARMUP, DEMO_INSTANCES, DEMO_REPLACE, DEMO_RATE, DEMO_BASELINE=0 (python3 demo/run.py -h).
+# DEMO_SPRING=1 (or DEMO_ARGS=--spring) adds a third run, off by default (one to three more minutes
+# on two cores): Spring Cloud Gateway + LoadBalancer on a real Eureka server, default caches; it
+# builds `eureka` and `scg-gateway` first (cached after the first build).
 DEMO_ARGS ?=
+DEMO_SPRING ?= 0
+DEMO_SPRING_DEPS := $(if $(filter --spring,$(DEMO_ARGS))$(filter 1,$(DEMO_SPRING)),eureka scg-gateway)
 .PHONY: demo
-demo: build envoy rnacos
+demo: build envoy rnacos $(DEMO_SPRING_DEPS)
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
+	  EUREKA_JAR=$(EUREKA_JAR) SCG_JAR=$(SCG_JAR) DEMO_SPRING=$(DEMO_SPRING) \
 	  $(PY) demo/run.py $(DEMO_ARGS)
 
 # Chaos and soak tests (tests/e2e/test_chaos.py, about 15 minutes): a flapping registry for

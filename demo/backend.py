@@ -3,7 +3,7 @@
 
     python3 demo/backend.py --port P [--advertise 127.0.0.1:S] [--registry 127.0.0.1:8848]
         [--sidecar 127.0.0.1:S] [--service demo-svc] [--warmup-ms 20000] [--capacity 80]
-        [--started-ms MS] [--stats-file F] [--naive]
+        [--started-ms MS] [--stats-file F] [--naive | --eureka http://127.0.0.1:8761/eureka]
 
 Binds 127.0.0.1 only. What it models (see DESIGN.md §6):
 
@@ -23,6 +23,14 @@ Binds 127.0.0.1 only. What it models (see DESIGN.md §6):
   serving what arrives and what is in flight, waits until no new request arrived for --quiet-s
   (at most --max-drain-s), deregisters and exits 0.
 - Naive shutdown (--naive). On SIGTERM it exits at once: requests in flight are cut off.
+- Spring Cloud shutdown (--eureka URL). It registers in Eureka (POST /apps/{SERVICE}, status UP,
+  instance id = its advertised address) and renews its lease every 30 s (Eureka's client
+  defaults: renewal 30 s, lease 90 s), registering again when the server answers 404. On SIGTERM
+  it does what a Spring Boot 3.5 service with Spring Cloud Netflix's Eureka client does by
+  default: it cancels its registration (DELETE /apps/{SERVICE}/{ID}), stops accepting
+  connections (graceful shutdown: a request on a connection still open is refused with 503
+  `x-shutting-down: 1`), finishes the requests in flight (at most --max-drain-s) and exits 0.
+  Whoever still routes to it from a cached instance list gets connection refused.
 
 GET /__stats answers its counts as JSON; GET /healthz answers 200 outside the capacity model (a
 health check sees a cold instance as healthy, as a readiness probe does). Every other request is
@@ -60,12 +68,15 @@ class Model:
         self.lock = threading.Lock()
         self.served = {}  # method -> 2xx responses written
         self.rejected = 0  # 503 overloaded, written
+        self.refused_closing = 0  # --eureka: 503 during the graceful shutdown, written
         self.inflight = 0  # admitted, not answered yet
         self.writing = 0  # answers being written
         self.dead = False  # naive exit under way: nothing more is written
         self.last_arrival_ms = None
         self.first_arrival_ms = None
         self.offline_ms = None
+        self.closing = False  # --eureka: graceful shutdown under way, new requests refused
+        self.registered = False
 
     def warm_fraction(self, at_ms=None):
         uptime = (at_ms if at_ms is not None else now_ms()) - self.started_ms
@@ -104,13 +115,15 @@ class Model:
             self.writing += 1
             return True
 
-    def end_write(self, method, served, ok):
+    def end_write(self, method, served, ok, closing=False):
         """Counts an answer once it is written, in the same step that ends the write, so that a
         naive exit (which waits for writes in progress) reports exactly what callers got."""
         with self.lock:
             self.writing -= 1
             if ok and served:
                 self.served[method] = self.served.get(method, 0) + 1
+            elif ok and closing:
+                self.refused_closing += 1
             elif ok:
                 self.rejected += 1
 
@@ -132,10 +145,12 @@ class Model:
                 "served": served,
                 "served_total": sum(served.values()),
                 "rejected": self.rejected,
+                "refused_closing": self.refused_closing,
                 "inflight": self.inflight,
                 "first_arrival_ms": self.first_arrival_ms,
                 "last_arrival_ms": self.last_arrival_ms,
                 "offline_ms": self.offline_ms,
+                "registered": self.registered,
                 "started_ms": self.started_ms,
                 "warm_fraction": round(self.warm_fraction(), 4),
                 "capacity_now": round(self.rate(), 2),
@@ -181,6 +196,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, self.model.stats(**self.ident))
         if path == "/healthz":
             return self._send(200, {"ok": True})
+        if self.model.closing:
+            self.close_connection = True
+            return self._answer(False, 503, {"error": "shutting down", **self.ident},
+                                [("x-shutting-down", "1"), ("connection", "close")],
+                                closing=True)
         due = self.model.admit()
         if due is None:
             return self._answer(False, 503, {"error": "overloaded", **self.ident},
@@ -193,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.model.done()
 
-    def _answer(self, served, code, doc, extra=()):
+    def _answer(self, served, code, doc, extra=(), closing=False):
         """An application answer, counted once written; none after a naive exit began."""
         if not self.model.begin_write():
             self.close_connection = True
@@ -203,7 +223,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(code, doc, extra)
             ok = True
         finally:
-            self.model.end_write(self.command, served, ok)
+            self.model.end_write(self.command, served, ok, closing)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 
@@ -240,6 +260,57 @@ class Registry:
 
     def deregister(self):
         self.call("DELETE")
+
+
+class Eureka:
+    """Netflix Eureka's REST API (JSON), as an instance's DiscoveryClient calls it."""
+
+    def __init__(self, url, app, ip, port):
+        rest = url.split("://", 1)[-1]
+        hostport, _, path = rest.partition("/")
+        host, _, p = hostport.rpartition(":")
+        self.host, self.port, self.path = host, int(p), "/" + path.strip("/")
+        self.app, self.ip, self.inst_port = app.upper(), ip, int(port)
+        self.id = f"{ip}:{port}"
+
+    def call(self, method, path, body=None, ok=(200, 204)):
+        headers = {"accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["content-type"] = "application/json"
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=3.0)
+        try:
+            conn.request(method, self.path + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+        if ok and resp.status not in ok:
+            raise RuntimeError(f"{method} {path} -> {resp.status}: {text[:200]}")
+        return resp.status
+
+    def register(self):
+        info = {
+            "instanceId": self.id, "hostName": self.ip, "app": self.app, "ipAddr": self.ip,
+            "vipAddress": self.app.lower(), "status": "UP",
+            "port": {"$": self.inst_port, "@enabled": "true"},
+            "securePort": {"$": 443, "@enabled": "false"},
+            "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+                               "name": "MyOwn"},
+            # Eureka's client defaults (LeaseInfo): renew every 30 s, expire after 90 s
+            "leaseInfo": {"renewalIntervalInSecs": 30, "durationInSecs": 90},
+            "metadata": {},
+        }
+        self.call("POST", f"/apps/{self.app}", {"instance": info})
+
+    def renew(self):
+        """Heartbeat; registers again on 404, as DiscoveryClient.renew does."""
+        if self.call("PUT", f"/apps/{self.app}/{self.id}", ok=()) == 404:
+            self.register()
+
+    def cancel(self):
+        self.call("DELETE", f"/apps/{self.app}/{self.id}")
 
 
 def post(addr, path, timeout=2.0):
@@ -287,6 +358,10 @@ def main():
     ap.add_argument("--drain-via", choices=("both", "registry", "sidecar"), default="both",
                     help="how it goes offline: registry enabled=false, sidecar drain, or both")
     ap.add_argument("--naive", action="store_true", help="exit at once on SIGTERM")
+    ap.add_argument("--eureka", default="",
+                    help="Eureka server URL (http://ip:port/eureka): register there and shut "
+                         "down as a Spring Cloud service does")
+    ap.add_argument("--renew-s", type=float, default=30.0, help="Eureka lease renewal, s")
     args = ap.parse_args()
 
     started = args.started_ms or now_ms()
@@ -295,7 +370,7 @@ def main():
                   args.service_ms)
     Handler.model = model
     Handler.ident = {"instance": advertise, "name": args.name or advertise,
-                     "mode": "naive" if args.naive else "lossless"}
+                     "mode": "naive" if args.naive else "spring" if args.eureka else "lossless"}
     server = Server(("127.0.0.1", args.port), Handler)
     term = threading.Event()
 
@@ -314,7 +389,7 @@ def main():
     log(f"{Handler.ident['name']} listening on 127.0.0.1:{args.port} as {advertise}, "
         f"capacity {model.rate():.1f}/s of {args.capacity}/s ({len(model.workers)} workers), "
         f"warmup {args.warmup_ms} ms, "
-        f"{'naive' if args.naive else 'lossless'}")
+        f"{Handler.ident['mode']}")
 
     reg = None
     if args.registry:
@@ -332,8 +407,37 @@ def main():
             log("giving up registering")
             sys.exit(1)
 
+    eureka = None
+    if args.eureka:
+        ip, _, port = advertise.rpartition(":")
+        eureka = Eureka(args.eureka, args.service, ip, int(port))
+        for _ in range(40):  # bounded: the server may still be starting
+            try:
+                eureka.register()
+                model.registered = True
+                log("registered in Eureka", eureka.id)
+                break
+            except (OSError, RuntimeError) as exc:
+                log("Eureka register failed:", exc)
+                time.sleep(0.5)
+        else:
+            log("giving up registering")
+            sys.exit(1)
+
+        def beat():
+            while not term.wait(args.renew_s):
+                try:
+                    eureka.renew()
+                except (OSError, RuntimeError) as exc:
+                    log("Eureka renew failed:", exc)
+
+        threading.Thread(target=beat, daemon=True, name="eureka-renew").start()
+
     while not term.wait(0.5):
         pass
+
+    if eureka is not None:
+        return spring_shutdown(args, model, server, eureka)
 
     # lossless shutdown
     model.offline_ms = now_ms()
@@ -368,6 +472,29 @@ def main():
     log("exit:", json.dumps(doc))
     server.shutdown()
     server.server_close()
+
+
+def spring_shutdown(args, model, server, eureka):
+    """SIGTERM as a Spring Boot service with the Eureka client handles it by default: cancel
+    the registration, stop accepting, finish what is in flight, exit."""
+    model.offline_ms = now_ms()
+    try:
+        eureka.cancel()
+        log("cancelled in Eureka")
+    except (OSError, RuntimeError) as exc:
+        log("Eureka cancel failed:", exc)
+    model.closing = True
+    server.shutdown()
+    server.server_close()  # new connections are refused from here on
+    deadline = time.monotonic() + args.max_drain_s
+    while time.monotonic() < deadline:
+        with model.lock:
+            if model.inflight == 0 and model.writing == 0:
+                break
+        time.sleep(0.02)
+    doc = model.stats(exit="spring", exit_ms=now_ms(), **Handler.ident)
+    write_stats(args.stats_file, doc)
+    log("exit:", json.dumps(doc))
 
 
 if __name__ == "__main__":

@@ -48,11 +48,18 @@ class LiveView:
         if inst.phase == "exited":
             if self.run.mode == "baseline" and v and v["state"] == "healthy":
                 return "exited, HC healthy", "31"
+            if self.run.mode == "spring" and v:
+                return "gone, still routed", "31"
             return "gone", "90"
         if inst.phase == "terminating":
             return ("draining", "31") if inst.lossless else ("SIGTERM", "31")
         if not v:
-            return "starting", "36"
+            return ("registered" if self.run.mode == "spring" and inst.phase == "up"
+                    else "starting"), "36"
+        if v["state"] == "routed":
+            if inst.uptime() < self.run.args.warmup:
+                return f"routed, cold {int(100 * inst.uptime() / self.run.args.warmup)}%", "33"
+            return "routed", "32"
         if v["state"] == "serving":
             if v["warming"]:
                 pct_ = min(100, int(100 * inst.uptime() / self.run.args.warmup))
@@ -81,7 +88,9 @@ class LiveView:
         last_by = Counter(s.instance for s in last if s.instance)
         prog = run.progress()
         k, phase = run.step if run.step else (0, "steady load")
-        title = "lossless" if run.mode == "lossless" else "baseline (plain Envoy, naive instances)"
+        title = {"lossless": "lossless",
+                 "baseline": "baseline (plain Envoy, naive instances)",
+                 "spring": "Spring Cloud Gateway + LoadBalancer on Eureka, defaults"}[run.mode]
         if not self.tty:
             parts = [f"[{run.mode} {second:4d}s] release {run.steps_done}/{run.args.replace} "
                      f"{int(prog * 100):3d}% ({phase}) | req {len(samples)} fail {failed}"]

@@ -1,6 +1,12 @@
 """The demo's rolling release: its instances (demo/backend.py, each behind a lossless sidecar
-in the lossless run) and one run of the release under load, from the gateway's start to the
-collection of every instance's counts (class Run)."""
+in the lossless run, registered in Eureka in the spring run) and one run of the release under
+load, from the gateway's start to the collection of every instance's counts (class Run).
+
+Modes: "lossless" (gateway Envoy + lossless, instances behind lossless sidecars, rnacos),
+"baseline" (plain Envoy with health checks, naive instances) and "spring" (Spring Cloud Gateway
+with Spring Cloud LoadBalancer on Eureka discovery, all at their defaults: peers/scg-gateway;
+a real Eureka server: peers/eureka-server; instances that shut down as a Spring Cloud service
+does)."""
 
 import json
 import signal
@@ -16,6 +22,7 @@ from kit import (
     Envoy,
     MixedLoad,
     Procs,
+    env_path,
     get_json,
     lb_endpoints,
     now_ms,
@@ -23,12 +30,16 @@ from kit import (
     slot_port,
     wait_http,
 )
+from kit.eureka import JVM_FLAGS, Eureka
 
 SERVICE = "demo-svc"
 OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
 INBOUND = REPO / "envoy" / "inbound.yaml"
 BASELINE = REPO / "demo" / "baseline.yaml"
 BACKEND = REPO / "demo" / "backend.py"
+# the spring run's gateway: requests it sends to an instance that is gone come back with the
+# chosen instance in x-instance and x-gateway-error: 1 (peers/scg-gateway)
+SPRING_RECENT_S = 2.0  # the spring run's live view: routed = chosen in the last 2 s
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
           "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
 
@@ -80,11 +91,17 @@ class Instance:
         if self.lossless:
             argv += ["--registry", run.rnacos.addr, "--service", SERVICE,
                      "--sidecar", f"{LOOPBACK}:{self.sc_port}", "--drain-via", a.drain_via]
+        elif run.mode == "spring":
+            argv += ["--eureka", run.eureka.url, "--service", SERVICE,
+                     "--max-drain-s", a.max_drain]
         else:
             argv += ["--naive"]
         self.stats_file.unlink(missing_ok=True)
         proc = run.procs.start(self.proc_name, argv)
         wait_http(f"http://{LOOPBACK}:{self.app_port}/healthz", timeout=30, proc=proc)
+        if run.mode == "spring":  # registered in Eureka (it retries while the server starts)
+            run.wait_for(lambda: self.backend_stats().get("registered"), 60,
+                         f"{self.name} registered in Eureka")
         return self
 
     def alive(self):
@@ -105,8 +122,35 @@ class Instance:
         return get_json(f"http://{LOOPBACK}:{self.app_port}/__stats", timeout=2)
 
 
+class ScgGateway:
+    """Spring Cloud Gateway (peers/scg-gateway, built by `make scg-gateway`) on 127.0.0.1."""
+
+    def __init__(self, procs, jar, port, eureka_url, name="gateway"):
+        self.procs, self.jar, self.port, self.name = procs, jar, port, name
+        self.eureka_url = eureka_url
+
+    def start(self, timeout=90.0):
+        argv = ["java", *JVM_FLAGS, "-jar", self.jar, f"--server.port={self.port}",
+                f"--eureka.client.service-url.defaultZone={self.eureka_url}/",
+                f"--demo.service={SERVICE}"]
+        proc = self.procs.start(self.name, argv)
+        # before it knows an instance it answers 503 (no instance for the service)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {proc.returncode}")
+            try:
+                request("GET", f"http://{LOOPBACK}:{self.port}/healthz", timeout=2)
+                return self
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} did not listen within {timeout:g} s")
+            time.sleep(0.2)
+
+
 class Run:
-    """One rolling release (mode "lossless" or "baseline") under load."""
+    """One rolling release (mode "lossless", "baseline" or "spring") under load."""
 
     def __init__(self, mode, args, out, rnacos=None):
         self.mode = mode
@@ -117,6 +161,7 @@ class Run:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs = Procs(self.logs)
         self.rnacos = rnacos
+        self.eureka = None  # spring run: its own Eureka server
         n_slots = args.instances + args.replace
         # (backend port, sidecar listener, sidecar admin) per slot
         self.slots = [(slot_port(), slot_port(), slot_port()) for _ in range(n_slots)]
@@ -149,9 +194,9 @@ class Run:
             cfg["inbound"] = inbound
         return json.dumps(cfg, separators=(",", ":"))
 
-    def event(self, text):
+    def event(self, text, at=None):
         with self.lock:
-            self.events.append((time.monotonic(), text))
+            self.events.append((time.monotonic() if at is None else at, text))
 
     def rel(self, mono):
         """Seconds since load start."""
@@ -164,6 +209,14 @@ class Run:
 
     def gateway_view(self):
         """{addr: {"state", "weight", "warming"}} as the gateway sees it."""
+        if self.mode == "spring":
+            # Spring Cloud Gateway shows no membership: an instance it chose in the last
+            # SPRING_RECENT_S seconds is "routed" (its load balancer still lists it)
+            now = self.load.elapsed() if self.load else 0.0
+            seen = {s.instance for s in self.load.results()
+                    if s.instance and s.t >= now - SPRING_RECENT_S} if self.load else set()
+            return {addr: {"state": "routed", "weight": None, "warming": False,
+                           "marked": False} for addr in seen}
         if self.mode == "lossless":
             doc = get_json(f"http://{LOOPBACK}:{self.listen}/lossless/membership", timeout=2)
             svc = doc["services"][0]
@@ -196,6 +249,8 @@ class Run:
                 raise RuntimeError(f"{name} exited unexpectedly; logs in {self.logs}")
         if self.rnacos is not None and not self.rnacos.is_alive():
             raise RuntimeError(f"rnacos exited unexpectedly; see {self.rnacos.workdir}.log")
+        if self.eureka is not None and not self.eureka.is_alive():
+            raise RuntimeError(f"the Eureka server exited unexpectedly; logs in {self.logs}")
 
     def wait_for(self, pred, timeout, what, interval=0.1):
         """Polls pred() until true; bounded; fails at once if a needed process died."""
@@ -213,6 +268,10 @@ class Run:
             time.sleep(interval)
 
     def serving(self, inst):
+        if self.mode == "spring":
+            # a rollout goes on when the new instance is ready and registered (Instance.start
+            # waited for both): it does not know when the gateway's caches will list it
+            return True
         v = self.gateway_view().get(inst.addr)
         if not v or v["state"] not in ("serving", "healthy"):
             return False
@@ -234,8 +293,37 @@ class Run:
 
     # -- lifecycle
 
+    def routed(self, inst):
+        """Spring run: the gateway sends a request to it (GET /healthz through the gateway,
+        answered outside the capacity model and not counted by the backends)."""
+        for _ in range(2 * len(self.slots)):
+            _, headers, _ = request("GET", f"http://{LOOPBACK}:{self.listen}/healthz", timeout=2)
+            if headers.get("x-instance") == inst.addr:
+                return True
+        return False
+
+    def setup_spring(self):
+        """Eureka server, then the instances and Spring Cloud Gateway; waits until the gateway
+        routes to every instance (its first fetches and caches: up to about a minute)."""
+        a = self.args
+        self.eureka = Eureka(self.procs, props={"logging.level.root": "WARN"})
+        self.eureka.start(timeout=120)
+        self.gateway = ScgGateway(self.procs, env_path("SCG_JAR"), self.listen, self.eureka.url)
+        self.instances = [Instance(self, i + 1, self.slots[i]) for i in range(a.instances)]
+        with ThreadPoolExecutor(max_workers=a.instances + 1) as pool:
+            futures = [pool.submit(self.gateway.start, 120)]
+            futures += [pool.submit(inst.start, True) for inst in self.instances]
+            for f in futures:
+                f.result()
+        for inst in self.instances:
+            self.wait_for(lambda inst=inst: self.routed(inst), 150,
+                          f"{inst.name} routed by the gateway", interval=0.5)
+            inst.phase, inst.t_up = "up", time.monotonic()
+
     def setup(self):
         a = self.args
+        if self.mode == "spring":
+            return self.setup_spring()
         if self.mode == "lossless":
             eps = [f"{LOOPBACK}:{sc}" for _, sc, _ in self.slots]
             subs = {"LISTEN_PORT": self.listen, "ADMIN_PORT": self.admin,
@@ -267,7 +355,8 @@ class Run:
         threads = min(400, max(16, int(a.rate * 2.5)))
         self.load = MixedLoad(self.listen, a.rate, a.post_share, threads, duration=3600,
                               max_duration=3600, timeout=8.0,
-                              record_headers=("x-overloaded", "x-lossless-drain"))
+                              record_headers=("x-overloaded", "x-lossless-drain",
+                                              "x-gateway-error", "x-shutting-down"))
         self.load.start()
         self.t0, self.wall0 = self.load.t0, time.time() - (time.monotonic() - self.load.t0)
         self.event("load starts")
@@ -290,7 +379,7 @@ class Run:
             self.event(f"{new.name} serving")
             self.step = (k, f"SIGTERM {old.name}")
             old.terminate()
-            self.event(f"SIGTERM {old.name}")
+            self.event(f"SIGTERM {old.name}" + (", cancelled" if self.mode == "spring" else ""))
             self.step = (k, f"{old.name} draining")
             self.wait_for(lambda old=old: not old.alive(), a.max_drain + 15,
                           f"{old.name} to exit", interval=0.05)
@@ -315,11 +404,47 @@ class Run:
             self.step = (k, f"{new.name} warming up")
             self.sleep(a.warmup + 0.5 - new.uptime())
             self.steps_done = k + 1
+        if self.mode == "spring":
+            self.spring_tail()
         if a.crash:
             self.crash()
         self.step = (a.replace, "done")
-        self.sleep(a.tail)
+        self.sleep(self.crash_tail() if self.mode == "spring" and a.crash else a.tail)
         self.done = True
+
+    # -- the spring run's tail: the gateway's stale instance list, bounded by --spring-max
+
+    def budget(self):
+        """Seconds left of the spring run (--spring-max from the load's start)."""
+        return self.args.spring_max - self.load.elapsed()
+
+    def crash_tail(self):
+        """After the crash: long enough to see the gateway keep sending to the killed instance,
+        within the budget."""
+        return max(self.args.tail, min(20.0, self.budget()))
+
+    def last_sent(self, inst):
+        """Load time of the last request the gateway sent to inst (answered by it or not)."""
+        return max((s.t for s in self.load.results() if s.instance == inst.addr), default=None)
+
+    def spring_tail(self):
+        """Keeps the load on until the gateway has not chosen any instance that left for 5 s, or
+        the budget (less the crash's share) runs out; marks the last request the gateway sent
+        to each."""
+        a = self.args
+        reserve = (a.tail + max(a.tail, 20.0)) if a.crash else a.tail
+        gone = [i for i in self.instances if i.t_term is not None]
+        self.step = (a.replace, "the gateway still routes to instances that left")
+        while self.budget() > reserve:
+            now = self.load.elapsed()
+            lasts = [self.last_sent(i) for i in gone]
+            if all(t is None or now - t >= 5.0 for t in lasts):
+                break
+            self.sleep(0.5)
+        for inst in gone:
+            t = self.last_sent(inst)
+            if t is not None and t > self.rel(inst.t_term):
+                self.event(f"last request to {inst.name}", at=self.t0 + t)
 
     def crash(self):
         """One serving instance dies without a goodbye: the backend and its sidecar get SIGKILL

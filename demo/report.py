@@ -107,7 +107,8 @@ def write_report(run, out):
     colors = {inst.name: inst.color for inst in run.instances}
     events = [(run.rel(t), e) for t, e in run.events
               if not e.startswith("load") and not e.endswith("serving")]
-    title = (f"{run.mode}: share of traffic per instance during a rolling release "
+    who = {"spring": "spring (Spring Cloud Gateway, LoadBalancer, Eureka)"}.get(run.mode, run.mode)
+    title = (f"{who}: share of traffic per instance during a rolling release "
              f"({s['requests']} requests, {s['failed']} failed)")
     warmups = [(inst.name, run.wall_to_rel(inst.started_ms),
                 run.wall_to_rel(inst.started_ms) + run.args.warmup)

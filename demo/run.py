@@ -18,8 +18,18 @@ summary.json and summary.txt. Then the same release runs against a baseline: pla
 robin with active HTTP health checks (demo/baseline.yaml), no lossless, naive instances that exit
 at once on SIGTERM; both failure counts are printed side by side.
 
+With --spring (DEMO_SPRING=1; needs EUREKA_JAR and SCG_JAR: make eureka scg-gateway) a third run
+does the same release on the stack lossless exists for: Spring Cloud Gateway routing with Spring
+Cloud LoadBalancer on Eureka discovery (peers/scg-gateway), a real Eureka server
+(peers/eureka-server), every cache at its default (Eureka's response cache 30 s, the client's
+registry fetch 30 s, LoadBalancer's cache 35 s), instances that register in Eureka and, on
+SIGTERM, cancel, finish what is in flight and exit, as a Spring Boot service does. Its tail runs
+until the gateway stops sending to the instances that left, at most --spring-max seconds of load
+(default 150) in all; "offline -> no new traffic" is then the time from SIGTERM to the last
+request the gateway sent there.
+
 Options also come from the environment: DEMO_WARMUP, DEMO_INSTANCES, DEMO_REPLACE, DEMO_RATE,
-DEMO_POST_SHARE, DEMO_BASELINE (0/1), DEMO_OUT.
+DEMO_POST_SHARE, DEMO_BASELINE (0/1), DEMO_SPRING (0/1), DEMO_OUT.
 
 Code: demo/run.py (this command line), release.py (instances and the release), live.py (the
 live view), summary.py (figures, text summary), report.py (SVG plot, samples); processes,
@@ -28,6 +38,7 @@ Envoy, rnacos and the load come from the test kit (tests/kit).
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -61,6 +72,12 @@ def parse_args(argv=None):
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction,
                     default=env_bool("DEMO_BASELINE", True),
                     help="also run the release against the plain baseline (default: yes)")
+    ap.add_argument("--spring", action=argparse.BooleanOptionalAction,
+                    default=env_bool("DEMO_SPRING", False),
+                    help="also run the release on Spring Cloud Gateway + LoadBalancer + Eureka "
+                         "at their defaults (default: no; needs EUREKA_JAR and SCG_JAR)")
+    ap.add_argument("--spring-max", type=float, default=150.0,
+                    help="bound of the spring run's load, s (default 150)")
     ap.add_argument("--out", default=env_default("DEMO_OUT", str(REPO / "demo-out")),
                     help="report directory (default demo-out/)")
     ap.add_argument("--capacity", type=float, default=None,
@@ -91,6 +108,12 @@ def parse_args(argv=None):
         ap.error("need 1 <= instances <= 8 and 0 <= replace <= instances")
     if not (args.warmup > 0 and args.rate > 0 and 0 <= args.post_share <= 1):
         ap.error("warmup and rate must be > 0, post-share in [0, 1]")
+    if args.spring:
+        for var in ("EUREKA_JAR", "SCG_JAR"):
+            if not os.path.isfile(os.environ.get(var, "")):
+                ap.error(f"--spring needs {var} (make eureka scg-gateway)")
+        if not shutil.which("java"):
+            ap.error("--spring needs java (17)")
     return args
 
 
@@ -114,10 +137,10 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("logs", "lossless", "baseline"):  # our own output of an earlier run
+    for stale in ("logs", "lossless", "baseline", "spring"):  # our own output of an earlier run
         if (out / stale).is_dir():
             shutil.rmtree(out / stale)
-    for stale in ("lossless.svg", "baseline.svg", "summary.json", "summary.txt"):
+    for stale in ("lossless.svg", "baseline.svg", "spring.svg", "summary.json", "summary.txt"):
         (out / stale).unlink(missing_ok=True)
     tty = sys.stdout.isatty() and not args.plain
 
@@ -137,6 +160,8 @@ def main(argv=None):
         base_procs.stop_all()
         if args.baseline:
             runs["baseline"] = run_one("baseline", args, out, None, tty)
+        if args.spring:
+            runs["spring"] = run_one("spring", args, out, None, tty)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", flush=True)
         return 130

@@ -36,9 +36,29 @@ def summarize(run):
             "backend_served_by_method": fin.get("served"),
             "backend_rejected_overloaded": fin.get("rejected"),
         }
+        if run.mode == "spring":
+            d["backend_refused_shutting_down"] = fin.get("refused_closing")
+        if run.mode == "spring" and inst.t_start is not None and inst.index > a.instances:
+            # a new instance: registered (and ready) -> the first request the gateway sent it
+            first = min((s.t for s in mine), default=None)
+            d["registered_to_first_request_ms"] = (
+                None if first is None else int(max(0.0, first - run.rel(inst.t_up)) * 1000))
         if inst.t_term is not None:
             last = max((s.t for s in mine), default=None)
-            if fin.get("offline_ms"):
+            if run.mode == "spring":
+                # the backend is gone: the gateway's view, the last request it sent there
+                # (answered, refused by the graceful shutdown, or connection refused)
+                end = max((s.t for s in samples), default=0.0)
+                if last is not None and last > run.rel(inst.t_term):
+                    d["offline_to_no_new_traffic_ms"] = int((last - run.rel(inst.t_term)) * 1000)
+                    # chosen within the last 5 s of the run: the real figure is longer
+                    d["still_routed_at_end"] = end - last < 5.0
+                else:
+                    d["offline_to_no_new_traffic_ms"] = 0
+                d["offline_s"] = rnd(run.rel(inst.t_term))
+                d["failed_after_offline"] = sum(
+                    1 for s in mine if s.t >= run.rel(inst.t_term) and not 200 <= s.status < 300)
+            elif fin.get("offline_ms"):
                 # the backend's own view: new requests after it marked itself offline
                 d["offline_to_no_new_traffic_ms"] = max(
                     0, (fin.get("last_arrival_ms") or 0) - fin["offline_ms"])
@@ -76,6 +96,9 @@ def summarize(run):
     unattributed_ok = sum(1 for s in ok if s.instance not in by_addr)
     drains = [d["offline_to_no_new_traffic_ms"] for d in instances.values()
               if "offline_to_no_new_traffic_ms" in d]
+    censored = any(d.get("still_routed_at_end") for d in instances.values())
+    unseen = [d["registered_to_first_request_ms"] for d in instances.values()
+              if d.get("registered_to_first_request_ms") is not None]
     hc = [d["sigterm_to_health_check_unhealthy_ms"] for d in instances.values()
           if "sigterm_to_health_check_unhealthy_ms" in d]
     return {
@@ -105,6 +128,9 @@ def summarize(run):
         "crash_to_last_failed_ms": max((d["crash_to_last_failed_ms"] for d in crashes),
                                        default=None),
         "max_offline_to_no_new_traffic_ms": max(drains) if drains else None,
+        "max_registered_to_first_request_ms": max(unseen) if unseen else None,
+        # spring run: an instance the gateway still chose at the run's end (a lower bound)
+        "max_offline_to_no_new_traffic_censored": censored,
         "max_sigterm_to_health_check_unhealthy_ms": max(hc) if hc else None,
         "instances": instances,
         "events": [{"t": rnd(run.rel(t)), "event": e} for t, e in run.events],
@@ -134,6 +160,10 @@ def shares(run):
             continue
         first = max(0, int(math.floor(run.rel(inst.t_start) or 0)))
         end = run.rel(inst.t_exit)
+        if run.mode == "spring" and end is not None:
+            # the gateway goes on choosing an instance that left: its share is the requests
+            # sent to it, that failed
+            end = max([end] + [s.t for s in samples if s.instance == inst.addr])
         last = seconds - 1 if end is None else min(seconds - 1, int(math.ceil(end)))
         pts = [(b + 0.5, per[inst.addr][b] / totals[b] if totals[b] else 0.0)
                for b in range(first, last + 1)]
@@ -146,6 +176,10 @@ def failure_kind(s):
         return f"client error {err}"
     if s.headers.get("x-overloaded"):
         return f"{s.status} overloaded (cold instance)"
+    if s.headers.get("x-gateway-error"):
+        return f"{s.status} from gateway: instance gone (connection refused)"
+    if s.headers.get("x-shutting-down"):
+        return f"{s.status} from instance (graceful shutdown)"
     if s.headers.get("x-lossless-drain"):
         return f"{s.status} drain ({s.headers['x-lossless-drain']})"
     if s.instance:
@@ -178,7 +212,15 @@ def text_summary(runs):
         for name, d in s["instances"].items():
             extra = []
             if "offline_to_no_new_traffic_ms" in d:
-                extra.append(f"offline -> no new traffic {d['offline_to_no_new_traffic_ms']} ms")
+                extra.append(("offline -> last request from the gateway "
+                              if "still_routed_at_end" in d else "offline -> no new traffic ")
+                             + (">= " if d.get("still_routed_at_end") else "")
+                             + f"{d['offline_to_no_new_traffic_ms']} ms")
+            if d.get("registered_to_first_request_ms") is not None:
+                extra.append("registered -> first request from the gateway "
+                             f"{d['registered_to_first_request_ms']} ms")
+            if "failed_after_offline" in d:
+                extra.append(f"{d['failed_after_offline']} failed after offline")
             if "sidecar_self_draining_503" in d:
                 extra.append(f"sidecar refusals {d['sidecar_self_draining_503']}")
             if "sigterm_to_health_check_unhealthy_ms" in d:
@@ -206,12 +248,20 @@ def text_summary(runs):
         lines.append(f"{label:<{lw}}" + "".join(
             f"{runs[n]['failures_by_kind'].get(kind, 0):>{width}}" for n in names))
 
-    def fmt_ms(v):
-        return "-" if v is None else f"{v / 1000:.2f} s"
+    def cens(n):
+        return runs[n].get("max_offline_to_no_new_traffic_censored")
+
+    def fmt_ms(v, censored=False):
+        return "-" if v is None else (">= " if censored else "") + f"{v / 1000:.2f} s"
     lines.append(f"{'p99 latency of ok requests':<{lw}}" + "".join(
         f"{str(runs[n]['latency_ms']['p99']) + ' ms':>{width}}" for n in names))
     lines.append(f"{'max offline -> no new traffic':<{lw}}" + "".join(
-        f"{fmt_ms(runs[n]['max_offline_to_no_new_traffic_ms']):>{width}}" for n in names))
+        f"{fmt_ms(runs[n]['max_offline_to_no_new_traffic_ms'], cens(n)):>{width}}"
+        for n in names))
+    if any(runs[n].get("max_registered_to_first_request_ms") is not None for n in names):
+        lines.append(f"{'max registered -> first request (new)':<{lw}}" + "".join(
+            f"{fmt_ms(runs[n].get('max_registered_to_first_request_ms')):>{width}}"
+            for n in names))
     lines.append(f"{'max SIGTERM -> health check drop':<{lw}}" + "".join(
         f"{fmt_ms(runs[n]['max_sigterm_to_health_check_unhealthy_ms']):>{width}}"
         for n in names))
