@@ -496,7 +496,51 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     Ok(out)
 }
 
+/// Checks the parsed document section by section and builds the immutable [`Config`].
+/// The first failed check is returned, with the field's dotted path.
 fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    validate_timing(&raw)?;
+    if raw.registries.is_empty() {
+        return Err(err("registries", format!("at least one registry is required, e.g. {MINIMAL_EXAMPLE}")));
+    }
+    if raw.services.is_empty() {
+        return Err(err("services", format!("at least one service is required, e.g. {MINIMAL_EXAMPLE}")));
+    }
+    let mut kinds = Vec::new();
+    let mut registries = Vec::new();
+    for (name, r) in raw.registries {
+        let adapter = registry(&format!("registries.{name}"), &r)?;
+        kinds.push(r.kind);
+        registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
+    }
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    for (i, s) in raw.services.into_iter().enumerate() {
+        let service = validate_service(&format!("services[{i}]"), s, &registries, &kinds, &services)?;
+        services.push(service);
+    }
+    let drain = validate_drain(raw.drain)?;
+    let inbound = validate_inbound(raw.mode, raw.inbound, &services, env)?;
+    let prefix = raw.admin.path_prefix;
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
+    }
+    Ok(Config {
+        settings: Settings {
+            mode: raw.mode,
+            refresh_interval_ms: raw.refresh_interval_ms,
+            jitter_percent: raw.jitter_percent,
+            weight_refresh_ms: raw.weight_refresh_ms,
+            drain,
+            inbound,
+            admin_prefix: prefix,
+        },
+        registries,
+        services,
+    })
+}
+
+/// The top-level intervals: `refresh_interval_ms`, `jitter_percent`, `weight_refresh_ms`.
+fn validate_timing(raw: &Raw) -> Result<(), ConfigError> {
     if !(100..=3_600_000).contains(&raw.refresh_interval_ms) {
         return Err(err("refresh_interval_ms", "must be between 100 and 3600000 (ms)"));
     }
@@ -506,160 +550,166 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     if !(10..=10_000).contains(&raw.weight_refresh_ms) {
         return Err(err("weight_refresh_ms", "must be between 10 and 10000 (ms)"));
     }
-    if raw.registries.is_empty() {
-        return Err(err("registries", format!("at least one registry is required, e.g. {MINIMAL_EXAMPLE}")));
-    }
-    if raw.services.is_empty() {
-        return Err(err("services", format!("at least one service is required, e.g. {MINIMAL_EXAMPLE}")));
-    }
+    Ok(())
+}
 
-    let mut names = Vec::new();
-    let mut registries = Vec::new();
-    let mut kinds = Vec::new();
-    for (name, r) in raw.registries {
-        let p = format!("registries.{name}");
-        let adapter = registry(&p, &r)?;
-        names.push(name.clone());
-        kinds.push(r.kind);
-        registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
+/// One `services[i]` entry (`p` is its path); `earlier` are the entries already accepted, for
+/// the uniqueness of names and matched clusters.
+fn validate_service(
+    p: &str,
+    s: RawService,
+    registries: &[RegistryConfig],
+    kinds: &[RegistryType],
+    earlier: &[ServiceConfig],
+) -> Result<ServiceConfig, ConfigError> {
+    if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(at(p, "name", "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)"));
     }
-
-    let mut services: Vec<ServiceConfig> = Vec::new();
-    for (i, s) in raw.services.into_iter().enumerate() {
-        let p = format!("services[{i}]");
-        if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(err(
-                format!("{p}.name"),
-                "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)",
-            ));
-        }
-        if services.iter().any(|o| o.name == s.name) {
-            return Err(at(&p, "name", format!("duplicate service name '{}'", s.name)));
-        }
-        let Some(reg) = names.iter().position(|n| *n == s.registry) else {
-            return Err(err(
-                format!("{p}.registry"),
-                format!("unknown registry '{}'; defined: {}", s.registry, names.join(", ")),
-            ));
-        };
-        let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
-        use RegistryType::{Consul as C, Nacos as N};
-        let fields: [(&str, bool, &[RegistryType]); 5] = [
-            ("group", s.group.is_some(), &[N]),
-            ("clusters", !s.clusters.is_empty(), &[N]),
-            ("namespace", s.namespace.is_some(), &[N, C]),
-            ("tag", s.tag.is_some(), &[C]),
-            ("dc", s.dc.is_some(), &[C]),
-        ];
-        for (field, set, applies) in fields {
-            if set && !applies.contains(&kind) {
-                return Err(at(&p, field, format!("does not apply to a {} registry", kind.name())));
-            }
-        }
-        let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
-        for (k, c) in match_clusters.iter().enumerate() {
-            if c.is_empty() {
-                return Err(err(format!("{p}.match_clusters[{k}]"), "must not be empty"));
-            }
-            if services.iter().any(|o| o.match_clusters.contains(c)) {
-                return Err(err(
-                    format!("{p}.match_clusters[{k}]"),
-                    format!("cluster '{c}' is already matched by another service"),
-                ));
-            }
-        }
-        if !valid_header(&s.routing.header) {
-            return Err(at(&p, "routing.header", "must be a lowercase header name ([a-z0-9-_]+)"));
-        }
-        if s.routing.fallbacks > 16 {
-            return Err(at(&p, "routing.fallbacks", "must be between 0 and 16"));
-        }
-        if s.routing.mode == RoutingMode::OriginalDst && s.routing.fallbacks != 2 && s.routing.fallbacks != 0 {
-            return Err(err(
-                format!("{p}.routing.fallbacks"),
-                "original_dst routes to a single address; fallbacks need mode override_host",
-            ));
-        }
-        let w = &s.warmup;
-        if w.default_warmup_ms < 0 {
-            return Err(at(&p, "warmup.default_warmup_ms", "must be >= 0 (ms)"));
-        }
-        if w.default_weight < 0 {
-            return Err(at(&p, "warmup.default_weight", "must be >= 0"));
-        }
-        if !(w.weight_scale.is_finite() && w.weight_scale > 0.0 && w.weight_scale <= 1e6) {
-            return Err(at(&p, "warmup.weight_scale", "must be a number in (0, 1000000]"));
-        }
-        if !(w.curve.aggression.is_finite() && w.curve.aggression > 0.0 && w.curve.aggression <= 100.0) {
-            return Err(at(&p, "warmup.curve.aggression", "must be a number in (0, 100]"));
-        }
-        if !(0.0..=100.0).contains(&w.curve.min_weight_percent) {
-            return Err(at(&p, "warmup.curve.min_weight_percent", "must be between 0 and 100"));
-        }
-        if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
-            return Err(at(&p, "guard.protect_threshold", "must be between 0 and 1"));
-        }
-        if !(0.0..=1.0).contains(&s.guard.max_drop) {
-            return Err(at(&p, "guard.max_drop", "must be between 0 and 1"));
-        }
-        let od = &s.outlier_detection;
-        if !(1000..=3_600_000).contains(&od.base_ejection_time_ms) {
-            return Err(err(
-                format!("{p}.outlier_detection.base_ejection_time_ms"),
-                "must be between 1000 and 3600000 (ms)",
-            ));
-        }
-        if !(od.base_ejection_time_ms..=3_600_000).contains(&od.max_ejection_time_ms) {
-            return Err(err(
-                format!("{p}.outlier_detection.max_ejection_time_ms"),
-                "must be between base_ejection_time_ms and 3600000 (ms)",
-            ));
-        }
-        if od.max_ejection_percent > 100 {
-            return Err(at(&p, "outlier_detection.max_ejection_percent", "must be between 0 and 100"));
-        }
-        if let Some(hc) = &s.health_check {
-            validate_health_check(&format!("{p}.health_check"), hc)?;
-        }
-        for (field, n) in [
-            ("consecutive_gateway_failure", od.consecutive_gateway_failure),
-            ("consecutive_local_origin_failure", od.consecutive_local_origin_failure),
-        ] {
-            if !(1..=1000).contains(&n) {
-                return Err(err(format!("{p}.outlier_detection.{field}"), "must be between 1 and 1000"));
-            }
-        }
-        let build = BuildOptions {
-            keys: s.warmup.metadata_keys.clone(),
-            weight_scale: w.weight_scale,
-            default_weight: w.default_weight,
-            default_warmup_ms: w.default_warmup_ms,
-        };
-        services.push(ServiceConfig {
-            query: ServiceQuery {
-                service: s.registry_service.unwrap_or_else(|| s.name.clone()),
-                group: s.group,
-                namespace: s.namespace,
-                clusters: s.clusters,
-                tag: s.tag,
-                dc: s.dc,
-                build,
-            },
-            name: s.name,
-            registry: reg,
-            match_clusters,
-            routing: s.routing.mode,
-            header: s.routing.header,
-            fallbacks: if s.routing.mode == RoutingMode::OriginalDst { 0 } else { s.routing.fallbacks },
-            policy: s.policy,
-            curve: s.warmup.curve,
-            guard: s.guard,
-            outlier_detection: s.outlier_detection,
-            health_check: s.health_check,
-        });
+    if earlier.iter().any(|o| o.name == s.name) {
+        return Err(at(p, "name", format!("duplicate service name '{}'", s.name)));
     }
+    let Some(reg) = registries.iter().position(|r| r.name == s.registry) else {
+        let defined: Vec<&str> = registries.iter().map(|r| r.name.as_str()).collect();
+        return Err(at(p, "registry", format!("unknown registry '{}'; defined: {}", s.registry, defined.join(", "))));
+    };
+    let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
+    use RegistryType::{Consul as C, Nacos as N};
+    let fields: [(&str, bool, &[RegistryType]); 5] = [
+        ("group", s.group.is_some(), &[N]),
+        ("clusters", !s.clusters.is_empty(), &[N]),
+        ("namespace", s.namespace.is_some(), &[N, C]),
+        ("tag", s.tag.is_some(), &[C]),
+        ("dc", s.dc.is_some(), &[C]),
+    ];
+    for (field, set, applies) in fields {
+        if set && !applies.contains(&kind) {
+            return Err(at(p, field, format!("does not apply to a {} registry", kind.name())));
+        }
+    }
+    let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
+    for (k, c) in match_clusters.iter().enumerate() {
+        if c.is_empty() {
+            return Err(at(p, &format!("match_clusters[{k}]"), "must not be empty"));
+        }
+        if earlier.iter().any(|o| o.match_clusters.contains(c)) {
+            return Err(at(
+                p,
+                &format!("match_clusters[{k}]"),
+                format!("cluster '{c}' is already matched by another service"),
+            ));
+        }
+    }
+    validate_routing(p, &s.routing)?;
+    let w = &s.warmup;
+    validate_warmup(p, w)?;
+    if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
+        return Err(at(p, "guard.protect_threshold", "must be between 0 and 1"));
+    }
+    if !(0.0..=1.0).contains(&s.guard.max_drop) {
+        return Err(at(p, "guard.max_drop", "must be between 0 and 1"));
+    }
+    validate_outlier_detection(p, &s.outlier_detection)?;
+    if let Some(hc) = &s.health_check {
+        validate_health_check(&format!("{p}.health_check"), hc)?;
+    }
+    let build = BuildOptions {
+        keys: w.metadata_keys.clone(),
+        weight_scale: w.weight_scale,
+        default_weight: w.default_weight,
+        default_warmup_ms: w.default_warmup_ms,
+    };
+    Ok(ServiceConfig {
+        query: ServiceQuery {
+            service: s.registry_service.unwrap_or_else(|| s.name.clone()),
+            group: s.group,
+            namespace: s.namespace,
+            clusters: s.clusters,
+            tag: s.tag,
+            dc: s.dc,
+            build,
+        },
+        name: s.name,
+        registry: reg,
+        match_clusters,
+        routing: s.routing.mode,
+        header: s.routing.header,
+        fallbacks: if s.routing.mode == RoutingMode::OriginalDst { 0 } else { s.routing.fallbacks },
+        policy: s.policy,
+        curve: s.warmup.curve,
+        guard: s.guard,
+        outlier_detection: s.outlier_detection,
+        health_check: s.health_check,
+    })
+}
 
-    let d = raw.drain;
+/// `services[i].routing`: the header, and fallbacks only where Envoy can use them
+/// (override_host's fallback list; original_dst has a single address).
+fn validate_routing(p: &str, r: &RawRouting) -> Result<(), ConfigError> {
+    if !valid_header(&r.header) {
+        return Err(at(p, "routing.header", "must be a lowercase header name ([a-z0-9-_]+)"));
+    }
+    if r.fallbacks > 16 {
+        return Err(at(p, "routing.fallbacks", "must be between 0 and 16"));
+    }
+    if r.mode == RoutingMode::OriginalDst && r.fallbacks != 2 && r.fallbacks != 0 {
+        return Err(at(
+            p,
+            "routing.fallbacks",
+            "original_dst routes to a single address; fallbacks need mode override_host",
+        ));
+    }
+    Ok(())
+}
+
+/// `services[i].warmup`: defaults, scale and the warmup curve.
+fn validate_warmup(p: &str, w: &RawWarmup) -> Result<(), ConfigError> {
+    if w.default_warmup_ms < 0 {
+        return Err(at(p, "warmup.default_warmup_ms", "must be >= 0 (ms)"));
+    }
+    if w.default_weight < 0 {
+        return Err(at(p, "warmup.default_weight", "must be >= 0"));
+    }
+    if !(w.weight_scale.is_finite() && w.weight_scale > 0.0 && w.weight_scale <= 1e6) {
+        return Err(at(p, "warmup.weight_scale", "must be a number in (0, 1000000]"));
+    }
+    if !(w.curve.aggression.is_finite() && w.curve.aggression > 0.0 && w.curve.aggression <= 100.0) {
+        return Err(at(p, "warmup.curve.aggression", "must be a number in (0, 100]"));
+    }
+    if !(0.0..=100.0).contains(&w.curve.min_weight_percent) {
+        return Err(at(p, "warmup.curve.min_weight_percent", "must be between 0 and 100"));
+    }
+    Ok(())
+}
+
+/// `services[i].outlier_detection`, with the ranges Envoy's own outlier detection accepts
+/// where the field shares its name.
+fn validate_outlier_detection(p: &str, od: &OutlierDetection) -> Result<(), ConfigError> {
+    if !(1000..=3_600_000).contains(&od.base_ejection_time_ms) {
+        return Err(at(p, "outlier_detection.base_ejection_time_ms", "must be between 1000 and 3600000 (ms)"));
+    }
+    if !(od.base_ejection_time_ms..=3_600_000).contains(&od.max_ejection_time_ms) {
+        return Err(at(
+            p,
+            "outlier_detection.max_ejection_time_ms",
+            "must be between base_ejection_time_ms and 3600000 (ms)",
+        ));
+    }
+    if od.max_ejection_percent > 100 {
+        return Err(at(p, "outlier_detection.max_ejection_percent", "must be between 0 and 100"));
+    }
+    for (field, n) in [
+        ("consecutive_gateway_failure", od.consecutive_gateway_failure),
+        ("consecutive_local_origin_failure", od.consecutive_local_origin_failure),
+    ] {
+        if !(1..=1000).contains(&n) {
+            return Err(at(p, &format!("outlier_detection.{field}"), "must be between 1 and 1000"));
+        }
+    }
+    Ok(())
+}
+
+/// The `drain` section: header names and bounded durations.
+fn validate_drain(d: RawDrain) -> Result<DrainConfig, ConfigError> {
     if !valid_header(&d.header) {
         return Err(err("drain.header", "must be a lowercase header name ([a-z0-9-_]+)"));
     }
@@ -674,12 +724,29 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     if d.retry_after_s > 3600 {
         return Err(err("drain.retry_after_s", "must be between 0 and 3600"));
     }
-    let inbound = match (raw.mode, raw.inbound) {
+    Ok(DrainConfig {
+        header: d.header,
+        retry_after_s: d.retry_after_s,
+        pin_header: d.pin_header,
+        notify: d.notify,
+        notify_grace_ms: d.notify_grace_ms as i64,
+    })
+}
+
+/// The `inbound` section: present exactly in `mode: inbound`; names a configured service and
+/// this instance's own `ip:port` (`${VAR}` expanded from the environment).
+fn validate_inbound(
+    mode: Mode,
+    inbound: Option<RawInbound>,
+    services: &[ServiceConfig],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<InboundConfig>, ConfigError> {
+    match (mode, inbound) {
         (Mode::Inbound, None) => {
-            return Err(err("inbound", "mode \"inbound\" needs {\"service\": NAME, \"self_address\": \"ip:port\"}"))
+            Err(err("inbound", "mode \"inbound\" needs {\"service\": NAME, \"self_address\": \"ip:port\"}"))
         }
-        (Mode::Outbound, Some(_)) => return Err(err("inbound", "only allowed with \"mode\": \"inbound\"")),
-        (Mode::Outbound, None) => None,
+        (Mode::Outbound, Some(_)) => Err(err("inbound", "only allowed with \"mode\": \"inbound\"")),
+        (Mode::Outbound, None) => Ok(None),
         (Mode::Inbound, Some(ib)) => {
             let Some(service) = services.iter().position(|s| s.name == ib.service) else {
                 return Err(err("inbound.service", format!("unknown service '{}'", ib.service)));
@@ -691,32 +758,9 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
                     format!("must be ip:port (IPv6 as [addr]:port), got '{expanded}'"),
                 ));
             };
-            Some(InboundConfig { service, self_address })
+            Ok(Some(InboundConfig { service, self_address }))
         }
-    };
-    let prefix = raw.admin.path_prefix;
-    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
     }
-    Ok(Config {
-        settings: Settings {
-            mode: raw.mode,
-            refresh_interval_ms: raw.refresh_interval_ms,
-            jitter_percent: raw.jitter_percent,
-            weight_refresh_ms: raw.weight_refresh_ms,
-            drain: DrainConfig {
-                header: d.header,
-                retry_after_s: d.retry_after_s,
-                pin_header: d.pin_header,
-                notify: d.notify,
-                notify_grace_ms: d.notify_grace_ms as i64,
-            },
-            inbound,
-            admin_prefix: prefix,
-        },
-        registries,
-        services,
-    })
 }
 
 fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
