@@ -50,6 +50,16 @@ impl Reason {
     }
 }
 
+/// Whether a drain header `value` on an upstream's response says that the upstream itself is
+/// draining: any value (an application may send its own, e.g. `true`) except the reasons a
+/// caller-side lossless gives for its own local replies (`no_instances`, `no_membership`,
+/// `none_serving`, `pinned_draining`), which describe that proxy's view of its upstreams, not the
+/// proxy going away. `draining` (served) and `self_draining` (refused) are notices.
+pub fn is_drain_notice(value: &str) -> bool {
+    let v = value.trim();
+    !Reason::ALL.iter().any(|r| *r != Reason::SelfDraining && r.as_str() == v)
+}
+
 /// A local reply to send instead of forwarding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalReply {

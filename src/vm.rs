@@ -17,7 +17,7 @@ use log::{info, warn};
 use crate::admin::{self, AdminCall};
 use crate::clock::Rng;
 use crate::config::{Config, Mode, RoutingMode, Settings};
-use crate::drain::{local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
+use crate::drain::{is_drain_notice, local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
 use crate::health::{classify, Counts, Failure, Outcome, UNREACHED_HEADER};
 use crate::instance::canonical_addr;
 use crate::marks;
@@ -528,13 +528,33 @@ impl Vm {
                 }
             }
             Mode::Outbound => {
-                let Some(svc) = ex.service else { return };
-                let drain = h.response_header(&self.settings.drain.header).is_some();
-                self.judge(h, ex, svc, drain);
-                if drain && self.settings.drain.notify {
+                let header = &self.settings.drain.header;
+                let Some(svc) = ex.service else {
+                    // the outer hop of the original_dst template: the refusal its route retried
+                    // on is about an instance, not this proxy (a caller running lossless would
+                    // mark this proxy); other unrouted responses are not read at all
+                    let outer = self.services.iter().any(|s| s.cfg.routing == RoutingMode::OriginalDst);
+                    if outer && h.response_header(header).is_some() && !h.set_response_header(header, None) {
+                        warn!("cannot remove the drain header from a response");
+                    }
+                    return;
+                };
+                let value = h.response_header(header);
+                let notice = value.as_deref().is_some_and(is_drain_notice);
+                self.judge(h, ex, svc, notice);
+                if notice && self.settings.drain.notify {
                     if let Some(addr) = h.property(&["upstream", "address"]) {
                         self.mark_draining(h, &addr);
                     }
+                }
+                // the notice is about the upstream and has been acted on: it does not travel
+                // further, except a refusal that the original_dst template's outer route retries
+                // (that hop removes it after its retries)
+                let original_dst = self.services.get(svc).is_some_and(|s| s.cfg.routing == RoutingMode::OriginalDst);
+                let retried_outside =
+                    original_dst && value.as_deref().map(str::trim) == Some(Reason::SelfDraining.as_str());
+                if value.is_some() && !retried_outside && !h.set_response_header(&self.settings.drain.header, None) {
+                    warn!("cannot remove the drain header from a response");
                 }
             }
         }
@@ -904,6 +924,79 @@ mod tests {
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":200},{"address":"10.0.0.2:80"}]}"#, NOW + 4000);
         assert_eq!(w.members()[0].state, State::Serving);
         assert!(w.vm.view.marks.m.is_empty());
+    }
+
+    /// Routes one request (matched by `cluster`) and answers it with `resp` from `upstream`;
+    /// returns the response headers as the filter left them for the downstream.
+    fn relay(w: &mut World, cluster: Option<&str>, upstream: &str, resp: &[(&str, &str)]) -> Vec<(String, String)> {
+        let h = host(&w.shared, NOW, &[(":path", "/x")], cluster);
+        let mut ex = Exchange::default();
+        w.vm.on_request(&h, &mut ex);
+        let mut h = host(&w.shared, NOW, &[], cluster);
+        h.props.push(("upstream.address", upstream.to_string()));
+        *h.resp.borrow_mut() = resp.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        w.vm.on_response(&h, &ex);
+        let left = h.resp.borrow().clone();
+        left
+    }
+
+    fn drain_value(headers: &[(String, String)]) -> Option<&str> {
+        headers.iter().find(|(k, _)| k == "x-lossless-drain").map(|(_, v)| v.as_str())
+    }
+
+    /// A drain header is about the upstream that sent it. Passed on, a caller that runs lossless
+    /// in front of this proxy would mark this proxy draining (two tiers of lossless, or a gateway
+    /// that copies response headers through), and a lossless proxy's own refusal reasons would
+    /// read as "draining" one tier up.
+    #[test]
+    fn drain_header_stops_at_the_hop_it_is_about() {
+        let mut w = World::new(CFG);
+        w.refresh(
+            r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"},{"address":"10.0.0.3:80"}]}"#,
+            NOW,
+        );
+        let status = (":status", "200");
+        // served while draining: marked, and not passed on
+        let left = relay(&mut w, Some("demo"), "10.0.0.1:80", &[status, ("x-lossless-drain", "draining")]);
+        assert_eq!((w.vm.stats.notify_marks, drain_value(&left)), (1, None));
+        assert_eq!(left, vec![(":status".to_string(), "200".to_string())], "other headers untouched");
+        // a lossless proxy's own refusal is about that proxy's upstreams: no mark, not passed on
+        for reason in ["none_serving", "no_instances", "pinned_draining", "no_membership"] {
+            let left = relay(&mut w, Some("demo"), "10.0.0.2:80", &[(":status", "503"), ("x-lossless-drain", reason)]);
+            assert_eq!(drain_value(&left), None, "{reason}");
+        }
+        assert_eq!((w.vm.stats.notify_marks, state_of(&w, "10.0.0.2:80")), (1, State::Serving));
+        // an application's own value and an instance's refusal are notices
+        relay(&mut w, Some("demo"), "10.0.0.2:80", &[status, ("x-lossless-drain", "true")]);
+        let left =
+            relay(&mut w, Some("demo"), "10.0.0.3:80", &[(":status", "503"), ("x-lossless-drain", "self_draining")]);
+        assert_eq!((w.vm.stats.notify_marks, drain_value(&left)), (3, None));
+        // a cluster lossless does not route: not read (no host call), nothing marked
+        let left = relay(&mut w, None, "10.0.0.9:80", &[status, ("x-lossless-drain", "draining")]);
+        assert_eq!((w.vm.stats.notify_marks, drain_value(&left)), (3, Some("draining")));
+    }
+
+    /// In the original_dst template an outer route retries an instance's refusal on its drain
+    /// header (envoy/outbound-original-dst.yaml): the inner hop keeps `self_draining`, and the
+    /// outer hop, where no service is routed, removes it after its retries.
+    #[test]
+    fn original_dst_keeps_a_refusal_for_the_outer_route() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","routing":{"mode":"original_dst"}}]}"#;
+        let mut w = World::new(cfg);
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}]}"#, NOW);
+        let left =
+            relay(&mut w, Some("demo"), "10.0.0.1:80", &[(":status", "503"), ("x-lossless-drain", "self_draining")]);
+        assert_eq!((w.vm.stats.notify_marks, drain_value(&left)), (1, Some("self_draining")));
+        let left = relay(&mut w, Some("demo"), "10.0.0.2:80", &[(":status", "200"), ("x-lossless-drain", "draining")]);
+        assert_eq!((w.vm.stats.notify_marks, drain_value(&left)), (2, None));
+        let left = relay(
+            &mut w,
+            Some("demo-pick"),
+            "10.0.0.1:80",
+            &[(":status", "503"), ("x-lossless-drain", "self_draining")],
+        );
+        assert_eq!(drain_value(&left), None);
     }
 
     /// Sends one request to `demo` and answers it: `upstream` served the last of `attempts`, with
