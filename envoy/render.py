@@ -6,7 +6,8 @@ r"""Fills the ${NAME} placeholders of an Envoy config template.
 
 LOSSLESS_CONFIG takes the filter's JSON config (single line, no single quotes); DEMO_ENDPOINTS a
 YAML flow list of lb_endpoints, or use ENDPOINTS=127.0.0.1:9001,127.0.0.1:9002 to build it.
-Exits non-zero if a placeholder is left unfilled.
+Exits non-zero if a placeholder of the template is left unfilled; ${NAME} inside a value (the
+filter's config may use them for the Wasm VM's environment) is left as it is.
 
 The tests, the demo and the benchmarks fill their templates with render() too (tests/kit).
 """
@@ -43,11 +44,12 @@ def render(template_text, values):
         if "'" in cfg or "\n" in cfg:
             raise ValueError("LOSSLESS_CONFIG must be one line without single quotes")
         values["LOSSLESS_CONFIG"] = cfg
-    out = string.Template(template_text).safe_substitute({k: str(v) for k, v in values.items()})
-    left = re.findall(r"\$\{[A-Z_]+\}", out)
+    # only the template's own placeholders must be filled: a value may carry ${NAME} for the Wasm
+    # VM to expand (inbound.self_address "${INSTANCE_IP}:8080"); substitution is a single pass
+    left = sorted({m for m in re.findall(r"\$\{([A-Z_]+)\}", template_text) if m not in values})
     if left:
-        raise ValueError(f"unfilled placeholders: {sorted(set(left))}")
-    return out
+        raise ValueError(f"unfilled placeholders: {['${' + m + '}' for m in left]}")
+    return string.Template(template_text).safe_substitute({k: str(v) for k, v in values.items()})
 
 
 def main(argv):

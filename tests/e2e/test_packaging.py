@@ -884,6 +884,24 @@ def slow_call_problems(route):
     return []
 
 
+def test_inbound_template_takes_the_address_from_the_environment(envoy, wasm, tmp_path):
+    """README: inbound.self_address "${INSTANCE_IP}:8080" is expanded from the Wasm VM's
+    environment. render.py leaves a value's ${NAME} alone, envoy/inbound.yaml passes Envoy's
+    INSTANCE_IP to the VM, and without the variable the filter refuses the config."""
+    cfg = {"mode": "inbound", "inbound": {"service": "demo", "self_address": "${INSTANCE_IP}:8080"},
+           "registries": {"n": {"type": "nacos", "cluster": "registry", "authority": "127.0.0.1:8848"}},
+           "services": [{"name": "demo", "registry": "n"}]}
+    text = render.render((ENVOY_DIR / "inbound.yaml").read_text(), {
+        "ADMIN_PORT": 9902, "LISTEN_PORT": 10001, "APP_PORT": 8080, "REGISTRY_PORT": 8848,
+        "LOSSLESS_WASM": str(wasm), "LOSSLESS_CONFIG": cfg})
+    assert '"self_address":"${INSTANCE_IP}:8080"' in text
+    envoy_validate(envoy, text, tmp_path, env={"INSTANCE_IP": "10.1.0.7"})
+    with pytest.raises(AssertionError, match="inbound.self_address"):
+        envoy_validate(envoy, text, tmp_path, env={"INSTANCE_IP": ""})
+    with pytest.raises(ValueError, match="APP_PORT"):
+        render.render((ENVOY_DIR / "inbound.yaml").read_text(), {"LOSSLESS_CONFIG": cfg})
+
+
 def test_istio_merged_retry_policy():
     """The EnvoyFilter's HTTP_ROUTE patch merged into Istio 1.28's route for orders: the
     drain-safe retry policy, and nothing that fails a slow but healthy call, with Istio's default
