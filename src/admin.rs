@@ -51,8 +51,18 @@ pub fn call(settings: &Settings, method: &str, path: &str) -> AdminCall {
     }
 }
 
-/// The body of the 404 for [`AdminCall::Unknown`].
+/// The body of the 404 for [`AdminCall::Unknown`] in inbound mode (see [`unknown_endpoint`]).
 pub const UNKNOWN_ENDPOINT: &str = "lossless: unknown admin endpoint (GET /membership, POST /drain, POST /undrain)\n";
+/// The body of the 404 for [`AdminCall::Unknown`] in outbound mode, where there is nothing to drain.
+pub const UNKNOWN_ENDPOINT_OUTBOUND: &str = "lossless: unknown admin endpoint (GET /membership)\n";
+
+/// The body of the 404 for [`AdminCall::Unknown`]: the endpoints [`call`] knows in `mode`.
+pub fn unknown_endpoint(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Inbound => UNKNOWN_ENDPOINT,
+        Mode::Outbound => UNKNOWN_ENDPOINT_OUTBOUND,
+    }
+}
 /// The body of the 403 for a caller [`allowed`] refuses.
 pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers only\n";
 
@@ -221,5 +231,21 @@ mod tests {
         assert_eq!(call(&inb, "POST", "/lossless/undrain"), AdminCall::Drain(false));
         assert_eq!(call(&inb, "GET", "/lossless/drain"), AdminCall::Unknown);
         assert_eq!(call(&inb, "GET", "/lossless"), AdminCall::Unknown);
+    }
+
+    /// The 404 lists what exists in the VM's mode, and every endpoint it lists is one [`call`] knows.
+    #[test]
+    fn unknown_endpoint_names_the_endpoints_of_the_mode() {
+        for inbound in [false, true] {
+            let s = settings(inbound);
+            let text = unknown_endpoint(s.mode);
+            assert!(text.contains("GET /membership"), "{text}");
+            assert_eq!(text.contains("POST /drain") && text.contains("POST /undrain"), inbound, "{text}");
+            let listed = text.split(['(', ')']).nth(1).unwrap_or_default();
+            for endpoint in listed.split(", ") {
+                let (method, rest) = endpoint.split_once(' ').unwrap();
+                assert_ne!(call(&s, method, &format!("/lossless{rest}")), AdminCall::Unknown, "{endpoint}");
+            }
+        }
     }
 }

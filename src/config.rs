@@ -17,7 +17,7 @@ use crate::registry::{
 use crate::warmup::Curve;
 
 /// A minimal valid configuration, shown when the configuration is empty.
-pub const MINIMAL_EXAMPLE: &str = r#"{"registries":{"nacos":{"type":"nacos","cluster":"nacos","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
+pub const MINIMAL_EXAMPLE: &str = r#"{"registries":{"nacos":{"type":"nacos","cluster":"registry","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
 
 /// A configuration error: the field path (`services[0].routing.mode`) and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -366,6 +366,45 @@ fn valid_header(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Header names that HTTP itself or Envoy owns, refused for `routing.header`, `drain.header` and
+/// `drain.pin_header`: hop-by-hop and framing headers (Envoy rewrites or drops them), `host`
+/// (the `:authority`), the attempt count Envoy sets on retries, and lossless' own
+/// `x-lossless-unreached`. Other `x-envoy-*` names stay allowed (an `ORIGINAL_DST` cluster may
+/// read `x-envoy-original-dst-host`).
+pub const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "x-envoy-attempt-count",
+    crate::health::UNREACHED_HEADER,
+];
+
+/// Refuses a header name that [`valid_header`] accepts but HTTP or Envoy owns.
+fn unreserved_header(path: &str, name: &str) -> Result<(), ConfigError> {
+    if RESERVED_HEADERS.contains(&name) {
+        return Err(err(path, format!("'{name}' is a header HTTP or Envoy itself uses; pick another name")));
+    }
+    Ok(())
+}
+
+/// `admin.path_prefix`: `/name` with only `[A-Za-z0-9/_.~-]`, not ending in '/'.
+fn validate_admin_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.~-".contains(&b)) {
+        return Err(err("admin.path_prefix", "must use only letters, digits and '/', '_', '.', '~', '-'"));
+    }
+    Ok(())
+}
+
 /// Parses and validates the plugin configuration.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     parse_with_env(bytes, &|_| None)
@@ -509,21 +548,23 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     let mut kinds = Vec::new();
     let mut registries = Vec::new();
     for (name, r) in raw.registries {
+        if name.trim().is_empty() {
+            return Err(err(format!("registries.\"{name}\""), "a registry name must not be empty"));
+        }
         let adapter = registry(&format!("registries.{name}"), &r)?;
         kinds.push(r.kind);
         registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
     }
+    // drain first: every service's routing header must differ from its headers
+    let drain = validate_drain(raw.drain)?;
     let mut services: Vec<ServiceConfig> = Vec::new();
     for (i, s) in raw.services.into_iter().enumerate() {
-        let service = validate_service(&format!("services[{i}]"), s, &registries, &kinds, &services)?;
+        let service = validate_service(&format!("services[{i}]"), s, &registries, &kinds, &services, &drain)?;
         services.push(service);
     }
-    let drain = validate_drain(raw.drain)?;
     let inbound = validate_inbound(raw.mode, raw.inbound, &services, env)?;
     let prefix = raw.admin.path_prefix;
-    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
-    }
+    validate_admin_prefix(&prefix)?;
     Ok(Config {
         settings: Settings {
             mode: raw.mode,
@@ -554,13 +595,15 @@ fn validate_timing(raw: &Raw) -> Result<(), ConfigError> {
 }
 
 /// One `services[i]` entry (`p` is its path); `earlier` are the entries already accepted, for
-/// the uniqueness of names and matched clusters.
+/// the uniqueness of names and matched clusters; `drain` for the headers the routing header must
+/// differ from.
 fn validate_service(
     p: &str,
     s: RawService,
     registries: &[RegistryConfig],
     kinds: &[RegistryType],
     earlier: &[ServiceConfig],
+    drain: &DrainConfig,
 ) -> Result<ServiceConfig, ConfigError> {
     if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         return Err(at(p, "name", "must be non-empty and use only letters, digits, '-', '_' and '.' (it names stats)"));
@@ -572,6 +615,9 @@ fn validate_service(
         let defined: Vec<&str> = registries.iter().map(|r| r.name.as_str()).collect();
         return Err(at(p, "registry", format!("unknown registry '{}'; defined: {}", s.registry, defined.join(", "))));
     };
+    if s.registry_service.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return Err(at(p, "registry_service", "must not be empty (omit it to look the service up by name)"));
+    }
     let kind = kinds.get(reg).copied().unwrap_or(RegistryType::Static);
     use RegistryType::{Consul as C, Nacos as N};
     let fields: [(&str, bool, &[RegistryType]); 5] = [
@@ -599,7 +645,7 @@ fn validate_service(
             ));
         }
     }
-    validate_routing(p, &s.routing)?;
+    validate_routing(p, &s.routing, drain)?;
     let w = &s.warmup;
     validate_warmup(p, w)?;
     if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
@@ -607,6 +653,9 @@ fn validate_service(
     }
     if !(0.0..=1.0).contains(&s.guard.max_drop) {
         return Err(at(p, "guard.max_drop", "must be between 0 and 1"));
+    }
+    if !(1..=100).contains(&s.guard.confirm_refreshes) {
+        return Err(at(p, "guard.confirm_refreshes", "must be between 1 and 100"));
     }
     validate_outlier_detection(p, &s.outlier_detection)?;
     if let Some(hc) = &s.health_check {
@@ -642,11 +691,19 @@ fn validate_service(
     })
 }
 
-/// `services[i].routing`: the header, and fallbacks only where Envoy can use them
-/// (override_host's fallback list; original_dst has a single address).
-fn validate_routing(p: &str, r: &RawRouting) -> Result<(), ConfigError> {
+/// `services[i].routing`: the header (not reserved, distinct from the drain headers), and
+/// fallbacks only where Envoy can use them (override_host's fallback list; original_dst has a
+/// single address).
+fn validate_routing(p: &str, r: &RawRouting, drain: &DrainConfig) -> Result<(), ConfigError> {
     if !valid_header(&r.header) {
         return Err(at(p, "routing.header", "must be a lowercase header name ([a-z0-9-_]+)"));
+    }
+    unreserved_header(&format!("{p}.routing.header"), &r.header)?;
+    if r.header == drain.header {
+        return Err(at(p, "routing.header", format!("'{}' is already drain.header; use another name", r.header)));
+    }
+    if drain.pin_header.as_deref() == Some(r.header.as_str()) {
+        return Err(at(p, "routing.header", format!("'{}' is already drain.pin_header; use another name", r.header)));
     }
     if r.fallbacks > 16 {
         return Err(at(p, "routing.fallbacks", "must be between 0 and 16"));
@@ -708,14 +765,19 @@ fn validate_outlier_detection(p: &str, od: &OutlierDetection) -> Result<(), Conf
     Ok(())
 }
 
-/// The `drain` section: header names and bounded durations.
+/// The `drain` section: header names (not reserved, distinct) and bounded durations.
 fn validate_drain(d: RawDrain) -> Result<DrainConfig, ConfigError> {
     if !valid_header(&d.header) {
         return Err(err("drain.header", "must be a lowercase header name ([a-z0-9-_]+)"));
     }
+    unreserved_header("drain.header", &d.header)?;
     if let Some(h) = &d.pin_header {
         if !valid_header(h) {
             return Err(err("drain.pin_header", "must be a lowercase header name ([a-z0-9-_]+)"));
+        }
+        unreserved_header("drain.pin_header", h)?;
+        if *h == d.header {
+            return Err(err("drain.pin_header", format!("'{h}' is already drain.header; use another name")));
         }
     }
     if d.notify_grace_ms > 600_000 {
@@ -1000,6 +1062,23 @@ mod tests {
         assert_eq!(c.settings.mode, Mode::Outbound);
     }
 
+    /// Only the names HTTP or Envoy owns are refused: other `x-envoy-*` names (an ORIGINAL_DST
+    /// cluster may read `x-envoy-original-dst-host`) and distinct drain headers are accepted.
+    #[test]
+    fn routing_headers_outside_the_reserved_list() {
+        let c = parse(
+            br#"{"drain":{"header":"x-d","pin_header":"x-p"},"admin":{"path_prefix":"/_ops/lossless-1.0~x"},
+            "registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},
+            "services":[{"name":"d","registry":"n","routing":{"mode":"original_dst","header":"x-envoy-original-dst-host"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.services[0].header, "x-envoy-original-dst-host");
+        assert_eq!(c.settings.admin_prefix, "/_ops/lossless-1.0~x");
+        for h in RESERVED_HEADERS {
+            assert!(valid_header(h), "{h} would already be refused as a name");
+        }
+    }
+
     #[test]
     fn inbound_mode() {
         let c = parse(
@@ -1086,6 +1165,21 @@ mod tests {
             (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","path_prefix":"/eu reka"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.path_prefix", "no spaces"),
             (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","token":"t"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.token", "does not apply to a eureka registry"),
             (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
+            (with_service(r#","routing":{"header":"x-lossless-drain"}"#), "services[0].routing.header", "'x-lossless-drain' is already drain.header"),
+            (r#"{"drain":{"pin_header":"x-pin"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n","routing":{"header":"x-pin"}}]}"#.into(), "services[0].routing.header", "'x-pin' is already drain.pin_header"),
+            (r#"{"drain":{"header":"x-d","pin_header":"x-d"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.pin_header", "'x-d' is already drain.header"),
+            (with_service(r#","routing":{"header":"host"}"#), "services[0].routing.header", "'host' is a header HTTP or Envoy itself uses"),
+            (with_service(r#","routing":{"header":"x-envoy-attempt-count"}"#), "services[0].routing.header", "HTTP or Envoy itself uses"),
+            (r#"{"drain":{"header":"connection"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "'connection' is a header HTTP or Envoy"),
+            (r#"{"drain":{"pin_header":"x-lossless-unreached"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.pin_header", "'x-lossless-unreached' is a header"),
+            (r#"{"admin":{"path_prefix":"/lossless?x"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "admin.path_prefix", "only letters, digits and '/', '_', '.', '~', '-'"),
+            (r#"{"admin":{"path_prefix":"/a b"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "admin.path_prefix", "only letters, digits"),
+            (r#"{"admin":{"path_prefix":"lossless"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "admin.path_prefix", "must start with '/'"),
+            (with_service(r#","registry_service":"""#), "services[0].registry_service", "must not be empty"),
+            (with_service(r#","registry_service":"  ""#), "services[0].registry_service", "must not be empty"),
+            (r#"{"registries":{"":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":""}]}"#.into(), "registries.\"\"", "a registry name must not be empty"),
+            (with_service(r#","guard":{"confirm_refreshes":0}"#), "services[0].guard.confirm_refreshes", "between 1 and 100"),
+            (with_service(r#","guard":{"confirm_refreshes":101}"#), "services[0].guard.confirm_refreshes", "between 1 and 100"),
         ];
         for (json, path, msg) in cases {
             let e = bad(&json);
