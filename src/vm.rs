@@ -504,7 +504,7 @@ impl Vm {
                 info!("local {} requested", if on { "drain" } else { "undrain" });
                 Flow::Reply(json(format!("{{\"draining\":{on}}}\n")))
             }
-            AdminCall::Unknown => Flow::Reply(text(404, admin::UNKNOWN_ENDPOINT)),
+            AdminCall::Unknown => Flow::Reply(text(404, admin::unknown_endpoint(self.settings.mode))),
         }
     }
 
