@@ -530,11 +530,13 @@ impl Vm {
             Mode::Outbound => {
                 let header = &self.settings.drain.header;
                 let Some(svc) = ex.service else {
-                    // the outer hop of the original_dst template: the refusal its route retried
-                    // on is about an instance, not this proxy (a caller running lossless would
-                    // mark this proxy); other unrouted responses are not read at all
+                    // the outer hop of the original_dst template: the instance's refusal its
+                    // route retried on is not about this proxy (a caller running lossless would
+                    // mark this proxy); the inner hop's own 503s keep their reason. Other
+                    // unrouted responses are not read at all.
                     let outer = self.services.iter().any(|s| s.cfg.routing == RoutingMode::OriginalDst);
-                    if outer && h.response_header(header).is_some() && !h.set_response_header(header, None) {
+                    let refusal = |v: String| v.trim() == Reason::SelfDraining.as_str();
+                    if outer && h.response_header(header).is_some_and(refusal) && !h.set_response_header(header, None) {
                         warn!("cannot remove the drain header from a response");
                     }
                     return;
@@ -997,6 +999,10 @@ mod tests {
             &[(":status", "503"), ("x-lossless-drain", "self_draining")],
         );
         assert_eq!(drain_value(&left), None);
+        // the inner hop's own 503 (a pin to a draining instance) keeps its reason for the client
+        let own = [(":status", "503"), ("x-lossless-drain", "pinned_draining")];
+        let left = relay(&mut w, Some("demo-pick"), "10.0.0.1:80", &own);
+        assert_eq!(drain_value(&left), Some("pinned_draining"));
     }
 
     /// Sends one request to `demo` and answers it: `upstream` served the last of `attempts`, with

@@ -203,6 +203,71 @@ def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy, 
     # be exercised from loopback; the unit of that check is in the filter)
 
 
+def test_two_tiers_of_lossless_do_not_mark_each_other(rnacos, backends, make_envoy, make_gateway):
+    """A lossless gateway in front of lossless gateways (a middle tier, e.g. a BFF): a draining
+    instance behind the middle tier is that tier's business. Its drain header stops at the
+    middle tier, which must not read as "draining" one tier up; nor must the middle tier's own
+    503 `none_serving` when all of its instances are gone. Otherwise the front tier would mark
+    every middle gateway out for good (no new start time ever clears such a mark)."""
+    apps = backends(2)
+    sidecars = []
+    for i, app in enumerate(apps):
+        listen = free_port()
+        me = f"{LOOPBACK}:{listen}"
+        cfg = filter_config(rnacos.addr, mode="inbound",
+                            inbound={"service": "demo", "self_address": me})
+        sc = make_envoy(INBOUND, subs(rnacos.http_port, cfg, listen=listen, app_port=app.port),
+                        name=f"sidecar{i}")
+        sc.listen = listen
+        sidecars.append(sc)
+        register(rnacos, listen, now_ms() - HOUR_MS)
+    upstreams = [f"{LOOPBACK}:{s.listen}" for s in sidecars]
+    middle = [make_gateway(rnacos.http_port, filter_config(rnacos.addr), upstreams,
+                           name=f"middle{i}") for i in range(2)]
+    for gw in middle:
+        register(rnacos, gw.listen, now_ms() - HOUR_MS, service="front-svc")
+    front_cfg = filter_config(rnacos.addr, service={"registry_service": "front-svc"})
+    front = make_gateway(rnacos.http_port, front_cfg, [f"{LOOPBACK}:{gw.listen}" for gw in middle],
+                         name="front")
+    for gw in middle + [front]:
+        wait_until(lambda gw=gw: len(serving(gw.listen)) == 2, timeout=10, what="2 serving")
+
+    def send(n):
+        out = []
+        for _ in range(n):
+            status, headers, _ = request("GET", f"http://{LOOPBACK}:{front.listen}/")
+            out.append((status, headers.get("x-lossless-drain")))
+        return out
+
+    assert all(r == (200, None) for r in send(10))
+    # one instance behind the middle tier drains (served with the drain header during its grace,
+    # then refused): the middle tier marks it; nothing reaches the front tier's caller
+    drain = f"http://{LOOPBACK}:{sidecars[0].listen}/lossless/drain"
+    assert request("POST", drain, body=b"")[0] == 200
+    results = send(40)
+    time.sleep(1.2)  # past notify_grace_ms: refusals now
+    results += send(40)
+    assert all(r == (200, None) for r in results), results
+    time.sleep(0.3)  # worker stats reach the process on the next tick
+    assert sum(gw.stat("wasmcustom.lossless.notify_marks", 0) for gw in middle) >= 1
+    assert front.stat("wasmcustom.lossless.notify_marks", 0) == 0
+    assert len(serving(front.listen)) == 2, membership(front.listen)
+    # the last instance drains too: the middle tier answers 503 none_serving itself
+    request("POST", f"http://{LOOPBACK}:{sidecars[1].listen}/lossless/drain", body=b"")
+    wait_until(lambda: send(1)[0][0] == 503, timeout=5, what="503 from the middle tier")
+    assert all(r[1] is None for r in send(10))
+    assert front.stat("wasmcustom.lossless.notify_marks", 0) == 0
+    drained = [i for i in membership(front.listen)["services"][0]["instances"] if i["marked"]]
+    assert not drained, drained
+    # the instances restart (undrained, a newer start time in the registry): the middle tier's
+    # marks go, and the front tier, which marked nothing, routes again at once
+    for sc in sidecars:
+        request("POST", f"http://{LOOPBACK}:{sc.listen}/lossless/undrain", body=b"")
+        register(rnacos, sc.listen, now_ms() - HOUR_MS + 60_000)
+    wait_until(lambda: send(1)[0][0] == 200, timeout=10, what="200 again")
+    assert all(r == (200, None) for r in send(10))
+
+
 # ----------------------------------------------------------------------------------------------
 # 5: registry killed for 20 s, then garbage / 500 / stalls: traffic continues, only stats change
 

@@ -888,8 +888,10 @@ def test_inbound_template_takes_the_address_from_the_environment(envoy, wasm, tm
     """README: inbound.self_address "${INSTANCE_IP}:8080" is expanded from the Wasm VM's
     environment. render.py leaves a value's ${NAME} alone, envoy/inbound.yaml passes Envoy's
     INSTANCE_IP to the VM, and without the variable the filter refuses the config."""
-    cfg = {"mode": "inbound", "inbound": {"service": "demo", "self_address": "${INSTANCE_IP}:8080"},
-           "registries": {"n": {"type": "nacos", "cluster": "registry", "authority": "127.0.0.1:8848"}},
+    cfg = {"mode": "inbound",
+           "inbound": {"service": "demo", "self_address": "${INSTANCE_IP}:8080"},
+           "registries": {"n": {"type": "nacos", "cluster": "registry",
+                                "authority": "127.0.0.1:8848"}},
            "services": [{"name": "demo", "registry": "n"}]}
     text = render.render((ENVOY_DIR / "inbound.yaml").read_text(), {
         "ADMIN_PORT": 9902, "LISTEN_PORT": 10001, "APP_PORT": 8080, "REGISTRY_PORT": 8848,
