@@ -149,8 +149,9 @@ def test_disabling_two_of_three_applies_within_one_refresh(rnacos, serving_gatew
 # ----------------------------------------------------------------------------------------------
 # 4: self-drain on the instance's sidecar + active notify + Envoy retry policy -> 0 errors
 
-def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy, make_gateway):
-    apps = backends(3)
+def inbound_sidecars(rnacos, make_envoy, apps):
+    """An inbound lossless sidecar in front of each app, registered in rnacos as up for an hour;
+    each has `.listen`, `.addr` (what is registered) and `.app`."""
     sidecars = []
     for i, app in enumerate(apps):
         listen = free_port()
@@ -162,6 +163,12 @@ def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy, 
         sc.listen, sc.addr, sc.app = listen, me, app
         sidecars.append(sc)
         register(rnacos, listen, now_ms() - HOUR_MS)
+    return sidecars
+
+
+def test_self_drain_notify_and_retry_lose_nothing(rnacos, backends, make_envoy, make_gateway):
+    apps = backends(3)
+    sidecars = inbound_sidecars(rnacos, make_envoy, apps)
     gw = make_gateway(rnacos.http_port, filter_config(rnacos.addr), [s.addr for s in sidecars])
     wait_until(lambda: len(serving(gw.listen)) == 3, timeout=10)
     for sc in sidecars:
@@ -209,19 +216,8 @@ def test_two_tiers_of_lossless_do_not_mark_each_other(rnacos, backends, make_env
     middle tier, which must not read as "draining" one tier up; nor must the middle tier's own
     503 `none_serving` when all of its instances are gone. Otherwise the front tier would mark
     every middle gateway out for good (no new start time ever clears such a mark)."""
-    apps = backends(2)
-    sidecars = []
-    for i, app in enumerate(apps):
-        listen = free_port()
-        me = f"{LOOPBACK}:{listen}"
-        cfg = filter_config(rnacos.addr, mode="inbound",
-                            inbound={"service": "demo", "self_address": me})
-        sc = make_envoy(INBOUND, subs(rnacos.http_port, cfg, listen=listen, app_port=app.port),
-                        name=f"sidecar{i}")
-        sc.listen = listen
-        sidecars.append(sc)
-        register(rnacos, listen, now_ms() - HOUR_MS)
-    upstreams = [f"{LOOPBACK}:{s.listen}" for s in sidecars]
+    sidecars = inbound_sidecars(rnacos, make_envoy, backends(2))
+    upstreams = [s.addr for s in sidecars]
     middle = [make_gateway(rnacos.http_port, filter_config(rnacos.addr), upstreams,
                            name=f"middle{i}") for i in range(2)]
     for gw in middle:
