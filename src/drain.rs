@@ -60,6 +60,12 @@ pub fn is_drain_notice(value: &str) -> bool {
     !Reason::ALL.iter().any(|r| *r != Reason::SelfDraining && r.as_str() == v)
 }
 
+/// Whether a drain header `value` is an instance's refusal (`self_draining`): nothing was done,
+/// so a retry policy may resend the request elsewhere.
+pub fn is_refusal(value: &str) -> bool {
+    value.trim() == Reason::SelfDraining.as_str()
+}
+
 /// A local reply to send instead of forwarding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalReply {

@@ -17,7 +17,7 @@ use log::{info, warn};
 use crate::admin::{self, AdminCall};
 use crate::clock::Rng;
 use crate::config::{Config, Mode, RoutingMode, Settings};
-use crate::drain::{is_drain_notice, local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
+use crate::drain::{is_drain_notice, is_refusal, local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
 use crate::health::{classify, Counts, Failure, Outcome, UNREACHED_HEADER};
 use crate::instance::canonical_addr;
 use crate::marks;
@@ -104,6 +104,8 @@ pub struct Vm {
     pub stats: Stats,
     /// Every routing header of every service, stripped from client requests.
     route_headers: Vec<String>,
+    /// Some service routes `original_dst`: this VM also runs on that template's outer hop.
+    original_dst_outer: bool,
     /// Calls in flight: token -> (service, purpose).
     pending: HashMap<u32, (usize, Purpose)>,
     /// Per (service, kind): when it was last logged and how many were suppressed since.
@@ -121,6 +123,7 @@ impl Vm {
         let mut route_headers: Vec<String> = services.iter().map(|s| s.header.clone()).collect();
         route_headers.sort();
         route_headers.dedup();
+        let original_dst_outer = services.iter().any(|s| s.routing == RoutingMode::OriginalDst);
         let services = services
             .into_iter()
             .map(|sc| Service {
@@ -141,6 +144,7 @@ impl Vm {
             poller: false,
             stats: Stats::default(),
             route_headers,
+            original_dst_outer,
             pending: HashMap::default(),
             last_log: HashMap::default(),
             failures: HashMap::default(),
@@ -534,9 +538,10 @@ impl Vm {
                     // route retried on is not about this proxy (a caller running lossless would
                     // mark this proxy); the inner hop's own 503s keep their reason. Other
                     // unrouted responses are not read at all.
-                    let outer = self.services.iter().any(|s| s.cfg.routing == RoutingMode::OriginalDst);
-                    let refusal = |v: String| v.trim() == Reason::SelfDraining.as_str();
-                    if outer && h.response_header(header).is_some_and(refusal) && !h.set_response_header(header, None) {
+                    if self.original_dst_outer
+                        && h.response_header(header).is_some_and(|v| is_refusal(&v))
+                        && !h.set_response_header(header, None)
+                    {
                         warn!("cannot remove the drain header from a response");
                     }
                     return;
@@ -553,8 +558,7 @@ impl Vm {
                 // further, except a refusal that the original_dst template's outer route retries
                 // (that hop removes it after its retries)
                 let original_dst = self.services.get(svc).is_some_and(|s| s.cfg.routing == RoutingMode::OriginalDst);
-                let retried_outside =
-                    original_dst && value.as_deref().map(str::trim) == Some(Reason::SelfDraining.as_str());
+                let retried_outside = original_dst && value.as_deref().is_some_and(is_refusal);
                 if value.is_some() && !retried_outside && !h.set_response_header(&self.settings.drain.header, None) {
                     warn!("cannot remove the drain header from a response");
                 }
