@@ -44,6 +44,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod admin;
+pub mod admission;
 pub mod balancer;
 pub mod clock;
 pub mod config;
