@@ -102,6 +102,7 @@ pub fn membership_json(
     now_ms: i64,
     rng: &mut Rng,
     poller: bool,
+    online: Option<&str>,
 ) -> String {
     let mut o = String::with_capacity(512);
     let _ = write!(o, "{{\"now_ms\":{now_ms},\"poller\":{poller},\"services\":[");
@@ -173,6 +174,10 @@ pub fn membership_json(
             d.registry_offline,
             d.seen_serving
         );
+        if let Some(j) = online {
+            o.pop();
+            let _ = write!(o, ",\"online\":{j}}}");
+        }
     }
     o.push('}');
     o

@@ -73,11 +73,8 @@ impl WarmUp {
     fn cool_down(&self, b: &Bucket, now_ms: i64, prev_passed: u64) -> f64 {
         let refill = || b.tokens + (now_ms - b.last_filled_ms) as f64 * self.count / 1000.0;
         let light = (prev_passed as f64) < f64::from((self.count as i32) / self.cold_factor as i32);
-        let next = if b.tokens < self.warning_token || (b.tokens > self.warning_token && light) {
-            refill()
-        } else {
-            b.tokens
-        };
+        let next =
+            if b.tokens < self.warning_token || (b.tokens > self.warning_token && light) { refill() } else { b.tokens };
         next.min(self.max_token)
     }
 
@@ -117,7 +114,8 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// `second|passed|prev_passed|tokens|last_filled_ms`; `None` for anything else.
+    /// `second|passed|prev_passed|tokens|last_filled_ms`, the tokens as the bits of the `f64`
+    /// (exact, and no float text in the module); `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Bucket> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut it = text.split('|');
@@ -125,14 +123,15 @@ impl Bucket {
             second: it.next()?.parse().ok()?,
             passed: it.next()?.parse().ok()?,
             prev_passed: it.next()?.parse().ok()?,
-            tokens: it.next()?.parse().ok()?,
+            tokens: f64::from_bits(it.next()?.parse().ok()?),
             last_filled_ms: it.next()?.parse().ok()?,
         };
-        (it.next().is_none() && b.tokens.is_finite()).then_some(b)
+        (it.next().is_none() && b.tokens.is_finite() && b.tokens >= 0.0).then_some(b)
     }
 
     pub fn encode(&self) -> String {
-        format!("{}|{}|{}|{}|{}", self.second, self.passed, self.prev_passed, self.tokens, self.last_filled_ms)
+        let t = self.tokens.to_bits();
+        format!("{}|{}|{}|{t}|{}", self.second, self.passed, self.prev_passed, self.last_filled_ms)
     }
 }
 
@@ -277,7 +276,8 @@ mod tests {
     fn bucket_text_round_trips_and_rejects_garbage() {
         let b = Bucket { second: 12, passed: 3, prev_passed: 40, tokens: 512.25, last_filled_ms: 12_000 };
         assert_eq!(Bucket::decode(b.encode().as_bytes()), Some(b));
-        for bad in ["", "1|2|3|4", "1|2|3|x|5", "1|2|3|4|5|6", "1|2|3|NaN|5", "1|-2|3|4|5"] {
+        let nan = f64::NAN.to_bits();
+        for bad in ["", "1|2|3|4", "1|2|3|x|5", "1|2|3|4|5|6", &format!("1|2|3|{nan}|5"), "1|-2|3|4|5"] {
             assert_eq!(Bucket::decode(bad.as_bytes()), None, "{bad}");
         }
     }

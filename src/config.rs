@@ -242,6 +242,92 @@ impl Default for RawDrain {
 struct RawInbound {
     service: String,
     self_address: String,
+    warmup_ms: Option<i64>,
+    registration: Option<RawRegistration>,
+    self_warm: Option<RawSelfWarm>,
+    admission: Option<AdmissionConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    local_cluster: String,
+    #[serde(default = "d_local_authority")]
+    authority: String,
+    #[serde(default = "d_readiness")]
+    readiness: HealthCheck,
+    #[serde(default = "d_heartbeat")]
+    heartbeat_ms: i64,
+    #[serde(default = "d_true")]
+    ephemeral: bool,
+    #[serde(default = "d_cluster_name")]
+    cluster_name: String,
+    #[serde(default = "d_dubbo_weight")]
+    weight: i32,
+    #[serde(default = "d_nacos_weight")]
+    nacos_weight: f64,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+fn d_local_authority() -> String {
+    "localhost".into()
+}
+fn d_readiness() -> HealthCheck {
+    HealthCheck { interval_ms: 1000, healthy_threshold: 3, unhealthy_threshold: 3, ..HealthCheck::default() }
+}
+fn d_heartbeat() -> i64 {
+    5000
+}
+fn d_true() -> bool {
+    true
+}
+fn d_cluster_name() -> String {
+    "DEFAULT".into()
+}
+fn d_dubbo_weight() -> i32 {
+    100
+}
+fn d_nacos_weight() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfWarm {
+    requests: Vec<RawWarmRequest>,
+    #[serde(default = "d_warm_count")]
+    count: u32,
+    #[serde(default = "d_warm_concurrency")]
+    concurrency: u32,
+    #[serde(default = "d_warm_timeout")]
+    timeout_ms: i64,
+    #[serde(default = "d_warm_limit")]
+    time_limit_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarmRequest {
+    #[serde(default = "d_get")]
+    method: String,
+    path: String,
+}
+
+fn d_warm_count() -> u32 {
+    50
+}
+fn d_warm_concurrency() -> u32 {
+    2
+}
+fn d_warm_timeout() -> i64 {
+    5000
+}
+fn d_warm_limit() -> i64 {
+    60_000
+}
+fn d_get() -> String {
+    "GET".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +418,71 @@ pub struct InboundConfig {
     pub service: usize,
     /// Canonical `ip:port` of this instance.
     pub self_address: String,
+    /// This instance's warmup (ms): published with its registration and the period of the
+    /// admission ramp. Default: the service's `warmup.default_warmup_ms`.
+    pub warmup_ms: i64,
+    pub registration: Option<RegistrationConfig>,
+    pub self_warm: Option<SelfWarmConfig>,
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// `inbound.registration`: the sidecar registers the instance once the application is ready
+/// ([`crate::registration`]).
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// The Envoy cluster of the application itself (readiness and self-warm go there).
+    pub local_cluster: String,
+    /// `:authority` of the local requests (default `localhost`).
+    pub authority: String,
+    /// The readiness check: `path`, passing statuses, `interval_ms`, `timeout_ms`;
+    /// `healthy_threshold` passes in a row make the application ready (default 3),
+    /// `unhealthy_threshold` failures in a row while registered deregister it (default 3).
+    pub readiness: HealthCheck,
+    /// Heartbeat period (ms, 1000..=60000, default 5000; Nacos expires an ephemeral instance
+    /// after 15 s without one, Eureka a lease after 90 s).
+    pub heartbeat_ms: i64,
+    /// Nacos `ephemeral` (default true: kept alive by heartbeats).
+    pub ephemeral: bool,
+    /// Nacos `clusterName` (default `DEFAULT`).
+    pub cluster_name: String,
+    /// The weight published under the service's first weight metadata key (Dubbo scale, default
+    /// 100).
+    pub weight: i32,
+    /// Nacos' own `weight` (default 1.0).
+    pub nacos_weight: f64,
+    /// Extra metadata to publish.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `inbound.self_warm`: requests sent to the application before it is registered.
+#[derive(Debug, Clone)]
+pub struct SelfWarmConfig {
+    /// `(method, path)` pairs, sent round robin.
+    pub requests: Vec<(String, String)>,
+    /// How many requests in all (default 50).
+    pub count: u32,
+    /// How many at once (default 2).
+    pub concurrency: u32,
+    /// Timeout of one request (ms, default 5000).
+    pub timeout_ms: i64,
+    /// Self-warm ends after this long whatever is left (ms, default 60000).
+    pub time_limit_ms: i64,
+}
+
+/// `inbound.admission`: Sentinel's `WARM_UP` cap on admitted requests per second
+/// ([`crate::admission`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Requests per second once warm (Sentinel's `count`).
+    pub max_rps: u32,
+    /// The cold rate is `max_rps / cold_factor` (default 3, Sentinel's `coldFactor`).
+    #[serde(default = "d_cold_factor")]
+    pub cold_factor: u32,
+}
+
+fn d_cold_factor() -> u32 {
+    3
 }
 
 /// Settings that apply to the whole filter (every service).
@@ -562,7 +713,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         let service = validate_service(&format!("services[{i}]"), s, &registries, &kinds, &services, &drain)?;
         services.push(service);
     }
-    let inbound = validate_inbound(raw.mode, raw.inbound, &services, env)?;
+    let inbound = validate_inbound(raw.mode, raw.inbound, &services, &registries, env)?;
     let prefix = raw.admin.path_prefix;
     validate_admin_prefix(&prefix)?;
     Ok(Config {
@@ -801,6 +952,7 @@ fn validate_inbound(
     mode: Mode,
     inbound: Option<RawInbound>,
     services: &[ServiceConfig],
+    registries: &[RegistryConfig],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<InboundConfig>, ConfigError> {
     match (mode, inbound) {
@@ -820,9 +972,109 @@ fn validate_inbound(
                     format!("must be ip:port (IPv6 as [addr]:port), got '{expanded}'"),
                 ));
             };
-            Ok(Some(InboundConfig { service, self_address }))
+            let svc = services.get(service).ok_or_else(|| err("inbound.service", "unknown service"))?;
+            let warmup_ms = ib.warmup_ms.unwrap_or(svc.query.build.default_warmup_ms);
+            if !(1000..=86_400_000).contains(&warmup_ms) {
+                return Err(err("inbound.warmup_ms", "must be between 1000 and 86400000 (ms)"));
+            }
+            let registration = ib.registration.map(|r| validate_registration(r, svc, registries)).transpose()?;
+            let self_warm = match (ib.self_warm, &registration) {
+                (Some(_), None) => {
+                    return Err(err("inbound.self_warm", "needs inbound.registration (it runs before registering)"))
+                }
+                (sw, _) => sw.map(validate_self_warm).transpose()?,
+            };
+            if let Some(a) = &ib.admission {
+                if !(1..=1_000_000).contains(&a.max_rps) {
+                    return Err(err("inbound.admission.max_rps", "must be between 1 and 1000000"));
+                }
+                if !(2..=10).contains(&a.cold_factor) {
+                    return Err(err("inbound.admission.cold_factor", "must be between 2 and 10"));
+                }
+            }
+            Ok(Some(InboundConfig {
+                service,
+                self_address,
+                warmup_ms,
+                registration,
+                self_warm,
+                admission: ib.admission,
+            }))
         }
     }
+}
+
+fn validate_registration(
+    r: RawRegistration,
+    svc: &ServiceConfig,
+    registries: &[RegistryConfig],
+) -> Result<RegistrationConfig, ConfigError> {
+    const P: &str = "inbound.registration";
+    match registries.get(svc.registry).map(|r| &r.kind) {
+        Some(RegistryKind::Nacos(_) | RegistryKind::Eureka(_)) => {}
+        _ => return Err(err(P, "registers in a nacos or eureka registry only (the service's registry is neither)")),
+    }
+    if r.local_cluster.is_empty() {
+        return Err(at(P, "local_cluster", "must name the Envoy cluster of the application"));
+    }
+    if r.authority.is_empty() || r.authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(at(P, "authority", "must be a host name without spaces"));
+    }
+    validate_health_check(&format!("{P}.readiness"), &r.readiness)?;
+    if !(1000..=60_000).contains(&r.heartbeat_ms) {
+        return Err(at(P, "heartbeat_ms", "must be between 1000 and 60000 (ms)"));
+    }
+    if r.weight < 0 {
+        return Err(at(P, "weight", "must be 0 or more"));
+    }
+    if !(r.nacos_weight.is_finite() && (0.0..=10_000.0).contains(&r.nacos_weight)) {
+        return Err(at(P, "nacos_weight", "must be between 0 and 10000"));
+    }
+    Ok(RegistrationConfig {
+        local_cluster: r.local_cluster,
+        authority: r.authority,
+        readiness: r.readiness,
+        heartbeat_ms: r.heartbeat_ms,
+        ephemeral: r.ephemeral,
+        cluster_name: r.cluster_name,
+        weight: r.weight,
+        nacos_weight: r.nacos_weight,
+        metadata: r.metadata,
+    })
+}
+
+fn validate_self_warm(sw: RawSelfWarm) -> Result<SelfWarmConfig, ConfigError> {
+    const P: &str = "inbound.self_warm";
+    if sw.requests.is_empty() {
+        return Err(at(P, "requests", "must list at least one {\"method\", \"path\"}"));
+    }
+    let mut requests = Vec::with_capacity(sw.requests.len());
+    for (i, r) in sw.requests.into_iter().enumerate() {
+        if !matches!(r.method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "OPTIONS") {
+            return Err(err(format!("{P}.requests[{i}].method"), "must be GET, HEAD, POST, PUT or OPTIONS"));
+        }
+        if !valid_path(&r.path) {
+            return Err(err(format!("{P}.requests[{i}].path"), "must start with '/' and hold no spaces"));
+        }
+        requests.push((r.method, r.path));
+    }
+    for (field, n, lo, hi) in [
+        ("count", i64::from(sw.count), 1, 100_000),
+        ("concurrency", i64::from(sw.concurrency), 1, 64),
+        ("timeout_ms", sw.timeout_ms, 10, 60_000),
+        ("time_limit_ms", sw.time_limit_ms, 100, 600_000),
+    ] {
+        if !(lo..=hi).contains(&n) {
+            return Err(at(P, field, format!("must be between {lo} and {hi}")));
+        }
+    }
+    Ok(SelfWarmConfig {
+        requests,
+        count: sw.count,
+        concurrency: sw.concurrency,
+        timeout_ms: sw.timeout_ms,
+        time_limit_ms: sw.time_limit_ms,
+    })
 }
 
 fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {

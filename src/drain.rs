@@ -21,6 +21,8 @@ pub enum Reason {
     PinnedDraining,
     /// Inbound: this instance is draining itself.
     SelfDraining,
+    /// Inbound: over this second's admission cap (Sentinel's flow control: `FlowException`).
+    FlowLimited,
 }
 
 impl Reason {
@@ -32,11 +34,18 @@ impl Reason {
             Reason::NoneServing => "none_serving",
             Reason::PinnedDraining => "pinned_draining",
             Reason::SelfDraining => "self_draining",
+            Reason::FlowLimited => "flow_limited",
         }
     }
 
-    pub const ALL: [Reason; 5] =
-        [Reason::NoInstances, Reason::NoMembership, Reason::NoneServing, Reason::PinnedDraining, Reason::SelfDraining];
+    pub const ALL: [Reason; 6] = [
+        Reason::NoInstances,
+        Reason::NoMembership,
+        Reason::NoneServing,
+        Reason::PinnedDraining,
+        Reason::SelfDraining,
+        Reason::FlowLimited,
+    ];
 
     /// Position in [`Reason::ALL`].
     pub fn index(self) -> usize {
@@ -46,6 +55,7 @@ impl Reason {
             Reason::NoneServing => 2,
             Reason::PinnedDraining => 3,
             Reason::SelfDraining => 4,
+            Reason::FlowLimited => 5,
         }
     }
 }
@@ -54,16 +64,18 @@ impl Reason {
 /// draining: any value (an application may send its own, e.g. `true`) except the reasons a
 /// caller-side lossless gives for its own local replies (`no_instances`, `no_membership`,
 /// `none_serving`, `pinned_draining`), which describe that proxy's view of its upstreams, not the
-/// proxy going away. `draining` (served) and `self_draining` (refused) are notices.
+/// proxy going away, and an instance's `flow_limited` (it is warming up, not leaving).
+/// `draining` (served) and `self_draining` (refused) are notices.
 pub fn is_drain_notice(value: &str) -> bool {
     let v = value.trim();
     !Reason::ALL.iter().any(|r| *r != Reason::SelfDraining && r.as_str() == v)
 }
 
-/// Whether a drain header `value` is an instance's refusal (`self_draining`): nothing was done,
-/// so a retry policy may resend the request elsewhere.
+/// Whether a drain header `value` is an instance's refusal (`self_draining`, `flow_limited`):
+/// nothing was done, so a retry policy may resend the request elsewhere.
 pub fn is_refusal(value: &str) -> bool {
-    value.trim() == Reason::SelfDraining.as_str()
+    let v = value.trim();
+    v == Reason::SelfDraining.as_str() || v == Reason::FlowLimited.as_str()
 }
 
 /// A local reply to send instead of forwarding.
@@ -90,6 +102,7 @@ pub fn local_reply(reason: Reason, d: &DrainConfig) -> LocalReply {
         Reason::NoneServing => "lossless: every instance of the service is draining or down\n",
         Reason::PinnedDraining => "lossless: the pinned instance is draining; retry without the pin\n",
         Reason::SelfDraining => "lossless: this instance is draining; retry elsewhere\n",
+        Reason::FlowLimited => "lossless: this instance is warming up and at its admission cap; retry elsewhere\n",
     };
     LocalReply { status: 503, headers, body: body.to_string() }
 }
@@ -130,6 +143,11 @@ pub struct SelfDrain {
     pub manual: bool,
     /// When this VM first saw the drain (ms since epoch).
     pub since_ms: Option<i64>,
+    /// The sidecar registers the instance itself (`inbound.registration`): its absence from the
+    /// registry is the sidecar's own doing (not yet registered, or deregistered), not a drain;
+    /// only an explicit offline (Nacos `enabled=false`, Eureka `OUT_OF_SERVICE`, a drain flag)
+    /// is, and it lasts until the registry lists the instance as serving again.
+    pub sidecar_registers: bool,
 }
 
 impl SelfDrain {
@@ -158,6 +176,7 @@ impl SelfDrain {
                 self.registry_offline = false;
             }
             Some(_) => self.registry_offline = true,
+            None if self.sidecar_registers => {}
             None => self.registry_offline = self.seen_serving,
         }
     }

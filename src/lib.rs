@@ -55,6 +55,7 @@ pub mod marks;
 pub mod membership;
 pub mod poller;
 pub mod prober;
+pub mod registration;
 pub mod registry;
 pub mod router;
 pub mod service;

@@ -5,6 +5,7 @@ use crate::config::{RegistryConfig, ServiceConfig};
 use crate::drain::Reason;
 use crate::poller::PollState;
 use crate::prober::Prober;
+use crate::registration::OnlineStats;
 use crate::registry::Session;
 use crate::view::ServiceView;
 
@@ -50,12 +51,12 @@ pub struct ServiceStats {
     pub health_check_success: u64,
     pub health_check_failure: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
-    pub local_503: [u64; 5],
+    pub local_503: [u64; 6],
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -74,6 +75,7 @@ impl ServiceStats {
         "local_503.none_serving",
         "local_503.pinned_draining",
         "local_503.self_draining",
+        "local_503.flow_limited",
     ];
 
     /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
@@ -84,9 +86,9 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 18] {
+    pub fn take(&mut self) -> [u64; 19] {
         let s = std::mem::take(self);
-        let [a, b, c, d, e] = s.local_503;
+        let [a, b, c, d, e, f] = s.local_503;
         [
             s.refresh_ok,
             s.refresh_failed,
@@ -106,6 +108,7 @@ impl ServiceStats {
             c,
             d,
             e,
+            f,
         ]
     }
 }
@@ -118,16 +121,53 @@ pub struct Stats {
     pub admin_denied: u64,
     pub client_header_stripped: u64,
     pub dispatch_failed: u64,
+    /// Inbound `admission`: requests admitted under the cap, and admitted because the shared
+    /// bucket could not be updated (refusals are `local_503.flow_limited` of the service).
+    pub admission_admitted: u64,
+    pub admission_unsure: u64,
+    /// Inbound `registration` ([`crate::registration::OnlineStats`]), added on each tick.
+    pub online: OnlineStats,
 }
 
 impl Stats {
     /// The counter names, in the order [`Stats::take`] returns them.
-    pub const NAMES: [&'static str; 4] = ["notify_marks", "admin_denied", "client_header_stripped", "dispatch_failed"];
+    pub const NAMES: [&'static str; 14] = [
+        "notify_marks",
+        "admin_denied",
+        "client_header_stripped",
+        "dispatch_failed",
+        "inbound.admission.admitted",
+        "inbound.admission.unsure",
+        "inbound.readiness.failure",
+        "inbound.registrations",
+        "inbound.registration_failures",
+        "inbound.heartbeats",
+        "inbound.heartbeat_failures",
+        "inbound.deregistrations",
+        "inbound.self_warm.success",
+        "inbound.self_warm.failure",
+    ];
 
     /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 4] {
+    pub fn take(&mut self) -> [u64; 14] {
         let s = std::mem::take(self);
-        [s.notify_marks, s.admin_denied, s.client_header_stripped, s.dispatch_failed]
+        let o = s.online;
+        [
+            s.notify_marks,
+            s.admin_denied,
+            s.client_header_stripped,
+            s.dispatch_failed,
+            s.admission_admitted,
+            s.admission_unsure,
+            o.readiness_failed,
+            o.registrations,
+            o.registration_failed,
+            o.heartbeats,
+            o.heartbeat_failed,
+            o.deregistrations,
+            o.warm_ok,
+            o.warm_failed,
+        ]
     }
 }
 
@@ -164,7 +204,7 @@ mod tests {
             readmitted: 11,
             health_check_success: 12,
             health_check_failure: 13,
-            local_503: [14, 15, 16, 17, 18],
+            local_503: [14, 15, 16, 17, 18, 19],
         };
         let values = s.take();
         let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
@@ -179,11 +219,48 @@ mod tests {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(14 + r.index() as u64), "{name}");
         }
         assert_eq!(s, ServiceStats::default(), "taken: reset");
-        let mut g = Stats { notify_marks: 1, admin_denied: 2, client_header_stripped: 3, dispatch_failed: 4 };
+        let mut g = Stats {
+            notify_marks: 1,
+            admin_denied: 2,
+            client_header_stripped: 3,
+            dispatch_failed: 4,
+            admission_admitted: 5,
+            admission_unsure: 6,
+            online: OnlineStats {
+                readiness_failed: 7,
+                registrations: 8,
+                registration_failed: 9,
+                heartbeats: 10,
+                heartbeat_failed: 11,
+                deregistrations: 12,
+                warm_ok: 13,
+                warm_failed: 14,
+            },
+        };
         let named: Vec<(&str, u64)> = Stats::NAMES.iter().copied().zip(g.take()).collect();
         assert_eq!(
-            named,
-            [("notify_marks", 1), ("admin_denied", 2), ("client_header_stripped", 3), ("dispatch_failed", 4)]
+            named[..6],
+            [
+                ("notify_marks", 1),
+                ("admin_denied", 2),
+                ("client_header_stripped", 3),
+                ("dispatch_failed", 4),
+                ("inbound.admission.admitted", 5),
+                ("inbound.admission.unsure", 6)
+            ]
         );
+        for (name, want) in [
+            ("inbound.readiness.failure", 7),
+            ("inbound.registrations", 8),
+            ("inbound.registration_failures", 9),
+            ("inbound.heartbeats", 10),
+            ("inbound.heartbeat_failures", 11),
+            ("inbound.deregistrations", 12),
+            ("inbound.self_warm.success", 13),
+            ("inbound.self_warm.failure", 14),
+        ] {
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
+        }
+        assert_eq!(g, Stats::default());
     }
 }

@@ -131,6 +131,16 @@ impl Keys {
         format!("{}selfdrain", self.prefix)
     }
 
+    /// Inbound with `registration`: the registration's phase and progress
+    /// ([`crate::registration::Online::encode`]).
+    pub fn online(&self) -> String {
+        format!("{}online", self.prefix)
+    }
+    /// Inbound with `admission`: the shared [`crate::admission::Bucket`].
+    pub fn admission(&self) -> String {
+        format!("{}admission", self.prefix)
+    }
+
     /// Creates the keys that are edited with CAS later, so no write ever meets an absent key.
     pub fn create_all(&self, shared: &dyn Shared) {
         create_if_absent(shared, &self.lease(), b"");

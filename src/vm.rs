@@ -15,17 +15,19 @@ use crate::clock::FastMap as HashMap;
 use log::{info, warn};
 
 use crate::admin::{self, AdminCall};
+use crate::admission::{self, Admit, WarmUp};
 use crate::clock::Rng;
-use crate::config::{Config, Mode, RoutingMode, Settings};
+use crate::config::{Config, Mode, RegistryKind, RoutingMode, Settings};
 use crate::drain::{is_drain_notice, is_refusal, local_reply, LocalReply, Reason, SERVED_WHILE_DRAINING};
 use crate::health::{classify, Counts, Failure, Outcome, UNREACHED_HEADER};
 use crate::instance::canonical_addr;
 use crate::marks;
 use crate::poller::{interval, RefreshOutcome};
+use crate::registration::{self, Answer, Me, Online, Step};
 use crate::registry::{Call, HttpRequest, HttpResponse};
 use crate::router::{route, Route};
 use crate::service::{Registry, Service, Stats};
-use crate::store::{bump_gen, take_poller_lease, Keys, Shared};
+use crate::store::{bump_gen, create_if_absent, take_poller_lease, Keys, Shared};
 use crate::view::{HostCounts, ServiceView, View};
 
 /// A poller that stops renewing its lease is replaced after this long (ms).
@@ -86,6 +88,36 @@ pub enum Purpose {
     Registry(Call),
     /// An active health-check probe of this instance.
     Probe(String),
+    /// Inbound: a step of the sidecar's own registration (readiness, self-warm, registry call).
+    Online(Step),
+}
+
+/// The registry request of a registration step, and the registry's cluster to send it on.
+fn registry_call(
+    services: &[Service],
+    registries: &[Registry],
+    ib: &crate::config::InboundConfig,
+    online: &Online,
+    step: Step,
+    now_ms: i64,
+) -> Option<(String, crate::registry::HttpRequest)> {
+    let svc = services.get(ib.service)?;
+    let reg = registries.get(svc.cfg.registry)?;
+    let (ip, port) = Me::split(&ib.self_address)?;
+    let me = Me {
+        ip,
+        port,
+        service: &svc.cfg,
+        reg: ib.registration.as_ref()?,
+        warmup_ms: ib.warmup_ms,
+        ready_ms: online.ready_ms.unwrap_or(now_ms),
+    };
+    let request = match &reg.cfg.kind {
+        RegistryKind::Nacos(n) => registration::nacos_request(n, &reg.session, &me, step),
+        RegistryKind::Eureka(e) => registration::eureka_request(e, &me, step, now_ms),
+        _ => return None,
+    };
+    Some((reg.cfg.cluster.clone(), request))
 }
 
 /// One worker VM's state: configuration, registries, services, the shared view, the lease.
@@ -113,6 +145,11 @@ pub struct Vm {
     /// Consecutive failures this VM saw, per instance address (outlier detection).
     failures: HashMap<String, Counts>,
     scratch: Vec<usize>,
+    /// Inbound with `registration`: the sidecar's registration of its instance (acted on by the
+    /// poller VM only; a new poller resumes from shared data).
+    pub online: Option<Online>,
+    /// Inbound with `admission`: the warm-up cap's constants.
+    admission: Option<WarmUp>,
 }
 
 impl Vm {
@@ -149,13 +186,24 @@ impl Vm {
             last_log: HashMap::default(),
             failures: HashMap::default(),
             scratch: Vec::with_capacity(17),
+            online: settings.inbound.as_ref().and_then(|i| i.registration.as_ref()).map(|_| Online::default()),
+            admission: settings.inbound.as_ref().and_then(|i| {
+                let warmup_s = u32::try_from(i.warmup_ms / 1000).unwrap_or(u32::MAX);
+                i.admission.map(|a| WarmUp::new(a.max_rps, a.cold_factor, warmup_s))
+            }),
             settings,
         }
     }
 
     /// Creates the shared keys this configuration writes with CAS (call once at start).
-    pub fn on_start(&self, shared: &dyn Shared) {
+    pub fn on_start(&mut self, shared: &dyn Shared) {
         self.keys.create_all(shared);
+        if self.online.is_some() {
+            self.view.self_drain.sidecar_registers = true;
+        }
+        if self.admission.is_some() {
+            create_if_absent(shared, &self.keys.admission(), b"");
+        }
     }
 
     /// Re-reads shared data if anything was published or marked since the last call: one small
@@ -194,9 +242,24 @@ impl Vm {
             self.pending.clear();
             if polls {
                 info!("this VM now polls the registry");
+                if self.online.is_some() {
+                    self.online = Some(Online::resume(shared.get(&self.keys.online()).0.as_deref()));
+                }
             }
         }
         self.sync(shared, now_ms);
+        if let Some(o) = self.online.as_mut() {
+            let add = std::mem::take(&mut o.stats);
+            let t = &mut self.stats.online;
+            t.readiness_failed += add.readiness_failed;
+            t.registrations += add.registrations;
+            t.registration_failed += add.registration_failed;
+            t.heartbeats += add.heartbeats;
+            t.heartbeat_failed += add.heartbeat_failed;
+            t.deregistrations += add.deregistrations;
+            t.warm_ok += add.warm_ok;
+            t.warm_failed += add.warm_failed;
+        }
         self.due(shared, now_ms)
     }
 
@@ -233,7 +296,61 @@ impl Vm {
                 });
             }
         }
+        self.online_due(now_ms, &mut out);
         out
+    }
+
+    /// The registration steps due (poller VM, inbound with `registration`).
+    fn online_due(&mut self, now_ms: i64, out: &mut Vec<Dispatch>) {
+        let Some(ib) = &self.settings.inbound else { return };
+        let (Some(reg), Some(online)) = (&ib.registration, self.online.as_mut()) else { return };
+        let draining = self.view.self_drain.draining();
+        for step in online.due(ib, reg, draining, now_ms) {
+            let request = match step {
+                Step::Readiness | Step::Warm(_) => registration::local_request(step, ib, reg),
+                _ => None,
+            };
+            let d = match request {
+                Some(request) => Some((reg.local_cluster.clone(), request)),
+                None => registry_call(&self.services, &self.registries, ib, online, step, now_ms),
+            };
+            match d {
+                Some((cluster, request)) => {
+                    out.push(Dispatch { service: ib.service, purpose: Purpose::Online(step), cluster, request })
+                }
+                // nothing to send (cannot happen with a validated config): the step fails
+                None => {
+                    online.on_answer(reg, step, Answer::Failed("no request".into()), draining, now_ms);
+                }
+            }
+        }
+    }
+
+    /// An answer to a registration step: the state machine moves on; a new phase is logged and
+    /// shared (every VM's membership JSON shows it; a new poller resumes from it).
+    fn on_online_reply(&mut self, shared: &dyn Shared, step: Step, resp: &HttpResponse<'_>, now_ms: i64) {
+        let Some(ib) = &self.settings.inbound else { return };
+        let (Some(reg), Some(online)) = (&ib.registration, self.online.as_mut()) else { return };
+        let answer = match step {
+            Step::Readiness | Step::Warm(_) => registration::local_answer(step, reg, resp.status),
+            _ => match self.services.get(ib.service).and_then(|s| self.registries.get(s.cfg.registry)) {
+                Some(r) if matches!(r.cfg.kind, RegistryKind::Eureka(_)) => registration::eureka_answer(resp),
+                _ => registration::nacos_answer(resp),
+            },
+        };
+        if let (Answer::Failed(why), Step::Register) = (&answer, step) {
+            if online.stats.registration_failed == 0 {
+                warn!("cannot register {} yet ({why}); it stays unregistered, retrying with back-off", ib.self_address);
+            }
+        }
+        let draining = self.view.self_drain.draining();
+        let warm_done = matches!(step, Step::Warm(_));
+        if online.on_answer(reg, step, answer, draining, now_ms) || warm_done {
+            if !warm_done {
+                info!("{}: {}", ib.self_address, online.phase.as_str());
+            }
+            shared.set(&self.keys.online(), online.encode().as_bytes(), None);
+        }
     }
 
     /// The host accepted `d` under `token`.
@@ -252,6 +369,14 @@ impl Vm {
                 s.stats.refresh_failed += 1;
             }
             Purpose::Probe(addr) => s.prober.dispatch_failed(addr),
+            Purpose::Online(step) => {
+                let draining = self.view.self_drain.draining();
+                if let (Some(ib), Some(o)) = (&self.settings.inbound, self.online.as_mut()) {
+                    if let Some(reg) = &ib.registration {
+                        o.on_answer(reg, *step, Answer::Failed(format!("cannot dispatch: {why}")), draining, now_ms);
+                    }
+                }
+            }
         }
         let (name, cluster) = (s.cfg.name.clone(), d.cluster.clone());
         self.log_limited(d.service, "dispatch", now_ms, || {
@@ -267,6 +392,7 @@ impl Vm {
                 .get(*svc)
                 .and_then(|s| self.registries.get(s.cfg.registry))
                 .map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes),
+            Some((_, Purpose::Online(_))) => 64 * 1024,
             _ => 0,
         }
     }
@@ -285,6 +411,10 @@ impl Vm {
             (svc, Purpose::Registry(call)) => (svc, call),
             (svc, Purpose::Probe(addr)) => {
                 self.on_probe_reply(shared, svc, &addr, resp.status, now_ms);
+                return None;
+            }
+            (_, Purpose::Online(step)) => {
+                self.on_online_reply(shared, step, resp, now_ms);
                 return None;
             }
         };
@@ -412,8 +542,16 @@ impl Vm {
         }
         self.sync(h, now);
         if self.settings.mode == Mode::Inbound {
+            let service = self.settings.inbound.as_ref().map(|i| i.service);
             if self.view.self_drain.rejecting(now, self.settings.drain.notify_grace_ms) {
-                return self.reject(ex, self.settings.inbound.as_ref().map(|i| i.service), Reason::SelfDraining);
+                return self.reject(ex, service, Reason::SelfDraining);
+            }
+            if let Some(rule) = &self.admission {
+                match admission::check(h, &self.keys.admission(), rule, now) {
+                    Admit::Yes => self.stats.admission_admitted += 1,
+                    Admit::No => return self.reject(ex, service, Reason::FlowLimited),
+                    Admit::Unsure => self.stats.admission_unsure += 1,
+                }
             }
             return Flow::Continue;
         }
@@ -465,6 +603,33 @@ impl Vm {
         self.services.iter().position(|s| s.cfg.match_clusters.iter().any(|c| c == cluster))
     }
 
+    /// Inbound: the registration's shared state and the admission bucket, as the membership
+    /// document's `self.online` object.
+    fn online_json(&self, shared: &dyn Shared) -> Option<String> {
+        let ib = self.settings.inbound.as_ref()?;
+        let mut parts = Vec::new();
+        if ib.registration.is_some() {
+            let status = registration::status_json(shared.get(&self.keys.online()).0.as_deref());
+            parts.push(format!("\"registration\":{}", status.as_deref().unwrap_or("null")));
+        }
+        if let (Some(rule), Some(a)) = (&self.admission, &ib.admission) {
+            let b =
+                shared.get(&self.keys.admission()).0.and_then(|v| admission::Bucket::decode(&v)).unwrap_or_default();
+            parts.push(format!(
+                "\"admission\":{{\"max_rps\":{},\"cold_factor\":{},\"warmup_ms\":{},\"allowed_rps\":{},\"second\":{},\"admitted\":{}}}",
+                a.max_rps,
+                a.cold_factor,
+                ib.warmup_ms,
+                // an untouched bucket fills to the cold end on its first request
+                if b.last_filled_ms == 0 { rule.count / f64::from(rule.cold_factor) } else { rule.allowed_rps(b.tokens) }
+                    as u64,
+                b.second,
+                b.passed
+            ));
+        }
+        (!parts.is_empty()).then(|| format!("{{{}}}", parts.join(",")))
+    }
+
     fn reject(&mut self, ex: &mut Exchange, service: Option<usize>, reason: Reason) -> Flow {
         if let Some(s) = service.and_then(|i| self.services.get_mut(i)) {
             s.stats.local_503(reason);
@@ -493,6 +658,7 @@ impl Vm {
         match admin::call(&self.settings, &method, path) {
             AdminCall::Membership => {
                 self.sync(h, now);
+                let online = self.online_json(h);
                 Flow::Reply(json(admin::membership_json(
                     &self.settings,
                     &mut self.services,
@@ -500,6 +666,7 @@ impl Vm {
                     now,
                     &mut self.rng,
                     self.poller,
+                    online.as_deref(),
                 )))
             }
             AdminCall::Drain(on) => {
@@ -548,7 +715,9 @@ impl Vm {
                 };
                 let value = h.response_header(header);
                 let notice = value.as_deref().is_some_and(is_drain_notice);
-                self.judge(h, ex, svc, notice);
+                // a refusal (draining, or over a warming instance's admission cap) did no work:
+                // neither a success nor a failure of the instance
+                self.judge(h, ex, svc, notice || value.as_deref().is_some_and(is_refusal));
                 if notice && self.settings.drain.notify {
                     if let Some(addr) = h.property(&["upstream", "address"]) {
                         self.mark_draining(h, &addr);
@@ -766,7 +935,7 @@ mod tests {
 
     impl World {
         fn new(cfg: &[u8]) -> Self {
-            let vm = Vm::new(config::parse(cfg).unwrap(), cfg, 1, Rng::new(1));
+            let mut vm = Vm::new(config::parse(cfg).unwrap(), cfg, 1, Rng::new(1));
             let shared = FakeShared::default();
             vm.on_start(&shared);
             World { vm, shared }
@@ -877,7 +1046,7 @@ mod tests {
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","state":"draining"},{"address":"10.0.0.2:80","state":"draining"}]}"#, NOW + 2000);
         let r = w.route("demo", None, NOW + 2000).unwrap_err();
         assert_eq!((r.status, reason(&r)), (503, "none_serving"));
-        assert_eq!(w.vm.services[0].stats.local_503, [0, 0, 1, 1, 0]);
+        assert_eq!(w.vm.services[0].stats.local_503, [0, 0, 1, 1, 0, 0]);
     }
 
     #[test]

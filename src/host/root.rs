@@ -95,7 +95,7 @@ impl RootContext for Root {
         let (n, mode) = (cfg.services.len(), cfg.settings.mode);
         self.metrics = Some(Metrics::new(cfg.services.iter().map(|s| s.name.as_str())));
         // a VM id from WASI randomness: pointers and context ids are equal across worker VMs
-        let vm = Vm::new(cfg, &bytes, Rng::from_entropy().next_u64(), Rng::from_entropy());
+        let mut vm = Vm::new(cfg, &bytes, Rng::from_entropy().next_u64(), Rng::from_entropy());
         vm.on_start(&Envoy);
         info!("configured {n} service(s) in {mode:?} mode");
         self.vm = Some(Rc::new(RefCell::new(vm)));
