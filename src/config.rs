@@ -252,50 +252,25 @@ struct RawInbound {
 #[serde(deny_unknown_fields)]
 struct RawRegistration {
     local_cluster: String,
-    #[serde(default = "d_local_authority")]
-    authority: String,
     #[serde(default = "d_readiness")]
     readiness: HealthCheck,
     #[serde(default = "d_heartbeat")]
     heartbeat_ms: i64,
-    #[serde(default = "d_true")]
-    ephemeral: bool,
-    #[serde(default = "d_cluster_name")]
-    cluster_name: String,
-    #[serde(default = "d_dubbo_weight")]
-    weight: i32,
-    #[serde(default = "d_nacos_weight")]
-    nacos_weight: f64,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
 }
 
-fn d_local_authority() -> String {
-    "localhost".into()
-}
 fn d_readiness() -> HealthCheck {
     HealthCheck { interval_ms: 1000, healthy_threshold: 3, unhealthy_threshold: 3, ..HealthCheck::default() }
 }
 fn d_heartbeat() -> i64 {
     5000
 }
-fn d_true() -> bool {
-    true
-}
-fn d_cluster_name() -> String {
-    "DEFAULT".into()
-}
-fn d_dubbo_weight() -> i32 {
-    100
-}
-fn d_nacos_weight() -> f64 {
-    1.0
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSelfWarm {
-    requests: Vec<RawWarmRequest>,
+    requests: Vec<String>,
     #[serde(default = "d_warm_count")]
     count: u32,
     #[serde(default = "d_warm_concurrency")]
@@ -304,14 +279,6 @@ struct RawSelfWarm {
     timeout_ms: i64,
     #[serde(default = "d_warm_limit")]
     time_limit_ms: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWarmRequest {
-    #[serde(default = "d_get")]
-    method: String,
-    path: String,
 }
 
 fn d_warm_count() -> u32 {
@@ -325,9 +292,6 @@ fn d_warm_timeout() -> i64 {
 }
 fn d_warm_limit() -> i64 {
     60_000
-}
-fn d_get() -> String {
-    "GET".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,34 +394,26 @@ pub struct InboundConfig {
 /// ([`crate::registration`]).
 #[derive(Debug, Clone)]
 pub struct RegistrationConfig {
-    /// The Envoy cluster of the application itself (readiness and self-warm go there).
+    /// The Envoy cluster of the application itself (readiness and self-warm go there, with
+    /// `:authority: localhost`).
     pub local_cluster: String,
-    /// `:authority` of the local requests (default `localhost`).
-    pub authority: String,
     /// The readiness check: `path`, passing statuses, `interval_ms`, `timeout_ms`;
     /// `healthy_threshold` passes in a row make the application ready (default 3),
     /// `unhealthy_threshold` failures in a row while registered deregister it (default 3).
     pub readiness: HealthCheck,
     /// Heartbeat period (ms, 1000..=60000, default 5000; Nacos expires an ephemeral instance
-    /// after 15 s without one, Eureka a lease after 90 s).
+    /// after 15 s without one, Eureka a lease after 90 s). Nacos instances are registered
+    /// ephemeral: one whose sidecar dies leaves the registry by itself.
     pub heartbeat_ms: i64,
-    /// Nacos `ephemeral` (default true: kept alive by heartbeats).
-    pub ephemeral: bool,
-    /// Nacos `clusterName` (default `DEFAULT`).
-    pub cluster_name: String,
-    /// The weight published under the service's first weight metadata key (Dubbo scale, default
-    /// 100).
-    pub weight: i32,
-    /// Nacos' own `weight` (default 1.0).
-    pub nacos_weight: f64,
-    /// Extra metadata to publish.
+    /// Metadata to publish besides the warm-up keys (a `weight` here is the instance's weight).
     pub metadata: BTreeMap<String, String>,
 }
 
 /// `inbound.self_warm`: requests sent to the application before it is registered.
 #[derive(Debug, Clone)]
 pub struct SelfWarmConfig {
-    /// `(method, path)` pairs, sent round robin.
+    /// `(method, path)` pairs (configured as `"GET /path"`, or a bare path for `GET`), sent round
+    /// robin.
     pub requests: Vec<(String, String)>,
     /// How many requests in all (default 50).
     pub count: u32,
@@ -1017,28 +973,14 @@ fn validate_registration(
     if r.local_cluster.is_empty() {
         return Err(at(P, "local_cluster", "must name the Envoy cluster of the application"));
     }
-    if r.authority.is_empty() || r.authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(at(P, "authority", "must be a host name without spaces"));
-    }
     validate_health_check(&format!("{P}.readiness"), &r.readiness)?;
     if !(1000..=60_000).contains(&r.heartbeat_ms) {
         return Err(at(P, "heartbeat_ms", "must be between 1000 and 60000 (ms)"));
     }
-    if r.weight < 0 {
-        return Err(at(P, "weight", "must be 0 or more"));
-    }
-    if !(r.nacos_weight.is_finite() && (0.0..=10_000.0).contains(&r.nacos_weight)) {
-        return Err(at(P, "nacos_weight", "must be between 0 and 10000"));
-    }
     Ok(RegistrationConfig {
         local_cluster: r.local_cluster,
-        authority: r.authority,
         readiness: r.readiness,
         heartbeat_ms: r.heartbeat_ms,
-        ephemeral: r.ephemeral,
-        cluster_name: r.cluster_name,
-        weight: r.weight,
-        nacos_weight: r.nacos_weight,
         metadata: r.metadata,
     })
 }
@@ -1046,17 +988,18 @@ fn validate_registration(
 fn validate_self_warm(sw: RawSelfWarm) -> Result<SelfWarmConfig, ConfigError> {
     const P: &str = "inbound.self_warm";
     if sw.requests.is_empty() {
-        return Err(at(P, "requests", "must list at least one {\"method\", \"path\"}"));
+        return Err(at(P, "requests", "must list at least one request, e.g. \"GET /warm\""));
     }
     let mut requests = Vec::with_capacity(sw.requests.len());
-    for (i, r) in sw.requests.into_iter().enumerate() {
-        if !matches!(r.method.as_str(), "GET" | "HEAD" | "POST" | "PUT" | "OPTIONS") {
-            return Err(err(format!("{P}.requests[{i}].method"), "must be GET, HEAD, POST, PUT or OPTIONS"));
+    for (i, r) in sw.requests.iter().enumerate() {
+        let (method, path) = r.split_once(' ').unwrap_or(("GET", r));
+        if !matches!(method, "GET" | "HEAD" | "POST" | "PUT" | "OPTIONS") || !valid_path(path) {
+            return Err(err(
+                format!("{P}.requests[{i}]"),
+                "must be \"METHOD /path\" (GET, HEAD, POST, PUT or OPTIONS) or \"/path\", without spaces in the path",
+            ));
         }
-        if !valid_path(&r.path) {
-            return Err(err(format!("{P}.requests[{i}].path"), "must start with '/' and hold no spaces"));
-        }
-        requests.push((r.method, r.path));
+        requests.push((method.to_string(), path.to_string()));
     }
     for (field, n, lo, hi) in [
         ("count", i64::from(sw.count), 1, 100_000),

@@ -447,7 +447,7 @@ pub fn local_request(step: Step, ib: &InboundConfig, reg: &RegistrationConfig) -
     let headers = vec![
         (":method".to_string(), method.to_string()),
         (":path".to_string(), path.to_string()),
-        (":authority".to_string(), reg.authority.clone()),
+        (":authority".to_string(), "localhost".to_string()),
     ];
     Some(HttpRequest { headers, body: None, timeout_ms: u64::try_from(timeout_ms).unwrap_or(1000) })
 }
@@ -487,9 +487,6 @@ impl Me<'_> {
         if let Some(k) = keys.warmup.first() {
             m.insert(k.key.clone(), in_unit(self.warmup_ms, k.unit).to_string());
         }
-        if let Some(k) = keys.weight.first() {
-            m.insert(k.clone(), self.reg.weight.to_string());
-        }
         m
     }
 }
@@ -524,12 +521,6 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// A non-negative weight with one decimal (`1.5`), without float formatting.
-fn tenths(w: f64) -> String {
-    let t = (w.max(0.0) * 10.0).round() as u64;
-    format!("{}.{}", t / 10, t % 10)
-}
-
 /// The Nacos form parameters of `step` (register, heartbeat, deregister).
 fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
     let q = &me.service.query;
@@ -543,13 +534,12 @@ fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
     push("namespaceId", q.namespace.as_deref().unwrap_or_default());
     push("ip", me.ip);
     push("port", &me.port.to_string());
-    push("clusterName", &me.reg.cluster_name);
-    push("ephemeral", if me.reg.ephemeral { "true" } else { "false" });
+    push("clusterName", q.clusters.first().map_or("DEFAULT", String::as_str));
+    push("ephemeral", "true");
     match (step, api) {
         (Step::Register, _) | (Step::Heartbeat, Api::V3) => {
             push("enabled", "true");
             push("healthy", "true");
-            push("weight", &tenths(me.reg.nacos_weight));
             push("metadata", &json_object(&me.metadata()));
             if step == Step::Heartbeat {
                 push("heartBeat", "true");
@@ -564,13 +554,8 @@ fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
             let _ = write!(beat, ",\"port\":{},\"serviceName\":", me.port);
             json_str(&mut beat, &format!("{group}@@{}", q.service));
             beat.push_str(",\"cluster\":");
-            json_str(&mut beat, &me.reg.cluster_name);
-            let _ = write!(
-                beat,
-                ",\"weight\":{},\"metadata\":{},\"scheduled\":true}}",
-                tenths(me.reg.nacos_weight),
-                json_object(&me.metadata())
-            );
+            json_str(&mut beat, q.clusters.first().map_or("DEFAULT", String::as_str));
+            let _ = write!(beat, ",\"weight\":1.0,\"metadata\":{},\"scheduled\":true}}", json_object(&me.metadata()));
             push("beat", &beat);
         }
         _ => {}
@@ -610,7 +595,7 @@ pub fn nacos_request(n: &Nacos, s: &Session, me: &Me<'_>, step: Step) -> HttpReq
 /// What a Nacos reply to `step` means: v1 answers `ok` (register, deregister) or a beat JSON
 /// (`code` 10200, 20404 = not found); v3 an envelope (`code` 0; 21003 = expired).
 pub fn nacos_answer(resp: &HttpResponse<'_>) -> Answer {
-    let code = serde_json::from_slice::<Envelope>(resp.body).ok().and_then(|e| e.code);
+    let code = json_code(resp.body);
     match (resp.status, code) {
         (Some(200), None | Some(0 | 10200)) => Answer::Ok,
         (_, Some(20404 | 21003)) => Answer::NotFound,
@@ -622,9 +607,30 @@ pub fn nacos_answer(resp: &HttpResponse<'_>) -> Answer {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Envelope {
-    code: Option<i64>,
+/// The number after the top-level `"code":` of a small JSON reply (Nacos' envelope and v1 beat
+/// reply put it at the top level; nested objects are skipped).
+fn json_code(body: &[u8]) -> Option<i64> {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        match (in_str, b) {
+            (true, b'\\') => i += 1,
+            (true, b'"') => in_str = false,
+            (false, b'"') if depth == 1 && body.get(i..i + 6) == Some(b"\"code\"".as_slice()) => {
+                let rest = std::str::from_utf8(body.get(i + 6..)?).ok()?.trim_start();
+                let rest = rest.strip_prefix(':')?.trim_start();
+                let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
+                return rest.get(..end)?.parse().ok();
+            }
+            (false, b'"') => in_str = true,
+            (false, b'{' | b'[') => depth += 1,
+            (false, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The Eureka application name (Eureka keys applications by their upper-cased name).
@@ -710,7 +716,7 @@ mod tests {
     const NACOS: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v1"}"#;
     const NACOS3: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v3"}"#;
     const EUREKA: &str = r#"{"type":"eureka","cluster":"registry","authority":"eureka:8761"}"#;
-    const WARM: &str = r#","self_warm":{"requests":[{"path":"/a"},{"method":"POST","path":"/b"}],"count":5,"concurrency":2,"time_limit_ms":10000}"#;
+    const WARM: &str = r#","self_warm":{"requests":["/a","POST /b"],"count":5,"concurrency":2,"time_limit_ms":10000}"#;
 
     struct Run {
         c: Config,
@@ -872,9 +878,7 @@ mod tests {
     /// Self-warm ends at its time limit even when requests never answer.
     #[test]
     fn self_warm_time_limit() {
-        let mut r = Run::new(
-            r#","self_warm":{"requests":[{"path":"/slow"}],"count":100,"concurrency":4,"time_limit_ms":3000}"#,
-        );
+        let mut r = Run::new(r#","self_warm":{"requests":["/slow"],"count":100,"concurrency":4,"time_limit_ms":3000}"#);
         for _ in 0..80 {
             for s in r.due(false) {
                 if !matches!(s, Step::Warm(_)) {
@@ -963,11 +967,9 @@ mod tests {
         }
         assert_eq!(q["port"], "8080");
         assert_eq!(q["ephemeral"], "true");
-        assert_eq!(q["weight"], "1.0");
         let meta: BTreeMap<String, String> = serde_json::from_str(&q["metadata"]).unwrap();
         assert_eq!(meta["timestamp"], "1700000000123");
         assert_eq!(meta["warmup"], "120000");
-        assert_eq!(meta["weight"], "100");
         assert_eq!(meta["version"], "2");
         let beat = nacos_request(n, &Session::default(), &me, Step::Heartbeat);
         assert_eq!(beat.header(":method"), Some("PUT"));
@@ -1020,6 +1022,9 @@ mod tests {
         assert_eq!(r(200, br#"{"code":21003,"message":"instance not found","data":null}"#), Answer::NotFound);
         assert!(matches!(r(403, b"unknown user!"), Answer::Failed(w) if w == "HTTP 403"));
         assert!(matches!(r(500, br#"{"code":30000}"#), Answer::Failed(w) if w == "HTTP 500, code 30000"));
+        // only the top-level code counts, whatever the spacing and key order
+        assert_eq!(r(200, br#"{"data":{"code":20404},"message":"code", "code" : 0}"#), Answer::Ok);
+        assert_eq!(r(200, br#"{"message":"a "code": 1","code":21003}"#), Answer::NotFound);
         let none = HttpResponse { status: None, headers: &[], body: b"", body_size: 0 };
         assert_eq!(nacos_answer(&none), Answer::Failed("no answer".into()));
     }
@@ -1089,17 +1094,23 @@ mod tests {
                 "inbound.registration.readiness.path",
                 "start with '/'",
             ),
-            (NACOS, r#","self_warm":{"requests":[{"path":"/"}]}"#, "inbound.self_warm", "needs inbound.registration"),
+            (NACOS, r#","self_warm":{"requests":["/"]}"#, "inbound.self_warm", "needs inbound.registration"),
             (NACOS, &format!(r#"{reg},"self_warm":{{"requests":[]}}"#), "inbound.self_warm.requests", "at least one"),
             (
                 NACOS,
-                &format!(r#"{reg},"self_warm":{{"requests":[{{"method":"DELETE","path":"/"}}]}}"#),
-                "inbound.self_warm.requests[0].method",
+                &format!(r#"{reg},"self_warm":{{"requests":["/ok","DELETE /"]}}"#),
+                "inbound.self_warm.requests[1]",
                 "GET, HEAD",
             ),
             (
                 NACOS,
-                &format!(r#"{reg},"self_warm":{{"requests":[{{"path":"/"}}],"concurrency":0}}"#),
+                &format!(r#"{reg},"self_warm":{{"requests":["GET /a b"]}}"#),
+                "inbound.self_warm.requests[0]",
+                "without spaces",
+            ),
+            (
+                NACOS,
+                &format!(r#"{reg},"self_warm":{{"requests":["/"],"concurrency":0}}"#),
                 "inbound.self_warm.concurrency",
                 "between 1 and 64",
             ),
