@@ -252,7 +252,7 @@ struct RawInbound {
 #[serde(deny_unknown_fields)]
 struct RawRegistration {
     local_cluster: String,
-    #[serde(default = "d_readiness")]
+    #[serde(default)]
     readiness: HealthCheck,
     #[serde(default = "d_heartbeat")]
     heartbeat_ms: i64,
@@ -260,9 +260,6 @@ struct RawRegistration {
     metadata: BTreeMap<String, String>,
 }
 
-fn d_readiness() -> HealthCheck {
-    HealthCheck { interval_ms: 1000, healthy_threshold: 3, unhealthy_threshold: 3, ..HealthCheck::default() }
-}
 fn d_heartbeat() -> i64 {
     5000
 }
@@ -397,9 +394,10 @@ pub struct RegistrationConfig {
     /// The Envoy cluster of the application itself (readiness and self-warm go there, with
     /// `:authority: localhost`).
     pub local_cluster: String,
-    /// The readiness check: `path`, passing statuses, `interval_ms`, `timeout_ms`;
-    /// `healthy_threshold` passes in a row make the application ready (default 3),
-    /// `unhealthy_threshold` failures in a row while registered deregister it (default 3).
+    /// The readiness check, in `health_check`'s shape and with its defaults (`GET /`, 2xx, every
+    /// 5000 ms, timeout 1000 ms): `healthy_threshold` passes in a row (default 1) make the
+    /// application ready, `unhealthy_threshold` failures in a row while registered (default 2)
+    /// deregister it.
     pub readiness: HealthCheck,
     /// Heartbeat period (ms, 1000..=60000, default 5000; Nacos expires an ephemeral instance
     /// after 15 s without one, Eureka a lease after 90 s). Nacos instances are registered

@@ -23,6 +23,9 @@ pub enum Reason {
     SelfDraining,
     /// Inbound: over this second's admission cap (Sentinel's flow control: `FlowException`).
     FlowLimited,
+    /// Inbound with `registration`: the application is not ready (or not yet warm) to take
+    /// traffic; the sidecar has not registered it.
+    NotReady,
 }
 
 impl Reason {
@@ -35,16 +38,18 @@ impl Reason {
             Reason::PinnedDraining => "pinned_draining",
             Reason::SelfDraining => "self_draining",
             Reason::FlowLimited => "flow_limited",
+            Reason::NotReady => "not_ready",
         }
     }
 
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::NoInstances,
         Reason::NoMembership,
         Reason::NoneServing,
         Reason::PinnedDraining,
         Reason::SelfDraining,
         Reason::FlowLimited,
+        Reason::NotReady,
     ];
 
     /// Position in [`Reason::ALL`].
@@ -56,6 +61,7 @@ impl Reason {
             Reason::PinnedDraining => 3,
             Reason::SelfDraining => 4,
             Reason::FlowLimited => 5,
+            Reason::NotReady => 6,
         }
     }
 }
@@ -64,18 +70,26 @@ impl Reason {
 /// draining: any value (an application may send its own, e.g. `true`) except the reasons a
 /// caller-side lossless gives for its own local replies (`no_instances`, `no_membership`,
 /// `none_serving`, `pinned_draining`), which describe that proxy's view of its upstreams, not the
-/// proxy going away, and an instance's `flow_limited` (it is warming up, not leaving).
+/// proxy going away, and an instance's `flow_limited` and `not_ready` (it is starting or warming
+/// up, not leaving).
 /// `draining` (served) and `self_draining` (refused) are notices.
 pub fn is_drain_notice(value: &str) -> bool {
     let v = value.trim();
     !Reason::ALL.iter().any(|r| *r != Reason::SelfDraining && r.as_str() == v)
 }
 
-/// Whether a drain header `value` is an instance's refusal (`self_draining`, `flow_limited`):
-/// nothing was done, so a retry policy may resend the request elsewhere.
+/// The instance's own refusals: answered before any work, so a retry policy may resend the
+/// request elsewhere, POSTs included. The shipped retry policies match exactly these values
+/// ([`REFUSALS_REGEX`]).
+pub const REFUSALS: [Reason; 3] = [Reason::SelfDraining, Reason::FlowLimited, Reason::NotReady];
+
+/// The RE2 pattern of [`REFUSALS`] in the shipped retry policies (`retriable_headers`).
+pub const REFUSALS_REGEX: &str = "self_draining|flow_limited|not_ready";
+
+/// Whether a drain header `value` is one of an instance's [`REFUSALS`].
 pub fn is_refusal(value: &str) -> bool {
     let v = value.trim();
-    v == Reason::SelfDraining.as_str() || v == Reason::FlowLimited.as_str()
+    REFUSALS.iter().any(|r| r.as_str() == v)
 }
 
 /// A local reply to send instead of forwarding.
@@ -103,6 +117,7 @@ pub fn local_reply(reason: Reason, d: &DrainConfig) -> LocalReply {
         Reason::PinnedDraining => "lossless: the pinned instance is draining; retry without the pin\n",
         Reason::SelfDraining => "lossless: this instance is draining; retry elsewhere\n",
         Reason::FlowLimited => "lossless: this instance is warming up and at its admission cap; retry elsewhere\n",
+        Reason::NotReady => "lossless: this instance is not ready yet; retry elsewhere\n",
     };
     LocalReply { status: 503, headers, body: body.to_string() }
 }
@@ -271,5 +286,33 @@ mod tests {
         s.update(&serving, me, false, 5000);
         assert!(!s.draining() && s.since_ms.is_none());
         assert!(!s.rejecting(9000, 0));
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every shipped retry policy resends exactly the instance's refusals: the pattern each one
+    /// matches is [`REFUSALS_REGEX`], and it matches each [`REFUSALS`] value and nothing served.
+    #[test]
+    fn retry_policies_match_the_refusals() {
+        for (name, text) in [
+            ("outbound-override-host.yaml", include_str!("../envoy/outbound-override-host.yaml")),
+            ("outbound-original-dst.yaml", include_str!("../envoy/outbound-original-dst.yaml")),
+            ("compose/gateway.yaml", include_str!("../envoy/compose/gateway.yaml")),
+            ("istio/envoyfilter-orders.yaml", include_str!("../envoy/istio/envoyfilter-orders.yaml")),
+        ] {
+            assert!(text.contains(&format!("regex: \"{REFUSALS_REGEX}\"")), "{name}");
+            assert!(!text.contains("exact: self_draining"), "{name}");
+        }
+        let alternatives: Vec<&str> = REFUSALS_REGEX.split('|').collect();
+        let refusals: Vec<&str> = REFUSALS.iter().map(|r| r.as_str()).collect();
+        assert_eq!(alternatives, refusals);
+        assert!(!is_refusal(SERVED_WHILE_DRAINING) && is_drain_notice(SERVED_WHILE_DRAINING));
+        assert!(is_refusal("self_draining") && is_drain_notice("self_draining"));
+        for r in [Reason::FlowLimited, Reason::NotReady] {
+            assert!(is_refusal(r.as_str()) && !is_drain_notice(r.as_str()), "{r:?}");
+        }
     }
 }

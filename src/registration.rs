@@ -128,6 +128,8 @@ pub struct Online {
     for_drain: bool,
     /// The last registry failure, for the log and the membership JSON.
     pub last_error: Option<String>,
+    /// The phase last written to shared data.
+    pub shared: Option<Phase>,
 }
 
 impl Default for Online {
@@ -146,6 +148,7 @@ impl Default for Online {
             backoff_ms: 0,
             for_drain: false,
             last_error: None,
+            shared: None,
         }
     }
 }
@@ -394,6 +397,13 @@ fn describe(step: Step, why: &str) -> String {
         _ => "deregistration",
     };
     format!("{what} failed: {why}")
+}
+
+/// Whether the shared [`Online::encode`] text says the application does not take traffic yet
+/// (`unready`, `warming`, or nothing shared yet): requests get 503 `not_ready`.
+pub fn not_ready(bytes: Option<&[u8]>) -> bool {
+    let phase = bytes.and_then(|b| b.split(|c| *c == b'|').next()).unwrap_or_default();
+    matches!(phase, b"" | b"unready" | b"warming")
 }
 
 /// The shared [`Online::encode`] text as a JSON object for the membership document:

@@ -51,12 +51,12 @@ pub struct ServiceStats {
     pub health_check_success: u64,
     pub health_check_failure: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
-    pub local_503: [u64; 6],
+    pub local_503: [u64; 7],
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 20] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -76,6 +76,7 @@ impl ServiceStats {
         "local_503.pinned_draining",
         "local_503.self_draining",
         "local_503.flow_limited",
+        "local_503.not_ready",
     ];
 
     /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
@@ -86,9 +87,9 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 19] {
+    pub fn take(&mut self) -> [u64; 20] {
         let s = std::mem::take(self);
-        let [a, b, c, d, e, f] = s.local_503;
+        let [a, b, c, d, e, f, g] = s.local_503;
         [
             s.refresh_ok,
             s.refresh_failed,
@@ -109,6 +110,7 @@ impl ServiceStats {
             d,
             e,
             f,
+            g,
         ]
     }
 }
@@ -204,7 +206,7 @@ mod tests {
             readmitted: 11,
             health_check_success: 12,
             health_check_failure: 13,
-            local_503: [14, 15, 16, 17, 18, 19],
+            local_503: [14, 15, 16, 17, 18, 19, 20],
         };
         let values = s.take();
         let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();

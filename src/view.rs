@@ -80,6 +80,9 @@ pub struct View {
     next_expiry_ms: i64,
     pub marks: Marks,
     pub self_drain: SelfDrain,
+    /// Inbound with `registration`: the application is not ready (or not yet warm), as the
+    /// poller's registration last shared it ([`crate::registration::not_ready`]).
+    pub not_ready: bool,
     /// Number of snapshot decodes (each is O(n); they happen only on change).
     pub decodes: u64,
 }

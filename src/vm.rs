@@ -92,6 +92,19 @@ pub enum Purpose {
     Online(Step),
 }
 
+/// Shares a new registration phase (nothing when the phase is the one last shared): logged,
+/// written for every VM's membership JSON and for a new poller to resume from, and the
+/// generation bumped so every worker re-reads whether the application takes traffic.
+fn share_online(shared: &dyn Shared, keys: &Keys, online: &mut Online, addr: &str) {
+    if online.shared == Some(online.phase) {
+        return;
+    }
+    online.shared = Some(online.phase);
+    info!("{addr}: {}", online.phase.as_str());
+    shared.set(&keys.online(), online.encode().as_bytes(), None);
+    bump_gen(shared, keys);
+}
+
 /// The registry request of a registration step, and the registry's cluster to send it on.
 fn registry_call(
     services: &[Service],
@@ -224,6 +237,9 @@ impl Vm {
             if let Some(s) = self.services.get(ib.service) {
                 self.view.self_drain.update(&s.view.snap.members, &ib.self_address, manual, now_ms);
             }
+            if self.online.is_some() {
+                self.view.not_ready = registration::not_ready(shared.get(&self.keys.online()).0.as_deref());
+            }
         }
     }
 
@@ -296,16 +312,18 @@ impl Vm {
                 });
             }
         }
-        self.online_due(now_ms, &mut out);
+        self.online_due(shared, now_ms, &mut out);
         out
     }
 
     /// The registration steps due (poller VM, inbound with `registration`).
-    fn online_due(&mut self, now_ms: i64, out: &mut Vec<Dispatch>) {
+    fn online_due(&mut self, shared: &dyn Shared, now_ms: i64, out: &mut Vec<Dispatch>) {
         let Some(ib) = &self.settings.inbound else { return };
         let (Some(reg), Some(online)) = (&ib.registration, self.online.as_mut()) else { return };
         let draining = self.view.self_drain.draining();
-        for step in online.due(ib, reg, draining, now_ms) {
+        let steps = online.due(ib, reg, draining, now_ms);
+        share_online(shared, &self.keys, online, &ib.self_address);
+        for step in steps {
             let request = match step {
                 Step::Readiness | Step::Warm(_) => registration::local_request(step, ib, reg),
                 _ => None,
@@ -344,13 +362,12 @@ impl Vm {
             }
         }
         let draining = self.view.self_drain.draining();
-        let warm_done = matches!(step, Step::Warm(_));
-        if online.on_answer(reg, step, answer, draining, now_ms) || warm_done {
-            if !warm_done {
-                info!("{}: {}", ib.self_address, online.phase.as_str());
-            }
+        online.on_answer(reg, step, answer, draining, now_ms);
+        if matches!(step, Step::Warm(_)) {
+            // self-warm progress, for the membership JSON
             shared.set(&self.keys.online(), online.encode().as_bytes(), None);
         }
+        share_online(shared, &self.keys, online, &ib.self_address);
     }
 
     /// The host accepted `d` under `token`.
@@ -545,6 +562,9 @@ impl Vm {
             let service = self.settings.inbound.as_ref().map(|i| i.service);
             if self.view.self_drain.rejecting(now, self.settings.drain.notify_grace_ms) {
                 return self.reject(ex, service, Reason::SelfDraining);
+            }
+            if self.view.not_ready {
+                return self.reject(ex, service, Reason::NotReady);
             }
             if let Some(rule) = &self.admission {
                 match admission::check(h, &self.keys.admission(), rule, now) {
@@ -1046,7 +1066,7 @@ mod tests {
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","state":"draining"},{"address":"10.0.0.2:80","state":"draining"}]}"#, NOW + 2000);
         let r = w.route("demo", None, NOW + 2000).unwrap_err();
         assert_eq!((r.status, reason(&r)), (503, "none_serving"));
-        assert_eq!(w.vm.services[0].stats.local_503, [0, 0, 1, 1, 0, 0]);
+        assert_eq!(w.vm.services[0].stats.local_503, [0, 0, 1, 1, 0, 0, 0]);
     }
 
     #[test]
@@ -1113,6 +1133,88 @@ mod tests {
         w.vm.on_response(&h, &ex);
         let left = h.resp.borrow().clone();
         left
+    }
+
+    /// An instance's `flow_limited` / `not_ready` refusal is neither a drain notice nor a failure:
+    /// a warming instance is not marked draining nor ejected by its callers, and the header stops
+    /// at this hop.
+    #[test]
+    fn warming_instances_refusals_mark_nothing() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        for why in ["flow_limited", "not_ready"] {
+            for _ in 0..10 {
+                let left = relay(&mut w, Some("demo"), "10.0.0.1:80", &[(":status", "503"), ("x-lossless-drain", why)]);
+                assert_eq!(drain_value(&left), None, "{why}");
+            }
+        }
+        assert_eq!((w.vm.stats.notify_marks, w.vm.services[0].stats.ejections_enforced), (0, 0));
+        assert!(w.vm.view.marks.m.is_empty() && w.vm.view.marks.ejected.is_empty());
+    }
+
+    /// Inbound with registration and admission, two workers sharing Envoy's shared data: requests
+    /// are refused `not_ready` until the poller saw readiness and registered; then admitted on
+    /// the warm-up cap shared by both workers; a drain deregisters.
+    #[test]
+    fn inbound_registration_gates_and_admission_caps() {
+        let cfg = br#"{"mode":"inbound","inbound":{"service":"me","self_address":"10.0.0.1:80","warmup_ms":60000,
+            "registration":{"local_cluster":"local_app","readiness":{"path":"/ready","interval_ms":1000,"healthy_threshold":2}},
+            "admission":{"max_rps":6,"cold_factor":3}},
+            "registries":{"n":{"type":"nacos","cluster":"registry","authority":"nacos","api":"v1"}},
+            "services":[{"name":"me","registry":"n"}]}"#;
+        let shared = FakeShared::default();
+        let mut a = Vm::new(config::parse(cfg).unwrap(), cfg, 1, Rng::new(1));
+        let mut b = Vm::new(config::parse(cfg).unwrap(), cfg, 2, Rng::new(2));
+        a.on_start(&shared);
+        b.on_start(&shared);
+        let ask = |vm: &mut Vm, now: i64| {
+            let h = host(&shared, now, &[(":path", "/x")], None);
+            match vm.on_request(&h, &mut Exchange::default()) {
+                Flow::Continue => "ok".to_string(),
+                Flow::Reply(r) => reason(&r).to_string(),
+            }
+        };
+        assert_eq!(ask(&mut b, NOW), "not_ready");
+        let ok = [(":status".to_string(), "200".to_string())];
+        let answer = |vm: &mut Vm, d: &Dispatch, token: u32, body: &[u8], now: i64| {
+            vm.dispatched(token, d);
+            let resp = HttpResponse { status: Some(200), headers: &ok, body, body_size: body.len() };
+            vm.on_call_reply(&shared, token, &resp, now);
+        };
+        let mut sent = Vec::new();
+        for (k, t) in (0..40).map(|k| (k, NOW + k * 100)) {
+            for d in a.on_tick(&shared, t) {
+                if let Purpose::Online(step) = d.purpose {
+                    sent.push((step, d.cluster.clone(), d.request.header(":path").unwrap_or_default().to_string()));
+                    let body: &[u8] = if step == Step::Readiness { b"" } else { b"ok" };
+                    answer(&mut a, &d, 100 + k as u32, body, t);
+                }
+            }
+        }
+        let steps: Vec<Step> = sent.iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(steps[..3], [Step::Readiness, Step::Readiness, Step::Register], "{sent:?}");
+        assert!(steps[3..].iter().all(|s| *s == Step::Readiness), "readiness goes on while registered: {sent:?}");
+        assert!(sent.iter().all(|(s, c, p)| *s != Step::Readiness || (c == "local_app" && p == "/ready")));
+        assert_eq!(sent[2].1, "registry");
+        assert!(sent[2].2.starts_with("/nacos/v1/ns/instance?serviceName=me"));
+        assert_eq!(a.online.as_ref().map(|o| o.phase), Some(registration::Phase::Registered));
+        // admitted now, on the cold rate 6 / 3 = 2 per second, whichever worker asks
+        let t = NOW + 10_000;
+        let got: Vec<String> = (0..4).map(|i| if i % 2 == 0 { ask(&mut a, t) } else { ask(&mut b, t) }).collect();
+        assert_eq!(got, ["ok", "ok", "flow_limited", "flow_limited"]);
+        assert_eq!(b.services[0].stats.local_503[Reason::FlowLimited.index()], 1);
+        // both workers' membership JSON shows the registration and the cap
+        let h = host(&shared, t, &[(":path", "/lossless/membership"), (":method", "GET")], None);
+        let Flow::Reply(r) = b.on_request(&h, &mut Exchange::default()) else { panic!() };
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(j["self"]["online"]["registration"]["phase"], "registered", "{}", r.body);
+        assert_eq!(j["self"]["online"]["admission"]["admitted"], 2);
+        // a drain on worker b: the poller deregisters
+        let h = host(&shared, t, &[(":path", "/lossless/drain"), (":method", "POST")], None);
+        assert!(matches!(b.on_request(&h, &mut Exchange::default()), Flow::Reply(ref r) if r.status == 200));
+        let due = a.on_tick(&shared, t + 100);
+        let del = due.iter().find(|d| d.purpose == Purpose::Online(Step::Deregister)).expect("a deregistration");
+        assert_eq!(del.request.header(":method"), Some("DELETE"));
     }
 
     fn drain_value(headers: &[(String, String)]) -> Option<&str> {
