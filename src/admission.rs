@@ -81,7 +81,9 @@ impl WarmUp {
     /// Moves `b` to the second of `now_ms` (syncing its tokens once per second) and decides one
     /// request: true (and counted in `b`) when it is admitted.
     pub fn admit(&self, b: &mut Bucket, now_ms: i64) -> bool {
-        let second = now_ms.div_euclid(1000);
+        // workers' clocks differ by a few ms: a request a worker still dates in the previous
+        // second counts in the bucket's current one (the window never moves back)
+        let second = now_ms.div_euclid(1000).max(b.second);
         if second != b.second {
             b.prev_passed = if second == b.second + 1 { b.passed } else { 0 };
             b.passed = 0;
@@ -270,6 +272,22 @@ mod tests {
         assert_eq!(admitted, 20, "60 / 3 in the first (cold) second, whichever worker asked");
         let (bytes, _) = shared.get("adm");
         assert_eq!(Bucket::decode(&bytes.unwrap()).map(|b| b.passed), Some(20));
+    }
+
+    /// Two workers whose clocks straddle a second boundary do not reset each other's count: a
+    /// request dated in the previous second counts in the current one.
+    #[test]
+    fn the_window_never_moves_back() {
+        let w = WarmUp::new(30, 3, 10);
+        let mut b = Bucket::default();
+        let mut admitted = 0;
+        for i in 0..100 {
+            // alternately 40 ms behind and 40 ms ahead of a boundary
+            let t = 9_000_000 + if i % 2 == 0 { -40 } else { 40 };
+            admitted += u32::from(w.admit(&mut b, t));
+        }
+        // at most the cold 10 of the earlier second and 10 of the later one
+        assert!(admitted <= 20, "{admitted}");
     }
 
     #[test]

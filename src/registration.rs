@@ -130,6 +130,8 @@ pub struct Online {
     pub last_error: Option<String>,
     /// The phase last written to shared data.
     pub shared: Option<Phase>,
+    /// "It stays unregistered" was logged since the last registration.
+    pub told: bool,
 }
 
 impl Default for Online {
@@ -149,6 +151,7 @@ impl Default for Online {
             for_drain: false,
             last_error: None,
             shared: None,
+            told: false,
         }
     }
 }
@@ -264,6 +267,22 @@ impl Online {
         }
     }
 
+    /// A registry call that cannot be made yet (the registry's API is still being detected, or
+    /// its login has not answered): asked again shortly, not counted as a failure.
+    pub fn defer(&mut self, now_ms: i64) {
+        self.call_in_flight = false;
+        self.next_call_ms = now_ms + 200;
+    }
+
+    /// The line to log once when the instance cannot be registered yet (`None` once said).
+    pub fn tell_unregistered(&mut self, why: &str, addr: &str) -> Option<String> {
+        if self.told {
+            return None;
+        }
+        self.told = true;
+        Some(format!("cannot register {addr} yet ({why}); it stays unregistered, retrying with back-off"))
+    }
+
     fn back_off(&mut self, now_ms: i64) {
         self.backoff_ms = if self.backoff_ms == 0 { BACKOFF_MS.0 } else { (self.backoff_ms * 2).min(BACKOFF_MS.1) };
         self.next_call_ms = now_ms + self.backoff_ms;
@@ -329,6 +348,7 @@ impl Online {
         match (step, self.phase, answer) {
             (Step::Register, Phase::Registering, Answer::Ok) => {
                 self.phase = Phase::Registered;
+                self.told = false;
                 self.registered_ms = Some(now_ms);
                 self.stats.registrations += 1;
                 self.backoff_ms = 0;

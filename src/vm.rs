@@ -40,6 +40,11 @@ pub trait Host: Shared {
     /// Wall-clock ms since the epoch, as the VM keeps it: the glue serves the time it read on the
     /// last tick (at most 100 ms old), so this is no host call on the request path.
     fn now_ms(&self) -> i64;
+    /// Wall-clock ms since the epoch read from the host now (a host call): for the admission cap,
+    /// whose one-second windows every worker must agree on.
+    fn clock_ms(&self) -> i64 {
+        self.now_ms()
+    }
     fn request_header(&self, name: &str) -> Option<String>;
     /// Sets (`Some`) or removes (`None`) a request header; false when the host refused.
     fn set_request_header(&self, name: &str, value: Option<&str>) -> bool;
@@ -103,6 +108,18 @@ fn share_online(shared: &dyn Shared, keys: &Keys, online: &mut Online, addr: &st
     info!("{addr}: {}", online.phase.as_str());
     shared.set(&keys.online(), online.encode().as_bytes(), None);
     bump_gen(shared, keys);
+}
+
+/// Whether the service's registry can take a registration call now: a Nacos with `api: auto`
+/// once a list reply confirmed its API, and one with credentials once it holds a token.
+fn registry_ready(services: &[Service], registries: &[Registry], svc: usize) -> bool {
+    let Some(reg) = services.get(svc).and_then(|s| registries.get(s.cfg.registry)) else { return false };
+    match &reg.cfg.kind {
+        RegistryKind::Nacos(n) => {
+            (n.api.is_some() || reg.session.api_confirmed) && (n.auth.is_none() || reg.session.token.is_some())
+        }
+        _ => true,
+    }
 }
 
 /// The registry request of a registration step, and the registry's cluster to send it on.
@@ -330,6 +347,14 @@ impl Vm {
             };
             let d = match request {
                 Some(request) => Some((reg.local_cluster.clone(), request)),
+                None if !registry_ready(&self.services, &self.registries, ib.service) => {
+                    online.defer(now_ms);
+                    let why = "the registry has not answered a list request yet";
+                    if let Some(line) = online.tell_unregistered(why, &ib.self_address) {
+                        warn!("{line}");
+                    }
+                    continue;
+                }
                 None => registry_call(&self.services, &self.registries, ib, online, step, now_ms),
             };
             match d {
@@ -357,8 +382,8 @@ impl Vm {
             },
         };
         if let (Answer::Failed(why), Step::Register) = (&answer, step) {
-            if online.stats.registration_failed == 0 {
-                warn!("cannot register {} yet ({why}); it stays unregistered, retrying with back-off", ib.self_address);
+            if let Some(line) = online.tell_unregistered(why, &ib.self_address) {
+                warn!("{line}");
             }
         }
         let draining = self.view.self_drain.draining();
@@ -567,7 +592,7 @@ impl Vm {
                 return self.reject(ex, service, Reason::NotReady);
             }
             if let Some(rule) = &self.admission {
-                match admission::check(h, &self.keys.admission(), rule, now) {
+                match admission::check(h, &self.keys.admission(), rule, h.clock_ms()) {
                     Admit::Yes => self.stats.admission_admitted += 1,
                     Admit::No => return self.reject(ex, service, Reason::FlowLimited),
                     Admit::Unsure => self.stats.admission_unsure += 1,

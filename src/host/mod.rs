@@ -60,6 +60,9 @@ impl Host for Envoy {
             t => t,
         }
     }
+    fn clock_ms(&self) -> i64 {
+        now_ms()
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
     }

@@ -1,6 +1,10 @@
 """Test backend: answers 200 + its identity, counts requests, has /__ control endpoints.
 
-Run: python3 backend.py --port P [--name NAME]. Binds 127.0.0.1 only.
+Run: python3 backend.py --port P [--name NAME] [--ready-after-ms MS] [--cold-ms MS --warm-after N].
+Binds 127.0.0.1 only. With --ready-after-ms, GET /ready answers 503 until that long after the
+start, then 200 (an application with no registry client: it only says whether it is ready). With
+--cold-ms, each of its first N requests (any path but /ready and /__*) takes that long: an
+application that is slow until warmed, like a JVM before its JIT and caches.
 """
 
 import argparse
@@ -20,6 +24,12 @@ class State:
         self.drain = False
         self.status = 200
         self.delay_ms = 0
+        self.started = time.monotonic()
+        self.ready_after_ms = 0
+        self.cold_ms = 0
+        self.warm_after = 0
+        self.served = 0
+        self.cold_served = 0
 
     def count(self, method):
         with self.lock:
@@ -36,7 +46,22 @@ class State:
             "drain": self.drain,
             "status": self.status,
             "delay_ms": self.delay_ms,
+            "ready": self.ready(),
+            "served": self.served,
+            "cold_served": self.cold_served,
         }
+
+    def ready(self):
+        return (time.monotonic() - self.started) * 1000.0 >= self.ready_after_ms
+
+    def take_cold(self):
+        """Counts one served request; True while the application is still cold."""
+        with self.lock:
+            self.served += 1
+            cold = self.served <= self.warm_after and self.cold_ms > 0
+            if cold:
+                self.cold_served += 1
+            return cold
 
 
 class Server(ThreadingHTTPServer):
@@ -95,6 +120,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__"):
             return self._control(url.path, url.query)
         st = self.state
+        if url.path == "/ready" and st.ready_after_ms > 0:
+            return self._send(200 if st.ready() else 503, {"ready": st.ready()})
+        if st.take_cold():
+            time.sleep(st.cold_ms / 1000.0)
         st.count(self.command)
         if st.delay_ms > 0:
             time.sleep(st.delay_ms / 1000.0)
@@ -110,9 +139,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default="")
+    ap.add_argument("--ready-after-ms", type=int, default=0)
+    ap.add_argument("--cold-ms", type=int, default=0)
+    ap.add_argument("--warm-after", type=int, default=0)
     args = ap.parse_args()
     instance = f"127.0.0.1:{args.port}"
     Handler.state = State(instance, args.name or instance)
+    Handler.state.ready_after_ms = args.ready_after_ms
+    Handler.state.cold_ms = args.cold_ms
+    Handler.state.warm_after = args.warm_after
     server = Server(("127.0.0.1", args.port), Handler)
     print(f"backend {args.name} listening on {instance}", flush=True)
     server.serve_forever(poll_interval=0.2)

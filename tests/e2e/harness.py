@@ -70,11 +70,12 @@ def serving(port, service=0):
 class Backend(Managed):
     """A backend.py server on a free port (or `port`); answers with x-instance: 127.0.0.1:P."""
 
-    def __init__(self, procs, name=None, port=None):
+    def __init__(self, procs, name=None, port=None, args=()):
         self.procs = procs
         self.port = port or free_port()
         self.name = name or f"backend-{self.port}"
         self.proc = None
+        self.args = [str(a) for a in args]
 
     @property
     def addr(self):
@@ -88,7 +89,7 @@ class Backend(Managed):
 
     def start(self, timeout=10.0):
         argv = [sys.executable, str(HERE / "backend.py"), "--port", self.port,
-                "--name", self.name]
+                "--name", self.name, *self.args]
         self.proc = self.procs.start(self.name, argv)
         wait_http(self.url + "/__stats", timeout=timeout, proc=self.proc)
         return self
