@@ -830,8 +830,8 @@ ISTIO_DEFAULT_RETRY_POLICY = {
     "host_selection_retry_max_attempts": 5,
 }
 DRAIN_RETRY_ON = "connect-failure,refused-stream,retriable-headers"
-SELF_DRAINING = [{"name": "x-lossless-drain",
-                  "string_match": {"safe_regex": {"regex": "self_draining|flow_limited|not_ready"}}}]
+REFUSALS = "self_draining|flow_limited|not_ready"
+SELF_DRAINING = [{"name": "x-lossless-drain", "string_match": {"safe_regex": {"regex": REFUSALS}}}]
 
 
 def istio_route(cluster_name, timeout="0s"):
