@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from harness import INBOUND, membership
+from harness import INBOUND, Backend, membership
 from kit import (
     HOUR_MS,
     LOOPBACK,
@@ -430,3 +430,39 @@ def test_response_cache_delay_and_notify_beating_it(
         assert seen["lease expiry"] <= 2 * LEASE_S + 1.0 + REFRESH_S + 0.5, seen
         assert seen["last instance (404)"] <= took + 3 * REFRESH_S + 1.0, seen
         assert last["A"] <= took + REFRESH_S + 0.5, last
+
+
+def test_sidecar_registers_in_real_eureka(eureka_servers, procs, make_envoy):
+    """inbound.registration on Eureka (Spring Cloud Netflix's server, read cache off): the
+    sidecar registers its application only once /ready answers, with the InstanceInfo the
+    server accepts (ipAddr, port, UP, the start-time metadata), renews the lease, and cancels it
+    when the drain starts."""
+    eu = eureka_servers["live"]
+    app_name = "ONLINE"
+    app = Backend(procs, args=["--ready-after-ms", 2000]).start()
+    listen = free_port()
+    me = f"{LOOPBACK}:{listen}"
+    inbound = {"service": "demo", "self_address": me, "warmup_ms": 60_000,
+               "registration": {"local_cluster": "local_app", "heartbeat_ms": 1000,
+                                "readiness": {"path": "/ready", "interval_ms": 500,
+                                              "timeout_ms": 400}}}
+    cfg = eureka_config(eu, [app_name], mode="inbound", inbound=inbound)
+    sc = make_envoy(INBOUND, {"LISTEN_PORT": listen, "REGISTRY_PORT": eu.port,
+                              "LOSSLESS_CONFIG": cfg, "APP_PORT": app.port}, name="sidecar")
+    assert eu.instances(app_name) == {}
+    wait_until(lambda: eu.instances(app_name), timeout=20, interval=0.1, what="registered")
+    ready_ms = now_ms()
+    assert app.stats()["ready"]
+    (iid, rec), = eu.instances(app_name).items()
+    assert iid == f"{LOOPBACK}:online:{listen}", iid
+    assert (rec["ipAddr"], rec["port"]["$"], rec["status"]) == (LOOPBACK, listen, "UP"), rec
+    assert abs(int(rec["metadata"]["timestamp"]) - ready_ms) < 1500, rec["metadata"]
+    assert rec["metadata"]["warmup"] == "60000"
+    # renewed every second, each renewal answered 200 by the server (its list does not show
+    # renewals: leaseInfo.lastRenewalTimestamp stays at the registration)
+    time.sleep(3.5)
+    beats = sc.stat("wasmcustom.lossless.inbound.heartbeats", 0)
+    assert beats >= 2 and sc.stat("wasmcustom.lossless.inbound.heartbeat_failures", 0) == 0, beats
+    assert eu.instances(app_name)[iid]["status"] == "UP"
+    assert request("POST", f"http://{me}/lossless/drain", body=b"")[0] == 200
+    wait_until(lambda: eu.instances(app_name) == {}, timeout=5, interval=0.1, what="cancelled")
