@@ -159,9 +159,11 @@ pub struct SelfDrain {
     /// When this VM first saw the drain (ms since epoch).
     pub since_ms: Option<i64>,
     /// The sidecar registers the instance itself (`inbound.registration`): its absence from the
-    /// registry is the sidecar's own doing (not yet registered, or deregistered), not a drain;
-    /// only an explicit offline (Nacos `enabled=false`, Eureka `OUT_OF_SERVICE`, a drain flag)
-    /// is, and it lasts until the registry lists the instance as serving again.
+    /// registry is the sidecar's own doing (not yet registered, or deregistered) and a
+    /// registry's "unhealthy" is about the heartbeats, neither is a drain; only an explicit
+    /// offline listed as such (Eureka `OUT_OF_SERVICE`, a drain metadata flag) is, and it lasts
+    /// until the registry lists the instance as serving again. Nacos lists a disabled instance
+    /// by leaving it out, so there the drain is the drain endpoint (the preStop hook).
     pub sidecar_registers: bool,
 }
 
@@ -190,6 +192,9 @@ impl SelfDrain {
                 self.seen_serving = true;
                 self.registry_offline = false;
             }
+            // the registry's health verdict (Nacos healthy=false: beats came late) is about the
+            // registration the sidecar keeps alive, not a drain; an explicit offline is
+            Some(m) if self.sidecar_registers && m.state != State::Draining => {}
             Some(_) => self.registry_offline = true,
             None if self.sidecar_registers => {}
             None => self.registry_offline = self.seen_serving,
@@ -248,6 +253,25 @@ mod tests {
         assert_eq!(pin(&ms, Some("10.0.0.3:80")), Pin::Draining);
         assert_eq!(pin(&ms, Some("169.254.169.254:80")), Pin::Ignore);
         assert_eq!(pin(&ms, Some("garbage")), Pin::Ignore);
+    }
+
+    #[test]
+    fn self_drain_with_sidecar_registration_reads_only_explicit_offline() {
+        let me = |state| i("10.0.0.1:80", state);
+        let mut s = SelfDrain { sidecar_registers: true, ..SelfDrain::default() };
+        s.update(&[], "10.0.0.1:80", false, 0);
+        assert!(!s.draining(), "not registered yet");
+        s.update(&[me(State::Serving)], "10.0.0.1:80", false, 1);
+        s.update(&[me(State::Down)], "10.0.0.1:80", false, 2);
+        assert!(!s.draining(), "unhealthy in the registry: the heartbeats' business");
+        s.update(&[], "10.0.0.1:80", false, 3);
+        assert!(!s.draining(), "deregistered by the sidecar itself");
+        s.update(&[me(State::Draining)], "10.0.0.1:80", false, 4);
+        assert!(s.draining(), "OUT_OF_SERVICE or a drain flag");
+        s.update(&[], "10.0.0.1:80", false, 5);
+        assert!(s.draining(), "and it holds while the sidecar deregisters it");
+        s.update(&[me(State::Serving)], "10.0.0.1:80", false, 6);
+        assert!(!s.draining());
     }
 
     #[test]

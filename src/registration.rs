@@ -905,6 +905,25 @@ mod tests {
         assert_eq!((r.o.phase, r.o.warm.sent), (Phase::Registered, warm_sent));
     }
 
+    /// A deregistration the registry refuses is retried with back-off until it lands; the
+    /// instance keeps draining meanwhile (nothing is registered again).
+    #[test]
+    fn failed_deregistration_is_retried() {
+        let mut r = Run::new("");
+        r.run(3_000, false, &ok);
+        let steps = r.run(8_000, true, &|s| match s {
+            Step::Deregister => Answer::Failed("HTTP 500".into()),
+            _ => Answer::Ok,
+        });
+        let tries = steps.iter().filter(|s| **s == Step::Deregister).count();
+        assert_eq!(tries, 4, "at once, then after 1, 2 and 4 s: {steps:?}");
+        assert!(!steps.contains(&Step::Register) && !steps.contains(&Step::Heartbeat));
+        assert_eq!(r.o.phase, Phase::Deregistering);
+        assert!(r.o.last_error.as_deref().unwrap().starts_with("deregistration failed"));
+        r.run(10_000, true, &ok);
+        assert_eq!((r.o.phase, r.o.stats.deregistrations), (Phase::Deregistered, 1));
+    }
+
     /// Self-warm ends at its time limit even when requests never answer.
     #[test]
     fn self_warm_time_limit() {
