@@ -108,6 +108,20 @@ pub struct OnlineStats {
     pub warm_failed: u64,
 }
 
+impl OnlineStats {
+    /// Adds `o` (what the state machine counted since the last tick) to these counters.
+    pub fn add(&mut self, o: OnlineStats) {
+        self.readiness_failed += o.readiness_failed;
+        self.registrations += o.registrations;
+        self.registration_failed += o.registration_failed;
+        self.heartbeats += o.heartbeats;
+        self.heartbeat_failed += o.heartbeat_failed;
+        self.deregistrations += o.deregistrations;
+        self.warm_ok += o.warm_ok;
+        self.warm_failed += o.warm_failed;
+    }
+}
+
 /// The registration state machine of one instance (run by the poller VM only).
 #[derive(Debug, Clone)]
 pub struct Online {

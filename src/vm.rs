@@ -282,16 +282,7 @@ impl Vm {
         }
         self.sync(shared, now_ms);
         if let Some(o) = self.online.as_mut() {
-            let add = std::mem::take(&mut o.stats);
-            let t = &mut self.stats.online;
-            t.readiness_failed += add.readiness_failed;
-            t.registrations += add.registrations;
-            t.registration_failed += add.registration_failed;
-            t.heartbeats += add.heartbeats;
-            t.heartbeat_failed += add.heartbeat_failed;
-            t.deregistrations += add.deregistrations;
-            t.warm_ok += add.warm_ok;
-            t.warm_failed += add.warm_failed;
+            self.stats.online.add(std::mem::take(&mut o.stats));
         }
         self.due(shared, now_ms)
     }
