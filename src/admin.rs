@@ -67,7 +67,7 @@ pub fn unknown_endpoint(mode: Mode) -> &'static str {
 pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers only\n";
 
 /// A JSON string literal for `s` (quotes, backslashes and control characters escaped).
-fn json_str(out: &mut String, s: &str) {
+pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use crate::admin::json_str;
 use crate::config::{InboundConfig, RegistrationConfig, SelfWarmConfig, ServiceConfig};
 use crate::instance::Unit;
 use crate::registry::eureka::Eureka;
@@ -550,20 +551,6 @@ fn json_object(m: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
 
 /// The Nacos form parameters of `step` (register, heartbeat, deregister).
 fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
