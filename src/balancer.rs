@@ -10,15 +10,12 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use serde::Deserialize;
-
 use crate::clock::Rng;
 use crate::instance::Instance;
 use crate::warmup::Curve;
 
 /// How the primary is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Dubbo `RandomLoadBalance`: weighted random by prefix sums; uniform when all weights are equal
     /// or all are zero.

@@ -1,14 +1,13 @@
-//! The plugin configuration: JSON parsed with serde (unknown fields refused, errors carry the field
-//! path) and validated into a typed [`Config`].
+//! The plugin configuration: JSON read by hand ([`crate::json`]: unknown fields refused, errors
+//! carry the field path) and validated into a typed [`Config`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
-
 use crate::balancer::Policy;
-use crate::health::{HealthCheck, OutlierDetection};
-use crate::instance::{canonical_addr, BuildOptions, MetadataKeys};
+use crate::health::{CheckKind, HealthCheck, OutlierDetection};
+use crate::instance::{canonical_addr, BuildOptions, MetaKey, MetadataKeys, Unit};
+use crate::json::{boolean, f32_, f64_, int, list, map, nullable, pair, string, variant, Json, Obj, R};
 use crate::membership::Guard;
 use crate::registry::nacos::{Api, Credentials};
 use crate::registry::{
@@ -48,23 +47,16 @@ fn at(prefix: &str, field: &str, message: impl Into<String>) -> ConfigError {
 // ---------------------------------------------------------------------------------------------
 // The JSON shape
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct Raw {
-    #[serde(default)]
     mode: Mode,
     registries: BTreeMap<String, RawRegistry>,
     services: Vec<RawService>,
-    #[serde(default = "d_refresh")]
     refresh_interval_ms: u64,
-    #[serde(default = "d_jitter")]
     jitter_percent: u32,
-    #[serde(default = "d_weight_refresh")]
     weight_refresh_ms: u64,
-    #[serde(default)]
     drain: RawDrain,
     inbound: Option<RawInbound>,
-    #[serde(default)]
     admin: RawAdmin,
 }
 
@@ -79,8 +71,7 @@ fn d_weight_refresh() -> u64 {
 }
 
 /// Which side of an instance the filter sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// On a caller (gateway or client sidecar): picks upstream instances.
     #[default]
@@ -89,8 +80,7 @@ pub enum Mode {
     Inbound,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RegistryType {
     Nacos,
     Eureka,
@@ -109,16 +99,12 @@ impl RegistryType {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawRegistry {
-    #[serde(rename = "type")]
     kind: RegistryType,
     cluster: String,
     authority: String,
-    #[serde(default = "d_timeout")]
     timeout_ms: u64,
-    #[serde(default = "d_max_body")]
     max_body_bytes: usize,
     // nacos
     api: Option<String>,
@@ -141,35 +127,26 @@ fn d_max_body() -> usize {
     8 << 20
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawService {
     name: String,
     registry: String,
     registry_service: Option<String>,
     group: Option<String>,
     namespace: Option<String>,
-    #[serde(default)]
     clusters: Vec<String>,
     tag: Option<String>,
     dc: Option<String>,
-    #[serde(default)]
     match_clusters: Vec<String>,
-    #[serde(default)]
     routing: RawRouting,
-    #[serde(default)]
     policy: Policy,
-    #[serde(default)]
     warmup: RawWarmup,
-    #[serde(default)]
     guard: Guard,
-    #[serde(default)]
     outlier_detection: OutlierDetection,
     health_check: Option<HealthCheck>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug)]
 struct RawRouting {
     mode: RoutingMode,
     header: String,
@@ -183,8 +160,7 @@ impl Default for RawRouting {
 }
 
 /// How the pick reaches Envoy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoutingMode {
     /// `primary,fallback1,...` in a header read by the `override_host` LB policy.
     OverrideHost,
@@ -192,8 +168,7 @@ pub enum RoutingMode {
     OriginalDst,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug)]
 struct RawWarmup {
     default_warmup_ms: i64,
     default_weight: i32,
@@ -215,8 +190,7 @@ impl Default for RawWarmup {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug)]
 struct RawDrain {
     header: String,
     retry_after_s: u32,
@@ -237,8 +211,7 @@ impl Default for RawDrain {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawInbound {
     service: String,
     self_address: String,
@@ -248,15 +221,11 @@ struct RawInbound {
     admission: Option<AdmissionConfig>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawRegistration {
     local_cluster: String,
-    #[serde(default)]
     readiness: HealthCheck,
-    #[serde(default = "d_heartbeat")]
     heartbeat_ms: i64,
-    #[serde(default)]
     metadata: BTreeMap<String, String>,
 }
 
@@ -264,17 +233,12 @@ fn d_heartbeat() -> i64 {
     5000
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct RawSelfWarm {
     requests: Vec<String>,
-    #[serde(default = "d_warm_count")]
     count: u32,
-    #[serde(default = "d_warm_concurrency")]
     concurrency: u32,
-    #[serde(default = "d_warm_timeout")]
     timeout_ms: i64,
-    #[serde(default = "d_warm_limit")]
     time_limit_ms: i64,
 }
 
@@ -291,8 +255,7 @@ fn d_warm_limit() -> i64 {
     60_000
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug)]
 struct RawAdmin {
     path_prefix: String,
 }
@@ -301,6 +264,249 @@ impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin { path_prefix: "/lossless".into() }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the JSON shape: one reader per type, fields in their declared order (see `json`).
+
+fn read_raw(v: &Json) -> R<Raw> {
+    let mut o = Obj::new(v, "", "Raw", 9)?;
+    let raw = Raw {
+        mode: o.or("mode", read_mode, Mode::default()),
+        registries: o.req("registries", |v, p| map(v, p, read_registry)),
+        services: o.req("services", |v, p| list(v, p, read_service)),
+        refresh_interval_ms: o.or("refresh_interval_ms", int, d_refresh()),
+        jitter_percent: o.or("jitter_percent", int, d_jitter()),
+        weight_refresh_ms: o.or("weight_refresh_ms", int, d_weight_refresh()),
+        drain: o.or("drain", read_drain, RawDrain::default()),
+        inbound: o.opt("inbound", read_inbound),
+        admin: o.or("admin", read_admin, RawAdmin::default()),
+    };
+    o.end().map(|()| raw)
+}
+
+fn read_mode(v: &Json, p: &str) -> R<Mode> {
+    variant(v, p, &[("outbound", Mode::Outbound), ("inbound", Mode::Inbound)])
+}
+
+fn read_registry(v: &Json, p: &str) -> R<RawRegistry> {
+    use RegistryType::{Consul, Eureka, Nacos, Static};
+    const KINDS: &[(&str, RegistryType)] =
+        &[("nacos", Nacos), ("eureka", Eureka), ("consul", Consul), ("static", Static)];
+    let mut o = Obj::new(v, p, "RawRegistry", 13)?;
+    let r = RawRegistry {
+        // a stand-in kind when absent or bad: `end` fails then
+        kind: o.req("type", |v, p| variant(v, p, KINDS).map(Some)).unwrap_or(Nacos),
+        cluster: o.req("cluster", string),
+        authority: o.req("authority", string),
+        timeout_ms: o.or("timeout_ms", int, d_timeout()),
+        max_body_bytes: o.or("max_body_bytes", int, d_max_body()),
+        api: o.opt("api", string),
+        username: o.opt("username", string),
+        password: o.opt("password", string),
+        token: o.opt("token", string),
+        wait_s: o.opt("wait_s", int),
+        address: o.opt("address", string),
+        path_prefix: o.opt("path_prefix", string),
+        path: o.opt("path", string),
+    };
+    o.end().map(|()| r)
+}
+
+fn strings(v: &Json, p: &str) -> R<Vec<String>> {
+    list(v, p, string)
+}
+
+fn read_service(v: &Json, p: &str) -> R<RawService> {
+    let mut o = Obj::new(v, p, "RawService", 15)?;
+    let s = RawService {
+        name: o.req("name", string),
+        registry: o.req("registry", string),
+        registry_service: o.opt("registry_service", string),
+        group: o.opt("group", string),
+        namespace: o.opt("namespace", string),
+        clusters: o.or("clusters", strings, Vec::new()),
+        tag: o.opt("tag", string),
+        dc: o.opt("dc", string),
+        match_clusters: o.or("match_clusters", strings, Vec::new()),
+        routing: o.or("routing", read_routing, RawRouting::default()),
+        policy: o.or("policy", read_policy, Policy::default()),
+        warmup: o.or("warmup", read_warmup, RawWarmup::default()),
+        guard: o.or("guard", read_guard, Guard::default()),
+        outlier_detection: o.or("outlier_detection", read_outlier_detection, OutlierDetection::default()),
+        health_check: o.opt("health_check", read_health_check),
+    };
+    o.end().map(|()| s)
+}
+
+fn read_routing(v: &Json, p: &str) -> R<RawRouting> {
+    let d = RawRouting::default();
+    const MODES: &[(&str, RoutingMode)] =
+        &[("override_host", RoutingMode::OverrideHost), ("original_dst", RoutingMode::OriginalDst)];
+    let mut o = Obj::new(v, p, "RawRouting", 3)?;
+    let r = RawRouting {
+        mode: o.or("mode", |v, p| variant(v, p, MODES), d.mode),
+        header: o.or("header", string, d.header),
+        fallbacks: o.or("fallbacks", int, d.fallbacks),
+    };
+    o.end().map(|()| r)
+}
+
+fn read_policy(v: &Json, p: &str) -> R<Policy> {
+    variant(v, p, &[("random", Policy::Random), ("round_robin", Policy::RoundRobin)])
+}
+
+fn read_warmup(v: &Json, p: &str) -> R<RawWarmup> {
+    let d = RawWarmup::default();
+    let mut o = Obj::new(v, p, "RawWarmup", 5)?;
+    let w = RawWarmup {
+        default_warmup_ms: o.or("default_warmup_ms", int, d.default_warmup_ms),
+        default_weight: o.or("default_weight", int, d.default_weight),
+        weight_scale: o.or("weight_scale", f64_, d.weight_scale),
+        curve: o.or("curve", read_curve, d.curve),
+        metadata_keys: o.or("metadata_keys", read_metadata_keys, d.metadata_keys),
+    };
+    o.end().map(|()| w)
+}
+
+fn read_curve(v: &Json, p: &str) -> R<Curve> {
+    let d = Curve::default();
+    let mut o = Obj::new(v, p, "Curve", 3)?;
+    let c = Curve {
+        aggression: o.or("aggression", f32_, d.aggression),
+        min_weight_percent: o.or("min_weight_percent", f32_, d.min_weight_percent),
+        sermant: o.or("sermant", |v, p| nullable(v, p, int), d.sermant),
+    };
+    o.end().map(|()| c)
+}
+
+fn read_metadata_keys(v: &Json, p: &str) -> R<MetadataKeys> {
+    let d = MetadataKeys::default();
+    let mut o = Obj::new(v, p, "MetadataKeys", 4)?;
+    let k = MetadataKeys {
+        start_time: o.or("start_time", |v, p| list(v, p, read_meta_key), d.start_time),
+        warmup: o.or("warmup", |v, p| list(v, p, read_meta_key), d.warmup),
+        weight: o.or("weight", strings, d.weight),
+        drain: o.or("drain", strings, d.drain),
+    };
+    o.end().map(|()| k)
+}
+
+fn read_meta_key(v: &Json, p: &str) -> R<MetaKey> {
+    let mut o = Obj::new(v, p, "MetaKey", 2)?;
+    let k = MetaKey {
+        key: o.req("key", string),
+        unit: o.req("unit", |v, p| variant(v, p, &[("ms", Unit::Ms), ("s", Unit::S)]).map(Some)).unwrap_or(Unit::Ms),
+    };
+    o.end().map(|()| k)
+}
+
+fn read_guard(v: &Json, p: &str) -> R<Guard> {
+    let d = Guard::default();
+    let mut o = Obj::new(v, p, "Guard", 3)?;
+    let g = Guard {
+        protect_threshold: o.or("protect_threshold", f64_, d.protect_threshold),
+        max_drop: o.or("max_drop", f64_, d.max_drop),
+        confirm_refreshes: o.or("confirm_refreshes", int, d.confirm_refreshes),
+    };
+    o.end().map(|()| g)
+}
+
+fn read_outlier_detection(v: &Json, p: &str) -> R<OutlierDetection> {
+    let d = OutlierDetection::default();
+    let mut o = Obj::new(v, p, "OutlierDetection", 6)?;
+    let od = OutlierDetection {
+        enabled: o.or("enabled", boolean, d.enabled),
+        consecutive_gateway_failure: o.or("consecutive_gateway_failure", int, d.consecutive_gateway_failure),
+        consecutive_local_origin_failure: o.or(
+            "consecutive_local_origin_failure",
+            int,
+            d.consecutive_local_origin_failure,
+        ),
+        base_ejection_time_ms: o.or("base_ejection_time_ms", int, d.base_ejection_time_ms),
+        max_ejection_time_ms: o.or("max_ejection_time_ms", int, d.max_ejection_time_ms),
+        max_ejection_percent: o.or("max_ejection_percent", int, d.max_ejection_percent),
+    };
+    o.end().map(|()| od)
+}
+
+fn read_health_check(v: &Json, p: &str) -> R<HealthCheck> {
+    let d = HealthCheck::default();
+    const KINDS: &[(&str, CheckKind)] = &[("http", CheckKind::Http), ("tcp", CheckKind::Tcp)];
+    let mut o = Obj::new(v, p, "HealthCheck", 8)?;
+    let hc = HealthCheck {
+        kind: o.or("type", |v, p| variant(v, p, KINDS), d.kind),
+        path: o.or("path", string, d.path),
+        expected_statuses: o.or("expected_statuses", |v, p| list(v, p, |v, p| pair(v, p, int)), d.expected_statuses),
+        interval_ms: o.or("interval_ms", int, d.interval_ms),
+        timeout_ms: o.or("timeout_ms", int, d.timeout_ms),
+        unhealthy_threshold: o.or("unhealthy_threshold", int, d.unhealthy_threshold),
+        healthy_threshold: o.or("healthy_threshold", int, d.healthy_threshold),
+        no_traffic_before_first_pass: o.or("no_traffic_before_first_pass", boolean, d.no_traffic_before_first_pass),
+    };
+    o.end().map(|()| hc)
+}
+
+fn read_drain(v: &Json, p: &str) -> R<RawDrain> {
+    let d = RawDrain::default();
+    let mut o = Obj::new(v, p, "RawDrain", 5)?;
+    let r = RawDrain {
+        header: o.or("header", string, d.header),
+        retry_after_s: o.or("retry_after_s", int, d.retry_after_s),
+        pin_header: o.or("pin_header", |v, p| nullable(v, p, string), d.pin_header),
+        notify: o.or("notify", boolean, d.notify),
+        notify_grace_ms: o.or("notify_grace_ms", int, d.notify_grace_ms),
+    };
+    o.end().map(|()| r)
+}
+
+fn read_inbound(v: &Json, p: &str) -> R<RawInbound> {
+    let mut o = Obj::new(v, p, "RawInbound", 6)?;
+    let ib = RawInbound {
+        service: o.req("service", string),
+        self_address: o.req("self_address", string),
+        warmup_ms: o.opt("warmup_ms", int),
+        registration: o.opt("registration", read_registration),
+        self_warm: o.opt("self_warm", read_self_warm),
+        admission: o.opt("admission", read_admission),
+    };
+    o.end().map(|()| ib)
+}
+
+fn read_registration(v: &Json, p: &str) -> R<RawRegistration> {
+    let mut o = Obj::new(v, p, "RawRegistration", 4)?;
+    let r = RawRegistration {
+        local_cluster: o.req("local_cluster", string),
+        readiness: o.or("readiness", read_health_check, HealthCheck::default()),
+        heartbeat_ms: o.or("heartbeat_ms", int, d_heartbeat()),
+        metadata: o.or("metadata", |v, p| map(v, p, string), BTreeMap::new()),
+    };
+    o.end().map(|()| r)
+}
+
+fn read_self_warm(v: &Json, p: &str) -> R<RawSelfWarm> {
+    let mut o = Obj::new(v, p, "RawSelfWarm", 5)?;
+    let sw = RawSelfWarm {
+        requests: o.req("requests", strings),
+        count: o.or("count", int, d_warm_count()),
+        concurrency: o.or("concurrency", int, d_warm_concurrency()),
+        timeout_ms: o.or("timeout_ms", int, d_warm_timeout()),
+        time_limit_ms: o.or("time_limit_ms", int, d_warm_limit()),
+    };
+    o.end().map(|()| sw)
+}
+
+fn read_admission(v: &Json, p: &str) -> R<AdmissionConfig> {
+    let mut o = Obj::new(v, p, "AdmissionConfig", 2)?;
+    let a = AdmissionConfig { max_rps: o.req("max_rps", int), cold_factor: o.or("cold_factor", int, d_cold_factor()) };
+    o.end().map(|()| a)
+}
+
+fn read_admin(v: &Json, p: &str) -> R<RawAdmin> {
+    let d = RawAdmin::default();
+    let mut o = Obj::new(v, p, "RawAdmin", 1)?;
+    let a = RawAdmin { path_prefix: o.or("path_prefix", string, d.path_prefix) };
+    o.end().map(|()| a)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,13 +631,11 @@ pub struct SelfWarmConfig {
 
 /// `inbound.admission`: Sentinel's `WARM_UP` cap on admitted requests per second
 /// ([`crate::admission`]).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct AdmissionConfig {
     /// Requests per second once warm (Sentinel's `count`).
     pub max_rps: u32,
     /// The cold rate is `max_rps / cold_factor` (default 3, Sentinel's `coldFactor`).
-    #[serde(default = "d_cold_factor")]
     pub cold_factor: u32,
 }
 
@@ -522,14 +726,13 @@ pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Res
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
     }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json says where (line, column) but not which field: recover the field path
-        // from the position with a small scan of the text (cheaper in code size than wrapping
-        // every visitor).
+    let doc: Json = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json says where (line, column) but not which value: recover the path from the
+        // position with a small scan of the text.
         let path = if e.line() == 0 { String::new() } else { path_at(bytes, e.line(), e.column()) };
         err(path, e.to_string())
     })?;
-    validate(raw, env)
+    validate(read_raw(&doc)?, env)
 }
 
 /// The JSON path (`services[0].routing.mode`) of the value or key that ends at 1-based

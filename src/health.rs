@@ -12,11 +12,10 @@
 //!   runs out: the timer only makes it eligible for the trial ("answered before trusted");
 //! - counters are per worker VM, the ejection is for every VM at once (shared data).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Outlier detection settings of one service (config `services[].outlier_detection`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct OutlierDetection {
     /// Off: responses are not judged and nothing is ejected.
     pub enabled: bool,
@@ -180,8 +179,7 @@ pub const TRIAL_TIMEOUT_MS: i64 = 15_000;
 /// sends one probe per instance per interval for the whole Envoy process, through the service's
 /// routing cluster with the routing header set to the instance, so the probe takes the path a
 /// request would. An instance the registry lists whose check fails is down for every VM.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheck {
     /// `http`: `GET path`, passing on an expected status. `tcp`: the same request, passing on any
     /// answer at all (the instance accepted the connection and spoke HTTP).
@@ -199,7 +197,7 @@ pub struct HealthCheck {
 }
 
 /// What a probe checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Http,

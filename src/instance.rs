@@ -89,7 +89,7 @@ pub fn canonical_addr(s: &str) -> Option<String> {
 }
 
 /// Time unit of a metadata value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     Ms,
@@ -106,8 +106,7 @@ impl Unit {
 }
 
 /// A metadata key and the unit of its value.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetaKey {
     pub key: String,
     pub unit: Unit,
@@ -133,8 +132,7 @@ impl MetaKey {
 /// Where Java would throw `NumberFormatException` (and Dubbo fail the call) the value is malformed:
 /// counted, and the next key or the default is used. Java's parsers also take non-ASCII decimal
 /// digits (which digits depends on the JVM's Unicode version); here those are malformed.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetadataKeys {
     pub start_time: Vec<MetaKey>,
     pub warmup: Vec<MetaKey>,

@@ -51,6 +51,7 @@ pub mod config;
 pub mod drain;
 pub mod health;
 pub mod instance;
+pub mod json;
 pub mod marks;
 pub mod membership;
 pub mod poller;

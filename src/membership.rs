@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::instance::{Instance, State};
 use crate::registry::Parsed;
@@ -93,8 +93,7 @@ impl Snapshot {
 /// - an instance still listed but *down* is a health verdict, and a mass verdict is what a
 ///   health-check flap or a registry that lost its heartbeats looks like: held, as is an empty
 ///   list while the membership was not, until `confirm_refreshes` replies agree.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Guard {
     /// Nacos' protect threshold (0..1), applied exactly as the Nacos server does
     /// (naming ServiceUtil.selectInstancesWithHealthyProtection): among the instances that are not

@@ -7,8 +7,6 @@
 //! gives different integers for some inputs (e.g. uptime 10000, warmup 20000, weight 14: 7 in Java,
 //! 6 in f64), so everything here stays in f32 on purpose.
 
-use serde::Deserialize;
-
 /// Dubbo's default warmup: 10 minutes.
 pub const DEFAULT_WARMUP_MS: i64 = 600_000;
 /// Dubbo's default weight.
@@ -53,25 +51,17 @@ pub fn dubbo_weight(weight: i32, start_ms: Option<i64>, warmup_ms: i64, now_ms: 
 }
 
 /// Which ramp to apply while an instance warms up.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Curve {
     /// Exponent applied to the uptime fraction (Envoy slow start's `aggression` is the inverse:
     /// `fraction^(1/aggression)`). 1.0 is Dubbo's straight line.
-    #[serde(default = "one")]
     pub aggression: f32,
     /// Lowest weight while warming, in percent of the full weight (Envoy's `min_weight_percent`).
     /// 0 keeps Dubbo's floor of 1.
-    #[serde(default)]
     pub min_weight_percent: f32,
     /// Sermant's ramp with this exponent instead (see [`sermant_weight`]); `aggression` and
     /// `min_weight_percent` are then not used.
-    #[serde(default)]
     pub sermant: Option<u8>,
-}
-
-fn one() -> f32 {
-    1.0
 }
 
 impl Default for Curve {
