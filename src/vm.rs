@@ -1207,6 +1207,8 @@ mod tests {
                 }
             }
         }
+        // the other worker ticks too, but only the poller registers
+        assert!(b.on_tick(&shared, NOW + 4_000).iter().all(|d| !matches!(d.purpose, Purpose::Online(_))));
         let steps: Vec<Step> = sent.iter().map(|(s, _, _)| *s).collect();
         assert_eq!(steps[..3], [Step::Readiness, Step::Readiness, Step::Register], "{sent:?}");
         assert!(steps[3..].iter().all(|s| *s == Step::Readiness), "readiness goes on while registered: {sent:?}");
