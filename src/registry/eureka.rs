@@ -50,9 +50,12 @@
 
 use serde_json::Value;
 
+use super::json::{
+    list, loose, meta, obj, read, read_value, Batch, Ctx, Fields, Halt, List, Loose, Map, Meta, Mode, Obj, Rec,
+};
 use super::{
-    collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
-    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
+    encode, get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError,
+    Reply, ServiceQuery, Session,
 };
 use crate::instance::{format_addr, host_name_addr, BuildOptions, Instance, State};
 
@@ -69,73 +72,212 @@ impl Eureka {
     }
 }
 
-/// Parses the body of `GET {prefix}/apps/{APP}` (or `GET {prefix}/apps`, all instances).
+/// Parses the body of `GET {prefix}/apps/{APP}` (or `GET {prefix}/apps`, all instances). Only the
+/// metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Value = parse_json(body)?;
-    let records = records(&doc)?;
+    let keys = meta_keys(build);
+    let mut doc = Obj::<Doc>::default();
+    read(body, Mode::Any, "any JSON value", Ctx { keys: &keys, tag: None }, &mut doc)?;
+    let mut batch = Batch::default();
     // delta bodies mark removed instances DELETED: they are not members (and not malformed)
-    let live = records.into_iter().filter(|r| r.get("actionType").and_then(Value::as_str) != Some("DELETED"));
-    let mut unroutable = Vec::new();
-    let mut parsed = collect(live, |rec| instance(rec, build, &mut unroutable));
-    parsed.unroutable = unroutable;
-    Ok(parsed)
+    for r in records(doc)? {
+        batch.add(match r {
+            Obj::Obj(rec) if rec.action.as_str() == Some("DELETED") => Rec::Ignored,
+            Obj::Obj(rec) => instance(rec, build),
+            Obj::Not(_) => Rec::Skipped,
+        });
+    }
+    Ok(batch.finish())
+}
+
+/// The metadata keys read, without the `@class` marker Eureka writes for an empty map.
+fn meta_keys(build: &BuildOptions) -> Vec<&str> {
+    let mut keys = build.keys.names();
+    keys.retain(|k| *k != "@class");
+    keys
 }
 
 /// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
 /// instance and the number of malformed metadata values.
 pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
-    instance(rec, build, &mut Vec::new())
+    let keys = meta_keys(build);
+    let mut doc = Obj::<Inst>::default();
+    if !read_value(rec, Ctx { keys: &keys, tag: None }, &mut doc) {
+        return None;
+    }
+    match instance(doc.ok()?, build) {
+        Rec::Kept(i, bad) => Some((i, bad)),
+        _ => None,
+    }
 }
 
-fn instance(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
-    let ip = rec.get("ipAddr")?.as_str()?;
-    let port = port_info(rec.get("port"), true);
-    let secure = port_info(rec.get("securePort"), false);
-    let chosen = if !port.enabled && secure.enabled { secure.value } else { port.value }?;
-    let Some(addr) = format_addr(ip, chosen) else {
-        unroutable.extend(host_name_addr(ip, chosen));
-        return None;
+/// One `InstanceInfo`: the fields that are read.
+#[derive(Default)]
+struct Inst<'a> {
+    ip: Loose<'a>,
+    port: Option<Obj<'a, PortObj<'a>>>,
+    secure: Option<Obj<'a, PortObj<'a>>>,
+    lease: Option<Obj<'a, Lease<'a>>>,
+    status: Loose<'a>,
+    action: Loose<'a>,
+    meta: Meta,
+}
+
+impl<'de> Fields<'de> for Inst<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let r = self;
+        match k {
+            "ipAddr" => r.ip = loose(cx, m)?,
+            "port" => r.port = Some(obj(cx, m)?),
+            "securePort" => r.secure = Some(obj(cx, m)?),
+            "leaseInfo" => r.lease = Some(obj(cx, m)?),
+            "status" => r.status = loose(cx, m)?,
+            "actionType" => r.action = loose(cx, m)?,
+            "metadata" => r.meta = meta(cx, m)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `{"$": 8080, "@enabled": "true"}`
+#[derive(Default)]
+struct PortObj<'a> {
+    value: Loose<'a>,
+    enabled: Loose<'a>,
+}
+
+impl<'de> Fields<'de> for PortObj<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let p = self;
+        match k {
+            "$" => p.value = loose(cx, m)?,
+            "@enabled" => p.enabled = loose(cx, m)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `leaseInfo`: only `serviceUpTimestamp` is read.
+#[derive(Default)]
+struct Lease<'a> {
+    up: Loose<'a>,
+}
+
+impl<'de> Fields<'de> for Lease<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let l = self;
+        if k != "serviceUpTimestamp" {
+            return Ok(false);
+        }
+        l.up = loose(cx, m)?;
+        Ok(true)
+    }
+}
+
+/// An application: its instance list.
+#[derive(Default)]
+struct App<'a> {
+    instance: List<Obj<'a, Inst<'a>>>,
+}
+
+impl<'de> Fields<'de> for App<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let a = self;
+        if k != "instance" {
+            return Ok(false);
+        }
+        a.instance = list(cx, m, true)?;
+        Ok(true)
+    }
+}
+
+/// `/apps`: its application list.
+#[derive(Default)]
+struct Apps<'a> {
+    application: List<Obj<'a, App<'a>>>,
+}
+
+impl<'de> Fields<'de> for Apps<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let a = self;
+        if k != "application" {
+            return Ok(false);
+        }
+        a.application = list(cx, m, true)?;
+        Ok(true)
+    }
+}
+
+/// Either reply shape.
+#[derive(Default)]
+struct Doc<'a> {
+    application: Option<Obj<'a, App<'a>>>,
+    applications: Option<Obj<'a, Apps<'a>>>,
+}
+
+impl<'de> Fields<'de> for Doc<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let d = self;
+        match k {
+            "application" => d.application = Some(obj(cx, m)?),
+            "applications" => d.applications = Some(obj(cx, m)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn instance(rec: Inst<'_>, build: &BuildOptions) -> Rec {
+    let Some(ip) = rec.ip.as_str() else {
+        return Rec::Skipped;
     };
-    let start = rec.get("leaseInfo").and_then(|l| l.get("serviceUpTimestamp")).and_then(int_of);
-    let mut bad = 0u32;
-    let mut md = metadata_map(rec.get("metadata"), &mut bad);
-    md.remove("@class");
-    let (inst, b) = build.build(addr, None, start, state_of(rec), md);
-    Some((inst, bad + b))
+    let port = port_info(rec.port.as_ref(), true);
+    let secure = port_info(rec.secure.as_ref(), false);
+    let Some(chosen) = (if !port.enabled && secure.enabled { secure.value } else { port.value }) else {
+        return Rec::Skipped;
+    };
+    let Some(addr) = format_addr(ip, chosen) else {
+        return host_name_addr(ip, chosen).map_or(Rec::Skipped, Rec::Unroutable);
+    };
+    let start = rec.lease.and_then(Obj::ok).and_then(|l| int_of(&l.up));
+    let (inst, b) = build.build(addr, None, start, state_of(&rec.status), rec.meta.kept);
+    Rec::Kept(inst, rec.meta.bad + b)
 }
 
 /// The instance records of either reply shape.
-fn records(doc: &Value) -> Result<Vec<&Value>, RegistryError> {
-    if let Some(app) = doc.get("application") {
+fn records<'a>(doc: Obj<'a, Doc<'a>>) -> Result<Vec<Obj<'a, Inst<'a>>>, RegistryError> {
+    let doc = doc.ok().unwrap_or_default();
+    if let Some(app) = doc.application {
         return instances_of(app);
     }
-    let Some(apps) = doc.get("applications") else {
+    let Some(apps) = doc.applications else {
         return Err(RegistryError::Parse("missing \"application\"".into()));
     };
-    if !apps.is_object() {
+    let Obj::Obj(apps) = apps else {
         return Err(RegistryError::Parse("\"applications\" is not an object".into()));
-    }
+    };
     let mut out = Vec::new();
-    for app in one_or_many(apps.get("application"), "application")? {
+    for app in one_or_many(apps.application, "application")? {
         out.extend(instances_of(app)?);
     }
     Ok(out)
 }
 
-fn instances_of(app: &Value) -> Result<Vec<&Value>, RegistryError> {
-    if !app.is_object() {
+fn instances_of<'a>(app: Obj<'a, App<'a>>) -> Result<Vec<Obj<'a, Inst<'a>>>, RegistryError> {
+    let Obj::Obj(app) = app else {
         return Err(RegistryError::Parse("\"application\" is not an object".into()));
-    }
-    one_or_many(app.get("instance"), "instance")
+    };
+    one_or_many(app.instance, "instance")
 }
 
 /// A list that Eureka may serialise as an array, a bare object (one element) or not at all.
-fn one_or_many<'a>(v: Option<&'a Value>, what: &str) -> Result<Vec<&'a Value>, RegistryError> {
+fn one_or_many<T>(v: List<T>, what: &str) -> Result<Vec<T>, RegistryError> {
     match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => Ok(a.iter().collect()),
-        Some(o @ Value::Object(_)) => Ok(vec![o]),
-        Some(_) => Err(RegistryError::Parse(format!("\"{what}\" is neither a list nor an object"))),
+        List::Null => Ok(Vec::new()),
+        List::Items(a) => Ok(a),
+        List::Other(_) => Err(RegistryError::Parse(format!("\"{what}\" is neither a list nor an object"))),
     }
 }
 
@@ -145,34 +287,35 @@ struct PortInfo {
 }
 
 /// Reads `{"$": 8080, "@enabled": "true"}`; a bare number or numeric string is an enabled port.
-fn port_info(v: Option<&Value>, default_enabled: bool) -> PortInfo {
+fn port_info(v: Option<&Obj<'_, PortObj<'_>>>, default_enabled: bool) -> PortInfo {
     match v {
-        Some(Value::Object(m)) => {
-            let enabled = match m.get("@enabled") {
-                Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
-                Some(Value::Bool(b)) => *b,
+        Some(Obj::Obj(m)) => {
+            let enabled = match &m.enabled {
+                Loose::Str(s) => s.trim().eq_ignore_ascii_case("true"),
+                Loose::Bool(b) => *b,
                 _ => default_enabled,
             };
-            PortInfo { value: m.get("$").and_then(int_of), enabled }
+            PortInfo { value: int_of(&m.value), enabled }
         }
-        Some(v @ (Value::Number(_) | Value::String(_))) => PortInfo { value: int_of(v), enabled: true },
+        Some(Obj::Not(v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_)))) => {
+            PortInfo { value: int_of(v), enabled: true }
+        }
         _ => PortInfo { value: None, enabled: default_enabled },
     }
 }
 
 /// An integer given as a JSON integer or a decimal string.
-fn int_of(v: &Value) -> Option<i64> {
+fn int_of(v: &Loose<'_>) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+        Loose::Str(s) => s.trim().parse().ok(),
+        n => n.as_i64(),
     }
 }
 
 /// `status` as Eureka's `InstanceStatus.toEnum` reads it (the name, case-insensitive; anything
 /// else is `UNKNOWN`): `UP` serving, `OUT_OF_SERVICE` draining, everything else down.
-fn state_of(rec: &Value) -> State {
-    match rec.get("status").and_then(Value::as_str) {
+fn state_of(status: &Loose<'_>) -> State {
+    match status.as_str() {
         Some(s) if s.eq_ignore_ascii_case("UP") => State::Serving,
         Some(s) if s.eq_ignore_ascii_case("OUT_OF_SERVICE") => State::Draining,
         _ => State::Down,
@@ -242,8 +385,9 @@ mod tests {
             (i.addr.as_str(), i.state, i.start_ms, i.weight, i.warmup_ms),
             ("10.8.30.55:8080", State::Serving, Some(1_606_976_860_846), 100, 600_000)
         );
-        assert_eq!(md(i, "instanceId"), Some("myMicroservice2:338445840785870848"));
-        assert_eq!(i.metadata.len(), 1);
+        // only the metadata keys that are read are kept
+        assert_eq!(md(i, "instanceId"), None);
+        assert!(i.metadata.is_empty());
     }
 
     #[test]
@@ -255,7 +399,7 @@ mod tests {
             (i.addr.as_str(), i.state, i.start_ms, i.weight),
             ("10.8.30.55:9002", State::Serving, Some(1_606_972_240_279), 100)
         );
-        assert_eq!(md(i, "management.port"), Some("9002"));
+        assert_eq!(md(i, "management.port"), None, "not a key that is read");
     }
 
     #[test]
@@ -413,7 +557,7 @@ mod tests {
         );
         let i = &r.instances[0];
         assert_eq!((i.start_ms, i.weight, i.warmup_ms), (Some(1_700_000_000_000), 7, 30_000));
-        assert_eq!(md(i, "zone"), Some("a"));
+        assert_eq!((md(i, "warmup"), md(i, "zone")), (Some("30000"), None));
         // metadata timestamp wins over serviceUpTimestamp; 0 means never up
         let r = one(
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":5},"metadata":{"timestamp":"9"}}"#,
@@ -518,9 +662,7 @@ mod tests {
         assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
         assert_eq!(r.unroutable, ["my-host.local:80"]);
         let i = &r.instances[0];
-        assert_eq!(md(i, "région"), Some("€ü✓"));
-        assert_eq!(md(i, "emoji"), Some("🦀"));
-        assert_eq!(md(i, "@class"), None);
+        assert!(i.metadata.is_empty(), "keys that are not read are not kept");
         // metadata of the wrong type: kept without it, counted
         let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":["a"]}"#);
         assert_eq!((r.instances.len(), r.malformed_meta), (1, 1));

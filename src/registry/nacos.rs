@@ -26,9 +26,10 @@
 
 use serde_json::Value;
 
+use super::json::{list, loose, meta, obj, read, Batch, Ctx, Fields, Halt, List, Loose, Map, Meta, Mode, Obj, Rec};
 use super::{
-    check_common, collect, encode, metadata_map, parse_json, request_headers, snippet, Adapter, Call, Cursor, Endpoint,
-    HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session, Token,
+    check_common, encode, request_headers, snippet, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
+    RegistryError, Reply, ServiceQuery, Session, Token,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
 
@@ -287,100 +288,192 @@ fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
     Ok((token, ttl))
 }
 
+/// One host record: the fields that are read.
+#[derive(Default)]
+struct Host<'a> {
+    ip: Loose<'a>,
+    port: Loose<'a>,
+    weight: Loose<'a>,
+    healthy: Loose<'a>,
+    enabled: Loose<'a>,
+    meta: Meta,
+}
+
+impl<'de> Fields<'de> for Host<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let h = self;
+        match k {
+            "ip" => h.ip = loose(cx, m)?,
+            "port" => h.port = loose(cx, m)?,
+            "weight" => h.weight = loose(cx, m)?,
+            "healthy" => h.healthy = loose(cx, m)?,
+            "enabled" => h.enabled = loose(cx, m)?,
+            "metadata" => h.meta = meta(cx, m)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+type Hosts<'a> = List<Obj<'a, Host<'a>>>;
+
+/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`).
+#[derive(Default)]
+struct HostList<'a> {
+    /// `None`: no `hosts` field.
+    hosts: Option<Hosts<'a>>,
+    protected: Loose<'a>,
+}
+
+impl<'de> Fields<'de> for HostList<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let l = self;
+        match k {
+            "hosts" => l.hosts = Some(list(cx, m, false)?),
+            "reachProtectionThreshold" => l.protected = loose(cx, m)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl<'a> HostList<'a> {
+    /// The hosts, and whether the registry applied its protect threshold.
+    fn hosts(self) -> Result<(Vec<Obj<'a, Host<'a>>>, bool), RegistryError> {
+        let protected = self.protected.as_bool().unwrap_or(false);
+        match self.hosts {
+            Some(List::Items(h)) => Ok((h, protected)),
+            Some(List::Null) => Ok((Vec::new(), protected)),
+            Some(List::Other(kind)) => Err(RegistryError::Parse(format!("hosts is {kind}, expected an array"))),
+            None => Err(RegistryError::Parse("no hosts field".to_string())),
+        }
+    }
+
+    fn of(doc: Obj<'a, HostList<'a>>) -> Result<(Vec<Obj<'a, Host<'a>>>, bool), RegistryError> {
+        match doc {
+            Obj::Obj(l) => l.hosts(),
+            Obj::Not(v) => Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
+        }
+    }
+}
+
+/// The v2/v3 envelope `{code, message, data}`; `D` is what `data` holds.
+struct Envelope<'a, D> {
+    code: Loose<'a>,
+    message: Option<Value>,
+    data: Option<D>,
+}
+
+/// How an envelope's `data` is read.
+trait Data<'de>: Sized {
+    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt>;
+}
+
+impl<'de> Data<'de> for Obj<'de, HostList<'de>> {
+    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt> {
+        obj(cx, m)
+    }
+}
+
+impl<'de> Data<'de> for Hosts<'de> {
+    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt> {
+        list(cx, m, false)
+    }
+}
+
+impl<D> Default for Envelope<'_, D> {
+    fn default() -> Self {
+        Envelope { code: Loose::Absent, message: None, data: None }
+    }
+}
+
+impl<'de, D: Data<'de>> Fields<'de> for Envelope<'de, D> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        match k {
+            "code" => self.code = loose(cx, m)?,
+            "message" => self.message = Some(m.json()?),
+            "data" => self.data = Some(D::read(cx, m)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// Unwraps the v2/v3 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
 /// otherwise.
-fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
-    let Value::Object(mut m) = doc else {
-        return Err(RegistryError::Parse(format!("expected an envelope object, got {}", kind(&doc))));
+fn unwrap_envelope<'a, D>(doc: Obj<'a, Envelope<'a, D>>) -> Result<D, RegistryError> {
+    let e = match doc {
+        Obj::Obj(e) => e,
+        Obj::Not(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
     };
-    let code = match m.get("code") {
-        Some(c) => c
+    let code = match &e.code {
+        Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
+        c => c
             .as_i64()
-            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", kind(c))))?,
-        None => return Err(RegistryError::Parse("envelope has no code".to_string())),
+            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
     };
     if code != 0 {
-        let message = match m.get("message") {
+        let message = match e.message {
             Some(Value::String(s)) => snippet(s.as_bytes(), &[]),
             None | Some(Value::Null) => String::new(),
             Some(other) => snippet(other.to_string().as_bytes(), &[]),
         };
         return Err(RegistryError::Envelope { code, message });
     }
-    m.remove("data").ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    e.data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
 }
 
 /// Parses an instance list reply (v1 object, v2 envelope around it, or v3 envelope around the
 /// array of instances). Malformed hosts are skipped and counted; a body that is not the expected
 /// shape is an error. `reachProtectionThreshold` (v1, v2) becomes [`Parsed::registry_protected`].
+/// Only the metadata keys `build` reads are kept.
 pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Value = parse_json(body)?;
-    let list = match api {
-        Api::V1 => doc,
-        Api::V2 | Api::V3 => unwrap_envelope(doc)?,
-    };
-    let mut protected = false;
-    let hosts = match (api, list) {
-        (Api::V3, Value::Array(h)) => h,
-        (Api::V3, Value::Null) => Vec::new(),
-        (Api::V3, other) => {
-            return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", kind(&other))))
-        }
-        (_, Value::Object(mut m)) => {
-            protected = m.get("reachProtectionThreshold").and_then(Value::as_bool).unwrap_or(false);
-            match m.remove("hosts") {
-                Some(Value::Array(h)) => h,
-                Some(Value::Null) => Vec::new(),
-                Some(other) => {
-                    return Err(RegistryError::Parse(format!("hosts is {}, expected an array", kind(&other))))
-                }
-                None => return Err(RegistryError::Parse("no hosts field".to_string())),
+    let keys = build.keys.names();
+    let cx = Ctx { keys: &keys, tag: None };
+    let (hosts, protected) = match api {
+        Api::V1 => HostList::of(top(body, cx)?)?,
+        Api::V2 => HostList::of(unwrap_envelope::<Obj<HostList>>(top(body, cx)?)?)?,
+        Api::V3 => match unwrap_envelope::<Hosts>(top(body, cx)?)? {
+            List::Items(h) => (h, false),
+            List::Null => (Vec::new(), false),
+            List::Other(kind) => {
+                return Err(RegistryError::Parse(format!("envelope data is {kind}, expected an array")))
             }
-        }
-        (_, other) => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
+        },
     };
-    let mut parsed = collect(&hosts, |h| {
-        let mut bad_meta = 0;
-        host(h, build, &mut bad_meta).map(|i| (i, bad_meta))
-    });
+    let mut batch = Batch::default();
+    for h in hosts {
+        batch.add(Rec::of(h.ok().and_then(|h| host(h, build))));
+    }
+    let mut parsed = batch.finish();
     parsed.registry_protected = protected;
     Ok(parsed)
 }
 
+/// The whole body as `T` (or what it is instead).
+fn top<'de, T: Fields<'de> + Default>(body: &'de [u8], cx: Ctx<'_>) -> Result<Obj<'de, T>, RegistryError> {
+    let mut doc = Obj::default();
+    read(body, Mode::Any, "any JSON value", cx, &mut doc)?;
+    Ok(doc)
+}
+
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
-fn flag(rec: &Value, key: &str) -> Option<bool> {
-    match rec.get(key) {
-        None | Some(Value::Null) => Some(true),
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => None,
+fn flag(v: &Loose<'_>) -> Option<bool> {
+    if v.is_none() {
+        Some(true)
+    } else {
+        v.as_bool()
     }
 }
 
 /// One host record; `None` when malformed.
-fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instance> {
-    if !rec.is_object() {
-        return None;
-    }
-    let ip = rec.get("ip")?.as_str()?;
-    let port = rec.get("port")?.as_i64()?;
+fn host(h: Host<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let ip = h.ip.as_str()?;
+    let port = h.port.as_i64()?;
     let addr = format_addr(ip, port)?;
-    let weight = match rec.get("weight") {
-        None | Some(Value::Null) => None,
-        Some(w) => Some(scale_weight(w.as_f64()?, build.weight_scale)?),
-    };
-    let healthy = flag(rec, "healthy")?;
-    let enabled = flag(rec, "enabled")?;
+    let weight = if h.weight.is_none() { None } else { Some(scale_weight(h.weight.as_f64()?, build.weight_scale)?) };
+    let healthy = flag(&h.healthy)?;
+    let enabled = flag(&h.enabled)?;
     // A deliberate drain wins over ill health (the protect threshold may revive `Down`, never
     // `Draining`).
     let state = if !enabled {
@@ -390,10 +483,8 @@ fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instanc
     } else {
         State::Serving
     };
-    let md = metadata_map(rec.get("metadata"), bad_meta);
-    let (inst, bad) = build.build(addr, weight, None, state, md);
-    *bad_meta += bad;
-    Some(inst)
+    let (inst, bad) = build.build(addr, weight, None, state, h.meta.kept);
+    Some((inst, h.meta.bad + bad))
 }
 
 impl Adapter for Nacos {
@@ -495,7 +586,8 @@ mod tests {
         assert_eq!(p.instances.len(), 1);
         let i = &p.instances[0];
         assert_eq!(row(i), ("127.0.0.1:8080", 100, None, 600_000, State::Serving));
-        assert_eq!(i.metadata.get("value").map(String::as_str), Some("1"));
+        // only the metadata keys that are read are kept
+        assert_eq!(i.metadata.get("value"), None);
         // the envelope read as v1 has no hosts at the top
         assert_eq!(v1(fixture!("nacos-v2-instance-list")), Err(RegistryError::Parse("no hosts field".into())));
     }
@@ -884,10 +976,8 @@ mod tests {
         // duplicates merged: the worst state and the highest weight
         assert_eq!((p.instances[0].weight, p.instances[0].state), (300, State::Down));
         let md = &p.instances[2].metadata;
-        assert_eq!(md.get("zone").map(String::as_str), Some("ü✓"));
-        assert_eq!(md.get("n").map(String::as_str), Some("1"));
-        assert_eq!(md.get("b").map(String::as_str), Some("true"));
-        assert!(!md.contains_key("nested"));
+        // keys that are not read are not kept
+        assert!(md.is_empty(), "{md:?}");
         // two nested values and one non-object metadata
         assert_eq!((p.skipped, p.malformed_meta), (0, 3));
         // malformed time metadata is counted, the instance is kept with defaults

@@ -11,14 +11,14 @@
 //! configured default (100), `state` to `serving` (`draining`, `down` also accepted), `start_ms` and
 //! `warmup_ms` to what metadata or the defaults say.
 
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::{
-    collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
-    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
+use super::json::{
+    loose, meta, read, Batch, Ctx, Fields, Halt, List, ListSink, Loose, Map, Meta, Mode, Obj, Rec, Seq, Sink,
 };
-use crate::instance::{canonical_addr, host_name_addr, BuildOptions, Instance, State};
+use super::{
+    get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery, Session,
+};
+use crate::instance::{canonical_addr, host_name_addr, BuildOptions, State};
 
 /// Serves `path` with `{service}` replaced by the URL-encoded service name.
 #[derive(Debug, Clone)]
@@ -27,49 +27,118 @@ pub struct StaticJson {
     pub path: String,
 }
 
-#[derive(Deserialize)]
-struct Doc {
-    instances: Vec<Value>,
-}
-
-/// Parses a static JSON body.
+/// Parses a static JSON body. Only the metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Doc = parse_json(body)?;
-    let mut unroutable = Vec::new();
-    let mut parsed = collect(&doc.instances, |rec| record(rec, build, &mut unroutable));
-    parsed.unroutable = unroutable;
-    Ok(parsed)
+    let keys = build.keys.names();
+    let mut doc = Doc::default();
+    read(body, Mode::Struct("Doc", &["instances"]), "struct Doc", Ctx { keys: &keys, tag: None }, &mut doc)?;
+    let records = match doc.instances.map(|l| l.list) {
+        Some(List::Items(r)) => r,
+        _ => Vec::new(),
+    };
+    let mut batch = Batch::default();
+    for r in records {
+        batch.add(r.ok().map_or(Rec::Skipped, |r| record(r, build)));
+    }
+    Ok(batch.finish())
 }
 
-/// One record; `None` when it is malformed or its address is a host name (named in `unroutable`).
-fn record(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
-    let raw = rec.get("address").and_then(Value::as_str)?;
+/// The document `{"instances": [...]}`, read as a derived `struct Doc { instances: Vec<_> }` reads
+/// it (the same errors: a missing or repeated `instances`, a document that is not an object).
+#[derive(Default)]
+struct Doc<'a> {
+    instances: Option<ListSink<Obj<'a, Record<'a>>>>,
+}
+
+impl<'de> Sink<'de> for Doc<'de> {
+    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
+        let mut records = ListSink { list: List::Null, one: false };
+        if !s.next_seq(cx, &mut records)? {
+            return Err(Halt::Empty("struct Doc with 1 element"));
+        }
+        self.instances = Some(records);
+        Ok(())
+    }
+    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
+        while let Some(k) = m.key()? {
+            if k == "instances" {
+                if self.instances.is_some() {
+                    return Err(Halt::Duplicate("instances"));
+                }
+                let mut records = ListSink { list: List::Null, one: false };
+                m.seq_value(cx, &mut records)?;
+                self.instances = Some(records);
+            } else {
+                m.ignore()?;
+            }
+        }
+        if self.instances.is_none() {
+            return Err(Halt::Missing("instances"));
+        }
+        Ok(())
+    }
+}
+
+/// One record: the fields that are read.
+#[derive(Default)]
+struct Record<'a> {
+    address: Loose<'a>,
+    weight: Loose<'a>,
+    state: Loose<'a>,
+    start_ms: Loose<'a>,
+    warmup_ms: Loose<'a>,
+    meta: Meta,
+}
+
+impl<'de> Fields<'de> for Record<'de> {
+    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
+        let r = self;
+        match k {
+            "address" => r.address = loose(cx, m)?,
+            "weight" => r.weight = loose(cx, m)?,
+            "state" => r.state = loose(cx, m)?,
+            "start_ms" => r.start_ms = loose(cx, m)?,
+            "warmup_ms" => r.warmup_ms = loose(cx, m)?,
+            "metadata" => r.meta = meta(cx, m)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// One record; skipped when it is malformed or its address is a host name (then named).
+fn record(rec: Record<'_>, build: &BuildOptions) -> Rec {
+    let Some(raw) = rec.address.as_str() else {
+        return Rec::Skipped;
+    };
     let Some(addr) = canonical_addr(raw) else {
         let named = raw.trim().rsplit_once(':').and_then(|(h, p)| host_name_addr(h, p.parse().ok()?));
-        unroutable.extend(named);
-        return None;
+        return named.map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let weight = match rec.get("weight") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0)?),
+    let weight = if rec.weight.is_none() {
+        None
+    } else {
+        match rec.weight.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0) {
+            Some(w) => Some(w),
+            None => return Rec::Skipped,
+        }
     };
-    let state = match rec.get("state").map(|s| s.as_str()) {
-        None | Some(Some("serving")) => State::Serving,
-        Some(Some("draining")) => State::Draining,
-        Some(Some("down")) => State::Down,
-        Some(_) => return None,
+    let state = match &rec.state {
+        Loose::Absent => State::Serving,
+        Loose::Str(s) if s == "serving" => State::Serving,
+        Loose::Str(s) if s == "draining" => State::Draining,
+        Loose::Str(s) if s == "down" => State::Down,
+        _ => return Rec::Skipped,
     };
-    let start = rec.get("start_ms").and_then(Value::as_i64).filter(|t| *t > 0);
-    let mut bad_meta = 0;
-    let md = metadata_map(rec.get("metadata"), &mut bad_meta);
-    let (mut inst, bad) = build.build(addr, weight, start, state, md);
+    let start = rec.start_ms.as_i64().filter(|t| *t > 0);
+    let (mut inst, bad) = build.build(addr, weight, start, state, rec.meta.kept);
     // the record's warmup_ms beats the default, metadata keys beat both
-    if let Some(w) = rec.get("warmup_ms").and_then(Value::as_i64).filter(|w| *w >= 0) {
+    if let Some(w) = rec.warmup_ms.as_i64().filter(|w| *w >= 0) {
         if !inst.metadata.keys().any(|k| build.keys.warmup.iter().any(|mk| &mk.key == k)) {
             inst.warmup_ms = w;
         }
     }
-    Some((inst, bad_meta + bad))
+    Rec::Kept(inst, rec.meta.bad + bad)
 }
 
 impl Adapter for StaticJson {
@@ -109,7 +178,7 @@ mod tests {
             (a.addr.as_str(), a.weight, a.start_ms, a.warmup_ms, a.state),
             ("10.0.0.1:8080", 7, Some(1_700_000_000_000), 30_000, State::Draining)
         );
-        assert_eq!(a.metadata.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(a.metadata.get("zone"), None, "not a key that is read");
         let b = &r.instances[1];
         assert_eq!(
             (b.addr.as_str(), b.weight, b.start_ms, b.warmup_ms, b.state),
@@ -129,7 +198,7 @@ mod tests {
         assert_eq!(r.skipped, 5);
         assert_eq!(r.instances.len(), 1);
         assert_eq!(r.unroutable, ["host:80"]);
-        assert_eq!(r.instances[0].metadata.get("ü").map(String::as_str), Some("✓"));
+        assert!(r.instances[0].metadata.is_empty(), "not a key that is read");
     }
 
     #[test]
