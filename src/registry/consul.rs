@@ -34,9 +34,7 @@
 //! up to `wait / 16`). The loop is rate-limited as Consul prescribes, by the poller (a token bucket
 //! with a burst of 2, [`crate::poller`]): a request without an index returns at once.
 
-use super::json::{
-    list, loose, meta, obj, read, Batch, Ctx, Fields, Halt, List, ListSink, Loose, Map, Meta, Mode, Obj, Rec,
-};
+use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Rec, Sink, Slots, To, SLOTS, TAG};
 use super::{
     check_common, encode, request_headers, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
     RegistryError, Reply, ServiceQuery, Session,
@@ -113,176 +111,70 @@ pub fn parse_with(body: &[u8], build: &BuildOptions, choice: &Address) -> Result
         Address::Tagged(t) => Some(t.as_str()),
         Address::Service | Address::Node => None,
     };
-    let mut entries = ListSink::<Obj<Entry>> { list: List::Null, one: false };
-    read(body, Mode::Seq, "a sequence", Ctx { keys: &keys, tag }, &mut entries)?;
-    let entries = match entries.list {
-        List::Items(e) => e,
-        List::Null | List::Other(_) => Vec::new(),
-    };
+    let cx = Ctx { keys: &keys, tag };
     let mut batch = Batch::default();
-    for e in entries {
-        batch.add(e.ok().map_or(Rec::Skipped, |e| entry(e, build, choice)));
-    }
+    let mut slots = Slots::default();
+    let each = |e: &mut Slots<'_>| entry(e, build, choice);
+    let mut s = Sink { table: ENTRY, slots: &mut slots, batch: &mut batch, each: &each };
+    // the reply is read as a `Vec`: anything but an array is refused
+    read(body, |r| {
+        r.container("a sequence", false)?;
+        elements(r, cx, &mut s)
+    })?;
     Ok(batch.finish())
 }
 
-/// One `ServiceEntry`: the fields that are read.
-#[derive(Default)]
-struct Entry<'a> {
-    node: Option<Obj<'a, Node<'a>>>,
-    service: Option<Obj<'a, Svc<'a>>>,
-    checks: List<Obj<'a, Check<'a>>>,
-}
+// The slots of one `ServiceEntry`.
+const NODE: usize = 0;
+const NODE_ADDR: usize = 1;
+const NODE_TAGGED: usize = 2;
+/// `Node.TaggedAddresses` of the configured name.
+const NODE_TAG: usize = 3;
+const SVC: usize = 4;
+const SVC_ADDR: usize = 5;
+const SVC_PORT: usize = 6;
+const SVC_TAGGED: usize = 7;
+/// `Service.TaggedAddresses` of the configured name (`api.ServiceAddress`; the API docs' sample
+/// spells its keys in lower case).
+const SVC_TAG: usize = 8;
+const TAG_ADDR: usize = 9;
+const TAG_ADDR_LOWER: usize = 10;
+const TAG_PORT: usize = 11;
+const TAG_PORT_LOWER: usize = 12;
+const WEIGHTS: usize = 13;
+const PASSING: usize = 14;
+const WARNING: usize = 15;
+const CHECKS: usize = 16;
+/// A check's slots in the list: its kind, then these.
+const CHECK_ID: usize = 1;
+const CHECK_STATUS: usize = 2;
 
-impl<'de> Fields<'de> for Entry<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let e = self;
-        match k {
-            "Node" => e.node = Some(obj(cx, m)?),
-            "Service" => e.service = Some(obj(cx, m)?),
-            "Checks" => e.checks = list(cx, m, false)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// `Node`: its address, and its tagged address of the configured name.
-#[derive(Default)]
-struct Node<'a> {
-    address: Loose<'a>,
-    tagged: Option<Obj<'a, Tagged<Loose<'a>>>>,
-}
-
-impl<'de> Fields<'de> for Node<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let n = self;
-        match k {
-            "Address" => n.address = loose(cx, m)?,
-            "TaggedAddresses" if cx.tag.is_some() => n.tagged = Some(obj(cx, m)?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// A `TaggedAddresses` object: the entry of the configured name (`None`: not there).
-struct Tagged<T>(Option<T>);
-
-impl<T> Default for Tagged<T> {
-    fn default() -> Self {
-        Tagged(None)
-    }
-}
-
-impl<'de> Fields<'de> for Tagged<Loose<'de>> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let t = self;
-        if cx.tag != Some(k) {
-            return Ok(false);
-        }
-        t.0 = Some(loose(cx, m)?);
-        Ok(true)
-    }
-}
-
-impl<'de> Fields<'de> for Tagged<Obj<'de, SvcAddr<'de>>> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let t = self;
-        if cx.tag != Some(k) {
-            return Ok(false);
-        }
-        t.0 = Some(obj(cx, m)?);
-        Ok(true)
-    }
-}
-
-/// A service's tagged address (`api.ServiceAddress`; the API docs' sample spells its keys in
-/// lower case).
-#[derive(Default)]
-struct SvcAddr<'a> {
-    address: Loose<'a>,
-    address_lower: Loose<'a>,
-    port: Loose<'a>,
-    port_lower: Loose<'a>,
-}
-
-impl<'de> Fields<'de> for SvcAddr<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let a = self;
-        match k {
-            "Address" => a.address = loose(cx, m)?,
-            "address" => a.address_lower = loose(cx, m)?,
-            "Port" => a.port = loose(cx, m)?,
-            "port" => a.port_lower = loose(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// `Service`: the fields that are read.
-#[derive(Default)]
-struct Svc<'a> {
-    address: Loose<'a>,
-    port: Loose<'a>,
-    tagged: Option<Obj<'a, Tagged<Obj<'a, SvcAddr<'a>>>>>,
-    weights: Option<Obj<'a, Weights<'a>>>,
-    meta: Meta,
-}
-
-impl<'de> Fields<'de> for Svc<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let s = self;
-        match k {
-            "Address" => s.address = loose(cx, m)?,
-            "Port" => s.port = loose(cx, m)?,
-            "TaggedAddresses" if cx.tag.is_some() => s.tagged = Some(obj(cx, m)?),
-            "Weights" => s.weights = Some(obj(cx, m)?),
-            "Meta" => s.meta = meta(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// `Weights: {Passing, Warning}`
-#[derive(Default)]
-struct Weights<'a> {
-    passing: Loose<'a>,
-    warning: Loose<'a>,
-}
-
-impl<'de> Fields<'de> for Weights<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let w = self;
-        match k {
-            "Passing" => w.passing = loose(cx, m)?,
-            "Warning" => w.warning = loose(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-/// A health check: its id and status.
-#[derive(Default)]
-struct Check<'a> {
-    id: Loose<'a>,
-    status: Loose<'a>,
-}
-
-impl<'de> Fields<'de> for Check<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let c = self;
-        match k {
-            "CheckID" => c.id = loose(cx, m)?,
-            "Status" => c.status = loose(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
+static ENTRY: &[Field] = &[
+    field("Node", To::Obj(NODE, NODE_FIELDS, NODE_TAG + 1)),
+    field("Service", To::Obj(SVC, SVC_FIELDS, CHECKS)),
+    field("Checks", To::List(CHECKS, CHECK_FIELDS, 3)),
+];
+static NODE_FIELDS: &[Field] = &[
+    field("Address", To::Val(NODE_ADDR)),
+    field("TaggedAddresses", To::Obj(NODE_TAGGED, &[field(TAG, To::Val(NODE_TAG))], NODE_TAG + 1)),
+];
+static SVC_FIELDS: &[Field] = &[
+    field("Address", To::Val(SVC_ADDR)),
+    field("Port", To::Val(SVC_PORT)),
+    field("TaggedAddresses", To::Obj(SVC_TAGGED, &[field(TAG, To::Obj(SVC_TAG, SVC_ADDR_FIELDS, WEIGHTS))], WEIGHTS)),
+    field(
+        "Weights",
+        To::Obj(WEIGHTS, &[field("Passing", To::Val(PASSING)), field("Warning", To::Val(WARNING))], CHECKS),
+    ),
+    field("Meta", To::Meta),
+];
+static SVC_ADDR_FIELDS: &[Field] = &[
+    field("Address", To::Val(TAG_ADDR)),
+    field("address", To::Val(TAG_ADDR_LOWER)),
+    field("Port", To::Val(TAG_PORT)),
+    field("port", To::Val(TAG_PORT_LOWER)),
+];
+static CHECK_FIELDS: &[Field] = &[field("CheckID", To::Val(CHECK_ID)), field("Status", To::Val(CHECK_STATUS))];
 
 /// A string field (`None`: missing or null; `Err`: another type).
 fn text<'a>(v: &'a Loose<'_>) -> Result<Option<&'a str>, ()> {
@@ -294,74 +186,61 @@ fn text<'a>(v: &'a Loose<'_>) -> Result<Option<&'a str>, ()> {
 }
 
 /// The entry's address and port as `choice` says; `None` when a field has the wrong type.
-fn pick<'a>(node: Option<&'a Node<'a>>, svc: &'a Svc<'a>, choice: &Address) -> Option<(&'a str, i64)> {
-    let mut port = svc.port.as_i64()?;
-    let node_addr = || node.and_then(|n| text(&n.address).ok().flatten());
-    let mut addr = text(&svc.address).ok()?.unwrap_or_default();
+fn pick<'a>(v: &'a [Loose<'a>; SLOTS], choice: &Address) -> Option<(&'a str, i64)> {
+    let mut port = v[SVC_PORT].as_i64()?;
+    let mut addr = text(&v[SVC_ADDR]).ok()?.unwrap_or_default();
     match choice {
         Address::Service => {}
         Address::Node => addr = "",
         Address::Tagged(_) => {
             // Service.TaggedAddresses: {"wan": {"Address": "..", "Port": 80}}
-            let tagged = match &svc.tagged {
-                Some(Obj::Obj(Tagged(Some(Obj::Obj(a))))) => Some(a),
-                _ => None,
-            };
-            if let Some(a) = tagged {
+            if v[SVC_TAG] == Loose::Object {
                 let field = |k: &'a Loose<'a>, lower: &'a Loose<'a>| if *k == Loose::Absent { lower } else { k };
-                addr = field(&a.address, &a.address_lower).as_str().map(str::trim).unwrap_or_default();
-                port = field(&a.port, &a.port_lower).as_i64().filter(|p| *p != 0).unwrap_or(port);
+                addr = field(&v[TAG_ADDR], &v[TAG_ADDR_LOWER]).as_str().map(str::trim).unwrap_or_default();
+                port = field(&v[TAG_PORT], &v[TAG_PORT_LOWER]).as_i64().filter(|p| *p != 0).unwrap_or(port);
             }
             if addr.is_empty() {
-                let node_tagged = node.and_then(|n| match &n.tagged {
-                    Some(Obj::Obj(Tagged(Some(v)))) => v.as_str(),
-                    _ => None,
-                });
-                addr = node_tagged.map(str::trim).unwrap_or_default();
+                addr = v[NODE_TAG].as_str().map(str::trim).unwrap_or_default();
             }
         }
     }
     if addr.is_empty() {
-        addr = node_addr()?;
+        addr = text(&v[NODE_ADDR]).ok().flatten()?;
     }
     Some((addr, port))
 }
 
 /// One `ServiceEntry`: skipped when it is malformed, or its address is a host name (then named).
-fn entry(e: Entry<'_>, build: &BuildOptions, choice: &Address) -> Rec {
-    let Some(Obj::Obj(svc)) = e.service else {
+fn entry(e: &mut Slots<'_>, build: &BuildOptions, choice: &Address) -> Rec {
+    if e.v[SVC] != Loose::Object {
         return Rec::Skipped;
-    };
-    let node = match &e.node {
-        Some(Obj::Obj(n)) => Some(n),
-        _ => None,
-    };
-    let Some((host, port)) = pick(node, &svc, choice) else {
+    }
+    let Some((host, port)) = pick(&e.v, choice) else {
         return Rec::Skipped;
     };
     let Some(addr) = format_addr(host, port) else {
         return host_name_addr(host, port).map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let Some((passing, warning)) = weights(svc.weights.as_ref(), build.weight_scale) else {
+    let Some((passing, warning)) = weights(&e.v, build.weight_scale) else {
         return Rec::Skipped;
     };
-    let checks = match &e.checks {
-        List::Null => &[][..],
-        List::Items(c) => c.as_slice(),
-        List::Other(_) => return Rec::Skipped,
+    let checks = match &e.v[CHECKS] {
+        Loose::Absent | Loose::Null => &[][..],
+        Loose::Array => e.list.as_slice(),
+        _ => return Rec::Skipped,
     };
     let (mut maintenance, mut critical, mut warn) = (false, false, false);
-    for c in checks {
-        let Some(c) = (match c {
-            Obj::Obj(c) => Some(c),
-            Obj::Not(_) => None,
-        }) else {
+    for c in checks.chunks(3) {
+        let [kind, id, status] = c else {
             return Rec::Skipped;
         };
-        let Some(status) = c.status.as_str().map(str::trim) else {
+        if *kind != Loose::Object {
+            return Rec::Skipped;
+        }
+        let Some(status) = status.as_str().map(str::trim) else {
             return Rec::Skipped;
         };
-        let id = c.id.as_str().unwrap_or_default();
+        let id = id.as_str().unwrap_or_default();
         if id == "_node_maintenance" || id.starts_with("_service_maintenance:") {
             maintenance = true;
         }
@@ -380,12 +259,13 @@ fn entry(e: Entry<'_>, build: &BuildOptions, choice: &Address) -> Rec {
     } else {
         (State::Serving, passing)
     };
-    let (inst, b) = build.build(addr, Some(weight), None, state, svc.meta.kept);
-    Rec::Kept(inst, svc.meta.bad + b)
+    let meta = std::mem::take(&mut e.meta);
+    let (inst, b) = build.build(addr, Some(weight), None, state, meta.kept);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 /// `Weights: {Passing, Warning}` scaled; `None` when present but malformed.
-fn weights(v: Option<&Obj<'_, Weights<'_>>>, scale: f64) -> Option<(i32, i32)> {
+fn weights(v: &[Loose<'_>; SLOTS], scale: f64) -> Option<(i32, i32)> {
     let one = |w: &Loose<'_>| -> Option<i32> {
         match w {
             Loose::Absent | Loose::Null => scale_weight(1.0, scale),
@@ -393,10 +273,10 @@ fn weights(v: Option<&Obj<'_, Weights<'_>>>, scale: f64) -> Option<(i32, i32)> {
             _ => None,
         }
     };
-    match v {
-        None | Some(Obj::Not(Loose::Null)) => Some((one(&Loose::Absent)?, one(&Loose::Absent)?)),
-        Some(Obj::Obj(m)) => Some((one(&m.passing)?, one(&m.warning)?)),
-        Some(Obj::Not(_)) => None,
+    match &v[WEIGHTS] {
+        Loose::Absent | Loose::Null => Some((one(&Loose::Absent)?, one(&Loose::Absent)?)),
+        Loose::Object => Some((one(&v[PASSING])?, one(&v[WARNING])?)),
+        _ => None,
     }
 }
 

@@ -50,9 +50,7 @@
 
 use serde_json::Value;
 
-use super::json::{
-    list, loose, meta, obj, read, read_value, Batch, Ctx, Fields, Halt, List, Loose, Map, Meta, Mode, Obj, Rec,
-};
+use super::json::{field, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok};
 use super::{
     encode, get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError,
     Reply, ServiceQuery, Session,
@@ -76,17 +74,41 @@ impl Eureka {
 /// metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = meta_keys(build);
-    let mut doc = Obj::<Doc>::default();
-    read(body, Mode::Any, "any JSON value", Ctx { keys: &keys, tag: None }, &mut doc)?;
-    let mut batch = Batch::default();
+    let cx = Ctx { keys: &keys, tag: None };
+    let mut slots = Slots::default();
     // delta bodies mark removed instances DELETED: they are not members (and not malformed)
-    for r in records(doc)? {
-        batch.add(match r {
-            Obj::Obj(rec) if rec.action.as_str() == Some("DELETED") => Rec::Ignored,
-            Obj::Obj(rec) => instance(rec, build),
-            Obj::Not(_) => Rec::Skipped,
-        });
-    }
+    let each = |rec: &mut Slots<'_>| {
+        if rec.v[ACTION].as_str() == Some("DELETED") {
+            Rec::Ignored
+        } else {
+            instance(rec, build)
+        }
+    };
+    // what `application` and `applications` gave: their instances, or why they are unusable
+    let mut app: Option<(Batch, Result<(), &str>)> = None;
+    let mut apps: Option<(Batch, Result<(), &str>)> = None;
+    read(body, |r| {
+        let t = r.token()?;
+        if t != Tok::Obj {
+            return loose_of(r, t).map(drop);
+        }
+        while let Some(k) = r.key()? {
+            let one = k == "application";
+            if !one && k != "applications" {
+                r.skip()?;
+                continue;
+            }
+            let mut batch = Batch::default();
+            let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
+            let ok = if one { app_of(r, cx, &mut s)? } else { apps_of(r, cx, &mut s)? };
+            *(if one { &mut app } else { &mut apps }) = Some((batch, ok));
+        }
+        Ok(())
+    })?;
+    let Some((batch, ok)) = app.or(apps) else {
+        return Err(RegistryError::Parse("missing \"application\"".into()));
+    };
+    ok.map_err(|m| RegistryError::Parse(m.into()))?;
     Ok(batch.finish())
 }
 
@@ -100,185 +122,133 @@ fn meta_keys(build: &BuildOptions) -> Vec<&str> {
 /// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
 /// instance and the number of malformed metadata values.
 pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
-    let keys = meta_keys(build);
-    let mut doc = Obj::<Inst>::default();
-    if !read_value(rec, Ctx { keys: &keys, tag: None }, &mut doc) {
+    if !rec.is_object() {
         return None;
     }
-    match instance(doc.ok()?, build) {
-        Rec::Kept(i, bad) => Some((i, bad)),
-        _ => None,
-    }
-}
-
-/// One `InstanceInfo`: the fields that are read.
-#[derive(Default)]
-struct Inst<'a> {
-    ip: Loose<'a>,
-    port: Option<Obj<'a, PortObj<'a>>>,
-    secure: Option<Obj<'a, PortObj<'a>>>,
-    lease: Option<Obj<'a, Lease<'a>>>,
-    status: Loose<'a>,
-    action: Loose<'a>,
-    meta: Meta,
-}
-
-impl<'de> Fields<'de> for Inst<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let r = self;
-        match k {
-            "ipAddr" => r.ip = loose(cx, m)?,
-            "port" => r.port = Some(obj(cx, m)?),
-            "securePort" => r.secure = Some(obj(cx, m)?),
-            "leaseInfo" => r.lease = Some(obj(cx, m)?),
-            "status" => r.status = loose(cx, m)?,
-            "actionType" => r.action = loose(cx, m)?,
-            "metadata" => r.meta = meta(cx, m)?,
-            _ => return Ok(false),
+    let keys = meta_keys(build);
+    let text = serde_json::to_vec(rec).ok()?;
+    let out = std::cell::Cell::new(None);
+    let each = |s: &mut Slots<'_>| {
+        if let Rec::Kept(i, bad) = instance(s, build) {
+            out.set(Some((i, bad)));
         }
-        Ok(true)
+        Rec::Ignored
+    };
+    let (mut slots, mut batch) = (Slots::default(), Batch::default());
+    let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
+    read(&text, |r| records(r, Ctx { keys: &keys, tag: None }, true, &mut s)).ok()?;
+    out.into_inner()
+}
+
+// The slots of one `InstanceInfo`.
+const IP: usize = 0;
+const PORT: usize = 1;
+const PORT_VALUE: usize = 2;
+const PORT_ENABLED: usize = 3;
+const SECURE: usize = 4;
+const SECURE_VALUE: usize = 5;
+const SECURE_ENABLED: usize = 6;
+const LEASE: usize = 7;
+const UP: usize = 8;
+const STATUS: usize = 9;
+const ACTION: usize = 10;
+
+/// One `InstanceInfo`: the fields that are read (of `leaseInfo`, only `serviceUpTimestamp`).
+static INST: &[Field] = &[
+    field("ipAddr", To::Val(IP)),
+    field("port", To::Obj(PORT, &[field("$", To::Val(PORT_VALUE)), field("@enabled", To::Val(PORT_ENABLED))], SECURE)),
+    field(
+        "securePort",
+        To::Obj(SECURE, &[field("$", To::Val(SECURE_VALUE)), field("@enabled", To::Val(SECURE_ENABLED))], LEASE),
+    ),
+    field("leaseInfo", To::Obj(LEASE, &[field("serviceUpTimestamp", To::Val(UP))], STATUS)),
+    field("status", To::Val(STATUS)),
+    field("actionType", To::Val(ACTION)),
+    field("metadata", To::Meta),
+];
+
+/// An application (the next value): its instances into `s`; `Err` with why it is unusable.
+fn app_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    let t = r.token()?;
+    app_from(r, cx, t, s)
+}
+
+/// An application, `t` its first token. A repeated `instance` replaces the instances before it.
+fn app_from<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, t: Tok<'a>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    if t != Tok::Obj {
+        loose_of(r, t)?;
+        return Ok(Err("\"application\" is not an object"));
     }
-}
-
-/// `{"$": 8080, "@enabled": "true"}`
-#[derive(Default)]
-struct PortObj<'a> {
-    value: Loose<'a>,
-    enabled: Loose<'a>,
-}
-
-impl<'de> Fields<'de> for PortObj<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let p = self;
-        match k {
-            "$" => p.value = loose(cx, m)?,
-            "@enabled" => p.enabled = loose(cx, m)?,
-            _ => return Ok(false),
+    let mark = s.batch.mark();
+    let mut kind = Loose::Absent;
+    while let Some(k) = r.key()? {
+        if k == "instance" {
+            s.batch.truncate(mark);
+            kind = records(r, cx, true, s)?;
+        } else {
+            r.skip()?;
         }
-        Ok(true)
     }
+    Ok(match kind {
+        Loose::Absent | Loose::Null | Loose::Array | Loose::Object => Ok(()),
+        _ => Err("\"instance\" is neither a list nor an object"),
+    })
 }
 
-/// `leaseInfo`: only `serviceUpTimestamp` is read.
-#[derive(Default)]
-struct Lease<'a> {
-    up: Loose<'a>,
-}
-
-impl<'de> Fields<'de> for Lease<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let l = self;
-        if k != "serviceUpTimestamp" {
-            return Ok(false);
-        }
-        l.up = loose(cx, m)?;
-        Ok(true)
+/// `/apps`' `applications` (the next value): the instances of all its applications into `s`;
+/// `Err` with why it is unusable (the first unusable application's reason).
+fn apps_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    let t = r.token()?;
+    if t != Tok::Obj {
+        loose_of(r, t)?;
+        return Ok(Err("\"applications\" is not an object"));
     }
-}
-
-/// An application: its instance list.
-#[derive(Default)]
-struct App<'a> {
-    instance: List<Obj<'a, Inst<'a>>>,
-}
-
-impl<'de> Fields<'de> for App<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let a = self;
-        if k != "instance" {
-            return Ok(false);
-        }
-        a.instance = list(cx, m, true)?;
-        Ok(true)
-    }
-}
-
-/// `/apps`: its application list.
-#[derive(Default)]
-struct Apps<'a> {
-    application: List<Obj<'a, App<'a>>>,
-}
-
-impl<'de> Fields<'de> for Apps<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let a = self;
+    let mut res = Ok(());
+    while let Some(k) = r.key()? {
         if k != "application" {
-            return Ok(false);
+            r.skip()?;
+            continue;
         }
-        a.application = list(cx, m, true)?;
-        Ok(true)
+        *s.batch = Batch::default();
+        res = match r.token()? {
+            Tok::Arr => {
+                let mut first = Ok(());
+                while r.elem()? {
+                    let t = r.token()?;
+                    let e = app_from(r, cx, t, s)?;
+                    first = first.and(e);
+                }
+                first
+            }
+            Tok::Obj => app_from(r, cx, Tok::Obj, s)?,
+            Tok::Null => Ok(()),
+            t => {
+                loose_of(r, t)?;
+                Err("\"application\" is neither a list nor an object")
+            }
+        };
     }
+    Ok(res)
 }
 
-/// Either reply shape.
-#[derive(Default)]
-struct Doc<'a> {
-    application: Option<Obj<'a, App<'a>>>,
-    applications: Option<Obj<'a, Apps<'a>>>,
-}
-
-impl<'de> Fields<'de> for Doc<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let d = self;
-        match k {
-            "application" => d.application = Some(obj(cx, m)?),
-            "applications" => d.applications = Some(obj(cx, m)?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-fn instance(rec: Inst<'_>, build: &BuildOptions) -> Rec {
-    let Some(ip) = rec.ip.as_str() else {
+fn instance(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
+    let v = &rec.v;
+    let Some(ip) = v[IP].as_str() else {
         return Rec::Skipped;
     };
-    let port = port_info(rec.port.as_ref(), true);
-    let secure = port_info(rec.secure.as_ref(), false);
+    let port = port_info(&v[PORT], &v[PORT_VALUE], &v[PORT_ENABLED], true);
+    let secure = port_info(&v[SECURE], &v[SECURE_VALUE], &v[SECURE_ENABLED], false);
     let Some(chosen) = (if !port.enabled && secure.enabled { secure.value } else { port.value }) else {
         return Rec::Skipped;
     };
     let Some(addr) = format_addr(ip, chosen) else {
         return host_name_addr(ip, chosen).map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let start = rec.lease.and_then(Obj::ok).and_then(|l| int_of(&l.up));
-    let (inst, b) = build.build(addr, None, start, state_of(&rec.status), rec.meta.kept);
-    Rec::Kept(inst, rec.meta.bad + b)
-}
-
-/// The instance records of either reply shape.
-fn records<'a>(doc: Obj<'a, Doc<'a>>) -> Result<Vec<Obj<'a, Inst<'a>>>, RegistryError> {
-    let doc = doc.ok().unwrap_or_default();
-    if let Some(app) = doc.application {
-        return instances_of(app);
-    }
-    let Some(apps) = doc.applications else {
-        return Err(RegistryError::Parse("missing \"application\"".into()));
-    };
-    let Obj::Obj(apps) = apps else {
-        return Err(RegistryError::Parse("\"applications\" is not an object".into()));
-    };
-    let mut out = Vec::new();
-    for app in one_or_many(apps.application, "application")? {
-        out.extend(instances_of(app)?);
-    }
-    Ok(out)
-}
-
-fn instances_of<'a>(app: Obj<'a, App<'a>>) -> Result<Vec<Obj<'a, Inst<'a>>>, RegistryError> {
-    let Obj::Obj(app) = app else {
-        return Err(RegistryError::Parse("\"application\" is not an object".into()));
-    };
-    one_or_many(app.instance, "instance")
-}
-
-/// A list that Eureka may serialise as an array, a bare object (one element) or not at all.
-fn one_or_many<T>(v: List<T>, what: &str) -> Result<Vec<T>, RegistryError> {
-    match v {
-        List::Null => Ok(Vec::new()),
-        List::Items(a) => Ok(a),
-        List::Other(_) => Err(RegistryError::Parse(format!("\"{what}\" is neither a list nor an object"))),
-    }
+    let start = int_of(&v[UP]);
+    let state = state_of(&v[STATUS]);
+    let meta = std::mem::take(&mut rec.meta);
+    let (inst, b) = build.build(addr, None, start, state, meta.kept);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 struct PortInfo {
@@ -286,18 +256,19 @@ struct PortInfo {
     enabled: bool,
 }
 
-/// Reads `{"$": 8080, "@enabled": "true"}`; a bare number or numeric string is an enabled port.
-fn port_info(v: Option<&Obj<'_, PortObj<'_>>>, default_enabled: bool) -> PortInfo {
-    match v {
-        Some(Obj::Obj(m)) => {
-            let enabled = match &m.enabled {
+/// Reads `{"$": 8080, "@enabled": "true"}` (`kind` the port's own: an object, or a bare number or
+/// numeric string, which is an enabled port).
+fn port_info(kind: &Loose<'_>, value: &Loose<'_>, enabled: &Loose<'_>, default_enabled: bool) -> PortInfo {
+    match kind {
+        Loose::Object => {
+            let enabled = match enabled {
                 Loose::Str(s) => s.trim().eq_ignore_ascii_case("true"),
                 Loose::Bool(b) => *b,
                 _ => default_enabled,
             };
-            PortInfo { value: int_of(&m.value), enabled }
+            PortInfo { value: int_of(value), enabled }
         }
-        Some(Obj::Not(v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_)))) => {
+        v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_)) => {
             PortInfo { value: int_of(v), enabled: true }
         }
         _ => PortInfo { value: None, enabled: default_enabled },

@@ -1,25 +1,23 @@
-//! The pieces every adapter reads its reply with, straight from the body: no `serde_json::Value`
-//! per record. Records are typed structs of the fields an adapter reads ([`Fields`]), each field a
-//! [`Loose`] scalar (strings borrowed from the body unless they hold an escape) or a nested struct;
-//! every other field is skipped without being kept. Metadata keeps only the keys that are read
-//! ([`Meta`]). Every value goes to a [`Sink`] through one visitor, so the module holds one copy of
-//! serde_json's parser however many record types there are.
+//! The pieces every adapter reads its reply with, straight from the body with the module's JSON
+//! reader ([`Reader`]): no `serde_json::Value` per record. A record is read by a table of the
+//! fields an adapter reads ([`Field`]) into [`Slots`], each a [`Loose`] scalar (strings borrowed
+//! from the body unless they hold an escape) or the kind of a nested object whose own fields have
+//! slots too; every other field is skipped without being kept. Metadata keeps only the keys that
+//! are read ([`Meta`]). One reader serves every table, and records go to their [`Batch`] as they
+//! are read ([`records`]).
 //!
-//! Nothing here refuses a value of the wrong type: it is recorded as it is ([`Loose`], [`Obj::Not`],
-//! [`List::Other`]) and the adapter decides afterwards, so a malformed record is skipped and counted
-//! as before and only a body that is not JSON fails. Skipped values still go through serde_json's
-//! `deserialize_any`, so its checks (UTF-8, escapes, nesting depth) apply to the whole body, as when
-//! the body was read into a `Value`. A key given twice counts with its last value, as in a `Value`.
+//! Nothing here refuses a value of the wrong type: it is recorded as it is ([`Loose`]) and the
+//! adapter decides afterwards, so a malformed record is skipped and counted and only a body that
+//! is not JSON fails. Skipped values are still checked (UTF-8, escapes,
+//! nesting depth, number range), so the whole body is held to what `serde_json::from_slice` accepts.
+//! A key given twice counts with its last value, as in a `serde_json::Value`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 
 use super::{finish, Parsed, RegistryError};
 use crate::instance::Instance;
+pub use crate::json::reader::{Reader, Res, Tok};
 
 /// A JSON value as an adapter reads it: a scalar, or only the kind of an array or an object (its
 /// content checked and skipped).
@@ -103,264 +101,39 @@ impl Loose<'_> {
     }
 }
 
-/// Why reading stopped: serde's error is kept by the reader that met it ([`Halt::Inner`]), or an
-/// error of the document's shape to be raised where it was found.
-#[derive(Debug)]
-pub enum Halt {
-    Inner,
-    Duplicate(&'static str),
-    Missing(&'static str),
-    Empty(&'static str),
-}
-
-/// Where one JSON value goes. Every method has a default that drops the value (an array's or an
-/// object's content still checked), so a sink says only what it keeps. Sinks are reached through
-/// `dyn`, so the body is walked by one instance of serde_json's parser, whatever is kept.
-pub trait Sink<'de> {
-    /// A scalar; a string borrowed from the body.
-    fn scalar(&mut self, v: Loose<'de>) {
-        let _ = v;
-    }
-    /// A string that could not be borrowed (it holds an escape).
-    fn text(&mut self, s: &str) {
-        let _ = s;
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        while s.next(cx, &mut Skip)? {}
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        while m.key()?.is_some() {
-            m.value(cx, &mut Skip)?;
+/// `t`, the token just read, as a [`Loose`] (the content of an array or an object checked and
+/// skipped).
+pub fn loose_of<'a>(r: &mut Reader<'a>, t: Tok<'a>) -> Res<Loose<'a>> {
+    Ok(match t {
+        Tok::Null => Loose::Null,
+        Tok::Bool(b) => Loose::Bool(b),
+        Tok::U(n) => Loose::Uint(n),
+        Tok::I(n) => Loose::Int(n),
+        Tok::F(f) => Loose::Float(f),
+        Tok::Str(s) => Loose::Str(s),
+        Tok::Arr | Tok::Obj => {
+            r.skip_after(&t)?;
+            if t == Tok::Arr {
+                Loose::Array
+            } else {
+                Loose::Object
+            }
         }
-        Ok(())
-    }
+    })
 }
 
-/// An object being read: its keys, each followed by its value.
-pub trait Map<'de> {
-    fn key(&mut self) -> Result<Option<Cow<'de, str>>, Halt>;
-    fn value(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<(), Halt>;
-    /// The value, which must be an array (serde's error for a `Vec` otherwise).
-    fn seq_value(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<(), Halt>;
-    /// Drops the value as serde's derived structs drop an unknown field's.
-    fn ignore(&mut self) -> Result<(), Halt>;
-    /// The value as a `serde_json::Value`.
-    fn json(&mut self) -> Result<serde_json::Value, Halt>;
+/// The next value as a [`Loose`].
+pub fn loose<'a>(r: &mut Reader<'a>) -> Res<Loose<'a>> {
+    let t = r.token()?;
+    loose_of(r, t)
 }
 
-/// An array being read: `false` after the last element.
-pub trait Seq<'de> {
-    fn next(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<bool, Halt>;
-    /// The next element, which must be an array (serde's error for a `Vec` otherwise).
-    fn next_seq(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<bool, Halt>;
-}
-
-/// serde's access with the error it met.
-struct Access<A, E> {
-    a: A,
-    err: Option<E>,
-}
-
-impl<A, E> Access<A, E> {
-    fn keep<T>(&mut self, r: Result<T, E>) -> Result<T, Halt> {
-        r.map_err(|e| {
-            self.err = Some(e);
-            Halt::Inner
-        })
-    }
-}
-
-impl<'de, A: MapAccess<'de>> Map<'de> for Access<A, A::Error> {
-    fn key(&mut self) -> Result<Option<Cow<'de, str>>, Halt> {
-        let r = self.a.next_key::<Key<'de>>();
-        self.keep(r).map(|k| k.map(|k| k.0))
-    }
-    fn value(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<(), Halt> {
-        let r = self.a.next_value_seed(Dyn { sink, cx, expecting: "any JSON value", mode: Mode::Any });
-        self.keep(r)
-    }
-    fn seq_value(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<(), Halt> {
-        let r = self.a.next_value_seed(Dyn { sink, cx, expecting: "a sequence", mode: Mode::Seq });
-        self.keep(r)
-    }
-    fn ignore(&mut self) -> Result<(), Halt> {
-        let r = self.a.next_value::<de::IgnoredAny>();
-        self.keep(r).map(|_| ())
-    }
-    fn json(&mut self) -> Result<serde_json::Value, Halt> {
-        let r = self.a.next_value();
-        self.keep(r)
-    }
-}
-
-impl<'de, A: SeqAccess<'de>> Seq<'de> for Access<A, A::Error> {
-    fn next(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<bool, Halt> {
-        let r = self.a.next_element_seed(Dyn { sink, cx, expecting: "any JSON value", mode: Mode::Any });
-        self.keep(r).map(|v| v.is_some())
-    }
-    fn next_seq(&mut self, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> Result<bool, Halt> {
-        let r = self.a.next_element_seed(Dyn { sink, cx, expecting: "a sequence", mode: Mode::Seq });
-        self.keep(r).map(|v| v.is_some())
-    }
-}
-
-/// How the top-level value is asked for (what serde_json says when it is not that).
-#[derive(Clone, Copy)]
-pub enum Mode {
-    Any,
-    /// An array (serde's message for a `Vec`).
-    Seq,
-    /// A struct of these fields (a derived struct's messages).
-    Struct(&'static str, &'static [&'static str]),
-}
-
-/// The one visitor: hands each value to its [`Sink`].
-struct Dyn<'s, 'c, 'de> {
-    sink: &'s mut dyn Sink<'de>,
-    cx: Ctx<'c>,
-    expecting: &'static str,
-    mode: Mode,
-}
-
-fn raise<E: de::Error>(h: Halt, err: Option<E>) -> E {
-    match (h, err) {
-        (Halt::Inner, Some(e)) => e,
-        (Halt::Duplicate(f), _) => E::duplicate_field(f),
-        (Halt::Missing(f), _) => E::missing_field(f),
-        (Halt::Empty(what), _) => E::invalid_length(0, &what),
-        (Halt::Inner, None) => E::custom("unreadable value"),
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Dyn<'_, '_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        match self.mode {
-            Mode::Any => d.deserialize_any(self),
-            Mode::Seq => d.deserialize_seq(self),
-            Mode::Struct(name, fields) => d.deserialize_struct(name, fields, self),
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for Dyn<'_, '_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.sink.scalar(Loose::Bool(v));
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.sink.scalar(Loose::Int(v));
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.sink.scalar(Loose::Uint(v));
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.sink.scalar(Loose::Float(v));
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.sink.text(v);
-        Ok(())
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
-        self.sink.scalar(Loose::Str(Cow::Borrowed(v)));
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.sink.scalar(Loose::Null);
-        Ok(())
-    }
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        self.sink.scalar(Loose::Null);
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        let mut a = Access { a: seq, err: None };
-        self.sink.seq(self.cx, &mut a).map_err(|h| raise(h, a.err.take()))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let mut a = Access { a: map, err: None };
-        self.sink.map(self.cx, &mut a).map_err(|h| raise(h, a.err.take()))
-    }
-}
-
-/// Reads a whole body into `sink`, as `serde_json::from_slice` reads one (trailing characters
-/// refused); any failure is a [`RegistryError::Parse`] with serde_json's message.
-pub fn read<'de>(
-    body: &'de [u8],
-    mode: Mode,
-    expecting: &'static str,
-    cx: Ctx<'_>,
-    sink: &mut dyn Sink<'de>,
-) -> Result<(), RegistryError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    Dyn { sink, cx, expecting, mode }.deserialize(&mut de).map_err(|e| RegistryError::Parse(e.to_string()))?;
-    de.end().map_err(|e| RegistryError::Parse(e.to_string()))
-}
-
-/// Reads a value that is already a `serde_json::Value` into `sink`.
-pub fn read_value<'de>(v: &'de serde_json::Value, cx: Ctx<'_>, sink: &mut dyn Sink<'de>) -> bool {
-    Dyn { sink, cx, expecting: "any JSON value", mode: Mode::Any }.deserialize(v).is_ok()
-}
-
-impl<'de> Sink<'de> for Loose<'de> {
-    fn scalar(&mut self, v: Loose<'de>) {
-        *self = v;
-    }
-    fn text(&mut self, s: &str) {
-        *self = Loose::Str(Cow::Owned(s.to_owned()));
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        while s.next(cx, &mut Skip)? {}
-        *self = Loose::Array;
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        while m.key()?.is_some() {
-            m.value(cx, &mut Skip)?;
-        }
-        *self = Loose::Object;
-        Ok(())
-    }
-}
-
-/// Any JSON value, checked and dropped (nothing is kept or allocated).
-pub struct Skip;
-
-impl Sink<'_> for Skip {}
-
-/// An object key, borrowed from the body unless it holds an escape.
-pub struct Key<'a>(pub Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Key(Cow::Owned(v.to_owned())))
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Key(Cow::Borrowed(v)))
-    }
+/// Reads a whole body with `top` (its one value), as `serde_json::from_slice` reads one (trailing
+/// characters refused); any failure is a [`RegistryError::Parse`] with serde_json's message.
+pub fn read<'a, T>(body: &'a [u8], top: impl FnOnce(&mut Reader<'a>) -> Res<T>) -> Result<T, RegistryError> {
+    let mut r = Reader::new(body);
+    let v = top(&mut r).and_then(|v| r.end().map(|()| v));
+    v.map_err(|e| RegistryError::Parse(e.to_string()))
 }
 
 /// What a record is read with: the metadata keys to keep, and the tagged-address name to read
@@ -371,150 +144,181 @@ pub struct Ctx<'k> {
     pub tag: Option<&'k str>,
 }
 
-/// A struct read from a JSON object: the fields it knows, every other one skipped.
-pub trait Fields<'de> {
-    /// Reads the value of `key` with `m` and returns `true`, or returns `false` to have it skipped.
-    fn field(&mut self, cx: Ctx<'_>, key: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt>;
+/// Where the value of a field goes in a record's [`Slots`].
+#[derive(Debug, Clone, Copy)]
+pub enum To {
+    /// Slot `i`: a scalar, or the kind of anything else.
+    Val(usize),
+    /// The metadata ([`Slots::meta`]).
+    Meta,
+    /// An object read by its table into the slots `i + 1 .. end`; slot `i` gets
+    /// [`Loose::Object`], or what the value is instead. A repeated key starts the slots (and the
+    /// metadata, if the table has it) afresh.
+    Obj(usize, &'static [Field], usize),
+    /// A list of objects, each read by its table into `stride` values of [`Slots::list`] (the
+    /// element's own kind first, then its slots from 1); slot `i` gets the list's kind
+    /// ([`Loose::Array`], or what the value is instead).
+    List(usize, &'static [Field], usize),
 }
 
-/// An object read as `T`, or any other value as a [`Loose`].
-#[derive(Debug)]
-pub enum Obj<'de, T> {
-    Obj(T),
-    Not(Loose<'de>),
+/// A field a record reads: its key and where its value goes. Every other key is skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub key: &'static str,
+    pub to: To,
 }
 
-impl<T> Default for Obj<'_, T> {
-    fn default() -> Self {
-        Obj::Not(Loose::Absent)
-    }
+/// A field of a table.
+pub const fn field(key: &'static str, to: To) -> Field {
+    Field { key, to }
 }
 
-impl<T> Obj<'_, T> {
-    /// The struct, if the value was an object.
-    pub fn ok(self) -> Option<T> {
-        match self {
-            Obj::Obj(t) => Some(t),
-            Obj::Not(_) => None,
+/// The key that stands for the configured tagged-address name ([`Ctx::tag`]).
+pub const TAG: &str = "\0tag";
+
+/// Slots per record.
+pub const SLOTS: usize = 17;
+
+/// One record as its table read it: the fields are the slots its table names (absent ones
+/// [`Loose::Absent`]).
+#[derive(Debug, Default)]
+pub struct Slots<'a> {
+    pub v: [Loose<'a>; SLOTS],
+    pub meta: Meta,
+    pub list: Vec<Loose<'a>>,
+}
+
+impl Slots<'_> {
+    fn clear(&mut self) {
+        for v in &mut self.v {
+            *v = Loose::Absent;
         }
+        self.meta = Meta::default();
+        self.list.clear();
     }
 }
 
-impl<'de, T: Fields<'de> + Default> Sink<'de> for Obj<'de, T> {
-    fn scalar(&mut self, v: Loose<'de>) {
-        if let Some(l) = not(self) {
-            *l = v;
-        }
-    }
-    fn text(&mut self, s: &str) {
-        if let Some(l) = not(self) {
-            l.text(s);
-        }
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        match not(self) {
-            Some(l) => l.seq(cx, s),
-            None => Skip.seq(cx, s),
-        }
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        let mut t = T::default();
-        read_fields(cx, m, &mut t)?;
-        *self = Obj::Obj(t);
-        Ok(())
-    }
-}
-
-/// The [`Loose`] of an [`Obj`] that is not (yet) an object: what a value other than an object
-/// is read into (a sink gets one value, so a fresh `Obj` is always `Not`).
-fn not<'a, 'de, T>(o: &'a mut Obj<'de, T>) -> Option<&'a mut Loose<'de>> {
-    match o {
-        Obj::Not(v) => Some(v),
-        Obj::Obj(_) => None,
-    }
-}
-
-/// Reads every `key: value` of `m` into `t`, skipping the keys it does not know.
-fn read_fields<'de>(cx: Ctx<'_>, m: &mut dyn Map<'de>, t: &mut dyn Fields<'de>) -> Result<(), Halt> {
-    while let Some(k) = m.key()? {
-        if !t.field(cx, &k, m)? {
-            m.value(cx, &mut Skip)?;
+/// Reads the fields of the object just opened into `v` (and, in a record, its metadata and list).
+fn fields<'a>(
+    r: &mut Reader<'a>,
+    cx: Ctx<'_>,
+    table: &[Field],
+    v: &mut [Loose<'a>],
+    mut rest: Option<(&mut Meta, &mut Vec<Loose<'a>>)>,
+) -> Res<()> {
+    while let Some(k) = r.key()? {
+        let found = table.iter().find(|f| if f.key == TAG { cx.tag == Some(&*k) } else { f.key == k });
+        let Some(f) = found else {
+            r.skip()?;
+            continue;
+        };
+        match f.to {
+            To::Val(i) => {
+                let x = loose(r)?;
+                put(v, i, x);
+            }
+            To::Meta => {
+                let m = meta(r, cx)?;
+                if let Some((md, _)) = rest.as_mut() {
+                    **md = m;
+                }
+            }
+            To::Obj(i, sub, end) => {
+                for s in v.get_mut(i + 1..end).unwrap_or_default() {
+                    *s = Loose::Absent;
+                }
+                if let Some((md, _)) = rest.as_mut().filter(|_| sub.iter().any(|f| matches!(f.to, To::Meta))) {
+                    **md = Meta::default();
+                }
+                let t = r.token()?;
+                if t == Tok::Obj {
+                    put(v, i, Loose::Object);
+                    fields(r, cx, sub, v, rest.as_mut().map(|(m, l)| (&mut **m, &mut **l)))?;
+                } else {
+                    let x = loose_of(r, t)?;
+                    put(v, i, x);
+                }
+            }
+            To::List(i, sub, stride) => {
+                let Some((_, list)) = rest.as_mut() else {
+                    r.skip()?;
+                    continue;
+                };
+                list.clear();
+                let t = r.token()?;
+                if t != Tok::Arr {
+                    let x = loose_of(r, t)?;
+                    put(v, i, x);
+                    continue;
+                }
+                while r.elem()? {
+                    let start = list.len();
+                    list.resize(start + stride, Loose::Absent);
+                    let el = list.get_mut(start..).unwrap_or_default();
+                    let t = r.token()?;
+                    if t == Tok::Obj {
+                        put(el, 0, Loose::Object);
+                        fields(r, cx, sub, el, None)?;
+                    } else {
+                        let x = loose_of(r, t)?;
+                        put(el, 0, x);
+                    }
+                }
+                put(v, i, Loose::Array);
+            }
         }
     }
     Ok(())
 }
 
-/// The next value of `m` as an [`Obj`].
-pub fn obj<'de, T: Fields<'de> + Default>(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Obj<'de, T>, Halt> {
-    let mut o = Obj::default();
-    m.value(cx, &mut o)?;
-    Ok(o)
-}
-
-/// The next value of `m` as a [`Loose`].
-pub fn loose<'de>(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Loose<'de>, Halt> {
-    let mut v = Loose::Absent;
-    m.value(cx, &mut v)?;
-    Ok(v)
-}
-
-/// A value that should be a list.
-#[derive(Debug, Default)]
-pub enum List<T> {
-    /// `null` (or, as a field's default, absent).
-    #[default]
-    Null,
-    Items(Vec<T>),
-    /// Any other value (its kind).
-    Other(&'static str),
-}
-
-/// Reads a [`List`]; with `one`, a bare object is a list of one (Eureka's Jackson codec writes a
-/// list of one that way).
-pub struct ListSink<T> {
-    pub list: List<T>,
-    pub one: bool,
-}
-
-impl<'de, T: Sink<'de> + Default> Sink<'de> for ListSink<T> {
-    fn scalar(&mut self, v: Loose<'de>) {
-        self.list = if v == Loose::Null { List::Null } else { List::Other(v.kind()) };
-    }
-    fn text(&mut self, _: &str) {
-        self.list = List::Other("a string");
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        let mut items = Vec::new();
-        loop {
-            let mut t = T::default();
-            if !s.next(cx, &mut t)? {
-                break;
-            }
-            items.push(t);
-        }
-        self.list = List::Items(items);
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        if self.one {
-            let mut t = T::default();
-            t.map(cx, m)?;
-            self.list = List::Items(vec![t]);
-        } else {
-            while m.key()?.is_some() {
-                m.value(cx, &mut Skip)?;
-            }
-            self.list = List::Other("an object");
-        }
-        Ok(())
+fn put<'a>(v: &mut [Loose<'a>], i: usize, x: Loose<'a>) {
+    if let Some(s) = v.get_mut(i) {
+        *s = x;
     }
 }
 
-/// The next value of `m` as a [`List`].
-pub fn list<'de, T: Sink<'de> + Default>(cx: Ctx<'_>, m: &mut dyn Map<'de>, one: bool) -> Result<List<T>, Halt> {
-    let mut l = ListSink { list: List::Null, one };
-    m.value(cx, &mut l)?;
-    Ok(l.list)
+/// Where the records of a list go: `each` makes each into a [`Rec`] for `batch` (an element that
+/// is not an object is skipped and counted).
+pub struct Sink<'s, 'a> {
+    pub table: &'static [Field],
+    pub slots: &'s mut Slots<'a>,
+    pub batch: &'s mut Batch,
+    pub each: &'s dyn Fn(&mut Slots<'a>) -> Rec,
+}
+
+/// One element, `t` its first token.
+fn record<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, t: Tok<'a>, s: &mut Sink<'_, 'a>) -> Res<()> {
+    if t != Tok::Obj {
+        loose_of(r, t)?;
+        s.batch.add(Rec::Skipped);
+        return Ok(());
+    }
+    s.slots.clear();
+    let Slots { v, meta, list } = &mut *s.slots;
+    fields(r, cx, s.table, v, Some((meta, list)))?;
+    let rec = (s.each)(s.slots);
+    s.batch.add(rec);
+    Ok(())
+}
+
+/// The records of the array just opened, into `s`.
+pub fn elements<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<()> {
+    while r.elem()? {
+        let t = r.token()?;
+        record(r, cx, t, s)?;
+    }
+    Ok(())
+}
+
+/// The next value as a list of records into `s`; its kind is returned: [`Loose::Array`], with
+/// `one` [`Loose::Object`] for a bare object read as a list of one (Eureka's Jackson codec writes
+/// a list of one that way), or what the value is instead (then nothing is added).
+pub fn records<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, one: bool, s: &mut Sink<'_, 'a>) -> Res<Loose<'a>> {
+    match r.token()? {
+        Tok::Arr => elements(r, cx, s).map(|()| Loose::Array),
+        Tok::Obj if one => record(r, cx, Tok::Obj, s).map(|()| Loose::Object),
+        t => loose_of(r, t),
+    }
 }
 
 /// Metadata with only the keys that are read.
@@ -530,83 +334,47 @@ pub struct Meta {
 /// Reads a metadata object keeping only the keys in `cx.keys`: a string value as it is, a number
 /// or a boolean as its JSON text. A key's last value counts. The values of every other key are
 /// checked and dropped without being copied.
-impl<'de> Sink<'de> for Meta {
-    fn scalar(&mut self, v: Loose<'de>) {
-        *self = Meta { bad: u32::from(v != Loose::Null), ..Meta::default() };
+pub fn meta(r: &mut Reader<'_>, cx: Ctx<'_>) -> Res<Meta> {
+    match r.token()? {
+        Tok::Obj => {}
+        Tok::Null => return Ok(Meta::default()),
+        t => {
+            r.skip_after(&t)?;
+            return Ok(Meta { bad: 1, ..Meta::default() });
+        }
     }
-    fn text(&mut self, _: &str) {
-        *self = Meta { bad: 1, ..Meta::default() };
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        while s.next(cx, &mut Skip)? {}
-        *self = Meta { bad: 1, ..Meta::default() };
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        let mut kept = BTreeMap::new();
-        // keys whose last value so far is not a scalar (rare: usually empty)
-        let mut bad: Vec<Cow<'de, str>> = Vec::new();
-        while let Some(k) = m.key()? {
-            let keep = cx.keys.contains(&&*k);
-            // a kept key's value as text; of any other key only whether it is a scalar
-            let text = if keep {
-                loose(cx, m)?.into_text()
-            } else {
-                let mut kind = Kind(false);
-                m.value(cx, &mut kind)?;
-                kind.0.then(String::new)
-            };
-            if !bad.is_empty() {
-                bad.retain(|b| *b != k);
-            }
-            match text {
-                None => {
-                    if keep {
-                        kept.remove(&*k);
-                    }
-                    bad.push(k);
+    let mut kept = BTreeMap::new();
+    // keys whose last value so far is not a scalar (rare: usually empty)
+    let mut bad: Vec<Cow<'_, str>> = Vec::new();
+    while let Some(k) = r.key()? {
+        let keep = cx.keys.contains(&&*k);
+        let t = r.token()?;
+        // a kept key's value as text; of any other key only whether it is a scalar
+        let text = if keep {
+            loose_of(r, t)?.into_text()
+        } else {
+            let scalar = !matches!(t, Tok::Null | Tok::Arr | Tok::Obj);
+            r.skip_after(&t)?;
+            scalar.then(String::new)
+        };
+        if !bad.is_empty() {
+            bad.retain(|b| *b != k);
+        }
+        match text {
+            None => {
+                if keep {
+                    kept.remove(&*k);
                 }
-                Some(t) => {
-                    if keep {
-                        kept.insert(k.into_owned(), t);
-                    }
+                bad.push(k);
+            }
+            Some(t) => {
+                if keep {
+                    kept.insert(k.into_owned(), t);
                 }
             }
         }
-        *self = Meta { kept, bad: u32::try_from(bad.len()).unwrap_or(u32::MAX) };
-        Ok(())
     }
-}
-
-/// Whether a value is a scalar other than `null`, nothing else kept.
-struct Kind(bool);
-
-impl<'de> Sink<'de> for Kind {
-    fn scalar(&mut self, v: Loose<'de>) {
-        self.0 = v != Loose::Null;
-    }
-    fn text(&mut self, _: &str) {
-        self.0 = true;
-    }
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        self.0 = false;
-        while s.next(cx, &mut Skip)? {}
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        self.0 = false;
-        while m.key()?.is_some() {
-            m.value(cx, &mut Skip)?;
-        }
-        Ok(())
-    }
-}
-
-/// The next value of `m` as [`Meta`].
-pub fn meta<'de>(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Meta, Halt> {
-    let mut md = Meta::default();
-    m.value(cx, &mut md)?;
-    Ok(md)
+    Ok(Meta { kept, bad: u32::try_from(bad.len()).unwrap_or(u32::MAX) })
 }
 
 /// What became of one record.
@@ -641,7 +409,23 @@ pub struct Batch {
     unroutable: Vec<String>,
 }
 
+/// How far a [`Batch`] had got (to drop what was added since).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(usize, u32, u32, usize);
+
 impl Batch {
+    pub fn mark(&self) -> Mark {
+        Mark(self.instances.len(), self.skipped, self.malformed_meta, self.unroutable.len())
+    }
+
+    /// Drops what was added since `m`.
+    pub fn truncate(&mut self, m: Mark) {
+        self.instances.truncate(m.0);
+        self.skipped = m.1;
+        self.malformed_meta = m.2;
+        self.unroutable.truncate(m.3);
+    }
+
     pub fn add(&mut self, r: Rec) {
         match r {
             Rec::Kept(i, bad) => {
@@ -670,8 +454,7 @@ mod tests {
     use super::*;
 
     fn try_meta(keys: &[&str], body: &str) -> Result<Meta, RegistryError> {
-        let mut md = Meta::default();
-        read(body.as_bytes(), Mode::Any, "any JSON value", Ctx { keys, tag: None }, &mut md).map(|()| md)
+        read(body.as_bytes(), |r| super::meta(r, Ctx { keys, tag: None }))
     }
     fn meta(keys: &[&str], body: &str) -> Meta {
         try_meta(keys, body).unwrap()

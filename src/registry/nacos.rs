@@ -24,14 +24,15 @@
 //! whichever is larger, but never more than half the TTL, so a fresh token is always used at
 //! least once) and dropped after a 401/403, so the next request logs in again.
 
-use serde_json::Value;
-
-use super::json::{list, loose, meta, obj, read, Batch, Ctx, Fields, Halt, List, Loose, Map, Meta, Mode, Obj, Rec};
+use super::json::{
+    field, loose, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok,
+};
 use super::{
     check_common, encode, request_headers, snippet, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
     RegistryError, Reply, ServiceQuery, Session, Token,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
+use crate::json::Json;
 
 /// Path of the login endpoint of Nacos 1.x and 2.x (and rnacos).
 pub const LOGIN_PATH: &str = "/nacos/v1/auth/login";
@@ -260,9 +261,7 @@ fn push_param(p: &mut String, key: &str, value: Option<&str>) {
 fn missing_api(resp: &HttpResponse<'_>) -> bool {
     match resp.status {
         Some(410) => true,
-        Some(404) => {
-            !serde_json::from_slice::<Value>(resp.body).is_ok_and(|v| v.get("code").is_some_and(Value::is_i64))
-        }
+        Some(404) => !Json::parse(resp.body).is_ok_and(|v| v.get("code").is_some_and(|c| c.as_i64().is_some())),
         _ => false,
     }
 }
@@ -270,14 +269,14 @@ fn missing_api(resp: &HttpResponse<'_>) -> bool {
 /// Reads `{accessToken, tokenTtl}` (at the top, or in a `data` envelope); a missing or unusable
 /// TTL is taken as [`DEFAULT_TTL_S`].
 fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let mut v = Json::parse(body).map_err(|e| format!("not JSON ({e})"))?;
     if v.get("accessToken").is_none() {
-        if let Some(d) = v.get_mut("data").map(Value::take) {
-            v = d;
+        if let Some(d) = v.get("data") {
+            v = d.clone();
         }
     }
     let token = match v.get("accessToken") {
-        Some(Value::String(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
+        Some(Json::Str(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
         _ => return Err("no accessToken".to_string()),
     };
     let ttl = v
@@ -288,139 +287,137 @@ fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
     Ok((token, ttl))
 }
 
+const IP: usize = 0;
+const PORT: usize = 1;
+const WEIGHT: usize = 2;
+const HEALTHY: usize = 3;
+const ENABLED: usize = 4;
+
 /// One host record: the fields that are read.
-#[derive(Default)]
-struct Host<'a> {
-    ip: Loose<'a>,
-    port: Loose<'a>,
-    weight: Loose<'a>,
-    healthy: Loose<'a>,
-    enabled: Loose<'a>,
-    meta: Meta,
-}
+static HOST: &[Field] = &[
+    field("ip", To::Val(IP)),
+    field("port", To::Val(PORT)),
+    field("weight", To::Val(WEIGHT)),
+    field("healthy", To::Val(HEALTHY)),
+    field("enabled", To::Val(ENABLED)),
+    field("metadata", To::Meta),
+];
 
-impl<'de> Fields<'de> for Host<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let h = self;
-        match k {
-            "ip" => h.ip = loose(cx, m)?,
-            "port" => h.port = loose(cx, m)?,
-            "weight" => h.weight = loose(cx, m)?,
-            "healthy" => h.healthy = loose(cx, m)?,
-            "enabled" => h.enabled = loose(cx, m)?,
-            "metadata" => h.meta = meta(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-type Hosts<'a> = List<Obj<'a, Host<'a>>>;
-
-/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`).
+/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`): the kind of
+/// `hosts` (`None`: no such field; its records went to the batch) and the protect flag.
 #[derive(Default)]
 struct HostList<'a> {
-    /// `None`: no `hosts` field.
-    hosts: Option<Hosts<'a>>,
+    hosts: Option<Loose<'a>>,
     protected: Loose<'a>,
 }
 
-impl<'de> Fields<'de> for HostList<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let l = self;
-        match k {
-            "hosts" => l.hosts = Some(list(cx, m, false)?),
-            "reachProtectionThreshold" => l.protected = loose(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
 impl<'a> HostList<'a> {
-    /// The hosts, and whether the registry applied its protect threshold.
-    fn hosts(self) -> Result<(Vec<Obj<'a, Host<'a>>>, bool), RegistryError> {
+    /// Reads the object just opened; a repeated `hosts` starts the batch afresh.
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<HostList<'a>> {
+        let mut l = HostList::default();
+        while let Some(k) = r.key()? {
+            match &*k {
+                "hosts" => {
+                    *s.batch = Batch::default();
+                    l.hosts = Some(records(r, cx, false, s)?);
+                }
+                "reachProtectionThreshold" => l.protected = loose(r)?,
+                _ => r.skip()?,
+            }
+        }
+        Ok(l)
+    }
+
+    /// Whether the registry applied its protect threshold; an error when there is no usable list.
+    fn check(self) -> Result<bool, RegistryError> {
         let protected = self.protected.as_bool().unwrap_or(false);
         match self.hosts {
-            Some(List::Items(h)) => Ok((h, protected)),
-            Some(List::Null) => Ok((Vec::new(), protected)),
-            Some(List::Other(kind)) => Err(RegistryError::Parse(format!("hosts is {kind}, expected an array"))),
+            Some(Loose::Array | Loose::Null) => Ok(protected),
+            Some(other) => Err(RegistryError::Parse(format!("hosts is {}, expected an array", other.kind()))),
             None => Err(RegistryError::Parse("no hosts field".to_string())),
         }
     }
+}
 
-    fn of(doc: Obj<'a, HostList<'a>>) -> Result<(Vec<Obj<'a, Host<'a>>>, bool), RegistryError> {
-        match doc {
-            Obj::Obj(l) => l.hosts(),
-            Obj::Not(v) => Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
+/// What an envelope's `data` (or a v1 body) held.
+enum Data<'a> {
+    /// An object with `hosts` (v1, v2).
+    List(HostList<'a>),
+    /// The kind of the value (v3: the array of hosts; v1, v2: what is there instead of an object).
+    Kind(Loose<'a>),
+}
+
+impl<'a> Data<'a> {
+    /// The next value as `api` has it (its records into the batch, which it starts afresh).
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Data<'a>> {
+        *s.batch = Batch::default();
+        if api == Api::V3 {
+            return records(r, cx, false, s).map(Data::Kind);
+        }
+        match r.token()? {
+            Tok::Obj => HostList::read(r, cx, s).map(Data::List),
+            t => loose_of(r, t).map(Data::Kind),
+        }
+    }
+
+    /// The protect flag of a v1/v2 list.
+    fn hosts(self) -> Result<bool, RegistryError> {
+        match self {
+            Data::List(l) => l.check(),
+            Data::Kind(v) => Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
         }
     }
 }
 
-/// The v2/v3 envelope `{code, message, data}`; `D` is what `data` holds.
-struct Envelope<'a, D> {
+/// The v2/v3 envelope `{code, message, data}`.
+#[derive(Default)]
+struct Envelope<'a> {
     code: Loose<'a>,
-    message: Option<Value>,
-    data: Option<D>,
+    message: Option<Json>,
+    data: Option<Data<'a>>,
 }
 
-/// How an envelope's `data` is read.
-trait Data<'de>: Sized {
-    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt>;
-}
-
-impl<'de> Data<'de> for Obj<'de, HostList<'de>> {
-    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt> {
-        obj(cx, m)
-    }
-}
-
-impl<'de> Data<'de> for Hosts<'de> {
-    fn read(cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<Self, Halt> {
-        list(cx, m, false)
-    }
-}
-
-impl<D> Default for Envelope<'_, D> {
-    fn default() -> Self {
-        Envelope { code: Loose::Absent, message: None, data: None }
-    }
-}
-
-impl<'de, D: Data<'de>> Fields<'de> for Envelope<'de, D> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        match k {
-            "code" => self.code = loose(cx, m)?,
-            "message" => self.message = Some(m.json()?),
-            "data" => self.data = Some(D::read(cx, m)?),
-            _ => return Ok(false),
+impl<'a> Envelope<'a> {
+    /// Reads the body's envelope; `Err` with the kind of what is there instead of an object.
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Result<Self, Loose<'a>>> {
+        let t = r.token()?;
+        if t != Tok::Obj {
+            return loose_of(r, t).map(Err);
         }
-        Ok(true)
+        let mut e = Envelope::default();
+        while let Some(k) = r.key()? {
+            match &*k {
+                "code" => e.code = loose(r)?,
+                "message" => e.message = Some(Json::read(r)?),
+                "data" => e.data = Some(Data::read(r, cx, api, s)?),
+                _ => r.skip()?,
+            }
+        }
+        Ok(Ok(e))
     }
-}
 
-/// Unwraps the v2/v3 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
-/// otherwise.
-fn unwrap_envelope<'a, D>(doc: Obj<'a, Envelope<'a, D>>) -> Result<D, RegistryError> {
-    let e = match doc {
-        Obj::Obj(e) => e,
-        Obj::Not(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
-    };
-    let code = match &e.code {
-        Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
-        c => c
-            .as_i64()
-            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
-    };
-    if code != 0 {
-        let message = match e.message {
-            Some(Value::String(s)) => snippet(s.as_bytes(), &[]),
-            None | Some(Value::Null) => String::new(),
-            Some(other) => snippet(other.to_string().as_bytes(), &[]),
+    /// The `data` of a `code: 0` reply, an [`RegistryError::Envelope`] otherwise.
+    fn open(doc: Result<Self, Loose<'a>>) -> Result<Data<'a>, RegistryError> {
+        let e = match doc {
+            Ok(e) => e,
+            Err(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
         };
-        return Err(RegistryError::Envelope { code, message });
+        let code = match &e.code {
+            Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
+            c => c
+                .as_i64()
+                .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
+        };
+        if code != 0 {
+            let message = match e.message {
+                Some(Json::Str(s)) => snippet(s.as_bytes(), &[]),
+                None | Some(Json::Null) => String::new(),
+                Some(other) => snippet(other.to_value().to_string().as_bytes(), &[]),
+            };
+            return Err(RegistryError::Envelope { code, message });
+        }
+        e.data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
     }
-    e.data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
 }
 
 /// Parses an instance list reply (v1 object, v2 envelope around it, or v3 envelope around the
@@ -430,31 +427,30 @@ fn unwrap_envelope<'a, D>(doc: Obj<'a, Envelope<'a, D>>) -> Result<D, RegistryEr
 pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = build.keys.names();
     let cx = Ctx { keys: &keys, tag: None };
-    let (hosts, protected) = match api {
-        Api::V1 => HostList::of(top(body, cx)?)?,
-        Api::V2 => HostList::of(unwrap_envelope::<Obj<HostList>>(top(body, cx)?)?)?,
-        Api::V3 => match unwrap_envelope::<Hosts>(top(body, cx)?)? {
-            List::Items(h) => (h, false),
-            List::Null => (Vec::new(), false),
-            List::Other(kind) => {
-                return Err(RegistryError::Parse(format!("envelope data is {kind}, expected an array")))
+    let mut batch = Batch::default();
+    let mut slots = Slots::default();
+    let each = |h: &mut Slots<'_>| Rec::of(host(h, build));
+    let mut s = Sink { table: HOST, slots: &mut slots, batch: &mut batch, each: &each };
+    let protected = match api {
+        Api::V1 => {
+            let doc = read(body, |r| match r.token()? {
+                Tok::Obj => HostList::read(r, cx, &mut s).map(Data::List),
+                t => loose_of(r, t).map(Data::Kind),
+            })?;
+            doc.hosts()?
+        }
+        Api::V2 => Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)?.hosts()?,
+        Api::V3 => match Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)? {
+            Data::Kind(Loose::Array | Loose::Null) => false,
+            Data::Kind(v) => {
+                return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", v.kind())))
             }
+            Data::List(_) => false,
         },
     };
-    let mut batch = Batch::default();
-    for h in hosts {
-        batch.add(Rec::of(h.ok().and_then(|h| host(h, build))));
-    }
     let mut parsed = batch.finish();
     parsed.registry_protected = protected;
     Ok(parsed)
-}
-
-/// The whole body as `T` (or what it is instead).
-fn top<'de, T: Fields<'de> + Default>(body: &'de [u8], cx: Ctx<'_>) -> Result<Obj<'de, T>, RegistryError> {
-    let mut doc = Obj::default();
-    read(body, Mode::Any, "any JSON value", cx, &mut doc)?;
-    Ok(doc)
 }
 
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
@@ -467,13 +463,14 @@ fn flag(v: &Loose<'_>) -> Option<bool> {
 }
 
 /// One host record; `None` when malformed.
-fn host(h: Host<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
-    let ip = h.ip.as_str()?;
-    let port = h.port.as_i64()?;
+fn host(h: &mut Slots<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let ip = h.v[IP].as_str()?;
+    let port = h.v[PORT].as_i64()?;
     let addr = format_addr(ip, port)?;
-    let weight = if h.weight.is_none() { None } else { Some(scale_weight(h.weight.as_f64()?, build.weight_scale)?) };
-    let healthy = flag(&h.healthy)?;
-    let enabled = flag(&h.enabled)?;
+    let w = &h.v[WEIGHT];
+    let weight = if w.is_none() { None } else { Some(scale_weight(w.as_f64()?, build.weight_scale)?) };
+    let healthy = flag(&h.v[HEALTHY])?;
+    let enabled = flag(&h.v[ENABLED])?;
     // A deliberate drain wins over ill health (the protect threshold may revive `Down`, never
     // `Draining`).
     let state = if !enabled {
@@ -483,8 +480,9 @@ fn host(h: Host<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
     } else {
         State::Serving
     };
-    let (inst, bad) = build.build(addr, weight, None, state, h.meta.kept);
-    Some((inst, h.meta.bad + bad))
+    let meta = std::mem::take(&mut h.meta);
+    let (inst, bad) = build.build(addr, weight, None, state, meta.kept);
+    Some((inst, meta.bad + bad))
 }
 
 impl Adapter for Nacos {

@@ -11,9 +11,7 @@
 //! configured default (100), `state` to `serving` (`draining`, `down` also accepted), `start_ms` and
 //! `warmup_ms` to what metadata or the defaults say.
 
-use super::json::{
-    loose, meta, read, Batch, Ctx, Fields, Halt, List, ListSink, Loose, Map, Meta, Mode, Obj, Rec, Seq, Sink,
-};
+use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To};
 use super::{
     get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
     ServiceQuery, Session,
@@ -30,115 +28,97 @@ pub struct StaticJson {
 /// Parses a static JSON body. Only the metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = build.keys.names();
-    let mut doc = Doc::default();
-    read(body, Mode::Struct("Doc", &["instances"]), "struct Doc", Ctx { keys: &keys, tag: None }, &mut doc)?;
-    let records = match doc.instances.map(|l| l.list) {
-        Some(List::Items(r)) => r,
-        _ => Vec::new(),
-    };
     let mut batch = Batch::default();
-    for r in records {
-        batch.add(r.ok().map_or(Rec::Skipped, |r| record(r, build)));
-    }
+    let mut slots = Slots::default();
+    let each = |r: &mut Slots<'_>| record(r, build);
+    let mut s = Sink { table: RECORD, slots: &mut slots, batch: &mut batch, each: &each };
+    read(body, |r| doc(r, Ctx { keys: &keys, tag: None }, &mut s))?;
     Ok(batch.finish())
 }
 
 /// The document `{"instances": [...]}`, read as a derived `struct Doc { instances: Vec<_> }` reads
-/// it (the same errors: a missing or repeated `instances`, a document that is not an object).
-#[derive(Default)]
-struct Doc<'a> {
-    instances: Option<ListSink<Obj<'a, Record<'a>>>>,
+/// it (the same errors: a missing or repeated `instances`, an `instances` that is not an array, a
+/// document that is not an object; the array form `[[...]]` of the struct; other keys dropped with
+/// serde's looser checks).
+fn doc<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<()> {
+    if !r.container("struct Doc", true)? {
+        if !r.elem()? {
+            return Err(r.custom("invalid length 0, expected struct Doc with 1 element".into()));
+        }
+        r.container("a sequence", false)?;
+        elements(r, cx, s)?;
+        return r.end_seq();
+    }
+    let mut found = false;
+    while let Some(k) = r.key()? {
+        if k == "instances" {
+            if found {
+                return Err(r.custom("duplicate field `instances`".into()));
+            }
+            found = true;
+            r.container("a sequence", false)?;
+            elements(r, cx, s)?;
+        } else {
+            r.ignore()?;
+        }
+    }
+    if !found {
+        return Err(r.custom("missing field `instances`".into()));
+    }
+    Ok(())
 }
 
-impl<'de> Sink<'de> for Doc<'de> {
-    fn seq(&mut self, cx: Ctx<'_>, s: &mut dyn Seq<'de>) -> Result<(), Halt> {
-        let mut records = ListSink { list: List::Null, one: false };
-        if !s.next_seq(cx, &mut records)? {
-            return Err(Halt::Empty("struct Doc with 1 element"));
-        }
-        self.instances = Some(records);
-        Ok(())
-    }
-    fn map(&mut self, cx: Ctx<'_>, m: &mut dyn Map<'de>) -> Result<(), Halt> {
-        while let Some(k) = m.key()? {
-            if k == "instances" {
-                if self.instances.is_some() {
-                    return Err(Halt::Duplicate("instances"));
-                }
-                let mut records = ListSink { list: List::Null, one: false };
-                m.seq_value(cx, &mut records)?;
-                self.instances = Some(records);
-            } else {
-                m.ignore()?;
-            }
-        }
-        if self.instances.is_none() {
-            return Err(Halt::Missing("instances"));
-        }
-        Ok(())
-    }
-}
+const ADDRESS: usize = 0;
+const WEIGHT: usize = 1;
+const STATE: usize = 2;
+const START_MS: usize = 3;
+const WARMUP_MS: usize = 4;
 
 /// One record: the fields that are read.
-#[derive(Default)]
-struct Record<'a> {
-    address: Loose<'a>,
-    weight: Loose<'a>,
-    state: Loose<'a>,
-    start_ms: Loose<'a>,
-    warmup_ms: Loose<'a>,
-    meta: Meta,
-}
-
-impl<'de> Fields<'de> for Record<'de> {
-    fn field(&mut self, cx: Ctx<'_>, k: &str, m: &mut dyn Map<'de>) -> Result<bool, Halt> {
-        let r = self;
-        match k {
-            "address" => r.address = loose(cx, m)?,
-            "weight" => r.weight = loose(cx, m)?,
-            "state" => r.state = loose(cx, m)?,
-            "start_ms" => r.start_ms = loose(cx, m)?,
-            "warmup_ms" => r.warmup_ms = loose(cx, m)?,
-            "metadata" => r.meta = meta(cx, m)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
+static RECORD: &[Field] = &[
+    field("address", To::Val(ADDRESS)),
+    field("weight", To::Val(WEIGHT)),
+    field("state", To::Val(STATE)),
+    field("start_ms", To::Val(START_MS)),
+    field("warmup_ms", To::Val(WARMUP_MS)),
+    field("metadata", To::Meta),
+];
 
 /// One record; skipped when it is malformed or its address is a host name (then named).
-fn record(rec: Record<'_>, build: &BuildOptions) -> Rec {
-    let Some(raw) = rec.address.as_str() else {
+fn record(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
+    let Some(raw) = rec.v[ADDRESS].as_str() else {
         return Rec::Skipped;
     };
     let Some(addr) = canonical_addr(raw) else {
         let named = raw.trim().rsplit_once(':').and_then(|(h, p)| host_name_addr(h, p.parse().ok()?));
         return named.map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let weight = if rec.weight.is_none() {
+    let w = &rec.v[WEIGHT];
+    let weight = if w.is_none() {
         None
     } else {
-        match rec.weight.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0) {
+        match w.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0) {
             Some(w) => Some(w),
             None => return Rec::Skipped,
         }
     };
-    let state = match &rec.state {
+    let state = match &rec.v[STATE] {
         Loose::Absent => State::Serving,
         Loose::Str(s) if s == "serving" => State::Serving,
         Loose::Str(s) if s == "draining" => State::Draining,
         Loose::Str(s) if s == "down" => State::Down,
         _ => return Rec::Skipped,
     };
-    let start = rec.start_ms.as_i64().filter(|t| *t > 0);
-    let (mut inst, bad) = build.build(addr, weight, start, state, rec.meta.kept);
+    let start = rec.v[START_MS].as_i64().filter(|t| *t > 0);
+    let meta = std::mem::take(&mut rec.meta);
+    let (mut inst, bad) = build.build(addr, weight, start, state, meta.kept);
     // the record's warmup_ms beats the default, metadata keys beat both
-    if let Some(w) = rec.warmup_ms.as_i64().filter(|w| *w >= 0) {
+    if let Some(w) = rec.v[WARMUP_MS].as_i64().filter(|w| *w >= 0) {
         if !inst.metadata.keys().any(|k| build.keys.warmup.iter().any(|mk| &mk.key == k)) {
             inst.warmup_ms = w;
         }
     }
-    Rec::Kept(inst, rec.meta.bad + bad)
+    Rec::Kept(inst, meta.bad + bad)
 }
 
 impl Adapter for StaticJson {
