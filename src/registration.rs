@@ -551,7 +551,6 @@ fn json_object(m: &BTreeMap<String, String>) -> String {
     out
 }
 
-
 /// The Nacos form parameters of `step` (register, heartbeat, deregister).
 fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
     let q = &me.service.query;
