@@ -18,9 +18,9 @@ use lossless::clock::Rng;
 use lossless::config;
 use lossless::instance::{BuildOptions, Instance, State};
 use lossless::membership::Snapshot;
-use lossless::poller::RefreshOutcome;
+use lossless::poller::{PollState, RefreshOutcome};
 use lossless::registry::nacos::Api;
-use lossless::registry::{self, HttpResponse};
+use lossless::registry::{self, Call, HttpResponse};
 use lossless::router::{route, Route};
 use lossless::store::{bump_gen, FakeShared};
 use lossless::vm::Vm;
@@ -342,6 +342,94 @@ fn bench_parsers(c: &mut Criterion) {
     g.finish();
 }
 
+/// `GET /eureka/apps/ORDERS` reply as [`eureka_body`], with the 13 Dubbo metadata keys.
+fn eureka_body_dubbo(n: usize) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(&eureka_body(n)).unwrap();
+    for (i, inst) in doc["application"]["instance"].as_array_mut().unwrap().iter_mut().enumerate() {
+        inst["metadata"] = dubbo_metadata(i);
+    }
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// `GET /v1/health/service/orders` reply as [`consul_body`], with the 13 Dubbo metadata keys.
+fn consul_body_dubbo(n: usize) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(&consul_body(n)).unwrap();
+    for (i, e) in doc.as_array_mut().unwrap().iter_mut().enumerate() {
+        e["Service"]["Meta"] = dubbo_metadata(i);
+    }
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// One registry of each kind (Consul with blocking queries, its default), each with one service.
+fn refresh_config(kind: &str) -> config::Config {
+    let reg = match kind {
+        "nacos_v1" => r#"{"type":"nacos","api":"v1""#,
+        "eureka" => r#"{"type":"eureka""#,
+        _ => r#"{"type":"consul""#,
+    };
+    let cfg = format!(
+        r#"{{"registries":{{"r":{reg},"cluster":"r","authority":"r","max_body_bytes":67108864}}}},"services":[{{"name":"orders","registry":"r"}}]}}"#
+    );
+    config::parse(cfg.as_bytes()).unwrap()
+}
+
+/// A refresh of a 10,000-instance service through the poller (fingerprint, parse, keep-last-good,
+/// compare), 13 metadata keys per instance. `changed`: the reply adds an instance to the published
+/// 9,999, so it is parsed and published. `unchanged`: the published reply again (Consul: with a
+/// new `X-Consul-Index`, which a blocking query returns when the index moved without the list
+/// changing).
+fn bench_refresh(c: &mut Criterion) {
+    let cases: [(&str, BodyGen); 3] =
+        [("nacos_v1", nacos_body), ("eureka", eureka_body_dubbo), ("consul", consul_body_dubbo)];
+    let n = 10_000usize;
+    let mut g = c.benchmark_group("registry_refresh");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(500));
+    for (name, body_of) in cases {
+        let cfg = refresh_config(name);
+        let (reg, sc) = (&cfg.registries[0], &cfg.services[0]);
+        let mut session = registry::Session::default();
+        let mut index = 1u64;
+        let mut reply = |ps: &mut PollState, current: &Snapshot, body: &[u8], index: u64| {
+            let headers = vec![("x-consul-index".to_string(), index.to_string())];
+            let resp = HttpResponse { status: Some(200), headers: &headers, body, body_size: body.len() };
+            ps.on_reply(reg, &mut session, sc, current, Call::List, &resp, NOW, 1000)
+        };
+        let fewer = body_of(n - 1);
+        let body = body_of(n);
+        // the published membership: n - 1 instances
+        let mut ps = PollState::default();
+        let (out, snap) = reply(&mut ps, &Snapshot::default(), &fewer, index);
+        assert!(matches!(out, RefreshOutcome::Published { hosts, skipped: 0, .. } if hosts == n - 1), "{out:?}");
+        let before = snap.unwrap();
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new(format!("changed/{name}"), n), &n, |b, _| {
+            b.iter(|| {
+                index += 1;
+                let mut ps = PollState::default();
+                let (out, snap) = reply(&mut ps, &before, black_box(&body), index);
+                assert!(matches!(out, RefreshOutcome::Published { .. }), "{out:?}");
+                snap.map(|s| s.members.len())
+            })
+        });
+        // the same reply as the one published
+        index += 1;
+        let (out, snap) = reply(&mut ps, &before, &body, index);
+        assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
+        let current = snap.unwrap();
+        g.bench_with_input(BenchmarkId::new(format!("unchanged/{name}"), n), &n, |b, _| {
+            b.iter(|| {
+                index += 1;
+                let (out, snap) = reply(&mut ps, &current, black_box(&body), index);
+                assert!(matches!(out, RefreshOutcome::Same { skipped: 0, .. }), "{out:?}");
+                snap.is_none()
+            })
+        });
+    }
+    g.finish();
+}
+
 /// A VM and a fake shared store with `n` instances published through the real refresh path
 /// (static registry reply -> keep-last-good -> encode -> shared data -> decode -> balancer).
 struct World {
@@ -418,6 +506,6 @@ fn bench_route(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).without_plots();
-    targets = bench_warmup, bench_balancer, bench_snapshot, bench_parsers, bench_unchanged, bench_route
+    targets = bench_warmup, bench_balancer, bench_snapshot, bench_parsers, bench_unchanged, bench_refresh, bench_route
 }
 criterion_main!(micro);

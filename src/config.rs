@@ -726,8 +726,8 @@ pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Res
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
     }
-    let doc: Json = serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json says where (line, column) but not which value: recover the path from the
+    let doc = Json::parse(bytes).map_err(|e| {
+        // the reader says where (line, column) but not which value: recover the path from the
         // position with a small scan of the text.
         let path = if e.line() == 0 { String::new() } else { path_at(bytes, e.line(), e.column()) };
         err(path, e.to_string())

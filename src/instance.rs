@@ -44,7 +44,8 @@ pub struct Instance {
     /// Warmup window in ms.
     pub warmup_ms: i64,
     pub state: State,
-    /// Registry metadata as read (not carried into the shared snapshot).
+    /// The registry metadata that is read: the keys of [`MetadataKeys`] present with a scalar
+    /// value (not carried into the shared snapshot).
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -185,6 +186,19 @@ pub struct MetaFacts {
 }
 
 impl MetadataKeys {
+    /// Every key [`MetadataKeys::read`] looks at, once each: the only ones kept from a registry's
+    /// metadata.
+    pub fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all = self.start_time.iter().chain(&self.warmup).map(|k| k.key.as_str());
+        for k in all.chain(self.weight.iter().map(String::as_str)).chain(self.drain.iter().map(String::as_str)) {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
     pub fn read(&self, md: &BTreeMap<String, String>) -> MetaFacts {
         let mut f = MetaFacts::default();
         let bad = &mut f.malformed;

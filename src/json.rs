@@ -5,12 +5,12 @@
 //! Each configuration type has a short reader over these ([`crate::config`]); derived
 //! deserializers would each instantiate serde_json's whole struct machinery.
 //!
-//! Errors are [`ConfigError`]s whose path is the field's (`services[0].routing.mode`).
+//! Errors are [`ConfigError`]s whose path is the field's (`services[0].routing.mode`). The text is
+//! read by [`reader::Reader`], the module's one JSON tokenizer.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde::de::{self, Unexpected};
 
 use crate::config::ConfigError;
 
@@ -28,58 +28,88 @@ pub enum Json {
     Obj(Vec<(String, Json)>),
 }
 
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
-        d.deserialize_any(JsonVisitor)
-    }
-}
+pub mod reader;
 
-struct JsonVisitor;
-
-impl<'de> Visitor<'de> for JsonVisitor {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
-        Ok(Json::Bool(b))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
-        Ok(Json::I(n))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
-        Ok(Json::U(n))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
-        Ok(Json::F(n))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
-        Ok(Json::Str(s.to_owned()))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Json, E> {
-        Ok(Json::Str(s))
-    }
-    fn visit_unit<E>(self) -> Result<Json, E> {
-        Ok(Json::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Json, A::Error> {
-        let mut items = Vec::new();
-        while let Some(x) = a.next_element()? {
-            items.push(x);
-        }
-        Ok(Json::Arr(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Json, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(e) = a.next_entry()? {
-            entries.push(e);
-        }
-        Ok(Json::Obj(entries))
-    }
-}
+use reader::{Reader, Tok};
 
 impl Json {
+    /// A whole document, as `serde_json::from_slice` reads one (trailing characters refused).
+    pub fn parse(bytes: &[u8]) -> Result<Json, reader::Error> {
+        let mut r = Reader::new(bytes);
+        let v = Json::read(&mut r)?;
+        r.end()?;
+        Ok(v)
+    }
+
+    /// The next value of `r`.
+    pub fn read(r: &mut Reader<'_>) -> reader::Res<Json> {
+        Ok(match r.token()? {
+            Tok::Null => Json::Null,
+            Tok::Bool(b) => Json::Bool(b),
+            Tok::U(n) => Json::U(n),
+            Tok::I(n) => Json::I(n),
+            Tok::F(f) => Json::F(f),
+            Tok::Str(s) => Json::Str(s.into_owned()),
+            Tok::Arr => {
+                let mut items = Vec::new();
+                while r.elem()? {
+                    items.push(Json::read(r)?);
+                }
+                Json::Arr(items)
+            }
+            Tok::Obj => {
+                let mut entries = Vec::new();
+                while let Some(k) = r.key()? {
+                    let v = Json::read(r)?;
+                    entries.push((k.into_owned(), v));
+                }
+                Json::Obj(entries)
+            }
+        })
+    }
+
+    /// The value of `key` in an object (its last one, as in a `serde_json::Value`).
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// An integer in `i64` range (as `serde_json::Value::as_i64`).
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Json::U(n) => i64::try_from(n).ok(),
+            Json::I(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Any number (as `serde_json::Value::as_f64`).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Json::U(n) => Some(n as f64),
+            Json::I(n) => Some(n as f64),
+            Json::F(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The same value as a `serde_json::Value` (a repeated key keeps its last value).
+    pub fn to_value(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::U(n) => Value::from(*n),
+            Json::I(n) => Value::from(*n),
+            Json::F(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+            Json::Str(s) => Value::String(s.clone()),
+            Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Obj(entries) => Value::Object(entries.iter().map(|(k, v)| (k.clone(), v.to_value())).collect()),
+        }
+    }
+
     fn unexpected(&self) -> Unexpected<'_> {
         match self {
             Json::Null => Unexpected::Unit,
@@ -90,6 +120,62 @@ impl Json {
             Json::Str(s) => Unexpected::Str(s),
             Json::Arr(_) => Unexpected::Seq,
             Json::Obj(_) => Unexpected::Map,
+        }
+    }
+}
+
+/// serde_json's own reading of a document into a [`Json`], which the reader is checked against.
+#[cfg(test)]
+mod serde_tree {
+    use super::Json;
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    impl<'de> Deserialize<'de> for Json {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+            d.deserialize_any(JsonVisitor)
+        }
+    }
+
+    struct JsonVisitor;
+
+    impl<'de> Visitor<'de> for JsonVisitor {
+        type Value = Json;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+            Ok(Json::Bool(b))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+            Ok(Json::I(n))
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+            Ok(Json::U(n))
+        }
+        fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
+            Ok(Json::F(n))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+            Ok(Json::Str(s.to_owned()))
+        }
+        fn visit_unit<E>(self) -> Result<Json, E> {
+            Ok(Json::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Json, A::Error> {
+            let mut items = Vec::new();
+            while let Some(x) = a.next_element()? {
+                items.push(x);
+            }
+            Ok(Json::Arr(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Json, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(e) = a.next_entry()? {
+                entries.push(e);
+            }
+            Ok(Json::Obj(entries))
         }
     }
 }

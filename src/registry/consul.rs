@@ -34,13 +34,12 @@
 //! up to `wait / 16`). The loop is rate-limited as Consul prescribes, by the poller (a token bucket
 //! with a burst of 2, [`crate::poller`]): a request without an index returns at once.
 
-use serde_json::Value;
-
+use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Rec, Sink, Slots, To, SLOTS, TAG};
 use super::{
-    check_common, collect, encode, metadata_map, parse_json, request_headers, Adapter, Call, Cursor, Endpoint,
-    HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
+    check_common, encode, request_headers, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
+    RegistryError, Reply, ServiceQuery, Session,
 };
-use crate::instance::{format_addr, host_name_addr, scale_weight, BuildOptions, Instance, State};
+use crate::instance::{format_addr, host_name_addr, scale_weight, BuildOptions, State};
 
 #[derive(Clone)]
 pub struct Consul {
@@ -105,71 +104,143 @@ pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError>
 }
 
 /// Parses the body of `GET /v1/health/service/{name}`, taking each entry's address as `choice` says.
+/// Only the metadata keys `build` reads are kept.
 pub fn parse_with(body: &[u8], build: &BuildOptions, choice: &Address) -> Result<Parsed, RegistryError> {
-    let entries: Vec<Value> = parse_json(body)?;
-    let mut unroutable = Vec::new();
-    let mut parsed = collect(&entries, |e| entry(e, build, choice, &mut unroutable));
-    parsed.unroutable = unroutable;
-    Ok(parsed)
+    let keys = build.keys.names();
+    let tag = match choice {
+        Address::Tagged(t) => Some(t.as_str()),
+        Address::Service | Address::Node => None,
+    };
+    let cx = Ctx { keys: &keys, tag };
+    let mut batch = Batch::default();
+    let mut slots = Slots::default();
+    let each = |e: &mut Slots<'_>| entry(e, build, choice);
+    let mut s = Sink { table: ENTRY, slots: &mut slots, batch: &mut batch, each: &each };
+    // the reply is read as a `Vec`: anything but an array is refused
+    read(body, |r| {
+        r.container("a sequence", false)?;
+        elements(r, cx, &mut s)
+    })?;
+    Ok(batch.finish())
 }
 
+// The slots of one `ServiceEntry`.
+const NODE: usize = 0;
+const NODE_ADDR: usize = 1;
+const NODE_TAGGED: usize = 2;
+/// `Node.TaggedAddresses` of the configured name.
+const NODE_TAG: usize = 3;
+const SVC: usize = 4;
+const SVC_ADDR: usize = 5;
+const SVC_PORT: usize = 6;
+const SVC_TAGGED: usize = 7;
+/// `Service.TaggedAddresses` of the configured name (`api.ServiceAddress`; the API docs' sample
+/// spells its keys in lower case).
+const SVC_TAG: usize = 8;
+const TAG_ADDR: usize = 9;
+const TAG_ADDR_LOWER: usize = 10;
+const TAG_PORT: usize = 11;
+const TAG_PORT_LOWER: usize = 12;
+const WEIGHTS: usize = 13;
+const PASSING: usize = 14;
+const WARNING: usize = 15;
+const CHECKS: usize = 16;
+/// A check's slots in the list: its kind, then these.
+const CHECK_ID: usize = 1;
+const CHECK_STATUS: usize = 2;
+
+static ENTRY: &[Field] = &[
+    field("Node", To::Obj(NODE, NODE_FIELDS, NODE_TAG + 1)),
+    field("Service", To::Obj(SVC, SVC_FIELDS, CHECKS)),
+    field("Checks", To::List(CHECKS, CHECK_FIELDS, 3)),
+];
+static NODE_FIELDS: &[Field] = &[
+    field("Address", To::Val(NODE_ADDR)),
+    field("TaggedAddresses", To::Obj(NODE_TAGGED, &[field(TAG, To::Val(NODE_TAG))], NODE_TAG + 1)),
+];
+static SVC_FIELDS: &[Field] = &[
+    field("Address", To::Val(SVC_ADDR)),
+    field("Port", To::Val(SVC_PORT)),
+    field("TaggedAddresses", To::Obj(SVC_TAGGED, &[field(TAG, To::Obj(SVC_TAG, SVC_ADDR_FIELDS, WEIGHTS))], WEIGHTS)),
+    field(
+        "Weights",
+        To::Obj(WEIGHTS, &[field("Passing", To::Val(PASSING)), field("Warning", To::Val(WARNING))], CHECKS),
+    ),
+    field("Meta", To::Meta),
+];
+static SVC_ADDR_FIELDS: &[Field] = &[
+    field("Address", To::Val(TAG_ADDR)),
+    field("address", To::Val(TAG_ADDR_LOWER)),
+    field("Port", To::Val(TAG_PORT)),
+    field("port", To::Val(TAG_PORT_LOWER)),
+];
+static CHECK_FIELDS: &[Field] = &[field("CheckID", To::Val(CHECK_ID)), field("Status", To::Val(CHECK_STATUS))];
+
 /// A string field (`None`: missing or null; `Err`: another type).
-fn text<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, ()> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim())),
-        Some(_) => Err(()),
+fn text<'a>(v: &'a Loose<'_>) -> Result<Option<&'a str>, ()> {
+    match v {
+        Loose::Absent | Loose::Null => Ok(None),
+        Loose::Str(s) => Ok(Some(s.trim())),
+        _ => Err(()),
     }
 }
 
 /// The entry's address and port as `choice` says; `None` when a field has the wrong type.
-fn pick<'a>(e: &'a Value, svc: &'a Value, choice: &Address) -> Option<(&'a str, i64)> {
-    let mut port = svc.get("Port")?.as_i64()?;
-    let node = e.get("Node");
-    let node_addr = || node.and_then(|n| text(n, "Address").ok().flatten());
-    let mut addr = text(svc, "Address").ok()?.unwrap_or_default();
+fn pick<'a>(v: &'a [Loose<'a>; SLOTS], choice: &Address) -> Option<(&'a str, i64)> {
+    let mut port = v[SVC_PORT].as_i64()?;
+    let mut addr = text(&v[SVC_ADDR]).ok()?.unwrap_or_default();
     match choice {
         Address::Service => {}
         Address::Node => addr = "",
-        Address::Tagged(t) => {
-            // Service.TaggedAddresses: {"wan": {"Address": "..", "Port": 80}} (the API docs' sample
-            // spells the inner keys in lower case)
-            if let Some(tagged) = svc.get("TaggedAddresses").and_then(|m| m.get(t.as_str())).filter(|v| v.is_object()) {
-                let field = |k: &str, lower: &str| tagged.get(k).or_else(|| tagged.get(lower));
-                addr = field("Address", "address").and_then(Value::as_str).map(str::trim).unwrap_or_default();
-                port = field("Port", "port").and_then(Value::as_i64).filter(|p| *p != 0).unwrap_or(port);
+        Address::Tagged(_) => {
+            // Service.TaggedAddresses: {"wan": {"Address": "..", "Port": 80}}
+            if v[SVC_TAG] == Loose::Object {
+                let field = |k: &'a Loose<'a>, lower: &'a Loose<'a>| if *k == Loose::Absent { lower } else { k };
+                addr = field(&v[TAG_ADDR], &v[TAG_ADDR_LOWER]).as_str().map(str::trim).unwrap_or_default();
+                port = field(&v[TAG_PORT], &v[TAG_PORT_LOWER]).as_i64().filter(|p| *p != 0).unwrap_or(port);
             }
             if addr.is_empty() {
-                let node_tagged = node.and_then(|n| n.get("TaggedAddresses")).and_then(|m| m.get(t.as_str()));
-                addr = node_tagged.and_then(Value::as_str).map(str::trim).unwrap_or_default();
+                addr = v[NODE_TAG].as_str().map(str::trim).unwrap_or_default();
             }
         }
     }
     if addr.is_empty() {
-        addr = node_addr()?;
+        addr = text(&v[NODE_ADDR]).ok().flatten()?;
     }
     Some((addr, port))
 }
 
-/// One `ServiceEntry`; `None` when it is malformed or its address is a host name (then named in
-/// `unroutable`).
-fn entry(e: &Value, build: &BuildOptions, choice: &Address, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
-    let svc = e.get("Service").filter(|s| s.is_object())?;
-    let (host, port) = pick(e, svc, choice)?;
-    let Some(addr) = format_addr(host, port) else {
-        unroutable.extend(host_name_addr(host, port));
-        return None;
+/// One `ServiceEntry`: skipped when it is malformed, or its address is a host name (then named).
+fn entry(e: &mut Slots<'_>, build: &BuildOptions, choice: &Address) -> Rec {
+    if e.v[SVC] != Loose::Object {
+        return Rec::Skipped;
+    }
+    let Some((host, port)) = pick(&e.v, choice) else {
+        return Rec::Skipped;
     };
-    let (passing, warning) = weights(svc.get("Weights"), build.weight_scale)?;
-    let checks = match e.get("Checks") {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(a)) => a.as_slice(),
-        Some(_) => return None,
+    let Some(addr) = format_addr(host, port) else {
+        return host_name_addr(host, port).map_or(Rec::Skipped, Rec::Unroutable);
+    };
+    let Some((passing, warning)) = weights(&e.v, build.weight_scale) else {
+        return Rec::Skipped;
+    };
+    let checks = match &e.v[CHECKS] {
+        Loose::Absent | Loose::Null => &[][..],
+        Loose::Array => e.list.as_slice(),
+        _ => return Rec::Skipped,
     };
     let (mut maintenance, mut critical, mut warn) = (false, false, false);
-    for c in checks {
-        let status = c.get("Status")?.as_str()?.trim();
-        let id = c.get("CheckID").and_then(Value::as_str).unwrap_or_default();
+    for c in checks.chunks(3) {
+        let [kind, id, status] = c else {
+            return Rec::Skipped;
+        };
+        if *kind != Loose::Object {
+            return Rec::Skipped;
+        }
+        let Some(status) = status.as_str().map(str::trim) else {
+            return Rec::Skipped;
+        };
+        let id = id.as_str().unwrap_or_default();
         if id == "_node_maintenance" || id.starts_with("_service_maintenance:") {
             maintenance = true;
         }
@@ -188,26 +259,43 @@ fn entry(e: &Value, build: &BuildOptions, choice: &Address, unroutable: &mut Vec
     } else {
         (State::Serving, passing)
     };
-    let mut bad = 0u32;
-    let md = metadata_map(svc.get("Meta"), &mut bad);
-    let (inst, b) = build.build(addr, Some(weight), None, state, md);
-    Some((inst, bad + b))
+    let meta = std::mem::take(&mut e.meta);
+    let (inst, b) = build.build(addr, Some(weight), None, state, meta.kept);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 /// `Weights: {Passing, Warning}` scaled; `None` when present but malformed.
-fn weights(v: Option<&Value>, scale: f64) -> Option<(i32, i32)> {
-    let one = |w: Option<&Value>| -> Option<i32> {
+fn weights(v: &[Loose<'_>; SLOTS], scale: f64) -> Option<(i32, i32)> {
+    let one = |w: &Loose<'_>| -> Option<i32> {
         match w {
-            None | Some(Value::Null) => scale_weight(1.0, scale),
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => scale_weight(n.as_f64()?, scale),
-            Some(_) => None,
+            Loose::Absent | Loose::Null => scale_weight(1.0, scale),
+            Loose::Uint(_) | Loose::Int(_) => scale_weight(w.as_f64()?, scale),
+            _ => None,
         }
     };
-    match v {
-        None | Some(Value::Null) => Some((one(None)?, one(None)?)),
-        Some(Value::Object(m)) => Some((one(m.get("Passing"))?, one(m.get("Warning"))?)),
-        Some(_) => None,
+    match &v[WEIGHTS] {
+        Loose::Absent | Loose::Null => Some((one(&Loose::Absent)?, one(&Loose::Absent)?)),
+        Loose::Object => Some((one(&v[PASSING])?, one(&v[WARNING])?)),
+        _ => None,
     }
+}
+
+/// Takes a reply's `X-Consul-Index` into the cursor, following Consul's rules (see the module
+/// doc); `true` when the index is the one stored (the query timed out with no change).
+fn take_index(c: &mut Cursor, resp: &HttpResponse<'_>) -> bool {
+    let stored = c.index;
+    match resp.header("x-consul-index").and_then(|v| v.trim().parse::<u64>().ok()) {
+        None => c.index = 0,
+        Some(index) => {
+            // "indexes must be > 0": treat 0 as 1
+            let index = index.max(1);
+            if stored > 0 && index == stored {
+                return true;
+            }
+            c.index = if index < stored { 0 } else { index };
+        }
+    }
+    false
 }
 
 impl Adapter for Consul {
@@ -253,17 +341,8 @@ impl Adapter for Consul {
         if let Err(e) = check_common(resp, &self.endpoint, secrets) {
             return Reply::Error(e);
         }
-        let stored = c.index;
-        match resp.header("x-consul-index").and_then(|v| v.trim().parse::<u64>().ok()) {
-            None => c.index = 0,
-            Some(index) => {
-                // "indexes must be > 0": treat 0 as 1
-                let index = index.max(1);
-                if stored > 0 && index == stored {
-                    return Reply::Unchanged;
-                }
-                c.index = if index < stored { 0 } else { index };
-            }
+        if take_index(c, resp) {
+            return Reply::Unchanged;
         }
         match parse_with(resp.body, &q.build, &self.address) {
             Ok(p) => Reply::Members(p),
@@ -276,6 +355,11 @@ impl Adapter for Consul {
 
     fn long_poll(&self) -> bool {
         self.wait_s > 0
+    }
+
+    /// The index moves as it does for a parsed reply; the same index is [`Reply::Unchanged`].
+    fn same_body(&self, c: &mut Cursor, resp: &HttpResponse<'_>) -> bool {
+        take_index(c, resp)
     }
 }
 
@@ -309,9 +393,8 @@ mod tests {
             (i.addr.as_str(), i.state, i.weight, i.start_ms, i.warmup_ms),
             ("10.1.10.12:8000", State::Serving, 1000, None, 600_000)
         );
-        assert_eq!(i.metadata.get("redis_version").map(String::as_str), Some("4.0"));
-        // Node.Meta is not service metadata
-        assert_eq!(i.metadata.len(), 1);
+        // redis_version is not a key that is read; Node.Meta is not service metadata
+        assert!(i.metadata.is_empty());
     }
 
     #[test]
@@ -418,8 +501,8 @@ mod tests {
             "[]",
         );
         let i = &r.instances[0];
-        assert_eq!(i.metadata.get("ключ").map(String::as_str), Some("значение ✓"));
-        assert_eq!(i.metadata.get("emoji").map(String::as_str), Some("🦀"));
+        let kept: Vec<&str> = i.metadata.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["timestamp", "warmup"], "only the keys that are read");
         assert_eq!((i.start_ms, i.warmup_ms), (Some(1_700_000_000_000), 60_000));
         // Meta of the wrong type: kept without it, counted
         let r = one(r#","Meta":"zone=a""#, "[]");

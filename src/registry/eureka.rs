@@ -50,9 +50,10 @@
 
 use serde_json::Value;
 
+use super::json::{field, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok};
 use super::{
-    collect, encode, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
-    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
+    encode, get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError,
+    Reply, ServiceQuery, Session,
 };
 use crate::instance::{format_addr, host_name_addr, BuildOptions, Instance, State};
 
@@ -69,74 +70,185 @@ impl Eureka {
     }
 }
 
-/// Parses the body of `GET {prefix}/apps/{APP}` (or `GET {prefix}/apps`, all instances).
+/// Parses the body of `GET {prefix}/apps/{APP}` (or `GET {prefix}/apps`, all instances). Only the
+/// metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Value = parse_json(body)?;
-    let records = records(&doc)?;
+    let keys = meta_keys(build);
+    let cx = Ctx { keys: &keys, tag: None };
+    let mut slots = Slots::default();
     // delta bodies mark removed instances DELETED: they are not members (and not malformed)
-    let live = records.into_iter().filter(|r| r.get("actionType").and_then(Value::as_str) != Some("DELETED"));
-    let mut unroutable = Vec::new();
-    let mut parsed = collect(live, |rec| instance(rec, build, &mut unroutable));
-    parsed.unroutable = unroutable;
-    Ok(parsed)
+    let each = |rec: &mut Slots<'_>| {
+        if rec.v[ACTION].as_str() == Some("DELETED") {
+            Rec::Ignored
+        } else {
+            instance(rec, build)
+        }
+    };
+    // what `application` and `applications` gave: their instances, or why they are unusable
+    let mut app: Option<(Batch, Result<(), &str>)> = None;
+    let mut apps: Option<(Batch, Result<(), &str>)> = None;
+    read(body, |r| {
+        let t = r.token()?;
+        if t != Tok::Obj {
+            return loose_of(r, t).map(drop);
+        }
+        while let Some(k) = r.key()? {
+            let one = k == "application";
+            if !one && k != "applications" {
+                r.skip()?;
+                continue;
+            }
+            let mut batch = Batch::default();
+            let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
+            let ok = if one { app_of(r, cx, &mut s)? } else { apps_of(r, cx, &mut s)? };
+            *(if one { &mut app } else { &mut apps }) = Some((batch, ok));
+        }
+        Ok(())
+    })?;
+    let Some((batch, ok)) = app.or(apps) else {
+        return Err(RegistryError::Parse("missing \"application\"".into()));
+    };
+    ok.map_err(|m| RegistryError::Parse(m.into()))?;
+    Ok(batch.finish())
+}
+
+/// The metadata keys read, without the `@class` marker Eureka writes for an empty map.
+fn meta_keys(build: &BuildOptions) -> Vec<&str> {
+    let mut keys = build.keys.names();
+    keys.retain(|k| *k != "@class");
+    keys
 }
 
 /// Parses one `InstanceInfo` object. `None` when it has no usable address or port; otherwise the
 /// instance and the number of malformed metadata values.
 pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instance, u32)> {
-    instance(rec, build, &mut Vec::new())
-}
-
-fn instance(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
-    let ip = rec.get("ipAddr")?.as_str()?;
-    let port = port_info(rec.get("port"), true);
-    let secure = port_info(rec.get("securePort"), false);
-    let chosen = if !port.enabled && secure.enabled { secure.value } else { port.value }?;
-    let Some(addr) = format_addr(ip, chosen) else {
-        unroutable.extend(host_name_addr(ip, chosen));
+    if !rec.is_object() {
         return None;
+    }
+    let keys = meta_keys(build);
+    let text = serde_json::to_vec(rec).ok()?;
+    let out = std::cell::Cell::new(None);
+    let each = |s: &mut Slots<'_>| {
+        if let Rec::Kept(i, bad) = instance(s, build) {
+            out.set(Some((i, bad)));
+        }
+        Rec::Ignored
     };
-    let start = rec.get("leaseInfo").and_then(|l| l.get("serviceUpTimestamp")).and_then(int_of);
-    let mut bad = 0u32;
-    let mut md = metadata_map(rec.get("metadata"), &mut bad);
-    md.remove("@class");
-    let (inst, b) = build.build(addr, None, start, state_of(rec), md);
-    Some((inst, bad + b))
+    let (mut slots, mut batch) = (Slots::default(), Batch::default());
+    let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
+    read(&text, |r| records(r, Ctx { keys: &keys, tag: None }, true, &mut s)).ok()?;
+    out.into_inner()
 }
 
-/// The instance records of either reply shape.
-fn records(doc: &Value) -> Result<Vec<&Value>, RegistryError> {
-    if let Some(app) = doc.get("application") {
-        return instances_of(app);
+// The slots of one `InstanceInfo`.
+const IP: usize = 0;
+const PORT: usize = 1;
+const PORT_VALUE: usize = 2;
+const PORT_ENABLED: usize = 3;
+const SECURE: usize = 4;
+const SECURE_VALUE: usize = 5;
+const SECURE_ENABLED: usize = 6;
+const LEASE: usize = 7;
+const UP: usize = 8;
+const STATUS: usize = 9;
+const ACTION: usize = 10;
+
+/// One `InstanceInfo`: the fields that are read (of `leaseInfo`, only `serviceUpTimestamp`).
+static INST: &[Field] = &[
+    field("ipAddr", To::Val(IP)),
+    field("port", To::Obj(PORT, &[field("$", To::Val(PORT_VALUE)), field("@enabled", To::Val(PORT_ENABLED))], SECURE)),
+    field(
+        "securePort",
+        To::Obj(SECURE, &[field("$", To::Val(SECURE_VALUE)), field("@enabled", To::Val(SECURE_ENABLED))], LEASE),
+    ),
+    field("leaseInfo", To::Obj(LEASE, &[field("serviceUpTimestamp", To::Val(UP))], STATUS)),
+    field("status", To::Val(STATUS)),
+    field("actionType", To::Val(ACTION)),
+    field("metadata", To::Meta),
+];
+
+/// An application (the next value): its instances into `s`; `Err` with why it is unusable.
+fn app_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    let t = r.token()?;
+    app_from(r, cx, t, s)
+}
+
+/// An application, `t` its first token. A repeated `instance` replaces the instances before it.
+fn app_from<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, t: Tok<'a>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    if t != Tok::Obj {
+        loose_of(r, t)?;
+        return Ok(Err("\"application\" is not an object"));
     }
-    let Some(apps) = doc.get("applications") else {
-        return Err(RegistryError::Parse("missing \"application\"".into()));
+    let mark = s.batch.mark();
+    let mut kind = Loose::Absent;
+    while let Some(k) = r.key()? {
+        if k == "instance" {
+            s.batch.truncate(mark);
+            kind = records(r, cx, true, s)?;
+        } else {
+            r.skip()?;
+        }
+    }
+    Ok(match kind {
+        Loose::Absent | Loose::Null | Loose::Array | Loose::Object => Ok(()),
+        _ => Err("\"instance\" is neither a list nor an object"),
+    })
+}
+
+/// `/apps`' `applications` (the next value): the instances of all its applications into `s`;
+/// `Err` with why it is unusable (the first unusable application's reason).
+fn apps_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
+    let t = r.token()?;
+    if t != Tok::Obj {
+        loose_of(r, t)?;
+        return Ok(Err("\"applications\" is not an object"));
+    }
+    let mut res = Ok(());
+    while let Some(k) = r.key()? {
+        if k != "application" {
+            r.skip()?;
+            continue;
+        }
+        *s.batch = Batch::default();
+        res = match r.token()? {
+            Tok::Arr => {
+                let mut first = Ok(());
+                while r.elem()? {
+                    let t = r.token()?;
+                    let e = app_from(r, cx, t, s)?;
+                    first = first.and(e);
+                }
+                first
+            }
+            Tok::Obj => app_from(r, cx, Tok::Obj, s)?,
+            Tok::Null => Ok(()),
+            t => {
+                loose_of(r, t)?;
+                Err("\"application\" is neither a list nor an object")
+            }
+        };
+    }
+    Ok(res)
+}
+
+fn instance(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
+    let v = &rec.v;
+    let Some(ip) = v[IP].as_str() else {
+        return Rec::Skipped;
     };
-    if !apps.is_object() {
-        return Err(RegistryError::Parse("\"applications\" is not an object".into()));
-    }
-    let mut out = Vec::new();
-    for app in one_or_many(apps.get("application"), "application")? {
-        out.extend(instances_of(app)?);
-    }
-    Ok(out)
-}
-
-fn instances_of(app: &Value) -> Result<Vec<&Value>, RegistryError> {
-    if !app.is_object() {
-        return Err(RegistryError::Parse("\"application\" is not an object".into()));
-    }
-    one_or_many(app.get("instance"), "instance")
-}
-
-/// A list that Eureka may serialise as an array, a bare object (one element) or not at all.
-fn one_or_many<'a>(v: Option<&'a Value>, what: &str) -> Result<Vec<&'a Value>, RegistryError> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => Ok(a.iter().collect()),
-        Some(o @ Value::Object(_)) => Ok(vec![o]),
-        Some(_) => Err(RegistryError::Parse(format!("\"{what}\" is neither a list nor an object"))),
-    }
+    let port = port_info(&v[PORT], &v[PORT_VALUE], &v[PORT_ENABLED], true);
+    let secure = port_info(&v[SECURE], &v[SECURE_VALUE], &v[SECURE_ENABLED], false);
+    let Some(chosen) = (if !port.enabled && secure.enabled { secure.value } else { port.value }) else {
+        return Rec::Skipped;
+    };
+    let Some(addr) = format_addr(ip, chosen) else {
+        return host_name_addr(ip, chosen).map_or(Rec::Skipped, Rec::Unroutable);
+    };
+    let start = int_of(&v[UP]);
+    let state = state_of(&v[STATUS]);
+    let meta = std::mem::take(&mut rec.meta);
+    let (inst, b) = build.build(addr, None, start, state, meta.kept);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 struct PortInfo {
@@ -144,35 +256,37 @@ struct PortInfo {
     enabled: bool,
 }
 
-/// Reads `{"$": 8080, "@enabled": "true"}`; a bare number or numeric string is an enabled port.
-fn port_info(v: Option<&Value>, default_enabled: bool) -> PortInfo {
-    match v {
-        Some(Value::Object(m)) => {
-            let enabled = match m.get("@enabled") {
-                Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
-                Some(Value::Bool(b)) => *b,
+/// Reads `{"$": 8080, "@enabled": "true"}` (`kind` the port's own: an object, or a bare number or
+/// numeric string, which is an enabled port).
+fn port_info(kind: &Loose<'_>, value: &Loose<'_>, enabled: &Loose<'_>, default_enabled: bool) -> PortInfo {
+    match kind {
+        Loose::Object => {
+            let enabled = match enabled {
+                Loose::Str(s) => s.trim().eq_ignore_ascii_case("true"),
+                Loose::Bool(b) => *b,
                 _ => default_enabled,
             };
-            PortInfo { value: m.get("$").and_then(int_of), enabled }
+            PortInfo { value: int_of(value), enabled }
         }
-        Some(v @ (Value::Number(_) | Value::String(_))) => PortInfo { value: int_of(v), enabled: true },
+        v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_)) => {
+            PortInfo { value: int_of(v), enabled: true }
+        }
         _ => PortInfo { value: None, enabled: default_enabled },
     }
 }
 
 /// An integer given as a JSON integer or a decimal string.
-fn int_of(v: &Value) -> Option<i64> {
+fn int_of(v: &Loose<'_>) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+        Loose::Str(s) => s.trim().parse().ok(),
+        n => n.as_i64(),
     }
 }
 
 /// `status` as Eureka's `InstanceStatus.toEnum` reads it (the name, case-insensitive; anything
 /// else is `UNKNOWN`): `UP` serving, `OUT_OF_SERVICE` draining, everything else down.
-fn state_of(rec: &Value) -> State {
-    match rec.get("status").and_then(Value::as_str) {
+fn state_of(status: &Loose<'_>) -> State {
+    match status.as_str() {
         Some(s) if s.eq_ignore_ascii_case("UP") => State::Serving,
         Some(s) if s.eq_ignore_ascii_case("OUT_OF_SERVICE") => State::Draining,
         _ => State::Down,
@@ -242,8 +356,9 @@ mod tests {
             (i.addr.as_str(), i.state, i.start_ms, i.weight, i.warmup_ms),
             ("10.8.30.55:8080", State::Serving, Some(1_606_976_860_846), 100, 600_000)
         );
-        assert_eq!(md(i, "instanceId"), Some("myMicroservice2:338445840785870848"));
-        assert_eq!(i.metadata.len(), 1);
+        // only the metadata keys that are read are kept
+        assert_eq!(md(i, "instanceId"), None);
+        assert!(i.metadata.is_empty());
     }
 
     #[test]
@@ -255,7 +370,7 @@ mod tests {
             (i.addr.as_str(), i.state, i.start_ms, i.weight),
             ("10.8.30.55:9002", State::Serving, Some(1_606_972_240_279), 100)
         );
-        assert_eq!(md(i, "management.port"), Some("9002"));
+        assert_eq!(md(i, "management.port"), None, "not a key that is read");
     }
 
     #[test]
@@ -413,7 +528,7 @@ mod tests {
         );
         let i = &r.instances[0];
         assert_eq!((i.start_ms, i.weight, i.warmup_ms), (Some(1_700_000_000_000), 7, 30_000));
-        assert_eq!(md(i, "zone"), Some("a"));
+        assert_eq!((md(i, "warmup"), md(i, "zone")), (Some("30000"), None));
         // metadata timestamp wins over serviceUpTimestamp; 0 means never up
         let r = one(
             r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"leaseInfo":{"serviceUpTimestamp":5},"metadata":{"timestamp":"9"}}"#,
@@ -518,9 +633,7 @@ mod tests {
         assert_eq!((r.skipped as usize, r.instances.len()), (bad.len(), 1));
         assert_eq!(r.unroutable, ["my-host.local:80"]);
         let i = &r.instances[0];
-        assert_eq!(md(i, "région"), Some("€ü✓"));
-        assert_eq!(md(i, "emoji"), Some("🦀"));
-        assert_eq!(md(i, "@class"), None);
+        assert!(i.metadata.is_empty(), "keys that are not read are not kept");
         // metadata of the wrong type: kept without it, counted
         let r = one(r#"{"ipAddr":"10.0.0.1","status":"UP","port":{"$":80},"metadata":["a"]}"#);
         assert_eq!((r.instances.len(), r.malformed_meta), (1, 1));

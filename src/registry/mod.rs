@@ -4,10 +4,10 @@
 
 pub mod consul;
 pub mod eureka;
+pub mod json;
 pub mod nacos;
 pub mod static_json;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::instance::{BuildOptions, Instance};
@@ -243,6 +243,12 @@ pub trait Adapter {
     fn volatile_keys(&self) -> &'static [&'static str] {
         &[]
     }
+    /// A list reply with the [`fingerprint`] of the last applied one, not parsed: moves the
+    /// [`Cursor`] as the reply would have (Consul's index), and returns `true` when the registry
+    /// says nothing changed (what [`Reply::Unchanged`] means).
+    fn same_body(&self, _c: &mut Cursor, _resp: &HttpResponse<'_>) -> bool {
+        false
+    }
 }
 
 /// A fingerprint of a list reply that leaves out the values after `volatile` markers (up to the
@@ -346,26 +352,6 @@ pub fn list_reply(
     }
 }
 
-/// Turns records into a [`Parsed`] list: `record` gives the instance and its count of malformed
-/// metadata values, or `None` for a malformed record (skipped and counted).
-pub fn collect<'a, R: 'a>(
-    records: impl IntoIterator<Item = &'a R>,
-    mut record: impl FnMut(&'a R) -> Option<(Instance, u32)>,
-) -> Parsed {
-    let mut out = Vec::new();
-    let (mut skipped, mut bad_meta) = (0u32, 0u32);
-    for r in records {
-        match record(r) {
-            Some((inst, bad)) => {
-                bad_meta += bad;
-                out.push(inst);
-            }
-            None => skipped += 1,
-        }
-    }
-    finish(out, skipped, bad_meta)
-}
-
 /// Checks what every adapter checks first: transport failure, size cap, status. The start of an
 /// error body goes into the error with every one of `secrets` (tokens, passwords: a registry may
 /// echo the request) replaced by `***`.
@@ -393,12 +379,6 @@ pub fn snippet(body: &[u8], secrets: &[&str]) -> String {
         s = s.replace(secret, "***");
     }
     s.chars().filter(|c| !c.is_control()).take(200).collect()
-}
-
-/// Parses a JSON body into `T`, mapping every failure (syntax, types, truncation, recursion limit)
-/// to a [`RegistryError::Parse`] with serde's message.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RegistryError> {
-    serde_json::from_slice(body).map_err(|e| RegistryError::Parse(e.to_string()))
 }
 
 /// Sorts by address and merges duplicates deterministically: the most restrictive state wins
@@ -449,35 +429,10 @@ fn hex(n: u8) -> char {
     }
 }
 
-/// Reads a JSON value that should be a map of strings (metadata). Non-string scalar values are
-/// kept as their JSON text; nested values and a non-object are ignored (counted as malformed).
-pub fn metadata_map(v: Option<&serde_json::Value>, malformed: &mut u32) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    match v {
-        None | Some(serde_json::Value::Null) => {}
-        Some(serde_json::Value::Object(m)) => {
-            for (k, v) in m {
-                match v {
-                    serde_json::Value::String(s) => {
-                        out.insert(k.clone(), s.clone());
-                    }
-                    serde_json::Value::Number(n) => {
-                        out.insert(k.clone(), n.to_string());
-                    }
-                    serde_json::Value::Bool(b) => {
-                        out.insert(k.clone(), b.to_string());
-                    }
-                    _ => *malformed += 1,
-                }
-            }
-        }
-        Some(_) => *malformed += 1,
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::instance::State;
 

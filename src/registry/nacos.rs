@@ -24,13 +24,15 @@
 //! whichever is larger, but never more than half the TTL, so a fresh token is always used at
 //! least once) and dropped after a 401/403, so the next request logs in again.
 
-use serde_json::Value;
-
+use super::json::{
+    field, loose, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok,
+};
 use super::{
-    check_common, collect, encode, metadata_map, parse_json, request_headers, snippet, Adapter, Call, Cursor, Endpoint,
-    HttpRequest, HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session, Token,
+    check_common, encode, request_headers, snippet, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
+    RegistryError, Reply, ServiceQuery, Session, Token,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
+use crate::json::Json;
 
 /// Path of the login endpoint of Nacos 1.x and 2.x (and rnacos).
 pub const LOGIN_PATH: &str = "/nacos/v1/auth/login";
@@ -259,9 +261,7 @@ fn push_param(p: &mut String, key: &str, value: Option<&str>) {
 fn missing_api(resp: &HttpResponse<'_>) -> bool {
     match resp.status {
         Some(410) => true,
-        Some(404) => {
-            !serde_json::from_slice::<Value>(resp.body).is_ok_and(|v| v.get("code").is_some_and(Value::is_i64))
-        }
+        Some(404) => !Json::parse(resp.body).is_ok_and(|v| v.get("code").is_some_and(|c| c.as_i64().is_some())),
         _ => false,
     }
 }
@@ -269,14 +269,14 @@ fn missing_api(resp: &HttpResponse<'_>) -> bool {
 /// Reads `{accessToken, tokenTtl}` (at the top, or in a `data` envelope); a missing or unusable
 /// TTL is taken as [`DEFAULT_TTL_S`].
 fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let mut v = Json::parse(body).map_err(|e| format!("not JSON ({e})"))?;
     if v.get("accessToken").is_none() {
-        if let Some(d) = v.get_mut("data").map(Value::take) {
-            v = d;
+        if let Some(d) = v.get("data") {
+            v = d.clone();
         }
     }
     let token = match v.get("accessToken") {
-        Some(Value::String(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
+        Some(Json::Str(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
         _ => return Err("no accessToken".to_string()),
     };
     let ttl = v
@@ -287,100 +287,190 @@ fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
     Ok((token, ttl))
 }
 
-/// Unwraps the v2/v3 envelope: the `data` of a `code: 0` reply, an [`RegistryError::Envelope`]
-/// otherwise.
-fn unwrap_envelope(doc: Value) -> Result<Value, RegistryError> {
-    let Value::Object(mut m) = doc else {
-        return Err(RegistryError::Parse(format!("expected an envelope object, got {}", kind(&doc))));
-    };
-    let code = match m.get("code") {
-        Some(c) => c
-            .as_i64()
-            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", kind(c))))?,
-        None => return Err(RegistryError::Parse("envelope has no code".to_string())),
-    };
-    if code != 0 {
-        let message = match m.get("message") {
-            Some(Value::String(s)) => snippet(s.as_bytes(), &[]),
-            None | Some(Value::Null) => String::new(),
-            Some(other) => snippet(other.to_string().as_bytes(), &[]),
-        };
-        return Err(RegistryError::Envelope { code, message });
-    }
-    m.remove("data").ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
+const IP: usize = 0;
+const PORT: usize = 1;
+const WEIGHT: usize = 2;
+const HEALTHY: usize = 3;
+const ENABLED: usize = 4;
+
+/// One host record: the fields that are read.
+static HOST: &[Field] = &[
+    field("ip", To::Val(IP)),
+    field("port", To::Val(PORT)),
+    field("weight", To::Val(WEIGHT)),
+    field("healthy", To::Val(HEALTHY)),
+    field("enabled", To::Val(ENABLED)),
+    field("metadata", To::Meta),
+];
+
+/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`): the kind of
+/// `hosts` (`None`: no such field; its records went to the batch) and the protect flag.
+#[derive(Default)]
+struct HostList<'a> {
+    hosts: Option<Loose<'a>>,
+    protected: Loose<'a>,
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+impl<'a> HostList<'a> {
+    /// Reads the object just opened; a repeated `hosts` starts the batch afresh.
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<HostList<'a>> {
+        let mut l = HostList::default();
+        while let Some(k) = r.key()? {
+            match &*k {
+                "hosts" => {
+                    *s.batch = Batch::default();
+                    l.hosts = Some(records(r, cx, false, s)?);
+                }
+                "reachProtectionThreshold" => l.protected = loose(r)?,
+                _ => r.skip()?,
+            }
+        }
+        Ok(l)
+    }
+
+    /// Whether the registry applied its protect threshold; an error when there is no usable list.
+    fn check(self) -> Result<bool, RegistryError> {
+        let protected = self.protected.as_bool().unwrap_or(false);
+        match self.hosts {
+            Some(Loose::Array | Loose::Null) => Ok(protected),
+            Some(other) => Err(RegistryError::Parse(format!("hosts is {}, expected an array", other.kind()))),
+            None => Err(RegistryError::Parse("no hosts field".to_string())),
+        }
+    }
+}
+
+/// What an envelope's `data` (or a v1 body) held.
+enum Data<'a> {
+    /// An object with `hosts` (v1, v2).
+    List(HostList<'a>),
+    /// The kind of the value (v3: the array of hosts; v1, v2: what is there instead of an object).
+    Kind(Loose<'a>),
+}
+
+impl<'a> Data<'a> {
+    /// The next value as `api` has it (its records into the batch, which it starts afresh).
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Data<'a>> {
+        *s.batch = Batch::default();
+        if api == Api::V3 {
+            return records(r, cx, false, s).map(Data::Kind);
+        }
+        match r.token()? {
+            Tok::Obj => HostList::read(r, cx, s).map(Data::List),
+            t => loose_of(r, t).map(Data::Kind),
+        }
+    }
+
+    /// The protect flag of a v1/v2 list.
+    fn hosts(self) -> Result<bool, RegistryError> {
+        match self {
+            Data::List(l) => l.check(),
+            Data::Kind(v) => Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
+        }
+    }
+}
+
+/// The v2/v3 envelope `{code, message, data}`.
+#[derive(Default)]
+struct Envelope<'a> {
+    code: Loose<'a>,
+    message: Option<Json>,
+    data: Option<Data<'a>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads the body's envelope; `Err` with the kind of what is there instead of an object.
+    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Result<Self, Loose<'a>>> {
+        let t = r.token()?;
+        if t != Tok::Obj {
+            return loose_of(r, t).map(Err);
+        }
+        let mut e = Envelope::default();
+        while let Some(k) = r.key()? {
+            match &*k {
+                "code" => e.code = loose(r)?,
+                "message" => e.message = Some(Json::read(r)?),
+                "data" => e.data = Some(Data::read(r, cx, api, s)?),
+                _ => r.skip()?,
+            }
+        }
+        Ok(Ok(e))
+    }
+
+    /// The `data` of a `code: 0` reply, an [`RegistryError::Envelope`] otherwise.
+    fn open(doc: Result<Self, Loose<'a>>) -> Result<Data<'a>, RegistryError> {
+        let e = match doc {
+            Ok(e) => e,
+            Err(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
+        };
+        let code = match &e.code {
+            Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
+            c => c
+                .as_i64()
+                .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
+        };
+        if code != 0 {
+            let message = match e.message {
+                Some(Json::Str(s)) => snippet(s.as_bytes(), &[]),
+                None | Some(Json::Null) => String::new(),
+                Some(other) => snippet(other.to_value().to_string().as_bytes(), &[]),
+            };
+            return Err(RegistryError::Envelope { code, message });
+        }
+        e.data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
     }
 }
 
 /// Parses an instance list reply (v1 object, v2 envelope around it, or v3 envelope around the
 /// array of instances). Malformed hosts are skipped and counted; a body that is not the expected
 /// shape is an error. `reachProtectionThreshold` (v1, v2) becomes [`Parsed::registry_protected`].
+/// Only the metadata keys `build` reads are kept.
 pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Value = parse_json(body)?;
-    let list = match api {
-        Api::V1 => doc,
-        Api::V2 | Api::V3 => unwrap_envelope(doc)?,
-    };
-    let mut protected = false;
-    let hosts = match (api, list) {
-        (Api::V3, Value::Array(h)) => h,
-        (Api::V3, Value::Null) => Vec::new(),
-        (Api::V3, other) => {
-            return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", kind(&other))))
+    let keys = build.keys.names();
+    let cx = Ctx { keys: &keys, tag: None };
+    let mut batch = Batch::default();
+    let mut slots = Slots::default();
+    let each = |h: &mut Slots<'_>| Rec::of(host(h, build));
+    let mut s = Sink { table: HOST, slots: &mut slots, batch: &mut batch, each: &each };
+    let protected = match api {
+        Api::V1 => {
+            let doc = read(body, |r| match r.token()? {
+                Tok::Obj => HostList::read(r, cx, &mut s).map(Data::List),
+                t => loose_of(r, t).map(Data::Kind),
+            })?;
+            doc.hosts()?
         }
-        (_, Value::Object(mut m)) => {
-            protected = m.get("reachProtectionThreshold").and_then(Value::as_bool).unwrap_or(false);
-            match m.remove("hosts") {
-                Some(Value::Array(h)) => h,
-                Some(Value::Null) => Vec::new(),
-                Some(other) => {
-                    return Err(RegistryError::Parse(format!("hosts is {}, expected an array", kind(&other))))
-                }
-                None => return Err(RegistryError::Parse("no hosts field".to_string())),
+        Api::V2 => Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)?.hosts()?,
+        Api::V3 => match Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)? {
+            Data::Kind(Loose::Array | Loose::Null) => false,
+            Data::Kind(v) => {
+                return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", v.kind())))
             }
-        }
-        (_, other) => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", kind(&other)))),
+            Data::List(_) => false,
+        },
     };
-    let mut parsed = collect(&hosts, |h| {
-        let mut bad_meta = 0;
-        host(h, build, &mut bad_meta).map(|i| (i, bad_meta))
-    });
+    let mut parsed = batch.finish();
     parsed.registry_protected = protected;
     Ok(parsed)
 }
 
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
-fn flag(rec: &Value, key: &str) -> Option<bool> {
-    match rec.get(key) {
-        None | Some(Value::Null) => Some(true),
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => None,
+fn flag(v: &Loose<'_>) -> Option<bool> {
+    if v.is_none() {
+        Some(true)
+    } else {
+        v.as_bool()
     }
 }
 
 /// One host record; `None` when malformed.
-fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instance> {
-    if !rec.is_object() {
-        return None;
-    }
-    let ip = rec.get("ip")?.as_str()?;
-    let port = rec.get("port")?.as_i64()?;
+fn host(h: &mut Slots<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let ip = h.v[IP].as_str()?;
+    let port = h.v[PORT].as_i64()?;
     let addr = format_addr(ip, port)?;
-    let weight = match rec.get("weight") {
-        None | Some(Value::Null) => None,
-        Some(w) => Some(scale_weight(w.as_f64()?, build.weight_scale)?),
-    };
-    let healthy = flag(rec, "healthy")?;
-    let enabled = flag(rec, "enabled")?;
+    let w = &h.v[WEIGHT];
+    let weight = if w.is_none() { None } else { Some(scale_weight(w.as_f64()?, build.weight_scale)?) };
+    let healthy = flag(&h.v[HEALTHY])?;
+    let enabled = flag(&h.v[ENABLED])?;
     // A deliberate drain wins over ill health (the protect threshold may revive `Down`, never
     // `Draining`).
     let state = if !enabled {
@@ -390,10 +480,9 @@ fn host(rec: &Value, build: &BuildOptions, bad_meta: &mut u32) -> Option<Instanc
     } else {
         State::Serving
     };
-    let md = metadata_map(rec.get("metadata"), bad_meta);
-    let (inst, bad) = build.build(addr, weight, None, state, md);
-    *bad_meta += bad;
-    Some(inst)
+    let meta = std::mem::take(&mut h.meta);
+    let (inst, bad) = build.build(addr, weight, None, state, meta.kept);
+    Some((inst, meta.bad + bad))
 }
 
 impl Adapter for Nacos {
@@ -495,7 +584,8 @@ mod tests {
         assert_eq!(p.instances.len(), 1);
         let i = &p.instances[0];
         assert_eq!(row(i), ("127.0.0.1:8080", 100, None, 600_000, State::Serving));
-        assert_eq!(i.metadata.get("value").map(String::as_str), Some("1"));
+        // only the metadata keys that are read are kept
+        assert_eq!(i.metadata.get("value"), None);
         // the envelope read as v1 has no hosts at the top
         assert_eq!(v1(fixture!("nacos-v2-instance-list")), Err(RegistryError::Parse("no hosts field".into())));
     }
@@ -884,10 +974,8 @@ mod tests {
         // duplicates merged: the worst state and the highest weight
         assert_eq!((p.instances[0].weight, p.instances[0].state), (300, State::Down));
         let md = &p.instances[2].metadata;
-        assert_eq!(md.get("zone").map(String::as_str), Some("ü✓"));
-        assert_eq!(md.get("n").map(String::as_str), Some("1"));
-        assert_eq!(md.get("b").map(String::as_str), Some("true"));
-        assert!(!md.contains_key("nested"));
+        // keys that are not read are not kept
+        assert!(md.is_empty(), "{md:?}");
         // two nested values and one non-object metadata
         assert_eq!((p.skipped, p.malformed_meta), (0, 3));
         // malformed time metadata is counted, the instance is kept with defaults

@@ -11,14 +11,12 @@
 //! configured default (100), `state` to `serving` (`draining`, `down` also accepted), `start_ms` and
 //! `warmup_ms` to what metadata or the defaults say.
 
-use serde::Deserialize;
-use serde_json::Value;
-
+use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To};
 use super::{
-    collect, get_request, list_reply, metadata_map, parse_json, Adapter, Call, Cursor, Endpoint, HttpRequest,
-    HttpResponse, Parsed, RegistryError, Reply, ServiceQuery, Session,
+    get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
+    ServiceQuery, Session,
 };
-use crate::instance::{canonical_addr, host_name_addr, BuildOptions, Instance, State};
+use crate::instance::{canonical_addr, host_name_addr, BuildOptions, State};
 
 /// Serves `path` with `{service}` replaced by the URL-encoded service name.
 #[derive(Debug, Clone)]
@@ -27,49 +25,100 @@ pub struct StaticJson {
     pub path: String,
 }
 
-#[derive(Deserialize)]
-struct Doc {
-    instances: Vec<Value>,
-}
-
-/// Parses a static JSON body.
+/// Parses a static JSON body. Only the metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
-    let doc: Doc = parse_json(body)?;
-    let mut unroutable = Vec::new();
-    let mut parsed = collect(&doc.instances, |rec| record(rec, build, &mut unroutable));
-    parsed.unroutable = unroutable;
-    Ok(parsed)
+    let keys = build.keys.names();
+    let mut batch = Batch::default();
+    let mut slots = Slots::default();
+    let each = |r: &mut Slots<'_>| record(r, build);
+    let mut s = Sink { table: RECORD, slots: &mut slots, batch: &mut batch, each: &each };
+    read(body, |r| doc(r, Ctx { keys: &keys, tag: None }, &mut s))?;
+    Ok(batch.finish())
 }
 
-/// One record; `None` when it is malformed or its address is a host name (named in `unroutable`).
-fn record(rec: &Value, build: &BuildOptions, unroutable: &mut Vec<String>) -> Option<(Instance, u32)> {
-    let raw = rec.get("address").and_then(Value::as_str)?;
+/// The document `{"instances": [...]}`, read as a derived `struct Doc { instances: Vec<_> }` reads
+/// it (the same errors: a missing or repeated `instances`, an `instances` that is not an array, a
+/// document that is not an object; the array form `[[...]]` of the struct; other keys dropped with
+/// serde's looser checks).
+fn doc<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<()> {
+    if !r.container("struct Doc", true)? {
+        if !r.elem()? {
+            return Err(r.custom("invalid length 0, expected struct Doc with 1 element".into()));
+        }
+        r.container("a sequence", false)?;
+        elements(r, cx, s)?;
+        return r.end_seq();
+    }
+    let mut found = false;
+    while let Some(k) = r.key()? {
+        if k == "instances" {
+            if found {
+                return Err(r.custom("duplicate field `instances`".into()));
+            }
+            found = true;
+            r.container("a sequence", false)?;
+            elements(r, cx, s)?;
+        } else {
+            r.ignore()?;
+        }
+    }
+    if !found {
+        return Err(r.custom("missing field `instances`".into()));
+    }
+    Ok(())
+}
+
+const ADDRESS: usize = 0;
+const WEIGHT: usize = 1;
+const STATE: usize = 2;
+const START_MS: usize = 3;
+const WARMUP_MS: usize = 4;
+
+/// One record: the fields that are read.
+static RECORD: &[Field] = &[
+    field("address", To::Val(ADDRESS)),
+    field("weight", To::Val(WEIGHT)),
+    field("state", To::Val(STATE)),
+    field("start_ms", To::Val(START_MS)),
+    field("warmup_ms", To::Val(WARMUP_MS)),
+    field("metadata", To::Meta),
+];
+
+/// One record; skipped when it is malformed or its address is a host name (then named).
+fn record(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
+    let Some(raw) = rec.v[ADDRESS].as_str() else {
+        return Rec::Skipped;
+    };
     let Some(addr) = canonical_addr(raw) else {
         let named = raw.trim().rsplit_once(':').and_then(|(h, p)| host_name_addr(h, p.parse().ok()?));
-        unroutable.extend(named);
-        return None;
+        return named.map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let weight = match rec.get("weight") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0)?),
+    let w = &rec.v[WEIGHT];
+    let weight = if w.is_none() {
+        None
+    } else {
+        match w.as_i64().and_then(|w| i32::try_from(w).ok()).filter(|w| *w >= 0) {
+            Some(w) => Some(w),
+            None => return Rec::Skipped,
+        }
     };
-    let state = match rec.get("state").map(|s| s.as_str()) {
-        None | Some(Some("serving")) => State::Serving,
-        Some(Some("draining")) => State::Draining,
-        Some(Some("down")) => State::Down,
-        Some(_) => return None,
+    let state = match &rec.v[STATE] {
+        Loose::Absent => State::Serving,
+        Loose::Str(s) if s == "serving" => State::Serving,
+        Loose::Str(s) if s == "draining" => State::Draining,
+        Loose::Str(s) if s == "down" => State::Down,
+        _ => return Rec::Skipped,
     };
-    let start = rec.get("start_ms").and_then(Value::as_i64).filter(|t| *t > 0);
-    let mut bad_meta = 0;
-    let md = metadata_map(rec.get("metadata"), &mut bad_meta);
-    let (mut inst, bad) = build.build(addr, weight, start, state, md);
+    let start = rec.v[START_MS].as_i64().filter(|t| *t > 0);
+    let meta = std::mem::take(&mut rec.meta);
+    let (mut inst, bad) = build.build(addr, weight, start, state, meta.kept);
     // the record's warmup_ms beats the default, metadata keys beat both
-    if let Some(w) = rec.get("warmup_ms").and_then(Value::as_i64).filter(|w| *w >= 0) {
+    if let Some(w) = rec.v[WARMUP_MS].as_i64().filter(|w| *w >= 0) {
         if !inst.metadata.keys().any(|k| build.keys.warmup.iter().any(|mk| &mk.key == k)) {
             inst.warmup_ms = w;
         }
     }
-    Some((inst, bad_meta + bad))
+    Rec::Kept(inst, meta.bad + bad)
 }
 
 impl Adapter for StaticJson {
@@ -109,7 +158,7 @@ mod tests {
             (a.addr.as_str(), a.weight, a.start_ms, a.warmup_ms, a.state),
             ("10.0.0.1:8080", 7, Some(1_700_000_000_000), 30_000, State::Draining)
         );
-        assert_eq!(a.metadata.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(a.metadata.get("zone"), None, "not a key that is read");
         let b = &r.instances[1];
         assert_eq!(
             (b.addr.as_str(), b.weight, b.start_ms, b.warmup_ms, b.state),
@@ -129,7 +178,7 @@ mod tests {
         assert_eq!(r.skipped, 5);
         assert_eq!(r.instances.len(), 1);
         assert_eq!(r.unroutable, ["host:80"]);
-        assert_eq!(r.instances[0].metadata.get("ü").map(String::as_str), Some("✓"));
+        assert!(r.instances[0].metadata.is_empty(), "not a key that is read");
     }
 
     #[test]
