@@ -405,8 +405,10 @@ def wait_for_quiet(args):
 
 def variants_of(args):
     if args.matrix_only:
-        return list(LOSSLESS_VARIANTS)
-    return list(VARIANTS) + (list(MATRIX) if args.matrix else [])
+        chosen = list(LOSSLESS_VARIANTS)
+    else:
+        chosen = list(VARIANTS) + (list(MATRIX) if args.matrix else [])
+    return [v for v in chosen if not args.variants or v in args.variants]
 
 
 def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
@@ -922,6 +924,8 @@ def parse_args():
     ap.add_argument("--matrix-only", action="store_true",
                     help="measure only (d) and (f)-(i), no micro-benchmarks or refresh probe, and "
                          "rewrite only the routing-choices section of --out")
+    ap.add_argument("--variants", default="",
+                    help="only these of the variants, e.g. d,f (default: all of them)")
     ap.add_argument("--max-load", type=float, default=0.0,
                     help="before the load test, wait until the 1-minute load average is below "
                          "this (0: do not wait)")
@@ -931,6 +935,10 @@ def parse_args():
     ap.add_argument("--wrk", default=os.environ.get("WRK_BIN") or shutil.which("wrk") or "wrk")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX)
+    if unknown:
+        ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if args.matrix_only:
         args.matrix = args.skip_micro = args.skip_probe = True
         if args.skip_load:
