@@ -7,11 +7,13 @@ listening port listed in the Envoy STATIC cluster):
   a  no filter, round_robin
   b  a pass-through Rust proxy-wasm filter (bench/passthrough), round_robin
   c  no filter, round_robin with Envoy's slow_start_config (60 s window)
-  d  lossless (envoy/outbound-override-host.yaml, static registry served by nginx)
-  e  the pass-through filter with Envoy's override_host policy, wrk setting a random
-     "a,b,c" of the members in x-lossless-upstream (a Lua script): Envoy's share of (d)
-With --matrix, lossless' routing choices as well, each against (d) (policy random, fallbacks 2):
-  f  lossless, policy round_robin
+  d  lossless with its defaults (envoy/outbound-override-host.yaml, policy round_robin, 2
+     fallbacks; static registry served by nginx)
+  e  the pass-through filter with Envoy's override_host policy, wrk setting "a,b,c" of the
+     members in x-lossless-upstream (a Lua script: a in turn, b and c at random): Envoy's share
+     of (d)
+With --matrix, lossless' routing choices as well, each against (d):
+  f  lossless, policy random
   g  lossless, routing.fallbacks 0 (one address in the header)
   h  lossless, routing.fallbacks 1
   i  lossless, routing mode original_dst (envoy/outbound-original-dst.yaml: an ORIGINAL_DST
@@ -204,12 +206,12 @@ VARIANTS = {
     "a": "no filter, round_robin",
     "b": "pass-through wasm, round_robin",
     "c": "no filter, round_robin + slow_start 60s",
-    "d": "lossless (override_host, random)",
-    "e": "pass-through wasm, override_host with a random client-set header",
+    "d": "lossless (override_host, round_robin)",
+    "e": "pass-through wasm, override_host with a client-set header (round robin + 2 random)",
 }
 # --matrix: lossless' routing choices, each one change from (d)'s defaults (service config)
 MATRIX = {
-    "f": ("policy `round_robin`", {"policy": "round_robin"}),
+    "f": ("policy `random`", {"policy": "random"}),
     "g": ("`routing.fallbacks` 0", {"routing": {"fallbacks": 0}}),
     "h": ("`routing.fallbacks` 1", {"routing": {"fallbacks": 1}}),
     "i": ("`routing.mode` `original_dst`", {"routing": {"mode": "original_dst"}}),
@@ -231,15 +233,16 @@ OVERRIDE_HOST = {"policies": [{"typed_extension_config": {
                      "override_host_sources": [{"header": "x-lossless-upstream"}],
                      "fallback_policy": RR}}}]}
 
-# (e): wrk itself writes "a,b,c" (three random members) into x-lossless-upstream, as lossless would
-# with 2 fallbacks: Envoy's share of lossless' routing (override_host + spreading requests at
-# random over all hosts) without the filter's logic.
+# (e): wrk itself writes "a,b,c" into x-lossless-upstream, as lossless would with its defaults
+# (round robin primary, 2 fallbacks at random): Envoy's share of lossless' routing (override_host
+# over all hosts) without the filter's logic.
 WRK_LUA = """\
 math.randomseed({seed})
-local base, span = {base}, {span}
+local base, span, turn = {base}, {span}, math.random(0, {span} - 1)
 local function pick() return "127.0.0.1:" .. (base + math.random(0, span - 1)) end
 request = function()
-  local hosts = pick() .. "," .. pick() .. "," .. pick()
+  turn = (turn + 1) % span
+  local hosts = "127.0.0.1:" .. (base + turn) .. "," .. pick() .. "," .. pick()
   return wrk.format(nil, "/", {{["x-lossless-upstream"] = hosts}})
 end
 """
@@ -644,11 +647,11 @@ def matrix_section(args, info, load):
     loads = [r["load1"] for r in load if r.get("load1") is not None]
     lines = [MATRIX_BEGIN, "", "## What lossless' routing choices cost Envoy", ""]
     add = lines.append
-    add("Each variant changes one setting of the lossless service from its defaults (variant (d): "
-        "`routing.mode` `override_host`, `policy` `random`, `routing.fallbacks` 2). Variants of "
-        "one size ran back to back in a rotated order each round, each in a fresh Envoy; ratios "
-        "are taken within a round and the median (range) over rounds is reported. Higher req/s "
-        "and lower CPU per request cost Envoy less.")
+    add("Each variant changes one setting of the lossless service from its defaults (variant "
+        "(d): `routing.mode` `override_host`, `policy` `round_robin`, `routing.fallbacks` 2). "
+        "Variants of one size ran back to back in a rotated order each round, each in a fresh "
+        "Envoy; ratios are taken within a round and the median (range) over rounds is reported. "
+        "Higher req/s and lower CPU per request cost Envoy less.")
     add("")
     add(f"- **Run**: {info['date']}, `{info['command']}`, {args.rounds} round(s), sizes "
         f"{', '.join(f'{x:,}' for x in args.sizes)}; Envoy {info['envoy_version'].split('/')[1]} "
@@ -692,13 +695,13 @@ def matrix_section(args, info, load):
     add("A run counts only when every request was answered 200 and the requests of the measured "
         "run reached more than one upstream (upstream hosts answered: ports whose connections "
         "received bytes during the run, read from the kernel on nginx's side with `ss -tin`); "
-        "errors = non-2xx responses + socket errors of the counted runs. (f) "
-        "builds the same `primary,fallback1,fallback2` list by weighted round robin instead of "
-        "weighted random. (g) and (h) write one and two addresses: Envoy's override_host policy "
-        "has that many to try before a retry leaves lossless' list. (i) runs "
-        "`envoy/outbound-original-dst.yaml`: an ORIGINAL_DST cluster with one address per attempt, "
-        "behind an internal listener so that every retry is a new pick, i.e. two HTTP streams "
-        "inside Envoy per request and the filter in both.")
+        "errors = non-2xx responses + socket errors of the counted runs. (f) builds the same "
+        "`primary,fallback1,fallback2` list with a weighted random primary instead of weighted "
+        "round robin (the fallbacks are drawn at random in both). (g) and (h) write one and two "
+        "addresses: Envoy's override_host policy has that many to try before a retry leaves "
+        "lossless' list. (i) runs `envoy/outbound-original-dst.yaml`: an ORIGINAL_DST cluster "
+        "with one address per attempt, behind an internal listener so that every retry is a new "
+        "pick, i.e. two HTTP streams inside Envoy per request and the filter in both.")
     add("")
     add(MATRIX_END)
     return lines
