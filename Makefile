@@ -136,7 +136,9 @@ fuzz: $(CARGO_FUZZ)
 # Benchmarks, not part of `make test`: criterion micro-benchmarks (benches/), then Envoy + nginx +
 # wrk on loopback: lossless vs no filter, a pass-through wasm filter (bench/passthrough) and Envoy's
 # native slow start, at 3, 100 and 10,000 instances. Writes BENCHMARKS.md (about 20 minutes).
-# Options: make bench BENCH_ARGS="--rounds 5" (see python3 bench/run.py -h).
+# Options: make bench BENCH_ARGS="--rounds 5" (see python3 bench/run.py -h). --matrix adds
+# lossless' routing choices (policy, fallbacks, original_dst) against its defaults; --matrix-only
+# measures just those and rewrites only their section of BENCHMARKS.md.
 BENCH_ARGS ?=
 PASSTHROUGH := target/passthrough/$(WASM_TARGET)/release/passthrough.wasm
 .PHONY: bench bench-deps

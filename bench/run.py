@@ -7,9 +7,22 @@ listening port listed in the Envoy STATIC cluster):
   a  no filter, round_robin
   b  a pass-through Rust proxy-wasm filter (bench/passthrough), round_robin
   c  no filter, round_robin with Envoy's slow_start_config (60 s window)
-  d  lossless (envoy/outbound-override-host.yaml, static registry served by nginx)
-  e  the pass-through filter with Envoy's override_host policy, wrk setting a random
-     "a,b,c" of the members in x-lossless-upstream (a Lua script): Envoy's share of (d)
+  d  lossless with its defaults (envoy/outbound-override-host.yaml, policy round_robin, 2
+     fallbacks; static registry served by nginx)
+  e  the pass-through filter with Envoy's override_host policy, wrk setting "a,b,c" of the
+     members in x-lossless-upstream (a Lua script: a in turn, b and c at random): Envoy's share
+     of (d)
+With --matrix, lossless' routing choices as well, each against (d):
+  f  lossless, policy random
+  g  lossless, routing.fallbacks 0 (one address in the header)
+  h  lossless, routing.fallbacks 1
+  i  lossless, routing mode original_dst (envoy/outbound-original-dst.yaml: an ORIGINAL_DST
+     cluster behind an internal listener, so every attempt is a fresh pick)
+A run counts only when Envoy answered every request 200 and the requests of the measured run
+reached more than one upstream (bytes received on nginx's side of each connection, `ss -tin`);
+other runs are logged and left out.
+--matrix-only measures (d) and (f)-(i) alone and rewrites only the routing-choices section of
+BENCHMARKS.md, leaving the rest of the file as it was.
 Variants of one size run back to back, in a rotated order each round; every Envoy is started fresh
 for its run, warmed up, loaded, then stopped. Figures are medians over rounds; ratios are taken
 within a round (side by side) and their median reported.
@@ -19,7 +32,8 @@ and a registry document of 3 or 10,000 instances (or 10,000 that change on every
 Envoy process CPU time over a window divided by the number of refreshes; RSS and admin /memory,
 with --concurrency 1 and 2 (the difference is one more worker VM).
 
-Python stdlib only. Every process is tracked by pid and stopped; every wait is bounded.
+Python stdlib only (and `ss` of iproute2). Every process is tracked by pid and stopped; every wait
+is bounded.
 Environment: ENVOY_BIN, LOSSLESS_WASM, PASSTHROUGH_WASM (required); NGINX_BIN, WRK_BIN (optional).
 """
 
@@ -192,35 +206,54 @@ VARIANTS = {
     "a": "no filter, round_robin",
     "b": "pass-through wasm, round_robin",
     "c": "no filter, round_robin + slow_start 60s",
-    "d": "lossless (override_host, random)",
-    "e": "pass-through wasm, override_host with a random client-set header",
+    "d": "lossless (override_host, round_robin)",
+    "e": "pass-through wasm, override_host with a client-set header (round robin + 2 random)",
 }
+# --matrix: lossless' routing choices, each one change from (d)'s defaults (service config)
+MATRIX = {
+    "f": ("policy `random`", {"policy": "random"}),
+    "g": ("`routing.fallbacks` 0", {"routing": {"fallbacks": 0}}),
+    "h": ("`routing.fallbacks` 1", {"routing": {"fallbacks": 1}}),
+    "i": ("`routing.mode` `original_dst`", {"routing": {"mode": "original_dst"}}),
+}
+LOSSLESS_VARIANTS = ("d", *MATRIX)
+OVERRIDE_HOST_TEMPLATE = REPO / "envoy" / "outbound-override-host.yaml"
+ORIGINAL_DST_TEMPLATE = REPO / "envoy" / "outbound-original-dst.yaml"
+MATRIX_BEGIN = "<!-- routing choices: written by bench/run.py --matrix -->"
+MATRIX_END = "<!-- routing choices: end -->"
+
+
+def variant_name(v):
+    if v in MATRIX:
+        return f"lossless, {MATRIX[v][0]}"
+    return VARIANTS[v]
 OVERRIDE_HOST = {"policies": [{"typed_extension_config": {
     "name": "envoy.load_balancing_policies.override_host",
     "typed_config": {"@type": EXT + "load_balancing_policies.override_host.v3.OverrideHost",
                      "override_host_sources": [{"header": "x-lossless-upstream"}],
                      "fallback_policy": RR}}}]}
 
-# (e): wrk itself writes "a,b,c" (three random members) into x-lossless-upstream, as lossless would
-# with 2 fallbacks: Envoy's share of lossless' routing (override_host + spreading requests at
-# random over all hosts) without the filter's logic.
+# (e): wrk itself writes "a,b,c" into x-lossless-upstream, as lossless would with its defaults
+# (round robin primary, 2 fallbacks at random): Envoy's share of lossless' routing (override_host
+# over all hosts) without the filter's logic.
 WRK_LUA = """\
 math.randomseed({seed})
-local base, span = {base}, {span}
+local base, span, turn = {base}, {span}, math.random(0, {span} - 1)
 local function pick() return "127.0.0.1:" .. (base + math.random(0, span - 1)) end
 request = function()
-  local hosts = pick() .. "," .. pick() .. "," .. pick()
+  turn = (turn + 1) % span
+  local hosts = "127.0.0.1:" .. (base + turn) .. "," .. pick() .. "," .. pick()
   return wrk.format(nil, "/", {{["x-lossless-upstream"] = hosts}})
 end
 """
 
 
-def lossless_config(registry_port, service, refresh_ms=None, jitter=None):
+def lossless_config(registry_port, service, refresh_ms=None, jitter=None, service_opts=None):
     registry = {"type": "static", "cluster": "registry",
                 "authority": f"{LOOPBACK}:{registry_port}", "path": "/m/{service}.json"}
     cfg = {"registries": {"reg": registry},
            "services": [{"name": "demo", "registry": "reg", "registry_service": service,
-                         "match_clusters": ["demo"]}]}
+                         "match_clusters": ["demo"], **(service_opts or {})}]}
     if refresh_ms is not None:
         cfg["refresh_interval_ms"] = refresh_ms
     if jitter is not None:
@@ -268,10 +301,15 @@ def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthro
                  **lossless_opts):
     """(template, subs) of one variant's Envoy (the listener port is added by start_envoy)."""
     subs = {"DEMO_ENDPOINTS": lb_endpoints(ports)}
-    if variant == "d":
-        template = REPO / "envoy" / "outbound-override-host.yaml"
+    if variant in LOSSLESS_VARIANTS:
+        opts = MATRIX[variant][1] if variant in MATRIX else None
+        # original_dst: the cluster has no endpoint list, the picked address comes in the header
+        template = ORIGINAL_DST_TEMPLATE if variant == "i" else OVERRIDE_HOST_TEMPLATE
+        if variant == "i":
+            del subs["DEMO_ENDPOINTS"]
         subs.update(LOSSLESS_WASM=lossless_wasm, REGISTRY_PORT=registry_port,
-                    LOSSLESS_CONFIG=lossless_config(registry_port, service, **lossless_opts))
+                    LOSSLESS_CONFIG=lossless_config(registry_port, service, service_opts=opts,
+                                                    **lossless_opts))
     else:
         template = HERE / "envoy-baseline.yaml"
         filters = [ROUTER]
@@ -329,9 +367,56 @@ def warm_up(args, e, size, script=None):
     return time.monotonic() - t0, active
 
 
+def upstream_reads(ports):
+    """Bytes each open connection into an upstream port has received so far, by (upstream port,
+    peer), read from the kernel (`ss -tin`) on nginx's side: what reached which upstream, seen
+    outside Envoy (an ORIGINAL_DST cluster's per-host counters in admin /clusters can miss
+    requests sent while the host was being added)."""
+    out = subprocess.run(["ss", "-Htin", "state", "established",
+                          f"( sport >= :{ports[0]} and sport <= :{ports[-1]} )"],
+                         capture_output=True, text=True, timeout=60).stdout
+    reads, key = {}, None
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            parts = line.split()
+            key = (int(parts[-2].rsplit(":", 1)[1]), parts[-1])
+            reads[key] = 0
+        elif key is not None:
+            m = re.search(r"bytes_received:(\d+)", line)
+            reads[key] = int(m.group(1)) if m else 0
+    return reads
+
+
+def hosts_reached(before, after):
+    """Upstream ports that received bytes between two upstream_reads()."""
+    return {k[0] for k, n in after.items() if n > before.get(k, 0)}
+
+
+def wait_for_quiet(args):
+    """Before the load test: waits (polling every 15 s) until the 1-minute load average is below
+    --max-load, at most --max-load-wait seconds; returns (seconds waited, load when it started)."""
+    t0 = time.monotonic()
+    while args.max_load and os.getloadavg()[0] >= args.max_load:
+        if time.monotonic() - t0 >= args.max_load_wait:
+            log(f"load average still {os.getloadavg()[0]:.2f} after {args.max_load_wait} s: "
+                "running anyway")
+            break
+        log(f"load average {os.getloadavg()[0]:.2f} >= {args.max_load}: waiting")
+        time.sleep(15)
+    return time.monotonic() - t0, os.getloadavg()[0]
+
+
+def variants_of(args):
+    if args.matrix_only:
+        chosen = list(LOSSLESS_VARIANTS)
+    else:
+        chosen = list(VARIANTS) + (list(MATRIX) if args.matrix else [])
+    return [v for v in chosen if not args.variants or v in args.variants]
+
+
 def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
     results = []  # one dict per (round, size, variant)
-    variants = list(VARIANTS)
+    variants = variants_of(args)
     for rnd in range(args.rounds):
         for size in args.sizes:
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
@@ -342,9 +427,11 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                 if v == "e":
                     script = procs.log_dir / f"override-{size}.lua"
                     script.write_text(WRK_LUA.format(seed=rnd + 1, base=ng.ports[0], span=size))
+                load1 = os.getloadavg()[0]
                 e = start_envoy(procs, envoy_bin, tag, config)
                 try:
                     warm_s, cx_active = warm_up(args, e, size, script)
+                    reads0 = upstream_reads(ng.ports[:size])
                     cx0 = e.stat(CX_TOTAL, 0)
                     cpu0 = e.cpu_seconds()
                     w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
@@ -354,19 +441,30 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                                cx_new=e.stat(CX_TOTAL, 0) - cx0, **w,
                                cpu_us_per_req=(cpu1 - cpu0) * 1e6 / max(w["requests"], 1),
                                **e.rss_kib())
-                    if v == "d":
+                    if v in LOSSLESS_VARIANTS:
                         row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
                         row["local_503"] = sum(
                             e.stats(r"^wasmcustom\.lossless\.demo\.local_503").values())
                     row["upstream_cx"] = e.stat(CX_TOTAL, 0)
                     row["retries"] = e.stat("cluster.demo.upstream_rq_retry", 0)
+                    row["load1"] = load1
+                    # it really routed: every request answered 200, and the requests of the
+                    # measured run reached more than one upstream (seen by the kernel)
+                    row["hosts_answered"] = len(hosts_reached(reads0,
+                                                              upstream_reads(ng.ports[:size])))
+                    row["valid"] = (w["requests"] > 0 and w["non2xx"] == 0
+                                    and row["hosts_answered"] >= min(size, 2))
+                    if not row["valid"]:
+                        log(f"{tag}: left out: {w['requests']} requests, {w['non2xx']} non-2xx, "
+                            f"{row['hosts_answered']} upstream(s) reached")
                     results.append(row)
                     log(f"round {rnd + 1}/{args.rounds} size {size:>5} {v}: "
                         f"{w['rps']:>9.0f} req/s p50 {w['p50_ms']:.2f} ms "
                         f"p99 {w['p99_ms']:.2f} ms cpu {row['cpu_us_per_req']:.1f} us/req "
                         f"rss {row['VmRSS'] / 1024:.0f} MiB non2xx {w['non2xx']} "
                         f"sockerr {w['socket_errors']} warm-up {warm_s:.0f} s cx {cx_active} "
-                        f"new cx {row['cx_new']}")
+                        f"new cx {row['cx_new']} hosts {row['hosts_answered']} "
+                        f"load {load1:.2f}")
                 finally:
                     e.stop()
     return results
@@ -464,20 +562,25 @@ def machine():
 def summarize(load, sizes):
     by = {}
     for r in load:
-        by.setdefault((r["size"], r["variant"]), []).append(r)
+        if r.get("valid", True):  # runs that did not really route are left out
+            by.setdefault((r["size"], r["variant"]), []).append(r)
     summ = {}
     for (size, v), rows in by.items():
         keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "VmRSS", "cx_active_at_start",
-                "cx_new")
+                "cx_new", "load1")
         summ[(size, v)] = {k: med([r.get(k) for r in rows]) for k in keys}
         summ[(size, v)]["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in rows)
         summ[(size, v)]["rps_all"] = [round(r["rps"])
                                       for r in sorted(rows, key=lambda r: r["round"])]
+        summ[(size, v)]["cpu_all"] = [r["cpu_us_per_req"]
+                                      for r in sorted(rows, key=lambda r: r["round"])]
+        summ[(size, v)]["hosts"] = [r.get("hosts_answered") for r in rows]
+        summ[(size, v)]["runs"] = len(rows)
     ratios = {}
     rounds = sorted({r["round"] for r in load})
     for size in sizes:
-        for v in VARIANTS:
-            for base in ("a", "b", "c", "e"):
+        for v in {r["variant"] for r in load}:
+            for base in ("a", "b", "c", "d", "e"):
                 per_round = []
                 cpu_round = []
                 for rnd in rounds:
@@ -488,7 +591,7 @@ def summarize(load, sizes):
                         cpu_round.append(x[0]["cpu_us_per_req"] / y[0]["cpu_us_per_req"])
                 if per_round:
                     ratios[(size, v, base)] = (med(per_round), min(per_round), max(per_round),
-                                               med(cpu_round))
+                                               med(cpu_round), min(cpu_round), max(cpu_round))
     return summ, ratios
 
 
@@ -534,6 +637,87 @@ def probe_summary(probe):
 
 def verdict(ok):
     return "**met**" if ok else "**not met**"
+
+
+def matrix_section(args, info, load):
+    """The routing-choices section: (d) and (f)-(i) side by side, ratios to (d) within rounds,
+    between MATRIX_BEGIN and MATRIX_END. It names its own run, so it can stand in a file whose
+    other sections come from another run (--matrix-only)."""
+    summ, ratios = summarize(load, args.sizes)
+    loads = [r["load1"] for r in load if r.get("load1") is not None]
+    lines = [MATRIX_BEGIN, "", "## What lossless' routing choices cost Envoy", ""]
+    add = lines.append
+    add("Each variant changes one setting of the lossless service from its defaults (variant "
+        "(d): `routing.mode` `override_host`, `policy` `round_robin`, `routing.fallbacks` 2). "
+        "Variants of one size ran back to back in a rotated order each round, each in a fresh "
+        "Envoy; ratios are taken within a round and the median (range) over rounds is reported. "
+        "Higher req/s and lower CPU per request cost Envoy less.")
+    add("")
+    add(f"- **Run**: {info['date']}, `{info['command']}`, {args.rounds} round(s), sizes "
+        f"{', '.join(f'{x:,}' for x in args.sizes)}; Envoy {info['envoy_version'].split('/')[1]} "
+        f"`--concurrency 1`, `{info['wrk_cmd']}` after a warm-up of at least {args.warmup} s")
+    wait = info.get("load_wait")
+    waited = ""
+    if wait:
+        waited = (f"; waited {wait[0]:.0f} s for it to fall below {args.max_load} "
+                  f"(it was {wait[1]:.2f} when the load test began)")
+    per_run = ""
+    if loads:
+        per_run = (f"; at the start of each run {med(loads):.2f} median "
+                   f"({min(loads):.2f}–{max(loads):.2f})")
+    add(f"- **Machine**: {info['nproc']} CPUs ({info['cpu']}), shared with other work: 1-minute "
+        f"load average {info['load_before']} (1, 5, 15 min) before the run{waited}{per_run}; "
+        f"{info['load_after']} after. The load test itself (Envoy, wrk, nginx) keeps both CPUs "
+        "busy.")
+    add("")
+    add("| instances | variant | req/s (median) | req/s per round | Envoy CPU µs/req | "
+        "p99 ms | req/s ÷ (d) | CPU/req ÷ (d) | upstream hosts answered | runs counted | errors |")
+    add("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for size in args.sizes:
+        for v in LOSSLESS_VARIANTS:
+            sm = summ.get((size, v))
+            if not sm:
+                if any(r["size"] == size and r["variant"] == v for r in load):
+                    add(f"| {size:,} | ({v}) {variant_name(v)} | no run counted (did not route) "
+                        "| | | | | | | 0 | |")
+                continue
+            r = ratios.get((size, v, "d"))
+            rps_r = f"{r[0]:.3f} ({r[1]:.2f}–{r[2]:.2f})" if r else ""
+            cpu_r = f"{r[3]:.3f} ({r[4]:.2f}–{r[5]:.2f})" if r else ""
+            hosts = [h for h in sm["hosts"] if h is not None]
+            hosts_t = (f"{min(hosts):,}" if min(hosts) == max(hosts)
+                       else f"{min(hosts):,}–{max(hosts):,}") if hosts else "?"
+            rps_all = ", ".join(f"{x:,}" for x in sm["rps_all"])
+            add(f"| {size:,} | ({v}) {variant_name(v)} | {sm['rps']:,.0f} | {rps_all} | "
+                f"{sm['cpu_us_per_req']:.1f} | {sm['p99_ms']:.2f} | {rps_r} | {cpu_r} | "
+                f"{hosts_t} of {size:,} | {sm['runs']} | {sm['errors']} |")
+    add("")
+    add("A run counts only when every request was answered 200 and the requests of the measured "
+        "run reached more than one upstream (upstream hosts answered: ports whose connections "
+        "received bytes during the run, read from the kernel on nginx's side with `ss -tin`); "
+        "errors = non-2xx responses + socket errors of the counted runs. (f) builds the same "
+        "`primary,fallback1,fallback2` list with a weighted random primary instead of weighted "
+        "round robin (the fallbacks are drawn at random in both). (g) and (h) write one and two "
+        "addresses: Envoy's override_host policy has that many to try before a retry leaves "
+        "lossless' list. (i) runs `envoy/outbound-original-dst.yaml`: an ORIGINAL_DST cluster "
+        "with one address per attempt, behind an internal listener so that every retry is a new "
+        "pick, i.e. two HTTP streams inside Envoy per request and the filter in both.")
+    add("")
+    add(MATRIX_END)
+    return lines
+
+
+def splice_matrix(text, block):
+    """`text` with its routing-choices section replaced by `block` (or `block` inserted before the
+    refresh probe, the artefacts or the notes, whichever comes first)."""
+    if MATRIX_BEGIN in text and MATRIX_END in text:
+        head, rest = text.split(MATRIX_BEGIN, 1)
+        return head + block + rest.split(MATRIX_END, 1)[1]
+    for mark in ("## Membership refresh", "## Artefacts", NOTES_MARK):
+        if mark in text:
+            head, rest = text.split(mark, 1)
+            return head + block + "\n\n" + mark + rest
+    return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
 def report(args, info, load, probe, micro, sizes_doc, started):
@@ -593,6 +777,9 @@ def report(args, info, load, probe, micro, sizes_doc, started):
             "divided by the requests served (less sensitive to the other tenants of the machine "
             "than req/s). RSS is Envoy's after the run.")
         add("")
+        if any(r["variant"] in MATRIX for r in load):
+            lines.extend(matrix_section(args, info, load))
+            add("")
     pr, derived = probe_summary(probe) if probe else ({}, {})
     if probe:
         add("## Membership refresh inside Envoy (idle, `refresh_interval_ms` 100, "
@@ -735,10 +922,30 @@ def parse_args():
     ap.add_argument("--skip-micro", action="store_true", help="reuse the last criterion results")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--matrix", action="store_true",
+                    help="also measure lossless' routing choices, variants (f)-(i)")
+    ap.add_argument("--matrix-only", action="store_true",
+                    help="measure only (d) and (f)-(i), no micro-benchmarks or refresh probe, and "
+                         "rewrite only the routing-choices section of --out")
+    ap.add_argument("--variants", default="",
+                    help="only these of the variants, e.g. d,f (default: all of them)")
+    ap.add_argument("--max-load", type=float, default=0.0,
+                    help="before the load test, wait until the 1-minute load average is below "
+                         "this (0: do not wait)")
+    ap.add_argument("--max-load-wait", type=int, default=600,
+                    help="seconds at most of that wait; then the load test runs anyway")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--wrk", default=os.environ.get("WRK_BIN") or shutil.which("wrk") or "wrk")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX)
+    if unknown:
+        ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if args.matrix_only:
+        args.matrix = args.skip_micro = args.skip_probe = True
+        if args.skip_load:
+            ap.error("--matrix-only measures the load test: drop --skip-load")
     return args
 
 
@@ -769,7 +976,7 @@ def main():
         "wrk_cmd": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency",
         "wasm_size": wasm.stat().st_size, "pt_size": pt.stat().st_size,
     }
-    micro = criterion(args, started)
+    micro = [] if args.matrix_only else criterion(args, started)
     tmp = Path(tempfile.mkdtemp(prefix="lossless-bench-"))
     log(f"work dir {tmp}")
     # every process in a session of its own, with the open-files limit raised (10,000 hosts)
@@ -791,6 +998,7 @@ def main():
     try:
         ng.start()
         if not args.skip_load:
+            info["load_wait"] = wait_for_quiet(args) if args.max_load else None
             load = load_matrix(args, procs, ng, wasm, pt, envoy_bin)
         if not args.skip_probe:
             probe = refresh_probe(args, procs, ng, wasm, envoy_bin)
@@ -803,10 +1011,19 @@ def main():
     raw_path = REPO / "target" / "bench" / "results.json"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps(raw, indent=1, default=str))
-    text = report(args, info, load, probe, micro, sizes_doc, started)
     out = Path(args.out)
-    if out.exists():
-        old = out.read_text()
+    old = out.read_text() if out.exists() else ""
+    old_block = None
+    if MATRIX_BEGIN in old and MATRIX_END in old:
+        inner = old.split(MATRIX_BEGIN, 1)[1].split(MATRIX_END, 1)[0]
+        old_block = MATRIX_BEGIN + inner + MATRIX_END
+    if args.matrix_only:
+        # the rest of the file stays as the run that wrote it left it
+        text = splice_matrix(old, "\n".join(matrix_section(args, info, load)))
+    else:
+        text = report(args, info, load, probe, micro, sizes_doc, started)
+        if MATRIX_BEGIN not in text and old_block:
+            text = splice_matrix(text, old_block)  # kept from the run that measured it
         if NOTES_MARK in old:
             text += old.split(NOTES_MARK, 1)[1].lstrip("\n")
     out.write_text(text)

@@ -1450,6 +1450,7 @@ mod tests {
         let c = parse(MINIMAL_EXAMPLE.as_bytes()).unwrap();
         let s = &c.services[0];
         assert_eq!((s.routing, s.fallbacks, s.header.as_str()), (RoutingMode::OverrideHost, 2, "x-lossless-upstream"));
+        assert_eq!(s.policy, Policy::RoundRobin);
         assert_eq!(s.match_clusters, vec!["demo".to_string()]);
         assert_eq!(
             (c.settings.refresh_interval_ms, c.settings.drain.header.as_str(), c.settings.drain.retry_after_s),
