@@ -1148,6 +1148,14 @@ fn validate_inbound(
                 if !(2..=10).contains(&a.cold_factor) {
                     return Err(err("inbound.admission.cold_factor", "must be between 2 and 10"));
                 }
+                if a.max_rps < a.cold_factor {
+                    // the cold rate max_rps / cold_factor would admit nothing, and a bucket that
+                    // admits nothing never warms (as in Sentinel)
+                    return Err(err(
+                        "inbound.admission.max_rps",
+                        "must be at least cold_factor (the cold rate is max_rps / cold_factor per second)",
+                    ));
+                }
             }
             Ok(Some(InboundConfig {
                 service,

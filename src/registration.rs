@@ -1171,6 +1171,7 @@ mod tests {
                 "between 2 and 10",
             ),
             (NACOS, r#","warmup_ms":10"#, "inbound.warmup_ms", "between 1000"),
+            (NACOS, r#","admission":{"max_rps":2}"#, "inbound.admission.max_rps", "at least cold_factor"),
         ] {
             let e = bad(registry, extra);
             assert_eq!(e.path, path, "{extra}: {e}");
