@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""The poller's refresh of a changed 10,000-instance reply, measured inside Envoy: the filter's own
+`lossless.<svc>.refresh_duration_us` gauge (parse, keep-last-good, publish, in the Wasm VM).
+
+For each registry shape (Nacos v1 list, Eureka application, Consul health service; 13 metadata
+keys per instance, as the criterion `registry_refresh` group), a loopback HTTP server answers the
+filter's list requests with two replies in turn that differ by one instance, so every refresh is
+a change that is parsed and published. Envoy (--concurrency 1, envoy/outbound-override-host.yaml)
+polls it every 500 ms; the gauge is read after each of `--samples` refreshes and the median and
+the range are printed (a Markdown table row per shape).
+
+Usage: python3 bench/refresh_in_envoy.py [--instances 10000] [--samples 15]
+Environment: ENVOY_BIN, LOSSLESS_WASM. Every process is stopped by its pid; every wait is bounded.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test kit
+
+from kit import LOOPBACK, Envoy, Procs, env_path, free_port, lb_endpoints  # noqa: E402
+
+GAUGE = "wasmcustom.lossless.demo.refresh_duration_us"
+VERSION = "wasmcustom.lossless.demo.snapshot_version"
+
+
+def meta(i):
+    """13 metadata keys, Dubbo-provider-like values."""
+    return {"timestamp": str(1_700_000_000_000 + i), "warmup": "600000", "weight": "100",
+            "side": "provider", "application": "orders", "dubbo": "2.0.2", "release": "3.3.4",
+            "interface": "org.example.OrderService", "methods": "create,get,list,cancel",
+            "pid": str(1000 + i), "protocol": "tri", "version": "1.0.0", "group": "prod"}
+
+
+def ip(i):
+    return f"10.{i // 62_500}.{(i // 250) % 250}.{i % 250 + 1}"
+
+
+def nacos(n):
+    hosts = [{"instanceId": f"{ip(i)}#20880#DEFAULT#DEFAULT_GROUP@@orders", "ip": ip(i),
+              "port": 20880, "weight": 1.0, "healthy": True, "enabled": True, "ephemeral": True,
+              "clusterName": "DEFAULT", "serviceName": "DEFAULT_GROUP@@orders",
+              "metadata": meta(i)} for i in range(n)]
+    return {"name": "DEFAULT_GROUP@@orders", "groupName": "DEFAULT_GROUP", "clusters": "",
+            "cacheMillis": 10000, "hosts": hosts, "lastRefTime": 1, "checksum": "x",
+            "allIPs": False, "reachProtectionThreshold": False, "valid": True}
+
+
+def eureka(n):
+    inst = [{"instanceId": f"{ip(i)}:orders:20880", "hostName": ip(i), "app": "ORDERS",
+             "ipAddr": ip(i), "status": "UP", "overriddenStatus": "UNKNOWN",
+             "port": {"$": 20880, "@enabled": "true"},
+             "securePort": {"$": 443, "@enabled": "false"},
+             "countryId": 1, "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$"
+                                                          "DefaultDataCenterInfo", "name": "MyOwn"},
+             "leaseInfo": {"renewalIntervalInSecs": 30, "durationInSecs": 90,
+                           "registrationTimestamp": 1, "lastRenewalTimestamp": 1,
+                           "evictionTimestamp": 0, "serviceUpTimestamp": 1},
+             "metadata": meta(i), "vipAddress": "orders", "secureVipAddress": "orders",
+             "isCoordinatingDiscoveryServer": "false", "lastUpdatedTimestamp": "1",
+             "lastDirtyTimestamp": "1", "actionType": "ADDED"} for i in range(n)]
+    return {"application": {"name": "ORDERS", "instance": inst}}
+
+
+def consul(n):
+    return [{"Node": {"ID": f"node-{i}", "Node": f"node-{i}", "Address": ip(i),
+                      "Datacenter": "dc1", "TaggedAddresses": {"lan": ip(i), "wan": ip(i)}},
+             "Service": {"ID": f"orders-{i}", "Service": "orders", "Tags": ["prod"],
+                         "Address": ip(i), "Meta": meta(i), "Port": 20880,
+                         "Weights": {"Passing": 1, "Warning": 1}},
+             "Checks": [{"Node": f"node-{i}", "CheckID": "serfHealth", "Status": "passing"},
+                        {"Node": f"node-{i}", "CheckID": f"service:orders-{i}",
+                         "Status": "passing"}]} for i in range(n)]
+
+
+SHAPES = {
+    "nacos": (nacos, {"type": "nacos", "api": "v1"}),
+    "eureka": (eureka, {"type": "eureka"}),
+    "consul": (consul, {"type": "consul", "wait_s": 0}),
+}
+
+
+class Registry:
+    """Answers every request with the two bodies in turn (Consul: a growing X-Consul-Index)."""
+
+    def __init__(self, bodies):
+        self.bodies = bodies
+        self.count = 0
+        self.lock = threading.Lock()
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):
+                pass
+
+            def do_GET(self):
+                with registry.lock:
+                    registry.count += 1
+                    n = registry.count
+                body = registry.bodies[n % 2]
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.send_header("x-consul-index", str(n))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def measure(shape, n, samples, workdir):
+    build, registry = SHAPES[shape]
+    full, less = build(n), build(n - 1)
+    bodies = [json.dumps(d, separators=(",", ":")).encode() for d in (full, less)]
+    procs = Procs(workdir)
+    with Registry(bodies) as reg:
+        cfg = {"registries": {"r": {**registry, "cluster": "registry",
+                                    "authority": f"{LOOPBACK}:{reg.port}",
+                                    "max_body_bytes": 64 << 20, "timeout_ms": 5000}},
+               "services": [{"name": "demo", "registry": "r", "registry_service": "orders"}],
+               "refresh_interval_ms": 500, "jitter_percent": 0}
+        listen = free_port()
+        envoy = Envoy(procs, workdir, REPO / "envoy" / "outbound-override-host.yaml",
+                      {"LISTEN_PORT": listen, "REGISTRY_PORT": reg.port,
+                       "LOSSLESS_CONFIG": json.dumps(cfg, separators=(",", ":")),
+                       "DEMO_ENDPOINTS": lb_endpoints([f"{LOOPBACK}:1"])},
+                      concurrency=1, name=f"envoy-{shape}", binary=env_path("ENVOY_BIN")).start()
+        values, last = [], None
+        deadline = time.monotonic() + samples * 3 + 60
+        while len(values) < samples + 2 and time.monotonic() < deadline:
+            version = envoy.stat(VERSION, 0)
+            if version != last:
+                last = version
+                values.append(envoy.stat(GAUGE, 0))
+            time.sleep(0.05)
+        procs.stop_all()
+    got = values[2:]  # the first publishes start from an empty membership
+    if not got:
+        raise RuntimeError(f"{shape}: no refresh was published")
+    return {"shape": shape, "bytes": len(bodies[0]), "median_ms": statistics.median(got) / 1000,
+            "min_ms": min(got) / 1000, "max_ms": max(got) / 1000, "samples": len(got)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--instances", type=int, default=10_000)
+    ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--workdir", default="/tmp/lossless-refresh-in-envoy")
+    args = ap.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    print("| reply | body | refresh in Envoy (median) | range | samples |")
+    print("|---|---:|---:|---:|---:|")
+    for shape in SHAPES:
+        r = measure(shape, args.instances, args.samples, Path(args.workdir) / shape)
+        print(f"| {shape} ({args.instances:,} instances) | {r['bytes'] / 1e6:.1f} MB "
+              f"| {r['median_ms']:.1f} ms | {r['min_ms']:.1f}–{r['max_ms']:.1f} ms "
+              f"| {r['samples']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
