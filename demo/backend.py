@@ -329,6 +329,21 @@ def log(*args):
     print(time.strftime("%H:%M:%S"), *args, flush=True)
 
 
+def register_or_exit(register, tries, pause_s, done, what):
+    """Calls `register` until it works, at most `tries` times `pause_s` apart; exits the process
+    when it never does."""
+    for _ in range(tries):
+        try:
+            register()
+            log(done, what)
+            return
+        except (OSError, RuntimeError) as exc:
+            log("register failed:", exc)
+            time.sleep(pause_s)
+    log("giving up registering")
+    sys.exit(1)
+
+
 def write_stats(path, doc):
     if not path:
         return
@@ -395,34 +410,17 @@ def main():
     if args.registry:
         ip, _, port = advertise.rpartition(":")
         reg = Registry(args.registry, args.service, ip, int(port))
-        for _ in range(20):  # bounded: rnacos may be busy
-            try:
-                reg.register({"timestamp": started, "warmup": args.warmup_ms})
-                log("registered", advertise)
-                break
-            except (OSError, RuntimeError) as exc:
-                log("register failed:", exc)
-                time.sleep(0.25)
-        else:
-            log("giving up registering")
-            sys.exit(1)
+        # bounded: rnacos may be busy
+        register_or_exit(lambda: reg.register({"timestamp": started, "warmup": args.warmup_ms}),
+                         20, 0.25, "registered", advertise)
 
     eureka = None
     if args.eureka:
         ip, _, port = advertise.rpartition(":")
         eureka = Eureka(args.eureka, args.service, ip, int(port))
-        for _ in range(40):  # bounded: the server may still be starting
-            try:
-                eureka.register()
-                model.registered = True
-                log("registered in Eureka", eureka.id)
-                break
-            except (OSError, RuntimeError) as exc:
-                log("Eureka register failed:", exc)
-                time.sleep(0.5)
-        else:
-            log("giving up registering")
-            sys.exit(1)
+        # bounded: the server may still be starting
+        register_or_exit(eureka.register, 40, 0.5, "registered in Eureka", eureka.id)
+        model.registered = True
 
         def beat():
             while not term.wait(args.renew_s):

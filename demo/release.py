@@ -302,23 +302,28 @@ class Run:
                 return True
         return False
 
-    def setup_spring(self):
-        """Eureka server, then the instances and Spring Cloud Gateway; waits until the gateway
-        routes to every instance (its first fetches and caches: up to about a minute)."""
+    def start_all(self, gateway_timeout, ready, wait_s, what, interval=0.1):
+        """Starts the gateway and the first instances together (the instances as warm), then
+        waits until ready(instance) holds for each of them."""
         a = self.args
-        self.eureka = Eureka(self.procs, props={"logging.level.root": "WARN"})
-        self.eureka.start(timeout=120)
-        self.gateway = ScgGateway(self.procs, env_path("SCG_JAR"), self.listen, self.eureka.url)
         self.instances = [Instance(self, i + 1, self.slots[i]) for i in range(a.instances)]
         with ThreadPoolExecutor(max_workers=a.instances + 1) as pool:
-            futures = [pool.submit(self.gateway.start, 120)]
+            futures = [pool.submit(self.gateway.start, gateway_timeout)]
             futures += [pool.submit(inst.start, True) for inst in self.instances]
             for f in futures:
                 f.result()
         for inst in self.instances:
-            self.wait_for(lambda inst=inst: self.routed(inst), 150,
-                          f"{inst.name} routed by the gateway", interval=0.5)
+            self.wait_for(lambda inst=inst: ready(inst), wait_s, f"{inst.name} {what}",
+                          interval=interval)
             inst.phase, inst.t_up = "up", time.monotonic()
+
+    def setup_spring(self):
+        """Eureka server, then the instances and Spring Cloud Gateway; waits until the gateway
+        routes to every instance (its first fetches and caches: up to about a minute)."""
+        self.eureka = Eureka(self.procs, props={"logging.level.root": "WARN"})
+        self.eureka.start(timeout=120)
+        self.gateway = ScgGateway(self.procs, env_path("SCG_JAR"), self.listen, self.eureka.url)
+        self.start_all(120, self.routed, 150, "routed by the gateway", interval=0.5)
 
     def setup(self):
         a = self.args
@@ -336,17 +341,8 @@ class Run:
                     "DEMO_ENDPOINTS": lb_endpoints(eps),
                     "HC_INTERVAL": f"{a.hc_interval}s"}
             self.gateway = Envoy(self.procs, self.logs, BASELINE, subs, name="gateway")
-        self.instances = [Instance(self, i + 1, self.slots[i]) for i in range(a.instances)]
         # the instances that run at the start have been up for an hour: they are warm
-        with ThreadPoolExecutor(max_workers=a.instances + 1) as pool:
-            futures = [pool.submit(self.gateway.start, 60)]
-            futures += [pool.submit(inst.start, True) for inst in self.instances]
-            for f in futures:
-                f.result()
-        for inst in self.instances:
-            self.wait_for(lambda inst=inst: self.serving(inst), 30,
-                          f"{inst.name} serving at the gateway")
-            inst.phase, inst.t_up = "up", time.monotonic()
+        self.start_all(60, self.serving, 30, "serving at the gateway")
 
     def start_load(self):
         a = self.args

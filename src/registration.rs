@@ -33,7 +33,7 @@ use crate::admin::json_str;
 use crate::config::{InboundConfig, RegistrationConfig, SelfWarmConfig, ServiceConfig};
 use crate::instance::Unit;
 use crate::registry::eureka::Eureka;
-use crate::registry::nacos::{Api, Nacos};
+use crate::registry::nacos::{push_param, Api, Nacos};
 use crate::registry::{encode, request_headers, HttpRequest, HttpResponse, Session};
 
 /// Where the instance is in going online or offline.
@@ -555,11 +555,7 @@ fn json_object(m: &BTreeMap<String, String>) -> String {
 fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
     let q = &me.service.query;
     let mut p = format!("serviceName={}", encode(&q.service));
-    let mut push = |k: &str, v: &str| {
-        if !v.is_empty() {
-            let _ = write!(p, "&{k}={}", encode(v));
-        }
-    };
+    let mut push = |k: &str, v: &str| push_param(&mut p, k, Some(v));
     push("groupName", q.group.as_deref().unwrap_or_default());
     push("namespaceId", q.namespace.as_deref().unwrap_or_default());
     push("ip", me.ip);
@@ -605,9 +601,7 @@ pub fn nacos_request(n: &Nacos, s: &Session, me: &Me<'_>, step: Step) -> HttpReq
         (_, Step::Heartbeat) => ("PUT", "/nacos/v1/ns/instance/beat"),
         _ => ("DELETE", "/nacos/v1/ns/instance"),
     };
-    if let Some(t) = token {
-        let _ = write!(params, "&accessToken={}", encode(t));
-    }
+    push_param(&mut params, "accessToken", token);
     // v3 takes its parameters as a form body (POST), v1 in the query, as their references show
     let form = api == Api::V3 && method == "POST";
     let full = if form { path.to_string() } else { format!("{path}?{params}") };

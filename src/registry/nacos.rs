@@ -246,7 +246,7 @@ fn live_token(s: &Session, now_ms: i64) -> Option<&str> {
 }
 
 /// Appends `&key=value` (value encoded) when `value` is set and not empty.
-fn push_param(p: &mut String, key: &str, value: Option<&str>) {
+pub(crate) fn push_param(p: &mut String, key: &str, value: Option<&str>) {
     if let Some(v) = value.filter(|v| !v.is_empty()) {
         p.push('&');
         p.push_str(key);
