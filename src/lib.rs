@@ -49,6 +49,7 @@ pub mod balancer;
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod headers;
 pub mod health;
 pub mod instance;
 pub mod json;

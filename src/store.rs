@@ -98,6 +98,8 @@ pub fn update_cas<T>(
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// The generation's key, read on every request: built once.
+    gen: String,
 }
 
 impl Keys {
@@ -108,15 +110,16 @@ impl Keys {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        Keys { prefix: format!("lossless/{h:016x}/") }
+        let prefix = format!("lossless/{h:016x}/");
+        Keys { gen: format!("{prefix}gen"), prefix }
     }
     /// The poller lease: `vm_id|expiry_ms`.
     pub fn lease(&self) -> String {
         format!("{}lease", self.prefix)
     }
     /// Bumped after every write that changes what VMs route by; read on every request.
-    pub fn gen(&self) -> String {
-        format!("{}gen", self.prefix)
+    pub fn gen(&self) -> &str {
+        &self.gen
     }
     /// A service's published [`crate::membership::Snapshot`].
     pub fn service(&self, name: &str) -> String {
@@ -145,14 +148,15 @@ impl Keys {
     pub fn create_all(&self, shared: &dyn Shared) {
         create_if_absent(shared, &self.lease(), b"");
         create_if_absent(shared, &self.marks(), b"");
-        create_if_absent(shared, &self.gen(), b"1");
+        create_if_absent(shared, self.gen(), b"");
     }
 }
 
-/// Bumps the generation so that every VM re-reads what changed (the value does not matter, its CAS
-/// token does).
+/// Bumps the generation so that every VM re-reads what changed. Only its CAS token matters: the
+/// value stays empty, so the read every request makes copies nothing into the VM (the host
+/// allocates no buffer for an empty value).
 pub fn bump_gen(shared: &dyn Shared, keys: &Keys) {
-    shared.set(&keys.gen(), b"1", None);
+    shared.set(keys.gen(), b"", None);
 }
 
 /// One poller per Envoy process: the VM holding an unexpired lease (`vm_id|expiry_ms`) polls; when

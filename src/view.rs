@@ -91,7 +91,7 @@ impl View {
     /// True when something may have changed since the last call (the generation moved, an
     /// ejection's time ran out, or this is the first call); then the marks are re-read.
     pub fn stale(&mut self, shared: &dyn Shared, keys: &Keys, now_ms: i64) -> bool {
-        let (_, gen) = shared.get(&keys.gen());
+        let (_, gen) = shared.get(keys.gen());
         if self.synced && gen == self.gen_cas && now_ms < self.next_expiry_ms {
             return false;
         }

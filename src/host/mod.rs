@@ -8,8 +8,9 @@ mod root;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType};
+use proxy_wasm::types::{LogLevel, MapType, Status};
 
+use crate::headers::Headers;
 use crate::store::Shared;
 use crate::vm::Host;
 
@@ -63,19 +64,46 @@ impl Host for Envoy {
     fn clock_ms(&self) -> i64 {
         now_ms()
     }
-    fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    fn request_headers(&self) -> Headers {
+        Headers::from_wire(header_pairs(MapType::HttpRequestHeaders))
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_ok()
     }
-    fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+    fn response_headers(&self) -> Headers {
+        Headers::from_wire(header_pairs(MapType::HttpResponseHeaders))
     }
     fn set_response_header(&self, name: &str, value: Option<&str>) -> bool {
         hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value).is_ok()
     }
     fn property(&self, path: &[&str]) -> Option<String> {
         hostcalls::get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// A whole header map as the host serializes it (see [`Headers`]); empty when the host has none
+/// or refuses. Read through the ABI call itself: the SDK's readers turn every value into a
+/// `String` and abort the VM on one that is not UTF-8, which any client (a request header), any
+/// upstream (a response header) or a registry (a reply header) could send.
+pub fn header_pairs(map: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on Ok the host has written a buffer of `size` bytes that it allocated through this
+    // module's `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes, so length and
+    // capacity are `size`), and its ownership passes to the VM; a null pointer means no pairs.
+    unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
     }
 }

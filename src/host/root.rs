@@ -11,9 +11,10 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::http::Http;
 use super::metrics::Metrics;
-use super::{now_ms, now_us, Envoy};
+use super::{header_pairs, now_ms, now_us, Envoy};
 use crate::clock::Rng;
 use crate::config;
+use crate::headers::Headers;
 use crate::poller::RefreshOutcome;
 use crate::registry::HttpResponse;
 use crate::vm::{Dispatch, Vm};
@@ -53,7 +54,11 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
         let now = now_ms();
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        // a reply header that is not UTF-8 is read lossily, never a reason to stop the VM
+        let headers: Vec<(String, String)> = Headers::from_wire(header_pairs(MapType::HttpCallResponseHeaders))
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
         let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
         // an oversize body is never copied into the VM
         let body = if body_size > 0 && body_size <= vm.max_body(token_id) {

@@ -21,7 +21,7 @@ class State:
         self.name = name
         self.lock = threading.Lock()
         self.counts = {}
-        self.drain = False
+        self.drain = None  # the x-lossless-drain value to answer with
         self.status = 200
         self.delay_ms = 0
         self.started = time.monotonic()
@@ -43,7 +43,7 @@ class State:
             "name": self.name,
             "counts": counts,
             "total": sum(counts.values()),
-            "drain": self.drain,
+            "drain": self.drain is not None,
             "status": self.status,
             "delay_ms": self.delay_ms,
             "ready": self.ready(),
@@ -102,7 +102,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "POST":
             return self._send(405, {"error": "use POST"})
         if path == "/__drain_header":
-            st.drain = val not in ("0", "false", "")
+            # ?value= sets the header's exact bytes (percent-encoded, read as latin-1, so %FF is
+            # the byte 0xFF); ?on=1 the drain notice "1"
+            raw = parse_qs(query, encoding="latin-1").get("value")
+            st.drain = raw[0] if raw else ("1" if val not in ("0", "false", "") else None)
         elif path == "/__status":
             st.status = int(val)
         elif path == "/__delay":
@@ -127,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
         st.count(self.command)
         if st.delay_ms > 0:
             time.sleep(st.delay_ms / 1000.0)
-        extra = [("x-lossless-drain", "1")] if st.drain else []
+        extra = [("x-lossless-drain", st.drain)] if st.drain is not None else []
         self._send(st.status, {"instance": st.instance, "name": st.name,
                                "method": self.command, "path": url.path,
                                "received": len(body)}, extra)

@@ -7,6 +7,7 @@ registry front (regproxy.py).
 import json
 import sys
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
@@ -114,7 +115,10 @@ class Backend(Managed):
             raise RuntimeError(f"backend {self.name} {what} -> {status}: {data!r}")
         return json.loads(data)
 
-    def drain_header(self, on=True):
+    def drain_header(self, on=True, value=None):
+        """Answer with x-lossless-drain: 1 (on) or none; `value` (bytes) sets its exact bytes."""
+        if value is not None:
+            return self._control("__drain_header?value=", quote_from_bytes(value))
         return self._control("__drain_header?on=", 1 if on else 0)
 
     def set_status(self, code):

@@ -382,6 +382,8 @@ def test_client_cannot_steer_routing(rnacos, backends, make_gateway, template):
     for headers in ({"x-lossless-upstream": secret.addr},
                     {"x-lossless-upstream": f"{secret.addr},{secret.addr}"},
                     {"x-pin": secret.addr},
+                    # a value that is not UTF-8 (obs-text, RFC 9110 5.5) must not stop the filter
+                    {"x-lossless-upstream": "\xff" + secret.addr},
                     {"x-envoy-original-dst-host": secret.addr},
                     {"host": secret.addr}):
         for _ in range(20):
@@ -391,6 +393,14 @@ def test_client_cannot_steer_routing(rnacos, backends, make_gateway, template):
     # counted in each worker VM, added to Envoy's stat on its next tick (100 ms)
     wait_until(lambda: gw.stat("wasmcustom.lossless.client_header_stripped", 0) >= 40, timeout=2,
                what="client_header_stripped >= 40")
+    # nor can an upstream stop the filter with a drain header that is not UTF-8: it is no
+    # notice (the instance keeps its traffic), and it does not travel on to the client
+    member.drain_header(value=b"\xffself_draining")
+    for _ in range(20):
+        status, h, _ = request("GET", f"http://{LOOPBACK}:{gw.listen}/")
+        assert status == 200 and h.get("x-instance") == member.addr, (status, h)
+        assert "x-lossless-drain" not in h, h
+    assert serving(gw.listen) == [member.addr]
 
 
 # ----------------------------------------------------------------------------------------------
