@@ -297,9 +297,30 @@ def publishes(e):
     return len(re.findall(r"membership v\d+: \d+ instances", text))
 
 
+def baseline_template(workdir):
+    """The template of the variants without lossless: envoy/outbound-override-host.yaml itself
+    (same listener, routes, retry policies, attempt-count header, cluster and circuit breakers),
+    with its filter list replaced by HTTP_FILTERS and the cluster's load_balancing_policy by
+    LB_POLICY (JSON, filled by envoy/render.py), written to `workdir`. Derived on every run, so a
+    change to the shipped route reaches the baselines too; refuses to run if the template's
+    layout moved."""
+    text = OVERRIDE_HOST_TEMPLATE.read_text()
+    filters = re.compile(r"^( +)http_filters:\n(?:\1 .*\n|\1- .*\n)+", re.M)
+    policy = re.compile(r"^( +)load_balancing_policy:\n(?:\1 .*\n)+", re.M)
+    text, n_filters = filters.subn(r"\1http_filters: ${HTTP_FILTERS}\n", text)
+    text, n_policy = policy.subn(r"\1load_balancing_policy: ${LB_POLICY}\n", text)
+    if (n_filters, n_policy) != (1, 1) or "envoy.filters.http.wasm" in text:
+        raise RuntimeError(f"cannot derive the baselines from {OVERRIDE_HOST_TEMPLATE}: "
+                           f"{n_filters} filter list(s), {n_policy} load_balancing_policy block(s)")
+    out = Path(workdir) / "envoy-baseline.yaml"
+    out.write_text(text)
+    return out
+
+
 def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthrough_wasm,
-                 **lossless_opts):
-    """(template, subs) of one variant's Envoy (the listener port is added by start_envoy)."""
+                 baseline=None, **lossless_opts):
+    """(template, subs) of one variant's Envoy (the listener port is added by start_envoy);
+    `baseline` is baseline_template()'s file, for the variants without lossless."""
     subs = {"DEMO_ENDPOINTS": lb_endpoints(ports)}
     if variant in LOSSLESS_VARIANTS:
         opts = MATRIX[variant][1] if variant in MATRIX else None
@@ -311,12 +332,13 @@ def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthro
                     LOSSLESS_CONFIG=lossless_config(registry_port, service, service_opts=opts,
                                                     **lossless_opts))
     else:
-        template = HERE / "envoy-baseline.yaml"
+        template = baseline
         filters = [ROUTER]
         if variant in ("b", "e"):
             filters.insert(0, passthrough_filter(passthrough_wasm))
         policy = {"c": RR_SLOW, "e": OVERRIDE_HOST}.get(variant, RR)
-        subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy))
+        subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy),
+                    REGISTRY_PORT=registry_port)
     return template, subs
 
 
@@ -417,12 +439,14 @@ def variants_of(args):
 def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
     results = []  # one dict per (round, size, variant)
     variants = variants_of(args)
+    baseline = baseline_template(procs.log_dir)
     for rnd in range(args.rounds):
         for size in args.sizes:
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for v in order:
                 tag = f"r{rnd}-{size}-{v}"
-                config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt)
+                config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
+                                      baseline=baseline)
                 script = None
                 if v == "e":
                     script = procs.log_dir / f"override-{size}.lua"
