@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""The poller's refresh of a changed 10,000-instance reply, measured inside Envoy: the filter's own
-`lossless.<svc>.refresh_duration_us` gauge (parse, keep-last-good, publish, in the Wasm VM).
+"""The poller's refresh of a 10,000-instance registry reply, measured inside Envoy: the filter's own
+`lossless.<svc>.refresh_duration_us` gauge (fingerprint, parse, keep-last-good, publish, in the
+Wasm VM).
 
 For each registry shape (Nacos v1 list, Eureka application, Consul health service; 13 metadata
 keys per instance, as the criterion `registry_refresh` group), a loopback HTTP server answers the
-filter's list requests with two replies in turn that differ by one instance, so every refresh is
-a change that is parsed and published. Envoy (--concurrency 1, envoy/outbound-override-host.yaml)
-polls it every 500 ms; the gauge is read after each of `--samples` refreshes and the median and
-the range are printed (a Markdown table row per shape).
+filter's list requests. "changed": two replies in turn that differ by one instance, so every
+refresh is a change that is parsed and published. "unchanged": the same reply every time (Consul:
+with a growing X-Consul-Index), so every refresh after the first is recognised as the one applied.
+Envoy (--concurrency 1, envoy/outbound-override-host.yaml) polls it every 500 ms; the gauge is
+read after each of `--samples` refreshes and the median and the range are printed (a Markdown
+table row per shape). `make bench` runs the same measurement (bench/run.py imports `measure`).
 
 Usage: python3 bench/refresh_in_envoy.py [--instances 10000] [--samples 15]
 Environment: ENVOY_BIN, LOSSLESS_WASM. Every process is stopped by its pid; every wait is bounded.
@@ -30,6 +33,7 @@ from kit import LOOPBACK, Envoy, Procs, env_path, free_port, lb_endpoints  # noq
 
 GAUGE = "wasmcustom.lossless.demo.refresh_duration_us"
 VERSION = "wasmcustom.lossless.demo.snapshot_version"
+UNCHANGED = "wasmcustom.lossless.demo.refresh_unchanged"
 
 
 def meta(i):
@@ -128,10 +132,14 @@ class Registry:
         self.server.server_close()
 
 
-def measure(shape, n, samples, workdir):
+def measure(shape, n, samples, workdir, changed=True, wasm=None):
+    """{shape, changed, bytes, median_ms, min_ms, max_ms, samples, values_ms} of `samples`
+    refreshes of `shape`'s reply of `n` instances: a changed reply each time, or (changed=False)
+    the same one. `wasm`: the module (default: the environment's LOSSLESS_WASM)."""
     build, registry = SHAPES[shape]
-    full, less = build(n), build(n - 1)
-    bodies = [json.dumps(d, separators=(",", ":")).encode() for d in (full, less)]
+    full = json.dumps(build(n), separators=(",", ":")).encode()
+    less = json.dumps(build(n - 1), separators=(",", ":")).encode() if changed else full
+    bodies = [full, less]
     procs = Procs(workdir)
     with Registry(bodies) as reg:
         cfg = {"registries": {"r": {**registry, "cluster": "registry",
@@ -143,22 +151,28 @@ def measure(shape, n, samples, workdir):
         envoy = Envoy(procs, workdir, REPO / "envoy" / "outbound-override-host.yaml",
                       {"LISTEN_PORT": listen, "REGISTRY_PORT": reg.port,
                        "LOSSLESS_CONFIG": json.dumps(cfg, separators=(",", ":")),
-                       "DEMO_ENDPOINTS": lb_endpoints([f"{LOOPBACK}:1"])},
+                       "DEMO_ENDPOINTS": lb_endpoints([f"{LOOPBACK}:1"]),
+                       **({"LOSSLESS_WASM": str(wasm)} if wasm else {})},
                       concurrency=1, name=f"envoy-{shape}", binary=env_path("ENVOY_BIN")).start()
         values, last = [], None
         deadline = time.monotonic() + samples * 3 + 60
+        # a changed refresh publishes a new version; an unchanged one counts refresh_unchanged
+        # (flushed on the 100 ms tick, well within the 500 ms between refreshes)
+        counter = VERSION if changed else UNCHANGED
         while len(values) < samples + 2 and time.monotonic() < deadline:
-            version = envoy.stat(VERSION, 0)
-            if version != last:
-                last = version
+            seen = envoy.stat(counter, 0)
+            if seen != last:
+                last = seen
                 values.append(envoy.stat(GAUGE, 0))
             time.sleep(0.05)
         procs.stop_all()
-    got = values[2:]  # the first publishes start from an empty membership
+    # the first ones start from an empty membership (changed) or are the first publish
+    got = values[2:]
     if not got:
-        raise RuntimeError(f"{shape}: no refresh was published")
-    return {"shape": shape, "bytes": len(bodies[0]), "median_ms": statistics.median(got) / 1000,
-            "min_ms": min(got) / 1000, "max_ms": max(got) / 1000, "samples": len(got)}
+        raise RuntimeError(f"{shape}: no {'changed' if changed else 'unchanged'} refresh seen")
+    return {"shape": shape, "changed": changed, "bytes": len(bodies[0]),
+            "median_ms": statistics.median(got) / 1000, "min_ms": min(got) / 1000,
+            "max_ms": max(got) / 1000, "samples": len(got), "values_ms": [v / 1000 for v in got]}
 
 
 def main():
@@ -168,13 +182,16 @@ def main():
     ap.add_argument("--workdir", default="/tmp/lossless-refresh-in-envoy")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    print("| reply | body | refresh in Envoy (median) | range | samples |")
-    print("|---|---:|---:|---:|---:|")
+    print("| reply | body | refresh | in Envoy (median) | range | samples |")
+    print("|---|---:|---|---:|---:|---:|")
     for shape in SHAPES:
-        r = measure(shape, args.instances, args.samples, Path(args.workdir) / shape)
-        print(f"| {shape} ({args.instances:,} instances) | {r['bytes'] / 1e6:.1f} MB "
-              f"| {r['median_ms']:.1f} ms | {r['min_ms']:.1f}–{r['max_ms']:.1f} ms "
-              f"| {r['samples']} |", flush=True)
+        for changed in (True, False):
+            kind = "changed" if changed else "unchanged"
+            r = measure(shape, args.instances, args.samples, Path(args.workdir) / f"{shape}-{kind}",
+                        changed=changed)
+            print(f"| {shape} ({args.instances:,} instances) | {r['bytes'] / 1e6:.1f} MB | {kind} "
+                  f"| {r['median_ms']:.1f} ms | {r['min_ms']:.1f}–{r['max_ms']:.1f} ms "
+                  f"| {r['samples']} |", flush=True)
 
 
 if __name__ == "__main__":
