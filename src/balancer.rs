@@ -75,6 +75,8 @@ pub struct Balancer {
     /// Inclusive prefix sums of `weights`.
     prefix: Vec<u64>,
     total: u64,
+    /// Slots whose weight is positive (counted on rebuild, not per pick).
+    positive: usize,
     /// All slot weights equal (or all zero): pick uniformly, as Dubbo does.
     uniform: bool,
     members: usize,
@@ -95,6 +97,7 @@ impl Balancer {
             weights: Vec::new(),
             prefix: Vec::new(),
             total: 0,
+            positive: 0,
             uniform: true,
             members: 0,
             next_refresh_ms: i64::MIN,
@@ -110,6 +113,7 @@ impl Balancer {
         self.prefix.clear();
         self.members = members.len();
         let mut total = 0u64;
+        let mut positive = 0usize;
         let mut next = i64::MAX;
         let mut first: Option<u32> = None;
         let mut uniform = true;
@@ -130,11 +134,13 @@ impl Balancer {
                 _ => {}
             }
             total += u64::from(w);
+            positive += usize::from(w > 0);
             self.slots.push(i as u32);
             self.weights.push(w);
             self.prefix.push(total);
         }
         self.total = total;
+        self.positive = positive;
         self.uniform = uniform || total == 0;
         self.next_refresh_ms = next;
         if self.policy == Policy::RoundRobin {
@@ -198,8 +204,7 @@ impl Balancer {
         self.chosen.push(primary);
         // an instance whose weight is 0 is an operator's "no traffic" (Nacos' client drops
         // weight <= 0): never a fallback while any instance has a positive weight
-        let candidates =
-            if self.total > 0 { self.weights.iter().filter(|w| **w > 0).count() } else { self.slots.len() };
+        let candidates = if self.total > 0 { self.positive } else { self.slots.len() };
         let want = fallbacks.min(candidates.saturating_sub(1));
         while self.chosen.len() <= want {
             let s = self.fallback_slot(rng);
