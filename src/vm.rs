@@ -246,11 +246,20 @@ impl Vm {
         if !self.view.stale(shared, &self.keys, now_ms) {
             return;
         }
+        let mut loaded = false;
         for s in &mut self.services {
             if s.view.load(shared, &self.keys.service(&s.cfg.name)) {
                 self.view.decodes += 1;
+                loaded = true;
             }
             s.view.rebuild(&self.view.marks, now_ms, &mut self.rng);
+        }
+        if loaded && !self.failures.is_empty() {
+            // an instance that left with a failure counted must not keep every response read in
+            // full (outlier detection reads the served address while any count is open)
+            let services = &self.services;
+            self.failures
+                .retain(|addr, _| services.iter().any(|s| crate::instance::find(&s.view.snap.members, addr).is_some()));
         }
         if let Some(ib) = &self.settings.inbound {
             let (flag, _) = shared.get(&self.keys.self_drain());
@@ -1384,6 +1393,18 @@ mod tests {
         assert_eq!(state_of(&w, dead), State::Serving);
         other.sync(&w.shared, NOW + 180_001);
         assert_eq!(crate::instance::find(&other.services[0].view.members, dead).unwrap().state, State::Serving);
+    }
+
+    #[test]
+    fn a_failure_count_leaves_with_its_instance() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        answer(&mut w, NOW, Some("10.0.0.3:80"), 1, 503, "via_upstream");
+        assert!(w.vm.failures.contains_key("10.0.0.3:80"));
+        // the instance leaves the registry with its count open: the count goes with it, so the
+        // served address is no longer read on every response
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}]}"#, NOW + 2000);
+        assert!(w.vm.failures.is_empty());
     }
 
     #[test]
