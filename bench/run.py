@@ -194,12 +194,16 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": EXT + "filters.http.router.v3.Router"}}
 
 
-def passthrough_filter(wasm):
+def passthrough_filter(wasm, reads=None):
+    """The pass-through filter; `reads` ("absent:N" / "present:M") adds host calls per request."""
+    config = {"name": "passthrough", "root_id": "passthrough", "vm_config": {
+        "vm_id": "passthrough", "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm)}}}}
+    if reads:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": reads}
     return {"name": "envoy.filters.http.wasm", "typed_config": {
-        "@type": EXT + "filters.http.wasm.v3.Wasm",
-        "config": {"name": "passthrough", "root_id": "passthrough", "vm_config": {
-            "vm_id": "passthrough", "runtime": "envoy.wasm.runtime.v8",
-            "code": {"local": {"filename": str(wasm)}}}}}}
+        "@type": EXT + "filters.http.wasm.v3.Wasm", "config": config}}
 
 
 VARIANTS = {
@@ -208,6 +212,22 @@ VARIANTS = {
     "c": "no filter, round_robin + slow_start 60s",
     "d": "lossless (override_host, round_robin)",
     "e": "pass-through wasm, override_host with a client-set header (round robin + 2 random)",
+}
+# what one crossing of the VM boundary costs Envoy: the pass-through filter making host calls
+# (measured at the smallest size only; the cost of a host call does not depend on the cluster)
+CROSSINGS = {
+    "j": ("pass-through wasm + 10 reads of an absent request header per request, round_robin",
+          "absent:10", "a header read that finds nothing"),
+    "k": ("pass-through wasm + 10 reads of `:path` per request, round_robin",
+          "present:10", "a header read that returns a value (the host allocates it in the VM)"),
+    "l": ("pass-through wasm + 10 reads of all request headers per request, round_robin",
+          "pairs:10", "all request headers in one call (the SDK's reader, a string per header)"),
+    "m": ("pass-through wasm + 10 reads of `xds.cluster_name` per request, round_robin",
+          "property:10", "the `xds.cluster_name` property"),
+    "n": ("pass-through wasm + 10 reads of an empty shared-data value per request, round_robin",
+          "shared:10", "a shared-data read of an empty value (the generation)"),
+    "o": ("pass-through wasm + 10 request header writes per request, round_robin",
+          "set:10", "a request header write"),
 }
 # --matrix: lossless' routing choices, each one change from (d)'s defaults (service config)
 MATRIX = {
@@ -224,6 +244,8 @@ MATRIX_END = "<!-- routing choices: end -->"
 
 
 def variant_name(v):
+    if v in CROSSINGS:
+        return CROSSINGS[v][0]
     if v in MATRIX:
         return f"lossless, {MATRIX[v][0]}"
     return VARIANTS[v]
@@ -334,8 +356,9 @@ def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthro
     else:
         template = baseline
         filters = [ROUTER]
-        if variant in ("b", "e"):
-            filters.insert(0, passthrough_filter(passthrough_wasm))
+        if variant in ("b", "e", *CROSSINGS):
+            reads = CROSSINGS[variant][1] if variant in CROSSINGS else None
+            filters.insert(0, passthrough_filter(passthrough_wasm, reads))
         policy = {"c": RR_SLOW, "e": OVERRIDE_HOST}.get(variant, RR)
         subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy),
                     REGISTRY_PORT=registry_port)
@@ -432,7 +455,7 @@ def variants_of(args):
     if args.matrix_only:
         chosen = list(LOSSLESS_VARIANTS)
     else:
-        chosen = list(VARIANTS) + (list(MATRIX) if args.matrix else [])
+        chosen = list(VARIANTS) + list(CROSSINGS) + (list(MATRIX) if args.matrix else [])
     return [v for v in chosen if not args.variants or v in args.variants]
 
 
@@ -444,6 +467,8 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
         for size in args.sizes:
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for v in order:
+                if v in CROSSINGS and size != min(args.sizes):
+                    continue
                 tag = f"r{rnd}-{size}-{v}"
                 config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
                                       baseline=baseline)
@@ -457,13 +482,16 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                     warm_s, cx_active = warm_up(args, e, size, script)
                     reads0 = upstream_reads(ng.ports[:size])
                     cx0 = e.stat(CX_TOTAL, 0)
-                    cpu0 = e.cpu_seconds()
+                    (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
                     w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
-                    cpu1 = e.cpu_seconds()
+                    (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
+                    served = max(w["requests"], 1)
                     row = dict(round=rnd, size=size, variant=v, ready_s=round(e.ready_s, 2),
                                warmup_s=round(warm_s, 1), cx_active_at_start=cx_active,
                                cx_new=e.stat(CX_TOTAL, 0) - cx0, **w,
-                               cpu_us_per_req=(cpu1 - cpu0) * 1e6 / max(w["requests"], 1),
+                               cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
+                               user_us_per_req=(u1 - u0) * 1e6 / served,
+                               sys_us_per_req=(s1 - s0) * 1e6 / served,
                                **e.rss_kib())
                     if v in LOSSLESS_VARIANTS:
                         row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
@@ -608,8 +636,8 @@ def summarize(load, sizes):
             by.setdefault((r["size"], r["variant"]), []).append(r)
     summ = {}
     for (size, v), rows in by.items():
-        keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "VmRSS", "cx_active_at_start",
-                "cx_new", "load1")
+        keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req",
+                "VmRSS", "cx_active_at_start", "cx_new", "load1")
         summ[(size, v)] = {k: med([r.get(k) for r in rows]) for k in keys}
         summ[(size, v)]["errors"] = sum(r["non2xx"] + r["socket_errors"] for r in rows)
         summ[(size, v)]["rps_all"] = [round(r["rps"])
@@ -625,15 +653,19 @@ def summarize(load, sizes):
             for base in ("a", "b", "c", "d", "e"):
                 per_round = []
                 cpu_round = []
+                user_round = []
                 for rnd in rounds:
                     x = [r for r in by.get((size, v), []) if r["round"] == rnd]
                     y = [r for r in by.get((size, base), []) if r["round"] == rnd]
                     if x and y:
                         per_round.append(x[0]["rps"] / y[0]["rps"])
                         cpu_round.append(x[0]["cpu_us_per_req"] / y[0]["cpu_us_per_req"])
+                        if x[0].get("user_us_per_req") and y[0].get("user_us_per_req"):
+                            user_round.append(x[0]["user_us_per_req"] / y[0]["user_us_per_req"])
                 if per_round:
                     ratios[(size, v, base)] = (med(per_round), min(per_round), max(per_round),
-                                               med(cpu_round), min(cpu_round), max(cpu_round))
+                                               med(cpu_round), min(cpu_round), max(cpu_round),
+                                               med(user_round))
     return summ, ratios
 
 
@@ -762,6 +794,12 @@ def splice_matrix(text, block):
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def split_text(s):
+    if s.get("user_us_per_req") is None or s.get("sys_us_per_req") is None:
+        return ""
+    return f"{s['user_us_per_req']:.1f} / {s['sys_us_per_req']:.1f}"
+
+
 def attribution(load, sizes):
     """Where Envoy's CPU per request goes, from this run: per size, the median over rounds of the
     within-round differences of CPU µs/req between the variants."""
@@ -770,29 +808,56 @@ def attribution(load, sizes):
              ("d", "e", "(d) − (e): the lossless filter's own work"),
              ("d", "b", "(d) − (b): lossless over a filter that does nothing"),
              ("d", "c", "(d) − (c): lossless over Envoy's native slow start"))
-    rows = []
-    for size in sizes:
-        cells = []
-        for x, y, _ in steps:
-            diffs = []
-            for rnd in sorted({r["round"] for r in load}):
-                a = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, x, rnd)
-                     and r.get("valid", True)]
-                b = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, y, rnd)
-                     and r.get("valid", True)]
-                if a and b:
-                    diffs.append(a[0]["cpu_us_per_req"] - b[0]["cpu_us_per_req"])
-            cells.append(f"{med(diffs):+.1f} ({min(diffs):+.1f} to {max(diffs):+.1f})"
-                         if diffs else "")
-        if any(cells):
-            rows.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    def table(key):
+        rows = []
+        for size in sizes:
+            cells = []
+            for x, y, _ in steps:
+                diffs = []
+                for rnd in sorted({r["round"] for r in load}):
+                    a = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, x, rnd)
+                         and r.get("valid", True)]
+                    b = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, y, rnd)
+                         and r.get("valid", True)]
+                    if a and b and a[0].get(key) is not None and b[0].get(key) is not None:
+                        diffs.append(a[0][key] - b[0][key])
+                cells.append(f"{med(diffs):+.1f} ({min(diffs):+.1f} to {max(diffs):+.1f})"
+                             if diffs else "")
+            if any(cells):
+                rows.append(f"| {size:,} | " + " | ".join(cells) + " |")
+        return rows
+
+    rows, user_rows = table("cpu_us_per_req"), table("user_us_per_req")
     if not rows:
         return []
+    per_call = []
+    for v, (_, _, what) in CROSSINGS.items():
+        diffs = []
+        for rnd in sorted({r["round"] for r in load}):
+            x = [r for r in load if (r["variant"], r["round"]) == (v, rnd) and r.get("valid", True)]
+            size = x[0]["size"] if x else None
+            b = [r for r in load if (r["variant"], r["round"], r["size"]) == ("b", rnd, size)]
+            if x and b:
+                diffs.append((x[0]["cpu_us_per_req"] - b[0]["cpu_us_per_req"]) / 10)
+        if diffs:
+            per_call.append(f"{what}: **{med(diffs):.2f} µs** of Envoy CPU (rounds "
+                            f"{min(diffs):.2f}–{max(diffs):.2f})")
     out = ["### Where the CPU per request goes", "",
            "Envoy CPU µs per request, differences between variants taken within a round; median "
            "over rounds (range). " + "; ".join(label for _, _, label in steps) + ".", "",
            "| instances | (b) − (a) | (e) − (b) | (d) − (e) | (d) − (b) | (d) − (c) |",
            "|---:|---:|---:|---:|---:|---:|", *rows, ""]
+    if user_rows:
+        out += ["The same differences in user CPU only (the Envoy process's own code and the Wasm "
+                "VM, without the kernel's share: the loopback TCP work of all three processes, "
+                "which Envoy's threads partly run, and waking the load generator and the "
+                "upstreams):", "",
+                "| instances | (b) − (a) | (e) − (b) | (d) − (e) | (d) − (b) | (d) − (c) |",
+                "|---:|---:|---:|---:|---:|---:|", *user_rows, ""]
+    if per_call:
+        out += ["What one host call costs, from the pass-through filter making 10 more calls of "
+                "one kind per request, (j) to (o), against (b) in the same round, divided by 10:",
+                "", *[f"- {c}" for c in per_call], ""]
     return out
 
 
@@ -863,17 +928,19 @@ def report(args, info, load, probe, micro, sizes_doc, started, formats=()):
         add("## Envoy load test")
         add("")
         add("| instances | variant | req/s (median) | req/s per round | p50 ms | p99 ms "
-            "| Envoy CPU µs/req | ÷ (a) req/s | ÷ (b) req/s | ÷ (c) req/s | CPU/req ÷ (b) "
-            "| CPU/req ÷ (e) | RSS MiB | upstream cx at start / new in run | errors |")
-        add("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| Envoy CPU µs/req | user / system µs/req | ÷ (a) req/s | ÷ (b) req/s "
+            "| ÷ (c) req/s | CPU/req ÷ (b) | CPU/req ÷ (e) | RSS MiB "
+            "| upstream cx at start / new in run | errors |")
+        add("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size in args.sizes:
-            for v, name in VARIANTS.items():
+            for v, name in {**VARIANTS, **{k: c[0] for k, c in CROSSINGS.items()}}.items():
                 s = summ.get((size, v))
                 if not s:
                     continue
                 rps_all = ", ".join(f"{x:,}" for x in s["rps_all"])
                 add(f"| {size:,} | ({v}) {name} | {s['rps']:,.0f} | {rps_all} | "
                     f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['cpu_us_per_req']:.1f} | "
+                    f"{split_text(s)} | "
                     f"{ratio_text(size, v, 'a')} | {ratio_text(size, v, 'b')} | "
                     f"{ratio_text(size, v, 'c')} | {cpu_ratio_text(size, v, 'b')} | "
                     f"{cpu_ratio_text(size, v, 'e')} | {s['VmRSS'] / 1024:.0f} | "
@@ -971,7 +1038,8 @@ def report(args, info, load, probe, micro, sizes_doc, started, formats=()):
         return ratios.get((size, "d", base))
 
     def measured(r):
-        return f"{r[0]:.3f}× req/s (rounds {r[1]:.2f}–{r[2]:.2f}); CPU/req {r[3]:.2f}×"
+        user = f" (user CPU {r[6]:.2f}×)" if len(r) > 6 and r[6] else ""
+        return f"{r[0]:.3f}× req/s (rounds {r[1]:.2f}–{r[2]:.2f}); CPU/req {r[3]:.2f}×{user}"
 
     for size in args.sizes:
         r = r_(size, "e")
@@ -1060,7 +1128,7 @@ def parse_args():
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX)
+    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX) - set(CROSSINGS)
     if unknown:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if args.matrix_only:

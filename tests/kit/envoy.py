@@ -97,6 +97,10 @@ class Envoy(Managed):
     def cpu_seconds(self):
         return _procs.cpu_seconds(self.pid)
 
+    def cpu_split(self):
+        """(user, system) CPU seconds of the Envoy process."""
+        return _procs.cpu_split(self.pid)
+
     def log_text(self):
         parts = []
         for path in (self.log_path, self.procs.logs.get(self.name)):

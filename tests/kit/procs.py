@@ -169,6 +169,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_split(pid):
+    """(user, system) CPU time of process `pid` (all its threads), s."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
 def rss_kib(pid):
     """{"VmRSS": resident KiB, "VmHWM": peak resident KiB} of process `pid`."""
     out = {}
