@@ -207,7 +207,8 @@ fn fields<'a>(
     mut rest: Option<(&mut Meta, &mut Vec<Loose<'a>>)>,
 ) -> Res<()> {
     while let Some(k) = r.key()? {
-        let found = table.iter().find(|f| if f.key == TAG { cx.tag == Some(&*k) } else { f.key == k });
+        let found =
+            table.iter().find(|f| if same(f.key, TAG) { cx.tag.is_some_and(|t| same(t, &k)) } else { same(f.key, &k) });
         let Some(f) = found else {
             r.skip()?;
             continue;
@@ -269,6 +270,13 @@ fn fields<'a>(
         }
     }
     Ok(())
+}
+
+/// `a == b`, their lengths and first bytes compared first: keys that differ mostly differ there.
+#[inline(always)]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 fn put<'a>(v: &mut [Loose<'a>], i: usize, x: Loose<'a>) {
@@ -347,7 +355,7 @@ pub fn meta(r: &mut Reader<'_>, cx: Ctx<'_>) -> Res<Meta> {
     // keys whose last value so far is not a scalar (rare: usually empty)
     let mut bad: Vec<Cow<'_, str>> = Vec::new();
     while let Some(k) = r.key()? {
-        let keep = cx.keys.contains(&&*k);
+        let keep = cx.keys.iter().any(|c| same(c, &k));
         let t = r.token()?;
         // a kept key's value as text; of any other key only whether it is a scalar
         let text = if keep {
