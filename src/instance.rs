@@ -1,7 +1,7 @@
 //! The instance model shared by every registry adapter, the membership and the balancer.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,44 @@ pub fn format_addr(ip: &str, port: i64) -> Option<String> {
     let ip = ip.trim();
     // Accept "[v6]" as well as bare v6.
     let bare = ip.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(ip);
+    // IPv4, the common case, written without the formatting machinery (as `SocketAddr` shows it)
+    if let Ok(v4) = bare.parse::<Ipv4Addr>() {
+        let mut out = Vec::with_capacity(21);
+        for (k, octet) in v4.octets().into_iter().enumerate() {
+            if k > 0 {
+                out.push(b'.');
+            }
+            push_int(&mut out, i64::from(octet));
+        }
+        out.push(b':');
+        push_int(&mut out, i64::from(port));
+        return String::from_utf8(out).ok();
+    }
     let ip: IpAddr = bare.parse().ok()?;
     Some(SocketAddr::new(ip, port).to_string())
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+pub fn push_int(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_uint(out, n.unsigned_abs());
+}
+
+/// Appends `v` in decimal, as `Display` writes it.
+pub fn push_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+        start -= 1;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
 /// `name:port` when `host` is a DNS host name (labels of letters, digits, `-` and `_`, at least one
@@ -308,6 +344,20 @@ mod tests {
         assert_eq!(format_addr("10.0.0.1", -1), None);
         assert_eq!(format_addr("example.com", 80), None);
         assert_eq!(format_addr("", 80), None);
+        assert_eq!(format_addr("[10.0.0.1]", 80).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(format_addr(" 255.255.255.255 ", 65535).as_deref(), Some("255.255.255.255:65535"));
+        assert_eq!(format_addr("0.0.0.0", 1).as_deref(), Some("0.0.0.0:1"));
+        for bad in ["010.0.0.1", "10.0.0.256", "10.0.0", "10.0.0.1.2", "1e1.0.0.1"] {
+            assert_eq!(format_addr(bad, 80), None, "{bad}");
+        }
+        for n in [0, 7, 10, 65535, -1, -42, i64::MAX, i64::MIN, 1_700_000_000_000] {
+            let mut s = Vec::new();
+            push_int(&mut s, n);
+            assert_eq!(s, n.to_string().as_bytes());
+        }
+        let mut s = Vec::new();
+        push_uint(&mut s, u64::MAX);
+        assert_eq!(s, u64::MAX.to_string().as_bytes());
         assert_eq!(canonical_addr("[::1]:9"), Some("[::1]:9".into()));
         assert_eq!(canonical_addr("1.2.3.4:0"), None);
         assert_eq!(canonical_addr("1.2.3.4"), None);

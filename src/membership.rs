@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::instance::{Instance, State};
+use crate::instance::{push_int, push_uint, Instance, State};
 use crate::registry::Parsed;
 
 /// What every VM routes by: the members of one service at one version.
@@ -24,18 +24,28 @@ impl Snapshot {
     /// per member `addr weight start_ms|- warmup_ms state`. Decoded by every VM on each change:
     /// plain text parses fast and in little code.
     pub fn encode(&self) -> Vec<u8> {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(40 + 48 * self.members.len());
-        let _ = writeln!(out, "lossless-snapshot {} {}", self.version, self.updated_ms);
+        let mut out = Vec::with_capacity(40 + 48 * self.members.len());
+        out.extend_from_slice(b"lossless-snapshot ");
+        push_uint(&mut out, self.version);
+        out.push(b' ');
+        push_int(&mut out, self.updated_ms);
+        out.push(b'\n');
         for i in &self.members {
-            let _ = write!(out, "{} {} ", i.addr, i.weight);
-            let _ = match i.start_ms {
-                Some(t) => write!(out, "{t}"),
-                None => write!(out, "-"),
-            };
-            let _ = writeln!(out, " {} {}", i.warmup_ms, i.state.as_str());
+            out.extend_from_slice(i.addr.as_bytes());
+            out.push(b' ');
+            push_int(&mut out, i64::from(i.weight));
+            out.push(b' ');
+            match i.start_ms {
+                Some(t) => push_int(&mut out, t),
+                None => out.push(b'-'),
+            }
+            out.push(b' ');
+            push_int(&mut out, i.warmup_ms);
+            out.push(b' ');
+            out.extend_from_slice(i.state.as_str().as_bytes());
+            out.push(b'\n');
         }
-        out.into_bytes()
+        out
     }
 
     /// Reads [`Snapshot::encode`]'s form; anything else is an error naming the line.
@@ -214,6 +224,10 @@ mod tests {
             members: vec![i("10.0.0.1:80", State::Serving, Some(5)), i("[::1]:81", State::Draining, None)],
         };
         let b = s.encode();
+        assert_eq!(
+            String::from_utf8_lossy(&b),
+            "lossless-snapshot 7 99\n10.0.0.1:80 100 5 1000 serving\n[::1]:81 100 - 1000 draining\n"
+        );
         assert_eq!(Snapshot::decode(&b).unwrap(), s);
         assert!(Snapshot::decode(b"{").is_err());
         assert!(Snapshot::decode(b"").is_err());
