@@ -162,16 +162,13 @@ impl Tracker {
     /// Applies the keep-last-good rules to a fresh list. `prev` is the current membership.
     pub fn decide(&mut self, prev: &[Instance], parsed: Parsed, g: &Guard) -> Decision {
         let mut next = parsed.instances;
-        let prev_serving: Vec<&str> = prev.iter().filter(|m| m.state.is_serving()).map(|m| m.addr.as_str()).collect();
+        let prev_serving = prev.iter().filter(|m| m.state.is_serving()).count();
         let hold = if next.is_empty() && !prev.is_empty() {
             Some(Hold::Empty)
-        } else if prev_serving.len() >= 2 {
+        } else if prev_serving >= 2 {
             // absent instances were taken out on purpose; only a mass turn to down is suspect
-            let turned_down = prev_serving
-                .iter()
-                .filter(|a| crate::instance::find(&next, a).is_some_and(|m| m.state == State::Down))
-                .count();
-            (turned_down as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
+            let turned_down = turned_down(prev, &next);
+            (turned_down as f64 > g.max_drop * prev_serving as f64).then_some(Hold::SuddenDrop)
         } else {
             None
         };
@@ -190,6 +187,20 @@ impl Tracker {
         }
         Decision::Apply { members: next, protected }
     }
+}
+
+/// How many serving members of `prev` are listed as down in `next`. Both are sorted by address:
+/// one walk through each.
+fn turned_down(prev: &[Instance], next: &[Instance]) -> usize {
+    let mut rest = next.iter().peekable();
+    let mut n = 0;
+    for p in prev.iter().filter(|m| m.state.is_serving()) {
+        while rest.next_if(|m| m.addr < p.addr).is_some() {}
+        if rest.peek().is_some_and(|m| m.addr == p.addr && m.state == State::Down) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Nacos' protection rule: among the instances not deliberately out (draining), `healthy / total
@@ -284,6 +295,32 @@ mod tests {
         // all down: held (a health flap)
         let down: Vec<Instance> = prev.iter().map(|m| Instance { state: State::Down, ..m.clone() }).collect();
         assert_eq!(t.decide(&prev, parsed(down), &g), Decision::Keep(Hold::SuddenDrop));
+    }
+
+    /// The walk counts what a lookup of each serving member would.
+    #[test]
+    fn turned_down_counts_as_a_lookup_does() {
+        let mut rng = crate::clock::Rng::new(7);
+        let states = [State::Serving, State::Draining, State::Down];
+        for _ in 0..200 {
+            let mut list = |n: u64| -> Vec<Instance> {
+                let mut v = Vec::new();
+                for k in 0..n {
+                    if rng.below(3) > 0 {
+                        v.push(i(&format!("10.0.{}.{}:80", k / 7, k % 7), states[rng.below(3) as usize], None));
+                    }
+                }
+                v.sort_by(|a, b| a.addr.cmp(&b.addr));
+                v
+            };
+            let (prev, next) = (list(40), list(40));
+            let by_lookup = prev
+                .iter()
+                .filter(|m| m.state.is_serving())
+                .filter(|m| crate::instance::find(&next, &m.addr).is_some_and(|n| n.state == State::Down))
+                .count();
+            assert_eq!(turned_down(&prev, &next), by_lookup);
+        }
     }
 
     /// Nacos: `healthy / total <= threshold` over the enabled instances (naming
