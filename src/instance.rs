@@ -1,5 +1,6 @@
 //! The instance model shared by every registry adapter, the membership and the balancer.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -44,9 +45,6 @@ pub struct Instance {
     /// Warmup window in ms.
     pub warmup_ms: i64,
     pub state: State,
-    /// The registry metadata that is read: the keys of [`MetadataKeys`] present with a scalar
-    /// value (not carried into the shared snapshot).
-    pub metadata: BTreeMap<String, String>,
 }
 
 /// The member with address `addr` in `members` (sorted by address, as every membership is).
@@ -206,6 +204,25 @@ fn parse_java(s: &str, int_range: bool) -> Option<i64> {
     }
 }
 
+/// A record's metadata as [`MetadataKeys::read`] reads it: the text of a key's value.
+pub trait Metadata {
+    fn value(&self, key: &str) -> Option<&str>;
+}
+
+/// As registry replies are read: the keys [`MetadataKeys::names`] names, each once, with their
+/// values as text (borrowed from the reply unless they were escaped or are numbers).
+impl Metadata for [(Cow<'_, str>, Cow<'_, str>)] {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
+    }
+}
+
+impl Metadata for BTreeMap<String, String> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// What metadata says about an instance. Malformed values are ignored (reported in `malformed`),
 /// never fatal.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -235,14 +252,14 @@ impl MetadataKeys {
         out
     }
 
-    pub fn read(&self, md: &BTreeMap<String, String>) -> MetaFacts {
+    pub fn read(&self, md: &(impl Metadata + ?Sized)) -> MetaFacts {
         let mut f = MetaFacts::default();
         let bad = &mut f.malformed;
         f.start_ms = first(self.start_time.iter().map(MetaKey::pair), md, false, bad);
         f.warmup_ms = first(self.warmup.iter().map(MetaKey::pair), md, true, bad).map(|v| v.max(0));
         let weight = first(self.weight.iter().map(|k| (k.as_str(), Unit::Ms)), md, true, bad);
         f.weight = weight.and_then(|w| i32::try_from(w.max(0)).ok());
-        f.drain = self.drain.iter().any(|k| md.get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")));
+        f.drain = self.drain.iter().any(|k| md.value(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")));
         f
     }
 }
@@ -251,12 +268,12 @@ impl MetadataKeys {
 /// every malformed one on the way is counted in `bad`.
 fn first<'a>(
     keys: impl Iterator<Item = (&'a str, Unit)>,
-    md: &BTreeMap<String, String>,
+    md: &(impl Metadata + ?Sized),
     int_range: bool,
     bad: &mut u32,
 ) -> Option<i64> {
     for (key, unit) in keys {
-        if let Some(v) = md.get(key).filter(|v| !v.is_empty()) {
+        if let Some(v) = md.value(key).filter(|v| !v.is_empty()) {
             match parse_java(v, int_range).and_then(|v| unit.to_ms(v)) {
                 Some(ms) => return Some(ms),
                 None => *bad += 1,
@@ -314,14 +331,14 @@ impl BuildOptions {
         native_weight: Option<i32>,
         native_start_ms: Option<i64>,
         state: State,
-        metadata: BTreeMap<String, String>,
+        metadata: &(impl Metadata + ?Sized),
     ) -> (Instance, u32) {
-        let facts = self.keys.read(&metadata);
+        let facts = self.keys.read(metadata);
         let weight = facts.weight.or(native_weight).unwrap_or(self.default_weight);
         let start_ms = facts.start_ms.or(native_start_ms).filter(|t| *t > 0);
         let warmup_ms = facts.warmup_ms.unwrap_or(self.default_warmup_ms);
         let state = if facts.drain && state == State::Serving { State::Draining } else { state };
-        (Instance { addr, weight, start_ms, warmup_ms, state, metadata }, facts.malformed)
+        (Instance { addr, weight, start_ms, warmup_ms, state }, facts.malformed)
     }
 }
 
@@ -442,9 +459,9 @@ mod tests {
         }
         // a start time <= 0 is final: no ramp, and the registry's own start time is not used
         let o = BuildOptions::default();
-        let (i, bad) = o.build("1.1.1.1:1".into(), None, Some(5), State::Serving, md(&[("timestamp", "0")]));
+        let (i, bad) = o.build("1.1.1.1:1".into(), None, Some(5), State::Serving, &md(&[("timestamp", "0")]));
         assert_eq!((i.start_ms, bad), (None, 0));
-        let (i, _) = o.build("1.1.1.1:1".into(), Some(50), None, State::Serving, md(&[("weight", "-1")]));
+        let (i, _) = o.build("1.1.1.1:1".into(), Some(50), None, State::Serving, &md(&[("weight", "-1")]));
         assert_eq!(i.weight, 0, "a negative metadata weight is 0, not the registry's weight");
     }
 
@@ -500,7 +517,7 @@ mod tests {
     }
 
     fn lossless_weight(md: BTreeMap<String, String>, now: i64) -> (i32, u32) {
-        let (i, bad) = BuildOptions::default().build("10.0.0.1:1".into(), None, None, State::Serving, md);
+        let (i, bad) = BuildOptions::default().build("10.0.0.1:1".into(), None, None, State::Serving, &md);
         (crate::warmup::Curve::default().weight(i.weight, i.start_ms, i.warmup_ms, now), bad)
     }
 
@@ -618,10 +635,10 @@ mod tests {
             Some(200),
             Some(5),
             State::Serving,
-            md(&[("timestamp", "9"), ("lossless.drain", "true")]),
+            &md(&[("timestamp", "9"), ("lossless.drain", "true")]),
         );
         assert_eq!((i.weight, i.start_ms, i.warmup_ms, i.state, bad), (200, Some(9), 600_000, State::Draining, 0));
-        let (i, _) = o.build("1.1.1.1:1".into(), None, Some(5), State::Down, md(&[]));
+        let (i, _) = o.build("1.1.1.1:1".into(), None, Some(5), State::Down, &md(&[]));
         assert_eq!((i.weight, i.start_ms, i.state), (100, Some(5), State::Down));
     }
 

@@ -1,8 +1,6 @@
 //! Service membership: the snapshot published through shared data, its compact encoding, and the
 //! keep-last-good rules applied to every refresh.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::instance::{push_int, push_uint, Instance, State};
@@ -80,7 +78,6 @@ impl Snapshot {
                 start_ms,
                 warmup_ms: warmup.parse().map_err(|_| bad())?,
                 state,
-                metadata: BTreeMap::new(),
             });
         }
         Ok(Snapshot { version, updated_ms, members })
@@ -216,7 +213,7 @@ mod tests {
     use super::*;
 
     fn i(addr: &str, state: State, start: Option<i64>) -> Instance {
-        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state }
     }
 
     fn parsed(v: Vec<Instance>) -> Parsed {
