@@ -922,7 +922,17 @@ mod tests {
             }
         }
         // invalid UTF-8, raw and after an escape
-        for bytes in [&b"\"a\xffb\""[..], b"[\"\\n\xc3\"]", b"\"\xe2\x82\""] {
+        // (a document that is not all UTF-8 has each string checked on its own: the error is at the
+        // first bad string, whatever came before)
+        for bytes in [
+            &b"\"a\xffb\""[..],
+            b"[\"\\n\xc3\"]",
+            b"\"\xe2\x82\"",
+            b"[\"ok\",\n \"\xc3\xa9\", \"a\xffb\"]",
+            b"{\"k\":\"v\",\"\xc3\x28\":1}",
+            b"[\"\xf0\x9f\xa6\x80\", 1x, \"\xff\"]",
+            b"[\"\xc3\xa9\"] \xff",
+        ] {
             let ours = Json::parse(bytes).map_err(|e| e.to_string());
             let theirs = serde_json::from_slice::<Json>(bytes).map_err(|e| e.to_string());
             assert_eq!(ours, theirs, "{bytes:?}");
