@@ -6,7 +6,6 @@
 //! `target/criterion/` into BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -55,7 +54,6 @@ fn members(n: usize) -> Vec<Instance> {
             start_ms: Some(start_of(i)),
             warmup_ms: WARMUP,
             state: State::Serving,
-            metadata: BTreeMap::new(),
         })
         .collect();
     v.sort_by(|a, b| a.addr.cmp(&b.addr));

@@ -265,7 +265,6 @@ impl Balancer {
 mod tests {
     use super::*;
     use crate::instance::State;
-    use std::collections::BTreeMap;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -276,7 +275,6 @@ mod tests {
             start_ms: start,
             warmup_ms: warmup,
             state,
-            metadata: BTreeMap::new(),
         }
     }
 

@@ -209,7 +209,6 @@ impl SelfDrain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn cfg() -> DrainConfig {
         DrainConfig {
@@ -222,7 +221,7 @@ mod tests {
     }
 
     fn i(addr: &str, state: State) -> Instance {
-        Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The instance model shared by every registry adapter, the membership and the balancer.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +45,6 @@ pub struct Instance {
     /// Warmup window in ms.
     pub warmup_ms: i64,
     pub state: State,
-    /// The registry metadata that is read: the keys of [`MetadataKeys`] present with a scalar
-    /// value (not carried into the shared snapshot).
-    pub metadata: BTreeMap<String, String>,
 }
 
 /// The member with address `addr` in `members` (sorted by address, as every membership is).
@@ -66,8 +64,44 @@ pub fn format_addr(ip: &str, port: i64) -> Option<String> {
     let ip = ip.trim();
     // Accept "[v6]" as well as bare v6.
     let bare = ip.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(ip);
+    // IPv4, the common case, written without the formatting machinery (as `SocketAddr` shows it)
+    if let Ok(v4) = bare.parse::<Ipv4Addr>() {
+        let mut out = Vec::with_capacity(21);
+        for (k, octet) in v4.octets().into_iter().enumerate() {
+            if k > 0 {
+                out.push(b'.');
+            }
+            push_int(&mut out, i64::from(octet));
+        }
+        out.push(b':');
+        push_int(&mut out, i64::from(port));
+        return String::from_utf8(out).ok();
+    }
     let ip: IpAddr = bare.parse().ok()?;
     Some(SocketAddr::new(ip, port).to_string())
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+pub fn push_int(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_uint(out, n.unsigned_abs());
+}
+
+/// Appends `v` in decimal, as `Display` writes it.
+pub fn push_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+        start -= 1;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
 /// `name:port` when `host` is a DNS host name (labels of letters, digits, `-` and `_`, at least one
@@ -170,6 +204,25 @@ fn parse_java(s: &str, int_range: bool) -> Option<i64> {
     }
 }
 
+/// A record's metadata as [`MetadataKeys::read`] reads it: the text of a key's value.
+pub trait Metadata {
+    fn value(&self, key: &str) -> Option<&str>;
+}
+
+/// As registry replies are read: the keys [`MetadataKeys::names`] names, each once, with their
+/// values as text (borrowed from the reply unless they were escaped or are numbers).
+impl Metadata for [(Cow<'_, str>, Cow<'_, str>)] {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
+    }
+}
+
+impl Metadata for BTreeMap<String, String> {
+    fn value(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// What metadata says about an instance. Malformed values are ignored (reported in `malformed`),
 /// never fatal.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -199,14 +252,14 @@ impl MetadataKeys {
         out
     }
 
-    pub fn read(&self, md: &BTreeMap<String, String>) -> MetaFacts {
+    pub fn read(&self, md: &(impl Metadata + ?Sized)) -> MetaFacts {
         let mut f = MetaFacts::default();
         let bad = &mut f.malformed;
         f.start_ms = first(self.start_time.iter().map(MetaKey::pair), md, false, bad);
         f.warmup_ms = first(self.warmup.iter().map(MetaKey::pair), md, true, bad).map(|v| v.max(0));
         let weight = first(self.weight.iter().map(|k| (k.as_str(), Unit::Ms)), md, true, bad);
         f.weight = weight.and_then(|w| i32::try_from(w.max(0)).ok());
-        f.drain = self.drain.iter().any(|k| md.get(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")));
+        f.drain = self.drain.iter().any(|k| md.value(k).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")));
         f
     }
 }
@@ -215,12 +268,12 @@ impl MetadataKeys {
 /// every malformed one on the way is counted in `bad`.
 fn first<'a>(
     keys: impl Iterator<Item = (&'a str, Unit)>,
-    md: &BTreeMap<String, String>,
+    md: &(impl Metadata + ?Sized),
     int_range: bool,
     bad: &mut u32,
 ) -> Option<i64> {
     for (key, unit) in keys {
-        if let Some(v) = md.get(key).filter(|v| !v.is_empty()) {
+        if let Some(v) = md.value(key).filter(|v| !v.is_empty()) {
             match parse_java(v, int_range).and_then(|v| unit.to_ms(v)) {
                 Some(ms) => return Some(ms),
                 None => *bad += 1,
@@ -278,14 +331,14 @@ impl BuildOptions {
         native_weight: Option<i32>,
         native_start_ms: Option<i64>,
         state: State,
-        metadata: BTreeMap<String, String>,
+        metadata: &(impl Metadata + ?Sized),
     ) -> (Instance, u32) {
-        let facts = self.keys.read(&metadata);
+        let facts = self.keys.read(metadata);
         let weight = facts.weight.or(native_weight).unwrap_or(self.default_weight);
         let start_ms = facts.start_ms.or(native_start_ms).filter(|t| *t > 0);
         let warmup_ms = facts.warmup_ms.unwrap_or(self.default_warmup_ms);
         let state = if facts.drain && state == State::Serving { State::Draining } else { state };
-        (Instance { addr, weight, start_ms, warmup_ms, state, metadata }, facts.malformed)
+        (Instance { addr, weight, start_ms, warmup_ms, state }, facts.malformed)
     }
 }
 
@@ -308,6 +361,20 @@ mod tests {
         assert_eq!(format_addr("10.0.0.1", -1), None);
         assert_eq!(format_addr("example.com", 80), None);
         assert_eq!(format_addr("", 80), None);
+        assert_eq!(format_addr("[10.0.0.1]", 80).as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(format_addr(" 255.255.255.255 ", 65535).as_deref(), Some("255.255.255.255:65535"));
+        assert_eq!(format_addr("0.0.0.0", 1).as_deref(), Some("0.0.0.0:1"));
+        for bad in ["010.0.0.1", "10.0.0.256", "10.0.0", "10.0.0.1.2", "1e1.0.0.1"] {
+            assert_eq!(format_addr(bad, 80), None, "{bad}");
+        }
+        for n in [0, 7, 10, 65535, -1, -42, i64::MAX, i64::MIN, 1_700_000_000_000] {
+            let mut s = Vec::new();
+            push_int(&mut s, n);
+            assert_eq!(s, n.to_string().as_bytes());
+        }
+        let mut s = Vec::new();
+        push_uint(&mut s, u64::MAX);
+        assert_eq!(s, u64::MAX.to_string().as_bytes());
         assert_eq!(canonical_addr("[::1]:9"), Some("[::1]:9".into()));
         assert_eq!(canonical_addr("1.2.3.4:0"), None);
         assert_eq!(canonical_addr("1.2.3.4"), None);
@@ -392,9 +459,9 @@ mod tests {
         }
         // a start time <= 0 is final: no ramp, and the registry's own start time is not used
         let o = BuildOptions::default();
-        let (i, bad) = o.build("1.1.1.1:1".into(), None, Some(5), State::Serving, md(&[("timestamp", "0")]));
+        let (i, bad) = o.build("1.1.1.1:1".into(), None, Some(5), State::Serving, &md(&[("timestamp", "0")]));
         assert_eq!((i.start_ms, bad), (None, 0));
-        let (i, _) = o.build("1.1.1.1:1".into(), Some(50), None, State::Serving, md(&[("weight", "-1")]));
+        let (i, _) = o.build("1.1.1.1:1".into(), Some(50), None, State::Serving, &md(&[("weight", "-1")]));
         assert_eq!(i.weight, 0, "a negative metadata weight is 0, not the registry's weight");
     }
 
@@ -450,7 +517,7 @@ mod tests {
     }
 
     fn lossless_weight(md: BTreeMap<String, String>, now: i64) -> (i32, u32) {
-        let (i, bad) = BuildOptions::default().build("10.0.0.1:1".into(), None, None, State::Serving, md);
+        let (i, bad) = BuildOptions::default().build("10.0.0.1:1".into(), None, None, State::Serving, &md);
         (crate::warmup::Curve::default().weight(i.weight, i.start_ms, i.warmup_ms, now), bad)
     }
 
@@ -568,10 +635,10 @@ mod tests {
             Some(200),
             Some(5),
             State::Serving,
-            md(&[("timestamp", "9"), ("lossless.drain", "true")]),
+            &md(&[("timestamp", "9"), ("lossless.drain", "true")]),
         );
         assert_eq!((i.weight, i.start_ms, i.warmup_ms, i.state, bad), (200, Some(9), 600_000, State::Draining, 0));
-        let (i, _) = o.build("1.1.1.1:1".into(), None, Some(5), State::Down, md(&[]));
+        let (i, _) = o.build("1.1.1.1:1".into(), None, Some(5), State::Down, &md(&[]));
         assert_eq!((i.weight, i.start_ms, i.state), (100, Some(5), State::Down));
     }
 

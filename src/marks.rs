@@ -260,10 +260,9 @@ pub fn failed_attempts<'a>(written: &'a [&'a str], attempts: usize, last_upstrea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn i(addr: &str, state: State, start: Option<i64>) -> Instance {
-        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state }
     }
 
     #[test]

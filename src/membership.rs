@@ -1,11 +1,9 @@
 //! Service membership: the snapshot published through shared data, its compact encoding, and the
 //! keep-last-good rules applied to every refresh.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::instance::{Instance, State};
+use crate::instance::{push_int, push_uint, Instance, State};
 use crate::registry::Parsed;
 
 /// What every VM routes by: the members of one service at one version.
@@ -24,18 +22,28 @@ impl Snapshot {
     /// per member `addr weight start_ms|- warmup_ms state`. Decoded by every VM on each change:
     /// plain text parses fast and in little code.
     pub fn encode(&self) -> Vec<u8> {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(40 + 48 * self.members.len());
-        let _ = writeln!(out, "lossless-snapshot {} {}", self.version, self.updated_ms);
+        let mut out = Vec::with_capacity(40 + 48 * self.members.len());
+        out.extend_from_slice(b"lossless-snapshot ");
+        push_uint(&mut out, self.version);
+        out.push(b' ');
+        push_int(&mut out, self.updated_ms);
+        out.push(b'\n');
         for i in &self.members {
-            let _ = write!(out, "{} {} ", i.addr, i.weight);
-            let _ = match i.start_ms {
-                Some(t) => write!(out, "{t}"),
-                None => write!(out, "-"),
-            };
-            let _ = writeln!(out, " {} {}", i.warmup_ms, i.state.as_str());
+            out.extend_from_slice(i.addr.as_bytes());
+            out.push(b' ');
+            push_int(&mut out, i64::from(i.weight));
+            out.push(b' ');
+            match i.start_ms {
+                Some(t) => push_int(&mut out, t),
+                None => out.push(b'-'),
+            }
+            out.push(b' ');
+            push_int(&mut out, i.warmup_ms);
+            out.push(b' ');
+            out.extend_from_slice(i.state.as_str().as_bytes());
+            out.push(b'\n');
         }
-        out.into_bytes()
+        out
     }
 
     /// Reads [`Snapshot::encode`]'s form; anything else is an error naming the line.
@@ -70,7 +78,6 @@ impl Snapshot {
                 start_ms,
                 warmup_ms: warmup.parse().map_err(|_| bad())?,
                 state,
-                metadata: BTreeMap::new(),
             });
         }
         Ok(Snapshot { version, updated_ms, members })
@@ -152,16 +159,13 @@ impl Tracker {
     /// Applies the keep-last-good rules to a fresh list. `prev` is the current membership.
     pub fn decide(&mut self, prev: &[Instance], parsed: Parsed, g: &Guard) -> Decision {
         let mut next = parsed.instances;
-        let prev_serving: Vec<&str> = prev.iter().filter(|m| m.state.is_serving()).map(|m| m.addr.as_str()).collect();
+        let prev_serving = prev.iter().filter(|m| m.state.is_serving()).count();
         let hold = if next.is_empty() && !prev.is_empty() {
             Some(Hold::Empty)
-        } else if prev_serving.len() >= 2 {
+        } else if prev_serving >= 2 {
             // absent instances were taken out on purpose; only a mass turn to down is suspect
-            let turned_down = prev_serving
-                .iter()
-                .filter(|a| crate::instance::find(&next, a).is_some_and(|m| m.state == State::Down))
-                .count();
-            (turned_down as f64 > g.max_drop * prev_serving.len() as f64).then_some(Hold::SuddenDrop)
+            let turned_down = turned_down(prev, &next);
+            (turned_down as f64 > g.max_drop * prev_serving as f64).then_some(Hold::SuddenDrop)
         } else {
             None
         };
@@ -182,6 +186,20 @@ impl Tracker {
     }
 }
 
+/// How many serving members of `prev` are listed as down in `next`. Both are sorted by address:
+/// one walk through each.
+fn turned_down(prev: &[Instance], next: &[Instance]) -> usize {
+    let mut rest = next.iter().peekable();
+    let mut n = 0;
+    for p in prev.iter().filter(|m| m.state.is_serving()) {
+        while rest.next_if(|m| m.addr < p.addr).is_some() {}
+        if rest.peek().is_some_and(|m| m.addr == p.addr && m.state == State::Down) {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Nacos' protection rule: among the instances not deliberately out (draining), `healthy / total
 /// <= threshold`. An empty list is never protected (Nacos: 0 / 0 is not `<=` anything).
 pub fn protect(list: &[Instance], threshold: f64) -> bool {
@@ -195,7 +213,7 @@ mod tests {
     use super::*;
 
     fn i(addr: &str, state: State, start: Option<i64>) -> Instance {
-        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state }
     }
 
     fn parsed(v: Vec<Instance>) -> Parsed {
@@ -214,6 +232,10 @@ mod tests {
             members: vec![i("10.0.0.1:80", State::Serving, Some(5)), i("[::1]:81", State::Draining, None)],
         };
         let b = s.encode();
+        assert_eq!(
+            String::from_utf8_lossy(&b),
+            "lossless-snapshot 7 99\n10.0.0.1:80 100 5 1000 serving\n[::1]:81 100 - 1000 draining\n"
+        );
         assert_eq!(Snapshot::decode(&b).unwrap(), s);
         assert!(Snapshot::decode(b"{").is_err());
         assert!(Snapshot::decode(b"").is_err());
@@ -270,6 +292,32 @@ mod tests {
         // all down: held (a health flap)
         let down: Vec<Instance> = prev.iter().map(|m| Instance { state: State::Down, ..m.clone() }).collect();
         assert_eq!(t.decide(&prev, parsed(down), &g), Decision::Keep(Hold::SuddenDrop));
+    }
+
+    /// The walk counts what a lookup of each serving member would.
+    #[test]
+    fn turned_down_counts_as_a_lookup_does() {
+        let mut rng = crate::clock::Rng::new(7);
+        let states = [State::Serving, State::Draining, State::Down];
+        for _ in 0..200 {
+            let mut list = |n: u64| -> Vec<Instance> {
+                let mut v = Vec::new();
+                for k in 0..n {
+                    if rng.below(3) > 0 {
+                        v.push(i(&format!("10.0.{}.{}:80", k / 7, k % 7), states[rng.below(3) as usize], None));
+                    }
+                }
+                v.sort_by(|a, b| a.addr.cmp(&b.addr));
+                v
+            };
+            let (prev, next) = (list(40), list(40));
+            let by_lookup = prev
+                .iter()
+                .filter(|m| m.state.is_serving())
+                .filter(|m| crate::instance::find(&next, &m.addr).is_some_and(|n| n.state == State::Down))
+                .count();
+            assert_eq!(turned_down(&prev, &next), by_lookup);
+        }
     }
 
     /// Nacos: `healthy / total <= threshold` over the enabled instances (naming

@@ -141,10 +141,6 @@ impl PollState {
             Reply::Members(mut parsed) => {
                 let skipped = parsed.skipped;
                 let unroutable = std::mem::take(&mut parsed.unroutable);
-                // the snapshot does not carry metadata: compare and publish without it
-                for m in &mut parsed.instances {
-                    m.metadata.clear();
-                }
                 match self.tracker.decide(&current.members, parsed, &sc.guard) {
                     Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
                     Decision::Apply { members, protected } => {

@@ -118,7 +118,6 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::instance::State;
-    use std::collections::BTreeMap;
 
     fn sc() -> ServiceConfig {
         let json = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/x"}},
@@ -127,7 +126,7 @@ mod tests {
     }
 
     fn m(addr: &str, state: State) -> Instance {
-        Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: 100, start_ms: None, warmup_ms: 0, state }
     }
 
     #[test]

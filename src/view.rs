@@ -18,6 +18,8 @@ pub struct ServiceView {
     /// The published snapshot (raw, as the registry said).
     pub snap: Snapshot,
     snap_cas: Option<u32>,
+    /// A snapshot was installed ([`ServiceView::install`]) that no sync has taken in yet.
+    installed: bool,
     /// The snapshot with the marks applied: what is routed by. Sorted by address.
     pub members: Vec<Instance>,
     pub balancer: Balancer,
@@ -31,6 +33,7 @@ impl ServiceView {
         ServiceView {
             snap: Snapshot::default(),
             snap_cas: None,
+            installed: false,
             members: Vec::new(),
             balancer: Balancer::new(sc.policy, sc.curve, weight_refresh_ms as i64),
             trial_due: Vec::new(),
@@ -38,6 +41,7 @@ impl ServiceView {
     }
 
     /// Decodes the published snapshot if its CAS token changed. Returns true when it decoded one.
+    /// [`ServiceView::changed`] tells whether the snapshot changed at all.
     pub fn load(&mut self, shared: &dyn Shared, key: &str) -> bool {
         let (bytes, cas) = shared.get(key);
         if cas == self.snap_cas {
@@ -51,6 +55,21 @@ impl ServiceView {
             }
             _ => false,
         }
+    }
+
+    /// Takes `snap`, the snapshot this VM has just published, as the one stored under the CAS
+    /// token `cas`: [`ServiceView::load`] then sees that token and does not decode it again.
+    /// Only for a token read back with exactly the bytes `snap` encodes to.
+    pub fn install(&mut self, snap: Snapshot, cas: Option<u32>) {
+        self.snap = snap;
+        self.snap_cas = cas;
+        self.installed = true;
+    }
+
+    /// Whether a snapshot was installed since the last call: with a decode by
+    /// [`ServiceView::load`], what tells a sync that the membership changed.
+    pub fn changed(&mut self) -> bool {
+        std::mem::take(&mut self.installed)
     }
 
     /// Applies `marks` to the snapshot and rebuilds the balancer.

@@ -252,6 +252,7 @@ impl Vm {
                 self.view.decodes += 1;
                 loaded = true;
             }
+            loaded |= s.view.changed();
             s.view.rebuild(&self.view.marks, now_ms, &mut self.rng);
         }
         if loaded && !self.failures.is_empty() {
@@ -471,7 +472,9 @@ impl Vm {
         let (outcome, publish) =
             s.poll.on_reply(&reg.cfg, &mut reg.session, &s.cfg, &s.view.snap, call, resp, now_ms, interval_ms);
         if let Some(snap) = publish {
-            shared.set(&self.keys.service(&s.cfg.name), &snap.encode(), None);
+            let key = self.keys.service(&s.cfg.name);
+            let bytes = snap.encode();
+            shared.set(&key, &bytes, None);
             let services = &self.services;
             marks::prune(shared, &self.keys, |addr| {
                 services.iter().enumerate().find_map(|(k, o)| {
@@ -480,6 +483,12 @@ impl Vm {
                 })
             });
             bump_gen(shared, &self.keys);
+            // this VM routes by the snapshot it built, not by a decode of its own encoding: the
+            // key is read back once for its CAS token, which stands for these bytes only
+            let (stored, cas) = shared.get(&key);
+            if let (Some(s), true) = (self.services.get_mut(svc), stored.as_deref() == Some(&bytes[..])) {
+                s.view.install(snap, cas);
+            }
             self.sync(shared, now_ms);
         }
         self.account(svc, &outcome, now_ms);
@@ -1048,9 +1057,41 @@ mod tests {
         // a garbage reply keeps the membership
         assert!(matches!(w.refresh("<html>", NOW + 6000), RefreshOutcome::Failed(RegistryError::Parse(_))));
         assert_eq!(w.members().len(), 3);
-        assert_eq!(w.vm.view.decodes, 1, "decoded once: only on version change");
+        assert_eq!(w.vm.view.decodes, 0, "the publishing VM routes by the snapshot it built: no decode");
         assert_eq!(w.vm.services[0].stats.refresh_ok, 3);
         assert_eq!(w.vm.services[0].stats.refresh_failed, 1);
+    }
+
+    /// The poller routes by the snapshot it publishes without decoding it; another VM decodes
+    /// it once and holds the same membership.
+    #[test]
+    fn publishing_vm_installs_its_own_snapshot() {
+        let mut w = World::new(CFG);
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
+        let two = r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.3:80","weight":7}]}"#;
+        assert!(matches!(w.refresh(two, NOW + 2000), RefreshOutcome::Published { version: 2, hosts: 2, .. }));
+        assert_eq!(w.vm.view.decodes, 0, "the publishing VM does not decode its own snapshot");
+        let addrs: Vec<&str> = w.members().iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80"], "the new membership is routed by");
+        for k in 0..20 {
+            let value = w.route("demo", None, NOW + 2000 + k).unwrap();
+            assert!(!value.contains("10.0.0.2:80"), "a removed member is not routed to: {value}");
+        }
+        // what the poller holds is what every other VM decodes
+        let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 2, Rng::new(2));
+        other.sync(&w.shared, NOW + 2000);
+        assert_eq!(other.view.decodes, 1);
+        assert_eq!(other.services[0].view.snap, w.vm.services[0].view.snap);
+        assert_eq!(other.services[0].view.members, w.vm.services[0].view.members);
+        // a snapshot written by another VM is decoded as before
+        let mut s3 = w.vm.services[0].view.snap.clone();
+        s3.version += 1;
+        s3.members.truncate(1);
+        w.shared.set(&w.vm.keys.service("demo"), &s3.encode(), None);
+        bump_gen(&w.shared, &w.vm.keys);
+        w.vm.sync(&w.shared, NOW + 3000);
+        assert_eq!(w.vm.view.decodes, 1);
+        assert_eq!(w.members().len(), 1);
     }
 
     #[test]

@@ -266,7 +266,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let b = crate::instance::BuildOptions::default();
-        let (i, bad) = b.build("10.0.0.1:1".into(), None, None, crate::instance::State::Serving, md);
+        let (i, bad) = b.build("10.0.0.1:1".into(), None, None, crate::instance::State::Serving, &md);
         assert_eq!((i.weight, i.start_ms, i.warmup_ms, bad), (100, Some(now - 30_000), 60_000, 0));
         let c = Curve { sermant: Some(2), ..Curve::default() };
         assert_eq!(c.weight(i.weight, i.start_ms, i.warmup_ms, now), 25);

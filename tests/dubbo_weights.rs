@@ -63,7 +63,7 @@ fn lossless_matches_dubbo_get_weight() {
             thrown += usize::from(r[1] == "NumberFormatException");
             r[3].parse().unwrap()
         };
-        let (inst, malformed) = opts.build("127.0.0.1:1".into(), None, None, State::Serving, md);
+        let (inst, malformed) = opts.build("127.0.0.1:1".into(), None, None, State::Serving, &md);
         let got = curve.weight(inst.weight, inst.start_ms, inst.warmup_ms, now);
         if got != inst.weight && got > 1 {
             ramped += 1;

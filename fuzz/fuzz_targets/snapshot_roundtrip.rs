@@ -25,7 +25,6 @@ fuzz_target!(|input: Input| {
             start_ms,
             warmup_ms,
             state: state_of(st),
-            metadata: Default::default(),
         })
         .collect();
     check_snapshot_roundtrip(&Snapshot { version: input.version, updated_ms: input.updated_ms, members });

@@ -41,11 +41,8 @@ pub fn check_parsed(p: &Parsed) {
             assert!(a.addr < b.addr, "instances not sorted by addr or duplicate addr: {:?} then {:?}", a.addr, b.addr);
         }
     }
-    let snap = Snapshot {
-        version: p.instances.len() as u64,
-        updated_ms: i64::from(p.skipped),
-        members: p.instances.iter().map(|i| Instance { metadata: Default::default(), ..i.clone() }).collect(),
-    };
+    let snap =
+        Snapshot { version: p.instances.len() as u64, updated_ms: i64::from(p.skipped), members: p.instances.clone() };
     check_snapshot_roundtrip(&snap);
     for (k, m) in snap.members.iter().enumerate() {
         assert_eq!(snap.find(&m.addr), Some(k), "Snapshot::find({:?})", m.addr);
@@ -99,14 +96,7 @@ mod tests {
     use std::panic::catch_unwind;
 
     fn inst(addr: &str, weight: i32) -> Instance {
-        Instance {
-            addr: addr.into(),
-            weight,
-            start_ms: None,
-            warmup_ms: 0,
-            state: State::Serving,
-            metadata: Default::default(),
-        }
+        Instance { addr: addr.into(), weight, start_ms: None, warmup_ms: 0, state: State::Serving }
     }
     fn parsed(v: Vec<Instance>) -> Parsed {
         Parsed { instances: v, ..Parsed::default() }

@@ -97,6 +97,10 @@ const END_OF_HEX: &str = "unexpected end of hex escape";
 /// A document being read.
 pub struct Reader<'a> {
     s: &'a [u8],
+    /// The document as text when all of it is UTF-8 (checked once): a string without escapes is
+    /// then a slice of it, not checked again. `None`: each string is checked on its own, which
+    /// finds the first bad byte where serde_json does.
+    text: Option<&'a str>,
     i: usize,
     /// Levels of nesting still allowed: an array or object at level 128 is refused.
     depth: u8,
@@ -116,7 +120,17 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(s: &'a [u8]) -> Reader<'a> {
-        Reader { s, i: 0, depth: 128, first: false, colon: false, lenient: false, buf: Vec::new(), frames: Vec::new() }
+        Reader {
+            s,
+            text: std::str::from_utf8(s).ok(),
+            i: 0,
+            depth: 128,
+            first: false,
+            colon: false,
+            lenient: false,
+            buf: Vec::new(),
+            frames: Vec::new(),
+        }
     }
 
     /// An error at byte `i`, positioned as serde_json positions it.
@@ -147,22 +161,36 @@ impl<'a> Reader<'a> {
         self.at(self.i, Cow::Owned(msg))
     }
 
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
 
+    #[inline(always)]
     fn peek0(&self) -> u8 {
         self.peek().unwrap_or(0)
     }
 
+    #[inline(always)]
     fn bump(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.i += 1;
         Some(b)
     }
 
-    /// The next byte that is not whitespace, not consumed.
+    /// The next byte that is not whitespace, not consumed. Compact JSON has none: that case costs
+    /// one comparison.
+    #[inline(always)]
     fn ws(&mut self) -> Option<u8> {
+        match self.peek() {
+            Some(b' ' | b'\n' | b'\t' | b'\r') => self.ws_run(),
+            b => b,
+        }
+    }
+
+    /// [`Reader::ws`] past a run of whitespace.
+    #[inline(never)]
+    fn ws_run(&mut self) -> Option<u8> {
         while let Some(b) = self.peek() {
             if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
@@ -446,9 +474,14 @@ impl<'a> Reader<'a> {
             match self.peek() {
                 None => return Err(self.err(EOF_STRING)),
                 Some(b'"') => {
-                    let raw = s.get(from..self.i).unwrap_or_default();
+                    let to = self.i;
+                    let raw = s.get(from..to).unwrap_or_default();
                     self.i += 1;
                     if self.buf.is_empty() {
+                        // both ends are at ASCII bytes (a quote or an escape), so at char boundaries
+                        if let Some(t) = self.text.and_then(|t| t.get(from..to)) {
+                            return Ok(Cow::Borrowed(t));
+                        }
                         return self.utf8(raw).map(Cow::Borrowed);
                     }
                     self.buf.extend_from_slice(raw);
@@ -574,6 +607,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(always)]
     fn digit(&self) -> Option<u8> {
         self.peek().filter(u8::is_ascii_digit).map(|d| d - b'0')
     }
@@ -888,7 +922,17 @@ mod tests {
             }
         }
         // invalid UTF-8, raw and after an escape
-        for bytes in [&b"\"a\xffb\""[..], b"[\"\\n\xc3\"]", b"\"\xe2\x82\""] {
+        // (a document that is not all UTF-8 has each string checked on its own: the error is at the
+        // first bad string, whatever came before)
+        for bytes in [
+            &b"\"a\xffb\""[..],
+            b"[\"\\n\xc3\"]",
+            b"\"\xe2\x82\"",
+            b"[\"ok\",\n \"\xc3\xa9\", \"a\xffb\"]",
+            b"{\"k\":\"v\",\"\xc3\x28\":1}",
+            b"[\"\xf0\x9f\xa6\x80\", 1x, \"\xff\"]",
+            b"[\"\xc3\xa9\"] \xff",
+        ] {
             let ours = Json::parse(bytes).map_err(|e| e.to_string());
             let theirs = serde_json::from_slice::<Json>(bytes).map_err(|e| e.to_string());
             assert_eq!(ours, theirs, "{bytes:?}");

@@ -13,7 +13,6 @@
 //! A key given twice counts with its last value, as in a `serde_json::Value`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use super::{finish, Parsed, RegistryError};
 use crate::instance::Instance;
@@ -36,7 +35,7 @@ pub enum Loose<'a> {
     Object,
 }
 
-impl Loose<'_> {
+impl<'a> Loose<'a> {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Loose::Str(s) => Some(s),
@@ -89,13 +88,13 @@ impl Loose<'_> {
 
     /// A scalar metadata value as text (a number as serde_json prints it); `None` for `null`, an
     /// array or an object.
-    fn into_text(self) -> Option<String> {
+    fn into_text(self) -> Option<Cow<'a, str>> {
         match self {
-            Loose::Str(s) => Some(s.into_owned()),
-            Loose::Bool(b) => Some(b.to_string()),
-            Loose::Uint(u) => Some(u.to_string()),
-            Loose::Int(i) => Some(i.to_string()),
-            Loose::Float(f) => serde_json::Number::from_f64(f).map(|n| n.to_string()),
+            Loose::Str(s) => Some(s),
+            Loose::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+            Loose::Uint(u) => Some(Cow::Owned(u.to_string())),
+            Loose::Int(i) => Some(Cow::Owned(i.to_string())),
+            Loose::Float(f) => serde_json::Number::from_f64(f).map(|n| Cow::Owned(n.to_string())),
             Loose::Absent | Loose::Null | Loose::Array | Loose::Object => None,
         }
     }
@@ -184,7 +183,7 @@ pub const SLOTS: usize = 17;
 #[derive(Debug, Default)]
 pub struct Slots<'a> {
     pub v: [Loose<'a>; SLOTS],
-    pub meta: Meta,
+    pub meta: Meta<'a>,
     pub list: Vec<Loose<'a>>,
 }
 
@@ -193,7 +192,7 @@ impl Slots<'_> {
         for v in &mut self.v {
             *v = Loose::Absent;
         }
-        self.meta = Meta::default();
+        self.meta.clear();
         self.list.clear();
     }
 }
@@ -204,10 +203,11 @@ fn fields<'a>(
     cx: Ctx<'_>,
     table: &[Field],
     v: &mut [Loose<'a>],
-    mut rest: Option<(&mut Meta, &mut Vec<Loose<'a>>)>,
+    mut rest: Option<(&mut Meta<'a>, &mut Vec<Loose<'a>>)>,
 ) -> Res<()> {
     while let Some(k) = r.key()? {
-        let found = table.iter().find(|f| if f.key == TAG { cx.tag == Some(&*k) } else { f.key == k });
+        let found =
+            table.iter().find(|f| if same(f.key, TAG) { cx.tag.is_some_and(|t| same(t, &k)) } else { same(f.key, &k) });
         let Some(f) = found else {
             r.skip()?;
             continue;
@@ -217,18 +217,16 @@ fn fields<'a>(
                 let x = loose(r)?;
                 put(v, i, x);
             }
-            To::Meta => {
-                let m = meta(r, cx)?;
-                if let Some((md, _)) = rest.as_mut() {
-                    **md = m;
-                }
-            }
+            To::Meta => match rest.as_mut() {
+                Some((md, _)) => meta(r, cx, md)?,
+                None => meta(r, cx, &mut Meta::default())?,
+            },
             To::Obj(i, sub, end) => {
                 for s in v.get_mut(i + 1..end).unwrap_or_default() {
                     *s = Loose::Absent;
                 }
                 if let Some((md, _)) = rest.as_mut().filter(|_| sub.iter().any(|f| matches!(f.to, To::Meta))) {
-                    **md = Meta::default();
+                    md.clear();
                 }
                 let t = r.token()?;
                 if t == Tok::Obj {
@@ -269,6 +267,13 @@ fn fields<'a>(
         }
     }
     Ok(())
+}
+
+/// `a == b`, their lengths and first bytes compared first: keys that differ mostly differ there.
+#[inline(always)]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.first() == b.first() && a == b
 }
 
 fn put<'a>(v: &mut [Loose<'a>], i: usize, x: Loose<'a>) {
@@ -321,33 +326,43 @@ pub fn records<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, one: bool, s: &mut Sink<'_, 
     }
 }
 
-/// Metadata with only the keys that are read.
+/// Metadata with only the keys that are read, borrowed from the body where it can be.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Meta {
-    /// The kept keys with their values as text.
-    pub kept: BTreeMap<String, String>,
+pub struct Meta<'a> {
+    /// The kept keys with their values as text ([`crate::instance::Metadata`]).
+    pub kept: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// Values that are not a scalar (`null`, an array, an object; any key), or 1 when the
     /// metadata is not an object (and not `null`).
     pub bad: u32,
 }
 
-/// Reads a metadata object keeping only the keys in `cx.keys`: a string value as it is, a number
-/// or a boolean as its JSON text. A key's last value counts. The values of every other key are
-/// checked and dropped without being copied.
-pub fn meta(r: &mut Reader<'_>, cx: Ctx<'_>) -> Res<Meta> {
+impl Meta<'_> {
+    /// Empty, its room kept for the next record.
+    pub fn clear(&mut self) {
+        self.kept.clear();
+        self.bad = 0;
+    }
+}
+
+/// Reads a metadata object into `out` (cleared first) keeping only the keys in `cx.keys`: a
+/// string value as it is, a number or a boolean as its JSON text. A key's last value counts. The
+/// values of every other key are checked and dropped without being copied.
+pub fn meta<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, out: &mut Meta<'a>) -> Res<()> {
+    out.clear();
     match r.token()? {
         Tok::Obj => {}
-        Tok::Null => return Ok(Meta::default()),
+        Tok::Null => return Ok(()),
         t => {
             r.skip_after(&t)?;
-            return Ok(Meta { bad: 1, ..Meta::default() });
+            out.bad = 1;
+            return Ok(());
         }
     }
-    let mut kept = BTreeMap::new();
+    let kept = &mut out.kept;
     // keys whose last value so far is not a scalar (rare: usually empty)
     let mut bad: Vec<Cow<'_, str>> = Vec::new();
     while let Some(k) = r.key()? {
-        let keep = cx.keys.contains(&&*k);
+        let keep = cx.keys.iter().any(|c| same(c, &k));
         let t = r.token()?;
         // a kept key's value as text; of any other key only whether it is a scalar
         let text = if keep {
@@ -355,26 +370,28 @@ pub fn meta(r: &mut Reader<'_>, cx: Ctx<'_>) -> Res<Meta> {
         } else {
             let scalar = !matches!(t, Tok::Null | Tok::Arr | Tok::Obj);
             r.skip_after(&t)?;
-            scalar.then(String::new)
+            scalar.then_some(Cow::Borrowed(""))
         };
         if !bad.is_empty() {
             bad.retain(|b| *b != k);
         }
+        let at = if keep { kept.iter().position(|(kk, _)| *kk == k) } else { None };
         match text {
             None => {
-                if keep {
-                    kept.remove(&*k);
+                if let Some(i) = at {
+                    kept.swap_remove(i);
                 }
                 bad.push(k);
             }
-            Some(t) => {
-                if keep {
-                    kept.insert(k.into_owned(), t);
-                }
-            }
+            Some(t) if keep => match at.and_then(|i| kept.get_mut(i)) {
+                Some(slot) => slot.1 = t,
+                None => kept.push((k, t)),
+            },
+            Some(_) => {}
         }
     }
-    Ok(Meta { kept, bad: u32::try_from(bad.len()).unwrap_or(u32::MAX) })
+    out.bad = u32::try_from(bad.len()).unwrap_or(u32::MAX);
+    Ok(())
 }
 
 /// What became of one record.
@@ -453,11 +470,15 @@ impl Batch {
 mod tests {
     use super::*;
 
-    fn try_meta(keys: &[&str], body: &str) -> Result<Meta, RegistryError> {
-        read(body.as_bytes(), |r| super::meta(r, Ctx { keys, tag: None }))
+    fn try_meta<'a>(keys: &[&str], body: &'a str) -> Result<Meta<'a>, RegistryError> {
+        let mut m = Meta { kept: vec![("stale".into(), "x".into())], bad: 9 };
+        read(body.as_bytes(), |r| super::meta(r, Ctx { keys, tag: None }, &mut m))?;
+        Ok(m)
     }
-    fn meta(keys: &[&str], body: &str) -> Meta {
-        try_meta(keys, body).unwrap()
+    fn meta<'a>(keys: &[&str], body: &'a str) -> Meta<'a> {
+        let mut m = try_meta(keys, body).unwrap();
+        m.kept.sort();
+        m
     }
 
     #[test]
@@ -467,7 +488,7 @@ mod tests {
             &keys,
             r#"{"ключ":"значение ✓","n":-7,"f":1e300,"b":true,"s":"x\ty","a\"b":"1","zone":"a","deep":{"x":[1]}}"#,
         );
-        let kept: Vec<(&str, &str)> = m.kept.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let kept: Vec<(&str, &str)> = m.kept.iter().map(|(k, v)| (&**k, &**v)).collect();
         assert_eq!(
             kept,
             [("a\"b", "1"), ("b", "true"), ("f", "1e+300"), ("n", "-7"), ("s", "x\ty"), ("ключ", "значение ✓")]
@@ -476,7 +497,10 @@ mod tests {
         assert_eq!(m.bad, 1);
         // a key's last value counts, for what is kept and for what is malformed
         let m = meta(&keys, r#"{"n":"1","n":{"x":1},"zone":[1],"zone":"a","s":null,"s":"2"}"#);
-        assert_eq!((m.kept.get("n"), m.kept.get("s").map(String::as_str), m.bad), (None, Some("2"), 1));
+        let get = |k: &str| m.kept.iter().find(|(kk, _)| kk == k).map(|(_, v)| &**v);
+        assert_eq!((get("n"), get("s"), m.bad), (None, Some("2"), 1));
+        let m = meta(&keys, r#"{"s":"1","n":2,"s":"3","n":"4"}"#);
+        assert_eq!(m.kept, [("n".into(), "4".into()), ("s".into(), "3".into())]);
         // not an object: counted once; null: nothing
         assert_eq!(meta(&keys, r#"["n"]"#), Meta { bad: 1, ..Meta::default() });
         assert_eq!(meta(&keys, r#""n=1""#), Meta { bad: 1, ..Meta::default() });

@@ -398,7 +398,6 @@ pub fn finish(mut instances: Vec<Instance>, skipped: u32, malformed_meta: u32) -
                     (a, b) => a.or(b),
                 };
                 last.warmup_ms = last.warmup_ms.max(i.warmup_ms);
-                last.metadata.extend(i.metadata);
             }
             _ => out.push(i),
         }
@@ -431,13 +430,12 @@ fn hex(n: u8) -> char {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::instance::State;
 
     fn inst(addr: &str, w: i32, st: State, start: Option<i64>) -> Instance {
-        Instance { addr: addr.into(), weight: w, start_ms: start, warmup_ms: 10, state: st, metadata: BTreeMap::new() }
+        Instance { addr: addr.into(), weight: w, start_ms: start, warmup_ms: 10, state: st }
     }
 
     #[test]

