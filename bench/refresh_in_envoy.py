@@ -33,7 +33,8 @@ from kit import LOOPBACK, Envoy, Procs, env_path, free_port, lb_endpoints  # noq
 
 GAUGE = "wasmcustom.lossless.demo.refresh_duration_us"
 VERSION = "wasmcustom.lossless.demo.snapshot_version"
-UNCHANGED = "wasmcustom.lossless.demo.refresh_unchanged"
+# every applied reply counts refresh_ok, a changed one also publishes a new version
+REFRESHED = "wasmcustom.lossless.demo.refresh_ok"
 
 
 def meta(i):
@@ -156,9 +157,9 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
                       concurrency=1, name=f"envoy-{shape}", binary=env_path("ENVOY_BIN")).start()
         values, last = [], None
         deadline = time.monotonic() + samples * 3 + 60
-        # a changed refresh publishes a new version; an unchanged one counts refresh_unchanged
+        # a changed refresh publishes a new version; an unchanged one only counts refresh_ok
         # (flushed on the 100 ms tick, well within the 500 ms between refreshes)
-        counter = VERSION if changed else UNCHANGED
+        counter = VERSION if changed else REFRESHED
         while len(values) < samples + 2 and time.monotonic() < deadline:
             seen = envoy.stat(counter, 0)
             if seen != last:
