@@ -89,6 +89,10 @@ impl<'a> Iterator for Pairs<'a> {
         let v_end = v_start.checked_add(vlen)?;
         let key = self.bytes.get(self.data..k_end)?;
         let value = self.bytes.get(v_start..v_end)?;
+        // each name and value is followed by its NUL: a block without them is damaged here
+        if self.bytes.get(k_end) != Some(&0) || self.bytes.get(v_end) != Some(&0) {
+            return None;
+        }
         self.data = v_end.checked_add(1)?;
         self.index += 1;
         Some((key, value))
@@ -158,5 +162,7 @@ mod tests {
         bad.splice(4..8, u32::MAX.to_le_bytes());
         assert_eq!(Headers::from_wire(bad).iter().count(), 0);
         assert_eq!(Headers::from_wire(Vec::new()).iter().count(), 0);
+        // a pair whose NULs are missing is damage, not an empty pair
+        assert_eq!(Headers::from_wire(vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x1d]).iter().count(), 0);
     }
 }
