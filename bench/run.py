@@ -800,6 +800,19 @@ def split_text(s):
     return f"{s['user_us_per_req']:.1f} / {s['sys_us_per_req']:.1f}"
 
 
+def round_diffs(load, size, x, y, key):
+    """Variant `x` − variant `y` of `key`, at `size`, one difference per round that counted both."""
+    def row(v, rnd):
+        return next((r for r in load if (r["size"], r["variant"], r["round"]) == (size, v, rnd)
+                     and r.get("valid", True) and r.get(key) is not None), None)
+    out = []
+    for rnd in sorted({r["round"] for r in load}):
+        a, b = row(x, rnd), row(y, rnd)
+        if a and b:
+            out.append(a[key] - b[key])
+    return out
+
+
 def attribution(load, sizes):
     """Where Envoy's CPU per request goes, from this run: per size, the median over rounds of the
     within-round differences of CPU µs/req between the variants."""
@@ -813,16 +826,8 @@ def attribution(load, sizes):
         for size in sizes:
             cells = []
             for x, y, _ in steps:
-                diffs = []
-                for rnd in sorted({r["round"] for r in load}):
-                    a = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, x, rnd)
-                         and r.get("valid", True)]
-                    b = [r for r in load if (r["size"], r["variant"], r["round"]) == (size, y, rnd)
-                         and r.get("valid", True)]
-                    if a and b and a[0].get(key) is not None and b[0].get(key) is not None:
-                        diffs.append(a[0][key] - b[0][key])
-                cells.append(f"{med(diffs):+.1f} ({min(diffs):+.1f} to {max(diffs):+.1f})"
-                             if diffs else "")
+                d = round_diffs(load, size, x, y, key)
+                cells.append(f"{med(d):+.1f} ({min(d):+.1f} to {max(d):+.1f})" if d else "")
             if any(cells):
                 rows.append(f"| {size:,} | " + " | ".join(cells) + " |")
         return rows
@@ -832,16 +837,11 @@ def attribution(load, sizes):
         return []
     per_call = []
     for v, (_, _, what) in CROSSINGS.items():
-        diffs = []
-        for rnd in sorted({r["round"] for r in load}):
-            x = [r for r in load if (r["variant"], r["round"]) == (v, rnd) and r.get("valid", True)]
-            size = x[0]["size"] if x else None
-            b = [r for r in load if (r["variant"], r["round"], r["size"]) == ("b", rnd, size)]
-            if x and b:
-                diffs.append((x[0]["cpu_us_per_req"] - b[0]["cpu_us_per_req"]) / 10)
-        if diffs:
-            per_call.append(f"{what}: **{med(diffs):.2f} µs** of Envoy CPU (rounds "
-                            f"{min(diffs):.2f}–{max(diffs):.2f})")
+        # measured at one size only: the extra calls against (b) at that size, per call
+        d = [x / 10 for size in sizes for x in round_diffs(load, size, v, "b", "cpu_us_per_req")]
+        if d:
+            per_call.append(f"{what}: **{med(d):.2f} µs** of Envoy CPU (rounds "
+                            f"{min(d):.2f}–{max(d):.2f})")
     out = ["### Where the CPU per request goes", "",
            "Envoy CPU µs per request, differences between variants taken within a round; median "
            "over rounds (range). " + "; ".join(label for _, _, label in steps) + ".", "",
