@@ -62,11 +62,11 @@ def online_config(rnacos_addr, me, warm=WARM_AFTER, admission=None, warmup_ms=30
 
 
 def start_sidecar(make_envoy, registry_port, cfg, app, listen=None, name="sidecar",
-                  concurrency=1):
+                  concurrency=1, **kwargs):
     listen = listen or free_port()
     sc = make_envoy(INBOUND, {"LISTEN_PORT": listen, "REGISTRY_PORT": registry_port,
                               "LOSSLESS_CONFIG": cfg, "APP_PORT": app.port},
-                    name=name, concurrency=concurrency)
+                    name=name, concurrency=concurrency, **kwargs)
     sc.listen, sc.addr, sc.app = listen, f"{LOOPBACK}:{listen}", app
     return sc
 
@@ -183,13 +183,35 @@ def shipped_retry_policy():
     return route["route"]["retry_policy"]
 
 
+# How Istio's pilot-agent runs the sidecar's Envoy (istio/istio pkg/envoy/proxy.go: "--drain-time-s"
+# from the mesh's drainDuration, 45 s by default, and "--drain-strategy immediate"), with a drain
+# time short enough for a test.
+ISTIO_DRAIN_ARGS = ("--drain-time-s", "1", "--drain-strategy", "immediate")
+
+
+def stop_as_istio(sc):
+    """Stop a sidecar the way a pod's proxy stops: pilot-agent first drains Envoy's listeners
+    (`POST /drain_listeners?inboundonly&graceful`, Istio's pkg/envoy agent and its native-sidecar
+    preStop hook; this template's listener has no INBOUND direction, so without `inboundonly`):
+    every HTTP/1 response then carries `connection: close`, so callers stop reusing their
+    keep-alive connections, and the listener closes after the drain time. Then it stops Envoy.
+    Killing Envoy with no drain resets a request that is on one of those connections at that
+    instant; a caller whose retry policy does not retry resets (the Istio recipe's) answers it
+    503. Returns the listener's count of connections the drain closed."""
+    assert sc.admin("POST", "/drain_listeners?graceful")[0] == 200
+    time.sleep(1.5)
+    closed = sc.stat("http.inbound.downstream_cx_drain_close", 0)
+    sc.stop()
+    return closed
+
+
 def test_rolling_release_behind_lossless_and_plain_callers(rnacos, procs, make_envoy,
                                                            make_gateway):
     """Three instances whose only registry client is their sidecar are replaced one by one (a
-    new one starts cold and unready; the old one is drained by its preStop hook, then killed),
-    under load from (i) a lossless gateway that lists rnacos and (ii) a plain Envoy with the
-    shipped retry policy over all six sidecar addresses: nothing fails in either, and no
-    caller's request meets a cold application."""
+    new one starts cold and unready; the old one is drained by its preStop hook, then its proxy
+    and application stop as in a pod), under load from (i) a lossless gateway that lists rnacos
+    and (ii) a plain Envoy with the shipped retry policy over all six sidecar addresses: nothing
+    fails in either, and no caller's request meets a cold application."""
     old_ports = [free_port() for _ in range(3)]
     new_ports = [free_port() for _ in range(3)]
     addrs = [f"{LOOPBACK}:{p}" for pair in zip(old_ports, new_ports, strict=True) for p in pair]
@@ -198,7 +220,7 @@ def test_rolling_release_behind_lossless_and_plain_callers(rnacos, procs, make_e
         app = cold_app(procs, ready_after_ms=2000)
         sc = start_sidecar(make_envoy, rnacos.http_port,
                            online_config(rnacos.addr, f"{LOOPBACK}:{port}"), app, listen=port,
-                           name=f"sidecar-{gen}{i}")
+                           name=f"sidecar-{gen}{i}", extra_args=ISTIO_DRAIN_ARGS)
         return app, sc
 
     olds = [instance(p, i, "old") for i, p in enumerate(old_ports)]
@@ -211,8 +233,8 @@ def test_rolling_release_behind_lossless_and_plain_callers(rnacos, procs, make_e
                {"LISTEN_PORT": plain_port, "DEMO_ENDPOINTS": lb_endpoints(addrs),
                 "RETRY_POLICY": json.dumps(shipped_retry_policy())}, name="plain")
 
-    loads = {"lossless": Load(gw.listen, threads=4, duration=40, rate=120, post_share=0.3),
-             "plain": Load(plain_port, threads=4, duration=40, rate=120, post_share=0.3)}
+    loads = {"lossless": Load(gw.listen, threads=4, duration=45, rate=120, post_share=0.3),
+             "plain": Load(plain_port, threads=4, duration=45, rate=120, post_share=0.3)}
     for ld in loads.values():
         ld.start()
     news = []
@@ -225,7 +247,8 @@ def test_rolling_release_behind_lossless_and_plain_callers(rnacos, procs, make_e
         old_app, old_sc = olds[i]
         assert request("POST", f"http://{old_sc.addr}/lossless/drain", body=b"")[0] == 200
         time.sleep(3)  # the notify grace (1 s) and the in-flight requests
-        old_sc.stop()
+        # the callers that kept sending (the plain one) were told to close their connections
+        assert stop_as_istio(old_sc) > 0
         old_app.stop()
         time.sleep(2)
     for ld in loads.values():
