@@ -12,6 +12,10 @@ listening port listed in the Envoy STATIC cluster):
   e  the pass-through filter with Envoy's override_host policy, wrk setting "a,b,c" of the
      members in x-lossless-upstream (a Lua script: a in turn, b and c at random): Envoy's share
      of (d)
+At the smallest size only: (j)-(o), the pass-through filter making 10 host calls of one kind per
+request (the price of each kind); (p) and (q), (e) plus the pass-through filter making the calls
+routing by a header needs at least (the cluster and the write), or lossless' routine calls, with
+no logic (what lossless would cost if its decisions were free).
 With --matrix, lossless' routing choices as well, each against (d):
   f  lossless, policy random
   g  lossless, routing.fallbacks 0 (one address in the header)
@@ -229,6 +233,17 @@ CROSSINGS = {
     "o": ("pass-through wasm + 10 request header writes per request, round_robin",
           "set:10", "a request header write"),
 }
+# (e) plus host calls and no logic (measured at the smallest size only, like CROSSINGS): what
+# routing by lossless' header costs at least, and what lossless' routine calls cost without the
+# decisions they carry
+ROUTED_CALLS = {
+    "p": ("(e) + `xds.cluster_name` and one request header write per request",
+          "property:1,set:1",
+          "the calls routing by a header needs at least: the cluster, the write"),
+    "q": ("(e) + lossless' routine host calls per request, no logic",
+          "block:1,shared:1,property:1,set:1,response:1",
+          "lossless' routine calls: request headers, generation, cluster, write, response headers"),
+}
 # --matrix: lossless' routing choices, each one change from (d)'s defaults (service config)
 MATRIX = {
     "f": ("policy `random`", {"policy": "random"}),
@@ -246,6 +261,8 @@ MATRIX_END = "<!-- routing choices: end -->"
 def variant_name(v):
     if v in CROSSINGS:
         return CROSSINGS[v][0]
+    if v in ROUTED_CALLS:
+        return ROUTED_CALLS[v][0]
     if v in MATRIX:
         return f"lossless, {MATRIX[v][0]}"
     return VARIANTS[v]
@@ -356,10 +373,12 @@ def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthro
     else:
         template = baseline
         filters = [ROUTER]
-        if variant in ("b", "e", *CROSSINGS):
-            reads = CROSSINGS[variant][1] if variant in CROSSINGS else None
+        if variant in ("b", "e", *CROSSINGS, *ROUTED_CALLS):
+            calls = {**CROSSINGS, **ROUTED_CALLS}
+            reads = calls[variant][1] if variant in calls else None
             filters.insert(0, passthrough_filter(passthrough_wasm, reads))
-        policy = {"c": RR_SLOW, "e": OVERRIDE_HOST}.get(variant, RR)
+        overrides = ("e", *ROUTED_CALLS)
+        policy = RR_SLOW if variant == "c" else OVERRIDE_HOST if variant in overrides else RR
         subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy),
                     REGISTRY_PORT=registry_port)
     return template, subs
@@ -455,7 +474,8 @@ def variants_of(args):
     if args.matrix_only:
         chosen = list(LOSSLESS_VARIANTS)
     else:
-        chosen = list(VARIANTS) + list(CROSSINGS) + (list(MATRIX) if args.matrix else [])
+        chosen = (list(VARIANTS) + list(CROSSINGS) + list(ROUTED_CALLS)
+                  + (list(MATRIX) if args.matrix else []))
     return [v for v in chosen if not args.variants or v in args.variants]
 
 
@@ -467,13 +487,13 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
         for size in args.sizes:
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for v in order:
-                if v in CROSSINGS and size != min(args.sizes):
+                if v in (*CROSSINGS, *ROUTED_CALLS) and size != min(args.sizes):
                     continue
                 tag = f"r{rnd}-{size}-{v}"
                 config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
                                       baseline=baseline)
                 script = None
-                if v == "e":
+                if v in ("e", *ROUTED_CALLS):
                     script = procs.log_dir / f"override-{size}.lua"
                     script.write_text(WRK_LUA.format(seed=rnd + 1, base=ng.ports[0], span=size))
                 load1 = os.getloadavg()[0]
@@ -858,6 +878,20 @@ def attribution(load, sizes):
         out += ["What one host call costs, from the pass-through filter making 10 more calls of "
                 "one kind per request, (j) to (o), against (b) in the same round, divided by 10:",
                 "", *[f"- {c}" for c in per_call], ""]
+    floors = []
+    for v, (_, _, what) in ROUTED_CALLS.items():
+        for size in sizes:
+            d = round_diffs(load, size, v, "e", "cpu_us_per_req")
+            base = [r["cpu_us_per_req"] for r in load if (r["size"], r["variant"]) == (size, "e")
+                    and r.get("valid", True)]
+            if d and base:
+                floors.append(f"({v}) {what}: **{med(d):+.1f} µs** over (e) (rounds "
+                              f"{min(d):+.1f} to {max(d):+.1f}), {1 + med(d) / med(base):.2f}× "
+                              f"(e)'s CPU per request, at {size:,} instances")
+    if floors:
+        out += ["The same calls made once each by the pass-through filter on top of (e), with no "
+                "logic, against (e) in the same round (lossless' own (d) − (e) is in the table "
+                "above):", "", *[f"- {f}" for f in floors], ""]
     return out
 
 
@@ -933,7 +967,8 @@ def report(args, info, load, probe, micro, sizes_doc, started, formats=()):
             "| upstream cx at start / new in run | errors |")
         add("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size in args.sizes:
-            for v, name in {**VARIANTS, **{k: c[0] for k, c in CROSSINGS.items()}}.items():
+            extra = {k: c[0] for k, c in {**CROSSINGS, **ROUTED_CALLS}.items()}
+            for v, name in {**VARIANTS, **extra}.items():
                 s = summ.get((size, v))
                 if not s:
                     continue
@@ -1046,6 +1081,11 @@ def report(args, info, load, probe, micro, sizes_doc, started, formats=()):
         if r:
             add(f"| lossless ÷ (e) at {size:,} instances: ≥ 0.95× req/s and ≤ 1.05× Envoy CPU per "
                 f"request | {measured(r)} | {verdict(r[0] >= 0.95 and r[3] <= 1.05)} |")
+    for v, (name, _, _) in ROUTED_CALLS.items():
+        for size in args.sizes:
+            r = ratios.get((size, v, "e"))
+            if r:
+                add(f"| (reported) ({v}) {name}, ÷ (e) at {size:,} instances | {measured(r)} | |")
     for size in args.sizes:
         for base, name in (("b", "the pass-through filter (b)"),
                            ("c", "Envoy's native slow start (c)")):
@@ -1128,7 +1168,7 @@ def parse_args():
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX) - set(CROSSINGS)
+    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX) - set(CROSSINGS) - set(ROUTED_CALLS)
     if unknown:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if args.matrix_only:

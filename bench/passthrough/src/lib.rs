@@ -4,15 +4,17 @@
 //! With a plugin configuration of `kind:N` items (comma-separated) it also makes N host calls of
 //! each kind on every request, the kinds lossless' request path uses: `absent` reads a request
 //! header that is absent (one host call), `present` reads `:path` (one host call, plus the host
-//! allocating the value in the VM), `pairs` reads all request headers at once, `property` reads
-//! `xds.cluster_name`, `shared` reads a shared-data key holding an empty value, `set` sets a
-//! request header. What each crossing of the VM boundary costs Envoy.
+//! allocating the value in the VM), `pairs` reads all request headers at once through the SDK's
+//! reader (a string per header), `block` reads them at once as the host's serialized bytes (as
+//! lossless does), `property` reads `xds.cluster_name`, `shared` reads a shared-data key holding
+//! an empty value, `set` sets a request header, `response` reads all response headers at once as
+//! bytes (in the response's headers callback). What each crossing of the VM boundary costs Envoy.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
@@ -25,9 +27,11 @@ struct Calls {
     absent: u32,
     present: u32,
     pairs: u32,
+    block: u32,
     property: u32,
     shared: u32,
     set: u32,
+    response: u32,
 }
 
 #[derive(Default)]
@@ -48,9 +52,11 @@ impl RootContext for Root {
                 "absent" => c.absent = n,
                 "present" => c.present = n,
                 "pairs" => c.pairs = n,
+                "block" => c.block = n,
                 "property" => c.property = n,
                 "shared" => c.shared = n,
                 "set" => c.set = n,
+                "response" => c.response = n,
                 _ => return false,
             }
         }
@@ -88,6 +94,9 @@ impl HttpContext for Pass {
         for _ in 0..c.pairs {
             std::hint::black_box(self.get_http_request_headers_bytes());
         }
+        for _ in 0..c.block {
+            std::hint::black_box(header_block(MapType::HttpRequestHeaders));
+        }
         for _ in 0..c.property {
             std::hint::black_box(self.get_property(vec!["xds", "cluster_name"]));
         }
@@ -98,5 +107,31 @@ impl HttpContext for Pass {
             self.set_http_request_header("x-bench-set", Some("1"));
         }
         Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for _ in 0..self.calls.response {
+            std::hint::black_box(header_block(MapType::HttpResponseHeaders));
+        }
+        Action::Continue
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+}
+
+/// A whole header map as the host serializes it, undecoded (empty if the host has none).
+fn header_block(map: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on Ok the host has written `size` bytes it allocated through this module's
+    // `proxy_on_memory_allocate`, and their ownership passes to the VM; null means no pairs.
+    unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
     }
 }
