@@ -8,7 +8,7 @@ stopped. Python stdlib only.
                cpu_seconds, rss_kib
     http       request, get_json, wait_http
     templates  render, render_text, resolve_template, lb_endpoints (envoy/render.py underneath)
-    envoy      Envoy, real_binary, wasm_crash_lines, assert_no_wasm_crash
+    envoy      Envoy, validate_config, real_binary, wasm_crash_lines, assert_no_wasm_crash
     rnacos     Rnacos, RnacosError
     load       Load, MixedLoad, Sample, percentile
 
@@ -16,7 +16,7 @@ Callers put tests/ on sys.path and `import kit` (or `from kit import ...`).
 """
 
 from .env import HOUR_MS, LOOPBACK, REPO, env_bool, env_default, env_path, now_ms
-from .envoy import Envoy, assert_no_wasm_crash, real_binary, wasm_crash_lines
+from .envoy import Envoy, assert_no_wasm_crash, real_binary, validate_config, wasm_crash_lines
 from .http import get_json, request, wait_http
 from .load import Load, MixedLoad, Sample, percentile
 from .ports import free_port, port_block, port_free, slot_port
@@ -39,5 +39,5 @@ __all__ = [
     "env_bool", "env_default", "env_path", "free_port", "get_json", "interrupt_on_signals",
     "lb_endpoints", "now_ms", "percentile", "port_block", "port_free", "real_binary", "render",
     "render_text", "request", "resolve_template", "rss_kib", "slot_port", "stop_everything",
-    "wait_http", "wait_until", "wasm_crash_lines",
+    "validate_config", "wait_http", "wait_until", "wasm_crash_lines",
 ]

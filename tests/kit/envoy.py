@@ -114,15 +114,23 @@ class Envoy(Managed):
     @staticmethod
     def validate(template, subs, workdir, binary=None, name="validate"):
         """`envoy --mode validate` on the rendered template -> (returncode, output)."""
-        binary = Path(binary) if binary else env_path("ENVOY_BIN")
         subs = dict(subs)
         subs.setdefault("ADMIN_PORT", 0)
         cfg = render(template, subs, Path(workdir) / f"{name}.yaml")
-        res = subprocess.run([str(binary), "--mode", "validate", "-c", str(cfg),
-                              "--disable-hot-restart", "-l", "warn"],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                             timeout=60)
-        return res.returncode, res.stdout + res.stderr
+        return validate_config(cfg, binary=binary, timeout=60)
+
+
+def validate_config(config_path, binary=None, env=None, timeout=180):
+    """`envoy --mode validate` on a config file as it is (no placeholders filled: a ${NAME} in the
+    filter's JSON stays for the Wasm VM) -> (returncode, output). It loads the Wasm module and runs
+    the filter's own configuration check. `env` is added to Envoy's environment (a VM's
+    `host_env_keys` read it)."""
+    binary = Path(binary) if binary else env_path("ENVOY_BIN")
+    res = subprocess.run([str(binary), "--mode", "validate", "-c", str(config_path),
+                          "--disable-hot-restart", "-l", "warn"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    return res.returncode, res.stdout + res.stderr
 
 
 _CRASH = re.compile(r"\[critical\].*wasm|wasm.*\[critical\]|panicked|wasm log.*panic",
