@@ -13,8 +13,6 @@ import threading
 import time
 from collections import Counter
 
-from test_packaging import istio_route, merge, orders_cluster_name, orders_patches
-
 from harness import (
     INBOUND,
     SERVICE,
@@ -26,6 +24,7 @@ from harness import (
 )
 from kit import LOOPBACK, Load, free_port, lb_endpoints, now_ms, request, wait_until
 from kit.rnacos import Rnacos
+from shipped import istio_route, merge, orders_cluster_name, orders_patches
 
 # an application that becomes ready 3 s after it starts and serves its first 30 requests slowly
 READY_AFTER_MS = 3000
@@ -176,9 +175,9 @@ def test_registry_down_at_start_keeps_trying(procs, tmp_logs, rnacos_bin, make_e
 
 def shipped_retry_policy():
     """The retry policy of a plain (Istio) sidecar calling the service: Istio 1.28's default
-    route with the shipped EnvoyFilter's HTTP_ROUTE patch merged in (test_packaging builds and
-    checks the same merge): the instance's refusals and unreached attempts are retried, on
-    another host (Istio's previous_hosts predicate)."""
+    route with the shipped EnvoyFilter's HTTP_ROUTE patch merged in (test_packaging_istio_envoy
+    builds and checks the same merge): the instance's refusals and unreached attempts are
+    retried, on another host (Istio's previous_hosts predicate)."""
     route = merge(istio_route(orders_cluster_name(), "10s"), orders_patches()["HTTP_ROUTE"])
     return route["route"]["retry_policy"]
 
