@@ -18,6 +18,7 @@ import yaml
 
 from kit import REPO, free_port, render_text, request
 from shipped import (
+    DOCS,
     ENVOY_DIR,
     ISTIO_DEFAULT_RETRY_POLICY,
     ISTIO_DIR,
@@ -228,7 +229,7 @@ def slow_call_problems(route):
 
 
 def test_inbound_template_takes_the_address_from_the_environment(envoy_bin, wasm_path, tmp_path):
-    """README: inbound.self_address "${INSTANCE_IP}:8080" is
+    """docs/configuration.md and docs/istio.md: inbound.self_address "${INSTANCE_IP}:8080" is
     expanded from the Wasm VM's environment. render.py leaves a value's ${NAME} alone,
     envoy/inbound.yaml passes Envoy's INSTANCE_IP to the VM, and without the variable the filter
     refuses the config."""
@@ -377,15 +378,14 @@ STALE_NOTES = {
 
 
 def test_istio_notes_match_istio():
-    """The recipe's Istio floor (1.27) in every manifest of it and in the README's Istio section;
-    none of the notes found wrong against Istio's source (STALE_NOTES)."""
+    """The recipe's Istio floor (1.27) in every manifest of it and in docs/istio.md, the Istio
+    section's home, which the README links to; none of the notes found wrong against Istio's
+    source (STALE_NOTES)."""
     for path in ISTIO_DIR.glob("*.yaml"):
         text = path.read_text()
         if path.name != "serviceentry-nacos.yaml":  # optional, any Istio
             assert "Istio 1.27 or later" in text, path.name
         for note in STALE_NOTES.get(path.name, []):
             assert note not in text, f"{path.name}: {note!r}"
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("### Istio")
-    istio = readme[start:readme.index("\n## ", start)]
-    assert "Istio 1.27 or later" in istio
+    assert "Istio 1.27 or later" in (DOCS / "istio.md").read_text()
+    assert "](docs/istio.md)" in (REPO / "README.md").read_text()
