@@ -6,13 +6,16 @@
 //! so a pick's weight is never staler than that. With no instance warming the cache changes only
 //! when the membership does. A pick is O(log n): a binary search over prefix sums (random) or a
 //! binary heap (round robin).
+//!
+//! With [`OverloadProtection`] configured, each rebuild first decides whether it is in force for
+//! the members as they are then; while it is, every serving instance gets its full weight.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::clock::Rng;
 use crate::instance::Instance;
-use crate::warmup::Curve;
+use crate::warmup::{Curve, OverloadProtection, WarmingShare};
 
 /// How the primary is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +70,9 @@ impl Ord for Deadline {
 pub struct Balancer {
     policy: Policy,
     curve: Curve,
+    overload_protection: Option<OverloadProtection>,
+    /// The protection was in force at the last rebuild: the cached weights are full weights.
+    protected: bool,
     refresh_ms: i64,
     /// Index into the member list of each serving instance ("slot").
     slots: Vec<u32>,
@@ -92,6 +98,8 @@ impl Balancer {
         Balancer {
             policy,
             curve,
+            overload_protection: None,
+            protected: false,
             refresh_ms: refresh_ms.max(1),
             slots: Vec::new(),
             weights: Vec::new(),
@@ -106,8 +114,29 @@ impl Balancer {
         }
     }
 
-    /// Recomputes the table for `members` at `now_ms`. O(n).
+    /// With `rule`, warm-up stops while it is in force ([`OverloadProtection`]); `None` (the
+    /// default) keeps every instance on its curve.
+    pub fn with_overload_protection(mut self, rule: Option<OverloadProtection>) -> Self {
+        self.overload_protection = rule;
+        self.next_refresh_ms = i64::MIN;
+        self
+    }
+
+    /// The overload protection this balancer applies, if any.
+    pub fn overload_protection(&self) -> Option<OverloadProtection> {
+        self.overload_protection
+    }
+
+    /// True when the cached weights are the protected ones: the overload protection was in force
+    /// at the last rebuild, and every warming instance is weighted as warm.
+    pub fn overload_protected(&self) -> bool {
+        self.protected
+    }
+
+    /// Recomputes the table for `members` at `now_ms`. O(n) (twice over the members with the
+    /// overload protection configured: once to count, once to weigh).
     pub fn rebuild(&mut self, members: &[Instance], now_ms: i64, rng: &mut Rng) {
+        self.protected = self.overload_protection.is_some_and(|r| r.in_force(WarmingShare::of(members, now_ms)));
         self.slots.clear();
         self.weights.clear();
         self.prefix.clear();
@@ -121,9 +150,15 @@ impl Balancer {
             if !m.state.is_serving() {
                 continue;
             }
-            let w = self.curve.weight(m.weight, m.start_ms, m.warmup_ms, now_ms).max(0) as u32;
+            let w = if self.protected {
+                // Polaris hands the load balancer the weights as they were before warm-up
+                m.weight.max(0) as u32
+            } else {
+                self.curve.weight(m.weight, m.start_ms, m.warmup_ms, now_ms).max(0) as u32
+            };
             if let Some(ts) = m.start_ms.filter(|t| *t > 0) {
-                // still warming, or start time ahead of our clock: follow the curve
+                // still warming, or start time ahead of our clock: follow the curve (and, with
+                // the overload protection, the share of warming instances, which moves with it)
                 if now_ms.saturating_sub(ts) < m.warmup_ms {
                     next = next.min(now_ms.saturating_add(self.refresh_ms));
                 }
@@ -462,6 +497,152 @@ mod tests {
         b.rebuild(&ms, NOW, &mut rng);
         let got = shares(&mut b, 4, 40_000, &mut rng);
         assert!(got.iter().all(|s| (s - 25.0).abs() < 1.5), "{got:?}");
+    }
+
+    /// 2 warm instances and 6 a quarter into a 100 s warmup (Dubbo weight 25 of 100).
+    fn scale_out_2_to_8() -> Vec<Instance> {
+        let mut ms = vec![m(0, 100, State::Serving, None, 0), m(1, 100, State::Serving, None, 0)];
+        ms.extend((2..8).map(|i| m(i, 100, State::Serving, Some(NOW - 25_000), 100_000)));
+        ms
+    }
+
+    fn protected(policy: Policy, t: u32) -> Balancer {
+        Balancer::new(policy, Curve::default(), 100)
+            .with_overload_protection(Some(OverloadProtection { threshold_percent: t }))
+    }
+
+    /// In a 2 -> 8 scale-out the two warm instances would take 100/350 of the picks each; with the
+    /// protection in force (6 of 8 warming) every instance takes an eighth, through both policies.
+    #[test]
+    fn overload_protection_in_force_picks_by_full_weight() {
+        let ms = scale_out_2_to_8();
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut rng = Rng::new(17);
+            let mut off = Balancer::new(policy, Curve::default(), 100);
+            off.rebuild(&ms, NOW, &mut rng);
+            assert!(!off.overload_protected());
+            assert_eq!((off.weight_of(0), off.weight_of(2)), (100, 25));
+            let got = shares(&mut off, ms.len(), 80_000, &mut rng);
+            assert!((got[0] - 100.0 / 3.5).abs() < 1.0, "{policy:?} off: {got:?}");
+
+            let mut on = protected(policy, 50);
+            on.rebuild(&ms, NOW, &mut rng);
+            assert!(on.overload_protected());
+            assert!(on.warming(), "still refreshed while instances warm");
+            for i in 0..ms.len() {
+                assert_eq!(on.weight_of(i), 100, "{policy:?} member {i}");
+            }
+            let got = shares(&mut on, ms.len(), 80_000, &mut rng);
+            for (i, g) in got.iter().enumerate() {
+                assert!((g - 12.5).abs() < 1.0, "{policy:?} on, member {i}: {got:?}");
+            }
+            // 75 % warming is below a threshold of 76: the ramp stays
+            let mut high = protected(policy, 76);
+            high.rebuild(&ms, NOW, &mut rng);
+            assert!(!high.overload_protected());
+            assert_eq!(high.weight_of(2), 25);
+        }
+    }
+
+    /// The verdict follows the clock: the new instances finish one by one, the protection lifts
+    /// at 3 of 8 and the three still warming go back on their ramp (not to full weight).
+    #[test]
+    fn overload_protection_lifts_as_instances_finish() {
+        let mut ms = vec![m(0, 100, State::Serving, None, 0), m(1, 100, State::Serving, None, 0)];
+        // started 10 s apart, 100 s warmup: member 2 started at NOW - 50 s ... member 7 at NOW
+        ms.extend((2..8).map(|i| m(i, 100, State::Serving, Some(NOW - (7 - i as i64) * 10_000), 100_000)));
+        let mut rng = Rng::new(2);
+        let mut b = protected(Policy::RoundRobin, 50);
+        b.rebuild(&ms, NOW, &mut rng);
+        assert!(b.overload_protected());
+        assert_eq!(b.weight_of(7), 100);
+        // at NOW + 60 s members 2 and 3 are warm: 4 of 8, still in force
+        b.refresh_if_due(&ms, NOW + 60_000, &mut rng);
+        assert!(b.overload_protected());
+        // at NOW + 70 s member 4 too: 3 of 8, lifted; members 5, 6, 7 are 90, 80, 70 s in
+        b.refresh_if_due(&ms, NOW + 70_000, &mut rng);
+        assert!(!b.overload_protected());
+        assert_eq!((b.weight_of(4), b.weight_of(5), b.weight_of(6), b.weight_of(7)), (100, 90, 80, 70));
+        assert!(b.warming());
+        b.refresh_if_due(&ms, NOW + 100_000, &mut rng);
+        assert!(!b.overload_protected());
+        assert!(!b.warming());
+    }
+
+    /// Draining and down instances are not counted: with 2 of 4 warm ones draining or ejected,
+    /// 2 warming of the 4 left is 50 %; and they stay unpicked while the protection is in force.
+    #[test]
+    fn overload_protection_without_draining_and_down() {
+        let mut ms = vec![
+            m(0, 100, State::Serving, None, 0),
+            m(1, 100, State::Serving, None, 0),
+            m(2, 100, State::Draining, None, 0),
+            m(3, 100, State::Down, None, 0),
+            m(4, 100, State::Serving, Some(NOW - 25_000), 100_000),
+            m(5, 100, State::Serving, Some(NOW - 25_000), 100_000),
+        ];
+        let mut rng = Rng::new(4);
+        let mut b = protected(Policy::Random, 50);
+        b.rebuild(&ms, NOW, &mut rng);
+        assert!(b.overload_protected());
+        assert_eq!((b.weight_of(2), b.weight_of(3), b.weight_of(4)), (0, 0, 100));
+        let got = shares(&mut b, ms.len(), 40_000, &mut rng);
+        assert_eq!((got[2], got[3]), (0.0, 0.0));
+        assert!((got[4] - 25.0).abs() < 1.5, "{got:?}");
+        // back in service, they count again: 2 of 6
+        ms[2].state = State::Serving;
+        ms[3].state = State::Serving;
+        b.rebuild(&ms, NOW, &mut rng);
+        assert!(!b.overload_protected());
+        assert_eq!(b.weight_of(4), 25);
+    }
+
+    #[test]
+    fn overload_protection_one_instance() {
+        let mut rng = Rng::new(6);
+        let mut b = protected(Policy::RoundRobin, 50);
+        let cold = vec![m(0, 100, State::Serving, Some(NOW - 25_000), 100_000)];
+        b.rebuild(&cold, NOW, &mut rng);
+        assert!(b.overload_protected(), "1 of 1 warming");
+        assert_eq!(b.weight_of(0), 100);
+        let mut out = Vec::new();
+        b.pick(&mut rng, 2, &mut out).unwrap();
+        assert_eq!(out, vec![0]);
+        let warm = vec![m(0, 100, State::Serving, None, 0)];
+        b.rebuild(&warm, NOW, &mut rng);
+        assert!(!b.overload_protected());
+    }
+
+    /// Off (the default) or configured but not in force, the weights and the picks are exactly
+    /// those without the rule.
+    #[test]
+    fn overload_protection_off_changes_nothing() {
+        let mut ms = members_1_2_7_warming();
+        ms.push(m(6, 300, State::Serving, Some(NOW - 10_000), 100_000));
+        for policy in [Policy::Random, Policy::RoundRobin] {
+            let mut plain = Balancer::new(policy, Curve::default(), 100);
+            let mut none = Balancer::new(policy, Curve::default(), 100).with_overload_protection(None);
+            let mut idle = protected(policy, 50);
+            assert_eq!(none.overload_protection(), None);
+            let (mut r1, mut r2, mut r3) = (Rng::new(8), Rng::new(8), Rng::new(8));
+            plain.rebuild(&ms, NOW, &mut r1);
+            none.rebuild(&ms, NOW, &mut r2);
+            idle.rebuild(&ms, NOW, &mut r3);
+            assert!(!idle.overload_protected(), "2 of 5 warming");
+            for i in 0..ms.len() {
+                assert_eq!(plain.weight_of(i), none.weight_of(i));
+                assert_eq!(plain.weight_of(i), idle.weight_of(i));
+            }
+            assert_eq!((plain.weight_of(3), plain.weight_of(6)), (100, 30));
+            let (mut o1, mut o2, mut o3) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..2000 {
+                plain.pick(&mut r1, 2, &mut o1).unwrap();
+                none.pick(&mut r2, 2, &mut o2).unwrap();
+                idle.pick(&mut r3, 2, &mut o3).unwrap();
+                assert_eq!(o1, o2);
+                assert_eq!(o1, o3);
+            }
+        }
     }
 
     #[test]

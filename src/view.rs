@@ -72,6 +72,15 @@ impl ServiceView {
         std::mem::take(&mut self.installed)
     }
 
+    /// Whether the service's overload protection ([`crate::warmup::OverloadProtection`]) is in
+    /// force for its members, marks applied, at `now_ms`; false without one. Counted afresh (O(n)),
+    /// as [`host_counts`] is: the value for the gauge. The balancer's cached verdict
+    /// ([`Balancer::overload_protected`], what picks use) follows it within the weight refresh
+    /// interval.
+    pub fn overload_protected(&self, now_ms: i64) -> bool {
+        self.balancer.overload_protection().is_some_and(|r| r.in_force_for(&self.members, now_ms))
+    }
+
     /// Applies `marks` to the snapshot and rebuilds the balancer.
     pub fn rebuild(&mut self, marks: &Marks, now_ms: i64, rng: &mut Rng) {
         self.members.clone_from(&self.snap.members);
@@ -149,4 +158,78 @@ pub fn host_counts(members: &[Instance], now_ms: i64) -> HostCounts {
         }
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::OutlierDetection;
+    use crate::warmup::OverloadProtection;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn member(i: u8, start_ms: Option<i64>) -> Instance {
+        Instance { addr: format!("10.0.0.{i}:80"), weight: 100, start_ms, warmup_ms: 100_000, state: State::Serving }
+    }
+
+    fn view(rule: Option<OverloadProtection>) -> ServiceView {
+        let json = r#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/x"}},"services":[{"name":"me","registry":"s"}]}"#;
+        let cfg = crate::config::parse(json.as_bytes()).unwrap();
+        let mut sv = ServiceView::new(&cfg.services[0], 100);
+        sv.balancer = sv.balancer.clone().with_overload_protection(rule);
+        sv
+    }
+
+    /// Two warm, two warming, as the registry lists them; the marks of this VM's view take warm
+    /// ones out (ejected, failing a check, drain-marked), which puts the protection in force.
+    #[test]
+    fn marks_take_instances_out_of_the_count() {
+        let warming = Some(NOW - 25_000);
+        let snap = Snapshot {
+            version: 1,
+            updated_ms: NOW,
+            members: vec![
+                member(1, Some(1)),
+                member(2, Some(1)),
+                member(3, warming),
+                member(4, warming),
+                member(5, None),
+            ],
+        };
+        let mut rng = Rng::new(1);
+        let mut sv = view(Some(OverloadProtection::default()));
+        sv.install(snap.clone(), Some(1));
+        sv.rebuild(&Marks::default(), NOW, &mut rng);
+        assert!(!sv.overload_protected(NOW), "2 of 5");
+        assert!(!sv.balancer.overload_protected());
+        assert_eq!(sv.balancer.weight_of(2), 25);
+
+        // the ejected warm one is out: 2 warming of 4 candidates is 50 %
+        let mut marks = Marks::default();
+        marks.eject("10.0.0.1:80", Some(1), NOW, &OutlierDetection::default(), false);
+        sv.rebuild(&marks, NOW, &mut rng);
+        assert_eq!(sv.members[0].state, State::Down);
+        assert!(sv.overload_protected(NOW));
+        assert!(sv.balancer.overload_protected());
+        assert_eq!((sv.balancer.weight_of(0), sv.balancer.weight_of(2)), (0, 100));
+        // the same with a failing health check or a drain mark instead of the ejection
+        for edit in [
+            |m: &mut Marks| assert!(m.set_health("10.0.0.2:80", Some(1), false)),
+            |m: &mut Marks| assert!(m.mark("10.0.0.2:80", Some(1))),
+        ] {
+            let mut marks = Marks::default();
+            edit(&mut marks);
+            sv.rebuild(&marks, NOW, &mut rng);
+            assert!(!sv.members[1].state.is_serving());
+            assert!(sv.overload_protected(NOW) && sv.balancer.overload_protected());
+        }
+        // past the warmup nothing is protected, whatever the marks
+        assert!(!sv.overload_protected(NOW + 100_000));
+        // without the rule, never
+        let mut off = view(None);
+        off.install(snap, Some(1));
+        off.rebuild(&marks, NOW, &mut rng);
+        assert!(!off.overload_protected(NOW) && !off.balancer.overload_protected());
+        assert_eq!(off.balancer.weight_of(2), 25);
+    }
 }

@@ -6,6 +6,11 @@
 //! Java `long`/`int` promoted to `float`: both divisions happen in f32. Doing the same sums in f64
 //! gives different integers for some inputs (e.g. uptime 10000, warmup 20000, weight 14: 7 in Java,
 //! 6 in f64), so everything here stays in f32 on purpose.
+//!
+//! [`OverloadProtection`] stops the ramp while too many of a service's instances warm at once
+//! (Polaris' `Warmup.enableOverloadProtection` / `overloadProtectionThreshold`).
+
+use crate::instance::Instance;
 
 /// Dubbo's default warmup: 10 minutes.
 pub const DEFAULT_WARMUP_MS: i64 = 600_000;
@@ -147,6 +152,78 @@ pub fn is_warming(start_ms: Option<i64>, warmup_ms: i64, now_ms: i64) -> bool {
     }
 }
 
+/// Polaris' default threshold: `Warmup.overloadProtectionThreshold`, "default is 50"
+/// (polarismesh/specification, `api/v1/traffic_manage/lossless.proto`).
+pub const DEFAULT_OVERLOAD_PROTECTION_THRESHOLD_PERCENT: u32 = 50;
+
+/// Overload protection for warm-up, Polaris' rule (`Warmup.enableOverloadProtection` with
+/// `overloadProtectionThreshold`; polaris-java `WarmupWeightAdjuster`): while the warming
+/// instances are at least `threshold_percent` % of the candidates ([`WarmingShare`]), warm-up
+/// stops and every instance is picked by its full weight.
+///
+/// Dubbo's ramp takes traffic away from new instances and gives it to the warm ones; that is
+/// safe while most instances are warm. In a scale-out from 2 to 8 the 2 warm ones would carry
+/// nearly everything; with this rule in force the 8 share by their full weights instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadProtection {
+    /// In force when `warming * 100 >= threshold_percent * candidates` (Polaris:
+    /// `needWarmupCount * 100 / size >= threshold` in Java `int`, the same verdict for every
+    /// integer threshold). 0 stops every ramp as soon as one instance warms; 100 only when every
+    /// candidate warms; above 100 never. Configuration keeps it in 0..=100.
+    pub threshold_percent: u32,
+}
+
+impl Default for OverloadProtection {
+    fn default() -> Self {
+        OverloadProtection { threshold_percent: DEFAULT_OVERLOAD_PROTECTION_THRESHOLD_PERCENT }
+    }
+}
+
+impl OverloadProtection {
+    /// Whether the rule is in force for a service whose candidates are counted in `share`.
+    /// Never with no warming instance (there is no ramp to stop: Polaris gives the same
+    /// weights then), so a service of one warm instance is never protected.
+    pub fn in_force(&self, share: WarmingShare) -> bool {
+        share.warming > 0
+            && share.warming.saturating_mul(100) >= u64::from(self.threshold_percent).saturating_mul(share.candidates)
+    }
+
+    /// [`OverloadProtection::in_force`] for `members` at `now_ms`.
+    pub fn in_force_for(&self, members: &[Instance], now_ms: i64) -> bool {
+        self.in_force(WarmingShare::of(members, now_ms))
+    }
+}
+
+/// The counts the overload protection decides by.
+///
+/// Candidates are the instances a pick chooses among: serving (not draining, not down, so not
+/// ejected or failing a health check either) and with a positive weight. Polaris counts the
+/// instances its routers left for the load balancer: isolated and weight-0 instances are gone
+/// (`IsolatedRouter`), unhealthy and circuit-broken ones too (`RecoverRouter`), so the same.
+/// Warming: a candidate inside its warmup window ([`is_warming`]: a start time, and uptime below
+/// the instance's warmup, in ms; Polaris counts whole seconds of `|uptime|`). A start time ahead
+/// of the clock counts as warming (Polaris too while it is less than a window ahead). An instance
+/// without a start time is warm, in Polaris as here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmingShare {
+    /// Candidates inside their warmup window.
+    pub warming: u64,
+    /// Serving instances with a positive weight.
+    pub candidates: u64,
+}
+
+impl WarmingShare {
+    /// Counts `members` at `now_ms`. O(n).
+    pub fn of(members: &[Instance], now_ms: i64) -> Self {
+        let mut s = WarmingShare::default();
+        for m in members.iter().filter(|m| m.state.is_serving() && m.weight > 0) {
+            s.candidates += 1;
+            s.warming += u64::from(is_warming(m.start_ms, m.warmup_ms, now_ms));
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +350,190 @@ mod tests {
         assert!(!c.is_dubbo());
     }
 
+    // ---- overload protection -------------------------------------------------------------
+
+    fn share(warming: u64, candidates: u64) -> WarmingShare {
+        WarmingShare { warming, candidates }
+    }
+
+    fn at(t: u32) -> OverloadProtection {
+        OverloadProtection { threshold_percent: t }
+    }
+
+    fn inst(i: usize, weight: i32, start_ms: Option<i64>, state: crate::instance::State) -> Instance {
+        Instance { addr: format!("10.0.0.{i}:80"), weight, start_ms, warmup_ms: 60_000, state }
+    }
+
+    const T0: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn overload_protection_default_is_polaris_50() {
+        assert_eq!(OverloadProtection::default().threshold_percent, 50);
+    }
+
+    /// The threshold is "at least" (Polaris' `>=` on the service-wide rule), with exact shares:
+    /// 1 of 3 is 33.3 %, in force at 33 and not at 34.
+    #[test]
+    fn overload_protection_thresholds_and_boundaries() {
+        let rows: &[(u32, u64, u64, bool)] = &[
+            // threshold 0: in force as soon as one candidate warms
+            (0, 0, 4, false),
+            (0, 1, 4, true),
+            (0, 1, 1000, true),
+            // 50: exactly half is in force
+            (50, 1, 2, true),
+            (50, 2, 4, true),
+            (50, 1, 4, false),
+            (50, 1, 3, false),
+            (50, 2, 3, true),
+            (50, 3, 7, false),
+            (50, 4, 7, true),
+            (50, 49, 100, false),
+            (50, 50, 100, true),
+            (50, 0, 0, false),
+            // between: floor(100 w / n) >= t is the same as 100 w >= t n
+            (33, 1, 3, true),
+            (34, 1, 3, false),
+            (66, 2, 3, true),
+            (67, 2, 3, false),
+            // 100: only when every candidate warms
+            (100, 3, 4, false),
+            (100, 4, 4, true),
+            (100, 1, 1, true),
+            (100, 999, 1000, false),
+            // above 100 never (configuration refuses it)
+            (101, 4, 4, false),
+        ];
+        for (t, w, n, want) in rows {
+            assert_eq!(at(*t).in_force(share(*w, *n)), *want, "threshold {t}: {w} of {n}");
+        }
+    }
+
+    /// Who counts: serving candidates with a positive weight; warming = inside the window.
+    #[test]
+    fn warming_share_counts_serving_candidates_only() {
+        use crate::instance::State::{Down, Draining, Serving};
+        let now = T0 + 600_000;
+        let ms = vec![
+            inst(1, 100, Some(now - 10_000), Serving),  // warming
+            inst(2, 100, Some(now - 60_000), Serving),  // window just over: warm
+            inst(3, 100, None, Serving),                // no start time: warm
+            inst(4, 100, Some(now + 5_000), Serving),   // start ahead of the clock: warming
+            inst(5, 0, Some(now - 10_000), Serving),    // weight 0: no candidate
+            inst(6, 100, Some(now - 10_000), Draining), // draining: no candidate
+            inst(7, 100, Some(now - 10_000), Down),     // down or ejected: no candidate
+            inst(8, 100, Some(now - 59_999), Serving),  // 1 ms left: warming
+        ];
+        assert_eq!(WarmingShare::of(&ms, now), share(3, 5));
+        assert_eq!(WarmingShare::of(&[], now), share(0, 0));
+        // what the share decides: 3 of 5 is 60 % (3 of 8 if every listed instance counted)
+        assert!(at(60).in_force_for(&ms, now));
+        assert!(!at(61).in_force_for(&ms, now));
+    }
+
+    /// Draining and down (ejected, failing a check) instances are not "all instances": two warm
+    /// instances leaving make two warming ones half of what is left.
+    #[test]
+    fn draining_and_ejected_leave_the_count() {
+        use crate::instance::State::{Down, Draining, Serving};
+        let now = T0 + 600_000;
+        let warming = Some(now - 10_000);
+        let mut ms = vec![
+            inst(1, 100, None, Serving),
+            inst(2, 100, None, Serving),
+            inst(3, 100, None, Serving),
+            inst(4, 100, None, Serving),
+            inst(5, 100, warming, Serving),
+            inst(6, 100, warming, Serving),
+        ];
+        assert!(!at(50).in_force_for(&ms, now), "2 of 6");
+        ms[0].state = Draining;
+        assert!(!at(50).in_force_for(&ms, now), "2 of 5");
+        ms[1].state = Down;
+        assert_eq!(WarmingShare::of(&ms, now), share(2, 4));
+        assert!(at(50).in_force_for(&ms, now), "2 of 4");
+        // a warming instance that drains or is ejected leaves both counts
+        ms[4].state = Draining;
+        ms[5].state = Down;
+        assert_eq!(WarmingShare::of(&ms, now), share(0, 2));
+        assert!(!at(0).in_force_for(&ms, now), "nothing warms: nothing to stop");
+    }
+
+    #[test]
+    fn one_instance_service() {
+        use crate::instance::State::Serving;
+        let now = T0 + 600_000;
+        let warm = [inst(1, 100, Some(now - 600_000), Serving)];
+        let cold = [inst(1, 100, Some(now - 1_000), Serving)];
+        for t in [0, 50, 100] {
+            assert!(!at(t).in_force_for(&warm, now), "threshold {t}");
+            assert!(at(t).in_force_for(&cold, now), "threshold {t}: 1 of 1 warming");
+        }
+    }
+
+    /// A rolling release of 3 instances with maxSurge 1 and maxUnavailable 0, each new instance
+    /// warm before the next step (minReadySeconds at least the warmup): at most 1 of 4 warms,
+    /// never in force at 50. Without the wait the new ones pile up: 2 of 4 is in force.
+    #[test]
+    fn rolling_release_3_instances_max_surge_1() {
+        use crate::instance::State::{Draining, Serving};
+        let warmup = 60_000;
+        let mut ms: Vec<Instance> = (1..=3).map(|i| inst(i, 100, Some(T0 - 3_600_000), Serving)).collect();
+        let mut now = T0;
+        let mut seen = 0;
+        for step in 0..3 {
+            // surge: a new instance starts
+            ms.push(inst(10 + step, 100, Some(now), Serving));
+            for dt in (0..=warmup).step_by(1_000) {
+                let t = now + dt;
+                let s = WarmingShare::of(&ms, t);
+                assert!(s.warming <= 1, "step {step} +{dt} ms: {s:?}");
+                assert!(!at(50).in_force_for(&ms, t), "step {step} +{dt} ms: {s:?}");
+                seen += 1;
+                // it is ready at once; the old one it replaces drains while it still warms
+                if dt == 1_000 {
+                    assert_eq!(ms[0].start_ms, Some(T0 - 3_600_000), "an old one");
+                    ms[0].state = Draining;
+                }
+            }
+            now += warmup;
+            // the drained one is gone before the next step
+            ms.retain(|m| m.state == Serving);
+        }
+        assert_eq!(seen, 3 * 61);
+        assert_eq!(ms.len(), 3);
+        // without waiting out the warmup: the second new instance starts while the first warms
+        let mut piled: Vec<Instance> = (1..=3).map(|i| inst(i, 100, None, Serving)).collect();
+        piled.push(inst(10, 100, Some(T0), Serving));
+        piled[0].state = Draining;
+        piled.push(inst(11, 100, Some(T0 + 5_000), Serving));
+        assert_eq!(WarmingShare::of(&piled, T0 + 6_000), share(2, 4));
+        assert!(at(50).in_force_for(&piled, T0 + 6_000));
+    }
+
+    /// A scale-out from 2 to 8: 6 of 8 warm (75 %), in force at 50 and up to 75; as the new ones
+    /// finish one by one it stays in force down to 4 of 8 and lifts at 3 of 8.
+    #[test]
+    fn scale_out_2_to_8() {
+        use crate::instance::State::Serving;
+        let mut ms: Vec<Instance> = (1..=2).map(|i| inst(i, 100, None, Serving)).collect();
+        // six new instances, started 1 s apart
+        ms.extend((0..6).map(|k| inst(10 + k, 100, Some(T0 + k as i64 * 1_000), Serving)));
+        let now = T0 + 5_000;
+        assert_eq!(WarmingShare::of(&ms, now), share(6, 8));
+        assert!(at(50).in_force_for(&ms, now));
+        assert!(at(75).in_force_for(&ms, now));
+        assert!(!at(76).in_force_for(&ms, now));
+        // the k-th new one is warm from T0 + k s + 60 s
+        let after = |k: i64| T0 + k * 1_000 + 60_000;
+        assert_eq!(WarmingShare::of(&ms, after(0)), share(5, 8));
+        assert_eq!(WarmingShare::of(&ms, after(1)), share(4, 8));
+        assert!(at(50).in_force_for(&ms, after(1)), "4 of 8 is 50 %");
+        assert_eq!(WarmingShare::of(&ms, after(2)), share(3, 8));
+        assert!(!at(50).in_force_for(&ms, after(2)), "3 of 8 is 37.5 %");
+        assert!(!at(50).in_force_for(&ms, after(5)));
+    }
+
     proptest! {
         #[test]
         fn within_bounds(uptime in 0i64..=2_000_000_000, warmup in 1i64..=i32::MAX as i64, weight in 1i32..=10_000) {
@@ -292,6 +553,15 @@ mod tests {
             if lo > 0 {
                 prop_assert!(dubbo_weight(weight, Some(now - lo), warmup, now) <= dubbo_weight(weight, Some(now - hi), warmup, now));
             }
+        }
+
+        /// The verdict is Polaris' own expression (`needWarmupCount * 100 / size >= threshold`,
+        /// Java `int` division) whenever some instance warms.
+        #[test]
+        fn overload_verdict_is_polaris_expression(n in 1u64..=100_000, w in 1u64..=100_000, t in 0u32..=150) {
+            let w = w.min(n);
+            let polaris = (w as i32 * 100 / n as i32) >= t as i32;
+            prop_assert_eq!(at(t).in_force(share(w, n)), polaris);
         }
 
         #[test]
