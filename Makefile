@@ -31,10 +31,20 @@ target:
 wasm-opt:
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen; }
 
+# The module's size budget, bytes (1 MiB): `make build` fails when target/lossless.wasm is larger
+# (the module is left in place to be looked at).
+WASM_BUDGET ?= 1048576
+
 build: target wasm-opt
 	cargo build --release --target $(WASM_TARGET)
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM_RAW) -o $(WASM)
-	@printf 'wasm: %s (%s bytes, %s KiB)\n' $(WASM) $$(stat -c %s $(WASM)) $$(( $$(stat -c %s $(WASM)) / 1024 ))
+	@size=$$(stat -c %s $(WASM)); \
+	  printf 'wasm: %s (%s bytes, %s KiB); budget %s bytes (%s KiB)\n' \
+	    $(WASM) $$size $$(( size / 1024 )) $(WASM_BUDGET) $$(( $(WASM_BUDGET) / 1024 )); \
+	  if [ $$size -gt $(WASM_BUDGET) ]; then \
+	    printf 'wasm: %s is over the budget by %s bytes\n' $(WASM) $$(( size - $(WASM_BUDGET) )) >&2; \
+	    exit 1; \
+	  fi
 
 $(ENVOY):
 	python3 -m venv $(VENV)
