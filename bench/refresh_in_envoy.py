@@ -27,7 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))  # the test kit
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # the test kit: this file is also run as a script
 
 from kit import LOOPBACK, Envoy, Procs, env_path, free_port, lb_endpoints  # noqa: E402
 

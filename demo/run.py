@@ -45,7 +45,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test kit
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # the test kit: this file is run as a script
 
 from kit import Procs, Rnacos, env_bool, env_default, interrupt_on_signals, stop_everything  # noqa: E402
 from live import LiveView  # noqa: E402

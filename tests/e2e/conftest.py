@@ -25,12 +25,6 @@ from kit import (
 TAIL_LINES = 25
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "compat: also runs on the oldest supported Envoy")
-    config.addinivalue_line("markers", "chaos: chaos and soak tests (make chaos)")
-    config.addinivalue_line("markers", "soak: long soak, not part of make test (-m 'not soak')")
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, attach the per-test log paths and their tails to the report."""

@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))  # tests/, where the kit lives
+from kit import LOOPBACK, REPO, Managed, free_port, get_json, request, wait_http
 
-from kit import LOOPBACK, REPO, Managed, free_port, get_json, request, wait_http  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 TEMPLATES = HERE / "templates"
 SERVICE = "demo-svc"

@@ -12,7 +12,9 @@ stopped. Python stdlib only.
     rnacos     Rnacos, RnacosError
     load       Load, MixedLoad, Sample, percentile
 
-Callers put tests/ on sys.path and `import kit` (or `from kit import ...`).
+`import kit` (or `from kit import ...`): pytest finds it through pyproject.toml's pythonpath;
+the scripts (demo/run.py, bench/run.py, bench/startup.py, bench/refresh_in_envoy.py) put tests/
+on sys.path themselves.
 """
 
 from .env import HOUR_MS, LOOPBACK, REPO, env_bool, env_default, env_path, now_ms

@@ -1,0 +1,422 @@
+"""What `make bench` measures and how: nginx upstreams and the static registry, a fresh Envoy per
+run, wrk load with a warm-up, what reached which upstream (seen by the kernel), the load test over
+the variants, the refresh probe, the registry replies refreshed inside Envoy, and the criterion
+micro-benchmarks. Every process is tracked by pid and stopped; every wait is bounded."""
+
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import refresh_in_envoy
+from kit import LOOPBACK, Envoy, free_port, port_block, request, wait_until
+from variants import (
+    CROSSINGS,
+    LOSSLESS_VARIANTS,
+    PROBES,
+    ROUTED_CALLS,
+    WRK_LUA,
+    baseline_template,
+    envoy_config,
+    variants_of,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# nginx processes split the upstream ports so each stays well inside the fd hard limit
+PORTS_PER_NGINX = 5000
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def body_of(url, timeout=5.0):
+    return request("GET", url, timeout=timeout)[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections {conns}; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    default_type application/json;
+    # the churn document flips between two versions at random (half of the replies differ)
+    map $request_id $churn {{ "~[0-7]$" a; default b; }}
+    server {{
+{listens}
+        location / {{ return 200 "ok"; }}
+    }}
+{registry}
+}}
+"""
+
+REGISTRY_SERVER = """\
+    server {{
+        listen {addr};
+        root {www};
+        location = /m/churn.json {{ try_files /m/churn-$churn.json =404; }}
+        location /m/ {{ }}
+    }}
+"""
+
+
+class Nginx:
+    """nginx processes listening on a block of `n_ports` upstream ports (answering "ok"), the first
+    one also serving the static registry documents of www/m/."""
+
+    def __init__(self, procs, binary, n_ports):
+        self.procs = procs
+        self.binary = binary
+        self.tmp = procs.log_dir
+        self.base = port_block(n_ports)
+        self.ports = list(range(self.base, self.base + n_ports))
+        self.registry_port = free_port()
+        self.www = self.tmp / "www"
+        (self.www / "m").mkdir(parents=True, exist_ok=True)
+        self.names = []
+
+    def doc(self, name, ports, weight_of=lambda i: 100):
+        inst = [{"address": f"{LOOPBACK}:{p}", "weight": weight_of(i)}
+                for i, p in enumerate(ports)]
+        path = self.www / "m" / f"{name}.json"
+        path.write_text(json.dumps({"instances": inst}, separators=(",", ":")))
+        return path.stat().st_size
+
+    def start(self):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        chunks = [self.ports[i:i + PORTS_PER_NGINX]
+                  for i in range(0, len(self.ports), PORTS_PER_NGINX)]
+        os.chmod(self.tmp, 0o755)  # a root master runs its worker as nobody: it must read www/
+        registry = REGISTRY_SERVER.format(addr=f"{LOOPBACK}:{self.registry_port}", www=self.www)
+        for k, chunk in enumerate(chunks):
+            d = self.tmp / f"nginx-{k}"
+            d.mkdir(exist_ok=True)
+            conf = NGINX_CONF.format(
+                nofile=hard - 100, conns=hard - 200, dir=d,
+                listens="\n".join(f"        listen {LOOPBACK}:{p};" for p in chunk),
+                registry=registry if k == 0 else "")
+            (d / "nginx.conf").write_text(conf)
+            name = f"nginx-{k}"
+            self.procs.start(name, [self.binary, "-p", d, "-c", d / "nginx.conf"],
+                             log_path=d / "stdout.log")
+            self.names.append(name)
+        for name, chunk in zip(self.names, chunks, strict=True):
+            for port in (chunk[0], chunk[-1]):
+                wait_until(lambda name=name, port=port: self.procs.is_alive(name)
+                           and body_of(f"http://{LOOPBACK}:{port}/") == b"ok",
+                           60, what=f"nginx on port {port}")
+        doc = f"http://{LOOPBACK}:{self.registry_port}/m/svc3.json"
+        wait_until(lambda: request("GET", doc)[0] == 200, 30, what="registry doc")
+        log(f"nginx: {len(self.names)} process(es), upstream ports "
+            f"{self.ports[0]}..{self.ports[-1]}, registry {self.registry_port}, fd limit {hard}")
+
+    def stop(self):
+        for name in self.names:
+            self.procs.stop(name, timeout=20)
+
+
+SNAPSHOT = "wasmcustom.lossless.demo.snapshot_version"
+
+
+def start_envoy(procs, binary, tag, config, concurrency=1, timeout=120):
+    """A fresh Envoy for one run: `config` = (template, subs) of envoy_config(); waits until it is
+    ready, (lossless) has published its first membership, and routes. Its listener port is in
+    `.listen_port`, its time to get ready in `.ready_s`."""
+    template, subs = config
+    listen = free_port()
+    e = Envoy(procs, procs.log_dir, template, {**subs, "LISTEN_PORT": listen},
+              concurrency=concurrency, name=f"envoy-{tag}", binary=binary, log_level="warning",
+              extra_args=["--component-log-level", "wasm:info"])
+    t0 = time.monotonic()
+    e.start(timeout)
+
+    def alive():
+        if not e.is_alive():
+            raise RuntimeError(f"envoy {tag} exited; see {e.log_path}:\n{e.log_tail()}")
+        return True
+
+    if "LOSSLESS_CONFIG" in subs:
+        wait_until(lambda: alive() and e.stat(SNAPSHOT, 0) >= 1, timeout,
+                   what=f"envoy {tag}: first membership published")
+    e.ready_s = time.monotonic() - t0
+    e.listen_port = listen
+    wait_until(lambda: body_of(f"http://{LOOPBACK}:{listen}/") == b"ok", 30,
+               what=f"envoy {tag} routes")
+    return e
+
+
+def publishes(e):
+    """Membership versions the filter logged as published."""
+    text = e.log_path.read_text(errors="replace")
+    return len(re.findall(r"membership v\d+: \d+ instances", text))
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(binary, port, seconds, connections, script=None):
+    cmd = [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    cmd += (["-s", str(script)] if script else []) + [f"http://{LOOPBACK}:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    r = {"cmd": " ".join(cmd)}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    r["rps"] = float(m.group(1))
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        r[f"p{pct}_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# phases
+
+CX_ACTIVE = "cluster.demo.upstream_cx_active"
+CX_TOTAL = "cluster.demo.upstream_cx_total"
+
+
+def warm_up(args, e, size, script=None):
+    """Unrecorded load until (nearly) every host has a keep-alive upstream connection, so the
+    measured run is not dominated by connection setup (with 10,000 hosts, picks spread over all of
+    them). Bounded by --warmup-max seconds."""
+    t0 = time.monotonic()
+    wrk(args.wrk, e.listen_port, args.warmup, args.connections, script)
+    active = e.stat(CX_ACTIVE, 0)
+    while active < 0.95 * size and time.monotonic() - t0 < args.warmup_max:
+        wrk(args.wrk, e.listen_port, 2, args.connections, script)
+        active = e.stat(CX_ACTIVE, 0)
+    return time.monotonic() - t0, active
+
+
+def upstream_reads(ports):
+    """Bytes each open connection into an upstream port has received so far, by (upstream port,
+    peer), read from the kernel (`ss -tin`) on nginx's side: what reached which upstream, seen
+    outside Envoy (an ORIGINAL_DST cluster's per-host counters in admin /clusters can miss
+    requests sent while the host was being added)."""
+    out = subprocess.run(["ss", "-Htin", "state", "established",
+                          f"( sport >= :{ports[0]} and sport <= :{ports[-1]} )"],
+                         capture_output=True, text=True, timeout=60).stdout
+    reads, key = {}, None
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            parts = line.split()
+            key = (int(parts[-2].rsplit(":", 1)[1]), parts[-1])
+            reads[key] = 0
+        elif key is not None:
+            m = re.search(r"bytes_received:(\d+)", line)
+            reads[key] = int(m.group(1)) if m else 0
+    return reads
+
+
+def hosts_reached(before, after):
+    """Upstream ports that received bytes between two upstream_reads()."""
+    return {k[0] for k, n in after.items() if n > before.get(k, 0)}
+
+
+def wait_for_quiet(args):
+    """Before the load test: waits (polling every 15 s) until the 1-minute load average is below
+    --max-load, at most --max-load-wait seconds; returns (seconds waited, load when it started)."""
+    t0 = time.monotonic()
+    while args.max_load and os.getloadavg()[0] >= args.max_load:
+        if time.monotonic() - t0 >= args.max_load_wait:
+            log(f"load average still {os.getloadavg()[0]:.2f} after {args.max_load_wait} s: "
+                "running anyway")
+            break
+        log(f"load average {os.getloadavg()[0]:.2f} >= {args.max_load}: waiting")
+        time.sleep(15)
+    return time.monotonic() - t0, os.getloadavg()[0]
+
+
+def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
+    results = []  # one dict per (round, size, variant)
+    variants = variants_of(args)
+    baseline = baseline_template(procs.log_dir)
+    for rnd in range(args.rounds):
+        for size in args.sizes:
+            order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
+            for v in order:
+                if v in (*CROSSINGS, *ROUTED_CALLS) and size != min(args.sizes):
+                    continue
+                tag = f"r{rnd}-{size}-{v}"
+                config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
+                                      baseline=baseline)
+                script = None
+                if v in ("e", *ROUTED_CALLS):
+                    script = procs.log_dir / f"override-{size}.lua"
+                    script.write_text(WRK_LUA.format(seed=rnd + 1, base=ng.ports[0], span=size))
+                load1 = os.getloadavg()[0]
+                e = start_envoy(procs, envoy_bin, tag, config)
+                try:
+                    warm_s, cx_active = warm_up(args, e, size, script)
+                    reads0 = upstream_reads(ng.ports[:size])
+                    cx0 = e.stat(CX_TOTAL, 0)
+                    (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
+                    w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
+                    (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
+                    served = max(w["requests"], 1)
+                    row = dict(round=rnd, size=size, variant=v, ready_s=round(e.ready_s, 2),
+                               warmup_s=round(warm_s, 1), cx_active_at_start=cx_active,
+                               cx_new=e.stat(CX_TOTAL, 0) - cx0, **w,
+                               cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
+                               user_us_per_req=(u1 - u0) * 1e6 / served,
+                               sys_us_per_req=(s1 - s0) * 1e6 / served,
+                               **e.rss_kib())
+                    if v in LOSSLESS_VARIANTS:
+                        row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
+                        row["local_503"] = sum(
+                            e.stats(r"^wasmcustom\.lossless\.demo\.local_503").values())
+                    row["upstream_cx"] = e.stat(CX_TOTAL, 0)
+                    row["retries"] = e.stat("cluster.demo.upstream_rq_retry", 0)
+                    row["load1"] = load1
+                    # it really routed: every request answered 200, and the requests of the
+                    # measured run reached more than one upstream (seen by the kernel)
+                    row["hosts_answered"] = len(hosts_reached(reads0,
+                                                              upstream_reads(ng.ports[:size])))
+                    row["valid"] = (w["requests"] > 0 and w["non2xx"] == 0
+                                    and row["hosts_answered"] >= min(size, 2))
+                    if not row["valid"]:
+                        log(f"{tag}: left out: {w['requests']} requests, {w['non2xx']} non-2xx, "
+                            f"{row['hosts_answered']} upstream(s) reached")
+                    results.append(row)
+                    log(f"round {rnd + 1}/{args.rounds} size {size:>5} {v}: "
+                        f"{w['rps']:>9.0f} req/s p50 {w['p50_ms']:.2f} ms "
+                        f"p99 {w['p99_ms']:.2f} ms cpu {row['cpu_us_per_req']:.1f} us/req "
+                        f"rss {row['VmRSS'] / 1024:.0f} MiB non2xx {w['non2xx']} "
+                        f"sockerr {w['socket_errors']} warm-up {warm_s:.0f} s cx {cx_active} "
+                        f"new cx {row['cx_new']} hosts {row['hosts_answered']} "
+                        f"load {load1:.2f}")
+                finally:
+                    e.stop()
+    return results
+
+
+REFRESH_OK = "wasmcustom.lossless.demo.refresh_ok"
+REFRESH_STATS = r"^wasmcustom\.lossless\.demo\.(refresh_ok|snapshot_version)$"
+
+
+def refresh_probe(args, procs, ng, wasm, envoy_bin):
+    """Idle Envoys (lossless, 10,000-endpoint cluster, refresh every 100 ms): CPU per refresh,
+    publishes, memory."""
+    n = min(10_000, len(ng.ports))
+    out = []
+    for rnd in range(args.probe_rounds or args.rounds):
+        for tag, service, conc in PROBES:
+            config = envoy_config("d", ng.ports[:n], ng.registry_port, service, wasm, None,
+                                  refresh_ms=100, jitter=0)
+            e = start_envoy(procs, envoy_bin, f"probe{rnd}-{tag}", config, concurrency=conc)
+            try:
+                time.sleep(args.settle)
+                s0 = e.stats(REFRESH_STATS)
+                c0, p0, t0 = e.cpu_seconds(), publishes(e), time.monotonic()
+                time.sleep(args.probe_seconds)
+                s1 = e.stats(REFRESH_STATS)
+                c1, p1, t1 = e.cpu_seconds(), publishes(e), time.monotonic()
+                refreshes = s1.get(REFRESH_OK, 0) - s0.get(REFRESH_OK, 0)
+                versions = s1.get(SNAPSHOT, 0) - s0.get(SNAPSHOT, 0)
+                row = dict(round=rnd, probe=tag, service=service, concurrency=conc,
+                           seconds=t1 - t0, cpu_s=c1 - c0, refreshes=refreshes,
+                           published=versions, publish_log_lines=p1 - p0,
+                           memory=e.memory(), **e.rss_kib())
+                out.append(row)
+                log(f"probe round {rnd + 1} {tag:>9}: {refreshes} refreshes, "
+                    f"{versions} published, cpu {row['cpu_s'] * 1000 / row['seconds']:.0f} ms/s, "
+                    f"rss {row['VmRSS'] / 1024:.1f} MiB")
+            finally:
+                e.stop()
+    return out
+
+
+def registry_formats(args, workdir, wasm):
+    """The filter's refresh-duration gauge inside Envoy for a changed and an unchanged reply of
+    10,000 instances in each registry's shape (bench/refresh_in_envoy.py)."""
+    out = []
+    for shape in refresh_in_envoy.SHAPES:
+        for changed in (True, False):
+            kind = "changed" if changed else "unchanged"
+            log(f"registry format {shape}, {kind} 10,000-instance reply")
+            r = refresh_in_envoy.measure(shape, 10_000, args.format_samples,
+                                         Path(workdir) / f"format-{shape}-{kind}", changed, wasm)
+            log(f"  refresh {r['median_ms']:.1f} ms ({r['min_ms']:.1f}–{r['max_ms']:.1f})")
+            out.append(r)
+    return out
+
+
+def criterion(args, since):
+    if args.skip_micro:
+        since = 0
+    else:
+        log("cargo bench --bench micro")
+        subprocess.run(["cargo", "bench", "--bench", "micro"], cwd=REPO, check=True)
+    rows = []
+    pattern = REPO / "target" / "criterion" / "**" / "new" / "benchmark.json"
+    for bj in glob.glob(str(pattern), recursive=True):
+        if os.path.getmtime(bj) < since:
+            continue
+        meta = json.loads(Path(bj).read_text())
+        est = json.loads((Path(bj).parent / "estimates.json").read_text())
+        tp = meta.get("throughput") or {}
+        rows.append({"id": meta["full_id"], "median_ns": est["median"]["point_estimate"],
+                     "mean_lo_ns": est["mean"]["confidence_interval"]["lower_bound"],
+                     "mean_hi_ns": est["mean"]["confidence_interval"]["upper_bound"],
+                     "bytes": tp.get("Bytes"), "elements": tp.get("Elements")})
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def machine():
+    cpu = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return cpu
+
+
+def version_of(argv, stream="stdout"):
+    return getattr(subprocess.run(argv, capture_output=True, text=True), stream).strip()
+
+
+def load_text():
+    """The 1-, 5- and 15-minute load averages, as a report prints them."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def machine_info(envoy_bin):
+    """What every report says of its run: date, machine, load average before it, Envoy."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(), "cpu": machine(), "kernel": platform.release(),
+        "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        "load_before": load_text(),
+        "envoy_version": version_of([envoy_bin, "--version"]).split("version: ")[-1],
+    }

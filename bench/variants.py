@@ -1,0 +1,208 @@
+"""The variants `make bench` measures: their Envoy configurations (the shipped templates, and the
+baselines derived from envoy/outbound-override-host.yaml), the pass-through filter's host calls,
+lossless' routing choices, and the wrk script that sets the override header as lossless would."""
+
+import json
+import re
+from pathlib import Path
+
+from kit import LOOPBACK, lb_endpoints
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXT = "type.googleapis.com/envoy.extensions."
+RR_TYPE = EXT + "load_balancing_policies.round_robin.v3.RoundRobin"
+RR = {"policies": [{"typed_extension_config": {
+    "name": "envoy.load_balancing_policies.round_robin",
+    "typed_config": {"@type": RR_TYPE}}}]}
+RR_SLOW = {"policies": [{"typed_extension_config": {
+    "name": "envoy.load_balancing_policies.round_robin",
+    "typed_config": {"@type": RR_TYPE, "slow_start_config": {"slow_start_window": "60s"}}}}]}
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": EXT + "filters.http.router.v3.Router"}}
+
+
+def passthrough_filter(wasm, reads=None):
+    """The pass-through filter; `reads` ("absent:N" / "present:M") adds host calls per request."""
+    config = {"name": "passthrough", "root_id": "passthrough", "vm_config": {
+        "vm_id": "passthrough", "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm)}}}}
+    if reads:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": reads}
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": EXT + "filters.http.wasm.v3.Wasm", "config": config}}
+
+
+VARIANTS = {
+    "a": "no filter, round_robin",
+    "b": "pass-through wasm, round_robin",
+    "c": "no filter, round_robin + slow_start 60s",
+    "d": "lossless (override_host, round_robin)",
+    "e": "pass-through wasm, override_host with a client-set header (round robin + 2 random)",
+}
+# what one crossing of the VM boundary costs Envoy: the pass-through filter making host calls
+# (measured at the smallest size only; the cost of a host call does not depend on the cluster)
+CROSSINGS = {
+    "j": ("pass-through wasm + 10 reads of an absent request header per request, round_robin",
+          "absent:10", "a header read that finds nothing"),
+    "k": ("pass-through wasm + 10 reads of `:path` per request, round_robin",
+          "present:10", "a header read that returns a value (the host allocates it in the VM)"),
+    "l": ("pass-through wasm + 10 reads of all request headers per request, round_robin",
+          "pairs:10", "all request headers in one call (the SDK's reader, a string per header)"),
+    "m": ("pass-through wasm + 10 reads of `xds.cluster_name` per request, round_robin",
+          "property:10", "the `xds.cluster_name` property"),
+    "n": ("pass-through wasm + 10 reads of an empty shared-data value per request, round_robin",
+          "shared:10", "a shared-data read of an empty value (the generation)"),
+    "o": ("pass-through wasm + 10 request header writes per request, round_robin",
+          "set:10", "a request header write"),
+}
+# (e) plus host calls and no logic (measured at the smallest size only, like CROSSINGS): what
+# routing by lossless' header costs at least, and what lossless' routine calls cost without the
+# decisions they carry
+ROUTED_CALLS = {
+    "p": ("(e) + `xds.cluster_name` and one request header write per request",
+          "property:1,set:1",
+          "the calls routing by a header needs at least: the cluster, the write"),
+    "q": ("(e) + lossless' routine host calls per request, no logic",
+          "block:1,shared:1,property:1,set:1,response:1",
+          "lossless' routine calls: request headers, generation, cluster, write, response headers"),
+}
+# --matrix: lossless' routing choices, each one change from (d)'s defaults (service config)
+MATRIX = {
+    "f": ("policy `random`", {"policy": "random"}),
+    "g": ("`routing.fallbacks` 0", {"routing": {"fallbacks": 0}}),
+    "h": ("`routing.fallbacks` 1", {"routing": {"fallbacks": 1}}),
+    "i": ("`routing.mode` `original_dst`", {"routing": {"mode": "original_dst"}}),
+}
+LOSSLESS_VARIANTS = ("d", *MATRIX)
+OVERRIDE_HOST_TEMPLATE = REPO / "envoy" / "outbound-override-host.yaml"
+ORIGINAL_DST_TEMPLATE = REPO / "envoy" / "outbound-original-dst.yaml"
+
+
+def variant_name(v):
+    if v in CROSSINGS:
+        return CROSSINGS[v][0]
+    if v in ROUTED_CALLS:
+        return ROUTED_CALLS[v][0]
+    if v in MATRIX:
+        return f"lossless, {MATRIX[v][0]}"
+    return VARIANTS[v]
+
+
+OVERRIDE_HOST = {"policies": [{"typed_extension_config": {
+    "name": "envoy.load_balancing_policies.override_host",
+    "typed_config": {"@type": EXT + "load_balancing_policies.override_host.v3.OverrideHost",
+                     "override_host_sources": [{"header": "x-lossless-upstream"}],
+                     "fallback_policy": RR}}}]}
+
+# (e): wrk itself writes "a,b,c" into x-lossless-upstream, as lossless would with its defaults
+# (round robin primary, 2 fallbacks at random): Envoy's share of lossless' routing (override_host
+# over all hosts) without the filter's logic.
+WRK_LUA = """\
+math.randomseed({seed})
+local base, span, turn = {base}, {span}, math.random(0, {span} - 1)
+local function pick() return "127.0.0.1:" .. (base + math.random(0, span - 1)) end
+request = function()
+  turn = (turn + 1) % span
+  local hosts = "127.0.0.1:" .. (base + turn) .. "," .. pick() .. "," .. pick()
+  return wrk.format(nil, "/", {{["x-lossless-upstream"] = hosts}})
+end
+"""
+
+
+def lossless_config(registry_port, service, refresh_ms=None, jitter=None, service_opts=None):
+    registry = {"type": "static", "cluster": "registry",
+                "authority": f"{LOOPBACK}:{registry_port}", "path": "/m/{service}.json"}
+    cfg = {"registries": {"reg": registry},
+           "services": [{"name": "demo", "registry": "reg", "registry_service": service,
+                         "match_clusters": ["demo"], **(service_opts or {})}]}
+    if refresh_ms is not None:
+        cfg["refresh_interval_ms"] = refresh_ms
+    if jitter is not None:
+        cfg["jitter_percent"] = jitter
+    return cfg
+
+
+
+def baseline_template(workdir):
+    """The template of the variants without lossless: envoy/outbound-override-host.yaml itself
+    (same listener, routes, retry policies, attempt-count header, cluster and circuit breakers),
+    with its filter list replaced by HTTP_FILTERS and the cluster's load_balancing_policy by
+    LB_POLICY (JSON, filled by envoy/render.py), written to `workdir`. Derived on every run, so a
+    change to the shipped route reaches the baselines too; refuses to run if the template's
+    layout moved."""
+    text = OVERRIDE_HOST_TEMPLATE.read_text()
+    filters = re.compile(r"^( +)http_filters:\n(?:\1 .*\n|\1- .*\n)+", re.M)
+    policy = re.compile(r"^( +)load_balancing_policy:\n(?:\1 .*\n)+", re.M)
+    text, n_filters = filters.subn(r"\1http_filters: ${HTTP_FILTERS}\n", text)
+    text, n_policy = policy.subn(r"\1load_balancing_policy: ${LB_POLICY}\n", text)
+    if (n_filters, n_policy) != (1, 1) or "envoy.filters.http.wasm" in text:
+        raise RuntimeError(f"cannot derive the baselines from {OVERRIDE_HOST_TEMPLATE}: "
+                           f"{n_filters} filter list(s), {n_policy} load_balancing_policy block(s)")
+    out = Path(workdir) / "envoy-baseline.yaml"
+    out.write_text(text)
+    return out
+
+
+def without_filter_template(workdir):
+    """envoy/outbound-override-host.yaml with its lossless filter taken out of the filter list and
+    nothing else changed (the router, routes, clusters and override_host policy as shipped),
+    written to `workdir`: what the filter's startup and memory are measured against. Refuses to
+    run if the template's layout moved."""
+    text = OVERRIDE_HOST_TEMPLATE.read_text()
+    wasm = re.compile(r"^( +)- name: envoy\.filters\.http\.wasm\n(?:\1  .*\n)+", re.M)
+    text, n = wasm.subn("", text)
+    if n != 1 or "envoy.filters.http.router" not in text or "${LOSSLESS_" in text:
+        raise RuntimeError(f"cannot take the filter out of {OVERRIDE_HOST_TEMPLATE}: {n} wasm "
+                           "filter(s) found")
+    out = Path(workdir) / "envoy-without-filter.yaml"
+    out.write_text(text)
+    return out
+
+
+def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthrough_wasm,
+                 baseline=None, **lossless_opts):
+    """(template, subs) of one variant's Envoy (the listener port is added by start_envoy);
+    `baseline` is baseline_template()'s file, for the variants without lossless."""
+    subs = {"DEMO_ENDPOINTS": lb_endpoints(ports)}
+    if variant in LOSSLESS_VARIANTS:
+        opts = MATRIX[variant][1] if variant in MATRIX else None
+        # original_dst: the cluster has no endpoint list, the picked address comes in the header
+        template = ORIGINAL_DST_TEMPLATE if variant == "i" else OVERRIDE_HOST_TEMPLATE
+        if variant == "i":
+            del subs["DEMO_ENDPOINTS"]
+        subs.update(LOSSLESS_WASM=lossless_wasm, REGISTRY_PORT=registry_port,
+                    LOSSLESS_CONFIG=lossless_config(registry_port, service, service_opts=opts,
+                                                    **lossless_opts))
+    else:
+        template = baseline
+        filters = [ROUTER]
+        if variant in ("b", "e", *CROSSINGS, *ROUTED_CALLS):
+            calls = {**CROSSINGS, **ROUTED_CALLS}
+            reads = calls[variant][1] if variant in calls else None
+            filters.insert(0, passthrough_filter(passthrough_wasm, reads))
+        overrides = ("e", *ROUTED_CALLS)
+        policy = RR_SLOW if variant == "c" else OVERRIDE_HOST if variant in overrides else RR
+        subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy),
+                    REGISTRY_PORT=registry_port)
+    return template, subs
+
+
+# the refresh probe's Envoys (no load): tag, registry service, concurrency
+PROBES = [  # (tag, registry service, concurrency)
+    ("3", "svc3", 1),
+    ("10k", "svc10000", 1),
+    ("10k-churn", "churn", 1),
+    ("3-c2", "svc3", 2),
+    ("10k-c2", "svc10000", 2),
+]
+
+
+def variants_of(args):
+    if args.matrix_only:
+        chosen = list(LOSSLESS_VARIANTS)
+    else:
+        chosen = (list(VARIANTS) + list(CROSSINGS) + list(ROUTED_CALLS)
+                  + (list(MATRIX) if args.matrix else []))
+    return [v for v in chosen if not args.variants or v in args.variants]
