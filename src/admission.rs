@@ -13,8 +13,8 @@
 //! previous second admitted fewer than `(int)count / coldFactor` (a lightly loaded system stays
 //! cold), capped at `maxToken`; then the previous second's admitted count is taken away. A
 //! request is admitted while this second's admitted count stays within
-//! `1 / (aboveToken * slope + 1 / count)` (`aboveToken = storedTokens - warningToken`) when the
-//! bucket is above `warningToken`, else within `count`. The bucket starts empty, so the first
+//! `Math.nextUp(1 / (aboveToken * slope + 1 / count))` (`aboveToken = storedTokens -
+//! warningToken`) when the bucket is above `warningToken`, else within `count`. The bucket starts empty, so the first
 //! sync fills it to `maxToken`: a new instance starts cold at `count / coldFactor`.
 //!
 //! Under a load above `count` the admitted rate then follows, `t` seconds after the load began,
@@ -51,11 +51,15 @@ impl WarmUp {
         WarmUp { count, cold_factor: c, warning_token, max_token, slope: (f64::from(c) - 1.0) / count / span }
     }
 
-    /// Requests per second admitted with `tokens` stored.
+    /// Requests per second admitted with `tokens` stored (Sentinel's `warningQps` above the warning
+    /// line, `count` below it).
     pub fn allowed_rps(&self, tokens: f64) -> f64 {
         if tokens >= self.warning_token {
             let above = tokens - self.warning_token;
-            1.0 / (above * self.slope + 1.0 / self.count)
+            // Sentinel takes the next float up: a whole rate (`count / coldFactor` on a full
+            // bucket, `count` on the warning line) can come out of the divisions one ulp below
+            // itself, which would admit one request less in every such second
+            (1.0 / (above * self.slope + 1.0 / self.count)).next_up()
         } else {
             self.count
         }
@@ -184,6 +188,25 @@ mod tests {
         assert_eq!(w.allowed_rps(10.0), 100.0);
     }
 
+    /// A cold rate that is a whole number is admitted whole, as Sentinel's `Math.nextUp` does:
+    /// `1 / ((maxToken - warningToken) * slope + 1 / count)` is 38.99999999999999 for `count` 117
+    /// and `coldFactor` 3, and 2.9999999999999996 for 18 and 6 (sentinel-core 1.8.8 admits 39 and
+    /// 3 in the first second, see tests/sentinel_warmup.rs).
+    #[test]
+    fn a_whole_cold_rate_is_admitted_whole() {
+        for (rps, cold, whole) in [(117u32, 3u32, 39u64), (18, 6, 3), (186, 2, 93), (105, 5, 21)] {
+            let w = WarmUp::new(rps, cold, 10);
+            let exact = 1.0 / ((w.max_token - w.warning_token) * w.slope + 1.0 / w.count);
+            assert!(exact < whole as f64, "{rps}/{cold}: the division alone gives {exact}");
+            assert_eq!(w.allowed_rps(w.max_token).floor(), whole as f64, "{rps}/{cold}");
+            assert_eq!(saturate(&w, &mut Bucket::default(), 3_000, 1, u64::from(rps)), [whole], "{rps}/{cold}");
+        }
+        // on the warning line the rate is `count`, 99 for 99 (1 / (1 / 99) is 98.99999999999999)
+        let w = WarmUp::new(99, 3, 10);
+        assert!(1.0 / (1.0 / w.count) < 99.0);
+        assert_eq!(w.allowed_rps(w.warning_token).floor(), 99.0);
+    }
+
     /// Admits as many requests per second as a load above the cap lets through, second by second.
     fn saturate(w: &WarmUp, b: &mut Bucket, from_s: i64, seconds: i64, offered: u64) -> Vec<u64> {
         (from_s..from_s + seconds)
@@ -192,18 +215,19 @@ mod tests {
     }
 
     /// Sentinel's per-second process written out from its formulas: each second admits
-    /// `floor(1 / (aboveToken * slope + 1 / count))` (or `count` below the warning line) and the
-    /// next sync takes that many tokens away (no refill under a heavy load above the line).
+    /// `floor(Math.nextUp(1 / (aboveToken * slope + 1 / count)))` (or `count` below the warning
+    /// line) and the next sync takes that many tokens away (no refill under a heavy load above the
+    /// line).
     fn sentinel_seconds(w: &WarmUp, seconds: usize) -> Vec<u64> {
         let mut tokens = w.max_token;
         let mut out = Vec::new();
         for _ in 0..seconds {
             let q = if tokens >= w.warning_token {
-                1.0 / ((tokens - w.warning_token) * w.slope + 1.0 / w.count)
+                (1.0 / ((tokens - w.warning_token) * w.slope + 1.0 / w.count)).next_up()
             } else {
                 w.count
             };
-            let n = (q + 1e-9).floor();
+            let n = q.floor();
             out.push(n as u64);
             let refill = if tokens < w.warning_token { w.count } else { 0.0 };
             tokens = (tokens + refill).min(w.max_token) - n;
