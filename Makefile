@@ -21,6 +21,8 @@ DUBBO_PROVIDER := $(CACHE)/dubbo-provider-$(DUBBO_VERSION)-$(shell cat $(DUBBO_S
 EUREKA_VERSION := 2025.0.0
 EUREKA_JAR := $(CACHE)/eureka-server-$(EUREKA_VERSION)/eureka-server.jar
 SCG_JAR := $(CACHE)/scg-gateway-$(EUREKA_VERSION)/scg-gateway.jar
+SCA_VERSION := 2025.0.0.0
+SCA_JAR := $(CACHE)/sca-nacos-$(SCA_VERSION)/sca-nacos.jar
 
 .PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli eureka
 
@@ -71,6 +73,18 @@ $(SCG_JAR): peers/scg-gateway/pom.xml $(wildcard peers/scg-gateway/src/main/*/*)
 	cp $(CACHE)/scg-gateway-build/scg-gateway.jar $@
 scg-gateway: $(SCG_JAR)
 
+# The caller that picks instances itself (Spring Boot, Spring Cloud Alibaba Nacos Discovery
+# $(SCA_VERSION) with its nacos-client, Spring Cloud LoadBalancer at default caches) and a light
+# provider that registers through nacos-client (peers/sca-nacos): built by Maven (~1 min cold) into
+# the cache, only when missing.
+.PHONY: sca-nacos
+$(SCA_JAR): peers/sca-nacos/pom.xml $(wildcard peers/sca-nacos/src/main/*/*) $(wildcard peers/sca-nacos/src/main/java/*/*/*/*.java)
+	@{ command -v java && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mkdir -p $(dir $@)
+	mvn -q -B -f peers/sca-nacos/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dbuild.dir=$(CACHE)/sca-nacos-build package
+	cp $(CACHE)/sca-nacos-build/sca-nacos.jar $@
+sca-nacos: $(SCA_JAR)
+
 # A real Apache Dubbo $(DUBBO_VERSION) provider and Dubbo's own getWeight over a vector file
 # (peers/dubbo-provider, Java 17): built by Maven (~1 min cold) into the cache, in a folder named
 # after a hash of their sources, so a change rebuilds and nothing else does.
@@ -93,14 +107,14 @@ compose-cli:
 iptables:
 	@command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
 
-deps: target envoy rnacos eureka dubbo-provider $(ENVOY_OLD_VENV)/bin/envoy compose-cli iptables
+deps: target envoy rnacos eureka dubbo-provider sca-nacos $(ENVOY_OLD_VENV)/bin/envoy compose-cli iptables
 
 unit:
 	cargo test
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \
-	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) \
+	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) SCA_NACOS_JAR=$(SCA_JAR) \
 	  $(PY) -m pytest -q tests/e2e -m "not soak"
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(ENVOY_OLD_VENV)/bin/envoy RNACOS_BIN=$(RNACOS) \
 	  $(PY) -m pytest -q tests/e2e -m compat
