@@ -57,8 +57,9 @@ def test_caller_traffic_is_captured_and_reaches_the_upstream_unchanged(procs, tm
         made = dict(cap.ns)
         assert set(made.values()) <= set(namespaces_left())
         ip, log = start_echo(cap, procs, tmp_path, 1)
+        access_log = cap.shared_dir() / "access.log"
         sidecar = captured_envoy(cap, procs, TEMPLATES / "capture-plain.yaml",
-                                 {"CAPTURE_PORT": CAPTURE_PORT})
+                                 {"CAPTURE_PORT": CAPTURE_PORT, "ACCESS_LOG": access_log})
         sidecar.start()
         url = f"http://{ip}:{BACKEND_PORT}/orders/42?x=1&y=two"
 
@@ -96,6 +97,12 @@ def test_caller_traffic_is_captured_and_reaches_the_upstream_unchanged(procs, tm
         for k, val in sent.items():
             assert got.get(k) == val, (k, val, got.get(k))
         assert set(got) - set(sent) <= ENVOY_ADDS, set(got) - set(sent)
+        # what the filter reads as destination.address (the downstream connection's local
+        # address) is the caller's own pick, restored by the original_dst listener filter
+        lines = wait_until(lambda: access_log.exists() and access_log.read_text().splitlines(),
+                           timeout=5, what="access log line")
+        assert lines[-1].split() == [f"{ip}:{BACKEND_PORT}", f"{ip}:{BACKEND_PORT}", "200",
+                                     f"{ip}:{BACKEND_PORT}"], lines
 
         # an address nobody serves: the caller's connect still succeeds (to the sidecar), the
         # sidecar answers 503 (what a caller with a stale list meets)
