@@ -163,6 +163,14 @@ class Capture:
         ipt("-A", "ISTIO_OUTPUT", "-o", "lo", "-j", "RETURN")
         ipt("-A", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT")
 
+    def exclude(self, ports):
+        """Leaves outbound TCP to `ports` uncaptured from now on (first rule of ISTIO_OUTPUT, as
+        istio-iptables' -o / `traffic.sidecar.istio.io/excludeOutboundPorts`)."""
+        ports = [int(p) for p in ports]
+        self._iptables("-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
+                       ",".join(map(str, ports)), "-j", "RETURN")
+        self.exclude_ports += ports
+
     def rules(self):
         """The pod namespace's nat table, as iptables -S prints it."""
         return self._iptables("-S").stdout
@@ -191,9 +199,9 @@ class Capture:
             prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
         return prefix + [str(a) for a in argv]
 
-    def start(self, procs, name, argv, ns, uid=None, env=None):
+    def start(self, procs, name, argv, ns, uid=None, env=None, cwd=None):
         """Starts `argv` in namespace `ns` through `procs` (tracked by pid, stopped on exit)."""
-        proc = procs.start(name, self.argv(ns, argv, uid), env=env)
+        proc = procs.start(name, self.argv(ns, argv, uid), env=env, cwd=cwd)
         self._pids.append((procs, name))
         return proc
 
@@ -313,3 +321,36 @@ def captured_envoy(cap, procs, template, subs=None, name="sidecar", binary=None,
 
     real = cap.readable_copy(real_binary(binary or env_path("ENVOY_BIN")))
     return Captured(procs, cap.shared_dir(), template, subs, name=name, binary=real, **kw)
+
+
+def namespaced_rnacos(cap, procs, workdir, host, ns="svc", **kw):
+    """An rnacos server (kit.rnacos.Rnacos) run inside namespace `ns`, serving on `host` (an
+    address of that namespace, e.g. cap.provider_ip(k)); its API called from inside `ns`.
+    Not started: call .start()."""
+    from .http import wait_http
+    from .rnacos import Rnacos
+
+    class Namespaced(Rnacos):
+        @property
+        def url(self):
+            return f"http://{host}:{self.http_port}"
+
+        @property
+        def addr(self):
+            return f"{host}:{self.http_port}"
+
+        def _start_once(self, timeout):
+            proc = cap.start(self.procs, self.name, [self.binary], ns=ns, env=self.env,
+                             cwd=self.workdir)
+            probe = "/nacos/v1/ns/instance/list?serviceName=__probe__&healthyOnly=false"
+            cap.call(ns, wait_http, self.url + probe, timeout=timeout, proc=proc)
+            return self
+
+        def call(self, method, path, params, expect_ok=True):
+            return cap.call(ns, super().call, method, path, params, expect_ok)
+
+    env = dict(kw.pop("env", None) or {})
+    env.update({"RNACOS_SDK_HOST": host, "RNACOS_CONSOLE_HOST": host})
+    r = Namespaced(procs, workdir, env=env, **kw)
+    r.env["RNACOS_RAFT_NODE_ADDR"] = f"{host}:{r.grpc_port}"
+    return r

@@ -48,7 +48,7 @@ class ScaProvider(Managed):
         self.procs = procs
         self.ip = ip
         self.port = int(port or free_port())
-        self.name = name or f"provider-{self.port}"
+        self.name = name or f"provider-{ip}-{self.port}"
         self.service = service
         self.workdir = Path(workdir) / self.name
         props = _java_props(self.workdir, grpc_offset) + [
