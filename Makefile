@@ -24,6 +24,8 @@ SENTINEL_WARMUP := $(CACHE)/sentinel-warmup-$(SENTINEL_VERSION)-$(shell cat $(SE
 EUREKA_VERSION := 2025.0.0
 EUREKA_JAR := $(CACHE)/eureka-server-$(EUREKA_VERSION)/eureka-server.jar
 SCG_JAR := $(CACHE)/scg-gateway-$(EUREKA_VERSION)/scg-gateway.jar
+SCA_VERSION := 2025.0.0.0
+SCA_JAR := $(CACHE)/sca-nacos-$(SCA_VERSION)/sca-nacos.jar
 
 .PHONY: build test unit e2e lint deps target envoy rnacos wasm-opt fmt clean compose-cli eureka
 
@@ -84,6 +86,18 @@ $(SCG_JAR): peers/scg-gateway/pom.xml $(wildcard peers/scg-gateway/src/main/*/*)
 	cp $(CACHE)/scg-gateway-build/scg-gateway.jar $@
 scg-gateway: $(SCG_JAR)
 
+# The caller that picks instances itself (Spring Boot, Spring Cloud Alibaba Nacos Discovery
+# $(SCA_VERSION) with its nacos-client, Spring Cloud LoadBalancer at default caches) and a light
+# provider that registers through nacos-client (peers/sca-nacos): built by Maven (~1 min cold) into
+# the cache, only when missing.
+.PHONY: sca-nacos
+$(SCA_JAR): peers/sca-nacos/pom.xml $(wildcard peers/sca-nacos/src/main/*/*) $(wildcard peers/sca-nacos/src/main/java/*/*/*/*.java)
+	@{ command -v java && command -v mvn; } >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven; }
+	mkdir -p $(dir $@)
+	mvn -q -B -f peers/sca-nacos/pom.xml -Dmaven.repo.local=$(CACHE)/m2 -Dbuild.dir=$(CACHE)/sca-nacos-build package
+	cp $(CACHE)/sca-nacos-build/sca-nacos.jar $@
+sca-nacos: $(SCA_JAR)
+
 # A real Apache Dubbo $(DUBBO_VERSION) provider and Dubbo's own getWeight over a vector file
 # (peers/dubbo-provider, Java 17): built by Maven (~1 min cold) into the cache, in a folder named
 # after a hash of their sources, so a change rebuilds and nothing else does.
@@ -110,7 +124,13 @@ sentinel-warmup: $(SENTINEL_WARMUP)/ready
 compose-cli:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
 
-deps: target envoy rnacos eureka dubbo-provider sentinel-warmup $(ENVOY_OLD_VENV)/bin/envoy compose-cli
+# iptables (Debian's): the capture rig (tests/kit/netns.py) redirects a caller namespace's outbound
+# TCP to its sidecar as Istio's istio-iptables does.
+.PHONY: iptables
+iptables:
+	@command -v iptables >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; }
+
+deps: target envoy rnacos eureka dubbo-provider sentinel-warmup sca-nacos $(ENVOY_OLD_VENV)/bin/envoy compose-cli iptables
 
 # Every native test (admission against Sentinel's recorded answers), then the admission cross-check
 # against sentinel-core run now, with its table.
@@ -120,7 +140,7 @@ unit: sentinel-warmup
 
 e2e: build deps
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \
-	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) \
+	  DUBBO_PROVIDER=$(DUBBO_PROVIDER) SCA_NACOS_JAR=$(SCA_JAR) \
 	  $(PY) -m pytest -q tests/e2e -m "not soak"
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(ENVOY_OLD_VENV)/bin/envoy RNACOS_BIN=$(RNACOS) \
 	  $(PY) -m pytest -q tests/e2e -m compat

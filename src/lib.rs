@@ -62,6 +62,7 @@ pub mod registry;
 pub mod router;
 pub mod service;
 pub mod store;
+pub mod transparent;
 pub mod view;
 pub mod vm;
 pub mod warmup;

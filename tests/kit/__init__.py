@@ -10,6 +10,8 @@ stopped. Python stdlib only.
     templates  render, render_text, resolve_template, lb_endpoints (envoy/render.py underneath)
     envoy      Envoy, validate_config, real_binary, wasm_crash_lines, assert_no_wasm_crash
     rnacos     Rnacos, RnacosError
+    netns      Capture, captured_envoy, available: Istio-style capture in network namespaces
+               (root; imported as kit.netns, not re-exported here)
     load       Load, MixedLoad, Sample, percentile
 
 `import kit` (or `from kit import ...`): pytest finds it through pyproject.toml's pythonpath;

@@ -1,0 +1,365 @@
+//! The decision for one request whose caller picked the instance itself: keep the pick, move it
+//! to another member of the same service, or leave the request untouched.
+
+use crate::clock::Rng;
+use crate::instance::{position, Instance, State};
+
+use super::estimate::Picks;
+use super::index::{Found, Lookup};
+use super::shares::{targets, Plan};
+
+/// Why a request is left as the caller sent it (to the address it picked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untouched {
+    /// The address belongs to no configured service.
+    Unknown,
+    /// Several services have the address and the request names none (or several) of them.
+    Ambiguous,
+    /// The address belongs to a service that is not corrected.
+    NotCorrected,
+    /// The pick is not serving and no member of its service serves either: the caller's pick is
+    /// the best there is (what would happen without lossless).
+    NoneServing,
+}
+
+impl Untouched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Untouched::Unknown => "unknown",
+            Untouched::Ambiguous => "ambiguous",
+            Untouched::NotCorrected => "not_corrected",
+            Untouched::NoneServing => "none_serving",
+        }
+    }
+}
+
+/// Why a pick was moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The picked member is draining (registry, drain header).
+    Draining,
+    /// The picked member is down (registry health, ejected by outlier detection, failing active
+    /// checks).
+    Down,
+    /// The picked address left the service's membership.
+    Departed,
+    /// The picked member serves but receives more picks than its warm-up share (typically: it is
+    /// still warming and the caller does not apply warm-up weights).
+    Share,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Draining => "draining",
+            Why::Down => "down",
+            Why::Departed => "departed",
+            Why::Share => "share",
+        }
+    }
+}
+
+/// What to do with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward to the caller's own pick; lossless does not touch the request's destination.
+    Untouched(Untouched),
+    /// The pick stays: member `member` of `service`.
+    Keep { service: usize, member: usize },
+    /// The pick moves to member `to` of `service`.
+    Redirect { service: usize, to: usize, why: Why },
+}
+
+/// The correction of one service in one VM: the [`Plan`] built from its members' live weights
+/// and the callers' pick estimate.
+#[derive(Debug, Clone, Default)]
+pub struct Corrector {
+    plan: Plan,
+    /// Number of members the plan was built for.
+    members: usize,
+    /// When the plan was built (ms since the epoch).
+    pub planned_ms: i64,
+}
+
+impl Corrector {
+    /// Rebuilds the plan (O(n)) for `members` (sorted, marks applied), their live weights
+    /// (`weight(i)`: Dubbo's warm-up weight of member `i` now, as the service's balancer holds it;
+    /// 0 for one that is not serving) and the pick estimate `picks`. `prior_picks` pseudo-picks
+    /// distributed by the targets start the estimate at "the callers already pick by weight", so
+    /// that with little evidence the picks are kept. Must be called after every change of
+    /// `members` (the plan is indexed like them), and every few hundred ms as weights and the
+    /// estimate move.
+    pub fn replan(
+        &mut self,
+        members: &[Instance],
+        weight: impl Fn(usize) -> u32,
+        picks: &Picks,
+        prior_picks: f64,
+        now_ms: i64,
+    ) {
+        let serving: Vec<bool> = members.iter().map(|m| m.state.is_serving()).collect();
+        let weights: Vec<u32> = (0..members.len()).map(&weight).collect();
+        let t = targets(&weights, &serving);
+        let prior = if prior_picks.is_finite() { prior_picks.max(0.0) } else { 0.0 };
+        let total = picks.total() + prior;
+        let q: Vec<f64> = if total > 0.0 {
+            members.iter().zip(&t).map(|(m, t)| (picks.count(&m.addr) + prior * t) / total).collect()
+        } else {
+            t.clone()
+        };
+        self.plan = Plan::new(&t, &q);
+        self.members = members.len();
+        self.planned_ms = now_ms;
+    }
+
+    /// The current plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Decides for a request whose destination `addr` the index resolved to `found`, given the
+    /// service's `members` (those the plan was built for). O(log n).
+    pub fn decide(&self, found: Found, addr: &str, members: &[Instance], rng: &mut Rng) -> Decision {
+        if !found.corrected {
+            return Decision::Untouched(Untouched::NotCorrected);
+        }
+        let service = found.service;
+        let picked = if found.live { position(members, addr) } else { None };
+        let why = match picked.and_then(|i| members.get(i).map(|m| (i, m.state))) {
+            Some((i, State::Serving)) => {
+                if self.members != members.len() || self.plan.keeps(i, rng) {
+                    return Decision::Keep { service, member: i };
+                }
+                Why::Share
+            }
+            Some((_, State::Draining)) => Why::Draining,
+            Some((_, State::Down)) => Why::Down,
+            None => Why::Departed,
+        };
+        match self.plan.redirect(rng).filter(|_| self.members == members.len()) {
+            Some(to) if Some(to) == picked => Decision::Keep { service, member: to },
+            Some(to) if members.get(to).is_some_and(|m| m.state.is_serving()) => {
+                Decision::Redirect { service, to, why }
+            }
+            _ => Decision::Untouched(Untouched::NoneServing),
+        }
+    }
+}
+
+/// The whole request path of the mode on pure data: the index lookup, then the decision.
+/// `members(k)` gives service `k`'s members and `corrector(k)` its corrector.
+pub fn decide<'a>(
+    lookup: Lookup,
+    addr: &str,
+    members: impl Fn(usize) -> Option<&'a [Instance]>,
+    corrector: impl Fn(usize) -> Option<&'a Corrector>,
+    rng: &mut Rng,
+) -> Decision {
+    match lookup {
+        Lookup::Unknown => Decision::Untouched(Untouched::Unknown),
+        Lookup::Ambiguous => Decision::Untouched(Untouched::Ambiguous),
+        Lookup::Found(f) => match (members(f.service), corrector(f.service)) {
+            (Some(ms), Some(c)) => c.decide(f, addr, ms, rng),
+            _ => Decision::Untouched(Untouched::NotCorrected),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transparent::departed::Departed;
+    use crate::transparent::estimate::Pending;
+    use crate::transparent::index::{AddressIndex, Source};
+    use crate::warmup::dubbo_weight;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn inst(addr: &str, state: State, start_ms: Option<i64>) -> Instance {
+        Instance { addr: addr.into(), weight: 100, start_ms, warmup_ms: 100_000, state }
+    }
+
+    /// a, b warm; c at 25 % of its warm-up (Dubbo weight 25); d draining; e down.
+    fn members() -> Vec<Instance> {
+        vec![
+            inst("10.0.0.1:80", State::Serving, None),
+            inst("10.0.0.2:80", State::Serving, None),
+            inst("10.0.0.3:80", State::Serving, Some(NOW - 25_000)),
+            inst("10.0.0.4:80", State::Draining, None),
+            inst("10.0.0.5:80", State::Down, None),
+        ]
+    }
+
+    fn weight(ms: &[Instance]) -> impl Fn(usize) -> u32 + '_ {
+        move |i| {
+            let m = &ms[i];
+            if m.state.is_serving() {
+                dubbo_weight(m.weight, m.start_ms, m.warmup_ms, NOW) as u32
+            } else {
+                0
+            }
+        }
+    }
+
+    fn found(service: usize, live: bool) -> Found {
+        Found { service, live, corrected: true }
+    }
+
+    /// Drives `n` picks drawn by `pick(k)` through the corrector, with the estimate built from
+    /// the picks themselves (flushed and replanned every `every` picks). Returns the shares each
+    /// member finally received and the share redirected.
+    fn run(
+        ms: &[Instance],
+        departed_addr: &str,
+        n: usize,
+        every: usize,
+        pick: impl Fn(usize, &mut Rng) -> String,
+    ) -> (Vec<f64>, f64) {
+        let mut rng = Rng::new(17);
+        let mut c = Corrector::default();
+        let mut picks = Picks::default();
+        let mut pending = Pending::default();
+        c.replan(ms, weight(ms), &picks, 20.0, NOW);
+        let mut got = vec![0usize; ms.len()];
+        let mut moved = 0usize;
+        for k in 0..n {
+            let addr = pick(k, &mut rng);
+            pending.record(&addr);
+            let live = addr != departed_addr;
+            match c.decide(found(0, live), &addr, ms, &mut rng) {
+                Decision::Keep { member, .. } => got[member] += 1,
+                Decision::Redirect { to, .. } => {
+                    got[to] += 1;
+                    moved += 1;
+                }
+                d => panic!("{d:?}"),
+            }
+            if (k + 1) % every == 0 {
+                let now = NOW + (k as i64 / every as i64) * 100;
+                picks.absorb(&pending, now, 2000);
+                pending.clear();
+                c.replan(ms, weight(ms), &picks, 20.0, now);
+            }
+        }
+        (got.iter().map(|g| *g as f64 / n as f64).collect(), moved as f64 / n as f64)
+    }
+
+    /// A round-robin caller whose list still holds a departed address, the draining and the down
+    /// member: every instance ends at Dubbo's share (100:100:25), with the estimate learned from
+    /// the traffic.
+    #[test]
+    fn round_robin_caller_gets_dubbo_shares() {
+        let ms = members();
+        let list: Vec<String> =
+            ms.iter().map(|m| m.addr.clone()).chain(std::iter::once("10.0.0.9:80".to_string())).collect();
+        let (got, moved) = run(&ms, "10.0.0.9:80", 300_000, 20, |k, _| list[k % list.len()].clone());
+        let want = [100.0 / 225.0, 100.0 / 225.0, 25.0 / 225.0, 0.0, 0.0];
+        for j in 0..5 {
+            assert!((got[j] - want[j]).abs() < 0.01, "member {j}: {:.4} vs {:.4} ({got:?})", got[j], want[j]);
+        }
+        // the least possible: 3/6 picks of d, e and the departed one, plus c's excess 1/6 - 25/225 * ...
+        let q = 1.0 / 6.0;
+        let least = 3.0 * q + (q - want[2]);
+        assert!((moved - least).abs() < 0.01, "moved {moved:.4}, least {least:.4}");
+    }
+
+    /// A caller that already picks by Dubbo's warm-up weights is (almost) never redirected.
+    #[test]
+    fn weighted_caller_is_almost_never_redirected() {
+        let ms: Vec<Instance> = members().into_iter().take(3).collect();
+        let addrs: Vec<String> = ms.iter().map(|m| m.addr.clone()).collect();
+        // Dubbo's RandomLoadBalance over weights 100, 100, 25
+        let (got, moved) = run(&ms, "", 300_000, 20, |_, rng| {
+            let x = rng.below(225);
+            addrs[if x < 100 {
+                0
+            } else if x < 200 {
+                1
+            } else {
+                2
+            }]
+            .clone()
+        });
+        assert!((got[2] - 25.0 / 225.0).abs() < 0.01, "{got:?}");
+        // only the estimate's noise moves anything (about 1.4 % here): 200 picks/s, half-life 2 s
+        assert!(moved < 0.03, "moved {moved}");
+    }
+
+    #[test]
+    fn non_serving_picks_always_move_to_serving_members() {
+        let ms = members();
+        let mut c = Corrector::default();
+        c.replan(&ms, weight(&ms), &Picks::default(), 20.0, NOW);
+        let mut rng = Rng::new(5);
+        for _ in 0..2000 {
+            for (addr, live, why) in [
+                ("10.0.0.4:80", true, Why::Draining),
+                ("10.0.0.5:80", true, Why::Down),
+                ("10.0.0.9:80", false, Why::Departed),
+            ] {
+                match c.decide(found(0, live), addr, &ms, &mut rng) {
+                    Decision::Redirect { service: 0, to, why: w } => {
+                        assert_eq!(w, why);
+                        assert!(ms[to].state.is_serving());
+                    }
+                    d => panic!("{addr}: {d:?}"),
+                }
+            }
+            // with no evidence yet, a warm pick and a warming one stay
+            assert_eq!(
+                c.decide(found(0, true), "10.0.0.1:80", &ms, &mut rng),
+                Decision::Keep { service: 0, member: 0 }
+            );
+            assert_eq!(
+                c.decide(found(0, true), "10.0.0.3:80", &ms, &mut rng),
+                Decision::Keep { service: 0, member: 2 }
+            );
+        }
+    }
+
+    #[test]
+    fn untouched_cases() {
+        let ms = members();
+        let mut rng = Rng::new(5);
+        let mut c = Corrector::default();
+        c.replan(&ms, weight(&ms), &Picks::default(), 20.0, NOW);
+        let off = Found { service: 0, live: true, corrected: false };
+        assert_eq!(c.decide(off, "10.0.0.4:80", &ms, &mut rng), Decision::Untouched(Untouched::NotCorrected));
+        // nothing serves: the pick stands
+        let dead = vec![inst("10.0.0.4:80", State::Draining, None), inst("10.0.0.5:80", State::Down, None)];
+        c.replan(&dead, |_| 0, &Picks::default(), 20.0, NOW);
+        assert_eq!(
+            c.decide(found(0, true), "10.0.0.4:80", &dead, &mut rng),
+            Decision::Untouched(Untouched::NoneServing)
+        );
+        assert_eq!(
+            c.decide(found(0, false), "10.0.0.8:80", &dead, &mut rng),
+            Decision::Untouched(Untouched::NoneServing)
+        );
+        // a plan built for another membership is not used to move anything
+        assert_eq!(c.decide(found(0, true), "10.0.0.1:80", &ms, &mut rng), Decision::Keep { service: 0, member: 0 });
+        assert_eq!(c.decide(found(0, true), "10.0.0.4:80", &ms, &mut rng), Decision::Untouched(Untouched::NoneServing));
+        for (l, u) in [(Lookup::Unknown, Untouched::Unknown), (Lookup::Ambiguous, Untouched::Ambiguous)] {
+            assert_eq!(decide(l, "1.2.3.4:5", |_| None, |_| None, &mut rng), Decision::Untouched(u));
+        }
+    }
+
+    /// The full path on pure data: index, lookup, decision; an address outside every membership
+    /// is untouched.
+    #[test]
+    fn index_then_decide() {
+        let ms = members();
+        let mut gone = Departed::default();
+        gone.update(&[inst("10.0.0.9:80", State::Serving, None)], &[], NOW, 60_000);
+        let idx = AddressIndex::build(&[Source { members: &ms, departed: &gone, corrected: true }], NOW);
+        let mut c = Corrector::default();
+        c.replan(&ms, weight(&ms), &Picks::default(), 20.0, NOW);
+        let mut rng = Rng::new(9);
+        let go = |addr: &str, rng: &mut Rng| {
+            decide(idx.lookup(addr, |_| false), addr, |k| (k == 0).then_some(&ms[..]), |k| (k == 0).then_some(&c), rng)
+        };
+        assert_eq!(go("192.168.1.1:80", &mut rng), Decision::Untouched(Untouched::Unknown));
+        assert!(matches!(go("10.0.0.9:80", &mut rng), Decision::Redirect { why: Why::Departed, .. }));
+        assert!(matches!(go("10.0.0.2:80", &mut rng), Decision::Keep { member: 1, .. }));
+    }
+}
