@@ -39,8 +39,8 @@
 //! through the service's routing cluster; [`vm::Vm::on_call_reply`] records the answer and shares
 //! a changed verdict ([`marks::set_health`]).
 //!
-//! Configuration: [`config`] (validated once, immutable). Stats: [`service::ServiceStats`] and
-//! [`service::Stats`], counted in the VM and flushed to Envoy on the tick.
+//! Configuration: [`config`] (validated once, immutable). Stats: [`stats::ServiceStats`] and
+//! [`stats::Stats`], counted in the VM and flushed to Envoy on the tick.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod admin;
@@ -49,6 +49,7 @@ pub mod balancer;
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod emit;
 pub mod headers;
 pub mod health;
 pub mod instance;
@@ -61,6 +62,7 @@ pub mod registration;
 pub mod registry;
 pub mod router;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod view;
 pub mod vm;

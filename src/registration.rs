@@ -29,12 +29,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::admin::json_str;
 use crate::config::{InboundConfig, RegistrationConfig, SelfWarmConfig, ServiceConfig};
+use crate::emit::{json_object, json_str};
 use crate::instance::Unit;
 use crate::registry::eureka::Eureka;
 use crate::registry::nacos::{push_param, Api, Nacos};
 use crate::registry::{encode, request_headers, HttpRequest, HttpResponse, Session};
+use crate::stats::OnlineStats;
 
 /// Where the instance is in going online or offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,33 +95,6 @@ pub struct WarmProgress {
     pub started_ms: i64,
     /// How long self-warm took (ms), once it is over.
     pub took_ms: Option<i64>,
-}
-
-/// Counters, flushed to Envoy's stats like the others.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OnlineStats {
-    pub readiness_failed: u64,
-    pub registrations: u64,
-    pub registration_failed: u64,
-    pub heartbeats: u64,
-    pub heartbeat_failed: u64,
-    pub deregistrations: u64,
-    pub warm_ok: u64,
-    pub warm_failed: u64,
-}
-
-impl OnlineStats {
-    /// Adds `o` (what the state machine counted since the last tick) to these counters.
-    pub fn add(&mut self, o: OnlineStats) {
-        self.readiness_failed += o.readiness_failed;
-        self.registrations += o.registrations;
-        self.registration_failed += o.registration_failed;
-        self.heartbeats += o.heartbeats;
-        self.heartbeat_failed += o.heartbeat_failed;
-        self.deregistrations += o.deregistrations;
-        self.warm_ok += o.warm_ok;
-        self.warm_failed += o.warm_failed;
-    }
 }
 
 /// The registration state machine of one instance (run by the poller VM only).
@@ -534,21 +508,6 @@ impl Me<'_> {
         }
         m
     }
-}
-
-/// `{"k":"v",...}` with JSON string escapes.
-fn json_object(m: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("{");
-    for (i, (k, v)) in m.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_str(&mut out, k);
-        out.push(':');
-        json_str(&mut out, v);
-    }
-    out.push('}');
-    out
 }
 
 /// The Nacos form parameters of `step` (register, heartbeat, deregister).

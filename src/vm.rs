@@ -27,7 +27,8 @@ use crate::poller::{interval, RefreshOutcome};
 use crate::registration::{self, Answer, Me, Online, Step};
 use crate::registry::{Call, HttpRequest, HttpResponse};
 use crate::router::{route, Route};
-use crate::service::{Registry, Service, Stats};
+use crate::service::{Registry, Service};
+use crate::stats::Stats;
 use crate::store::{bump_gen, create_if_absent, take_poller_lease, Keys, Shared};
 use crate::view::{HostCounts, ServiceView, View};
 
