@@ -148,8 +148,8 @@ fn registry_call(
         ready_ms: online.ready_ms.unwrap_or(now_ms),
     };
     let request = match &reg.cfg.kind {
-        RegistryKind::Nacos(n) => registration::nacos_request(n, &reg.session, &me, step),
-        RegistryKind::Eureka(e) => registration::eureka_request(e, &me, step, now_ms),
+        RegistryKind::Nacos(n) => registration::nacos::request(n, &reg.session, &me, step),
+        RegistryKind::Eureka(e) => registration::eureka::request(e, &me, step, now_ms),
         _ => return None,
     };
     Some((reg.cfg.cluster.clone(), request))
@@ -383,8 +383,8 @@ impl Vm {
         let answer = match step {
             Step::Readiness | Step::Warm(_) => registration::local_answer(step, reg, resp.status),
             _ => match self.services.get(ib.service).and_then(|s| self.registries.get(s.cfg.registry)) {
-                Some(r) if matches!(r.cfg.kind, RegistryKind::Eureka(_)) => registration::eureka_answer(resp),
-                _ => registration::nacos_answer(resp),
+                Some(r) if matches!(r.cfg.kind, RegistryKind::Eureka(_)) => registration::eureka::answer(resp),
+                _ => registration::nacos::answer(resp),
             },
         };
         if let (Answer::Failed(why), Step::Register) = (&answer, step) {
