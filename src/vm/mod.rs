@@ -37,6 +37,7 @@ use crate::headers::Headers;
 use crate::health::Counts;
 use crate::registration::{self, Online, Step};
 use crate::registry::{Call, HttpRequest};
+use crate::router::Router;
 use crate::service::{Registry, Service};
 use crate::stats::Stats;
 use crate::store::{create_if_absent, Keys, Shared};
@@ -126,8 +127,8 @@ pub struct Vm {
     /// This VM holds the poller lease.
     pub poller: bool,
     pub stats: Stats,
-    /// Every routing header of every service, stripped from client requests.
-    route_headers: Vec<String>,
+    /// The request decision's configuration (routing and pin headers).
+    router: Router,
     /// Some service routes `original_dst`: this VM also runs on that template's outer hop.
     original_dst_outer: bool,
     /// Calls in flight: token -> (service, purpose).
@@ -149,9 +150,7 @@ impl Vm {
     /// never share state), `vm_id` is its lease id (random: context ids repeat across VMs).
     pub fn new(cfg: Config, config_bytes: &[u8], vm_id: u64, rng: Rng) -> Vm {
         let Config { settings, registries, services } = cfg;
-        let mut route_headers: Vec<String> = services.iter().map(|s| s.header.clone()).collect();
-        route_headers.sort();
-        route_headers.dedup();
+        let router = Router::new(&settings, &services);
         let original_dst_outer = services.iter().any(|s| s.routing == RoutingMode::OriginalDst);
         let services = services
             .into_iter()
@@ -172,7 +171,7 @@ impl Vm {
             vm_id,
             poller: false,
             stats: Stats::default(),
-            route_headers,
+            router,
             original_dst_outer,
             pending: HashMap::default(),
             last_log: HashMap::default(),

@@ -9,11 +9,12 @@ use crate::admission::{self, Admit};
 use crate::config::Mode;
 use crate::drain::{local_reply, Reason};
 use crate::marks;
-use crate::router::{route, Route};
+use crate::router::{self, Decision, Request, Route, Trial};
 
 impl Vm {
     /// Decides what happens to a request: an admin call, a local 503, or a forward with the
-    /// routing header set. Client-sent routing headers are always removed (outbound).
+    /// routing header set. Client-sent routing headers are always removed (outbound). The
+    /// decision is the router's ([`crate::router`]); this gathers its facts and applies it.
     pub fn on_request(&mut self, h: &dyn Host, ex: &mut Exchange) -> Flow {
         let now = h.now_ms();
         let headers = h.request_headers();
@@ -26,67 +27,55 @@ impl Vm {
         self.sync(h, now);
         if self.settings.mode == Mode::Inbound {
             let service = self.settings.inbound.as_ref().map(|i| i.service);
-            if self.view.self_drain.rejecting(now, self.settings.drain.notify_grace_ms) {
-                return self.reject(ex, service, Reason::SelfDraining);
+            let rejecting = self.view.self_drain.rejecting(now, self.settings.drain.notify_grace_ms);
+            let (keys, cap) = (&self.keys, self.admission.as_ref());
+            let (route, admit) = router::inbound(service, rejecting, self.view.not_ready, || {
+                cap.map(|rule| admission::check(h, &keys.admission(), rule, h.clock_ms()))
+            });
+            match admit {
+                Some(Admit::Yes) => self.stats.admission_admitted += 1,
+                Some(Admit::Unsure) => self.stats.admission_unsure += 1,
+                Some(Admit::No) | None => {}
             }
-            if self.view.not_ready {
-                return self.reject(ex, service, Reason::NotReady);
-            }
-            if let Some(rule) = &self.admission {
-                match admission::check(h, &self.keys.admission(), rule, h.clock_ms()) {
-                    Admit::Yes => self.stats.admission_admitted += 1,
-                    Admit::No => return self.reject(ex, service, Reason::FlowLimited),
-                    Admit::Unsure => self.stats.admission_unsure += 1,
-                }
-            }
-            return Flow::Continue;
+            return self.apply(h, ex, route, None);
         }
-        // a client never chooses the upstream: drop whatever it sent in a routing header
-        for name in &self.route_headers {
-            if headers.contains(name) {
-                h.set_request_header(name, None);
-                self.stats.client_header_stripped += 1;
+        let cluster = h.property(&["xds", "cluster_name"]);
+        let req = Request { headers: &headers, cluster: cluster.as_deref(), now_ms: now };
+        let keys = &self.keys;
+        let Decision { strip, route, trial } =
+            self.router.outbound(&mut self.services, &req, &mut self.rng, &mut self.scratch, &mut |addr| {
+                marks::claim_trial(h, keys, addr, now)
+            });
+        for name in strip {
+            h.set_request_header(name, None);
+            self.stats.client_header_stripped += 1;
+        }
+        if let Some(t) = &trial {
+            if let Some(s) = self.services.get_mut(t.service) {
+                s.stats.ejection_trials += 1;
+                info!("service '{}': {} was ejected; one trial request goes to it", s.cfg.name, t.addr);
             }
         }
-        let Some(svc) = h.property(&["xds", "cluster_name"]).and_then(|c| self.service_for_cluster(&c)) else {
-            return Flow::Continue;
-        };
-        let pin = self.settings.drain.pin_header.as_deref().and_then(|p| headers.get(p));
-        let trial = self.take_trial(h, svc, now);
-        let Some(s) = self.services.get_mut(svc) else { return Flow::Continue };
-        match route(svc, &s.cfg, &mut s.view, pin, trial, now, &mut self.rng, &mut self.scratch) {
+        self.apply(h, ex, route, trial)
+    }
+
+    /// Applies a route: the routing header set and the exchange noted, or the local reply.
+    fn apply(&mut self, h: &dyn Host, ex: &mut Exchange, route: Route, trial: Option<Trial>) -> Flow {
+        match route {
             Route::PassThrough => Flow::Continue,
             Route::Forward { service, value } => {
+                let Some(s) = self.services.get_mut(service) else { return Flow::Continue };
                 if !h.set_request_header(&s.cfg.header, Some(&value)) {
                     warn!("cannot set routing header '{}' for service '{}'", s.cfg.header, s.cfg.name);
                 }
                 s.stats.picks += 1;
                 ex.service = Some(service);
-                let first = value.split(',').next();
-                ex.trial = trial.is_some_and(|t| s.view.members.get(t).is_some_and(|m| first == Some(m.addr.as_str())));
+                ex.trial = trial.is_some_and(|t| t.first);
                 ex.written = value;
                 Flow::Continue
             }
             Route::Reject { service, reason } => self.reject(ex, service, reason),
         }
-    }
-
-    /// An ejected member of `svc` whose ejection time is over, if this VM takes its trial now
-    /// (one request, for every VM; see [`crate::health`]).
-    fn take_trial(&mut self, h: &dyn Host, svc: usize, now: i64) -> Option<usize> {
-        let s = self.services.get_mut(svc)?;
-        let i = s.view.trial_due.pop()?;
-        let addr = s.view.members.get(i)?.addr.clone();
-        if !marks::claim_trial(h, &self.keys, &addr, now) {
-            return None;
-        }
-        s.stats.ejection_trials += 1;
-        info!("service '{}': {addr} was ejected; one trial request goes to it", s.cfg.name);
-        Some(i)
-    }
-
-    fn service_for_cluster(&self, cluster: &str) -> Option<usize> {
-        self.services.iter().position(|s| s.cfg.match_clusters.iter().any(|c| c == cluster))
     }
 
     pub(super) fn reject(&mut self, ex: &mut Exchange, service: Option<usize>, reason: Reason) -> Flow {
