@@ -9,8 +9,8 @@ use crate::marks;
 use crate::service::Service;
 use crate::store::{Keys, Shared};
 
-/// The probes of service `i` (`s`) due at `now_ms`, appended to `out`; an instance seen for the
-/// first time starts unhealthy for every VM until it passes.
+/// The probes of service `i` (`s`) due at `now_ms`, appended to `out`; a member that just
+/// appeared and must pass first (`no_traffic_before_first_pass`) is held out for every VM.
 pub(super) fn probes_due(
     i: usize,
     s: &mut Service,
