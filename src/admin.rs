@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use crate::clock::Rng;
 use crate::config::{Mode, Settings};
+use crate::emit::{json_opt, json_str};
 use crate::service::Service;
 use crate::view::{host_counts, View};
 
@@ -65,30 +66,6 @@ pub fn unknown_endpoint(mode: Mode) -> &'static str {
 }
 /// The body of the 403 for a caller [`allowed`] refuses.
 pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers only\n";
-
-/// A JSON string literal for `s` (quotes, backslashes and control characters escaped).
-pub fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// `value` or `null`.
-fn json_opt<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
-    let _ = match value {
-        Some(v) => write!(out, "{v}"),
-        None => write!(out, "null"),
-    };
-}
 
 /// The JSON view of what this VM believes: services, members with live weights, marks. Shape:
 /// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
@@ -195,15 +172,6 @@ mod tests {
             r#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/x"}},"services":[{"name":"me","registry":"s"}]}"#
         };
         config::parse(json.as_bytes()).unwrap().settings
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        let mut o = String::new();
-        json_str(&mut o, "a\"b\\c\nd\u{1}é");
-        assert_eq!(o, r#""a\"b\\c\u000ad\u0001é""#);
-        let v: String = serde_json::from_str(&o).unwrap();
-        assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! Envoy stats (`define_metric`): the counters and gauges [`crate::service`] names. Envoy shows
+//! Envoy stats (`define_metric`): the counters and gauges [`crate::stats`] names. Envoy shows
 //! them as `wasmcustom.lossless.<service>.<name>`; counters of all worker VMs add up in one stat.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::service::{ServiceStats, Stats, GAUGE_NAMES};
+use crate::stats::{ServiceStats, Stats, GAUGE_NAMES};
 use crate::view::HostCounts;
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {

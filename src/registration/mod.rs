@@ -11,30 +11,26 @@
 //! `deregistering` (draining started, or the application stopped answering) → `deregistered`
 //! (draining; an undrain registers again).
 //!
-//! The registry calls follow each registry's own HTTP API:
-//! - Nacos 1.x/2.x (`api` v1/v2, rnacos): `POST /nacos/v1/ns/instance` (register),
-//!   `PUT /nacos/v1/ns/instance/beat` with the `beat` JSON the Java client sends (`code` 10200 is
-//!   done, 20404 is "resource not found": register again), `DELETE /nacos/v1/ns/instance`;
-//! - Nacos 3 (`api` v3): `POST /nacos/v3/client/ns/instance` registers, and renews with
-//!   `heartBeat=true` (`code` 21003: the instance expired, register again with the full
-//!   information), `DELETE` deregisters (Nacos' client API reference, "注册实例/续约实例");
-//! - Eureka: `POST {prefix}/apps/{APP}` with the `InstanceInfo` JSON (204), renew with
-//!   `PUT {prefix}/apps/{APP}/{id}?status=UP&lastDirtyTimestamp=…` (404: register again, as
-//!   Eureka's `DiscoveryClient.renew` does), `DELETE {prefix}/apps/{APP}/{id}`.
+//! This module is the state machine and the local requests (readiness, self-warm); each
+//! registry's register / renew / deregister calls and what its answers mean are its wire format:
+//! [`nacos`] (Nacos 1.x/2.x/3, rnacos) and [`eureka`].
 //!
-//! The published metadata carries what callers read the warm-up from: the service's first
-//! configured start-time key (Dubbo's `timestamp`, ms) set to the moment the instance became
-//! ready, its first warmup key (`warmup`) and its first weight key (`weight`), in their units.
+//! The published metadata ([`Me::metadata`]) carries what callers read the warm-up from: the
+//! configured `metadata` pairs, then the service's first configured start-time key (Dubbo's
+//! `timestamp`, ms) set to the moment the instance became ready and its first warmup key
+//! (`warmup`), in their units.
+
+pub mod eureka;
+pub mod nacos;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::admin::json_str;
 use crate::config::{InboundConfig, RegistrationConfig, SelfWarmConfig, ServiceConfig};
+use crate::emit::json_str;
 use crate::instance::Unit;
-use crate::registry::eureka::Eureka;
-use crate::registry::nacos::{push_param, Api, Nacos};
-use crate::registry::{encode, request_headers, HttpRequest, HttpResponse, Session};
+use crate::registry::HttpRequest;
+use crate::stats::OnlineStats;
 
 /// Where the instance is in going online or offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,33 +90,6 @@ pub struct WarmProgress {
     pub started_ms: i64,
     /// How long self-warm took (ms), once it is over.
     pub took_ms: Option<i64>,
-}
-
-/// Counters, flushed to Envoy's stats like the others.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OnlineStats {
-    pub readiness_failed: u64,
-    pub registrations: u64,
-    pub registration_failed: u64,
-    pub heartbeats: u64,
-    pub heartbeat_failed: u64,
-    pub deregistrations: u64,
-    pub warm_ok: u64,
-    pub warm_failed: u64,
-}
-
-impl OnlineStats {
-    /// Adds `o` (what the state machine counted since the last tick) to these counters.
-    pub fn add(&mut self, o: OnlineStats) {
-        self.readiness_failed += o.readiness_failed;
-        self.registrations += o.registrations;
-        self.registration_failed += o.registration_failed;
-        self.heartbeats += o.heartbeats;
-        self.heartbeat_failed += o.heartbeat_failed;
-        self.deregistrations += o.deregistrations;
-        self.warm_ok += o.warm_ok;
-        self.warm_failed += o.warm_failed;
-    }
 }
 
 /// The registration state machine of one instance (run by the poller VM only).
@@ -536,197 +505,12 @@ impl Me<'_> {
     }
 }
 
-/// `{"k":"v",...}` with JSON string escapes.
-fn json_object(m: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("{");
-    for (i, (k, v)) in m.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_str(&mut out, k);
-        out.push(':');
-        json_str(&mut out, v);
-    }
-    out.push('}');
-    out
-}
-
-/// The Nacos form parameters of `step` (register, heartbeat, deregister).
-fn nacos_params(me: &Me<'_>, api: Api, step: Step) -> String {
-    let q = &me.service.query;
-    let mut p = format!("serviceName={}", encode(&q.service));
-    let mut push = |k: &str, v: &str| push_param(&mut p, k, Some(v));
-    push("groupName", q.group.as_deref().unwrap_or_default());
-    push("namespaceId", q.namespace.as_deref().unwrap_or_default());
-    push("ip", me.ip);
-    push("port", &me.port.to_string());
-    push("clusterName", q.clusters.first().map_or("DEFAULT", String::as_str));
-    push("ephemeral", "true");
-    match (step, api) {
-        (Step::Register, _) | (Step::Heartbeat, Api::V3) => {
-            push("enabled", "true");
-            push("healthy", "true");
-            push("metadata", &json_object(&me.metadata()));
-            if step == Step::Heartbeat {
-                push("heartBeat", "true");
-            }
-        }
-        (Step::Heartbeat, _) => {
-            // the beat the Java client sends (`BeatInfo`): the server re-creates an instance it
-            // lost from it
-            let group = q.group.as_deref().filter(|g| !g.is_empty()).unwrap_or("DEFAULT_GROUP");
-            let mut beat = String::from("{\"ip\":");
-            json_str(&mut beat, me.ip);
-            let _ = write!(beat, ",\"port\":{},\"serviceName\":", me.port);
-            json_str(&mut beat, &format!("{group}@@{}", q.service));
-            beat.push_str(",\"cluster\":");
-            json_str(&mut beat, q.clusters.first().map_or("DEFAULT", String::as_str));
-            let _ = write!(beat, ",\"weight\":1.0,\"metadata\":{},\"scheduled\":true}}", json_object(&me.metadata()));
-            push("beat", &beat);
-        }
-        _ => {}
-    }
-    p
-}
-
-/// The Nacos request of `step` with the session's API and token.
-pub fn nacos_request(n: &Nacos, s: &Session, me: &Me<'_>, step: Step) -> HttpRequest {
-    let api = n.api(s);
-    let token = s.token.as_ref().map(|t| t.value.as_str());
-    let mut params = nacos_params(me, api, step);
-    let (method, path) = match (api, step) {
-        (Api::V3, Step::Deregister) => ("DELETE", "/nacos/v3/client/ns/instance"),
-        (Api::V3, _) => ("POST", "/nacos/v3/client/ns/instance"),
-        (_, Step::Register) => ("POST", "/nacos/v1/ns/instance"),
-        (_, Step::Heartbeat) => ("PUT", "/nacos/v1/ns/instance/beat"),
-        _ => ("DELETE", "/nacos/v1/ns/instance"),
-    };
-    push_param(&mut params, "accessToken", token);
-    // v3 takes its parameters as a form body (POST), v1 in the query, as their references show
-    let form = api == Api::V3 && method == "POST";
-    let full = if form { path.to_string() } else { format!("{path}?{params}") };
-    let mut headers = request_headers(&n.endpoint, method, full);
-    if let (Api::V3, Some(t)) = (api, token) {
-        headers.push(("accessToken".to_string(), t.to_string()));
-    }
-    let body = form.then(|| {
-        headers.push(("content-type".to_string(), "application/x-www-form-urlencoded".to_string()));
-        params.into_bytes()
-    });
-    HttpRequest { headers, body, timeout_ms: n.endpoint.timeout_ms }
-}
-
-/// What a Nacos reply to `step` means: v1 answers `ok` (register, deregister) or a beat JSON
-/// (`code` 10200, 20404 = not found); v3 an envelope (`code` 0; 21003 = expired).
-pub fn nacos_answer(resp: &HttpResponse<'_>) -> Answer {
-    let code = json_code(resp.body);
-    match (resp.status, code) {
-        (Some(200), None | Some(0 | 10200)) => Answer::Ok,
-        (_, Some(20404 | 21003)) => Answer::NotFound,
-        (status, code) => Answer::Failed(match (status, code) {
-            (Some(s), Some(c)) => format!("HTTP {s}, code {c}"),
-            (Some(s), None) => format!("HTTP {s}"),
-            (None, _) => "no answer".to_string(),
-        }),
-    }
-}
-
-/// The number after the top-level `"code":` of a small JSON reply (Nacos' envelope and v1 beat
-/// reply put it at the top level; nested objects are skipped).
-fn json_code(body: &[u8]) -> Option<i64> {
-    let mut depth = 0usize;
-    let mut in_str = false;
-    let mut i = 0;
-    while let Some(&b) = body.get(i) {
-        match (in_str, b) {
-            (true, b'\\') => i += 1,
-            (true, b'"') => in_str = false,
-            (false, b'"') if depth == 1 && body.get(i..i + 6) == Some(b"\"code\"".as_slice()) => {
-                let rest = std::str::from_utf8(body.get(i + 6..)?).ok()?.trim_start();
-                let rest = rest.strip_prefix(':')?.trim_start();
-                let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
-                return rest.get(..end)?.parse().ok();
-            }
-            (false, b'"') => in_str = true,
-            (false, b'{' | b'[') => depth += 1,
-            (false, b'}' | b']') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The Eureka application name (Eureka keys applications by their upper-cased name).
-fn eureka_app(me: &Me<'_>) -> String {
-    me.service.query.service.to_ascii_uppercase()
-}
-
-/// The Eureka instance id: `ip:service:port`, the shape of Spring Cloud's default.
-pub fn eureka_instance_id(me: &Me<'_>) -> String {
-    format!("{}:{}:{}", me.ip, me.service.query.service.to_ascii_lowercase(), me.port)
-}
-
-/// The Eureka request of `step`.
-pub fn eureka_request(e: &Eureka, me: &Me<'_>, step: Step, now_ms: i64) -> HttpRequest {
-    let app = eureka_app(me);
-    let id = eureka_instance_id(me);
-    let base = format!("{}/apps/{}", e.prefix, encode(&app));
-    let (method, path, body) = match step {
-        Step::Register => ("POST", base, Some(eureka_instance(me, &app, &id, now_ms))),
-        Step::Heartbeat => {
-            ("PUT", format!("{base}/{}?status=UP&lastDirtyTimestamp={}", encode(&id), me.ready_ms), None)
-        }
-        _ => ("DELETE", format!("{base}/{}", encode(&id)), None),
-    };
-    let mut headers = request_headers(&e.endpoint, method, path);
-    if body.is_some() {
-        headers.push(("content-type".to_string(), "application/json".to_string()));
-    }
-    HttpRequest { headers, body: body.map(String::into_bytes), timeout_ms: e.endpoint.timeout_ms }
-}
-
-/// Eureka's `InstanceInfo` JSON (root-wrapped in `instance`), with the fields its server needs.
-fn eureka_instance(me: &Me<'_>, app: &str, id: &str, now_ms: i64) -> String {
-    let mut s = String::from("{\"instance\":{\"instanceId\":");
-    json_str(&mut s, id);
-    for (k, v) in [("hostName", me.ip), ("app", app), ("ipAddr", me.ip), ("vipAddress", &me.service.query.service)] {
-        let _ = write!(s, ",\"{k}\":");
-        json_str(&mut s, v);
-    }
-    let renew_s = (me.reg.heartbeat_ms / 1000).max(1);
-    let _ = write!(
-        s,
-        ",\"status\":\"UP\",\"overriddenStatus\":\"UNKNOWN\",\"port\":{{\"$\":{},\"@enabled\":\"true\"}},\
-         \"securePort\":{{\"$\":443,\"@enabled\":\"false\"}},\"countryId\":1,\
-         \"dataCenterInfo\":{{\"@class\":\"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo\",\"name\":\"MyOwn\"}},\
-         \"leaseInfo\":{{\"renewalIntervalInSecs\":{renew_s},\"durationInSecs\":{}}},\
-         \"lastDirtyTimestamp\":\"{}\",\"lastUpdatedTimestamp\":\"{now_ms}\",\"metadata\":{}}}}}",
-        me.port,
-        (renew_s * 3).max(90),
-        me.ready_ms,
-        json_object(&me.metadata())
-    );
-    s
-}
-
-/// What a Eureka reply means: 2xx done, 404 unknown instance (register again).
-pub fn eureka_answer(resp: &HttpResponse<'_>) -> Answer {
-    match resp.status {
-        Some(200..=299) => Answer::Ok,
-        Some(404) => Answer::NotFound,
-        Some(s) => Answer::Failed(format!("HTTP {s}")),
-        None => Answer::Failed("no answer".to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{self, Config};
-    use crate::registry::Token;
 
-    fn cfg(registry: &str, extra: &str) -> Config {
+    pub(super) fn cfg(registry: &str, extra: &str) -> Config {
         let scope = if registry.contains("nacos") { r#","group":"G","namespace":"ns1""# } else { "" };
         let json = format!(
             r#"{{"mode":"inbound","inbound":{{"service":"orders","self_address":"10.0.0.7:8080","warmup_ms":120000,
@@ -737,9 +521,9 @@ mod tests {
         );
         config::parse(json.as_bytes()).unwrap()
     }
-    const NACOS: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v1"}"#;
-    const NACOS3: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v3"}"#;
-    const EUREKA: &str = r#"{"type":"eureka","cluster":"registry","authority":"eureka:8761"}"#;
+    pub(super) const NACOS: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v1"}"#;
+    pub(super) const NACOS3: &str = r#"{"type":"nacos","cluster":"registry","authority":"nacos:8848","api":"v3"}"#;
+    pub(super) const EUREKA: &str = r#"{"type":"eureka","cluster":"registry","authority":"eureka:8761"}"#;
     const WARM: &str = r#","self_warm":{"requests":["/a","POST /b"],"count":5,"concurrency":2,"time_limit_ms":10000}"#;
 
     struct Run {
@@ -954,7 +738,7 @@ mod tests {
         assert!(v["self_warm"]["took_ms"].is_u64() && v["ready_ms"].is_u64(), "{j}");
     }
 
-    fn me(c: &Config) -> Me<'_> {
+    pub(super) fn me(c: &Config) -> Me<'_> {
         let ib = c.settings.inbound.as_ref().unwrap();
         Me {
             ip: "10.0.0.7",
@@ -964,151 +748,6 @@ mod tests {
             warmup_ms: ib.warmup_ms,
             ready_ms: 1_700_000_000_123,
         }
-    }
-
-    fn nacos(c: &Config) -> &Nacos {
-        match &c.registries[0].kind {
-            crate::config::RegistryKind::Nacos(n) => n,
-            _ => unreachable!(),
-        }
-    }
-
-    fn query(path: &str) -> BTreeMap<String, String> {
-        let q = path.split_once('?').map_or("", |(_, q)| q);
-        q.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), decode(v))).collect()
-    }
-
-    fn decode(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%' {
-                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-                i += 3;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).unwrap()
-    }
-
-    /// Nacos v1 (Nacos' open API and rnacos): register, beat with the Java client's `BeatInfo`,
-    /// deregister; the published metadata holds the warm-up keys callers read.
-    #[test]
-    fn nacos_v1_requests() {
-        let c = cfg(NACOS, "");
-        let (n, me) = (nacos(&c), me(&c));
-        let reg = nacos_request(n, &Session::default(), &me, Step::Register);
-        assert_eq!(reg.header(":method"), Some("POST"));
-        let path = reg.header(":path").unwrap();
-        assert!(path.starts_with("/nacos/v1/ns/instance?"), "{path}");
-        let q = query(path);
-        for (k, v) in [("serviceName", "orders"), ("groupName", "G"), ("namespaceId", "ns1"), ("ip", "10.0.0.7")] {
-            assert_eq!(q.get(k).map(String::as_str), Some(v), "{k}");
-        }
-        assert_eq!(q["port"], "8080");
-        assert_eq!(q["ephemeral"], "true");
-        let meta: BTreeMap<String, String> = serde_json::from_str(&q["metadata"]).unwrap();
-        assert_eq!(meta["timestamp"], "1700000000123");
-        assert_eq!(meta["warmup"], "120000");
-        assert_eq!(meta["version"], "2");
-        let beat = nacos_request(n, &Session::default(), &me, Step::Heartbeat);
-        assert_eq!(beat.header(":method"), Some("PUT"));
-        let q = query(beat.header(":path").unwrap());
-        let b: serde_json::Value = serde_json::from_str(&q["beat"]).unwrap();
-        assert_eq!(b["serviceName"], "G@@orders");
-        assert_eq!((b["ip"].as_str(), b["port"].as_u64()), (Some("10.0.0.7"), Some(8080)));
-        assert_eq!(b["metadata"]["timestamp"], "1700000000123");
-        let del = nacos_request(n, &Session::default(), &me, Step::Deregister);
-        assert_eq!(del.header(":method"), Some("DELETE"));
-        assert!(del.header(":path").unwrap().starts_with("/nacos/v1/ns/instance?serviceName=orders"));
-    }
-
-    /// Nacos 3's client API: a form body, `heartBeat=true` for a renewal, the token as the
-    /// `accessToken` header and parameter.
-    #[test]
-    fn nacos_v3_requests() {
-        let c = cfg(NACOS3, "");
-        let (n, me) = (nacos(&c), me(&c));
-        let s = Session {
-            token: Some(Token { value: "tok".into(), expires_ms: i64::MAX, renew_ms: i64::MAX }),
-            ..Session::default()
-        };
-        let reg = nacos_request(n, &s, &me, Step::Register);
-        assert_eq!((reg.header(":method"), reg.header(":path")), (Some("POST"), Some("/nacos/v3/client/ns/instance")));
-        assert_eq!(reg.header("content-type"), Some("application/x-www-form-urlencoded"));
-        assert_eq!(reg.header("accessToken"), Some("tok"));
-        let body = String::from_utf8(reg.body.clone().unwrap()).unwrap();
-        let q = query(&format!("?{body}"));
-        assert_eq!((q["serviceName"].as_str(), q["accessToken"].as_str()), ("orders", "tok"));
-        assert!(!q.contains_key("heartBeat"));
-        let beat = nacos_request(n, &s, &me, Step::Heartbeat);
-        let q = query(&format!("?{}", String::from_utf8(beat.body.unwrap()).unwrap()));
-        assert_eq!(q["heartBeat"], "true");
-        let del = nacos_request(n, &s, &me, Step::Deregister);
-        assert_eq!(del.header(":method"), Some("DELETE"));
-        assert!(del.body.is_none() && del.header(":path").unwrap().contains("ip=10.0.0.7"));
-    }
-
-    /// Replies as Nacos and rnacos give them (rnacos' beat reply: the captured fixture).
-    #[test]
-    fn nacos_answers() {
-        let r = |status, body: &'static [u8]| {
-            nacos_answer(&HttpResponse { status: Some(status), headers: &[], body, body_size: body.len() })
-        };
-        assert_eq!(r(200, b"ok"), Answer::Ok);
-        assert_eq!(r(200, include_bytes!("../../shared/fixtures/registry/rnacos-beat-captured.json")), Answer::Ok);
-        assert_eq!(r(200, br#"{"code":0,"message":"success","data":"ok"}"#), Answer::Ok);
-        assert_eq!(r(200, br#"{"code":20404,"clientBeatInterval":5000}"#), Answer::NotFound);
-        assert_eq!(r(200, br#"{"code":21003,"message":"instance not found","data":null}"#), Answer::NotFound);
-        assert!(matches!(r(403, b"unknown user!"), Answer::Failed(w) if w == "HTTP 403"));
-        assert!(matches!(r(500, br#"{"code":30000}"#), Answer::Failed(w) if w == "HTTP 500, code 30000"));
-        // only the top-level code counts, whatever the spacing and key order
-        assert_eq!(r(200, br#"{"data":{"code":20404},"message":"code", "code" : 0}"#), Answer::Ok);
-        assert_eq!(r(200, br#"{"message":"a "code": 1","code":21003}"#), Answer::NotFound);
-        let none = HttpResponse { status: None, headers: &[], body: b"", body_size: 0 };
-        assert_eq!(nacos_answer(&none), Answer::Failed("no answer".into()));
-    }
-
-    /// Eureka: the `InstanceInfo` its server needs, renew and cancel on `{APP}/{id}`.
-    #[test]
-    fn eureka_requests() {
-        let c = cfg(EUREKA, "");
-        let me = me(&c);
-        let crate::config::RegistryKind::Eureka(e) = &c.registries[0].kind else { unreachable!() };
-        let reg = eureka_request(e, &me, Step::Register, 1_700_000_001_000);
-        assert_eq!((reg.header(":method"), reg.header(":path")), (Some("POST"), Some("/eureka/apps/ORDERS")));
-        let v: serde_json::Value = serde_json::from_slice(reg.body.as_ref().unwrap()).unwrap();
-        let i = &v["instance"];
-        assert_eq!(i["instanceId"], "10.0.0.7:orders:8080");
-        assert_eq!(
-            (i["app"].as_str(), i["ipAddr"].as_str(), i["status"].as_str()),
-            (Some("ORDERS"), Some("10.0.0.7"), Some("UP"))
-        );
-        assert_eq!(i["port"]["$"], 8080);
-        assert_eq!(i["dataCenterInfo"]["name"], "MyOwn");
-        assert_eq!(i["leaseInfo"]["renewalIntervalInSecs"], 5);
-        assert_eq!(i["metadata"]["timestamp"], "1700000000123");
-        // what lossless itself reads back from such a record
-        let list = format!(r#"{{"application":{{"name":"ORDERS","instance":[{i}]}}}}"#);
-        let parsed = crate::registry::eureka::parse(list.as_bytes(), &c.services[0].query.build).unwrap();
-        assert_eq!(parsed.instances[0].addr, "10.0.0.7:8080");
-        assert_eq!(parsed.instances[0].start_ms, Some(1_700_000_000_123));
-        let beat = eureka_request(e, &me, Step::Heartbeat, 0);
-        assert_eq!(beat.header(":method"), Some("PUT"));
-        assert_eq!(
-            beat.header(":path"),
-            Some("/eureka/apps/ORDERS/10.0.0.7%3Aorders%3A8080?status=UP&lastDirtyTimestamp=1700000000123")
-        );
-        let del = eureka_request(e, &me, Step::Deregister, 0);
-        assert_eq!(
-            (del.header(":method"), del.header(":path")),
-            (Some("DELETE"), Some("/eureka/apps/ORDERS/10.0.0.7%3Aorders%3A8080"))
-        );
-        let a = |s| eureka_answer(&HttpResponse { status: Some(s), headers: &[], body: b"", body_size: 0 });
-        assert_eq!((a(204), a(200), a(404)), (Answer::Ok, Answer::Ok, Answer::NotFound));
     }
 
     #[test]

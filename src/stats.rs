@@ -1,0 +1,274 @@
+//! The filter's counters and gauges, counted in the VM and flushed to Envoy on the tick (one host
+//! call per changed counter per tick, none per request): per service ([`ServiceStats`],
+//! [`GAUGE_NAMES`]), for the whole filter ([`Stats`]), and for the inbound registration
+//! ([`OnlineStats`]).
+
+use crate::drain::Reason;
+
+/// Counters of one service, counted in the VM and added to Envoy's stats on the next tick (one
+/// host call per changed counter per tick, none per request). Envoy names them
+/// `wasmcustom.lossless.<service>.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub refresh_ok: u64,
+    pub refresh_failed: u64,
+    pub refresh_kept: u64,
+    pub refresh_unchanged: u64,
+    pub instances_skipped: u64,
+    pub protect_threshold_hit: u64,
+    pub picks: u64,
+    /// Instances ejected by outlier detection (Envoy: `ejections_enforced_total`).
+    pub ejections_enforced: u64,
+    /// Ejections not made because `max_ejection_percent` was reached (Envoy: `ejections_overflow`).
+    pub ejections_overflow: u64,
+    /// Trial requests sent to ejected instances whose ejection time was over.
+    pub ejection_trials: u64,
+    /// Ejected instances readmitted after a successful trial.
+    pub readmitted: u64,
+    /// Active health-check probes that passed / failed (Envoy: `health_check.success`, `.failure`).
+    pub health_check_success: u64,
+    pub health_check_failure: u64,
+    /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
+    pub local_503: [u64; 7],
+}
+
+impl ServiceStats {
+    /// The counter names, in the order [`ServiceStats::take`] returns them.
+    pub const NAMES: [&'static str; 20] = [
+        "refresh_ok",
+        "refresh_failed",
+        "refresh_kept",
+        "refresh_unchanged",
+        "instances_skipped",
+        "protect_threshold_hit",
+        "picks",
+        "outlier_detection.ejections_enforced",
+        "outlier_detection.ejections_overflow",
+        "outlier_detection.trials",
+        "outlier_detection.readmitted",
+        "health_check.success",
+        "health_check.failure",
+        "local_503.no_instances",
+        "local_503.no_membership",
+        "local_503.none_serving",
+        "local_503.pinned_draining",
+        "local_503.self_draining",
+        "local_503.flow_limited",
+        "local_503.not_ready",
+    ];
+
+    /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
+    pub fn local_503(&mut self, r: Reason) {
+        if let Some(n) = self.local_503.get_mut(r.index()) {
+            *n += 1;
+        }
+    }
+
+    /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
+    pub fn take(&mut self) -> [u64; 20] {
+        let s = std::mem::take(self);
+        let [a, b, c, d, e, f, g] = s.local_503;
+        [
+            s.refresh_ok,
+            s.refresh_failed,
+            s.refresh_kept,
+            s.refresh_unchanged,
+            s.instances_skipped,
+            s.protect_threshold_hit,
+            s.picks,
+            s.ejections_enforced,
+            s.ejections_overflow,
+            s.ejection_trials,
+            s.readmitted,
+            s.health_check_success,
+            s.health_check_failure,
+            a,
+            b,
+            c,
+            d,
+            e,
+            f,
+            g,
+        ]
+    }
+}
+
+/// Counters of the whole filter, flushed like [`ServiceStats`]; Envoy names them
+/// `wasmcustom.lossless.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub notify_marks: u64,
+    pub admin_denied: u64,
+    pub client_header_stripped: u64,
+    pub dispatch_failed: u64,
+    /// Inbound `admission`: requests admitted under the cap, and admitted because the shared
+    /// bucket could not be updated (refusals are `local_503.flow_limited` of the service).
+    pub admission_admitted: u64,
+    pub admission_unsure: u64,
+    /// Inbound `registration` ([`OnlineStats`]), added on each tick.
+    pub online: OnlineStats,
+}
+
+impl Stats {
+    /// The counter names, in the order [`Stats::take`] returns them.
+    pub const NAMES: [&'static str; 14] = [
+        "notify_marks",
+        "admin_denied",
+        "client_header_stripped",
+        "dispatch_failed",
+        "inbound.admission.admitted",
+        "inbound.admission.unsure",
+        "inbound.readiness.failure",
+        "inbound.registrations",
+        "inbound.registration_failures",
+        "inbound.heartbeats",
+        "inbound.heartbeat_failures",
+        "inbound.deregistrations",
+        "inbound.self_warm.success",
+        "inbound.self_warm.failure",
+    ];
+
+    /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
+    pub fn take(&mut self) -> [u64; 14] {
+        let s = std::mem::take(self);
+        let o = s.online;
+        [
+            s.notify_marks,
+            s.admin_denied,
+            s.client_header_stripped,
+            s.dispatch_failed,
+            s.admission_admitted,
+            s.admission_unsure,
+            o.readiness_failed,
+            o.registrations,
+            o.registration_failed,
+            o.heartbeats,
+            o.heartbeat_failed,
+            o.deregistrations,
+            o.warm_ok,
+            o.warm_failed,
+        ]
+    }
+}
+
+/// Counters of the inbound registration ([`crate::registration::Online`]), counted by its state
+/// machine and added to [`Stats::online`] on each tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnlineStats {
+    pub readiness_failed: u64,
+    pub registrations: u64,
+    pub registration_failed: u64,
+    pub heartbeats: u64,
+    pub heartbeat_failed: u64,
+    pub deregistrations: u64,
+    pub warm_ok: u64,
+    pub warm_failed: u64,
+}
+
+impl OnlineStats {
+    /// Adds `o` (what the state machine counted since the last tick) to these counters.
+    pub fn add(&mut self, o: OnlineStats) {
+        self.readiness_failed += o.readiness_failed;
+        self.registrations += o.registrations;
+        self.registration_failed += o.registration_failed;
+        self.heartbeats += o.heartbeats;
+        self.heartbeat_failed += o.heartbeat_failed;
+        self.deregistrations += o.deregistrations;
+        self.warm_ok += o.warm_ok;
+        self.warm_failed += o.warm_failed;
+    }
+}
+
+/// The gauges of one service, set by the poller VM on every tick.
+pub const GAUGE_NAMES: [&str; 7] = [
+    "hosts_total",
+    "hosts_serving",
+    "hosts_warming",
+    "hosts_draining",
+    "hosts_down",
+    "snapshot_version",
+    "refresh_duration_us",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter lands under its own name: each field set to a distinct value comes back at
+    /// the position of its name.
+    #[test]
+    fn names_and_values_line_up() {
+        let mut s = ServiceStats {
+            refresh_ok: 1,
+            refresh_failed: 2,
+            refresh_kept: 3,
+            refresh_unchanged: 4,
+            instances_skipped: 5,
+            protect_threshold_hit: 6,
+            picks: 7,
+            ejections_enforced: 8,
+            ejections_overflow: 9,
+            ejection_trials: 10,
+            readmitted: 11,
+            health_check_success: 12,
+            health_check_failure: 13,
+            local_503: [14, 15, 16, 17, 18, 19, 20],
+        };
+        let values = s.take();
+        let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
+        assert_eq!(named.len(), ServiceStats::NAMES.len());
+        for (name, want) in
+            [("refresh_ok", 1), ("picks", 7), ("outlier_detection.trials", 10), ("health_check.failure", 13)]
+        {
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
+        }
+        for r in Reason::ALL {
+            let name = format!("local_503.{}", r.as_str());
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(14 + r.index() as u64), "{name}");
+        }
+        assert_eq!(s, ServiceStats::default(), "taken: reset");
+        let mut g = Stats {
+            notify_marks: 1,
+            admin_denied: 2,
+            client_header_stripped: 3,
+            dispatch_failed: 4,
+            admission_admitted: 5,
+            admission_unsure: 6,
+            online: OnlineStats {
+                readiness_failed: 7,
+                registrations: 8,
+                registration_failed: 9,
+                heartbeats: 10,
+                heartbeat_failed: 11,
+                deregistrations: 12,
+                warm_ok: 13,
+                warm_failed: 14,
+            },
+        };
+        let named: Vec<(&str, u64)> = Stats::NAMES.iter().copied().zip(g.take()).collect();
+        assert_eq!(
+            named[..6],
+            [
+                ("notify_marks", 1),
+                ("admin_denied", 2),
+                ("client_header_stripped", 3),
+                ("dispatch_failed", 4),
+                ("inbound.admission.admitted", 5),
+                ("inbound.admission.unsure", 6)
+            ]
+        );
+        for (name, want) in [
+            ("inbound.readiness.failure", 7),
+            ("inbound.registrations", 8),
+            ("inbound.registration_failures", 9),
+            ("inbound.heartbeats", 10),
+            ("inbound.heartbeat_failures", 11),
+            ("inbound.deregistrations", 12),
+            ("inbound.self_warm.success", 13),
+            ("inbound.self_warm.failure", 14),
+        ] {
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
+        }
+        assert_eq!(g, Stats::default());
+    }
+}

@@ -1,0 +1,220 @@
+//! The refresh path inside the VM: the registry request that is due, and a registry reply made
+//! membership (keep-last-good rules, publish, stale marks pruned, generation bumped), with its
+//! stats and logs.
+
+use log::info;
+
+use super::{Dispatch, Purpose, Vm};
+use crate::marks;
+use crate::poller::{interval, RefreshOutcome};
+use crate::registry::{Call, HttpResponse};
+use crate::service::{Registry, Service};
+use crate::store::{bump_gen, Shared};
+
+/// The registry request of service `i` (`s`, of registry `reg`) due at `now_ms`, if any.
+pub(super) fn registry_due(i: usize, s: &mut Service, reg: &Registry, now_ms: i64) -> Option<Dispatch> {
+    let (call, request) = s.poll.due(&reg.cfg, &reg.session, &s.cfg, now_ms)?;
+    Some(Dispatch { service: i, purpose: Purpose::Registry(call), cluster: reg.cfg.cluster.clone(), request })
+}
+
+impl Vm {
+    /// A registry reply to `call` of service `svc`: parsed, checked by the keep-last-good rules and
+    /// published; returns the service and what happened.
+    pub(super) fn on_registry_reply(
+        &mut self,
+        shared: &dyn Shared,
+        svc: usize,
+        call: Call,
+        resp: &HttpResponse<'_>,
+        now_ms: i64,
+    ) -> Option<(usize, RefreshOutcome)> {
+        self.sync(shared, now_ms);
+        let interval_ms = interval(&self.settings, &mut self.rng);
+        let s = self.services.get_mut(svc)?;
+        let reg = self.registries.get_mut(s.cfg.registry)?;
+        let (outcome, publish) =
+            s.poll.on_reply(&reg.cfg, &mut reg.session, &s.cfg, &s.view.snap, call, resp, now_ms, interval_ms);
+        if let Some(snap) = publish {
+            let key = self.keys.service(&s.cfg.name);
+            let bytes = snap.encode();
+            shared.set(&key, &bytes, None);
+            let services = &self.services;
+            marks::prune(shared, &self.keys, |addr| {
+                services.iter().enumerate().find_map(|(k, o)| {
+                    let members = if k == svc { &snap.members } else { &o.view.snap.members };
+                    crate::instance::find(members, addr)
+                })
+            });
+            bump_gen(shared, &self.keys);
+            // this VM routes by the snapshot it built, not by a decode of its own encoding: the
+            // key is read back once for its CAS token, which stands for these bytes only
+            let (stored, cas) = shared.get(&key);
+            if let (Some(s), true) = (self.services.get_mut(svc), stored.as_deref() == Some(&bytes[..])) {
+                s.view.install(snap, cas);
+            }
+            self.sync(shared, now_ms);
+        }
+        self.account(svc, &outcome, now_ms);
+        Some((svc, outcome))
+    }
+
+    /// Stats and logs for a refresh outcome.
+    fn account(&mut self, svc: usize, outcome: &RefreshOutcome, now_ms: i64) {
+        let Some(s) = self.services.get_mut(svc) else { return };
+        let name = s.cfg.name.clone();
+        let st = &mut s.stats;
+        match outcome {
+            RefreshOutcome::Published { version, hosts, skipped, protected, unroutable } => {
+                st.refresh_ok += 1;
+                st.instances_skipped += u64::from(*skipped);
+                st.protect_threshold_hit += u64::from(*protected);
+                let skipped = if *skipped > 0 { format!(", {skipped} malformed skipped") } else { String::new() };
+                info!("service '{name}' membership v{version}: {hosts} instances{skipped}");
+                self.log_unroutable(svc, &name, unroutable, now_ms);
+            }
+            RefreshOutcome::Same { skipped, unroutable } => {
+                st.refresh_ok += 1;
+                st.instances_skipped += u64::from(*skipped);
+                self.log_unroutable(svc, &name, unroutable, now_ms);
+            }
+            RefreshOutcome::Unchanged => st.refresh_unchanged += 1,
+            RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
+            RefreshOutcome::Again(why) => info!("service '{name}': {why}"),
+            RefreshOutcome::Kept(hold) => {
+                st.refresh_kept += 1;
+                let kind = hold.kind();
+                self.log_limited(svc, "kept", now_ms, || {
+                    format!("service '{name}': registry list held back ({kind}), keeping the last good membership")
+                });
+            }
+            RefreshOutcome::Failed(e) => {
+                st.refresh_failed += 1;
+                let (kind, text) = (e.kind(), e.to_string());
+                self.log_limited(svc, kind, now_ms, || {
+                    format!("service '{name}': refresh failed, keeping the last good membership: {text}")
+                });
+            }
+        }
+    }
+
+    /// Names the instances refused for a host-name address (Envoy routes to IP literals only).
+    fn log_unroutable(&mut self, svc: usize, name: &str, unroutable: &[String], now_ms: i64) {
+        if unroutable.is_empty() {
+            return;
+        }
+        let shown = unroutable.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let n = unroutable.len();
+        self.log_limited(svc, "unroutable", now_ms, || {
+            format!("service '{name}': {n} instance(s) refused, their address is a host name Envoy cannot route to (register the IP): {shown}")
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::registry::RegistryError;
+    use crate::store::{bump_gen, Shared};
+    use crate::vm::testing::*;
+    use crate::vm::Vm;
+    use crate::{clock::Rng, config, poller::RefreshOutcome};
+
+    #[test]
+    fn poll_publish_route() {
+        let mut w = World::new(CFG);
+        assert_eq!(w.route("demo", None, NOW).unwrap(), "", "no membership yet: override_host fails open (no header)");
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
+        // not due again before the interval (1 s +- 10 %)
+        assert!(w.vm.on_tick(&w.shared, NOW + 500).is_empty());
+        let value = w.route("demo", None, NOW).unwrap();
+        assert_eq!(value.split(',').count(), 3, "primary + 2 fallbacks: {value}");
+        assert_eq!(w.route("other", None, NOW).unwrap(), "", "another cluster is not routed");
+        // the same list again publishes nothing
+        assert!(matches!(w.refresh(THREE, NOW + 2000), RefreshOutcome::Same { .. }));
+        // metadata is not part of the snapshot: a list with metadata is the same list
+        let with_md = THREE.replace(r#""10.0.0.1:80""#, r#""10.0.0.1:80","metadata":{"zone":"a"}"#);
+        assert!(matches!(w.refresh(&with_md, NOW + 4000), RefreshOutcome::Same { .. }));
+        // a garbage reply keeps the membership
+        assert!(matches!(w.refresh("<html>", NOW + 6000), RefreshOutcome::Failed(RegistryError::Parse(_))));
+        assert_eq!(w.members().len(), 3);
+        assert_eq!(w.vm.view.decodes, 0, "the publishing VM routes by the snapshot it built: no decode");
+        assert_eq!(w.vm.services[0].stats.refresh_ok, 3);
+        assert_eq!(w.vm.services[0].stats.refresh_failed, 1);
+    }
+
+    /// The poller routes by the snapshot it publishes without decoding it; another VM decodes
+    /// it once and holds the same membership.
+    #[test]
+    fn publishing_vm_installs_its_own_snapshot() {
+        let mut w = World::new(CFG);
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
+        let two = r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.3:80","weight":7}]}"#;
+        assert!(matches!(w.refresh(two, NOW + 2000), RefreshOutcome::Published { version: 2, hosts: 2, .. }));
+        assert_eq!(w.vm.view.decodes, 0, "the publishing VM does not decode its own snapshot");
+        let addrs: Vec<&str> = w.members().iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80"], "the new membership is routed by");
+        for k in 0..20 {
+            let value = w.route("demo", None, NOW + 2000 + k).unwrap();
+            assert!(!value.contains("10.0.0.2:80"), "a removed member is not routed to: {value}");
+        }
+        // what the poller holds is what every other VM decodes
+        let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 2, Rng::new(2));
+        other.sync(&w.shared, NOW + 2000);
+        assert_eq!(other.view.decodes, 1);
+        assert_eq!(other.services[0].view.snap, w.vm.services[0].view.snap);
+        assert_eq!(other.services[0].view.members, w.vm.services[0].view.members);
+        // a snapshot written by another VM is decoded as before
+        let mut s3 = w.vm.services[0].view.snap.clone();
+        s3.version += 1;
+        s3.members.truncate(1);
+        w.shared.set(&w.vm.keys.service("demo"), &s3.encode(), None);
+        bump_gen(&w.shared, &w.vm.keys);
+        w.vm.sync(&w.shared, NOW + 3000);
+        assert_eq!(w.vm.view.decodes, 1);
+        assert_eq!(w.members().len(), 1);
+    }
+
+    #[test]
+    fn flapping_registry_keeps_the_set() {
+        let mut w = World::new(CFG);
+        let ten: Vec<String> = (1..=10).map(|k| format!(r#"{{"address":"10.0.0.{k}:80"}}"#)).collect();
+        let full = format!(r#"{{"instances":[{}]}}"#, ten.join(","));
+        let down: Vec<String> = (1..=10).map(|k| format!(r#"{{"address":"10.0.0.{k}:80","state":"down"}}"#)).collect();
+        let all_down = format!(r#"{{"instances":[{}]}}"#, down.join(","));
+        w.refresh(&full, NOW);
+        let mut t = NOW;
+        for body in [
+            r#"{"instances":[]}"#,
+            all_down.as_str(),
+            "oops",
+            full.as_str(),
+            all_down.as_str(),
+            r#"{"instances":[]}"#,
+            full.as_str(),
+        ] {
+            t += 2000;
+            w.refresh(body, t);
+            assert_eq!(w.vm.services[0].view.balancer.serving(), 10, "after {body}");
+        }
+    }
+
+    #[test]
+    fn host_name_addresses_are_refused_by_name() {
+        let mut w = World::new(CFG);
+        let out = w.refresh(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"orders.internal:80"}]}"#, NOW);
+        let RefreshOutcome::Published { hosts, skipped, unroutable, .. } = out else { panic!("{out:?}") };
+        assert_eq!((hosts, skipped, unroutable), (1, 1, vec!["orders.internal:80".to_string()]));
+        assert_eq!(w.vm.services[0].stats.instances_skipped, 1);
+    }
+
+    #[test]
+    fn a_deliberate_offline_applies_within_one_refresh() {
+        // Nacos omits disabled instances: 2 of 3 disabled at once are gone at the next refresh
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        w.refresh(r#"{"instances":[{"address":"10.0.0.3:80"}]}"#, NOW + 2000);
+        assert_eq!(w.members().len(), 1);
+        for _ in 0..50 {
+            assert_eq!(w.route("demo", None, NOW + 2000).unwrap(), "10.0.0.3:80");
+        }
+    }
+}
