@@ -1,13 +1,17 @@
-//! The plugin configuration: JSON read by hand ([`crate::json`]: unknown fields refused, errors
-//! carry the field path) and validated into a typed [`Config`].
+//! The plugin configuration: JSON deserialized by serde derive, one type per section with its
+//! defaults beside it and unknown fields refused, then validated section by section into a typed
+//! [`Config`]. Every error names the field's path (`services[0].routing.mode`), found by
+//! `serde_path_to_error` for what serde refuses and by the checks for the rest.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Deserializer};
+use serde_path_to_error::Segment;
+
 use crate::balancer::Policy;
 use crate::health::{CheckKind, HealthCheck, OutlierDetection};
 use crate::instance::{canonical_addr, BuildOptions, MetaKey, MetadataKeys, Unit};
-use crate::json::{boolean, f32_, f64_, int, list, map, nullable, pair, string, variant, Json, Obj, R};
 use crate::membership::Guard;
 use crate::registry::nacos::{Api, Credentials};
 use crate::registry::{
@@ -42,471 +46,6 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 /// An error at `prefix.field`.
 fn at(prefix: &str, field: &str, message: impl Into<String>) -> ConfigError {
     err(format!("{prefix}.{field}"), message)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The JSON shape
-
-#[derive(Debug)]
-struct Raw {
-    mode: Mode,
-    registries: BTreeMap<String, RawRegistry>,
-    services: Vec<RawService>,
-    refresh_interval_ms: u64,
-    jitter_percent: u32,
-    weight_refresh_ms: u64,
-    drain: RawDrain,
-    inbound: Option<RawInbound>,
-    admin: RawAdmin,
-}
-
-fn d_refresh() -> u64 {
-    1000
-}
-fn d_jitter() -> u32 {
-    10
-}
-fn d_weight_refresh() -> u64 {
-    100
-}
-
-/// Which side of an instance the filter sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// On a caller (gateway or client sidecar): picks upstream instances.
-    #[default]
-    Outbound,
-    /// On an instance's own sidecar: drains it.
-    Inbound,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RegistryType {
-    Nacos,
-    Eureka,
-    Consul,
-    Static,
-}
-
-impl RegistryType {
-    fn name(self) -> &'static str {
-        match self {
-            RegistryType::Nacos => "nacos",
-            RegistryType::Eureka => "eureka",
-            RegistryType::Consul => "consul",
-            RegistryType::Static => "static",
-        }
-    }
-}
-
-#[derive(Debug)]
-struct RawRegistry {
-    kind: RegistryType,
-    cluster: String,
-    authority: String,
-    timeout_ms: u64,
-    max_body_bytes: usize,
-    // nacos
-    api: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    // consul
-    token: Option<String>,
-    wait_s: Option<u64>,
-    address: Option<String>,
-    // eureka
-    path_prefix: Option<String>,
-    // static
-    path: Option<String>,
-}
-
-fn d_timeout() -> u64 {
-    2000
-}
-fn d_max_body() -> usize {
-    8 << 20
-}
-
-#[derive(Debug)]
-struct RawService {
-    name: String,
-    registry: String,
-    registry_service: Option<String>,
-    group: Option<String>,
-    namespace: Option<String>,
-    clusters: Vec<String>,
-    tag: Option<String>,
-    dc: Option<String>,
-    match_clusters: Vec<String>,
-    routing: RawRouting,
-    policy: Policy,
-    warmup: RawWarmup,
-    guard: Guard,
-    outlier_detection: OutlierDetection,
-    health_check: Option<HealthCheck>,
-}
-
-#[derive(Debug)]
-struct RawRouting {
-    mode: RoutingMode,
-    header: String,
-    fallbacks: usize,
-}
-
-impl Default for RawRouting {
-    fn default() -> Self {
-        RawRouting { mode: RoutingMode::OverrideHost, header: "x-lossless-upstream".into(), fallbacks: 2 }
-    }
-}
-
-/// How the pick reaches Envoy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoutingMode {
-    /// `primary,fallback1,...` in a header read by the `override_host` LB policy.
-    OverrideHost,
-    /// The single address in a header read by an `ORIGINAL_DST` cluster.
-    OriginalDst,
-}
-
-#[derive(Debug)]
-struct RawWarmup {
-    default_warmup_ms: i64,
-    default_weight: i32,
-    weight_scale: f64,
-    curve: Curve,
-    metadata_keys: MetadataKeys,
-}
-
-impl Default for RawWarmup {
-    fn default() -> Self {
-        let b = BuildOptions::default();
-        RawWarmup {
-            default_warmup_ms: b.default_warmup_ms,
-            default_weight: b.default_weight,
-            weight_scale: b.weight_scale,
-            curve: Curve::default(),
-            metadata_keys: b.keys,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct RawDrain {
-    header: String,
-    retry_after_s: u32,
-    pin_header: Option<String>,
-    notify: bool,
-    notify_grace_ms: u64,
-}
-
-impl Default for RawDrain {
-    fn default() -> Self {
-        RawDrain {
-            header: "x-lossless-drain".into(),
-            retry_after_s: 1,
-            pin_header: None,
-            notify: true,
-            notify_grace_ms: 2000,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct RawInbound {
-    service: String,
-    self_address: String,
-    warmup_ms: Option<i64>,
-    registration: Option<RawRegistration>,
-    self_warm: Option<RawSelfWarm>,
-    admission: Option<AdmissionConfig>,
-}
-
-#[derive(Debug)]
-struct RawRegistration {
-    local_cluster: String,
-    readiness: HealthCheck,
-    heartbeat_ms: i64,
-    metadata: BTreeMap<String, String>,
-}
-
-fn d_heartbeat() -> i64 {
-    5000
-}
-
-#[derive(Debug)]
-struct RawSelfWarm {
-    requests: Vec<String>,
-    count: u32,
-    concurrency: u32,
-    timeout_ms: i64,
-    time_limit_ms: i64,
-}
-
-fn d_warm_count() -> u32 {
-    50
-}
-fn d_warm_concurrency() -> u32 {
-    2
-}
-fn d_warm_timeout() -> i64 {
-    5000
-}
-fn d_warm_limit() -> i64 {
-    60_000
-}
-
-#[derive(Debug)]
-struct RawAdmin {
-    path_prefix: String,
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        RawAdmin { path_prefix: "/lossless".into() }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading the JSON shape: one reader per type, fields in their declared order (see `json`).
-
-fn read_raw(v: &Json) -> R<Raw> {
-    let mut o = Obj::new(v, "", "Raw", 9)?;
-    let raw = Raw {
-        mode: o.or("mode", read_mode, Mode::default()),
-        registries: o.req("registries", |v, p| map(v, p, read_registry)),
-        services: o.req("services", |v, p| list(v, p, read_service)),
-        refresh_interval_ms: o.or("refresh_interval_ms", int, d_refresh()),
-        jitter_percent: o.or("jitter_percent", int, d_jitter()),
-        weight_refresh_ms: o.or("weight_refresh_ms", int, d_weight_refresh()),
-        drain: o.or("drain", read_drain, RawDrain::default()),
-        inbound: o.opt("inbound", read_inbound),
-        admin: o.or("admin", read_admin, RawAdmin::default()),
-    };
-    o.end().map(|()| raw)
-}
-
-fn read_mode(v: &Json, p: &str) -> R<Mode> {
-    variant(v, p, &[("outbound", Mode::Outbound), ("inbound", Mode::Inbound)])
-}
-
-fn read_registry(v: &Json, p: &str) -> R<RawRegistry> {
-    use RegistryType::{Consul, Eureka, Nacos, Static};
-    const KINDS: &[(&str, RegistryType)] =
-        &[("nacos", Nacos), ("eureka", Eureka), ("consul", Consul), ("static", Static)];
-    let mut o = Obj::new(v, p, "RawRegistry", 13)?;
-    let r = RawRegistry {
-        // a stand-in kind when absent or bad: `end` fails then
-        kind: o.req("type", |v, p| variant(v, p, KINDS).map(Some)).unwrap_or(Nacos),
-        cluster: o.req("cluster", string),
-        authority: o.req("authority", string),
-        timeout_ms: o.or("timeout_ms", int, d_timeout()),
-        max_body_bytes: o.or("max_body_bytes", int, d_max_body()),
-        api: o.opt("api", string),
-        username: o.opt("username", string),
-        password: o.opt("password", string),
-        token: o.opt("token", string),
-        wait_s: o.opt("wait_s", int),
-        address: o.opt("address", string),
-        path_prefix: o.opt("path_prefix", string),
-        path: o.opt("path", string),
-    };
-    o.end().map(|()| r)
-}
-
-fn strings(v: &Json, p: &str) -> R<Vec<String>> {
-    list(v, p, string)
-}
-
-fn read_service(v: &Json, p: &str) -> R<RawService> {
-    let mut o = Obj::new(v, p, "RawService", 15)?;
-    let s = RawService {
-        name: o.req("name", string),
-        registry: o.req("registry", string),
-        registry_service: o.opt("registry_service", string),
-        group: o.opt("group", string),
-        namespace: o.opt("namespace", string),
-        clusters: o.or("clusters", strings, Vec::new()),
-        tag: o.opt("tag", string),
-        dc: o.opt("dc", string),
-        match_clusters: o.or("match_clusters", strings, Vec::new()),
-        routing: o.or("routing", read_routing, RawRouting::default()),
-        policy: o.or("policy", read_policy, Policy::default()),
-        warmup: o.or("warmup", read_warmup, RawWarmup::default()),
-        guard: o.or("guard", read_guard, Guard::default()),
-        outlier_detection: o.or("outlier_detection", read_outlier_detection, OutlierDetection::default()),
-        health_check: o.opt("health_check", read_health_check),
-    };
-    o.end().map(|()| s)
-}
-
-fn read_routing(v: &Json, p: &str) -> R<RawRouting> {
-    let d = RawRouting::default();
-    const MODES: &[(&str, RoutingMode)] =
-        &[("override_host", RoutingMode::OverrideHost), ("original_dst", RoutingMode::OriginalDst)];
-    let mut o = Obj::new(v, p, "RawRouting", 3)?;
-    let r = RawRouting {
-        mode: o.or("mode", |v, p| variant(v, p, MODES), d.mode),
-        header: o.or("header", string, d.header),
-        fallbacks: o.or("fallbacks", int, d.fallbacks),
-    };
-    o.end().map(|()| r)
-}
-
-fn read_policy(v: &Json, p: &str) -> R<Policy> {
-    variant(v, p, &[("random", Policy::Random), ("round_robin", Policy::RoundRobin)])
-}
-
-fn read_warmup(v: &Json, p: &str) -> R<RawWarmup> {
-    let d = RawWarmup::default();
-    let mut o = Obj::new(v, p, "RawWarmup", 5)?;
-    let w = RawWarmup {
-        default_warmup_ms: o.or("default_warmup_ms", int, d.default_warmup_ms),
-        default_weight: o.or("default_weight", int, d.default_weight),
-        weight_scale: o.or("weight_scale", f64_, d.weight_scale),
-        curve: o.or("curve", read_curve, d.curve),
-        metadata_keys: o.or("metadata_keys", read_metadata_keys, d.metadata_keys),
-    };
-    o.end().map(|()| w)
-}
-
-fn read_curve(v: &Json, p: &str) -> R<Curve> {
-    let d = Curve::default();
-    let mut o = Obj::new(v, p, "Curve", 3)?;
-    let c = Curve {
-        aggression: o.or("aggression", f32_, d.aggression),
-        min_weight_percent: o.or("min_weight_percent", f32_, d.min_weight_percent),
-        sermant: o.or("sermant", |v, p| nullable(v, p, int), d.sermant),
-    };
-    o.end().map(|()| c)
-}
-
-fn read_metadata_keys(v: &Json, p: &str) -> R<MetadataKeys> {
-    let d = MetadataKeys::default();
-    let mut o = Obj::new(v, p, "MetadataKeys", 4)?;
-    let k = MetadataKeys {
-        start_time: o.or("start_time", |v, p| list(v, p, read_meta_key), d.start_time),
-        warmup: o.or("warmup", |v, p| list(v, p, read_meta_key), d.warmup),
-        weight: o.or("weight", strings, d.weight),
-        drain: o.or("drain", strings, d.drain),
-    };
-    o.end().map(|()| k)
-}
-
-fn read_meta_key(v: &Json, p: &str) -> R<MetaKey> {
-    let mut o = Obj::new(v, p, "MetaKey", 2)?;
-    let k = MetaKey {
-        key: o.req("key", string),
-        unit: o.req("unit", |v, p| variant(v, p, &[("ms", Unit::Ms), ("s", Unit::S)]).map(Some)).unwrap_or(Unit::Ms),
-    };
-    o.end().map(|()| k)
-}
-
-fn read_guard(v: &Json, p: &str) -> R<Guard> {
-    let d = Guard::default();
-    let mut o = Obj::new(v, p, "Guard", 3)?;
-    let g = Guard {
-        protect_threshold: o.or("protect_threshold", f64_, d.protect_threshold),
-        max_drop: o.or("max_drop", f64_, d.max_drop),
-        confirm_refreshes: o.or("confirm_refreshes", int, d.confirm_refreshes),
-    };
-    o.end().map(|()| g)
-}
-
-fn read_outlier_detection(v: &Json, p: &str) -> R<OutlierDetection> {
-    let d = OutlierDetection::default();
-    let mut o = Obj::new(v, p, "OutlierDetection", 6)?;
-    let od = OutlierDetection {
-        enabled: o.or("enabled", boolean, d.enabled),
-        consecutive_gateway_failure: o.or("consecutive_gateway_failure", int, d.consecutive_gateway_failure),
-        consecutive_local_origin_failure: o.or(
-            "consecutive_local_origin_failure",
-            int,
-            d.consecutive_local_origin_failure,
-        ),
-        base_ejection_time_ms: o.or("base_ejection_time_ms", int, d.base_ejection_time_ms),
-        max_ejection_time_ms: o.or("max_ejection_time_ms", int, d.max_ejection_time_ms),
-        max_ejection_percent: o.or("max_ejection_percent", int, d.max_ejection_percent),
-    };
-    o.end().map(|()| od)
-}
-
-fn read_health_check(v: &Json, p: &str) -> R<HealthCheck> {
-    let d = HealthCheck::default();
-    const KINDS: &[(&str, CheckKind)] = &[("http", CheckKind::Http), ("tcp", CheckKind::Tcp)];
-    let mut o = Obj::new(v, p, "HealthCheck", 8)?;
-    let hc = HealthCheck {
-        kind: o.or("type", |v, p| variant(v, p, KINDS), d.kind),
-        path: o.or("path", string, d.path),
-        expected_statuses: o.or("expected_statuses", |v, p| list(v, p, |v, p| pair(v, p, int)), d.expected_statuses),
-        interval_ms: o.or("interval_ms", int, d.interval_ms),
-        timeout_ms: o.or("timeout_ms", int, d.timeout_ms),
-        unhealthy_threshold: o.or("unhealthy_threshold", int, d.unhealthy_threshold),
-        healthy_threshold: o.or("healthy_threshold", int, d.healthy_threshold),
-        no_traffic_before_first_pass: o.or("no_traffic_before_first_pass", boolean, d.no_traffic_before_first_pass),
-    };
-    o.end().map(|()| hc)
-}
-
-fn read_drain(v: &Json, p: &str) -> R<RawDrain> {
-    let d = RawDrain::default();
-    let mut o = Obj::new(v, p, "RawDrain", 5)?;
-    let r = RawDrain {
-        header: o.or("header", string, d.header),
-        retry_after_s: o.or("retry_after_s", int, d.retry_after_s),
-        pin_header: o.or("pin_header", |v, p| nullable(v, p, string), d.pin_header),
-        notify: o.or("notify", boolean, d.notify),
-        notify_grace_ms: o.or("notify_grace_ms", int, d.notify_grace_ms),
-    };
-    o.end().map(|()| r)
-}
-
-fn read_inbound(v: &Json, p: &str) -> R<RawInbound> {
-    let mut o = Obj::new(v, p, "RawInbound", 6)?;
-    let ib = RawInbound {
-        service: o.req("service", string),
-        self_address: o.req("self_address", string),
-        warmup_ms: o.opt("warmup_ms", int),
-        registration: o.opt("registration", read_registration),
-        self_warm: o.opt("self_warm", read_self_warm),
-        admission: o.opt("admission", read_admission),
-    };
-    o.end().map(|()| ib)
-}
-
-fn read_registration(v: &Json, p: &str) -> R<RawRegistration> {
-    let mut o = Obj::new(v, p, "RawRegistration", 4)?;
-    let r = RawRegistration {
-        local_cluster: o.req("local_cluster", string),
-        readiness: o.or("readiness", read_health_check, HealthCheck::default()),
-        heartbeat_ms: o.or("heartbeat_ms", int, d_heartbeat()),
-        metadata: o.or("metadata", |v, p| map(v, p, string), BTreeMap::new()),
-    };
-    o.end().map(|()| r)
-}
-
-fn read_self_warm(v: &Json, p: &str) -> R<RawSelfWarm> {
-    let mut o = Obj::new(v, p, "RawSelfWarm", 5)?;
-    let sw = RawSelfWarm {
-        requests: o.req("requests", strings),
-        count: o.or("count", int, d_warm_count()),
-        concurrency: o.or("concurrency", int, d_warm_concurrency()),
-        timeout_ms: o.or("timeout_ms", int, d_warm_timeout()),
-        time_limit_ms: o.or("time_limit_ms", int, d_warm_limit()),
-    };
-    o.end().map(|()| sw)
-}
-
-fn read_admission(v: &Json, p: &str) -> R<AdmissionConfig> {
-    let mut o = Obj::new(v, p, "AdmissionConfig", 2)?;
-    let a = AdmissionConfig { max_rps: o.req("max_rps", int), cold_factor: o.or("cold_factor", int, d_cold_factor()) };
-    o.end().map(|()| a)
-}
-
-fn read_admin(v: &Json, p: &str) -> R<RawAdmin> {
-    let d = RawAdmin::default();
-    let mut o = Obj::new(v, p, "RawAdmin", 1)?;
-    let a = RawAdmin { path_prefix: o.or("path_prefix", string, d.path_prefix) };
-    o.end().map(|()| a)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,12 +169,14 @@ pub struct SelfWarmConfig {
 }
 
 /// `inbound.admission`: Sentinel's `WARM_UP` cap on admitted requests per second
-/// ([`crate::admission`]).
-#[derive(Debug, Clone, Copy)]
+/// ([`crate::admission`]). Read as it is configured; checked by `validate_admission`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
     /// Requests per second once warm (Sentinel's `count`).
     pub max_rps: u32,
     /// The cold rate is `max_rps / cold_factor` (default 3, Sentinel's `coldFactor`).
+    #[serde(default = "d_cold_factor")]
     pub cold_factor: u32,
 }
 
@@ -671,48 +212,29 @@ impl Config {
     }
 }
 
-fn valid_header(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+/// Which side of an instance the filter sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// On a caller (gateway or client sidecar): picks upstream instances.
+    #[default]
+    Outbound,
+    /// On an instance's own sidecar: drains it.
+    Inbound,
 }
 
-/// Header names that HTTP itself or Envoy owns, refused for `routing.header`, `drain.header` and
-/// `drain.pin_header`: hop-by-hop and framing headers (Envoy rewrites or drops them), `host`
-/// (the `:authority`), the attempt count Envoy sets on retries, and lossless' own
-/// `x-lossless-unreached`. Other `x-envoy-*` names stay allowed (an `ORIGINAL_DST` cluster may
-/// read `x-envoy-original-dst-host`).
-pub const RESERVED_HEADERS: [&str; 12] = [
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "trailer",
-    "x-envoy-attempt-count",
-    crate::health::UNREACHED_HEADER,
-];
-
-/// Refuses a header name that [`valid_header`] accepts but HTTP or Envoy owns.
-fn unreserved_header(path: &str, name: &str) -> Result<(), ConfigError> {
-    if RESERVED_HEADERS.contains(&name) {
-        return Err(err(path, format!("'{name}' is a header HTTP or Envoy itself uses; pick another name")));
-    }
-    Ok(())
+/// How the pick reaches Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingMode {
+    /// `primary,fallback1,...` in a header read by the `override_host` LB policy.
+    OverrideHost,
+    /// The single address in a header read by an `ORIGINAL_DST` cluster.
+    OriginalDst,
 }
 
-/// `admin.path_prefix`: `/name` with only `[A-Za-z0-9/_.~-]`, not ending in '/'.
-fn validate_admin_prefix(prefix: &str) -> Result<(), ConfigError> {
-    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
-    }
-    if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.~-".contains(&b)) {
-        return Err(err("admin.path_prefix", "must use only letters, digits and '/', '_', '.', '~', '-'"));
-    }
-    Ok(())
-}
+// ---------------------------------------------------------------------------------------------
+// Parsing
 
 /// Parses and validates the plugin configuration.
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -726,93 +248,95 @@ pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Res
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("", format!("the configuration is empty; a minimal valid one is {MINIMAL_EXAMPLE}")));
     }
-    let doc = Json::parse(bytes).map_err(|e| {
-        // the reader says where (line, column) but not which value: recover the path from the
-        // position with a small scan of the text.
-        let path = if e.line() == 0 { String::new() } else { path_at(bytes, e.line(), e.column()) };
-        err(path, e.to_string())
-    })?;
-    validate(read_raw(&doc)?, env)
+    validate(read(bytes)?, env)
 }
 
-/// The JSON path (`services[0].routing.mode`) of the value or key that ends at 1-based
-/// `line`/`column` of `text`, as serde_json reports error positions.
-fn path_at(text: &[u8], line: usize, column: usize) -> String {
-    enum Frame {
-        Obj { key: Option<String>, in_value: bool },
-        Arr { idx: usize },
-    }
-    let mut offset = 0usize;
-    let mut l = 1usize;
-    for (i, b) in text.iter().enumerate() {
-        if l == line {
-            offset = i;
-            break;
-        }
-        if *b == b'\n' {
-            l += 1;
-            offset = i + 1;
-        }
-    }
-    let end = offset.saturating_add(column).min(text.len());
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0usize;
-    while i < end {
-        let b = text.get(i).copied().unwrap_or(b' ');
-        match b {
-            b'{' => stack.push(Frame::Obj { key: None, in_value: false }),
-            b'[' => stack.push(Frame::Arr { idx: 0 }),
-            b'}' | b']' => {
-                stack.pop();
+/// Deserializes the document into [`Raw`]. The first error in the document is returned: a syntax
+/// error with serde_json's message and position, anything else with serde's message; both with
+/// the path `serde_path_to_error` tracked to it.
+fn read(bytes: &[u8]) -> Result<Raw, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let mut segments: Vec<Segment> = e.path().iter().cloned().collect();
+        let e = e.into_inner();
+        let data = e.classify() == serde_json::error::Category::Data;
+        let mut message = e.to_string();
+        if data {
+            // the path says where; serde_json's " at line L column C" only repeats it
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            if let Some(n) = message.strip_suffix(&position).map(str::len) {
+                message.truncate(n);
             }
-            b':' => {
-                if let Some(Frame::Obj { in_value, .. }) = stack.last_mut() {
-                    *in_value = true;
-                }
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Obj { key, in_value }) => {
-                    *key = None;
-                    *in_value = false;
-                }
-                Some(Frame::Arr { idx }) => *idx += 1,
-                None => {}
-            },
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                while j < text.len() {
-                    match text.get(j) {
-                        Some(b'\\') => j += 2,
-                        Some(b'"') => break,
-                        _ => j += 1,
-                    }
-                }
-                if let Some(Frame::Obj { key, in_value: false }) = stack.last_mut() {
-                    let raw = text.get(start..j.min(text.len())).unwrap_or_default();
-                    *key = Some(String::from_utf8_lossy(raw).into_owned());
-                }
-                i = j;
-            }
-            _ => {}
         }
-        i += 1;
-    }
+        // serde reports a duplicate field at the enclosing object, and any error inside a
+        // registry section at the section (see `registry_field_at_fault`): complete the path.
+        let field = named_field(&message).map(str::to_owned).or_else(|| match segments.as_slice() {
+            // a missing field is the section's, and rightly reported there
+            [Segment::Map { key: top }, Segment::Map { key: name }]
+                if data && top == "registries" && !message.starts_with("missing field") =>
+            {
+                registry_field_at_fault(bytes, name, &message)
+            }
+            _ => None,
+        });
+        if let Some(field) = field {
+            if !matches!(segments.last(), Some(Segment::Map { key }) if *key == field) {
+                segments.push(Segment::Map { key: field });
+            }
+        }
+        err(dotted(&segments), message)
+    })?;
+    de.end().map_err(|e| err("", e.to_string()))?;
+    Ok(raw)
+}
+
+/// The field serde's message names: `unknown field `x`, ...`, `duplicate field `x``.
+fn named_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("duplicate field `"))?;
+    rest.split('`').next()
+}
+
+/// The field of `registries.NAME` whose value serde refused with `message`. A registry section is
+/// internally tagged on `type`, so serde reads it from a buffer where `serde_path_to_error` does
+/// not see which field fails; after such an error, the section's fields are read again one at a
+/// time, and the first one refused with the same message is the one named.
+fn registry_field_at_fault(bytes: &[u8], name: &str, message: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let section = doc.get("registries")?.get(name)?.as_object()?;
+    let kind = section.get("type")?.as_str()?;
+    let refused = |one: &serde_json::Value| {
+        let e = match kind {
+            "nacos" => RawNacos::deserialize(one).err(),
+            "eureka" => RawEureka::deserialize(one).err(),
+            "consul" => RawConsul::deserialize(one).err(),
+            "static" => RawStatic::deserialize(one).err(),
+            _ => None,
+        };
+        e.is_some_and(|e| e.to_string() == message)
+    };
+    section.iter().filter(|(k, _)| *k != "type").find_map(|(k, v)| {
+        let one = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
+        refused(&one).then(|| k.clone())
+    })
+}
+
+/// `services[0].routing.mode` from the path's segments.
+fn dotted(segments: &[Segment]) -> String {
     let mut path = String::new();
-    for f in &stack {
-        match f {
-            Frame::Obj { key: Some(k), .. } => {
+    for s in segments {
+        match s {
+            Segment::Map { key } => {
                 if !path.is_empty() {
                     path.push('.');
                 }
-                path.push_str(k);
+                path.push_str(key);
             }
-            Frame::Obj { key: None, .. } => {}
-            Frame::Arr { idx } => {
+            Segment::Seq { index } => {
                 path.push('[');
-                path.push_str(&idx.to_string());
+                path.push_str(&index.to_string());
                 path.push(']');
             }
+            Segment::Enum { .. } | Segment::Unknown => {}
         }
     }
     path
@@ -843,6 +367,39 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------------------------
+// The document: the top-level settings, then one section per type below, each with its checks.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    mode: Mode,
+    registries: BTreeMap<String, RawRegistry>,
+    services: Vec<RawService>,
+    #[serde(default = "d_refresh")]
+    refresh_interval_ms: u64,
+    #[serde(default = "d_jitter")]
+    jitter_percent: u32,
+    #[serde(default = "d_weight_refresh")]
+    weight_refresh_ms: u64,
+    #[serde(default)]
+    drain: RawDrain,
+    inbound: Option<RawInbound>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+fn d_refresh() -> u64 {
+    1000
+}
+fn d_jitter() -> u32 {
+    10
+}
+fn d_weight_refresh() -> u64 {
+    100
+}
+
 /// Checks the parsed document section by section and builds the immutable [`Config`].
 /// The first failed check is returned, with the field's dotted path.
 fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -859,9 +416,9 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         if name.trim().is_empty() {
             return Err(err(format!("registries.\"{name}\""), "a registry name must not be empty"));
         }
-        let adapter = registry(&format!("registries.{name}"), &r)?;
-        kinds.push(r.kind);
-        registries.push(RegistryConfig { name, cluster: r.cluster, kind: adapter });
+        kinds.push(r.kind());
+        let (cluster, kind) = r.validate(&format!("registries.{name}"))?;
+        registries.push(RegistryConfig { name, cluster, kind });
     }
     // drain first: every service's routing header must differ from its headers
     let drain = validate_drain(raw.drain)?;
@@ -900,6 +457,249 @@ fn validate_timing(raw: &Raw) -> Result<(), ConfigError> {
         return Err(err("weight_refresh_ms", "must be between 10 and 10000 (ms)"));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// registries.NAME: one section per `type`; a field of another type's section is an unknown field.
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum RawRegistry {
+    Nacos(RawNacos),
+    Eureka(RawEureka),
+    Consul(RawConsul),
+    Static(RawStatic),
+}
+
+/// The kind of a registry, for the service fields that apply to some kinds only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegistryType {
+    Nacos,
+    Eureka,
+    Consul,
+    Static,
+}
+
+impl RegistryType {
+    fn name(self) -> &'static str {
+        match self {
+            RegistryType::Nacos => "nacos",
+            RegistryType::Eureka => "eureka",
+            RegistryType::Consul => "consul",
+            RegistryType::Static => "static",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNacos {
+    cluster: String,
+    authority: String,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    /// `auto` (the default), `v1`, `v2` or `v3`.
+    api: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEureka {
+    cluster: String,
+    authority: String,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "d_eureka_prefix")]
+    path_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsul {
+    cluster: String,
+    authority: String,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    token: Option<String>,
+    /// Blocking queries by default; a blocking request's timeout is timeout_ms + wait + wait/16.
+    #[serde(default = "d_consul_wait")]
+    wait_s: u64,
+    /// `service` (the default), `node` or a TaggedAddresses name.
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    cluster: String,
+    authority: String,
+    #[serde(default = "d_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "d_max_body")]
+    max_body_bytes: usize,
+    /// Required: checked with the other fields, so that its message says what it must be.
+    path: Option<String>,
+}
+
+fn d_timeout() -> u64 {
+    2000
+}
+fn d_max_body() -> usize {
+    8 << 20
+}
+fn d_eureka_prefix() -> String {
+    "/eureka".into()
+}
+fn d_consul_wait() -> u64 {
+    30
+}
+
+impl RawRegistry {
+    fn kind(&self) -> RegistryType {
+        match self {
+            RawRegistry::Nacos(_) => RegistryType::Nacos,
+            RawRegistry::Eureka(_) => RegistryType::Eureka,
+            RawRegistry::Consul(_) => RegistryType::Consul,
+            RawRegistry::Static(_) => RegistryType::Static,
+        }
+    }
+
+    /// The Envoy cluster and the adapter of the registry at `p`.
+    fn validate(self, p: &str) -> Result<(String, RegistryKind), ConfigError> {
+        match self {
+            RawRegistry::Nacos(r) => {
+                let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
+                let api = match r.api.as_deref() {
+                    None | Some("auto") => None,
+                    Some("v1") => Some(Api::V1),
+                    Some("v2") => Some(Api::V2),
+                    Some("v3") => Some(Api::V3),
+                    Some(other) => {
+                        return Err(at(p, "api", format!("'{other}' is not one of \"auto\", \"v1\", \"v2\", \"v3\"")))
+                    }
+                };
+                let auth = match (r.username, r.password) {
+                    (Some(username), Some(password)) if !username.is_empty() => {
+                        Some(Credentials { username, password })
+                    }
+                    (None, None) => None,
+                    (Some(_), None) => return Err(at(p, "password", "is required with username")),
+                    _ => return Err(at(p, "username", "is required (non-empty) with password")),
+                };
+                Ok((r.cluster, RegistryKind::Nacos(Nacos::new(ep, api, auth))))
+            }
+            RawRegistry::Eureka(r) => {
+                let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
+                if !valid_path(&r.path_prefix) {
+                    return Err(at(
+                        p,
+                        "path_prefix",
+                        "must start with '/' and hold no spaces, control characters, '?' or '#'",
+                    ));
+                }
+                let prefix = r.path_prefix.trim_end_matches('/').to_string();
+                Ok((r.cluster, RegistryKind::Eureka(Eureka::new(ep, prefix))))
+            }
+            RawRegistry::Consul(r) => {
+                let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
+                if r.wait_s > 600 {
+                    return Err(at(
+                        p,
+                        "wait_s",
+                        "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)",
+                    ));
+                }
+                let mut consul = Consul::new(ep, r.token, r.wait_s);
+                if let Some(a) = &r.address {
+                    let Some(choice) = crate::registry::consul::Address::parse(a) else {
+                        return Err(at(
+                            p,
+                            "address",
+                            "must be \"service\", \"node\" or a TaggedAddresses name such as \"wan\"",
+                        ));
+                    };
+                    consul.address = choice;
+                }
+                Ok((r.cluster, RegistryKind::Consul(consul)))
+            }
+            RawRegistry::Static(r) => {
+                let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
+                let Some(path) = r.path.filter(|x| valid_path(x)) else {
+                    return Err(at(
+                        p,
+                        "path",
+                        "is required for a static registry, must start with '/' and hold no spaces, control characters or '#' ({service} is replaced by the service name)",
+                    ));
+                };
+                Ok((r.cluster, RegistryKind::Static(StaticJson { endpoint: ep, path })))
+            }
+        }
+    }
+}
+
+/// The fields every registry section has: the Envoy cluster, and the endpoint behind it.
+fn validate_endpoint(
+    p: &str,
+    cluster: &str,
+    authority: String,
+    timeout_ms: u64,
+    max_body_bytes: usize,
+) -> Result<Endpoint, ConfigError> {
+    if cluster.is_empty() {
+        return Err(at(p, "cluster", "must name the Envoy cluster of the registry"));
+    }
+    if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+        return Err(at(p, "authority", "must be host[:port] (the :authority of registry requests)"));
+    }
+    if !(10..=900_000).contains(&timeout_ms) {
+        return Err(at(p, "timeout_ms", "must be between 10 and 900000 (ms)"));
+    }
+    if !(1024..=(256 << 20)).contains(&max_body_bytes) {
+        return Err(at(p, "max_body_bytes", "must be between 1024 and 268435456"));
+    }
+    Ok(Endpoint { authority, timeout_ms, max_body_bytes })
+}
+
+// ---------------------------------------------------------------------------------------------
+// services[i]. The sections whose type lives in another module (`Policy`, `Curve`,
+// `MetadataKeys`, `Guard`, `OutlierDetection`, `HealthCheck`) are read through serde's
+// remote derive (`...Def`): their fields are listed here with the configuration's shape, their
+// defaults are the type's own `Default`.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    registry: String,
+    registry_service: Option<String>,
+    group: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    clusters: Vec<String>,
+    tag: Option<String>,
+    dc: Option<String>,
+    #[serde(default)]
+    match_clusters: Vec<String>,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default, with = "PolicyDef")]
+    policy: Policy,
+    #[serde(default)]
+    warmup: RawWarmup,
+    #[serde(default, with = "GuardDef")]
+    guard: Guard,
+    #[serde(default, with = "OutlierDetectionDef")]
+    outlier_detection: OutlierDetection,
+    #[serde(default, deserialize_with = "optional_health_check")]
+    health_check: Option<HealthCheck>,
 }
 
 /// One `services[i]` entry (`p` is its path); `earlier` are the entries already accepted, for
@@ -956,15 +756,7 @@ fn validate_service(
     validate_routing(p, &s.routing, drain)?;
     let w = &s.warmup;
     validate_warmup(p, w)?;
-    if !(0.0..=1.0).contains(&s.guard.protect_threshold) {
-        return Err(at(p, "guard.protect_threshold", "must be between 0 and 1"));
-    }
-    if !(0.0..=1.0).contains(&s.guard.max_drop) {
-        return Err(at(p, "guard.max_drop", "must be between 0 and 1"));
-    }
-    if !(1..=100).contains(&s.guard.confirm_refreshes) {
-        return Err(at(p, "guard.confirm_refreshes", "must be between 1 and 100"));
-    }
+    validate_guard(p, &s.guard)?;
     validate_outlier_detection(p, &s.outlier_detection)?;
     if let Some(hc) = &s.health_check {
         validate_health_check(&format!("{p}.health_check"), hc)?;
@@ -999,6 +791,29 @@ fn validate_service(
     })
 }
 
+/// `services[i].policy`: [`Policy`] by its snake_case name.
+#[derive(Deserialize)]
+#[serde(remote = "Policy", rename_all = "snake_case")]
+enum PolicyDef {
+    Random,
+    RoundRobin,
+}
+
+/// `services[i].routing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    mode: RoutingMode,
+    header: String,
+    fallbacks: usize,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting { mode: RoutingMode::OverrideHost, header: "x-lossless-upstream".into(), fallbacks: 2 }
+    }
+}
+
 /// `services[i].routing`: the header (not reserved, distinct from the drain headers), and
 /// fallbacks only where Envoy can use them (override_host's fallback list; original_dst has a
 /// single address).
@@ -1026,6 +841,75 @@ fn validate_routing(p: &str, r: &RawRouting, drain: &DrainConfig) -> Result<(), 
     Ok(())
 }
 
+/// `services[i].warmup`: the [`BuildOptions`] defaults and the ramp.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWarmup {
+    default_warmup_ms: i64,
+    default_weight: i32,
+    weight_scale: f64,
+    #[serde(with = "CurveDef")]
+    curve: Curve,
+    #[serde(with = "MetadataKeysDef")]
+    metadata_keys: MetadataKeys,
+}
+
+impl Default for RawWarmup {
+    fn default() -> Self {
+        let b = BuildOptions::default();
+        RawWarmup {
+            default_warmup_ms: b.default_warmup_ms,
+            default_weight: b.default_weight,
+            weight_scale: b.weight_scale,
+            curve: Curve::default(),
+            metadata_keys: b.keys,
+        }
+    }
+}
+
+/// `services[i].warmup.curve`, with [`Curve`]'s defaults.
+#[derive(Deserialize)]
+#[serde(remote = "Curve", deny_unknown_fields, default = "Curve::default")]
+struct CurveDef {
+    aggression: f32,
+    min_weight_percent: f32,
+    sermant: Option<u8>,
+}
+
+/// `services[i].warmup.metadata_keys`, with [`MetadataKeys`]' defaults.
+#[derive(Deserialize)]
+#[serde(remote = "MetadataKeys", deny_unknown_fields, default = "MetadataKeys::default")]
+struct MetadataKeysDef {
+    #[serde(deserialize_with = "meta_keys")]
+    start_time: Vec<MetaKey>,
+    #[serde(deserialize_with = "meta_keys")]
+    warmup: Vec<MetaKey>,
+    weight: Vec<String>,
+    drain: Vec<String>,
+}
+
+/// `{"key": "timestamp", "unit": "ms"}`.
+#[derive(Deserialize)]
+#[serde(remote = "MetaKey", deny_unknown_fields)]
+struct MetaKeyDef {
+    key: String,
+    #[serde(with = "UnitDef")]
+    unit: Unit,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "Unit", rename_all = "lowercase")]
+enum UnitDef {
+    Ms,
+    S,
+}
+
+fn meta_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MetaKey>, D::Error> {
+    #[derive(Deserialize)]
+    struct Key(#[serde(with = "MetaKeyDef")] MetaKey);
+    Ok(Vec::<Key>::deserialize(d)?.into_iter().map(|k| k.0).collect())
+}
+
 /// `services[i].warmup`: defaults, scale and the warmup curve.
 fn validate_warmup(p: &str, w: &RawWarmup) -> Result<(), ConfigError> {
     if w.default_warmup_ms < 0 {
@@ -1044,6 +928,40 @@ fn validate_warmup(p: &str, w: &RawWarmup) -> Result<(), ConfigError> {
         return Err(at(p, "warmup.curve.min_weight_percent", "must be between 0 and 100"));
     }
     Ok(())
+}
+
+/// `services[i].guard`, with [`Guard`]'s defaults.
+#[derive(Deserialize)]
+#[serde(remote = "Guard", deny_unknown_fields, default = "Guard::default")]
+struct GuardDef {
+    protect_threshold: f64,
+    max_drop: f64,
+    confirm_refreshes: u32,
+}
+
+fn validate_guard(p: &str, g: &Guard) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&g.protect_threshold) {
+        return Err(at(p, "guard.protect_threshold", "must be between 0 and 1"));
+    }
+    if !(0.0..=1.0).contains(&g.max_drop) {
+        return Err(at(p, "guard.max_drop", "must be between 0 and 1"));
+    }
+    if !(1..=100).contains(&g.confirm_refreshes) {
+        return Err(at(p, "guard.confirm_refreshes", "must be between 1 and 100"));
+    }
+    Ok(())
+}
+
+/// `services[i].outlier_detection`, with [`OutlierDetection`]'s defaults.
+#[derive(Deserialize)]
+#[serde(remote = "OutlierDetection", deny_unknown_fields, default = "OutlierDetection::default")]
+struct OutlierDetectionDef {
+    enabled: bool,
+    consecutive_gateway_failure: u32,
+    consecutive_local_origin_failure: u32,
+    base_ejection_time_ms: i64,
+    max_ejection_time_ms: i64,
+    max_ejection_percent: u32,
 }
 
 /// `services[i].outlier_detection`, with the ranges Envoy's own outlier detection accepts
@@ -1071,6 +989,83 @@ fn validate_outlier_detection(p: &str, od: &OutlierDetection) -> Result<(), Conf
         }
     }
     Ok(())
+}
+
+/// `services[i].health_check` and `inbound.registration.readiness`, with [`HealthCheck`]'s
+/// defaults.
+#[derive(Deserialize)]
+#[serde(remote = "HealthCheck", deny_unknown_fields, default = "HealthCheck::default")]
+struct HealthCheckDef {
+    #[serde(rename = "type", with = "CheckKindDef")]
+    kind: CheckKind,
+    path: String,
+    expected_statuses: Vec<(u16, u16)>,
+    interval_ms: i64,
+    timeout_ms: i64,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    no_traffic_before_first_pass: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(remote = "CheckKind", rename_all = "snake_case")]
+enum CheckKindDef {
+    Http,
+    Tcp,
+}
+
+fn optional_health_check<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D::Error> {
+    #[derive(Deserialize)]
+    struct Check(#[serde(with = "HealthCheckDef")] HealthCheck);
+    Ok(Option::<Check>::deserialize(d)?.map(|c| c.0))
+}
+
+fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
+    if !valid_path(&hc.path) {
+        return Err(at(p, "path", "must start with '/' and hold no spaces, control characters or '#'"));
+    }
+    if hc.expected_statuses.is_empty()
+        || hc.expected_statuses.iter().any(|(lo, hi)| !(100..=599).contains(lo) || hi <= lo || *hi > 600)
+    {
+        return Err(at(p, "expected_statuses", "must be [start, end) ranges within 100..600, e.g. [[200, 300]]"));
+    }
+    if !(100..=3_600_000).contains(&hc.interval_ms) {
+        return Err(at(p, "interval_ms", "must be between 100 and 3600000 (ms)"));
+    }
+    if !(10..=hc.interval_ms).contains(&hc.timeout_ms) {
+        return Err(at(p, "timeout_ms", "must be between 10 ms and interval_ms"));
+    }
+    for (field, n) in [("unhealthy_threshold", hc.unhealthy_threshold), ("healthy_threshold", hc.healthy_threshold)] {
+        if !(1..=100).contains(&n) {
+            return Err(at(p, field, "must be between 1 and 100"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// drain
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDrain {
+    header: String,
+    retry_after_s: u32,
+    pin_header: Option<String>,
+    notify: bool,
+    notify_grace_ms: u64,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        RawDrain {
+            header: "x-lossless-drain".into(),
+            retry_after_s: 1,
+            pin_header: None,
+            notify: true,
+            notify_grace_ms: 2000,
+        }
+    }
 }
 
 /// The `drain` section: header names (not reserved, distinct) and bounded durations.
@@ -1101,6 +1096,20 @@ fn validate_drain(d: RawDrain) -> Result<DrainConfig, ConfigError> {
         notify: d.notify,
         notify_grace_ms: d.notify_grace_ms as i64,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// inbound
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    service: String,
+    self_address: String,
+    warmup_ms: Option<i64>,
+    registration: Option<RawRegistration>,
+    self_warm: Option<RawSelfWarm>,
+    admission: Option<AdmissionConfig>,
 }
 
 /// The `inbound` section: present exactly in `mode: inbound`; names a configured service and
@@ -1142,20 +1151,7 @@ fn validate_inbound(
                 (sw, _) => sw.map(validate_self_warm).transpose()?,
             };
             if let Some(a) = &ib.admission {
-                if !(1..=1_000_000).contains(&a.max_rps) {
-                    return Err(err("inbound.admission.max_rps", "must be between 1 and 1000000"));
-                }
-                if !(2..=10).contains(&a.cold_factor) {
-                    return Err(err("inbound.admission.cold_factor", "must be between 2 and 10"));
-                }
-                if a.max_rps < a.cold_factor {
-                    // the cold rate max_rps / cold_factor would admit nothing, and a bucket that
-                    // admits nothing never warms (as in Sentinel)
-                    return Err(err(
-                        "inbound.admission.max_rps",
-                        "must be at least cold_factor (the cold rate is max_rps / cold_factor per second)",
-                    ));
-                }
+                validate_admission(a)?;
             }
             Ok(Some(InboundConfig {
                 service,
@@ -1167,6 +1163,23 @@ fn validate_inbound(
             }))
         }
     }
+}
+
+/// `inbound.registration`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    local_cluster: String,
+    #[serde(default, with = "HealthCheckDef")]
+    readiness: HealthCheck,
+    #[serde(default = "d_heartbeat")]
+    heartbeat_ms: i64,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+fn d_heartbeat() -> i64 {
+    5000
 }
 
 fn validate_registration(
@@ -1192,6 +1205,34 @@ fn validate_registration(
         heartbeat_ms: r.heartbeat_ms,
         metadata: r.metadata,
     })
+}
+
+/// `inbound.self_warm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfWarm {
+    requests: Vec<String>,
+    #[serde(default = "d_warm_count")]
+    count: u32,
+    #[serde(default = "d_warm_concurrency")]
+    concurrency: u32,
+    #[serde(default = "d_warm_timeout")]
+    timeout_ms: i64,
+    #[serde(default = "d_warm_limit")]
+    time_limit_ms: i64,
+}
+
+fn d_warm_count() -> u32 {
+    50
+}
+fn d_warm_concurrency() -> u32 {
+    2
+}
+fn d_warm_timeout() -> i64 {
+    5000
+}
+fn d_warm_limit() -> i64 {
+    60_000
 }
 
 fn validate_self_warm(sw: RawSelfWarm) -> Result<SelfWarmConfig, ConfigError> {
@@ -1229,28 +1270,82 @@ fn validate_self_warm(sw: RawSelfWarm) -> Result<SelfWarmConfig, ConfigError> {
     })
 }
 
-fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
-    if !valid_path(&hc.path) {
-        return Err(at(p, "path", "must start with '/' and hold no spaces, control characters or '#'"));
+/// `inbound.admission` ([`AdmissionConfig`] is read as it is).
+fn validate_admission(a: &AdmissionConfig) -> Result<(), ConfigError> {
+    if !(1..=1_000_000).contains(&a.max_rps) {
+        return Err(err("inbound.admission.max_rps", "must be between 1 and 1000000"));
     }
-    if hc.expected_statuses.is_empty()
-        || hc.expected_statuses.iter().any(|(lo, hi)| !(100..=599).contains(lo) || hi <= lo || *hi > 600)
-    {
+    if !(2..=10).contains(&a.cold_factor) {
+        return Err(err("inbound.admission.cold_factor", "must be between 2 and 10"));
+    }
+    if a.max_rps < a.cold_factor {
+        // the cold rate max_rps / cold_factor would admit nothing, and a bucket that admits
+        // nothing never warms (as in Sentinel)
         return Err(err(
-            format!("{p}.expected_statuses"),
-            "must be [start, end) ranges within 100..600, e.g. [[200, 300]]",
+            "inbound.admission.max_rps",
+            "must be at least cold_factor (the cold rate is max_rps / cold_factor per second)",
         ));
     }
-    if !(100..=3_600_000).contains(&hc.interval_ms) {
-        return Err(at(p, "interval_ms", "must be between 100 and 3600000 (ms)"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// admin
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    path_prefix: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { path_prefix: "/lossless".into() }
     }
-    if !(10..=hc.interval_ms).contains(&hc.timeout_ms) {
-        return Err(at(p, "timeout_ms", "must be between 10 ms and interval_ms"));
+}
+
+/// `admin.path_prefix`: `/name` with only `[A-Za-z0-9/_.~-]`, not ending in '/'.
+fn validate_admin_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(err("admin.path_prefix", "must start with '/' and not end with '/', e.g. \"/lossless\""));
     }
-    for (field, n) in [("unhealthy_threshold", hc.unhealthy_threshold), ("healthy_threshold", hc.healthy_threshold)] {
-        if !(1..=100).contains(&n) {
-            return Err(at(p, field, "must be between 1 and 100"));
-        }
+    if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.~-".contains(&b)) {
+        return Err(err("admin.path_prefix", "must use only letters, digits and '/', '_', '.', '~', '-'"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header names and paths
+
+fn valid_header(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Header names that HTTP itself or Envoy owns, refused for `routing.header`, `drain.header` and
+/// `drain.pin_header`: hop-by-hop and framing headers (Envoy rewrites or drops them), `host`
+/// (the `:authority`), the attempt count Envoy sets on retries, and lossless' own
+/// `x-lossless-unreached`. Other `x-envoy-*` names stay allowed (an `ORIGINAL_DST` cluster may
+/// read `x-envoy-original-dst-host`).
+pub const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "x-envoy-attempt-count",
+    crate::health::UNREACHED_HEADER,
+];
+
+/// Refuses a header name that [`valid_header`] accepts but HTTP or Envoy owns.
+fn unreserved_header(path: &str, name: &str) -> Result<(), ConfigError> {
+    if RESERVED_HEADERS.contains(&name) {
+        return Err(err(path, format!("'{name}' is a header HTTP or Envoy itself uses; pick another name")));
     }
     Ok(())
 }
@@ -1258,100 +1353,6 @@ fn validate_health_check(p: &str, hc: &HealthCheck) -> Result<(), ConfigError> {
 /// A path Envoy will accept in `:path`: absolute, no whitespace, controls or fragment.
 fn valid_path(p: &str) -> bool {
     p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'#')
-}
-
-fn registry(p: &str, r: &RawRegistry) -> Result<RegistryKind, ConfigError> {
-    if r.cluster.is_empty() {
-        return Err(at(p, "cluster", "must name the Envoy cluster of the registry"));
-    }
-    if r.authority.is_empty() || r.authority.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
-        return Err(at(p, "authority", "must be host[:port] (the :authority of registry requests)"));
-    }
-    if !(10..=900_000).contains(&r.timeout_ms) {
-        return Err(at(p, "timeout_ms", "must be between 10 and 900000 (ms)"));
-    }
-    if !(1024..=(256 << 20)).contains(&r.max_body_bytes) {
-        return Err(at(p, "max_body_bytes", "must be between 1024 and 268435456"));
-    }
-    let ep = Endpoint { authority: r.authority.clone(), timeout_ms: r.timeout_ms, max_body_bytes: r.max_body_bytes };
-    use RegistryType::{Consul as C, Eureka as E, Nacos as N, Static as S};
-    let fields: [(&str, bool, &[RegistryType]); 8] = [
-        ("api", r.api.is_some(), &[N]),
-        ("username", r.username.is_some(), &[N]),
-        ("password", r.password.is_some(), &[N]),
-        ("token", r.token.is_some(), &[C]),
-        ("wait_s", r.wait_s.is_some(), &[C]),
-        ("address", r.address.is_some(), &[C]),
-        ("path_prefix", r.path_prefix.is_some(), &[E]),
-        ("path", r.path.is_some(), &[S]),
-    ];
-    for (field, set, applies) in fields {
-        if set && !applies.contains(&r.kind) {
-            return Err(at(p, field, format!("does not apply to a {} registry", r.kind.name())));
-        }
-    }
-    let kind = match r.kind {
-        N => {
-            let api = match r.api.as_deref() {
-                None | Some("auto") => None,
-                Some("v1") => Some(Api::V1),
-                Some("v2") => Some(Api::V2),
-                Some("v3") => Some(Api::V3),
-                Some(other) => {
-                    return Err(at(p, "api", format!("'{other}' is not one of \"auto\", \"v1\", \"v2\", \"v3\"")))
-                }
-            };
-            let auth = match (&r.username, &r.password) {
-                (Some(u), Some(pw)) if !u.is_empty() => Some(Credentials { username: u.clone(), password: pw.clone() }),
-                (None, None) => None,
-                (Some(_), None) => return Err(at(p, "password", "is required with username")),
-                _ => return Err(at(p, "username", "is required (non-empty) with password")),
-            };
-            RegistryKind::Nacos(Nacos::new(ep, api, auth))
-        }
-        E => {
-            let prefix = r.path_prefix.clone().unwrap_or_else(|| "/eureka".into());
-            if !valid_path(&prefix) {
-                return Err(err(
-                    format!("{p}.path_prefix"),
-                    "must start with '/' and hold no spaces, control characters, '?' or '#'",
-                ));
-            }
-            RegistryKind::Eureka(Eureka::new(ep, prefix.trim_end_matches('/').to_string()))
-        }
-        C => {
-            // blocking queries by default; a blocking request's timeout is timeout_ms + wait + wait/16
-            let wait = r.wait_s.unwrap_or(30);
-            if wait > 600 {
-                return Err(err(
-                    format!("{p}.wait_s"),
-                    "must be between 0 and 600 (Consul caps blocking queries at 10 minutes)",
-                ));
-            }
-            let mut consul = Consul::new(ep, r.token.clone(), wait);
-            if let Some(a) = &r.address {
-                let Some(choice) = crate::registry::consul::Address::parse(a) else {
-                    return Err(at(
-                        p,
-                        "address",
-                        "must be \"service\", \"node\" or a TaggedAddresses name such as \"wan\"",
-                    ));
-                };
-                consul.address = choice;
-            }
-            RegistryKind::Consul(consul)
-        }
-        S => {
-            let Some(path) = r.path.clone().filter(|x| valid_path(x)) else {
-                return Err(err(
-                    format!("{p}.path"),
-                    "is required for a static registry, must start with '/' and hold no spaces, control characters or '#' ({service} is replaced by the service name)",
-                ));
-            };
-            RegistryKind::Static(StaticJson { endpoint: ep, path })
-        }
-    };
-    Ok(kind)
 }
 
 #[cfg(test)]
@@ -1511,6 +1512,154 @@ mod tests {
         assert_eq!(expand("x${A}y${B}z", &|k| Some(k.to_lowercase())), Ok("xaybz".into()));
     }
 
+    fn one_registry(section: &str) -> String {
+        format!(r#"{{"registries":{{"r":{section}}},"services":[{{"name":"d","registry":"r"}}]}}"#)
+    }
+
+    /// Each registry `type` takes its own fields and the common ones; another type's field is an
+    /// unknown field, wherever `type` stands in the section.
+    #[test]
+    fn registry_fields_by_type() {
+        let fine = [
+            r#"{"type":"nacos","cluster":"r","authority":"a","timeout_ms":100,"max_body_bytes":2048,"api":"v2","username":"u","password":"p"}"#,
+            r#"{"type":"eureka","cluster":"r","authority":"a","timeout_ms":100,"max_body_bytes":2048,"path_prefix":"/e"}"#,
+            r#"{"type":"consul","cluster":"r","authority":"a","timeout_ms":100,"max_body_bytes":2048,"token":"t","wait_s":0,"address":"node"}"#,
+            r#"{"cluster":"r","authority":"a","timeout_ms":100,"max_body_bytes":2048,"path":"/s","type":"static"}"#,
+        ];
+        for section in fine {
+            let c = parse(one_registry(section).as_bytes()).unwrap();
+            let ep = c.registries[0].kind.endpoint();
+            assert_eq!((c.registries[0].cluster.as_str(), ep.timeout_ms, ep.max_body_bytes), ("r", 100, 2048));
+        }
+        let foreign = [
+            ("nacos", "path", r#""/s""#),
+            ("nacos", "token", r#""t""#),
+            ("eureka", "api", r#""v1""#),
+            ("eureka", "wait_s", "1"),
+            ("consul", "path_prefix", r#""/e""#),
+            ("consul", "username", r#""u""#),
+            ("static", "address", r#""wan""#),
+            ("static", "password", r#""p""#),
+        ];
+        for (kind, field, value) in foreign {
+            let path = if kind == "static" { r#","path":"/s""# } else { "" };
+            for section in [
+                format!(r#"{{"type":"{kind}","cluster":"r","authority":"a"{path},"{field}":{value}}}"#),
+                format!(r#"{{"{field}":{value},"cluster":"r","authority":"a"{path},"type":"{kind}"}}"#),
+            ] {
+                let e = bad(&one_registry(&section));
+                assert_eq!(e.path, format!("registries.r.{field}"), "{section}: {e}");
+                assert!(e.message.starts_with(&format!("unknown field `{field}`, expected one of `cluster`")), "{e}");
+            }
+        }
+    }
+
+    /// A registry section is read from serde's buffer (it is tagged on `type`): what serde refuses
+    /// there is still reported at the field, the first in the document.
+    #[test]
+    fn errors_inside_a_registry_name_the_field() {
+        let cases = [
+            (
+                r#"{"type":"consul","cluster":"r","authority":"a","wait_s":"x"}"#,
+                "registries.r.wait_s",
+                "invalid type: string \"x\", expected u64",
+            ),
+            (
+                r#"{"cluster":"r","wait_s":-1,"authority":"a","type":"consul"}"#,
+                "registries.r.wait_s",
+                "invalid value: integer `-1`, expected u64",
+            ),
+            (
+                r#"{"type":"nacos","cluster":"r","authority":"a","timeout_ms":1.5,"api":7}"#,
+                "registries.r.timeout_ms",
+                "invalid type: floating point `1.5`, expected u64",
+            ),
+            (
+                r#"{"type":"nacos","cluster":"r","authority":"a","api":7,"timeout_ms":1.5}"#,
+                "registries.r.api",
+                "invalid type: integer `7`, expected a string",
+            ),
+            (
+                r#"{"type":"eureka","cluster":"r","authority":"a","cluster":"s"}"#,
+                "registries.r.cluster",
+                "duplicate field `cluster`",
+            ),
+            (r#"{"type":"static","cluster":"r","path":"/s"}"#, "registries.r", "missing field `authority`"),
+            (r#"{"cluster":"r","authority":"a"}"#, "registries.r", "missing field `type`"),
+            (
+                r#"{"type":7,"cluster":"r","authority":"a"}"#,
+                "registries.r.type",
+                "invalid type: integer `7`, expected variant identifier",
+            ),
+            (
+                r#""nacos""#,
+                "registries.r",
+                "invalid type: string \"nacos\", expected internally tagged enum RawRegistry",
+            ),
+        ];
+        for (section, path, message) in cases {
+            let e = bad(&one_registry(section));
+            assert_eq!((e.path.as_str(), e.message.as_str()), (path, message), "{section}");
+        }
+    }
+
+    /// serde's messages without serde_json's position (the path says where); a syntax error keeps
+    /// it, with the path as far as the document was read.
+    #[test]
+    fn syntax_errors_keep_the_position() {
+        let e = bad(r#"{"services":[{"name":"d",}]}"#);
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("services[0]", "trailing comma at line 1 column 26"));
+        let e = bad(&format!("{MINIMAL_EXAMPLE} x"));
+        assert_eq!(e.path, "");
+        assert!(e.message.starts_with("trailing characters at line 1 column"), "{e}");
+        let e = bad("{\n\"mode\": \"sideways\"}");
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            ("mode", "unknown variant `sideways`, expected `outbound` or `inbound`")
+        );
+    }
+
+    /// A section given in part keeps the defaults of the fields it leaves out.
+    #[test]
+    fn sections_given_in_part_keep_their_defaults() {
+        let c = parse(
+            with_service(
+                r#","guard":{"max_drop":0.2},"outlier_detection":{"enabled":false},"health_check":{"path":"/h"},
+                "warmup":{"curve":{"sermant":2},"metadata_keys":{"weight":["w"]}},"policy":"random""#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.guard, Guard { max_drop: 0.2, ..Guard::default() });
+        assert_eq!(s.outlier_detection, OutlierDetection { enabled: false, ..OutlierDetection::default() });
+        assert_eq!(s.health_check, Some(HealthCheck { path: "/h".into(), ..HealthCheck::default() }));
+        assert_eq!(s.curve, Curve { sermant: Some(2), ..Curve::default() });
+        assert_eq!(s.query.build.keys, MetadataKeys { weight: vec!["w".into()], ..MetadataKeys::default() });
+        assert_eq!(s.policy, Policy::Random);
+        let c = parse(
+            br#"{"mode":"inbound","registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},
+            "services":[{"name":"d","registry":"n","warmup":{"default_warmup_ms":30000}}],
+            "inbound":{"service":"d","self_address":"10.0.0.1:80","registration":{"local_cluster":"app"},
+                       "self_warm":{"requests":["/w","HEAD /h"]},"admission":{"max_rps":100}}}"#,
+        )
+        .unwrap();
+        let ib = c.settings.inbound.unwrap();
+        assert_eq!(ib.warmup_ms, 30_000, "the service's warmup");
+        let reg = ib.registration.unwrap();
+        assert_eq!((reg.readiness, reg.heartbeat_ms, reg.metadata.len()), (HealthCheck::default(), 5000, 0));
+        let sw = ib.self_warm.unwrap();
+        assert_eq!(sw.requests, [("GET".to_string(), "/w".to_string()), ("HEAD".into(), "/h".into())]);
+        assert_eq!((sw.count, sw.concurrency, sw.timeout_ms, sw.time_limit_ms), (50, 2, 5000, 60_000));
+        let a = ib.admission.unwrap();
+        assert_eq!((a.max_rps, a.cold_factor), (100, 3));
+        let c = parse(one_registry(r#"{"type":"eureka","cluster":"r","authority":"a"}"#).as_bytes()).unwrap();
+        match &c.registries[0].kind {
+            RegistryKind::Eureka(e) => assert_eq!(e.prefix, "/eureka"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn bad(json: &str) -> ConfigError {
         match parse(json.as_bytes()) {
             Ok(_) => panic!("accepted: {json}"),
@@ -1556,7 +1705,7 @@ mod tests {
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","username":"u"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.password", "required with username"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":"w a n"}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "a TaggedAddresses name"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":""}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "must be \"service\""),
-            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","address":"wan"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.address", "does not apply to a eureka registry"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","address":"wan"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.address", "unknown field `address`, expected one of `cluster`, `authority`, `timeout_ms`, `max_body_bytes`, `path_prefix`"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":601}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.wait_s", "between 0 and 600"),
             (r#"{"registries":{"s":{"type":"static","cluster":"s","authority":"a"}},"services":[{"name":"d","registry":"s"}]}"#.into(), "registries.s.path", "is required for a static registry"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.cluster", "must name the Envoy cluster"),
@@ -1568,7 +1717,7 @@ mod tests {
             (with_service(r#","warmup":{"metadata_keys":{"start_time":[{"key":"a","unit":"ms"},{"key":"b","unit":"hours"}]}}"#), "services[0].warmup.metadata_keys.start_time[1].unit", "unknown variant `hours`"),
             ("{\n  \"registries\": {\"n\": {\"type\": \"nacos\", \"cluster\": \"n\", \"authority\": \"a\"}},\n  \"services\": [\n    {\"name\": \"d\", \"registry\": \"n\"},\n    {\"name\": \"e\", \"registry\": \"n\", \"policy\": \"least\\\"conn\"}\n  ]\n}".into(), "services[1].policy", "unknown variant"),
             (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","path_prefix":"/eu reka"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.path_prefix", "no spaces"),
-            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","token":"t"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.token", "does not apply to a eureka registry"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","token":"t"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.token", "unknown field `token`"),
             (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
             (with_service(r#","routing":{"header":"x-lossless-drain"}"#), "services[0].routing.header", "'x-lossless-drain' is already drain.header"),
             (r#"{"drain":{"pin_header":"x-pin"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n","routing":{"header":"x-pin"}}]}"#.into(), "services[0].routing.header", "'x-pin' is already drain.pin_header"),
