@@ -74,6 +74,7 @@ pub mod marks;
 pub mod membership;
 pub mod poller;
 pub mod prober;
+pub mod push;
 pub mod registration;
 pub mod registry;
 pub mod router;
