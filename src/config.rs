@@ -13,6 +13,7 @@ use crate::balancer::Policy;
 use crate::health::{CheckKind, HealthCheck, OutlierDetection};
 use crate::instance::{canonical_addr, BuildOptions, MetaKey, MetadataKeys, Unit};
 use crate::membership::Guard;
+use crate::push::{PushConfig, PushMode};
 use crate::registry::nacos::{Api, Credentials};
 use crate::registry::{
     consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery,
@@ -58,6 +59,9 @@ pub struct RegistryConfig {
     /// Envoy cluster that `dispatch_http_call` targets.
     pub cluster: String,
     pub kind: RegistryKind,
+    /// Nacos with a `grpc_cluster` and `push` not `off`: membership pushed over gRPC
+    /// ([`crate::push`]).
+    pub push: Option<PushConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -417,8 +421,21 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             return Err(err(format!("registries.\"{name}\""), "a registry name must not be empty"));
         }
         kinds.push(r.kind());
-        let (cluster, kind) = r.validate(&format!("registries.{name}"))?;
-        registries.push(RegistryConfig { name, cluster, kind });
+        let p = format!("registries.{name}");
+        let (cluster, kind, push) = r.validate(&p)?;
+        if let Some(x) = &push {
+            if let Some(other) = registries.iter().find(|o| same_grpc_cluster(o, x)) {
+                return Err(at(
+                    &p,
+                    "grpc_cluster",
+                    format!(
+                        "'{}' is already the grpc_cluster of registry '{}' (one push session per cluster)",
+                        x.cluster, other.name
+                    ),
+                ));
+            }
+        }
+        registries.push(RegistryConfig { name, cluster, kind, push });
     }
     // drain first: every service's routing header must differ from its headers
     let drain = validate_drain(raw.drain)?;
@@ -504,6 +521,33 @@ struct RawNacos {
     api: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    /// The Envoy cluster of Nacos' gRPC port (main port + 1000, HTTP/2): membership is pushed.
+    grpc_cluster: Option<String>,
+    /// `auto` (the default: push when `grpc_cluster` is set), `on` or `off`.
+    #[serde(default)]
+    push: RawPush,
+    /// The HTTP poll's interval while a service's push subscription is live (ms).
+    #[serde(default = "d_reconcile")]
+    reconcile_interval_ms: u64,
+}
+
+/// `registries.NAME.push` of a Nacos registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawPush {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+fn d_reconcile() -> u64 {
+    30_000
+}
+
+/// Whether registry `o` pushes over the same Envoy cluster as `p`.
+fn same_grpc_cluster(o: &RegistryConfig, p: &PushConfig) -> bool {
+    o.push.as_ref().is_some_and(|q| q.cluster == p.cluster)
 }
 
 #[derive(Debug, Deserialize)]
@@ -572,8 +616,8 @@ impl RawRegistry {
         }
     }
 
-    /// The Envoy cluster and the adapter of the registry at `p`.
-    fn validate(self, p: &str) -> Result<(String, RegistryKind), ConfigError> {
+    /// The Envoy cluster, the adapter and the push settings of the registry at `p`.
+    fn validate(self, p: &str) -> Result<(String, RegistryKind, Option<PushConfig>), ConfigError> {
         match self {
             RawRegistry::Nacos(r) => {
                 let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
@@ -594,7 +638,8 @@ impl RawRegistry {
                     (Some(_), None) => return Err(at(p, "password", "is required with username")),
                     _ => return Err(at(p, "username", "is required (non-empty) with password")),
                 };
-                Ok((r.cluster, RegistryKind::Nacos(Nacos::new(ep, api, auth))))
+                let push = validate_push(p, r.push, r.grpc_cluster, r.reconcile_interval_ms, ep.timeout_ms)?;
+                Ok((r.cluster, RegistryKind::Nacos(Nacos::new(ep, api, auth)), push))
             }
             RawRegistry::Eureka(r) => {
                 let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
@@ -606,7 +651,7 @@ impl RawRegistry {
                     ));
                 }
                 let prefix = r.path_prefix.trim_end_matches('/').to_string();
-                Ok((r.cluster, RegistryKind::Eureka(Eureka::new(ep, prefix))))
+                Ok((r.cluster, RegistryKind::Eureka(Eureka::new(ep, prefix)), None))
             }
             RawRegistry::Consul(r) => {
                 let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
@@ -628,7 +673,7 @@ impl RawRegistry {
                     };
                     consul.address = choice;
                 }
-                Ok((r.cluster, RegistryKind::Consul(consul)))
+                Ok((r.cluster, RegistryKind::Consul(consul), None))
             }
             RawRegistry::Static(r) => {
                 let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
@@ -639,10 +684,47 @@ impl RawRegistry {
                         "is required for a static registry, must start with '/' and hold no spaces, control characters or '#' ({service} is replaced by the service name)",
                     ));
                 };
-                Ok((r.cluster, RegistryKind::Static(StaticJson { endpoint: ep, path })))
+                Ok((r.cluster, RegistryKind::Static(StaticJson { endpoint: ep, path }), None))
             }
         }
     }
+}
+
+/// A Nacos registry's `push`, `grpc_cluster` and `reconcile_interval_ms` (at `p`): the push
+/// settings, `None` when it polls only (`push: off`, or `auto` without a `grpc_cluster`).
+fn validate_push(
+    p: &str,
+    push: RawPush,
+    grpc_cluster: Option<String>,
+    reconcile_interval_ms: u64,
+    timeout_ms: u64,
+) -> Result<Option<PushConfig>, ConfigError> {
+    if !(1000..=3_600_000).contains(&reconcile_interval_ms) {
+        return Err(at(p, "reconcile_interval_ms", "must be between 1000 and 3600000 (ms)"));
+    }
+    let mode = match (push, &grpc_cluster) {
+        (RawPush::Off, _) | (RawPush::Auto, None) => return Ok(None),
+        (RawPush::On, None) => {
+            return Err(at(
+                p,
+                "push",
+                "\"on\" needs grpc_cluster, the Envoy cluster of Nacos' gRPC port (HTTP port + 1000)",
+            ))
+        }
+        (RawPush::Auto, Some(_)) => PushMode::Auto,
+        (RawPush::On, Some(_)) => PushMode::On,
+    };
+    let cluster = grpc_cluster.unwrap_or_default();
+    if cluster.is_empty() || crate::push::proto::could_be_message(cluster.as_bytes()) {
+        // Envoy reads a gRPC call's cluster name as a serialized GrpcService first: a name that
+        // parses as one would be taken for a service without a cluster
+        return Err(at(
+            p,
+            "grpc_cluster",
+            format!("'{cluster}' cannot name the gRPC cluster: Envoy would read it as a serialized GrpcService; pick another name (e.g. \"nacos-grpc\")"),
+        ));
+    }
+    Ok(Some(PushConfig { cluster, mode, reconcile_interval_ms, timeout_ms }))
 }
 
 /// The fields every registry section has: the Envoy cluster, and the endpoint behind it.
@@ -738,6 +820,22 @@ fn validate_service(
     for (field, set, applies) in fields {
         if set && !applies.contains(&kind) {
             return Err(at(p, field, format!("does not apply to a {} registry", kind.name())));
+        }
+    }
+    if registries.get(reg).is_some_and(|r| r.push.is_some()) {
+        // Nacos names a pushed list by group and service only: one namespace per name
+        let clash = earlier.iter().find(|o| {
+            o.registry == reg
+                && o.query.service == s.registry_service.as_deref().unwrap_or(&s.name)
+                && o.query.group == s.group
+                && o.query.namespace != s.namespace
+        });
+        if let Some(o) = clash {
+            return Err(at(
+                p,
+                "namespace",
+                format!("service '{}' has the same group and name in another namespace of a registry with push; use one registry (and grpc_cluster) per namespace", o.name),
+            ));
         }
     }
     let match_clusters = if s.match_clusters.is_empty() { vec![s.name.clone()] } else { s.match_clusters };
@@ -1664,6 +1762,68 @@ mod tests {
         match parse(json.as_bytes()) {
             Ok(_) => panic!("accepted: {json}"),
             Err(e) => e,
+        }
+    }
+
+    /// A Nacos registry `n` with `reg` added to its fields, and `services` (JSON objects).
+    fn nacos_with(reg: &str, services: &str) -> String {
+        format!(
+            r#"{{"registries":{{"n":{{"type":"nacos","cluster":"n","authority":"a"{reg}}}}},"services":[{services}]}}"#
+        )
+    }
+
+    #[test]
+    fn push_settings() {
+        // auto (the default) pushes when there is a gRPC cluster, and only then
+        let c =
+            parse(nacos_with(r#","grpc_cluster":"nacos-grpc""#, r#"{"name":"d","registry":"n"}"#).as_bytes()).unwrap();
+        let p = c.registries[0].push.clone().unwrap();
+        assert_eq!(
+            p,
+            PushConfig {
+                cluster: "nacos-grpc".into(),
+                mode: PushMode::Auto,
+                reconcile_interval_ms: 30_000,
+                timeout_ms: 2000
+            }
+        );
+        assert!(parse(nacos_with("", r#"{"name":"d","registry":"n"}"#).as_bytes()).unwrap().registries[0]
+            .push
+            .is_none());
+        let off = nacos_with(r#","grpc_cluster":"nacos-grpc","push":"off""#, r#"{"name":"d","registry":"n"}"#);
+        assert!(parse(off.as_bytes()).unwrap().registries[0].push.is_none());
+        let on = nacos_with(
+            r#","grpc_cluster":"nacos-grpc","push":"on","reconcile_interval_ms":60000,"timeout_ms":3000"#,
+            r#"{"name":"d","registry":"n"}"#,
+        );
+        let p = parse(on.as_bytes()).unwrap().registries[0].push.clone().unwrap();
+        assert_eq!((p.mode, p.reconcile_interval_ms, p.timeout_ms), (PushMode::On, 60_000, 3000));
+        // the same service name in two namespaces is fine while polling only
+        let two_ns = r#"{"name":"d","registry":"n","namespace":"a"},{"name":"e","registry":"n","registry_service":"d","namespace":"b"}"#;
+        assert!(parse(nacos_with("", two_ns).as_bytes()).is_ok());
+        let svc = r#"{"name":"d","registry":"n"}"#;
+        let cases: Vec<(String, &str, &str)> = vec![
+            (nacos_with(r#","push":"on""#, svc), "registries.n.push", "needs grpc_cluster"),
+            (nacos_with(r#","push":"always""#, svc), "registries.n.push", "unknown variant `always`, expected one of `auto`, `on`, `off`"),
+            (nacos_with(r#","grpc_cluster":"""#, svc), "registries.n.grpc_cluster", "Envoy would read it as a serialized GrpcService"),
+            (nacos_with(r#","grpc_cluster":"hi""#, svc), "registries.n.grpc_cluster", "'hi' cannot name the gRPC cluster"),
+            (nacos_with(r#","grpc_cluster":"g","reconcile_interval_ms":500"#, svc), "registries.n.reconcile_interval_ms", "between 1000 and 3600000"),
+            (nacos_with(r#","grpc_cluster":"nacos-grpc""#, two_ns), "services[1].namespace", "same group and name in another namespace"),
+            (
+                r#"{"registries":{"a":{"type":"nacos","cluster":"n","authority":"a","grpc_cluster":"nacos-grpc"},"b":{"type":"nacos","cluster":"n","authority":"a","grpc_cluster":"nacos-grpc"}},"services":[{"name":"d","registry":"a"}]}"#.into(),
+                "registries.b.grpc_cluster",
+                "'nacos-grpc' is already the grpc_cluster of registry 'a'",
+            ),
+            (
+                r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","grpc_cluster":"g"}},"services":[{"name":"d","registry":"e"}]}"#.into(),
+                "registries.e.grpc_cluster",
+                "unknown field `grpc_cluster`",
+            ),
+        ];
+        for (json, path, msg) in cases {
+            let e = bad(&json);
+            assert_eq!(e.path, path, "{json}: {e}");
+            assert!(e.message.contains(msg), "{json}: {e}");
         }
     }
 
