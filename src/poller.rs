@@ -5,8 +5,9 @@
 
 use crate::clock::Rng;
 use crate::config::{RegistryConfig, ServiceConfig, Settings};
+use crate::instance::{Instance, State};
 use crate::membership::{Decision, Hold, Snapshot, Tracker};
-use crate::registry::{fingerprint, Call, Cursor, HttpRequest, HttpResponse, RegistryError, Reply, Session};
+use crate::registry::{fingerprint, Call, Cursor, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, Session};
 
 /// Blocking queries are rate-limited as Consul's "Blocking Queries" doc prescribes (Implementation
 /// Details, "Rate limit"): not a sleep on every turn, which delays updates in the happy case, but a
@@ -31,6 +32,8 @@ pub enum RefreshOutcome {
     LoggedIn,
     /// The registry does not speak the API tried; the next one is tried at once (the reason).
     Again(String),
+    /// A list requested before a pushed list was applied: dropped, the push may be newer.
+    Superseded,
     /// The reply was unusable; the last good membership stays.
     Failed(RegistryError),
 }
@@ -49,6 +52,10 @@ pub struct PollState {
     /// The [`fingerprint`] of the last list reply that was applied, and its skipped count: the
     /// same reply again is `Same` without a parse.
     applied: Option<(u64, u32)>,
+    /// Pushed lists applied so far, and that count when the request in flight went out: a reply
+    /// to a request older than the last push is [`RefreshOutcome::Superseded`].
+    pushes: u64,
+    sent_pushes: u64,
 }
 
 impl PollState {
@@ -64,7 +71,14 @@ impl PollState {
             return None;
         }
         self.in_flight = true;
+        self.sent_pushes = self.pushes;
         Some(reg.kind.adapter().request(session, &self.cursor, &sc.query, now_ms))
+    }
+
+    /// The next request goes out at `at_ms` at the latest (a push session went down: polls
+    /// resume; a pushed list was held back: a poll confirms it sooner).
+    pub fn expedite(&mut self, at_ms: i64) {
+        self.next_due_ms = self.next_due_ms.min(at_ms);
     }
 
     /// The request could not be dispatched at all: retry after `retry_ms`.
@@ -138,35 +152,91 @@ impl PollState {
             Reply::Again(why) => (RefreshOutcome::Again(why), None),
             Reply::Unchanged => (RefreshOutcome::Unchanged, None),
             Reply::Error(e) => (RefreshOutcome::Failed(e), None),
-            Reply::Members(mut parsed) => {
-                let skipped = parsed.skipped;
-                let unroutable = std::mem::take(&mut parsed.unroutable);
-                match self.tracker.decide(&current.members, parsed, &sc.guard) {
-                    Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
-                    Decision::Apply { members, protected } => {
-                        self.applied = print.map(|p| (p, skipped));
-                        if members == current.members && current.version > 0 {
-                            return (RefreshOutcome::Same { skipped, unroutable }, None);
-                        }
-                        let snap = Snapshot { version: current.version + 1, updated_ms: now_ms, members };
-                        let outcome = RefreshOutcome::Published {
-                            version: snap.version,
-                            hosts: snap.members.len(),
-                            skipped,
-                            protected,
-                            unroutable,
-                        };
-                        (outcome, Some(snap))
-                    }
+            Reply::Members(_) if self.sent_pushes != self.pushes => (RefreshOutcome::Superseded, None),
+            Reply::Members(parsed) => self.apply(sc, current, parsed, now_ms, print),
+        }
+    }
+
+    /// A list the registry pushed (Nacos' gRPC `NotifySubscriberRequest`, or the answer to a
+    /// subscription), checked against `current` by the same keep-last-good rules as a polled one.
+    /// Returns what happened and the snapshot to publish, if any. A list requested before it and
+    /// answered after it is dropped ([`RefreshOutcome::Superseded`]).
+    ///
+    /// A member that `current` holds as down and the push leaves out stays, down: rnacos pushes
+    /// healthy instances only (its `NotifySubscriberRequest` is built with `only_healthy`), so
+    /// absence from its push does not say that an instance left. It is not routed to either way;
+    /// the next polled list (every `reconcile_interval_ms`) lists it or removes it. A serving
+    /// member left out is removed at once (deregistered, disabled, or turned unhealthy: the
+    /// polled list brings the last back as down).
+    pub fn on_pushed(
+        &mut self,
+        sc: &ServiceConfig,
+        current: &Snapshot,
+        mut parsed: Parsed,
+        now_ms: i64,
+    ) -> (RefreshOutcome, Option<Snapshot>) {
+        self.pushes += 1;
+        keep_down(&current.members, &mut parsed);
+        self.apply(sc, current, parsed, now_ms, None)
+    }
+
+    /// A fresh list through the keep-last-good rules; `print`: the fingerprint of the reply it
+    /// came in (a polled list), remembered when applied.
+    fn apply(
+        &mut self,
+        sc: &ServiceConfig,
+        current: &Snapshot,
+        mut parsed: Parsed,
+        now_ms: i64,
+        print: Option<u64>,
+    ) -> (RefreshOutcome, Option<Snapshot>) {
+        let skipped = parsed.skipped;
+        let unroutable = std::mem::take(&mut parsed.unroutable);
+        // a pushed list leaves the fingerprint unset: the next polled reply is compared in full
+        self.applied = None;
+        match self.tracker.decide(&current.members, parsed, &sc.guard) {
+            Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
+            Decision::Apply { members, protected } => {
+                self.applied = print.map(|p| (p, skipped));
+                if members == current.members && current.version > 0 {
+                    return (RefreshOutcome::Same { skipped, unroutable }, None);
                 }
+                let snap = Snapshot { version: current.version + 1, updated_ms: now_ms, members };
+                let outcome = RefreshOutcome::Published {
+                    version: snap.version,
+                    hosts: snap.members.len(),
+                    skipped,
+                    protected,
+                    unroutable,
+                };
+                (outcome, Some(snap))
             }
         }
     }
 }
 
+/// Adds to `parsed` the members of `current` that are down and that it leaves out (see
+/// [`PollState::on_pushed`]); keeps it sorted by address.
+fn keep_down(current: &[Instance], parsed: &mut Parsed) {
+    let missing: Vec<Instance> = current
+        .iter()
+        .filter(|m| m.state == State::Down && crate::instance::find(&parsed.instances, &m.addr).is_none())
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        parsed.instances.extend(missing);
+        parsed.instances.sort_by(|a, b| a.addr.cmp(&b.addr));
+    }
+}
+
 /// The refresh interval with ± `jitter_percent` spread, so pollers of many Envoys do not align.
 pub fn interval(settings: &Settings, rng: &mut Rng) -> i64 {
-    let base = settings.refresh_interval_ms as i64;
+    jittered(settings.refresh_interval_ms, settings, rng)
+}
+
+/// `base_ms` with ± `jitter_percent` spread.
+pub fn jittered(base_ms: u64, settings: &Settings, rng: &mut Rng) -> i64 {
+    let base = i64::try_from(base_ms).unwrap_or(i64::MAX);
     let spread = base * i64::from(settings.jitter_percent) / 100;
     if spread <= 0 {
         return base;

@@ -5,6 +5,7 @@
 use crate::config::{RegistryConfig, ServiceConfig};
 use crate::poller::PollState;
 use crate::prober::Prober;
+use crate::push;
 use crate::registry::Session;
 use crate::stats::ServiceStats;
 use crate::view::ServiceView;
@@ -14,6 +15,8 @@ use crate::view::ServiceView;
 pub struct Registry {
     pub cfg: RegistryConfig,
     pub session: Session,
+    /// The push session, when the registry pushes (run by the poller VM only).
+    pub push: Option<push::Session>,
 }
 
 /// A service: its validated configuration, its poll state, its view, its stats.

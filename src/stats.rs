@@ -30,11 +30,15 @@ pub struct ServiceStats {
     pub health_check_failure: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
     pub local_503: [u64; 7],
+    /// Pushed lists applied (published, or the same as published), and refused (unreadable, or
+    /// held back by the keep-last-good rules).
+    pub push_applied: u64,
+    pub push_rejected: u64,
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 20] = [
+    pub const NAMES: [&'static str; 22] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -55,6 +59,8 @@ impl ServiceStats {
         "local_503.self_draining",
         "local_503.flow_limited",
         "local_503.not_ready",
+        "push_applied",
+        "push_rejected",
     ];
 
     /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
@@ -65,7 +71,7 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 20] {
+    pub fn take(&mut self) -> [u64; 22] {
         let s = std::mem::take(self);
         let [a, b, c, d, e, f, g] = s.local_503;
         [
@@ -89,6 +95,8 @@ impl ServiceStats {
             e,
             f,
             g,
+            s.push_applied,
+            s.push_rejected,
         ]
     }
 }
@@ -107,11 +115,13 @@ pub struct Stats {
     pub admission_unsure: u64,
     /// Inbound `registration` ([`OnlineStats`]), added on each tick.
     pub online: OnlineStats,
+    /// The push sessions ([`crate::push::PushStats`]), added on each tick.
+    pub push: crate::push::PushStats,
 }
 
 impl Stats {
     /// The counter names, in the order [`Stats::take`] returns them.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 17] = [
         "notify_marks",
         "admin_denied",
         "client_header_stripped",
@@ -126,12 +136,16 @@ impl Stats {
         "inbound.deregistrations",
         "inbound.self_warm.success",
         "inbound.self_warm.failure",
+        "push_stream_opened",
+        "push_stream_closed",
+        "push_acks",
     ];
 
     /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 14] {
+    pub fn take(&mut self) -> [u64; 17] {
         let s = std::mem::take(self);
         let o = s.online;
+        let p = s.push;
         [
             s.notify_marks,
             s.admin_denied,
@@ -147,6 +161,9 @@ impl Stats {
             o.deregistrations,
             o.warm_ok,
             o.warm_failed,
+            p.stream_opened,
+            p.stream_closed,
+            p.acks,
         ]
     }
 }
@@ -213,13 +230,20 @@ mod tests {
             health_check_success: 12,
             health_check_failure: 13,
             local_503: [14, 15, 16, 17, 18, 19, 20],
+            push_applied: 21,
+            push_rejected: 22,
         };
         let values = s.take();
         let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
         assert_eq!(named.len(), ServiceStats::NAMES.len());
-        for (name, want) in
-            [("refresh_ok", 1), ("picks", 7), ("outlier_detection.trials", 10), ("health_check.failure", 13)]
-        {
+        for (name, want) in [
+            ("refresh_ok", 1),
+            ("picks", 7),
+            ("outlier_detection.trials", 10),
+            ("health_check.failure", 13),
+            ("push_applied", 21),
+            ("push_rejected", 22),
+        ] {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }
         for r in Reason::ALL {
@@ -244,6 +268,7 @@ mod tests {
                 warm_ok: 13,
                 warm_failed: 14,
             },
+            push: crate::push::PushStats { stream_opened: 15, stream_closed: 16, acks: 17 },
         };
         let named: Vec<(&str, u64)> = Stats::NAMES.iter().copied().zip(g.take()).collect();
         assert_eq!(
@@ -266,6 +291,9 @@ mod tests {
             ("inbound.deregistrations", 12),
             ("inbound.self_warm.success", 13),
             ("inbound.self_warm.failure", 14),
+            ("push_stream_opened", 15),
+            ("push_stream_closed", 16),
+            ("push_acks", 17),
         ] {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }

@@ -29,6 +29,8 @@ pub struct ServiceMetrics {
 pub struct Metrics {
     counters: Vec<Option<u32>>,
     services: Vec<ServiceMetrics>,
+    /// `lossless.push_connected`: registries whose push session is set up (the poller's count).
+    push_connected: Option<u32>,
 }
 
 impl Metrics {
@@ -47,11 +49,19 @@ impl Metrics {
                         .collect(),
                 })
                 .collect(),
+            push_connected: define(MetricType::Gauge, "lossless.push_connected"),
+        }
+    }
+
+    /// Sets the `push_connected` gauge.
+    pub fn push_connected(&self, n: u64) {
+        if let Some(id) = self.push_connected {
+            let _ = hostcalls::record_metric(id, n);
         }
     }
 
     /// Adds what was counted since the last flush.
-    pub fn flush(&self, stats: &mut Stats, services: impl Iterator<Item = (usize, [u64; 20])>) {
+    pub fn flush(&self, stats: &mut Stats, services: impl Iterator<Item = (usize, [u64; 22])>) {
         add(&self.counters, &stats.take());
         for (i, deltas) in services {
             if let Some(m) = self.services.get(i) {

@@ -19,6 +19,8 @@
 
 pub mod proto;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod wire;
 
 pub use session::{Event, Session};

@@ -18,6 +18,7 @@
 mod admin;
 mod checks;
 mod online;
+mod push;
 mod refresh;
 mod request;
 mod response;
@@ -152,6 +153,7 @@ impl Vm {
         let Config { settings, registries, services } = cfg;
         let router = Router::new(&settings, &services);
         let original_dst_outer = services.iter().any(|s| s.routing == RoutingMode::OriginalDst);
+        let registries = push::registries(registries, &services);
         let services = services
             .into_iter()
             .map(|sc| Service {
@@ -163,7 +165,7 @@ impl Vm {
             })
             .collect();
         Vm {
-            registries: registries.into_iter().map(|cfg| Registry { cfg, session: Default::default() }).collect(),
+            registries,
             services,
             view: View::default(),
             keys: Keys::new(config_bytes),

@@ -6,7 +6,8 @@ use log::info;
 
 use super::{Dispatch, Purpose, Vm};
 use crate::marks;
-use crate::poller::{interval, RefreshOutcome};
+use crate::membership::Snapshot;
+use crate::poller::{interval, jittered, RefreshOutcome};
 use crate::registry::{Call, HttpResponse};
 use crate::service::{Registry, Service};
 use crate::store::{bump_gen, Shared};
@@ -29,33 +30,53 @@ impl Vm {
         now_ms: i64,
     ) -> Option<(usize, RefreshOutcome)> {
         self.sync(shared, now_ms);
-        let interval_ms = interval(&self.settings, &mut self.rng);
+        let interval_ms = self.poll_interval(svc);
         let s = self.services.get_mut(svc)?;
         let reg = self.registries.get_mut(s.cfg.registry)?;
         let (outcome, publish) =
             s.poll.on_reply(&reg.cfg, &mut reg.session, &s.cfg, &s.view.snap, call, resp, now_ms, interval_ms);
         if let Some(snap) = publish {
-            let key = self.keys.service(&s.cfg.name);
-            let bytes = snap.encode();
-            shared.set(&key, &bytes, None);
-            let services = &self.services;
-            marks::prune(shared, &self.keys, |addr| {
-                services.iter().enumerate().find_map(|(k, o)| {
-                    let members = if k == svc { &snap.members } else { &o.view.snap.members };
-                    crate::instance::find(members, addr)
-                })
-            });
-            bump_gen(shared, &self.keys);
-            // this VM routes by the snapshot it built, not by a decode of its own encoding: the
-            // key is read back once for its CAS token, which stands for these bytes only
-            let (stored, cas) = shared.get(&key);
-            if let (Some(s), true) = (self.services.get_mut(svc), stored.as_deref() == Some(&bytes[..])) {
-                s.view.install(snap, cas);
-            }
-            self.sync(shared, now_ms);
+            self.publish(shared, svc, snap, now_ms);
         }
         self.account(svc, &outcome, now_ms);
         Some((svc, outcome))
+    }
+
+    /// The next (jittered) poll interval of service `svc`: the registry's `reconcile_interval_ms`
+    /// while a push subscription feeds it, the refresh interval otherwise.
+    fn poll_interval(&mut self, svc: usize) -> i64 {
+        let reconcile = self.services.get(svc).and_then(|s| {
+            let push = self.registries.get(s.cfg.registry)?.push.as_ref()?;
+            push.live(svc).then(|| push.config().reconcile_interval_ms)
+        });
+        match reconcile {
+            Some(ms) => jittered(ms, &self.settings, &mut self.rng),
+            None => interval(&self.settings, &mut self.rng),
+        }
+    }
+
+    /// Publishes `snap` as service `svc`'s membership: the snapshot to shared data, stale marks
+    /// pruned, the generation bumped; this VM installs it.
+    pub(super) fn publish(&mut self, shared: &dyn Shared, svc: usize, snap: Snapshot, now_ms: i64) {
+        let Some(s) = self.services.get(svc) else { return };
+        let key = self.keys.service(&s.cfg.name);
+        let bytes = snap.encode();
+        shared.set(&key, &bytes, None);
+        let services = &self.services;
+        marks::prune(shared, &self.keys, |addr| {
+            services.iter().enumerate().find_map(|(k, o)| {
+                let members = if k == svc { &snap.members } else { &o.view.snap.members };
+                crate::instance::find(members, addr)
+            })
+        });
+        bump_gen(shared, &self.keys);
+        // this VM routes by the snapshot it built, not by a decode of its own encoding: the
+        // key is read back once for its CAS token, which stands for these bytes only
+        let (stored, cas) = shared.get(&key);
+        if let (Some(s), true) = (self.services.get_mut(svc), stored.as_deref() == Some(&bytes[..])) {
+            s.view.install(snap, cas);
+        }
+        self.sync(shared, now_ms);
     }
 
     /// Stats and logs for a refresh outcome.
@@ -77,7 +98,8 @@ impl Vm {
                 st.instances_skipped += u64::from(*skipped);
                 self.log_unroutable(svc, &name, unroutable, now_ms);
             }
-            RefreshOutcome::Unchanged => st.refresh_unchanged += 1,
+            // a superseded list is counted with the unchanged ones: it changed nothing
+            RefreshOutcome::Unchanged | RefreshOutcome::Superseded => st.refresh_unchanged += 1,
             RefreshOutcome::LoggedIn => info!("logged in to the registry of service '{name}'"),
             RefreshOutcome::Again(why) => info!("service '{name}': {why}"),
             RefreshOutcome::Kept(hold) => {
