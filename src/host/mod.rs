@@ -1,6 +1,7 @@
 //! proxy-wasm glue: the only code that talks to the host. It gathers facts, calls
 //! [`crate::vm::Vm`], and applies what comes back, handling every host-call result.
 
+mod grpc;
 mod http;
 mod metrics;
 mod root;

@@ -9,6 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 
+use super::grpc::{self, HostGrpc};
 use super::http::Http;
 use super::metrics::Metrics;
 use super::{header_pairs, now_ms, now_us, Envoy};
@@ -16,6 +17,7 @@ use crate::clock::Rng;
 use crate::config;
 use crate::headers::Headers;
 use crate::poller::RefreshOutcome;
+use crate::push::Grpc;
 use crate::registry::HttpResponse;
 use crate::vm::{Dispatch, Vm};
 
@@ -79,6 +81,44 @@ impl Context for Root {
         let due = vm.due(&Envoy, now);
         Self::dispatch(&mut vm, due, now);
     }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
+        let now = now_ms();
+        // an oversize or unreadable answer is a failed call
+        let (status, body) = match grpc::received(response_size, vm.push_max_message()) {
+            Some(b) => (status_code, b),
+            None => (status_code.max(8), Vec::new()),
+        };
+        vm.on_grpc_reply(&Envoy, &HostGrpc, token_id, status, &body, now);
+        let due = vm.due(&Envoy, now);
+        Self::dispatch(&mut vm, due, now);
+    }
+
+    fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
+        let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
+        let now = now_ms();
+        match grpc::received(message_size, vm.push_max_message()) {
+            Some(body) => {
+                vm.on_grpc_message(&Envoy, &HostGrpc, token_id, &body, now);
+            }
+            // a message that cannot be read cannot be acknowledged: the session starts over
+            None => {
+                HostGrpc.cancel(token_id);
+                vm.on_grpc_close(&Envoy, &HostGrpc, token_id, 8, now);
+            }
+        }
+        let due = vm.due(&Envoy, now);
+        Self::dispatch(&mut vm, due, now);
+    }
+
+    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
+        let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
+        let now = now_ms();
+        vm.on_grpc_close(&Envoy, &HostGrpc, token_id, status_code, now);
+        let due = vm.due(&Envoy, now);
+        Self::dispatch(&mut vm, due, now);
+    }
 }
 
 impl RootContext for Root {
@@ -113,12 +153,16 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
         let now = now_ms();
-        let due = vm.on_tick(&Envoy, now);
+        let mut due = vm.on_tick(&Envoy, now);
+        vm.push_tick(&Envoy, &HostGrpc, now);
+        // a push session that went down makes its polls due at once
+        due.extend(vm.due(&Envoy, now));
         Self::dispatch(&mut vm, due, now);
         if let Some(m) = &self.metrics {
             let vm = &mut *vm;
             m.flush(&mut vm.stats, vm.services.iter_mut().map(|s| s.stats.take()).enumerate());
             if vm.poller {
+                m.push_connected(vm.push_connected());
                 for (i, c, version) in vm.gauges(now) {
                     m.hosts(i, c, version);
                 }
