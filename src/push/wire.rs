@@ -3,10 +3,11 @@
 //! rnacos' serde models do). Sources: Nacos `api/.../remote/request/*`, `api/.../naming/remote/*`,
 //! rnacos `src/grpc/api_model.rs`.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::proto;
+use crate::emit::json_str;
 
 /// `resultCode` of a successful response (Nacos `ResponseCode.SUCCESS`).
 pub const SUCCESS: i64 = 200;
@@ -20,60 +21,6 @@ pub const NO_RIGHT: i64 = 403;
 /// write theirs).
 pub const CLIENT_VERSION: &str = concat!("lossless:", env!("CARGO_PKG_VERSION"));
 
-/// `ServerCheckRequest` and `HealthCheckRequest` (module `internal`, no fields of their own).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Internal<'a> {
-    request_id: &'a str,
-    module: &'static str,
-}
-
-/// `ConnectionSetupRequest`, the first message on the bi-stream.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Setup<'a> {
-    request_id: &'a str,
-    module: &'static str,
-    client_version: &'static str,
-    tenant: &'a str,
-    /// Nacos' `ConnectionMeta` calls `labels.putAll`: never null.
-    labels: Labels,
-    /// Present (even empty) asks a Nacos 3 server for its `SetupAckRequest`.
-    ability_table: Empty,
-}
-
-#[derive(Serialize)]
-struct Labels {
-    source: &'static str,
-    module: &'static str,
-}
-
-#[derive(Serialize)]
-struct Empty {}
-
-/// `SubscribeServiceRequest` (module `naming`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Subscribe<'a> {
-    request_id: &'a str,
-    module: &'static str,
-    namespace: &'a str,
-    group_name: &'a str,
-    service_name: &'a str,
-    subscribe: bool,
-    clusters: &'a str,
-}
-
-/// A response lossless writes on the stream to a server request (`NotifySubscriberResponse`,
-/// `ClientDetectionResponse`, `ConnectResetResponse`): success, with the request's id.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Ack<'a> {
-    result_code: i64,
-    error_code: i64,
-    request_id: &'a str,
-}
-
 /// What one service subscription names (Nacos' `namespace`, `groupName`, `serviceName`,
 /// `clusters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +32,22 @@ pub struct Subscription {
     pub clusters: String,
 }
 
-fn to_json(v: &impl Serialize) -> Vec<u8> {
-    // these structs hold strings and numbers only: serialization cannot fail
-    serde_json::to_vec(v).unwrap_or_default()
+/// A JSON object of string fields (`(key, value)`), then `raw` members written as they are
+/// (`,"subscribe":true`).
+fn object(fields: &[(&str, &str)], raw: &str) -> Vec<u8> {
+    let mut o = String::with_capacity(64 + fields.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
+    o.push('{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        json_str(&mut o, k);
+        o.push(':');
+        json_str(&mut o, v);
+    }
+    o.push_str(raw);
+    o.push('}');
+    o.into_bytes()
 }
 
 /// The `metadata.headers` of a request: `accessToken` when a token is held.
@@ -97,45 +57,47 @@ fn headers(token: Option<&str>) -> Vec<(&str, &str)> {
 
 /// `ServerCheckRequest`: the unary call that opens a session (answered without any check).
 pub fn server_check(request_id: &str) -> Vec<u8> {
-    proto::encode("ServerCheckRequest", &[], &to_json(&Internal { request_id, module: "internal" }))
+    proto::encode("ServerCheckRequest", &[], &object(&[("requestId", request_id), ("module", "internal")], ""))
 }
 
 /// `HealthCheckRequest`: the unary keep-alive.
 pub fn health_check(request_id: &str, token: Option<&str>) -> Vec<u8> {
-    proto::encode("HealthCheckRequest", &headers(token), &to_json(&Internal { request_id, module: "internal" }))
+    let body = object(&[("requestId", request_id), ("module", "internal")], "");
+    proto::encode("HealthCheckRequest", &headers(token), &body)
 }
 
-/// `ConnectionSetupRequest` with labels `{source: sdk, module: naming}` (Nacos' naming client's),
-/// `tenant` (the namespace) and an empty `abilityTable`.
+/// `ConnectionSetupRequest`, the first message on the bi-stream: labels `{source: sdk, module:
+/// naming}` (Nacos' naming client's; Nacos' `ConnectionMeta` calls `labels.putAll`, so never
+/// null), `tenant` (the namespace), and an empty `abilityTable` (present, it asks a Nacos 3 server
+/// for its `SetupAckRequest`).
 pub fn setup(request_id: &str, tenant: &str, token: Option<&str>) -> Vec<u8> {
-    let body = Setup {
-        request_id,
-        module: "internal",
-        client_version: CLIENT_VERSION,
-        tenant,
-        labels: Labels { source: "sdk", module: "naming" },
-        ability_table: Empty {},
-    };
-    proto::encode("ConnectionSetupRequest", &headers(token), &to_json(&body))
+    let body = object(
+        &[("requestId", request_id), ("module", "internal"), ("clientVersion", CLIENT_VERSION), ("tenant", tenant)],
+        r#","labels":{"source":"sdk","module":"naming"},"abilityTable":{}"#,
+    );
+    proto::encode("ConnectionSetupRequest", &headers(token), &body)
 }
 
-/// `SubscribeServiceRequest` for `s` (`subscribe: true`).
+/// `SubscribeServiceRequest` for `s` (module `naming`, `subscribe: true`).
 pub fn subscribe(request_id: &str, s: &Subscription, token: Option<&str>) -> Vec<u8> {
-    let body = Subscribe {
-        request_id,
-        module: "naming",
-        namespace: &s.namespace,
-        group_name: &s.group,
-        service_name: &s.service,
-        subscribe: true,
-        clusters: &s.clusters,
-    };
-    proto::encode("SubscribeServiceRequest", &headers(token), &to_json(&body))
+    let body = object(
+        &[
+            ("requestId", request_id),
+            ("module", "naming"),
+            ("namespace", &s.namespace),
+            ("groupName", &s.group),
+            ("serviceName", &s.service),
+            ("clusters", &s.clusters),
+        ],
+        r#","subscribe":true"#,
+    );
+    proto::encode("SubscribeServiceRequest", &headers(token), &body)
 }
 
-/// The success response of type `kind` to the server request `request_id`.
+/// The success response of type `kind` to the server request `request_id`
+/// (`NotifySubscriberResponse`, `ClientDetectionResponse`, `ConnectResetResponse`).
 pub fn ack(kind: &str, request_id: &str) -> Vec<u8> {
-    proto::encode(kind, &[], &to_json(&Ack { result_code: SUCCESS, error_code: 0, request_id }))
+    proto::encode(kind, &[], &object(&[("requestId", request_id)], r#","resultCode":200,"errorCode":0"#))
 }
 
 /// Any response (unary reply, or a server request on the stream): the fields lossless reads.
@@ -246,6 +208,9 @@ mod tests {
             serde_json::json!({"requestId":"3","module":"naming","namespace":"public","groupName":"DEFAULT_GROUP",
                 "serviceName":"providers:com.acme.Orders::","subscribe":true,"clusters":"a,b"})
         );
+        // names are escaped
+        let odd = Subscription { service: "a\"b\\c\u{1}".into(), ..s.clone() };
+        assert_eq!(json(&subscribe("4", &odd, None)).1["serviceName"], "a\"b\\c\u{1}");
         // the token travels in metadata.headers, not in the JSON
         assert!(msg.windows(11).any(|w| w == b"accessToken"));
         assert!(!String::from_utf8_lossy(proto::decode(&msg).unwrap().body).contains("tok"));
