@@ -71,7 +71,8 @@ pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers o
 /// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
 /// hosts: {total, serving, warming, draining, down}, instances: [{address, state, marked,
 /// ejected: {times, until_ms, trial_until_ms}|null, health_check_failing, weight, live_weight,
-/// start_ms, warmup_ms, warming}]}], self?: {…}}` (times in ms since the epoch).
+/// start_ms, warmup_ms, warming}]}], self?: {…}}` (times in ms since the epoch); the VM puts its
+/// id (`vm`, 16 hex digits) first.
 pub fn membership_json(
     settings: &Settings,
     services: &mut [Service],

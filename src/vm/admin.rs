@@ -61,7 +61,7 @@ impl Vm {
             AdminCall::Membership => {
                 self.sync(h, now);
                 let online = self.online_json(h);
-                Flow::Reply(json(admin::membership_json(
+                let doc = admin::membership_json(
                     &self.settings,
                     &mut self.services,
                     &self.view,
@@ -69,7 +69,10 @@ impl Vm {
                     &mut self.rng,
                     self.poller,
                     online.as_deref(),
-                )))
+                );
+                // the answering VM's id leads the document: each worker answers for itself
+                let rest = doc.get(1..).unwrap_or_default();
+                Flow::Reply(json(format!("{{\"vm\":\"{:016x}\",{rest}", self.vm_id)))
             }
             AdminCall::Drain(on) => {
                 h.set(&self.keys.self_drain(), if on { b"1" } else { b"0" }, None);
@@ -116,6 +119,8 @@ mod tests {
         assert_eq!(inst[0]["live_weight"], 50);
         assert_eq!(inst[0]["warming"], true);
         assert_eq!(inst[1]["live_weight"], 100);
+        assert_eq!(j["vm"], "0000000000000001");
+        assert_eq!(j["poller"], true);
         assert_eq!(j["services"][0]["hosts"]["warming"], 1);
     }
 }
