@@ -1,0 +1,252 @@
+"""Membership pushed by the registry (Nacos' gRPC protocol) inside a real Envoy (`--concurrency
+2`) against a real rnacos: each change reaches every worker through a push, the registry's HTTP
+list load falls to the reconcile polls, a cut stream keeps the membership and comes back, and the
+push works with auth on.
+
+The filter polls rnacos' HTTP API through regproxy.py (which counts list requests) and subscribes
+on rnacos' gRPC port through the Envoy cluster `registry-grpc` (HTTP/2), added here to the shipped
+outbound template. Each worker VM answers the admin membership call for itself (`vm` in the
+document); a fresh connection per call lands on either worker.
+"""
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import OUTBOUND, SERVICE, RegFront, filter_config
+from kit import (
+    HOUR_MS,
+    LOOPBACK,
+    Rnacos,
+    free_port,
+    get_json,
+    lb_endpoints,
+    now_ms,
+    percentile,
+    wait_until,
+)
+
+pytestmark = pytest.mark.usefixtures("no_wasm_crash")
+
+RECONCILE_MS = 30_000
+OTHER = "push-other-svc"
+
+GRPC_CLUSTER = """
+  - name: registry-grpc
+    type: STATIC
+    connect_timeout: 0.5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: registry-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: ${REGISTRY_GRPC_PORT}}
+"""
+
+
+def push_template(tmp_logs):
+    """The shipped outbound template with the gRPC cluster of the registry (clusters come last)."""
+    path = Path(tmp_logs) / "outbound-push.yaml"
+    path.write_text(OUTBOUND.read_text().rstrip("\n") + "\n" + GRPC_CLUSTER)
+    return path
+
+
+def push_config(http_addr, **registry):
+    # api v1: rnacos has no other (with two services, `auto` would find that out by 404s)
+    reg = {"api": "v1", "grpc_cluster": "registry-grpc", "reconcile_interval_ms": RECONCILE_MS}
+    reg.update(registry)
+    services = [{"name": "demo", "registry": "nacos", "registry_service": SERVICE},
+                {"name": "other", "registry": "nacos", "registry_service": OTHER}]
+    return filter_config(http_addr, registry=reg, services=services)
+
+
+def doc_of(gw):
+    return get_json(f"http://{LOOPBACK}:{gw.listen}/lossless/membership")
+
+
+def members(doc, service=0):
+    """{address: (state, weight)} of a membership document's service."""
+    return {i["address"]: (i["state"], i["weight"]) for i in doc["services"][service]["instances"]}
+
+
+def worker_ids(gw, n=2):
+    """The ids of the `n` worker VMs that answer requests (each call on a fresh connection)."""
+    seen = set()
+    wait_until(lambda: seen.add(doc_of(gw)["vm"]) or len(seen) >= n, timeout=10, interval=0.01,
+               what=f"{n} worker VMs answering")
+    return seen
+
+
+def wait_applied(gw, workers, check, timeout=10.0):
+    """Polls the membership (a fresh connection each time, ~every 5 ms) until every worker in
+    `workers` shows a document for which check(doc) holds. Returns ({vm: first time seen, ms},
+    the poller's `updated_ms` of the service then)."""
+    first = {}
+    updated = None
+    deadline = time.monotonic() + timeout
+    while len(first) < len(workers):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not applied by every worker: {sorted(first)} of {sorted(workers)}")
+        doc = doc_of(gw)
+        t = now_ms()
+        if doc["vm"] in workers and doc["vm"] not in first and check(doc):
+            first[doc["vm"]] = t
+            updated = doc["services"][0]["updated_ms"]
+        time.sleep(0.005)
+    return first, updated
+
+
+def stat(gw, name):
+    return gw.stat(f"wasmcustom.lossless.{name}", 0)
+
+
+@pytest.fixture
+def push_gateway(procs, tmp_logs, make_backend, make_envoy):
+    """push_gateway(rnacos) -> (gateway, regfront, backends): 3 backends registered in rnacos
+    (persistent, healthy, warm), a gateway (--concurrency 2) pushing from rnacos' gRPC port and
+    polling through a counting regproxy, returned once push is up and both workers list the 3."""
+    def make(rnacos, **registry):
+        backends = [make_backend() for _ in range(3)]
+        for b in backends:
+            rnacos.register(SERVICE, LOOPBACK, b.port, metadata={"timestamp": now_ms() - HOUR_MS})
+        rnacos.register(OTHER, LOOPBACK, backends[0].port)
+        front = RegFront(procs, rnacos.addr, name=f"regproxy-{rnacos.name}")
+        listen = free_port()
+        subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": front.port,
+                "REGISTRY_GRPC_PORT": rnacos.grpc_port,
+                "LOSSLESS_CONFIG": push_config(front.addr, **registry),
+                "DEMO_ENDPOINTS": lb_endpoints([b.addr for b in backends])}
+        gw = make_envoy(push_template(tmp_logs), subs, concurrency=2, name="gateway")
+        gw.listen = listen
+        wait_until(lambda: stat(gw, "push_connected") == 1, timeout=15, what="push connected")
+        wait_until(lambda: len(members(doc_of(gw))) == 3, timeout=10, what="3 members")
+        return gw, front, backends
+    return make
+
+
+def test_push_applies_changes_in_every_worker_and_idles_the_registry(rnacos, push_gateway):
+    gw, front, backends = push_gateway(rnacos)
+    workers = worker_ids(gw)
+    a, b, c = (x.port for x in backends)
+    addr = {p: f"{LOOPBACK}:{p}" for p in (a, b, c)}
+    # the poll scheduled before the subscriptions went live goes out; from then on, reconcile only
+    time.sleep(1.5)
+    lists0, t0 = front.count()["lists"], time.monotonic()
+    applied0 = stat(gw, "demo.push_applied")
+
+    changes = [
+        ("deregistration", lambda: rnacos.deregister(SERVICE, LOOPBACK, c),
+         lambda d: addr[c] not in members(d)),
+        ("registration", lambda: rnacos.register(SERVICE, LOOPBACK, c,
+                                                 metadata={"timestamp": now_ms() - HOUR_MS}),
+         lambda d: members(d).get(addr[c], ("", 0))[0] == "serving"),
+        ("disable", lambda: rnacos.set_enabled(SERVICE, LOOPBACK, b, False),
+         lambda d: addr[b] not in members(d)),
+        ("enable", lambda: rnacos.set_enabled(SERVICE, LOOPBACK, b, True),
+         lambda d: members(d).get(addr[b], ("", 0))[0] == "serving"),
+        ("weight 2", lambda: rnacos.update(SERVICE, LOOPBACK, a, weight=2.0),
+         lambda d: members(d)[addr[a]][1] == 200),
+        ("weight 3", lambda: rnacos.update(SERVICE, LOOPBACK, a, weight=3.0),
+         lambda d: members(d)[addr[a]][1] == 300),
+    ]
+    to_workers, fan_out = [], []
+    for _round in range(3):
+        for name, change, check in changes:
+            change()
+            changed = now_ms()
+            first, updated = wait_applied(gw, workers, check)
+            to_workers.append(max(first.values()) - changed)
+            fan_out.append(max(first.values()) - updated)
+            print(f"{name}: registry -> poller applied {updated - changed} ms, "
+                  f"-> every worker {max(first.values()) - changed} ms")
+    n = len(to_workers)
+    p50, p99 = percentile(to_workers, 0.5), percentile(to_workers, 0.99)
+    f50, f99 = percentile(fan_out, 0.5), percentile(fan_out, 0.99)
+    print(f"{n} changes: registry change -> applied by every worker p50 {p50} ms, p99 {p99} ms; "
+          f"poller's apply -> every worker p50 {f50} ms, p99 {f99} ms")
+    # counters reach Envoy on the poller's next tick
+    wait_until(lambda: stat(gw, "demo.push_applied") - applied0 >= n, timeout=2,
+               what="each change applied as a push")
+    # rnacos holds a change for 500 to 1000 ms before it pushes (naming_delay_nofity): that, and
+    # nothing like a 30 s poll
+    assert p99 <= 1500, to_workers
+    # once the poller applied it, every worker routes by it within a tick (100 ms)
+    assert f99 <= 100, fan_out
+    assert stat(gw, "push_acks") >= n
+
+    # idle: only the reconcile polls reach the registry's HTTP API
+    remaining = 62 - (time.monotonic() - t0)
+    if remaining > 0:
+        time.sleep(remaining)
+    lists = front.count()["lists"] - lists0
+    elapsed = time.monotonic() - t0
+    rate = lists / elapsed / 2  # per proxy and service (2 services, 1 proxy)
+    print(f"idle with push: {lists} list requests in {elapsed:.1f} s for 2 services: "
+          f"{rate:.4f} per second per proxy and service (polling every 1 s: 1.0)")
+    assert rate <= 0.05, (lists, elapsed)
+    assert stat(gw, "push_stream_opened") == 1 and stat(gw, "push_stream_closed") == 0
+
+
+def test_cut_stream_keeps_membership_polls_then_push_returns(rnacos, push_gateway):
+    gw, front, backends = push_gateway(rnacos)
+    before = members(doc_of(gw))
+    assert len(before) == 3
+    opened = stat(gw, "push_stream_opened")
+    lists0 = front.count()["lists"]
+    rnacos.stop()
+    stopped = time.monotonic()
+    # the stream is gone; polls run (and fail) every second; the membership stays
+    wait_until(lambda: stat(gw, "push_connected") == 0, timeout=10, what="push down")
+    print(f"push down {time.monotonic() - stopped:.2f} s after rnacos stopped")
+    time.sleep(3)
+    assert front.count()["lists"] - lists0 >= 2, "polls resume while the stream is down"
+    assert members(doc_of(gw)) == before, "a cut stream keeps the membership"
+    rnacos.start()
+    started = time.monotonic()
+    if len(rnacos.hosts(SERVICE)) < 3:  # a start retried past rnacos' own panic lost its data
+        for x in backends:
+            rnacos.register(SERVICE, LOOPBACK, x.port, metadata={"timestamp": now_ms() - HOUR_MS})
+        rnacos.register(OTHER, LOOPBACK, backends[0].port)
+    # the push comes back after its back-off (1 s, doubling while rnacos was away, 30 s at most)
+    wait_until(lambda: stat(gw, "push_connected") == 1, timeout=40, what="push back",
+               interval=0.05)
+    print(f"push back {time.monotonic() - started:.2f} s after rnacos served again "
+          f"(it was away {started - stopped:.1f} s)")
+    assert stat(gw, "push_stream_opened") > opened
+    assert members(doc_of(gw)) == before
+    # and carries changes again
+    time.sleep(1.5)
+    lists1 = front.count()["lists"]
+    workers = worker_ids(gw)
+    c = f"{LOOPBACK}:{backends[2].port}"
+    rnacos.deregister(SERVICE, LOOPBACK, backends[2].port)
+    changed = now_ms()
+    first, _ = wait_applied(gw, workers, lambda d: c not in members(d))
+    print(f"after the cut: deregistration applied by every worker in "
+          f"{max(first.values()) - changed} ms")
+    assert max(first.values()) - changed <= 1500
+    assert front.count()["lists"] - lists1 <= 1, "through the push, not a poll"
+
+
+def test_push_with_auth(procs, tmp_logs, rnacos_bin, push_gateway):
+    rn = Rnacos(procs, tmp_logs, binary=rnacos_bin, auth=True, name="rnacos-auth").start()
+    gw, front, backends = push_gateway(rn, username="admin", password="admin")
+    workers = worker_ids(gw)
+    time.sleep(1.5)
+    lists0 = front.count()["lists"]
+    c = f"{LOOPBACK}:{backends[2].port}"
+    rn.deregister(SERVICE, LOOPBACK, backends[2].port)
+    changed = now_ms()
+    first, _ = wait_applied(gw, workers, lambda d: c not in members(d))
+    print(f"auth on: deregistration applied by every worker in {max(first.values()) - changed} ms")
+    assert max(first.values()) - changed <= 1500
+    assert front.count()["lists"] - lists0 <= 1, "through the push, not a poll"
+    assert front.seen()["logins"] >= 1
+    assert not re.search(r"push message ignored|403", gw.log_text()), gw.log_tail()
