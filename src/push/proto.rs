@@ -214,7 +214,27 @@ pub fn could_be_message(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever arrives, decoding returns (never panics); what `encode` writes reads back.
+        #[test]
+        fn decode_never_panics_and_round_trips(
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+            kind in "[A-Za-z]{0,40}",
+            headers in proptest::collection::vec(("[a-zA-Z]{1,12}", ".{0,20}"), 0..3),
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let _ = decode(&noise);
+            let _ = could_be_message(&noise);
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let msg = encode(&kind, &pairs, &body);
+            prop_assert_eq!(decode(&msg), Ok(Payload { kind: &kind, body: &body }));
+            prop_assert!(could_be_message(&msg));
+        }
+    }
 
     /// The bytes protoc gives for `Payload{metadata{type: "HealthCheckRequest", headers
     /// {accessToken: "t"}}, body{value: "{}"}}`, written out field by field.

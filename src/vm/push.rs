@@ -22,7 +22,9 @@ pub(super) fn registries(cfgs: Vec<RegistryConfig>, services: &[ServiceConfig]) 
         .enumerate()
         .map(|(i, cfg)| {
             let needs_token = matches!(&cfg.kind, RegistryKind::Nacos(n) if n.auth.is_some());
-            let push = cfg.push.clone().map(|p| push::Session::new(p, push::subscriptions(i, services), needs_token));
+            // a registry no service uses keeps no session
+            let subs = push::subscriptions(i, services);
+            let push = cfg.push.clone().filter(|_| !subs.is_empty()).map(|p| push::Session::new(p, subs, needs_token));
             Registry { cfg, session: Default::default(), push }
         })
         .collect()
@@ -38,6 +40,7 @@ impl Vm {
             let Some(p) = reg.push.as_mut() else { continue };
             if !self.poller {
                 p.stop(g);
+                self.stats.push.add(std::mem::take(&mut p.stats));
                 continue;
             }
             let token = reg.session.token.as_ref().filter(|t| now_ms < t.expires_ms).map(|t| t.value.as_str());
@@ -413,6 +416,7 @@ mod tests {
         assert!(!w.vm.poller);
         w.vm.push_tick(&w.shared, &g, NOW + 200);
         assert!(g.cancelled.borrow().contains(&stream));
+        assert_eq!((w.vm.stats.push.stream_opened, w.vm.stats.push.stream_closed), (1, 1));
         let calls = g.calls.borrow().len();
         w.vm.push_tick(&w.shared, &g, NOW + 5000);
         assert_eq!(g.calls.borrow().len(), calls, "no session outside the poller");
