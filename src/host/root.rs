@@ -154,9 +154,10 @@ impl RootContext for Root {
         let Some(Ok(mut vm)) = self.vm.as_ref().map(|v| v.try_borrow_mut()) else { return };
         let now = now_ms();
         let mut due = vm.on_tick(&Envoy, now);
-        vm.push_tick(&Envoy, &HostGrpc, now);
-        // a push session that went down makes its polls due at once
-        due.extend(vm.due(&Envoy, now));
+        if vm.push_tick(&Envoy, &HostGrpc, now) {
+            // a push session that went down makes its polls due at once
+            due.extend(vm.due(&Envoy, now));
+        }
         Self::dispatch(&mut vm, due, now);
         if let Some(m) = &self.metrics {
             let vm = &mut *vm;

@@ -33,8 +33,10 @@ pub(super) fn registries(cfgs: Vec<RegistryConfig>, services: &[ServiceConfig]) 
 impl Vm {
     /// The push sessions' periodic work, after [`Vm::on_tick`]: the poller VM runs them (an
     /// attempt when due, the setup wait, health checks); any other VM ends the ones it ran (the
-    /// lease moved). The glue then dispatches what became due ([`Vm::due`]).
-    pub fn push_tick(&mut self, shared: &dyn Shared, g: &dyn Grpc, now_ms: i64) {
+    /// lease moved). True when a session reported something: the glue then dispatches what
+    /// became due ([`Vm::due`]; a session that went down makes its polls due at once).
+    pub fn push_tick(&mut self, shared: &dyn Shared, g: &dyn Grpc, now_ms: i64) -> bool {
+        let mut reported = false;
         for ri in 0..self.registries.len() {
             let Some(reg) = self.registries.get_mut(ri) else { continue };
             let Some(p) = reg.push.as_mut() else { continue };
@@ -46,8 +48,10 @@ impl Vm {
             let token = reg.session.token.as_ref().filter(|t| now_ms < t.expires_ms).map(|t| t.value.as_str());
             p.set_token(token);
             let events = p.tick(g, now_ms, &mut self.rng);
+            reported |= !events.is_empty();
             self.push_events(shared, ri, events, now_ms);
         }
+        reported
     }
 
     /// The answer to unary gRPC call `token` (`status`: its gRPC status; `body`: the message).
@@ -403,6 +407,25 @@ mod tests {
         assert_eq!(members(&w).len(), 1);
     }
 
+    /// A call the host never answered ends the session on a tick; the tick says so, and the
+    /// poll is due at once.
+    #[test]
+    fn a_silent_session_is_reported_by_the_tick() {
+        let (mut w, g) = (World::new(CFG), Fake::default());
+        let a = host("10.0.0.1", true, 1.0);
+        w.vm.on_tick(&w.shared, NOW);
+        w.vm.services[0].poll.reset();
+        poll(&mut w, &[a.clone()], NOW);
+        subscribe(&mut w, &g, &[a.clone()], NOW + 10);
+        poll(&mut w, &[a.clone()], NOW + 1100);
+        // a health check after 10 s of silence, never answered
+        assert!(!w.vm.push_tick(&w.shared, &g, NOW + 10_200));
+        assert_eq!(g.calls_of("HealthCheckRequest").len(), 1);
+        assert!(due_polls(&mut w, NOW + 12_000).is_empty(), "reconcile interval while live");
+        assert!(w.vm.push_tick(&w.shared, &g, NOW + 12_800), "the session went down");
+        assert_eq!(due_polls(&mut w, NOW + 12_800).len(), 1, "polling again at once");
+    }
+
     /// Only the poller runs the session; a VM that loses the lease ends it at once.
     #[test]
     fn the_session_follows_the_poller_lease() {
@@ -418,7 +441,7 @@ mod tests {
         assert!(g.cancelled.borrow().contains(&stream));
         assert_eq!((w.vm.stats.push.stream_opened, w.vm.stats.push.stream_closed), (1, 1));
         let calls = g.calls.borrow().len();
-        w.vm.push_tick(&w.shared, &g, NOW + 5000);
+        assert!(!w.vm.push_tick(&w.shared, &g, NOW + 5000), "nothing to report");
         assert_eq!(g.calls.borrow().len(), calls, "no session outside the poller");
         // a VM that never held the lease makes no call at all
         let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 3, Rng::new(3));
