@@ -372,8 +372,9 @@ impl Session {
                 let backoff = self.backoff_ms;
                 let out = self.teardown(g, "the server asked to reconnect (ConnectResetRequest)".into(), now, rng);
                 if sent.is_ok() {
-                    // asked, not failed: at once, and the back-off stays where it was
-                    self.phase = Phase::Idle { retry_at: now };
+                    // asked, not failed: the back-off stays where it was, and the next attempt
+                    // comes after the shortest one (a server that keeps asking is not hammered)
+                    self.phase = Phase::Idle { retry_at: now.saturating_add(MIN_BACKOFF_MS) };
                     self.backoff_ms = backoff;
                 }
                 return Some(out);
@@ -814,7 +815,7 @@ mod tests {
     }
 
     /// The lease moved: everything is cancelled at once; a regained lease starts again without
-    /// delay. A ConnectResetRequest is acked and reconnects at once.
+    /// delay. A ConnectResetRequest is acked and reconnects after the shortest back-off.
     #[test]
     fn stop_and_connect_reset() {
         let (g, mut rng) = (Fake::default(), Rng::new(1));
@@ -840,6 +841,6 @@ mod tests {
             .unwrap();
         assert!(matches!(&ev[..], [Event::Down { .. }]));
         assert_eq!(g.sent_of("ConnectResetResponse")[0]["requestId"], "3");
-        assert_eq!(s.retry_at(), Some(T0 + 6000));
+        assert_eq!(s.retry_at(), Some(T0 + 6000 + MIN_BACKOFF_MS));
     }
 }

@@ -174,9 +174,9 @@ def test_push_applies_changes_in_every_worker_and_idles_the_registry(rnacos, pus
     # counters reach Envoy on the poller's next tick
     wait_until(lambda: stat(gw, "demo.push_applied") - applied0 >= n, timeout=2,
                what="each change applied as a push")
-    # rnacos holds a change for 500 to 1000 ms before it pushes (naming_delay_nofity): that, and
-    # nothing like a 30 s poll
-    assert p99 <= 1500, to_workers
+    # rnacos holds a change for 500 to 1000 ms before it pushes (naming_delay_nofity): that, some
+    # slack for a loaded machine, and nothing like a 30 s poll
+    assert p99 <= 2000, to_workers
     # once the poller applied it, every worker routes by it within a tick (100 ms)
     assert f99 <= 100, fan_out
     assert stat(gw, "push_acks") >= n
@@ -231,7 +231,7 @@ def test_cut_stream_keeps_membership_polls_then_push_returns(rnacos, push_gatewa
     first, _ = wait_applied(gw, workers, lambda d: c not in members(d))
     print(f"after the cut: deregistration applied by every worker in "
           f"{max(first.values()) - changed} ms")
-    assert max(first.values()) - changed <= 1500
+    assert max(first.values()) - changed <= 2000
     assert front.count()["lists"] - lists1 <= 1, "through the push, not a poll"
 
 
@@ -246,7 +246,7 @@ def test_push_with_auth(procs, tmp_logs, rnacos_bin, push_gateway):
     changed = now_ms()
     first, _ = wait_applied(gw, workers, lambda d: c not in members(d))
     print(f"auth on: deregistration applied by every worker in {max(first.values()) - changed} ms")
-    assert max(first.values()) - changed <= 1500
+    assert max(first.values()) - changed <= 2000
     assert front.count()["lists"] - lists0 <= 1, "through the push, not a poll"
     assert front.seen()["logins"] >= 1
     assert not re.search(r"push message ignored|403", gw.log_text()), gw.log_tail()
