@@ -2,7 +2,8 @@
 `warmup.overload_protection` off and on, side by side in the same run.
 
 Two stacks, identical but for the protection (threshold 50): each a gateway (the shipped
-override_host template, lossless' defaults otherwise, outlier detection included) over its own
+override_host template, lossless' defaults otherwise but outlier detection off, so that no
+instance refusing under overload is ejected and the rule alone is compared) over its own
 rnacos service and its own instances of the demo's cold-start backend (demo/backend.py: a warm
 instance serves CAPACITY req/s; a new one starts at `cold` of that and reaches full capacity
 linearly over its warmup, as a JVM warming its JIT and caches; a request that would wait more than
@@ -20,7 +21,7 @@ on its ramp for its last PAIR_GAP_S.
 Measured per stack, printed side by side (run with -s to see it) and written to
 overload-<cold>.json in the test's log directory: the warm instances' peak requests per second
 and share (1 s bins from when the gateway first sent a request to a new instance), their latency,
-the failed requests (by who refused them), the ejections, and how long the ramp takes (until the
+the failed requests (by who refused them), and how long the ramp takes (until the
 warm instances carry at most 1.5 times their even share, for good). The protected gateway's
 membership document and `warmup_overload_protected` gauge are polled every 200 ms.
 
@@ -29,12 +30,11 @@ Two cold starts, one run each:
 - `cold_half`: a new instance serves half its warm rate at first, so it can take its even share
   while cold. Asserted: with the protection the warm instances' peak share is at most 0.32 (off:
   at least 0.40), about an eighth each while all 8 are listed and it is in force (off: far more),
-  they refuse nothing, no new instance is ejected, and the load is spread seconds earlier.
+  they refuse nothing, and the load is spread seconds earlier.
 - `cold_tenth`, the demo's own model: a new instance serves a tenth of its warm rate at first.
-  With the protection the new instances get their full share cold and refuse most of it, outlier
-  detection ejects them (at most half the instances), and more requests fail than without it:
-  the cost moves from the warm instances to the new ones. Asserted as measured, so that the page
-  that says so stays true.
+  With the protection the new instances get their full share cold and refuse much of it, and
+  more requests fail than without it: the cost moves from the warm instances to the new ones.
+  Asserted as measured, so that the page that says so stays true.
 
 In both, on every poll the document's `in_force` is Polaris' rule applied to the document's own
 counts (serving instances, warming ones; polls within 0.2 s after a warmup ended left out: the
@@ -116,7 +116,10 @@ class Stack:
                  service=self.service)
 
     def config(self):
-        service = {"registry_service": self.service}
+        # outlier detection off on both: an instance refusing three requests in a row would be
+        # ejected for 30 s (warm ones without the protection, new ones with it), and who is
+        # ejected when would decide the figures instead of the rule
+        service = {"registry_service": self.service, "outlier_detection": {"enabled": False}}
         if self.mode == "on":
             service["warmup"] = {"overload_protection": {"threshold_percent": THRESHOLD}}
         return filter_config(self.rnacos.addr, refresh_ms=500, service=service)
@@ -194,7 +197,6 @@ def measure(stack, samples, t_reg, t_end):
         "failed_warm": sum(1 for s in failed if s.instance in warm),
         "failed_new": sum(1 for s in failed if s.instance and s.instance not in warm),
         "failed_local": sum(1 for s in failed if not s.instance),
-        "ejections": stack.gw.stat(STAT + "outlier_detection.ejections_enforced", 0),
         "spread_after_s": None if spread is None else round(spread - seen, 1),
         "timeline": timeline,
     }
@@ -254,6 +256,12 @@ def scale_out(procs, rnacos, make_gateway, cold):
             load.wait()
     poller.halt.set()
     poller.join(5)
+    # the other gauges of the service keep their names beside the new one
+    for s in stacks:
+        gauges = s.gw.stats("^" + STAT.replace(".", r"\.") + "(hosts_|refresh_duration_us|warmup_)")
+        assert gauges[STAT + "hosts_total"] == 8 and gauges[STAT + "hosts_warming"] == 0, gauges
+        assert gauges[STAT + "refresh_duration_us"] > 0, gauges
+        assert gauges[STAT + "warmup_overload_protected"] == 0, gauges
 
     report = {"setup": {"capacity_rps": CAPACITY, "cold": cold, "service_ms": SERVICE_MS,
                         "warmup_ms": WARMUP_MS, "base_rps": BASE_RATE, "rps": RATE,
@@ -314,7 +322,7 @@ def test_scale_out_cold_at_half(procs, rnacos, make_gateway):
     assert on["warm_share_all8"] <= EVEN + 0.04, report
     assert off["warm_share_all8"] >= 0.22, report
     assert on["warm_peak_rps"] < off["warm_peak_rps"] * 0.7, report
-    assert on["failed_warm"] == 0 and on["ejections"] == 0, report
+    assert on["failed_warm"] == 0, report
     assert on["spread_after_s"] is not None and off["spread_after_s"] is not None, report
     assert on["spread_after_s"] + 4 < off["spread_after_s"], report
 
@@ -335,8 +343,8 @@ def test_scale_out_demo_cold_start(procs, rnacos, make_gateway):
         assert side["rate"] >= 100, report
     # off: the warm instances are overloaded and refuse, the new ones are not
     assert off["failed_warm"] > 0 and off["failed_new"] == 0, report
-    # on: the new ones take their share cold, refuse, and are ejected; more requests fail
-    assert on["failed_new"] > 0 and on["ejections"] > 0, report
+    # on: the new ones take their share cold and refuse much of it; more requests fail
+    assert on["failed_new"] > 0, report
     assert on["failed"] > off["failed"], report
     check_document(on_polls, off_polls, ends)
 
@@ -352,7 +360,6 @@ def print_report(report):
         ("all requests p99 (ms)", "all_p99_ms"),
         ("failed requests", "failed"),
         ("  refused by warm / new / local", None),
-        ("ejections", "ejections"),
         ("load spread after (s)", "spread_after_s"),
     ]
     print()
