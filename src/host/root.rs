@@ -119,8 +119,8 @@ impl RootContext for Root {
             let vm = &mut *vm;
             m.flush(&mut vm.stats, vm.services.iter_mut().map(|s| s.stats.take()).enumerate());
             if vm.poller {
-                for (i, c, version) in vm.gauges(now) {
-                    m.hosts(i, c, version);
+                for (i, g) in vm.gauges(now) {
+                    m.service_gauges(i, &g);
                 }
             }
         }
