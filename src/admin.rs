@@ -69,7 +69,8 @@ pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers o
 
 /// The JSON view of what this VM believes: services, members with live weights, marks. Shape:
 /// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
-/// hosts: {total, serving, warming, draining, down}, instances: [{address, state, marked,
+/// hosts: {total, serving, warming, draining, down}, overload_protection: null|{threshold_percent,
+/// in_force}, instances: [{address, state, marked,
 /// ejected: {times, until_ms, trial_until_ms}|null, health_check_failing, weight, live_weight,
 /// start_ms, warmup_ms, warming}]}], self?: {…}}` (times in ms since the epoch); the VM puts its
 /// id (`vm`, 16 hex digits) first.
@@ -104,9 +105,22 @@ pub fn membership_json(
         let c = host_counts(&sv.members, now_ms);
         let _ = write!(
             o,
-            "],\"version\":{},\"updated_ms\":{},\"hosts\":{{\"total\":{},\"serving\":{},\"warming\":{},\"draining\":{},\"down\":{}}},\"instances\":[",
+            "],\"version\":{},\"updated_ms\":{},\"hosts\":{{\"total\":{},\"serving\":{},\"warming\":{},\"draining\":{},\"down\":{}}},\"overload_protection\":",
             sv.snap.version, sv.snap.updated_ms, c.total, c.serving, c.warming, c.draining, c.down
         );
+        match sv.balancer.overload_protection() {
+            // in force as the weights below are: the verdict of the refresh just made
+            Some(r) => {
+                let _ = write!(
+                    o,
+                    "{{\"threshold_percent\":{},\"in_force\":{}}}",
+                    r.threshold_percent,
+                    sv.balancer.overload_protected()
+                );
+            }
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"instances\":[");
         for (i, m) in sv.members.iter().enumerate() {
             if i > 0 {
                 o.push(',');

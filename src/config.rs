@@ -18,7 +18,7 @@ use crate::registry::nacos::{Api, Credentials};
 use crate::registry::{
     consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery,
 };
-use crate::warmup::Curve;
+use crate::warmup::{Curve, OverloadProtection};
 
 /// A minimal valid configuration, shown when the configuration is empty.
 pub const MINIMAL_EXAMPLE: &str = r#"{"registries":{"nacos":{"type":"nacos","cluster":"registry","authority":"127.0.0.1:8848"}},"services":[{"name":"demo","registry":"nacos"}]}"#;
@@ -105,6 +105,9 @@ pub struct ServiceConfig {
     pub fallbacks: usize,
     pub policy: Policy,
     pub curve: Curve,
+    /// `warmup.overload_protection`: warm-up stops while too many instances warm at once
+    /// ([`OverloadProtection`]); `None` (absent, the default) keeps every instance on its curve.
+    pub overload_protection: Option<OverloadProtection>,
     pub guard: Guard,
     pub outlier_detection: OutlierDetection,
     /// Active health checking, when configured.
@@ -883,6 +886,7 @@ fn validate_service(
         fallbacks: if s.routing.mode == RoutingMode::OriginalDst { 0 } else { s.routing.fallbacks },
         policy: s.policy,
         curve: s.warmup.curve,
+        overload_protection: s.warmup.overload_protection,
         guard: s.guard,
         outlier_detection: s.outlier_detection,
         health_check: s.health_check,
@@ -950,6 +954,8 @@ struct RawWarmup {
     curve: Curve,
     #[serde(with = "MetadataKeysDef")]
     metadata_keys: MetadataKeys,
+    #[serde(deserialize_with = "optional_overload_protection")]
+    overload_protection: Option<OverloadProtection>,
 }
 
 impl Default for RawWarmup {
@@ -961,6 +967,7 @@ impl Default for RawWarmup {
             weight_scale: b.weight_scale,
             curve: Curve::default(),
             metadata_keys: b.keys,
+            overload_protection: None,
         }
     }
 }
@@ -972,6 +979,21 @@ struct CurveDef {
     aggression: f32,
     min_weight_percent: f32,
     sermant: Option<u8>,
+}
+
+/// `services[i].warmup.overload_protection`, with [`OverloadProtection`]'s default threshold
+/// (Polaris' 50): `{}` turns it on.
+#[derive(Deserialize)]
+#[serde(remote = "OverloadProtection", deny_unknown_fields, default = "OverloadProtection::default")]
+struct OverloadProtectionDef {
+    threshold_percent: u32,
+}
+
+/// Absent or `null`: off.
+fn optional_overload_protection<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OverloadProtection>, D::Error> {
+    #[derive(Deserialize)]
+    struct Rule(#[serde(with = "OverloadProtectionDef")] OverloadProtection);
+    Ok(Option::<Rule>::deserialize(d)?.map(|r| r.0))
 }
 
 /// `services[i].warmup.metadata_keys`, with [`MetadataKeys`]' defaults.
@@ -1024,6 +1046,9 @@ fn validate_warmup(p: &str, w: &RawWarmup) -> Result<(), ConfigError> {
     }
     if !(0.0..=100.0).contains(&w.curve.min_weight_percent) {
         return Err(at(p, "warmup.curve.min_weight_percent", "must be between 0 and 100"));
+    }
+    if w.overload_protection.is_some_and(|o| o.threshold_percent > 100) {
+        return Err(at(p, "warmup.overload_protection.threshold_percent", "must be between 0 and 100 (percent)"));
     }
     Ok(())
 }
@@ -1756,6 +1781,60 @@ mod tests {
             RegistryKind::Eureka(e) => assert_eq!(e.prefix, "/eureka"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `warmup.overload_protection`: absent or null is off, `{}` is Polaris' 50, 0 and 100 are
+    /// accepted as given.
+    #[test]
+    fn overload_protection_section() {
+        let rule = |extra: &str| parse(with_service(extra).as_bytes()).unwrap().services[0].overload_protection;
+        assert_eq!(rule(""), None);
+        assert_eq!(rule(r#","warmup":{"default_warmup_ms":30000}"#), None);
+        assert_eq!(rule(r#","warmup":{"overload_protection":null}"#), None);
+        assert_eq!(rule(r#","warmup":{"overload_protection":{}}"#), Some(OverloadProtection { threshold_percent: 50 }));
+        for t in [0, 1, 75, 100] {
+            assert_eq!(
+                rule(&format!(r#","warmup":{{"overload_protection":{{"threshold_percent":{t}}}}}"#)),
+                Some(OverloadProtection { threshold_percent: t })
+            );
+        }
+        let p = "services[0].warmup.overload_protection.threshold_percent";
+        for (extra, path, msg) in [
+            (r#","warmup":{"overload_protection":{"threshold_percent":101}}"#, p, "must be between 0 and 100"),
+            (
+                r#","warmup":{"overload_protection":{"threshold_percent":-1}}"#,
+                p,
+                "invalid value: integer `-1`, expected u32",
+            ),
+            (
+                r#","warmup":{"overload_protection":{"threshold_percent":"50"}}"#,
+                p,
+                "invalid type: string \"50\", expected u32",
+            ),
+            (r#","warmup":{"overload_protection":{"threshold_percent":50.5}}"#, p, "invalid type: floating point"),
+            (
+                r#","warmup":{"overload_protection":{"threshold":50}}"#,
+                "services[0].warmup.overload_protection.threshold",
+                "unknown field `threshold`, expected `threshold_percent`",
+            ),
+            (
+                r#","warmup":{"overload_protection":true}"#,
+                "services[0].warmup.overload_protection",
+                "invalid type: boolean `true`",
+            ),
+        ] {
+            let e = bad(&with_service(extra));
+            assert_eq!(e.path, path, "{extra}: {e}");
+            assert!(e.message.contains(msg), "{extra}: got '{}', want '{msg}'", e.message);
+        }
+        // every other service keeps its own: off unless given
+        let c = parse(
+            br#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[
+                {"name":"a","registry":"n","warmup":{"overload_protection":{"threshold_percent":60}}},{"name":"b","registry":"n"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.services[0].overload_protection, Some(OverloadProtection { threshold_percent: 60 }));
+        assert_eq!(c.services[1].overload_protection, None);
     }
 
     fn bad(json: &str) -> ConfigError {

@@ -79,6 +79,7 @@ pub mod registration;
 pub mod registry;
 pub mod router;
 pub mod service;
+pub mod stall;
 pub mod stats;
 pub mod store;
 pub mod transparent;

@@ -17,10 +17,14 @@ use crate::store::{bump_gen, update_cas, Keys, Shared};
 ///   restart, or the instance leaves the registry.
 ///
 /// - failing active health checks ([`crate::health::HealthCheck`]): instances the poller's probes
-///   found unhealthy (or not yet healthy), with their start time, until a probe passes.
+///   found unhealthy (or not yet healthy), with their start time, until a probe passes;
+/// - stalls ([`crate::stall`]): instances that stopped answering while the others answer, or
+///   whose connections could not be made. Out until the first answer from them (a late response
+///   to a request already on them, or a stall probe), a restart the registry shows, or until they
+///   leave the registry.
 ///
-/// A drain wins over an ejection or a failing check; the registry's own draining or down wins over
-/// all of them.
+/// A drain wins over an ejection, a failing check or a stall; the registry's own draining or down
+/// wins over all of them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Marks {
     /// addr -> start_ms at the time of the drain mark (0 when unknown).
@@ -29,6 +33,51 @@ pub struct Marks {
     pub ejected: HashMap<String, Ejection>,
     /// addr -> start_ms when its health check started failing (0 when unknown).
     pub unhealthy: HashMap<String, i64>,
+    /// addr -> its stall ([`crate::stall`]).
+    pub stalled: HashMap<String, Stall>,
+}
+
+/// Why an instance was stalled (see [`crate::stall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallCause {
+    /// Requests were outstanding on it for longer than its bound, with no answer, while another
+    /// instance of the service answered requests sent after them.
+    Quiet,
+    /// A connection to it could not be made (refused or timed out: nothing reached it).
+    ConnectFailure,
+}
+
+impl StallCause {
+    /// The name in logs, stats and the membership document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallCause::Quiet => "quiet",
+            StallCause::ConnectFailure => "connect_failure",
+        }
+    }
+    fn code(self) -> i64 {
+        match self {
+            StallCause::Quiet => 0,
+            StallCause::ConnectFailure => 1,
+        }
+    }
+    fn from_code(c: i64) -> Option<StallCause> {
+        match c {
+            0 => Some(StallCause::Quiet),
+            1 => Some(StallCause::ConnectFailure),
+            _ => None,
+        }
+    }
+}
+
+/// A stall, shared by every VM (one line of [`Marks::encode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// When it was taken out (ms since the epoch).
+    pub since_ms: i64,
+    /// The instance's start time then (0 unknown): a newer start (a restart) ends the stall.
+    pub start_ms: i64,
+    pub cause: StallCause,
 }
 
 /// At most this many marks are kept (shared data is never freed: keep it bounded).
@@ -37,7 +86,9 @@ pub const MAX_MARKS: usize = 4096;
 impl Marks {
     /// The shared-data form: one mark per line, `d addr start_ms` (drain),
     /// `e addr times until_ms start_ms trial_until_ms` (ejection), `u addr start_ms` (failing
-    /// health check). Read on every view rebuild: plain text parses fast and in little code.
+    /// health check), `s addr since_ms start_ms cause` (stall; cause 0 quiet, 1 connect failure).
+    /// Read on every view rebuild: plain text parses fast and in little code. A reader skips the
+    /// kinds it does not know, so a module without stalls reads a table that has them.
     pub fn encode(&self) -> Vec<u8> {
         use std::fmt::Write;
         let mut out = String::new();
@@ -49,6 +100,9 @@ impl Marks {
         }
         for (a, s) in &self.unhealthy {
             let _ = writeln!(out, "u {a} {s}");
+        }
+        for (a, s) in &self.stalled {
+            let _ = writeln!(out, "s {a} {} {} {}", s.since_ms, s.start_ms, s.cause.code());
         }
         out.into_bytes()
     }
@@ -73,14 +127,44 @@ impl Marks {
                         Ejection { times, until_ms: *until_ms, start_ms: *start_ms, trial_until_ms: *trial_until_ms };
                     marks.ejected.insert(addr.to_string(), e);
                 }
+                ("s", [since_ms, start_ms, cause]) => {
+                    if let Some(cause) = StallCause::from_code(*cause) {
+                        let st = Stall { since_ms: *since_ms, start_ms: *start_ms, cause };
+                        marks.stalled.insert(addr.to_string(), st);
+                    }
+                }
                 _ => {}
             }
         }
         marks
     }
 
+    fn len(&self) -> usize {
+        self.m.len() + self.ejected.len() + self.unhealthy.len() + self.stalled.len()
+    }
+
+    /// No mark of any kind.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn full(&self) -> bool {
-        self.m.len() + self.ejected.len() + self.unhealthy.len() >= MAX_MARKS
+        self.len() >= MAX_MARKS
+    }
+
+    /// Stalls `addr` (start time `start_ms`) at `now_ms`; false when it is stalled already or the
+    /// table is full.
+    pub fn stall(&mut self, addr: &str, start_ms: Option<i64>, now_ms: i64, cause: StallCause) -> bool {
+        if self.stalled.contains_key(addr) || self.full() {
+            return false;
+        }
+        self.stalled.insert(addr.to_string(), Stall { since_ms: now_ms, start_ms: start_ms.unwrap_or(0), cause });
+        true
+    }
+
+    /// Is this member stalled (a newer start time than the stall's means it restarted: not)?
+    pub fn is_stalled(&self, m: &Instance) -> bool {
+        self.stalled.get(&m.addr).is_some_and(|s| m.start_ms.unwrap_or(0) <= s.start_ms)
     }
 
     /// Records the verdict of `addr`'s health check: failing marks it (with its start time),
@@ -168,25 +252,26 @@ impl Marks {
     /// Drops marks and ejections whose instance restarted (newer start time) or is listed by no
     /// service. `lookup` gives the member for an address across all services. True if changed.
     pub fn prune<'a>(&mut self, lookup: impl Fn(&str) -> Option<&'a Instance>) -> bool {
-        let before = self.m.len() + self.ejected.len() + self.unhealthy.len();
+        let before = self.len();
         let current = |addr: &str, marked: i64| lookup(addr).is_some_and(|inst| inst.start_ms.unwrap_or(0) <= marked);
         self.m.retain(|addr, marked| current(addr, *marked));
         self.ejected.retain(|addr, e| current(addr, e.start_ms));
         self.unhealthy.retain(|addr, marked| current(addr, *marked));
-        self.m.len() + self.ejected.len() + self.unhealthy.len() != before
+        self.stalled.retain(|addr, s| current(addr, s.start_ms));
+        self.len() != before
     }
 }
 
 /// The membership a VM routes by: the snapshot with drain marks and ejections applied to the
 /// members the registry lists as serving.
 pub fn apply_marks(members: &mut [Instance], marks: &Marks) {
-    if marks.m.is_empty() && marks.ejected.is_empty() && marks.unhealthy.is_empty() {
+    if marks.is_empty() {
         return;
     }
     for m in members.iter_mut().filter(|m| m.state.is_serving()) {
         if marks.applies(m) {
             m.state = State::Draining;
-        } else if marks.is_ejected(m) || marks.is_unhealthy(m) {
+        } else if marks.is_ejected(m) || marks.is_unhealthy(m) || marks.is_stalled(m) {
             m.state = State::Down;
         }
     }
@@ -241,9 +326,26 @@ pub fn set_health(shared: &dyn Shared, keys: &Keys, member: &Instance, healthy: 
 /// Drops marks and ejections the registry has overtaken (see [`Marks::prune`]). `lookup` finds a
 /// member by address across every service.
 pub fn prune<'a>(shared: &dyn Shared, keys: &Keys, lookup: impl Fn(&str) -> Option<&'a Instance>) {
-    edit_marks(shared, keys, |marks| {
-        !(marks.m.is_empty() && marks.ejected.is_empty() && marks.unhealthy.is_empty()) && marks.prune(&lookup)
-    });
+    edit_marks(shared, keys, |marks| !marks.is_empty() && marks.prune(&lookup));
+}
+
+/// Stalls `member` for every VM (see [`Marks::stall`]), unless `may_stall` (given the marks as
+/// they are now, see [`crate::stall::may_stall`]) says its service has as many out as it may.
+/// True when written.
+pub fn stall(
+    shared: &dyn Shared,
+    keys: &Keys,
+    member: &Instance,
+    now_ms: i64,
+    cause: StallCause,
+    may_stall: impl Fn(&Marks) -> bool,
+) -> bool {
+    edit_marks(shared, keys, |marks| may_stall(marks) && marks.stall(&member.addr, member.start_ms, now_ms, cause))
+}
+
+/// `addr` answered: its stall ends, for every VM. True when a stall was removed.
+pub fn recover(shared: &dyn Shared, keys: &Keys, addr: &str) -> bool {
+    edit_marks(shared, keys, |marks| marks.stalled.remove(addr).is_some())
 }
 
 /// Which of the addresses written for a request failed, given how many attempts Envoy made and
@@ -382,6 +484,51 @@ mod tests {
         assert!(!marks.is_unhealthy(&restarted));
         assert!(marks.prune(|_| Some(&restarted)));
         assert!(marks.unhealthy.is_empty());
+    }
+
+    /// Stalls: shared as `s` lines, applied like an ejection, below a drain, ended by a restart,
+    /// by leaving the registry, or by [`recover`]; the shared write takes the guard.
+    #[test]
+    fn stalls_share_apply_and_end() {
+        use crate::store::{FakeShared, Shared};
+        let a = i("10.0.0.1:80", State::Serving, Some(100));
+        let b = i("10.0.0.2:80", State::Serving, Some(100));
+        let mut marks = Marks::default();
+        assert!(marks.stall(&a.addr, a.start_ms, 5000, StallCause::Quiet));
+        assert!(!marks.stall(&a.addr, a.start_ms, 6000, StallCause::ConnectFailure), "stalled already");
+        assert!(marks.stall(&b.addr, b.start_ms, 7000, StallCause::ConnectFailure));
+        let text = String::from_utf8(marks.encode()).unwrap();
+        assert!(text.contains("s 10.0.0.1:80 5000 100 0\n") && text.contains("s 10.0.0.2:80 7000 100 1\n"), "{text}");
+        assert_eq!(Marks::decode(&marks.encode()), marks);
+        // an unknown cause is skipped, the rest kept
+        let mut bytes = marks.encode();
+        bytes.extend_from_slice(b"s 10.0.0.3:80 1 2 9\ns 10.0.0.4:80 1\n");
+        assert_eq!(Marks::decode(&bytes), marks);
+        // applied like an ejection, a drain wins
+        marks.mark(&b.addr, b.start_ms);
+        let mut ms = vec![a.clone(), b.clone(), i("10.0.0.3:80", State::Serving, None)];
+        apply_marks(&mut ms, &marks);
+        assert_eq!((ms[0].state, ms[1].state, ms[2].state), (State::Down, State::Draining, State::Serving));
+        // a restart ends it, and prune drops it; so does leaving the registry
+        let restarted = i("10.0.0.1:80", State::Serving, Some(200));
+        assert!(marks.is_stalled(&a) && !marks.is_stalled(&restarted));
+        assert!(marks.prune(|x| (x == "10.0.0.1:80").then_some(&restarted)));
+        assert!(marks.is_empty());
+        // through shared data: guarded, generation bumped, recovered for every VM
+        let keys = Keys::new(b"{}");
+        let shared = FakeShared::default();
+        keys.create_all(&shared);
+        let gen = shared.get(keys.gen()).1;
+        assert!(!stall(&shared, &keys, &a, 5000, StallCause::Quiet, |_| false), "the guard says no");
+        assert_eq!(shared.get(keys.gen()).1, gen, "nothing written");
+        assert!(stall(&shared, &keys, &a, 5000, StallCause::Quiet, |m| m.stalled.is_empty()));
+        assert!(!stall(&shared, &keys, &b, 5000, StallCause::Quiet, |m| m.stalled.is_empty()), "one at a time here");
+        assert_ne!(shared.get(keys.gen()).1, gen);
+        let seen = Marks::decode(&shared.get(&keys.marks()).0.unwrap());
+        assert_eq!(seen.stalled[&a.addr], Stall { since_ms: 5000, start_ms: 100, cause: StallCause::Quiet });
+        assert!(recover(&shared, &keys, &a.addr));
+        assert!(!recover(&shared, &keys, &a.addr), "once");
+        assert!(Marks::decode(&shared.get(&keys.marks()).0.unwrap()).is_empty());
     }
 
     #[test]

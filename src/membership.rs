@@ -96,10 +96,13 @@ impl Snapshot {
 ///   instances and deregistered ones (naming ServiceUtil.doSelectInstances with enableOnly; the
 ///   v3 client list "will not return enabled=false instances", InstanceOpenApiController.list),
 ///   Eureka and Consul drop cancelled or deregistered ones. It applies within one refresh, however
-///   many leave at once; a list that is empty altogether is held (below);
+///   many leave at once; a list that is empty altogether is held (below), and so are absences
+///   while a restarted registry is being registered with again ([`Tracker::decide_at`]);
 /// - an instance still listed but *down* is a health verdict, and a mass verdict is what a
 ///   health-check flap or a registry that lost its heartbeats looks like: held, as is an empty
-///   list while the membership was not, until `confirm_refreshes` replies agree.
+///   list while the membership was not, until `confirm_refreshes` replies agree;
+/// - an instance listed again shortly after it left may come from a view that has not seen it
+///   leave (a lagging replica, a response cache): it needs a newer sign ([`ViewSign`], [`Grace`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Guard {
     /// Nacos' protect threshold (0..1), applied exactly as the Nacos server does
@@ -148,17 +151,221 @@ pub enum Decision {
     Keep(Hold),
 }
 
+/// How long a registry may take to settle, for the rules of
+/// [`Tracker::decide_at`] (docs/registry-bad-days.md says where each default comes from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Grace {
+    /// After the registry came back empty, or reset (Consul's index went backwards), or lacked
+    /// members in its first list after it failed to answer: for this long the members it does
+    /// not list again are kept, while they re-register (ms). Covers Eureka's
+    /// 30 s renewals plus its 30 s read-only response cache and Consul's one-minute anti-entropy
+    /// sync; Nacos clients register again within 3 s (gRPC redo) or 5 s (1.x beat).
+    pub reregister_ms: i64,
+    /// An instance that left is remembered this long (ms): listed again with no newer sign (a
+    /// newer start time, Consul index or Eureka `lastDirtyTimestamp`), it stays out, since the
+    /// list may come from a replica or a cache that has not seen it leave (Eureka's read-only
+    /// response cache lags by up to 30 s).
+    pub departure_memory_ms: i64,
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Grace { reregister_ms: 120_000, departure_memory_ms: 30_000 }
+    }
+}
+
+/// How new a reply's view is, where the registry says it: what lets an instance that left back in
+/// at once. Filled by the registry's adapter from the reply; all empty for registries that say
+/// nothing (Nacos: `lastRefTime` is the answering node's clock at the time of the call, not the
+/// age of its data; static JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewSign {
+    /// Consul's `X-Consul-Index` of the reply (0: none). It grows with every change the query
+    /// sees; lower than the last one means the servers restarted or restored an older snapshot
+    /// (Consul's "Blocking Queries": reset the index if it goes backwards).
+    pub index: u64,
+    /// Per instance, sorted by address: a version of its record that grows with each change
+    /// the instance itself makes (Eureka's `lastDirtyTimestamp`, by which Eureka's own peers
+    /// decide which of two copies of a record wins). Empty when the registry gives none.
+    pub versions: Vec<(String, i64)>,
+}
+
+impl ViewSign {
+    fn version(&self, addr: &str) -> Option<i64> {
+        let i = self.versions.binary_search_by(|(a, _)| a.as_str().cmp(addr)).ok()?;
+        self.versions.get(i).map(|(_, v)| *v)
+    }
+}
+
+/// An instance that left the membership, remembered for [`Grace::departure_memory_ms`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Departure {
+    addr: String,
+    start_ms: Option<i64>,
+    at_ms: i64,
+    /// The index of the reply that no longer listed it (0: none).
+    index: u64,
+    /// Its record's version while it was listed.
+    version: Option<i64>,
+}
+
+/// At most this many departures are remembered per service (the oldest go first).
+pub const MAX_DEPARTURES: usize = 1024;
+
+/// The re-registration window (see [`Grace::reregister_ms`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reset {
+    since_ms: i64,
+    /// Members from before it that the registry has not listed again yet.
+    waiting: Vec<String>,
+}
+
 /// Per-service refresh state kept by the poller.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     /// Consecutive refreshes that were held back.
     pub pending: u32,
+    reset: Option<Reset>,
+    /// The registry failed to answer since the last applied list (since then, ms).
+    away_since: Option<i64>,
+    /// The highest `X-Consul-Index` seen (0: none).
+    last_index: u64,
+    departed: Vec<Departure>,
+    /// The versions of the current members' records, sorted by address.
+    versions: Vec<(String, i64)>,
+    /// Listings of instances that left, held out by the last decision.
+    pub held_departed: u32,
+    /// Members the last decision kept although the registry did not list them (re-registration).
+    pub kept_reregistering: u32,
 }
 
 impl Tracker {
-    /// Applies the keep-last-good rules to a fresh list. `prev` is the current membership.
+    /// The keep-last-good rules without a clock or view signs: an empty list or a mass turn to
+    /// down is held until `confirm_refreshes` replies agree. [`Tracker::decide_at`] adds the
+    /// rules for a registry that restarts or answers from an older view.
     pub fn decide(&mut self, prev: &[Instance], parsed: Parsed, g: &Guard) -> Decision {
+        let protected = parsed.registry_protected;
+        self.confirm(prev, parsed.instances, protected, g)
+    }
+
+    /// The registry could not be reached or gave no usable list at `now_ms`: a list that comes
+    /// next without some of the members is taken as a registry that restarted and is being
+    /// registered with again (see [`Grace::reregister_ms`]).
+    pub fn note_failure(&mut self, now_ms: i64) {
+        self.away_since.get_or_insert(now_ms);
+    }
+
+    /// Whether the members the registry does not list are being kept while they re-register.
+    pub fn reregistering(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    /// All the keep-last-good rules, at `now_ms`, for a reply whose view is as new as `sign`
+    /// says (docs/registry-bad-days.md):
+    /// 1. a registry that comes back empty, resets (Consul's index went backwards) or, right
+    ///    after failing to answer, lacks members, is being registered with again: for
+    ///    [`Grace::reregister_ms`] the members it does not list are kept and an empty list is
+    ///    never applied; it ends early once every member is listed again;
+    /// 2. an instance that left and is listed again within [`Grace::departure_memory_ms`] stays
+    ///    out unless the reply shows a newer sign: a newer start time (it restarted), a Consul
+    ///    index above the one it left at, a newer record version (Eureka);
+    /// 3. then the rules of [`Tracker::decide`].
+    pub fn decide_at(
+        &mut self,
+        prev: &[Instance],
+        parsed: Parsed,
+        sign: &ViewSign,
+        g: &Guard,
+        grace: &Grace,
+        now_ms: i64,
+    ) -> Decision {
+        self.held_departed = 0;
+        self.kept_reregistering = 0;
+        let protected = parsed.registry_protected;
         let mut next = parsed.instances;
+        let index_back = sign.index > 0 && self.last_index > 0 && sign.index < self.last_index;
+        if sign.index > 0 {
+            self.last_index = sign.index;
+        }
+        self.departed.retain(|d| now_ms.saturating_sub(d.at_ms) < grace.departure_memory_ms);
+        // a window that is over is not opened again by the list that closes it
+        let over = self.reset.as_ref().is_some_and(|r| now_ms.saturating_sub(r.since_ms) >= grace.reregister_ms);
+        if over {
+            self.reset = None;
+        }
+        // rule 2: back from an older view?
+        if !self.departed.is_empty() {
+            let departed = &mut self.departed;
+            let mut held = 0;
+            next.retain(|m| {
+                let Some(i) = departed.iter().position(|d| d.addr == m.addr) else { return true };
+                let newer = departed.get(i).is_some_and(|d| newer_sign(d, m, sign));
+                if newer {
+                    departed.swap_remove(i);
+                } else {
+                    held += 1;
+                }
+                newer
+            });
+            self.held_departed = held;
+        }
+        // rule 1: restarting?
+        if !prev.is_empty() && self.reset.is_none() && !over {
+            let lacks = || prev.iter().any(|p| crate::instance::find(&next, &p.addr).is_none());
+            if next.is_empty() || index_back || (self.away_since.is_some() && lacks()) {
+                let waiting = prev.iter().map(|m| m.addr.clone()).collect();
+                self.reset = Some(Reset { since_ms: now_ms, waiting });
+            }
+        }
+        if let Some(r) = &mut self.reset {
+            if next.is_empty() {
+                self.pending = self.pending.saturating_add(1);
+                return Decision::Keep(Hold::Empty);
+            }
+            r.waiting.retain(|a| crate::instance::find(&next, a).is_none());
+            if r.waiting.is_empty() {
+                self.reset = None;
+            } else {
+                let missing: Vec<Instance> =
+                    prev.iter().filter(|m| crate::instance::find(&next, &m.addr).is_none()).cloned().collect();
+                self.kept_reregistering = u32::try_from(missing.len()).unwrap_or(u32::MAX);
+                next.extend(missing);
+                next.sort_by(|a, b| a.addr.cmp(&b.addr));
+            }
+        }
+        let decision = self.confirm(prev, next, protected, g);
+        if let Decision::Apply { members, .. } = &decision {
+            self.applied(prev, members, sign, now_ms);
+        }
+        decision
+    }
+
+    /// Records what an applied list changed: who left (with the sign they left at), the members'
+    /// record versions; the registry answers again.
+    fn applied(&mut self, prev: &[Instance], members: &[Instance], sign: &ViewSign, now_ms: i64) {
+        self.away_since = None;
+        for p in prev.iter().filter(|p| crate::instance::find(members, &p.addr).is_none()) {
+            if self.departed.iter().any(|d| d.addr == p.addr) {
+                continue;
+            }
+            if self.departed.len() >= MAX_DEPARTURES {
+                self.departed.remove(0);
+            }
+            let version = self.versions.binary_search_by(|(a, _)| a.as_str().cmp(&p.addr)).ok();
+            self.departed.push(Departure {
+                addr: p.addr.clone(),
+                start_ms: p.start_ms,
+                at_ms: now_ms,
+                index: sign.index,
+                version: version.and_then(|i| self.versions.get(i)).map(|(_, v)| *v),
+            });
+        }
+        self.versions = members.iter().filter_map(|m| sign.version(&m.addr).map(|v| (m.addr.clone(), v))).collect();
+    }
+
+    /// The confirmation rules: an empty list (while the membership is not) or a mass turn to
+    /// down is held until `confirm_refreshes` replies agree; then Nacos' protect threshold.
+    fn confirm(&mut self, prev: &[Instance], mut next: Vec<Instance>, registry_protected: bool, g: &Guard) -> Decision {
         let prev_serving = prev.iter().filter(|m| m.state.is_serving()).count();
         let hold = if next.is_empty() && !prev.is_empty() {
             Some(Hold::Empty)
@@ -176,7 +383,7 @@ impl Tracker {
             }
         }
         self.pending = 0;
-        let protected = parsed.registry_protected || protect(&next, g.protect_threshold);
+        let protected = registry_protected || protect(&next, g.protect_threshold);
         if protected {
             for m in next.iter_mut().filter(|m| m.state == State::Down) {
                 m.state = State::Serving;
@@ -184,6 +391,18 @@ impl Tracker {
         }
         Decision::Apply { members: next, protected }
     }
+}
+
+/// Does the listing `m` of an instance that left as `d` carry a newer sign than it left with?
+fn newer_sign(d: &Departure, m: &Instance, sign: &ViewSign) -> bool {
+    let restarted = match (m.start_ms, d.start_ms) {
+        (Some(now), Some(then)) => now > then,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let newer_index = sign.index > 0 && d.index > 0 && sign.index > d.index;
+    let newer_version = matches!((sign.version(&m.addr), d.version), (Some(now), Some(then)) if now > then);
+    restarted || newer_index || newer_version
 }
 
 /// How many serving members of `prev` are listed as down in `next`. Both are sorted by address:
@@ -211,6 +430,7 @@ pub fn protect(list: &[Instance], threshold: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::find;
 
     fn i(addr: &str, state: State, start: Option<i64>) -> Instance {
         Instance { addr: addr.into(), weight: 100, start_ms: start, warmup_ms: 1000, state }
@@ -352,6 +572,255 @@ mod tests {
         p.registry_protected = true;
         let Decision::Apply { protected, members } = t.decide(&[], p, &Guard::default()) else { panic!() };
         assert!(protected && members.iter().all(|m| m.state == State::Serving));
+    }
+
+    const T: i64 = 1_800_000_000_000;
+
+    fn three() -> Vec<Instance> {
+        (1..=3).map(|k| i(&format!("10.0.0.{k}:80"), State::Serving, Some(100))).collect()
+    }
+
+    fn addrs(d: &Decision) -> Vec<String> {
+        match d {
+            Decision::Apply { members, .. } => members.iter().map(|m| m.addr.clone()).collect(),
+            Decision::Keep(h) => vec![format!("keep {}", h.kind())],
+        }
+    }
+
+    /// Rule 1: a registry restarted without its data answers empty, then lists the instances as
+    /// they register again. The membership is never emptied, nor shrunk to the ones that
+    /// registered first.
+    #[test]
+    fn an_empty_registry_after_a_restart_never_empties_the_membership() {
+        let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+        let all = three();
+        let mut t = Tracker::default();
+        // down for 20 s, then up and empty for 8 s: never applied, long after confirm_refreshes
+        for k in 0..20 {
+            t.note_failure(T + k * 1000);
+        }
+        for k in 20..28 {
+            assert_eq!(t.decide_at(&all, parsed(vec![]), &none, &g, &grace, T + k * 1000), Decision::Keep(Hold::Empty));
+            assert!(t.reregistering());
+        }
+        // the instances register again one by one: each list is the whole membership
+        let d = t.decide_at(&all, parsed(all[..1].to_vec()), &none, &g, &grace, T + 29_000);
+        assert_eq!(addrs(&d), addrs(&Decision::Apply { members: all.clone(), protected: false }));
+        assert_eq!(t.kept_reregistering, 2);
+        let d = t.decide_at(&all, parsed(vec![all[0].clone(), all[2].clone()]), &none, &g, &grace, T + 30_000);
+        assert_eq!(addrs(&d).len(), 3);
+        assert!(t.reregistering());
+        // a record the registry lists again is taken as it now says
+        let mut back = all.clone();
+        back[1].weight = 50;
+        let d = t.decide_at(&all, parsed(back.clone()), &none, &g, &grace, T + 31_000);
+        assert_eq!(d, Decision::Apply { members: back.clone(), protected: false });
+        assert!(!t.reregistering(), "everyone is back: the window ends");
+        // from then on a deliberate departure applies at once
+        let d = t.decide_at(&back, parsed(back[..2].to_vec()), &none, &g, &grace, T + 40_000);
+        assert_eq!(addrs(&d).len(), 2);
+        // the clock-less rules, for contrast, apply the third empty list
+        let mut old = Tracker::default();
+        for _ in 1..g.confirm_refreshes {
+            assert_eq!(old.decide(&all, parsed(vec![]), &g), Decision::Keep(Hold::Empty));
+        }
+        assert!(
+            matches!(old.decide(&all, parsed(vec![]), &g), Decision::Apply { ref members, .. } if members.is_empty())
+        );
+    }
+
+    /// Rule 1: the first list after an outage lacks members (they have not registered again
+    /// yet): a restart, not departures, however few are missing. Without the outage the same
+    /// list applies at once.
+    #[test]
+    fn a_partial_list_right_after_an_outage_is_a_restart() {
+        let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+        let all = three();
+        for listed in [1, 2] {
+            let mut t = Tracker::default();
+            t.note_failure(T);
+            let d = t.decide_at(&all, parsed(all[..listed].to_vec()), &none, &g, &grace, T + 5_000);
+            assert_eq!(addrs(&d).len(), 3, "{d:?}");
+            assert!(t.reregistering());
+            // the late one registers again with its start time: in at once, never held as gone
+            let d = t.decide_at(&all, parsed(all.clone()), &none, &g, &grace, T + 9_000);
+            assert_eq!((addrs(&d).len(), t.held_departed), (3, 0));
+            assert!(!t.reregistering());
+            // no outage: taken out on purpose (Nacos enabled=false, a deregistration)
+            let mut t = Tracker::default();
+            let d = t.decide_at(&all, parsed(all[..listed].to_vec()), &none, &g, &grace, T + 5_000);
+            assert_eq!(addrs(&d).len(), listed);
+        }
+        // an applied list ends the outage: a later absence is deliberate again
+        let mut t = Tracker::default();
+        t.note_failure(T);
+        t.decide_at(&all, parsed(all.clone()), &none, &g, &grace, T + 1_000);
+        let d = t.decide_at(&all, parsed(all[..2].to_vec()), &none, &g, &grace, T + 2_000);
+        assert_eq!(addrs(&d).len(), 2);
+    }
+
+    /// Rule 1 ends: instances that do not come back within the window are gone, and a registry
+    /// that stays empty (the service was retired) is applied once the window is over.
+    #[test]
+    fn the_reregistration_window_ends() {
+        let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+        let all = three();
+        let mut t = Tracker::default();
+        assert_eq!(t.decide_at(&all, parsed(vec![]), &none, &g, &grace, T), Decision::Keep(Hold::Empty));
+        let end = T + grace.reregister_ms;
+        let d = t.decide_at(&all, parsed(all[..1].to_vec()), &none, &g, &grace, end - 1);
+        assert_eq!(addrs(&d).len(), 3);
+        let d = t.decide_at(&all, parsed(all[..1].to_vec()), &none, &g, &grace, end);
+        assert_eq!(addrs(&d).len(), 1, "the others did not come back");
+        assert!(!t.reregistering());
+        // retired: empty for the whole window, then applied
+        let mut t = Tracker::default();
+        for k in 0..=grace.reregister_ms / 1000 {
+            let d = t.decide_at(&all, parsed(vec![]), &none, &g, &grace, T + k * 1000);
+            let over = k * 1000 >= grace.reregister_ms;
+            assert_eq!(d == Decision::Keep(Hold::Empty), !over, "at {k} s: {d:?}");
+        }
+    }
+
+    /// Rule 1 for Consul: an `X-Consul-Index` lower than the last one is a restart or a restored
+    /// snapshot: the members it lacks are kept while the agents sync them again.
+    #[test]
+    fn an_index_going_backwards_is_a_restart() {
+        let (g, grace) = (Guard::default(), Grace::default());
+        let all = three();
+        let at = |index| ViewSign { index, ..ViewSign::default() };
+        let mut t = Tracker::default();
+        assert!(matches!(t.decide_at(&[], parsed(all.clone()), &at(100), &g, &grace, T), Decision::Apply { .. }));
+        let d = t.decide_at(&all, parsed(all[..1].to_vec()), &at(7), &g, &grace, T + 1000);
+        assert_eq!(addrs(&d).len(), 3);
+        assert!(t.reregistering());
+        let d = t.decide_at(&all, parsed(all.clone()), &at(9), &g, &grace, T + 2000);
+        assert_eq!(addrs(&d).len(), 3);
+        assert!(!t.reregistering());
+        // a higher index lacking two: deliberate
+        let d = t.decide_at(&all, parsed(all[..1].to_vec()), &at(12), &g, &grace, T + 3000);
+        assert_eq!(addrs(&d).len(), 1);
+    }
+
+    /// Rule 2 without a view sign (Nacos): a replica that has not seen an instance leave keeps
+    /// listing it, alternating with one that has. It stays out for the departure memory, then
+    /// a listing is taken at face value; a newer start time brings it back at once.
+    #[test]
+    fn an_instance_that_left_does_not_come_back_from_an_older_view() {
+        let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+        let all = three();
+        let mut t = Tracker::default();
+        let mut current = all.clone();
+        // 10.0.0.3 leaves
+        let d = t.decide_at(&current, parsed(all[..2].to_vec()), &none, &g, &grace, T);
+        let Decision::Apply { members, .. } = d else { panic!() };
+        current = members;
+        // a lagging replica and a fresh one answer in turn, every second
+        for k in 1..30 {
+            let list = if k % 2 == 1 { all.clone() } else { all[..2].to_vec() };
+            let d = t.decide_at(&current, parsed(list), &none, &g, &grace, T + k * 1000);
+            let Decision::Apply { members, .. } = d else { panic!("{d:?}") };
+            assert_eq!(members.len(), 2, "at {k} s");
+            assert_eq!(t.held_departed, u32::from(k % 2 == 1));
+            current = members;
+        }
+        // the lagging replica keeps it for good: after the memory it is believed
+        let d = t.decide_at(&current, parsed(all.clone()), &none, &g, &grace, T + grace.departure_memory_ms);
+        assert_eq!(addrs(&d).len(), 3);
+        // it restarted: back at once
+        let mut t = Tracker::default();
+        t.decide_at(&all, parsed(all[..2].to_vec()), &none, &g, &grace, T);
+        let mut restarted = all.clone();
+        restarted[2].start_ms = Some(200);
+        let d = t.decide_at(&all[..2], parsed(restarted), &none, &g, &grace, T + 1000);
+        assert_eq!(addrs(&d).len(), 3);
+        // and once back, it is no longer remembered as gone
+        let d = t.decide_at(&all, parsed(all.clone()), &none, &g, &grace, T + 2000);
+        assert_eq!((addrs(&d).len(), t.held_departed), (3, 0));
+    }
+
+    /// Rule 2 with view signs: a Consul index above the one it left at, or a newer Eureka
+    /// `lastDirtyTimestamp`, is a newer view: the instance is back at once. Lower or equal: not.
+    #[test]
+    fn a_newer_view_brings_an_instance_back_at_once() {
+        let (g, grace) = (Guard::default(), Grace::default());
+        let all = three();
+        let mut t = Tracker::default();
+        let idx = |index| ViewSign { index, ..ViewSign::default() };
+        t.decide_at(&[], parsed(all.clone()), &idx(40), &g, &grace, T);
+        t.decide_at(&all, parsed(all[..2].to_vec()), &idx(50), &g, &grace, T + 1000);
+        let d = t.decide_at(&all[..2], parsed(all.clone()), &idx(50), &g, &grace, T + 2000);
+        assert_eq!((addrs(&d).len(), t.held_departed), (2, 1), "the same index: the same view");
+        let d = t.decide_at(&all[..2], parsed(all.clone()), &idx(61), &g, &grace, T + 3000);
+        assert_eq!(addrs(&d).len(), 3, "registered again after it left");
+
+        let ver = |v: [i64; 3]| ViewSign {
+            index: 0,
+            versions: all.iter().zip(v).map(|(m, v)| (m.addr.clone(), v)).collect(),
+        };
+        let mut t = Tracker::default();
+        t.decide_at(&[], parsed(all.clone()), &ver([1, 1, 1000]), &g, &grace, T);
+        let two = ViewSign { versions: ver([1, 1, 0]).versions[..2].to_vec(), index: 0 };
+        t.decide_at(&all, parsed(all[..2].to_vec()), &two, &g, &grace, T + 1000);
+        let d = t.decide_at(&all[..2], parsed(all.clone()), &ver([1, 1, 1000]), &g, &grace, T + 2000);
+        assert_eq!(addrs(&d).len(), 2, "Eureka's cache still has the record it left with");
+        let d = t.decide_at(&all[..2], parsed(all.clone()), &ver([1, 1, 2000]), &g, &grace, T + 3000);
+        assert_eq!(addrs(&d).len(), 3, "a newer record: it registered again");
+    }
+
+    #[test]
+    fn departures_are_bounded() {
+        let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+        let many: Vec<Instance> = (0..MAX_DEPARTURES + 10)
+            .map(|k| i(&format!("10.{}.{}.1:80", k / 256, k % 256), State::Serving, None))
+            .collect();
+        let mut sorted = many.clone();
+        sorted.sort_by(|a, b| a.addr.cmp(&b.addr));
+        let mut t = Tracker::default();
+        let keep = vec![sorted[0].clone()];
+        t.decide_at(&sorted, parsed(keep.clone()), &none, &g, &grace, T);
+        assert_eq!(t.departed.len(), MAX_DEPARTURES);
+        // expired after the memory
+        t.decide_at(&keep, parsed(keep.clone()), &none, &g, &grace, T + grace.departure_memory_ms);
+        assert!(t.departed.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Rule 1, whatever the order and timing of the re-registrations within the window and
+        /// however many empty replies come first: no applied membership lacks a member from
+        /// before the restart, and the window ends when the last one is back.
+        #[test]
+        fn a_restart_loses_no_member(
+            n in 1usize..8,
+            empties in 0i64..30,
+            delays in proptest::collection::vec(0i64..60, 8),
+        ) {
+            let (g, grace, none) = (Guard::default(), Grace::default(), ViewSign::default());
+            let before: Vec<Instance> = (0..n).map(|k| i(&format!("10.0.0.{k}:80"), State::Serving, Some(7))).collect();
+            let mut t = Tracker::default();
+            // the registry was down first
+            t.note_failure(T - 1000);
+            let mut current = before.clone();
+            let last = delays.iter().take(n).max().copied().unwrap_or(0);
+            for s in 0..(empties + last + 3) {
+                let listed: Vec<Instance> = before
+                    .iter()
+                    .zip(&delays)
+                    .filter(|(_, d)| s >= empties + **d)
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                match t.decide_at(&current, parsed(listed), &none, &g, &grace, T + s * 1000) {
+                    Decision::Apply { members, .. } => {
+                        for m in &before {
+                            proptest::prop_assert!(find(&members, &m.addr).is_some(), "{} lost at {s} s", m.addr);
+                        }
+                        current = members;
+                    }
+                    Decision::Keep(h) => proptest::prop_assert_eq!(h, Hold::Empty),
+                }
+            }
+            proptest::prop_assert!(!t.reregistering());
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ([`OnlineStats`]).
 
 use crate::drain::Reason;
+use crate::view::HostCounts;
 
 /// Counters of one service, counted in the VM and added to Envoy's stats on the next tick (one
 /// host call per changed counter per tick, none per request). Envoy names them
@@ -196,16 +197,42 @@ impl OnlineStats {
     }
 }
 
-/// The gauges of one service, set by the poller VM on every tick.
-pub const GAUGE_NAMES: [&str; 7] = [
+/// The gauges of one service, set by the poller VM: all but `refresh_duration_us` on every tick
+/// ([`ServiceGauges`], in this order), `refresh_duration_us` after each refresh. Envoy names them
+/// `wasmcustom.lossless.<service>.<name>`.
+pub const GAUGE_NAMES: [&str; 8] = [
     "hosts_total",
     "hosts_serving",
     "hosts_warming",
     "hosts_draining",
     "hosts_down",
     "snapshot_version",
+    "warmup_overload_protected",
     "refresh_duration_us",
 ];
+
+/// The position of `refresh_duration_us` in [`GAUGE_NAMES`]: the gauges before it are the tick's.
+pub const REFRESH_DURATION_GAUGE: usize = 7;
+
+/// The gauges of one service the poller VM sets on every tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceGauges {
+    /// `hosts_*`.
+    pub hosts: HostCounts,
+    /// `snapshot_version`: the published snapshot's version.
+    pub snapshot_version: u64,
+    /// `warmup_overload_protected`: 1 while the service's warm-up overload protection is in force
+    /// ([`crate::view::ServiceView::overload_protected`]), 0 otherwise and without one.
+    pub overload_protected: bool,
+}
+
+impl ServiceGauges {
+    /// The values in [`GAUGE_NAMES`] order, up to `refresh_duration_us` (not included).
+    pub fn values(&self) -> [u64; REFRESH_DURATION_GAUGE] {
+        let c = self.hosts;
+        [c.total, c.serving, c.warming, c.draining, c.down, self.snapshot_version, u64::from(self.overload_protected)]
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -298,5 +325,33 @@ mod tests {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }
         assert_eq!(g, Stats::default());
+    }
+
+    /// Every tick gauge lands under its own name, and `refresh_duration_us` (set on its own) is
+    /// where the glue looks for it, after them.
+    #[test]
+    fn gauges_line_up() {
+        assert_eq!(GAUGE_NAMES[REFRESH_DURATION_GAUGE], "refresh_duration_us");
+        assert_eq!(GAUGE_NAMES.len(), REFRESH_DURATION_GAUGE + 1, "refresh_duration_us is the last");
+        let g = ServiceGauges {
+            hosts: HostCounts { total: 8, serving: 7, warming: 6, draining: 1, down: 0 },
+            snapshot_version: 42,
+            overload_protected: true,
+        };
+        let named: Vec<(&str, u64)> = GAUGE_NAMES.iter().copied().zip(g.values()).collect();
+        assert_eq!(
+            named,
+            [
+                ("hosts_total", 8),
+                ("hosts_serving", 7),
+                ("hosts_warming", 6),
+                ("hosts_draining", 1),
+                ("hosts_down", 0),
+                ("snapshot_version", 42),
+                ("warmup_overload_protected", 1),
+            ]
+        );
+        let off = ServiceGauges { overload_protected: false, ..g };
+        assert_eq!(off.values()[6], 0);
     }
 }

@@ -35,7 +35,8 @@ impl ServiceView {
             snap_cas: None,
             installed: false,
             members: Vec::new(),
-            balancer: Balancer::new(sc.policy, sc.curve, weight_refresh_ms as i64),
+            balancer: Balancer::new(sc.policy, sc.curve, weight_refresh_ms as i64)
+                .with_overload_protection(sc.overload_protection),
             trial_due: Vec::new(),
         }
     }
@@ -172,11 +173,20 @@ mod tests {
         Instance { addr: format!("10.0.0.{i}:80"), weight: 100, start_ms, warmup_ms: 100_000, state: State::Serving }
     }
 
+    /// A view built from a configuration with `warmup.overload_protection` as `rule` gives it.
     fn view(rule: Option<OverloadProtection>) -> ServiceView {
-        let json = r#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/x"}},"services":[{"name":"me","registry":"s"}]}"#;
+        let warmup = match rule {
+            Some(r) => {
+                format!(r#","warmup":{{"overload_protection":{{"threshold_percent":{}}}}}"#, r.threshold_percent)
+            }
+            None => String::new(),
+        };
+        let json = format!(
+            r#"{{"registries":{{"s":{{"type":"static","cluster":"cp","authority":"cp","path":"/x"}}}},"services":[{{"name":"me","registry":"s"{warmup}}}]}}"#
+        );
         let cfg = crate::config::parse(json.as_bytes()).unwrap();
-        let mut sv = ServiceView::new(&cfg.services[0], 100);
-        sv.balancer = sv.balancer.clone().with_overload_protection(rule);
+        let sv = ServiceView::new(&cfg.services[0], 100);
+        assert_eq!(sv.balancer.overload_protection(), rule, "the configured rule reaches the balancer");
         sv
     }
 

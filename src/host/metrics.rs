@@ -4,8 +4,7 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::stats::{ServiceStats, Stats, GAUGE_NAMES};
-use crate::view::HostCounts;
+use crate::stats::{ServiceGauges, ServiceStats, Stats, GAUGE_NAMES, REFRESH_DURATION_GAUGE};
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -70,14 +69,14 @@ impl Metrics {
         }
     }
 
-    /// Sets the host-count gauges and the snapshot version of service `i`.
-    pub fn hosts(&self, i: usize, c: HostCounts, version: u64) {
-        self.gauges(i, &[c.total, c.serving, c.warming, c.draining, c.down, version]);
+    /// Sets the tick's gauges of service `i`: host counts, snapshot version, overload protection.
+    pub fn service_gauges(&self, i: usize, g: &ServiceGauges) {
+        self.gauges(i, &g.values());
     }
 
     /// Sets the refresh-duration gauge of service `i` (µs).
     pub fn refresh_us(&self, i: usize, us: u64) {
-        if let Some(Some(id)) = self.services.get(i).and_then(|m| m.gauges.get(GAUGE_NAMES.len() - 1)) {
+        if let Some(Some(id)) = self.services.get(i).and_then(|m| m.gauges.get(REFRESH_DURATION_GAUGE)) {
             let _ = hostcalls::record_metric(*id, us);
         }
     }

@@ -164,8 +164,8 @@ impl RootContext for Root {
             m.flush(&mut vm.stats, vm.services.iter_mut().map(|s| s.stats.take()).enumerate());
             if vm.poller {
                 m.push_connected(vm.push_connected());
-                for (i, c, version) in vm.gauges(now) {
-                    m.hosts(i, c, version);
+                for (i, g) in vm.gauges(now) {
+                    m.service_gauges(i, &g);
                 }
             }
         }

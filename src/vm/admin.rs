@@ -122,5 +122,89 @@ mod tests {
         assert_eq!(j["vm"], "0000000000000001");
         assert_eq!(j["poller"], true);
         assert_eq!(j["services"][0]["hosts"]["warming"], 1);
+        assert_eq!(j["services"][0]["overload_protection"], serde_json::Value::Null, "off unless configured");
+    }
+
+    fn membership(w: &mut World, now: i64) -> serde_json::Value {
+        let h = host(&w.shared, now, &[(":path", "/lossless/membership"), (":method", "GET")], None);
+        let Flow::Reply(r) = w.vm.on_request(&h, &mut Exchange::default()) else { panic!() };
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    /// A scale-out from 2 to 8: six new instances, started 1 s apart, warm for 100 s. With the
+    /// protection at 50 the membership document and the gauge say it is in force (6 of 8 warming)
+    /// and every instance is picked by its full weight; it lifts at 3 of 8, and the three still
+    /// warming go back on their ramp. Without it, the same membership ramps.
+    #[test]
+    fn overload_protection_in_membership_json_and_gauge() {
+        const PROTECTED: &[u8] =
+            br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","warmup":{"overload_protection":{"threshold_percent":50}}}]}"#;
+        let mut body = String::from(r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.2:80"}"#);
+        for k in 0..6 {
+            body += &format!(
+                r#",{{"address":"10.0.1.{k}:80","start_ms":{},"warmup_ms":100000}}"#,
+                NOW - 10_000 + k * 1_000
+            );
+        }
+        body += "]}";
+        let mut on = World::new(PROTECTED);
+        let mut off = World::new(CFG);
+        on.refresh(&body, NOW);
+        off.refresh(&body, NOW);
+
+        let j = membership(&mut on, NOW);
+        let svc = &j["services"][0];
+        assert_eq!(svc["hosts"]["warming"], 6);
+        assert_eq!(svc["overload_protection"], serde_json::json!({"threshold_percent": 50, "in_force": true}));
+        let inst = svc["instances"].as_array().unwrap();
+        assert_eq!(inst.len(), 8);
+        for i in inst {
+            assert_eq!(i["live_weight"], 100, "{i}");
+        }
+        assert_eq!(inst[2]["warming"], true, "still inside its window");
+        let gauges: Vec<_> = on.vm.gauges(NOW).collect();
+        assert!(gauges[0].1.overload_protected);
+        assert_eq!(gauges[0].1.values()[6], 1, "warmup_overload_protected");
+
+        // picks: each of the 8 about an eighth (a warm one 100/350 of them without the rule)
+        let picks = 8_000;
+        let warm_picks = |w: &mut World| {
+            (0..picks)
+                .filter(|n| {
+                    let header = w.route("demo", None, NOW + n % 50).unwrap();
+                    // the primary, then the fallbacks
+                    matches!(header.split(',').next(), Some("10.0.0.1:80" | "10.0.0.2:80"))
+                })
+                .count()
+        };
+        let warm = warm_picks(&mut on);
+        assert!((1_700..=2_300).contains(&warm), "warm picks in force: {warm} of {picks}");
+
+        let j = membership(&mut off, NOW);
+        let svc = &j["services"][0];
+        assert_eq!(svc["overload_protection"], serde_json::Value::Null);
+        assert_eq!(svc["instances"][0]["live_weight"], 100);
+        assert_eq!(svc["instances"][2]["live_weight"], 10, "the first new one, 10 s into 100 s");
+        assert!(!off.vm.gauges(NOW).next().unwrap().1.overload_protected);
+        let warm = warm_picks(&mut off);
+        assert!(warm > 5_000, "warm picks without the rule: {warm} of {picks}");
+
+        // the first new one is warm at NOW + 90 s, the third at + 92 s: 4 of 8 still in force,
+        // 3 of 8 not; the three left ramp from where their uptime is
+        let at = NOW + 91_500;
+        let j = membership(&mut on, at);
+        assert_eq!(j["services"][0]["hosts"]["warming"], 4);
+        assert_eq!(j["services"][0]["overload_protection"]["in_force"], true);
+        assert!(on.vm.gauges(at).next().unwrap().1.overload_protected);
+        let at = NOW + 92_500;
+        let j = membership(&mut on, at);
+        let svc = &j["services"][0];
+        assert_eq!(svc["hosts"]["warming"], 3);
+        assert_eq!(svc["overload_protection"], serde_json::json!({"threshold_percent": 50, "in_force": false}));
+        assert!(!on.vm.gauges(at).next().unwrap().1.overload_protected);
+        let live: Vec<i64> =
+            svc["instances"].as_array().unwrap().iter().map(|i| i["live_weight"].as_i64().unwrap()).collect();
+        assert_eq!(live, [100, 100, 100, 100, 100, 99, 98, 97]);
     }
 }

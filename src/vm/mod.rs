@@ -40,9 +40,9 @@ use crate::registration::{self, Online, Step};
 use crate::registry::{Call, HttpRequest};
 use crate::router::Router;
 use crate::service::{Registry, Service};
-use crate::stats::Stats;
+use crate::stats::{ServiceGauges, Stats};
 use crate::store::{create_if_absent, Keys, Shared};
-use crate::view::{HostCounts, ServiceView, View};
+use crate::view::{ServiceView, View};
 
 /// A poller that stops renewing its lease is replaced after this long (ms).
 pub const LEASE_TTL_MS: i64 = 2000;
@@ -246,11 +246,16 @@ impl Vm {
         }
     }
 
-    /// Host counts and snapshot version of every service, for the gauges.
-    pub fn gauges(&self, now_ms: i64) -> impl Iterator<Item = (usize, HostCounts, u64)> + '_ {
-        self.services
-            .iter()
-            .enumerate()
-            .map(move |(i, s)| (i, crate::view::host_counts(&s.view.members, now_ms), s.view.snap.version))
+    /// The tick's gauges of every service: host counts, snapshot version, whether the overload
+    /// protection is in force.
+    pub fn gauges(&self, now_ms: i64) -> impl Iterator<Item = (usize, ServiceGauges)> + '_ {
+        self.services.iter().enumerate().map(move |(i, s)| {
+            let g = ServiceGauges {
+                hosts: crate::view::host_counts(&s.view.members, now_ms),
+                snapshot_version: s.view.snap.version,
+                overload_protected: s.view.overload_protected(now_ms),
+            };
+            (i, g)
+        })
     }
 }
