@@ -20,6 +20,9 @@ pub enum Untouched {
     /// The pick is not serving and no member of its service serves either: the caller's pick is
     /// the best there is (what would happen without lossless).
     NoneServing,
+    /// The request's `:path` starts with one of the service's `transparent.exclude_paths`: a
+    /// call meant for the instance the caller picked (a metrics scrape, an actuator call).
+    Excluded,
 }
 
 impl Untouched {
@@ -29,6 +32,7 @@ impl Untouched {
             Untouched::Ambiguous => "ambiguous",
             Untouched::NotCorrected => "not_corrected",
             Untouched::NoneServing => "none_serving",
+            Untouched::Excluded => "excluded",
         }
     }
 }
@@ -49,6 +53,19 @@ pub enum Why {
 }
 
 impl Why {
+    /// Every reason, in the order of [`Why::index`].
+    pub const ALL: [Why; 4] = [Why::Draining, Why::Down, Why::Departed, Why::Share];
+
+    /// The reason's position in [`Why::ALL`] (for counters).
+    pub fn index(self) -> usize {
+        match self {
+            Why::Draining => 0,
+            Why::Down => 1,
+            Why::Departed => 2,
+            Why::Share => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Why::Draining => "draining",

@@ -27,12 +27,14 @@ pub mod departed;
 pub mod estimate;
 pub mod index;
 pub mod shares;
+pub mod state;
 
 pub use correct::{decide, Corrector, Decision, Untouched, Why};
 pub use departed::Departed;
 pub use estimate::{flush, Pending, Picks};
 pub use index::{AddressIndex, Found, Lookup, Source};
 pub use shares::Plan;
+pub use state::{Capture, Corrected};
 
 /// Eureka: how long a departed address is remembered by default (ms). The longest chain of
 /// caches a Spring Cloud caller on Eureka may hold an address through: lease expiry 90 s
