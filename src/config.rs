@@ -112,6 +112,33 @@ pub struct ServiceConfig {
     pub outlier_detection: OutlierDetection,
     /// Active health checking, when configured.
     pub health_check: Option<HealthCheck>,
+    /// Transparent mode: callers' own picks of this service's instances are corrected, when
+    /// configured ([`crate::transparent`]).
+    pub transparent: Option<TransparentConfig>,
+}
+
+/// `services[i].transparent`: the settings of transparent mode for one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransparentConfig {
+    /// Defaults per registry kind ([`crate::transparent::Settings::for_registry`]).
+    pub settings: crate::transparent::Settings,
+    /// `:path` prefixes whose requests keep the caller's own pick (metrics scrapes, actuator
+    /// calls, anything meant for one instance).
+    pub exclude_paths: Vec<String>,
+}
+
+/// `capture`: where transparent mode looks at requests (present when a service sets
+/// `transparent`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureConfig {
+    /// Envoy clusters (`xds.cluster_name`) of captured requests: the request's destination
+    /// (`destination.address`) is the caller's own pick. Default `["PassthroughCluster"]`, the
+    /// name Istio and the shipped capture template give it.
+    pub match_clusters: Vec<String>,
+    /// Set to the service's name on a captured request lossless routes, for a route that matches
+    /// it (the Istio recipe re-matches the request to the service's own cluster); not set when
+    /// absent. Removed from every client request like the routing headers.
+    pub service_header: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +228,8 @@ pub struct Settings {
     pub drain: DrainConfig,
     pub inbound: Option<InboundConfig>,
     pub admin_prefix: String,
+    /// Transparent mode's capture settings: `Some` exactly when a service sets `transparent`.
+    pub capture: Option<CaptureConfig>,
 }
 
 /// The validated configuration. Immutable: what changes at run time lives in the poller and the
@@ -395,6 +424,7 @@ struct Raw {
     inbound: Option<RawInbound>,
     #[serde(default)]
     admin: RawAdmin,
+    capture: Option<RawCapture>,
 }
 
 fn d_refresh() -> u64 {
@@ -450,6 +480,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     let inbound = validate_inbound(raw.mode, raw.inbound, &services, &registries, env)?;
     let prefix = raw.admin.path_prefix;
     validate_admin_prefix(&prefix)?;
+    let capture = validate_capture(raw.mode, raw.capture, &services, &drain)?;
     Ok(Config {
         settings: Settings {
             mode: raw.mode,
@@ -459,6 +490,7 @@ fn validate(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
             drain,
             inbound,
             admin_prefix: prefix,
+            capture,
         },
         registries,
         services,
@@ -785,6 +817,7 @@ struct RawService {
     outlier_detection: OutlierDetection,
     #[serde(default, deserialize_with = "optional_health_check")]
     health_check: Option<HealthCheck>,
+    transparent: Option<RawTransparent>,
 }
 
 /// One `services[i]` entry (`p` is its path); `earlier` are the entries already accepted, for
@@ -862,6 +895,7 @@ fn validate_service(
     if let Some(hc) = &s.health_check {
         validate_health_check(&format!("{p}.health_check"), hc)?;
     }
+    let transparent = s.transparent.map(|t| validate_transparent(p, t, kind)).transpose()?;
     let build = BuildOptions {
         keys: w.metadata_keys.clone(),
         weight_scale: w.weight_scale,
@@ -890,6 +924,7 @@ fn validate_service(
         guard: s.guard,
         outlier_detection: s.outlier_detection,
         health_check: s.health_check,
+        transparent,
     })
 }
 
@@ -1410,6 +1445,111 @@ fn validate_admission(a: &AdmissionConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// transparent mode: services[i].transparent and capture
+
+/// `services[i].transparent`; a field left out takes the registry kind's default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransparent {
+    departed_ttl_ms: Option<i64>,
+    estimate_half_life_ms: Option<i64>,
+    prior_picks: Option<f64>,
+    replan_ms: Option<i64>,
+    #[serde(default)]
+    exclude_paths: Vec<String>,
+}
+
+/// At most this many `exclude_paths` per service (each request of the service is compared with
+/// every one).
+const MAX_EXCLUDE_PATHS: usize = 32;
+
+fn validate_transparent(p: &str, t: RawTransparent, kind: RegistryType) -> Result<TransparentConfig, ConfigError> {
+    let d = crate::transparent::Settings::for_registry(kind.name());
+    let settings = crate::transparent::Settings {
+        departed_ttl_ms: t.departed_ttl_ms.unwrap_or(d.departed_ttl_ms),
+        estimate_half_life_ms: t.estimate_half_life_ms.unwrap_or(d.estimate_half_life_ms),
+        prior_picks: t.prior_picks.unwrap_or(d.prior_picks),
+        replan_ms: t.replan_ms.unwrap_or(d.replan_ms),
+    };
+    settings.validate().map_err(|(field, message)| at(p, &format!("transparent.{field}"), message))?;
+    if t.exclude_paths.len() > MAX_EXCLUDE_PATHS {
+        return Err(at(p, "transparent.exclude_paths", format!("at most {MAX_EXCLUDE_PATHS} prefixes")));
+    }
+    for (k, x) in t.exclude_paths.iter().enumerate() {
+        if !valid_path(x) {
+            return Err(at(
+                p,
+                &format!("transparent.exclude_paths[{k}]"),
+                "must be a path prefix: start with '/' and hold no spaces, control characters or '#'",
+            ));
+        }
+    }
+    Ok(TransparentConfig { settings, exclude_paths: t.exclude_paths })
+}
+
+/// `capture`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    #[serde(default = "d_capture_clusters")]
+    match_clusters: Vec<String>,
+    service_header: Option<String>,
+}
+
+fn d_capture_clusters() -> Vec<String> {
+    vec!["PassthroughCluster".into()]
+}
+
+/// The `capture` section: needed by, and only by, a service with `transparent`, in mode
+/// `outbound`; its clusters are no service's own, its header is distinct from every other.
+fn validate_capture(
+    mode: Mode,
+    raw: Option<RawCapture>,
+    services: &[ServiceConfig],
+    drain: &DrainConfig,
+) -> Result<Option<CaptureConfig>, ConfigError> {
+    let Some(first) = services.iter().position(|s| s.transparent.is_some()) else {
+        return match raw {
+            Some(_) => Err(err("capture", "has no effect: no service sets `transparent`")),
+            None => Ok(None),
+        };
+    };
+    if mode == Mode::Inbound {
+        return Err(err(
+            format!("services[{first}].transparent"),
+            "corrects a caller's own picks: only in mode \"outbound\" (the caller's sidecar)",
+        ));
+    }
+    let raw = raw.unwrap_or(RawCapture { match_clusters: d_capture_clusters(), service_header: None });
+    if raw.match_clusters.is_empty() {
+        return Err(err("capture.match_clusters", "must name at least one cluster (Istio: PassthroughCluster)"));
+    }
+    for (k, c) in raw.match_clusters.iter().enumerate() {
+        let path = format!("capture.match_clusters[{k}]");
+        if c.is_empty() {
+            return Err(err(path, "must not be empty"));
+        }
+        if let Some(s) = services.iter().find(|s| s.match_clusters.contains(c)) {
+            return Err(err(path, format!("cluster '{c}' is already matched by service '{}'", s.name)));
+        }
+    }
+    if let Some(h) = &raw.service_header {
+        const P: &str = "capture.service_header";
+        if !valid_header(h) {
+            return Err(err(P, "must be a lowercase header name ([a-z0-9-_]+)"));
+        }
+        unreserved_header(P, h)?;
+        if *h == drain.header || drain.pin_header.as_deref() == Some(h.as_str()) {
+            return Err(err(P, format!("'{h}' is already a drain header; use another name")));
+        }
+        if let Some(s) = services.iter().find(|s| s.header == *h) {
+            return Err(err(P, format!("'{h}' is already the routing header of service '{}'", s.name)));
+        }
+    }
+    Ok(Some(CaptureConfig { match_clusters: raw.match_clusters, service_header: raw.service_header }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1982,6 +2122,76 @@ mod tests {
             if !path.is_empty() {
                 assert!(shown.contains(&format!("`{path}`")), "{shown}");
             }
+        }
+    }
+
+    /// `services[i].transparent`: presence turns the mode on, defaults per registry kind, the
+    /// capture section defaults to Istio's PassthroughCluster; errors name the field.
+    #[test]
+    fn transparent_mode_settings() {
+        let two = |t: &str, top: &str| {
+            format!(
+                r#"{{"registries":{{"n":{{"type":"nacos","cluster":"n","authority":"a"}},"e":{{"type":"eureka","cluster":"e","authority":"a"}}}},
+                "services":[{{"name":"orders","registry":"n"{t}}},{{"name":"users","registry":"e","transparent":{{}}}}]{top}}}"#
+            )
+        };
+        let c = parse(two("", "").as_bytes()).unwrap();
+        assert_eq!(c.services[0].transparent, None, "absent: the mode is off for the service");
+        let users = c.services[1].transparent.as_ref().unwrap();
+        assert_eq!(users.settings, crate::transparent::Settings::for_registry("eureka"));
+        assert_eq!(users.settings.departed_ttl_ms, 240_000);
+        assert!(users.exclude_paths.is_empty());
+        let capture = c.settings.capture.unwrap();
+        assert_eq!(capture.match_clusters, ["PassthroughCluster"]);
+        assert_eq!(capture.service_header, None);
+
+        let c = parse(
+            two(
+                r#","transparent":{"departed_ttl_ms":90000,"estimate_half_life_ms":5000,"prior_picks":0,"replan_ms":100,"exclude_paths":["/actuator","/metrics"]}"#,
+                r#","capture":{"match_clusters":["outbound-capture"],"service_header":"x-lossless-service"}"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let orders = c.services[0].transparent.as_ref().unwrap();
+        assert_eq!(
+            orders.settings,
+            crate::transparent::Settings {
+                departed_ttl_ms: 90_000,
+                estimate_half_life_ms: 5000,
+                prior_picks: 0.0,
+                replan_ms: 100
+            }
+        );
+        assert_eq!(orders.exclude_paths, ["/actuator", "/metrics"]);
+        let capture = c.settings.capture.unwrap();
+        assert_eq!(capture.match_clusters, ["outbound-capture"]);
+        assert_eq!(capture.service_header.as_deref(), Some("x-lossless-service"));
+        // no service in the mode: no capture settings
+        assert_eq!(parse(with_service("").as_bytes()).unwrap().settings.capture, None);
+
+        let cases: Vec<(String, &str, &str)> = vec![
+            (with_service(r#","transparent":{"departed_ttl_ms":-1}"#), "services[0].transparent.departed_ttl_ms", "0..=3600000"),
+            (with_service(r#","transparent":{"estimate_half_life_ms":0}"#), "services[0].transparent.estimate_half_life_ms", "100..=600000"),
+            (with_service(r#","transparent":{"prior_picks":-2}"#), "services[0].transparent.prior_picks", "0..=1000000"),
+            (with_service(r#","transparent":{"replan_ms":5}"#), "services[0].transparent.replan_ms", "10..=10000"),
+            (with_service(r#","transparent":{"replan":5}"#), "services[0].transparent.replan", "unknown field `replan`"),
+            (with_service(r#","transparent":{"exclude_paths":["metrics"]}"#), "services[0].transparent.exclude_paths[0]", "must be a path prefix"),
+            (with_service(r#","transparent":true"#), "services[0].transparent", "invalid type: boolean `true`"),
+            (two("", r#","capture":{"match_clusters":[]}"#), "capture.match_clusters", "at least one cluster"),
+            (two("", r#","capture":{"match_clusters":["orders"]}"#), "capture.match_clusters[0]", "already matched by service 'orders'"),
+            (two("", r#","capture":{"service_header":"x-lossless-upstream"}"#), "capture.service_header", "routing header of service 'orders'"),
+            (two("", r#","capture":{"service_header":"x-lossless-drain"}"#), "capture.service_header", "already a drain header"),
+            (two("", r#","capture":{"service_header":"Host"}"#), "capture.service_header", "lowercase header name"),
+            (two("", r#","capture":{"clusters":["x"]}"#), "capture.clusters", "unknown field `clusters`"),
+            (with_service(r#"}],"capture":{"match_clusters":["PassthroughCluster"]},"x":[{"#), "capture", "no service sets `transparent`"),
+            (r#"{"mode":"inbound","inbound":{"service":"d","self_address":"10.0.0.1:80"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n","transparent":{}}]}"#.into(), "services[0].transparent", "only in mode \"outbound\""),
+        ];
+        for (json, path, msg) in cases {
+            let json = json.replace(r#","x":[{}]"#, "");
+            let e = bad(&json);
+            assert_eq!(e.path, path, "path for {json}: {e}");
+            assert!(e.message.contains(msg), "message for {json}: got '{}', want '{msg}'", e.message);
         }
     }
 }

@@ -41,6 +41,16 @@
 //!    VM; a trial request's success readmits ([`marks::readmit`]); inbound, a draining instance tags
 //!    what it served.
 //!
+//! # Transparent mode (opt-in per service)
+//!
+//! In a caller's outbound sidecar, a request Envoy matched to a capture cluster
+//! (`capture.match_clusters`) carries the caller's own pick as its `destination.address`.
+//! [`router::Router::outbound`] looks it up in [`transparent::AddressIndex`] (every service's
+//! members and departed addresses) and lets the service's [`transparent::Corrector`] keep it or
+//! move it to a serving member by Dubbo's warm-up shares; the kept or moved pick is then routed by
+//! [`router::route`] like any other (`src/vm/capture.rs` keeps the index, the plans and the
+//! process-wide pick estimate current; the poller records departed addresses on publish).
+//!
 //! # The health path (opt-in active checks)
 //!
 //! [`vm::Vm::due`] asks each service's [`prober::Prober`] for the probes due (`src/vm/checks.rs`);

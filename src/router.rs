@@ -5,17 +5,21 @@
 //!
 //! Outbound ([`Router::outbound`]): the client's routing headers are removed, the matched cluster
 //! picks the service, and [`route`] honours an operator's pin, picks by live weight, adds the
-//! fallbacks (override_host) or refuses with a [`Reason`]. Inbound ([`inbound`]): the instance
-//! takes the request unless it drains, is not ready, or is over its warm-up cap. O(log n) in
-//! instances.
+//! fallbacks (override_host) or refuses with a [`Reason`]. A request matched to a capture cluster
+//! (transparent mode, [`crate::transparent`]) carries the caller's own pick as its destination:
+//! the pick is looked up, judged, and kept or moved through the same [`route`]. Inbound
+//! ([`inbound`]): the instance takes the request unless it drains, is not ready, or is over its
+//! warm-up cap. O(log n) in instances.
 
 use crate::admission::Admit;
 use crate::balancer::NoPick;
 use crate::clock::Rng;
-use crate::config::{RoutingMode, ServiceConfig, Settings};
+use crate::config::{CaptureConfig, RoutingMode, ServiceConfig, Settings};
 use crate::drain::{self, Pin, Reason};
 use crate::headers::Headers;
+use crate::instance::canonical_addr;
 use crate::service::Service;
+use crate::transparent::{self, AddressIndex, Lookup, Untouched};
 use crate::view::ServiceView;
 
 /// What to do with a request.
@@ -31,14 +35,17 @@ pub enum Route {
     Reject { service: Option<usize>, reason: Reason },
 }
 
-/// The routing side of one VM's configuration, built once: every service's routing header and
-/// the operator's pin header.
+/// The routing side of one VM's configuration, built once: every service's routing header, the
+/// operator's pin header and transparent mode's capture settings.
 #[derive(Debug, Clone)]
 pub struct Router {
-    /// Every routing header of every service, sorted, each once: a client never sets one.
+    /// Every routing header of every service (and `capture.service_header`), sorted, each once: a
+    /// client never sets one.
     headers: Vec<String>,
     /// `drain.pin_header`, if configured.
     pin_header: Option<String>,
+    /// `capture`, when a service is in transparent mode.
+    capture: Option<CaptureConfig>,
 }
 
 /// The facts of one outbound request.
@@ -48,6 +55,9 @@ pub struct Request<'a> {
     pub headers: &'a Headers,
     /// The cluster Envoy matched the request to (its `xds.cluster_name` property), if it said.
     pub cluster: Option<&'a str>,
+    /// A captured request's destination (Envoy's `destination.address`: the connection's original
+    /// destination, i.e. the caller's own pick), read only when [`Router::captures`] the cluster.
+    pub destination: Option<&'a str>,
     /// The VM's clock, ms since the epoch.
     pub now_ms: i64,
 }
@@ -62,6 +72,19 @@ pub struct Decision<'r> {
     pub route: Route,
     /// The trial this request took, if it took one (counted even when the request is refused).
     pub trial: Option<Trial>,
+    /// A captured request: what transparent mode decided about the caller's pick.
+    pub captured: Option<Captured>,
+    /// `capture.service_header`, to be set to the name of the service a captured request is
+    /// forwarded to (with the route cache cleared, so that a route matching it applies).
+    pub service_header: Option<&'r str>,
+}
+
+/// What transparent mode decided about a captured request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Captured {
+    /// The service the destination belongs to, when the index resolved one.
+    pub service: Option<usize>,
+    pub decision: transparent::Decision,
 }
 
 /// A trial request of an ejected member whose ejection time is over: one request for every VM,
@@ -81,29 +104,58 @@ impl Router {
     /// The router of `services` under `settings`.
     pub fn new(settings: &Settings, services: &[ServiceConfig]) -> Router {
         let mut headers: Vec<String> = services.iter().map(|s| s.header.clone()).collect();
+        headers.extend(settings.capture.as_ref().and_then(|c| c.service_header.clone()));
         headers.sort();
         headers.dedup();
-        Router { headers, pin_header: settings.drain.pin_header.clone() }
+        Router { headers, pin_header: settings.drain.pin_header.clone(), capture: settings.capture.clone() }
+    }
+
+    /// Whether requests matched to `cluster` are captured ones (a `capture.match_clusters` entry):
+    /// their destination is the caller's own pick, to be read for [`Router::outbound`].
+    pub fn captures(&self, cluster: Option<&str>) -> bool {
+        match (&self.capture, cluster) {
+            (Some(c), Some(cluster)) => c.match_clusters.iter().any(|m| m == cluster),
+            _ => false,
+        }
     }
 
     /// Decides an outbound request over `services` (the VM's own, whose views the pick refreshes).
-    /// `claim_trial(addr)` is asked only when an ejected member of the matched service is due for
-    /// its trial: whether this VM takes it (a shared-data call). `scratch` is reused across calls.
+    /// `index` is transparent mode's address index (for a captured request). `claim_trial(addr)`
+    /// is asked only when an ejected member of the service is due for its trial: whether this VM
+    /// takes it (a shared-data call). `scratch` is reused across calls.
     pub fn outbound<'r>(
         &'r self,
         services: &mut [Service],
+        index: Option<&AddressIndex>,
         req: &Request<'_>,
         rng: &mut Rng,
         scratch: &mut Vec<usize>,
         claim_trial: &mut dyn FnMut(&str) -> bool,
     ) -> Decision<'r> {
         let strip = self.headers.iter().filter(|name| req.headers.contains(name)).map(String::as_str).collect();
-        let mut decision = Decision { strip, route: Route::PassThrough, trial: None };
-        let Some(svc) = req.cluster.and_then(|c| service_for_cluster(services, c)) else { return decision };
+        let mut decision =
+            Decision { strip, route: Route::PassThrough, trial: None, captured: None, service_header: None };
+        let (svc, primary) = match req.cluster.and_then(|c| service_for_cluster(services, c)) {
+            Some(svc) => (svc, None),
+            None if self.captures(req.cluster) => {
+                let captured = captured(services, index, req, rng);
+                decision.captured = Some(captured);
+                let (svc, primary) = match captured.decision {
+                    transparent::Decision::Keep { service, member } => (service, member),
+                    transparent::Decision::Redirect { service, to, .. } => (service, to),
+                    transparent::Decision::Untouched(_) => return decision,
+                };
+                decision.service_header = self.capture.as_ref().and_then(|c| c.service_header.as_deref());
+                (svc, Some(primary))
+            }
+            None => return decision,
+        };
         let pin = self.pin_header.as_deref().and_then(|p| req.headers.get(p));
         let Some(s) = services.get_mut(svc) else { return decision };
         let trial = take_trial(&mut s.view, claim_trial);
-        decision.route = route(svc, &s.cfg, &mut s.view, pin, trial.as_ref().map(|t| t.0), req.now_ms, rng, scratch);
+        // the trial of an ejected member goes first; a captured request's judged pick otherwise
+        let first = trial.as_ref().map(|t| t.0).or(primary);
+        decision.route = route(svc, &s.cfg, &mut s.view, pin, first, req.now_ms, rng, scratch);
         decision.trial = trial.map(|(_, addr)| {
             let first = match &decision.route {
                 Route::Forward { value, .. } => value.split(',').next() == Some(addr.as_str()),
@@ -113,6 +165,51 @@ impl Router {
         });
         decision
     }
+}
+
+/// Transparent mode's decision about a captured request: its destination looked up in `index`
+/// (an address several services list is resolved by what the request names), then, for a member
+/// or departed address of a corrected service whose `:path` is not excluded, the pick counted in
+/// the service's estimate and judged by its corrector.
+fn captured(services: &mut [Service], index: Option<&AddressIndex>, req: &Request<'_>, rng: &mut Rng) -> Captured {
+    let untouched = |service, why| Captured { service, decision: transparent::Decision::Untouched(why) };
+    let (Some(index), Some(addr)) = (index, req.destination.and_then(canonical_addr)) else {
+        return untouched(None, Untouched::Unknown);
+    };
+    let path = req.headers.get(":path").unwrap_or_default();
+    let lookup =
+        index.lookup(&addr, |k| services.get(k).is_some_and(|s| names(s, req.headers.get(":authority"), path)));
+    let found = match lookup {
+        Lookup::Unknown => return untouched(None, Untouched::Unknown),
+        Lookup::Ambiguous => return untouched(None, Untouched::Ambiguous),
+        Lookup::Found(f) => f,
+    };
+    let Some(s) = services.get_mut(found.service) else { return untouched(None, Untouched::Unknown) };
+    let (Some(t), Some(c)) = (s.cfg.transparent.as_ref(), s.correction.as_mut()) else {
+        return untouched(Some(found.service), Untouched::NotCorrected);
+    };
+    if t.exclude_paths.iter().any(|x| path.starts_with(x.as_str())) {
+        return untouched(Some(found.service), Untouched::Excluded);
+    }
+    c.pending.record(&addr);
+    Captured { service: Some(found.service), decision: c.corrector.decide(found, &addr, &s.view.members, rng) }
+}
+
+/// Whether a request names service `s` (asked only for an address several services list): its
+/// authority's host is the service's name or its registry name, or its `:path` starts with the
+/// service's interface (a Triple or gRPC call, `/com.acme.Orders/Get`: a dotted name; a Dubbo
+/// registry name `providers:com.acme.Orders:1.0.0:` names the interface second).
+fn names(s: &Service, authority: Option<&str>, path: &str) -> bool {
+    let (name, registry) = (s.cfg.name.as_str(), s.cfg.query.service.as_str());
+    let host = authority.map(|a| {
+        a.rsplit_once(':').map_or(a, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { a })
+    });
+    if host.is_some_and(|h| h == name || h == registry) {
+        return true;
+    }
+    let interface = registry.strip_prefix("providers:").and_then(|r| r.split(':').next()).unwrap_or(registry);
+    let first = path.strip_prefix('/').and_then(|p| p.split(['/', '?']).next()).unwrap_or_default();
+    first.contains('.') && first == interface
 }
 
 /// The service whose `match_clusters` holds `cluster`.

@@ -8,6 +8,7 @@ use crate::prober::Prober;
 use crate::push;
 use crate::registry::Session;
 use crate::stats::ServiceStats;
+use crate::transparent::Corrected;
 use crate::view::ServiceView;
 
 /// A registry and the run-time side of talking to it.
@@ -28,4 +29,6 @@ pub struct Service {
     pub prober: Prober,
     pub view: ServiceView,
     pub stats: ServiceStats,
+    /// Transparent mode's state, when the service sets `transparent`.
+    pub correction: Option<Corrected>,
 }

@@ -4,6 +4,7 @@
 //! ([`OnlineStats`]).
 
 use crate::drain::Reason;
+use crate::transparent::{Decision, Untouched};
 use crate::view::HostCounts;
 
 /// Counters of one service, counted in the VM and added to Envoy's stats on the next tick (one
@@ -234,9 +235,98 @@ impl ServiceGauges {
     }
 }
 
+/// Transparent mode's counters of one corrected service ([`crate::transparent`]), flushed like
+/// [`ServiceStats`]: `wasmcustom.lossless.<service>.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorrectionStats {
+    /// Captured requests whose pick stayed.
+    pub kept: u64,
+    /// Captured requests moved to another member, by [`crate::transparent::Why`] in its `ALL`
+    /// order.
+    pub redirected: [u64; 4],
+    /// Left to the caller's pick: nothing in the service serves.
+    pub none_serving: u64,
+    /// Left to the caller's pick: the path is one of `transparent.exclude_paths`.
+    pub excluded: u64,
+}
+
+impl CorrectionStats {
+    /// The counter names, in the order [`CorrectionStats::take`] returns them.
+    pub const NAMES: [&'static str; 7] = [
+        "transparent.kept",
+        "transparent.redirected.draining",
+        "transparent.redirected.down",
+        "transparent.redirected.departed",
+        "transparent.redirected.share",
+        "transparent.untouched.none_serving",
+        "transparent.untouched.excluded",
+    ];
+
+    /// Counts one decision about a request of this service.
+    pub fn count(&mut self, d: &Decision) {
+        match d {
+            Decision::Keep { .. } => self.kept += 1,
+            Decision::Redirect { why, .. } => {
+                if let Some(n) = self.redirected.get_mut(why.index()) {
+                    *n += 1;
+                }
+            }
+            Decision::Untouched(Untouched::NoneServing) => self.none_serving += 1,
+            Decision::Untouched(Untouched::Excluded) => self.excluded += 1,
+            Decision::Untouched(_) => {}
+        }
+    }
+
+    /// The counts since the last call, in [`CorrectionStats::NAMES`] order; resets them.
+    pub fn take(&mut self) -> [u64; 7] {
+        let s = std::mem::take(self);
+        let [a, b, c, d] = s.redirected;
+        [s.kept, a, b, c, d, s.none_serving, s.excluded]
+    }
+}
+
+/// The gauge of one corrected service: the share of its captured requests the current plan
+/// redirects, in per mille (the plan's `R`, [`crate::transparent::Plan::redirected_share`]).
+pub const CORRECTION_GAUGE: &str = "transparent.redirected_share_permille";
+
+/// Transparent mode's counters of captured requests no corrected service owns, flushed like
+/// [`Stats`]: `wasmcustom.lossless.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// The destination belongs to no configured service.
+    pub unknown: u64,
+    /// Several services list the destination and the request names none of them.
+    pub ambiguous: u64,
+    /// The destination belongs to a service without `transparent`.
+    pub not_corrected: u64,
+}
+
+impl CaptureStats {
+    /// The counter names, in the order [`CaptureStats::take`] returns them.
+    pub const NAMES: [&'static str; 3] =
+        ["transparent.untouched.unknown", "transparent.untouched.ambiguous", "transparent.untouched.not_corrected"];
+
+    /// Counts a request left untouched for a reason of its own.
+    pub fn count(&mut self, u: Untouched) {
+        match u {
+            Untouched::Unknown => self.unknown += 1,
+            Untouched::Ambiguous => self.ambiguous += 1,
+            Untouched::NotCorrected => self.not_corrected += 1,
+            Untouched::NoneServing | Untouched::Excluded => {}
+        }
+    }
+
+    /// The counts since the last call, in [`CaptureStats::NAMES`] order; resets them.
+    pub fn take(&mut self) -> [u64; 3] {
+        let s = std::mem::take(self);
+        [s.unknown, s.ambiguous, s.not_corrected]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transparent::Why;
 
     /// Every counter lands under its own name: each field set to a distinct value comes back at
     /// the position of its name.
@@ -353,5 +443,44 @@ mod tests {
         );
         let off = ServiceGauges { overload_protected: false, ..g };
         assert_eq!(off.values()[6], 0);
+    }
+
+    #[test]
+    fn correction_counters_line_up() {
+        let mut c = CorrectionStats::default();
+        c.count(&Decision::Keep { service: 0, member: 1 });
+        for (k, why) in Why::ALL.iter().enumerate() {
+            for _ in 0..=k {
+                c.count(&Decision::Redirect { service: 0, to: 0, why: *why });
+            }
+        }
+        for _ in 0..5 {
+            c.count(&Decision::Untouched(Untouched::NoneServing));
+        }
+        for _ in 0..6 {
+            c.count(&Decision::Untouched(Untouched::Excluded));
+        }
+        c.count(&Decision::Untouched(Untouched::Unknown));
+        let named: Vec<(&str, u64)> = CorrectionStats::NAMES.iter().copied().zip(c.take()).collect();
+        for why in Why::ALL {
+            let name = format!("transparent.redirected.{}", why.as_str());
+            let want = why.index() as u64 + 1;
+            assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
+        }
+        assert_eq!(named[0], ("transparent.kept", 1));
+        assert_eq!(named[5..], [("transparent.untouched.none_serving", 5), ("transparent.untouched.excluded", 6)]);
+        assert_eq!(c, CorrectionStats::default());
+        let mut g = CaptureStats::default();
+        for (n, u) in [(1, Untouched::Unknown), (2, Untouched::Ambiguous), (3, Untouched::NotCorrected)] {
+            for _ in 0..n {
+                g.count(u);
+            }
+        }
+        g.count(Untouched::Excluded);
+        let named: Vec<(&str, u64)> = CaptureStats::NAMES.iter().copied().zip(g.take()).collect();
+        let own = [Untouched::Unknown, Untouched::Ambiguous, Untouched::NotCorrected];
+        for ((name, got), (want, u)) in named.iter().zip((1..).zip(own)) {
+            assert_eq!((*name, *got), (format!("transparent.untouched.{}", u.as_str()).as_str(), want));
+        }
     }
 }

@@ -144,6 +144,18 @@ impl Keys {
         format!("{}admission", self.prefix)
     }
 
+    /// Transparent mode: the process-wide pick estimate of a corrected service
+    /// ([`crate::transparent::Picks`]).
+    pub fn picks(&self, service: &str) -> String {
+        format!("{}picks/{}", self.prefix, service)
+    }
+
+    /// Transparent mode: the departed addresses of a corrected service
+    /// ([`crate::transparent::Departed`]), written by the poller VM.
+    pub fn departed(&self, service: &str) -> String {
+        format!("{}departed/{}", self.prefix, service)
+    }
+
     /// Creates the keys that are edited with CAS later, so no write ever meets an absent key.
     pub fn create_all(&self, shared: &dyn Shared) {
         create_if_absent(shared, &self.lease(), b"");

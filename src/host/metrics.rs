@@ -4,7 +4,10 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::stats::{ServiceGauges, ServiceStats, Stats, GAUGE_NAMES, REFRESH_DURATION_GAUGE};
+use crate::stats::{
+    CaptureStats, CorrectionStats, ServiceGauges, ServiceStats, Stats, CORRECTION_GAUGE, GAUGE_NAMES,
+    REFRESH_DURATION_GAUGE,
+};
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -30,6 +33,10 @@ pub struct Metrics {
     services: Vec<ServiceMetrics>,
     /// `lossless.push_connected`: registries whose push session is set up (the poller's count).
     push_connected: Option<u32>,
+    /// Transparent mode: the capture's counters, and each corrected service's counters and gauge
+    /// (by service index).
+    capture: Vec<Option<u32>>,
+    corrections: Vec<(usize, Vec<Option<u32>>, Option<u32>)>,
 }
 
 impl Metrics {
@@ -49,6 +56,8 @@ impl Metrics {
                 })
                 .collect(),
             push_connected: define(MetricType::Gauge, "lossless.push_connected"),
+            capture: Vec::new(),
+            corrections: Vec::new(),
         }
     }
 
@@ -56,6 +65,41 @@ impl Metrics {
     pub fn push_connected(&self, n: u64) {
         if let Some(id) = self.push_connected {
             let _ = hostcalls::record_metric(id, n);
+        }
+    }
+
+    /// Defines transparent mode's metrics: the capture's counters, and those of each corrected
+    /// service (`(index, name)`).
+    pub fn with_transparent<'a>(mut self, corrected: impl Iterator<Item = (usize, &'a str)>) -> Self {
+        self.capture =
+            CaptureStats::NAMES.iter().map(|n| define(MetricType::Counter, &format!("lossless.{n}"))).collect();
+        self.corrections = corrected
+            .map(|(i, svc)| {
+                let counters = CorrectionStats::NAMES
+                    .iter()
+                    .map(|n| define(MetricType::Counter, &format!("lossless.{svc}.{n}")))
+                    .collect();
+                (i, counters, define(MetricType::Gauge, &format!("lossless.{svc}.{CORRECTION_GAUGE}")))
+            })
+            .collect();
+        self
+    }
+
+    /// Adds transparent mode's counts since the last flush: the capture's, then each corrected
+    /// service's (`(index, counts)`).
+    pub fn flush_transparent(&self, capture: [u64; 3], services: impl Iterator<Item = (usize, [u64; 7])>) {
+        add(&self.capture, &capture);
+        for (i, deltas) in services {
+            if let Some((_, ids, _)) = self.corrections.iter().find(|(k, _, _)| *k == i) {
+                add(ids, &deltas);
+            }
+        }
+    }
+
+    /// Sets the redirected-share gauge of corrected service `i` (per mille).
+    pub fn correction_share(&self, i: usize, permille: u64) {
+        if let Some((_, _, Some(id))) = self.corrections.iter().find(|(k, _, _)| *k == i) {
+            let _ = hostcalls::record_metric(*id, permille);
         }
     }
 

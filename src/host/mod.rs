@@ -80,6 +80,14 @@ impl Host for Envoy {
     fn property(&self, path: &[&str]) -> Option<String> {
         hostcalls::get_property(path.to_vec()).ok().flatten().and_then(|b| String::from_utf8(b).ok())
     }
+    fn clear_route_cache(&self) -> bool {
+        // Envoy >= 1.33; before that (and for plugins of ABI 0.2.1, which the SDK is) Envoy
+        // clears the route cache on every request header change already
+        match hostcalls::call_foreign_function("clear_route_cache", None::<&[u8]>) {
+            Ok(_) | Err(Status::NotFound) => true,
+            Err(_) => false,
+        }
+    }
 }
 
 #[link(wasm_import_module = "env")]

@@ -138,7 +138,9 @@ impl RootContext for Root {
             }
         };
         let (n, mode) = (cfg.services.len(), cfg.settings.mode);
-        self.metrics = Some(Metrics::new(cfg.services.iter().map(|s| s.name.as_str())));
+        self.metrics = Some(Metrics::new(cfg.services.iter().map(|s| s.name.as_str())).with_transparent(
+            cfg.services.iter().enumerate().filter(|(_, s)| s.transparent.is_some()).map(|(i, s)| (i, s.name.as_str())),
+        ));
         // a VM id from WASI randomness: pointers and context ids are equal across worker VMs
         let mut vm = Vm::new(cfg, &bytes, Rng::from_entropy().next_u64(), Rng::from_entropy());
         vm.on_start(&Envoy);
@@ -167,6 +169,17 @@ impl RootContext for Root {
                 for (i, g) in vm.gauges(now) {
                     m.service_gauges(i, &g);
                 }
+                for (i, permille) in vm.correction_gauges() {
+                    m.correction_share(i, permille);
+                }
+            }
+            if let Some(cap) = vm.capture.as_mut() {
+                let capture = cap.stats.take();
+                let services = vm.services.iter_mut().enumerate();
+                m.flush_transparent(
+                    capture,
+                    services.filter_map(|(i, s)| Some((i, s.correction.as_mut()?.stats.take()))),
+                );
             }
         }
     }

@@ -66,12 +66,15 @@ impl Picks {
         self.counts.get(addr).copied().unwrap_or(0.0)
     }
 
-    /// The shared-data form: `lossless-picks at_ms`, then one `addr count` line per address.
+    /// The shared-data form: `lossless-picks at_ms`, then one `addr count` line per address, the
+    /// count in thousandths of a pick (an integer: no float formatting in the module).
     pub fn encode(&self) -> Vec<u8> {
         use std::fmt::Write;
         let mut out = format!("lossless-picks {}\n", self.at_ms);
         for (a, c) in &self.counts {
-            let _ = writeln!(out, "{a} {c:.3}");
+            let milli = (c * 1000.0).round();
+            let milli = if milli.is_finite() && milli > 0.0 { milli.min(u64::MAX as f64) as u64 } else { 0 };
+            let _ = writeln!(out, "{a} {milli}");
         }
         out.into_bytes()
     }
@@ -88,9 +91,9 @@ impl Picks {
         let mut counts = BTreeMap::new();
         for line in lines {
             let mut f = line.split(' ');
-            if let (Some(a), Some(Ok(c)), None) = (f.next(), f.next().map(str::parse::<f64>), f.next()) {
-                if c.is_finite() && c > 0.0 && counts.len() < MAX_ADDRESSES {
-                    counts.insert(a.to_string(), c);
+            if let (Some(a), Some(Ok(milli)), None) = (f.next(), f.next().map(str::parse::<u64>), f.next()) {
+                if milli > 0 && counts.len() < MAX_ADDRESSES {
+                    counts.insert(a.to_string(), milli as f64 / 1000.0);
                 }
             }
         }
@@ -218,10 +221,16 @@ mod tests {
         assert_eq!(back, p);
         assert_eq!(Picks::decode(b""), Picks::default());
         assert_eq!(Picks::decode(b"nonsense"), Picks::default());
-        let d = Picks::decode(b"lossless-picks 5\na:1 2.5\nbad\nb:1 x\nc:1 -1\nd:1 NaN\ne:1 1 2\n");
+        let d = Picks::decode(b"lossless-picks 5\na:1 2500\nbad\nb:1 x\nc:1 -1\nd:1 NaN\ne:1 1 2\nf:1 0\ng:1 2.5\n");
         assert_eq!(d.at_ms, 5);
         assert_eq!(d.counts.len(), 1);
         assert_eq!(d.count("a:1"), 2.5);
+        // decayed counts keep a thousandth of a pick
+        let mut p = Picks::default();
+        p.counts.insert("a:1".into(), 1.23449);
+        p.counts.insert("b:1".into(), 0.0004);
+        let back = Picks::decode(&p.encode());
+        assert_eq!((back.count("a:1"), back.count("b:1")), (1.234, 0.0));
     }
 
     /// Two VMs flush into one aggregate: nothing is lost, both plan from the sum.

@@ -27,12 +27,14 @@ pub mod departed;
 pub mod estimate;
 pub mod index;
 pub mod shares;
+pub mod state;
 
 pub use correct::{decide, Corrector, Decision, Untouched, Why};
 pub use departed::Departed;
 pub use estimate::{flush, Pending, Picks};
 pub use index::{AddressIndex, Found, Lookup, Source};
 pub use shares::Plan;
+pub use state::{Capture, Corrected};
 
 /// Eureka: how long a departed address is remembered by default (ms). The longest chain of
 /// caches a Spring Cloud caller on Eureka may hold an address through: lease expiry 90 s
@@ -58,7 +60,9 @@ pub struct Settings {
     /// configured service lists is never taken for a departed one).
     pub departed_ttl_ms: i64,
     /// Half-life of the pick estimate (ms, > 0): longer is steadier at low request rates, shorter
-    /// follows the callers' list changes sooner.
+    /// follows the callers' list changes sooner. The default, 500 ms, keeps the overshoot after a
+    /// caller's own list changed (Spring Cloud LoadBalancer's cache expiring with a new instance
+    /// in it) to about a second; 2 s would make it four (`docs/transparent-mode.md`).
     pub estimate_half_life_ms: i64,
     /// Pseudo-picks by weight the estimate starts from (>= 0): with little evidence a pick stays.
     pub prior_picks: f64,
@@ -70,8 +74,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             departed_ttl_ms: DEFAULT_DEPARTED_TTL_MS,
-            estimate_half_life_ms: 2_000,
-            prior_picks: 20.0,
+            estimate_half_life_ms: 500,
+            prior_picks: 5.0,
             replan_ms: 200,
         }
     }

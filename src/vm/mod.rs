@@ -13,9 +13,11 @@
 //! One job per file: this one holds the VM's state, its wiring and its view of shared data
 //! ([`Vm::sync`]); `tick.rs` the tick and the calls it dispatches; `refresh.rs` a registry reply
 //! made membership; `checks.rs` the active health checks; `online.rs` the inbound registration;
-//! `request.rs` the request path; `admin.rs` the admin endpoints; `response.rs` the response path.
+//! `request.rs` the request path; `admin.rs` the admin endpoints; `response.rs` the response path;
+//! `capture.rs` transparent mode's index, plans and shared estimate.
 
 mod admin;
+mod capture;
 mod checks;
 mod online;
 mod push;
@@ -42,6 +44,7 @@ use crate::router::Router;
 use crate::service::{Registry, Service};
 use crate::stats::{ServiceGauges, Stats};
 use crate::store::{create_if_absent, Keys, Shared};
+use crate::transparent::{Capture, Corrected};
 use crate::view::{ServiceView, View};
 
 /// A poller that stops renewing its lease is replaced after this long (ms).
@@ -70,6 +73,9 @@ pub trait Host: Shared {
     fn set_response_header(&self, name: &str, value: Option<&str>) -> bool;
     /// A property as text (`["xds", "cluster_name"]`, `["upstream", "address"]`).
     fn property(&self, path: &[&str]) -> Option<String>;
+    /// Asks Envoy to match the request's route again (after a header a route matches was set):
+    /// Envoy's `clear_route_cache` foreign function. False when the host cannot.
+    fn clear_route_cache(&self) -> bool;
 }
 
 /// What the glue does with a request after [`Vm::on_request`].
@@ -144,6 +150,9 @@ pub struct Vm {
     pub online: Option<Online>,
     /// Inbound with `admission`: the warm-up cap's constants.
     admission: Option<WarmUp>,
+    /// Transparent mode (a service sets `transparent`): the address index and the counters of
+    /// captured requests no corrected service owns.
+    pub capture: Option<Capture>,
 }
 
 impl Vm {
@@ -161,6 +170,7 @@ impl Vm {
                 view: ServiceView::new(&sc, settings.weight_refresh_ms),
                 poll: Default::default(),
                 stats: Default::default(),
+                correction: sc.transparent.as_ref().map(|_| Corrected::default()),
                 cfg: sc,
             })
             .collect();
@@ -184,6 +194,7 @@ impl Vm {
                 let warmup_s = u32::try_from(i.warmup_ms / 1000).unwrap_or(u32::MAX);
                 i.admission.map(|a| WarmUp::new(a.max_rps, a.cold_factor, warmup_s))
             }),
+            capture: settings.capture.as_ref().map(|_| Capture::default()),
             settings,
         }
     }
@@ -196,6 +207,10 @@ impl Vm {
         }
         if self.admission.is_some() {
             create_if_absent(shared, &self.keys.admission(), b"");
+        }
+        for s in self.services.iter().filter(|s| s.correction.is_some()) {
+            create_if_absent(shared, &self.keys.picks(&s.cfg.name), b"");
+            create_if_absent(shared, &self.keys.departed(&s.cfg.name), b"");
         }
     }
 
@@ -214,6 +229,7 @@ impl Vm {
             loaded |= s.view.changed();
             s.view.rebuild(&self.view.marks, now_ms, &mut self.rng);
         }
+        self.capture_sync(shared, loaded, now_ms);
         if loaded && !self.failures.is_empty() {
             // an instance that left with a failure counted must not keep every response read in
             // full (outlier detection reads the served address while any count is open)

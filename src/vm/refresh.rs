@@ -69,6 +69,9 @@ impl Vm {
                 crate::instance::find(members, addr)
             })
         });
+        if let Some(prev) = self.services.get(svc).map(|s| &s.view.snap.members) {
+            self.record_departures(shared, svc, prev, &snap.members, now_ms);
+        }
         bump_gen(shared, &self.keys);
         // this VM routes by the snapshot it built, not by a decode of its own encoding: the
         // key is read back once for its CAS token, which stands for these bytes only

@@ -40,15 +40,37 @@ impl Vm {
             return self.apply(h, ex, route, None);
         }
         let cluster = h.property(&["xds", "cluster_name"]);
-        let req = Request { headers: &headers, cluster: cluster.as_deref(), now_ms: now };
+        // transparent mode: a captured request's destination is the caller's own pick
+        let destination =
+            if self.router.captures(cluster.as_deref()) { h.property(&["destination", "address"]) } else { None };
+        let req = Request {
+            headers: &headers,
+            cluster: cluster.as_deref(),
+            destination: destination.as_deref(),
+            now_ms: now,
+        };
         let keys = &self.keys;
-        let Decision { strip, route, trial } =
-            self.router.outbound(&mut self.services, &req, &mut self.rng, &mut self.scratch, &mut |addr| {
+        let index = self.capture.as_ref().map(|c| &c.index);
+        let Decision { strip, route, trial, captured, service_header } =
+            self.router.outbound(&mut self.services, index, &req, &mut self.rng, &mut self.scratch, &mut |addr| {
                 marks::claim_trial(h, keys, addr, now)
             });
         for name in strip {
-            h.set_request_header(name, None);
+            if !h.set_request_header(name, None) {
+                warn!("cannot remove the client's routing header '{name}'");
+            }
             self.stats.client_header_stripped += 1;
+        }
+        if let Some(c) = &captured {
+            super::capture::count_captured(&mut self.services, self.capture.as_mut(), c);
+        }
+        if let (Some(name), Route::Forward { service, .. }) = (service_header, &route) {
+            // the route that matches the service's name takes the request to the service's own
+            // cluster (the Istio recipe); Envoy matches the route again once asked
+            let svc = self.services.get(*service).map(|s| s.cfg.name.as_str()).unwrap_or_default();
+            if !h.set_request_header(name, Some(svc)) || !h.clear_route_cache() {
+                warn!("cannot set '{name}' on a captured request or match its route again");
+            }
         }
         if let Some(t) = &trial {
             if let Some(s) = self.services.get_mut(t.service) {

@@ -26,6 +26,8 @@ pub(super) struct FakeHost<'a> {
     pub(super) resp: RefCell<Vec<(String, String)>>,
     pub(super) props: Vec<(&'static str, String)>,
     pub(super) calls: Cell<u64>,
+    /// How often the route cache was cleared.
+    pub(super) route_cleared: Cell<u64>,
 }
 
 impl FakeHost<'_> {
@@ -73,6 +75,11 @@ impl Host for FakeHost<'_> {
         let key = path.join(".");
         self.props.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
     }
+    fn clear_route_cache(&self) -> bool {
+        self.count();
+        self.route_cleared.set(self.route_cleared.get() + 1);
+        true
+    }
 }
 
 fn set_header(map: &RefCell<Vec<(String, String)>>, name: &str, value: Option<&str>) -> bool {
@@ -95,7 +102,7 @@ pub(super) fn host<'a>(shared: &'a FakeShared, now: i64, req: &[(&str, &str)], c
         props.push(("xds.cluster_name", c.to_string()));
     }
     let req = RefCell::new(req.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-    FakeHost { shared, now, req, resp: RefCell::default(), props, calls: Cell::new(0) }
+    FakeHost { shared, now, req, resp: RefCell::default(), props, calls: Cell::new(0), route_cleared: Cell::new(0) }
 }
 
 impl World {

@@ -30,6 +30,7 @@ impl Vm {
             }
         }
         self.sync(shared, now_ms);
+        self.capture_tick(shared, now_ms);
         if let Some(o) = self.online.as_mut() {
             self.stats.online.add(std::mem::take(&mut o.stats));
         }

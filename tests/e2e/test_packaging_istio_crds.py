@@ -240,6 +240,13 @@ MUTATIONS = {
     "duplicate list-map key": ("WasmPlugin", "lossless-inbound",
                                ["spec", "match", 0, "ports", 1], {"number": 8080},
                                "duplicate entries for list-map keys ['number']"),
+    "bad patch operation": ("EnvoyFilter", "lossless-orders-transparent",
+                            ["spec", "configPatches", 1, "patch", "operation"], "INSERT_TOP",
+                            "'INSERT_TOP' is not one of"),
+    "unknown key of a route match": ("EnvoyFilter", "lossless-orders-transparent",
+                                     ["spec", "configPatches", 1, "match", "routeConfiguration",
+                                      "vhost", "nmae"], "allow_any",
+                                     "vhost.nmae: unknown field"),
 }
 
 
@@ -347,3 +354,51 @@ def test_istio_prestop_drains_through_nacos():
     assert sleep + 5 < drain_s < grace
     assert "15006" not in script and "/lossless/drain" not in script
 
+
+
+def test_istio_transparent_variant_agrees_with_the_recipe():
+    """envoy/istio/transparent-orders.yaml: its WasmPlugin is the outbound one plus transparent
+    mode for orders (same workloads, registries and cluster names); its EnvoyFilter inserts, first
+    into the port's catch-all `allow_any`, the route that takes what lossless names with
+    capture.service_header to orders' own cluster (the one envoyfilter-orders.yaml patches with
+    override_host), with the recipe's retry policy."""
+    outbound = find("WasmPlugin", "lossless-outbound")["spec"]
+    plugin = find("WasmPlugin", "lossless-outbound-transparent")["spec"]
+    ef = find("EnvoyFilter", "lossless-orders-transparent")["spec"]
+    orders_ef = find("EnvoyFilter", "lossless-orders")["spec"]
+    assert plugin["selector"] == outbound["selector"]
+    assert ef["workloadSelector"] == orders_ef["workloadSelector"]
+    for key in ("url", "phase", "failStrategy", "match", "type", "pluginName"):
+        assert plugin[key] == outbound[key], key
+    cfg = plugin["pluginConfig"]
+    assert cfg["registries"] == outbound["pluginConfig"]["registries"]
+    [svc] = cfg["services"]
+    [plain] = outbound["pluginConfig"]["services"]
+    assert {k: v for k, v in svc.items() if k != "transparent"} == plain
+    assert all(p.startswith("/") for p in svc["transparent"]["exclude_paths"])
+    capture = cfg["capture"]
+    assert capture["match_clusters"] == ["PassthroughCluster"], "Istio's name for it"
+    header = capture["service_header"]
+
+    [cluster] = svc["match_clusters"]
+    port = int(cluster.split("|")[1])
+    patches = ef["configPatches"]
+    assert [(p["applyTo"], p["patch"]["operation"]) for p in patches] == [
+        ("VIRTUAL_HOST", "MERGE"), ("HTTP_ROUTE", "INSERT_FIRST")]
+    for p in patches:
+        assert p["match"]["context"] == "SIDECAR_OUTBOUND"
+        assert p["match"]["routeConfiguration"] == {"portNumber": port,
+                                                    "vhost": {"name": "allow_any"}}
+    assert patches[0]["patch"]["value"] == {"include_attempt_count_in_response": True}
+    route = patches[1]["patch"]["value"]
+    assert route["match"] == {"prefix": "/", "headers": [
+        {"name": header, "string_match": {"exact": svc["name"]}}]}
+    assert route["route"]["cluster"] == cluster
+    orders_patches = {p["applyTo"]: p for p in orders_ef["configPatches"]}
+    assert orders_patches["CLUSTER"]["match"]["cluster"]["portNumber"] == port
+    recipe_retry = orders_patches["HTTP_ROUTE"]["patch"]["value"]["route"]["retry_policy"]
+    retry = route["route"]["retry_policy"]
+    assert {k: retry[k] for k in recipe_retry} == recipe_retry
+    # a route of its own gets no Istio default to merge with: the previous-hosts predicate is
+    # spelled out
+    assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"

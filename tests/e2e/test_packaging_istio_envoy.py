@@ -12,11 +12,12 @@ test_packaging_istio_crds.py.
 
 import copy
 import json
+from collections import Counter
 
 import pytest
 import yaml
 
-from kit import REPO, free_port, render_text, request
+from kit import HOUR_MS, REPO, free_port, now_ms, render_text, request, wait_until
 from shipped import (
     DOCS,
     ENVOY_DIR,
@@ -321,6 +322,97 @@ def test_istio_merged_route_lets_slow_calls_finish(make_backend, make_envoy, tmp
                                body=b"x" if method == "POST" else None,
                                headers={"host": vhost}, timeout=10)
         assert status == want, (vhost, method)
+
+
+def transparent_sidecar(wasm, registry_addr, backends, ports):
+    """A template of the callers' sidecar with envoy/istio/transparent-orders.yaml applied: the
+    port's route configuration as istiod builds it (orders' virtual host, then the `allow_any`
+    catch-all to PassthroughCluster) with the EnvoyFilter's patches, orders' cluster with
+    envoyfilter-orders.yaml's override_host (static endpoints in place of EDS), PassthroughCluster,
+    the registry, and the transparent WasmPlugin's filter (its registry pointed at `registry_addr`).
+    One listener per entry of `ports` (placeholder names), all on the same route configuration."""
+    plugin = copy.deepcopy(find("WasmPlugin", "lossless-outbound-transparent")["spec"])
+    cfg = plugin["pluginConfig"]
+    [reg] = cfg["registries"].values()
+    reg["authority"] = registry_addr
+    cfg["refresh_interval_ms"] = 500
+    ef = find("EnvoyFilter", "lossless-orders-transparent")["spec"]["configPatches"]
+    patches = {(p["applyTo"], p["patch"]["operation"]): p["patch"]["value"] for p in ef}
+    name = orders_cluster_name()
+    host, port = name.split("||")[1], int(name.split("|")[1])
+    orders_vhost = merge({"name": f"{host}:{port}", "domains": [host, f"{host}:{port}"],
+                          "routes": [merge(istio_route(name), orders_patches()["HTTP_ROUTE"])]},
+                         orders_patches()["VIRTUAL_HOST"])
+    allow_any = merge({"name": "allow_any", "domains": ["*"], "routes": [
+        {"name": "allow_any", "match": {"prefix": "/"},
+         "route": {"cluster": "PassthroughCluster", "timeout": "0s", "max_grpc_timeout": "0s"}}]},
+        patches["VIRTUAL_HOST", "MERGE"])
+    allow_any["routes"].insert(0, patches["HTTP_ROUTE", "INSERT_FIRST"])
+    orders_cluster = merge(istio_cluster(name), orders_patches()["CLUSTER"])
+    del orders_cluster["eds_cluster_config"]
+    orders_cluster.update(type="STATIC", load_assignment={"cluster_name": name, "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": b.port}}}} for b in backends]}]})
+    reg_host, reg_port = registry_addr.rsplit(":", 1)
+    clusters = [orders_cluster,
+                {"name": "PassthroughCluster", "type": "ORIGINAL_DST",
+                 "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s"},
+                {"name": reg["cluster"], "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": static_endpoints(reg["cluster"], reg_host, int(reg_port))}]
+    lossless = wasm_filter(wasm, plugin, "lossless-outbound")
+    listeners = []
+    for p in ports:
+        one = listener(p, "${" + p + "}", [orders_vhost, allow_any], [lossless],
+                       address="127.0.0.1")
+        one["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["name"] = str(port)
+        listeners.append(one)
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": "${ADMIN_PORT}"}}},
+            "static_resources": {"listeners": listeners, "clusters": clusters}}
+
+
+@pytest.mark.compat
+def test_istio_transparent_route_takes_the_pick_to_the_service(rnacos, make_backend, make_envoy,
+                                                               wasm_path, tmp_path):
+    """transparent-orders.yaml in a running Envoy: a caller's pick of a draining pod comes in on
+    the catch-all route (PassthroughCluster); lossless moves it, names the service in
+    x-lossless-service and has Envoy match the route again, and the inserted route takes it to
+    orders' own cluster, whose override_host sends it to lossless' pick. Here the "pod" picked is
+    the listener's own address (what destination.address reads without a capture), registered in
+    Nacos as a draining instance of orders. A pick of no member (another listener) stays on
+    PassthroughCluster, which has no original destination to go to here (503); so does a request
+    whose client sent x-lossless-service itself: the header is removed."""
+    backends = [make_backend() for _ in range(2)]
+    judged, stranger = free_port(), free_port()
+    hour_ago = now_ms() - HOUR_MS
+    for b in backends:
+        rnacos.register("orders", "127.0.0.1", b.port, metadata={"timestamp": hour_ago})
+    rnacos.register("orders", "127.0.0.1", judged,
+                    metadata={"timestamp": hour_ago, "lossless.drain": "true"})
+    config = tmp_path / "transparent.template.yaml"
+    config.write_text(yaml.safe_dump(
+        transparent_sidecar(wasm_path, rnacos.addr, backends, ["JUDGED", "STRANGER"]),
+        sort_keys=False))
+    envoy = make_envoy(config, {"JUDGED": judged, "STRANGER": stranger}, name="transparent",
+                       concurrency=2)
+    addrs = {f"127.0.0.1:{b.port}" for b in backends}
+
+    def answered(port, headers=None, method="GET"):
+        status, hdrs, _ = request(method, f"http://127.0.0.1:{port}/orders/1",
+                                  body=b"x" if method == "POST" else None,
+                                  headers={"host": "10.1.0.7:8080", **(headers or {})})
+        return status, hdrs.get("x-instance")
+
+    wait_until(lambda: answered(judged)[1] in addrs, timeout=15,
+               what="lossless knows orders and moves the draining pick")
+    got = Counter(answered(judged, method=m)[1] for m in ("GET", "POST") * 20)
+    assert set(got) == addrs, got
+    assert answered(stranger) == (503, None)
+    assert answered(stranger, {"x-lossless-service": "orders"}) == (503, None)
+    # counted (on the next tick): the moved picks, and the two requests left on PassthroughCluster
+    wait_until(lambda: envoy.stat("wasmcustom.lossless.orders.transparent.redirected.draining", 0)
+               >= 40 and envoy.stat("wasmcustom.lossless.transparent.untouched.unknown", 0) >= 1,
+               timeout=5, what="the transparent counters")
 
 
 @pytest.mark.compat

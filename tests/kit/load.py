@@ -15,11 +15,13 @@ Sample = namedtuple("Sample", "t method status instance latency error headers")
 class Load:
     """Bounded HTTP load: `threads` keep-alive connections for `duration` s or `count` requests,
     optionally at `rate` req/s in total; a `post_share` of requests are POSTs with `body`.
-    Sample.t is seconds since start(); status 0 means an exception (Sample.error)."""
+    Sample.t is seconds since start(); status 0 means an exception (Sample.error). `judge`, when
+    given, reads each answer instead: judge(status, headers, body) -> (status, instance, {extra}),
+    for a server that reports on a request it made itself (a caller's /call)."""
 
     def __init__(self, port, threads=8, duration=None, count=None, rate=None, post_share=0.0,
                  path="/", headers=None, body=b'{"op":"write"}', timeout=5.0,
-                 record_headers=(), max_duration=120.0):
+                 record_headers=(), max_duration=120.0, judge=None):
         if duration is None and count is None:
             duration = 2.0
         self.port = port
@@ -33,6 +35,7 @@ class Load:
         self.body = body
         self.timeout = timeout
         self.record_headers = tuple(h.lower() for h in record_headers)
+        self.judge = judge
         self._samples = []
         self._lock = threading.Lock()
         self._issued = 0
@@ -112,9 +115,13 @@ class Load:
         try:
             conn.request(method, self.path, body=body, headers=headers)
             resp = conn.getresponse()
-            resp.read()
+            data = resp.read()
             kept = {h: resp.getheader(h) for h in self.record_headers if resp.getheader(h)}
-            sample = Sample(start - self.t0, method, resp.status, resp.getheader("x-instance"),
+            status, instance = resp.status, resp.getheader("x-instance")
+            if self.judge is not None:
+                status, instance, extra = self.judge(status, resp.getheaders(), data)
+                kept.update(extra)
+            sample = Sample(start - self.t0, method, status, instance,
                             time.monotonic() - start, None, kept)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()

@@ -25,6 +25,8 @@ would be routed through `lo`, which the capture skips.
         cap.provider_ip(1)                      # 10.77.0.11, an address in the svc namespace
         cap.start(procs, "envoy", argv, ns="pod", uid=cap.proxy_uid)
         cap.call("pod", fn, *args)              # fn runs in a thread inside the pod namespace
+        cap.add_pod()                           # "pod2": a second caller pod, captured the same
+                                                # way, its own veth pair to the svc namespace
 
 Leaving the block (also on an exception) stops every process still running in either namespace
 (by pid), then deletes both namespaces, which removes the veth pair and every iptables rule made
@@ -100,8 +102,10 @@ class Capture:
         short = f"{os.getpid() % 100000}{next(_seq) % 100}"
         self.veth_root = (f"llp{short}", f"lls{short}")
         self.pod_ip = f"{subnet}.1"
+        self.pods = ["pod"]
         self._provider_ips = set()
         self._made = []  # namespaces created, for cleanup
+        self._veths = []  # veth ends of added pods, for cleanup
         self._pids = []  # (procs, name) started in a namespace
 
     # -- building -------------------------------------------------------------------------------
@@ -141,13 +145,15 @@ class Capture:
         _run("ip", "-n", pod, "addr", "add", f"{self.pod_ip}/24", "dev", "eth0")
         self._capture_rules()
 
-    def _iptables(self, *args):
-        return _run("ip", "netns", "exec", self.ns["pod"], "iptables", "-w", "5", "-t", "nat",
+    def _iptables(self, *args, pod="pod"):
+        return _run("ip", "netns", "exec", self.ns[pod], "iptables", "-w", "5", "-t", "nat",
                     *args)
 
-    def _capture_rules(self):
+    def _capture_rules(self, pod="pod"):
         uid = str(self.proxy_uid)
-        ipt = self._iptables
+
+        def ipt(*args):
+            return self._iptables(*args, pod=pod)
         ipt("-N", "ISTIO_REDIRECT")
         ipt("-A", "ISTIO_REDIRECT", "-p", "tcp", "-j", "REDIRECT", "--to-ports",
             str(self.capture_port))
@@ -164,22 +170,57 @@ class Capture:
         ipt("-A", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT")
 
     def exclude(self, ports):
-        """Leaves outbound TCP to `ports` uncaptured from now on (first rule of ISTIO_OUTPUT, as
-        istio-iptables' -o / `traffic.sidecar.istio.io/excludeOutboundPorts`)."""
+        """Leaves outbound TCP to `ports` uncaptured from now on, in every pod (first rule of
+        ISTIO_OUTPUT, as istio-iptables' -o / `traffic.sidecar.istio.io/excludeOutboundPorts`)."""
         ports = [int(p) for p in ports]
-        self._iptables("-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
-                       ",".join(map(str, ports)), "-j", "RETURN")
+        for pod in self.pods:
+            self._iptables("-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
+                           ",".join(map(str, ports)), "-j", "RETURN", pod=pod)
         self.exclude_ports += ports
 
-    def rules(self):
-        """The pod namespace's nat table, as iptables -S prints it."""
-        return self._iptables("-S").stdout
+    def rules(self, pod="pod"):
+        """A pod namespace's nat table, as iptables -S prints it."""
+        return self._iptables("-S", pod=pod).stdout
 
-    def packets(self, chain="ISTIO_REDIRECT"):
-        """Packets that went through `chain` of the pod's nat table (connections captured, for
+    def packets(self, chain="ISTIO_REDIRECT", pod="pod"):
+        """Packets that went through `chain` of a pod's nat table (connections captured, for
         ISTIO_REDIRECT: nat sees the first packet of each connection)."""
-        out = self._iptables("-L", chain, "-v", "-x", "-n").stdout.splitlines()
+        out = self._iptables("-L", chain, "-v", "-x", "-n", pod=pod).stdout.splitlines()
         return sum(int(line.split()[0]) for line in out[2:] if line.split())
+
+    def add_pod(self):
+        """Another caller namespace ("pod2", "pod3", ...), captured like the first (the same
+        rules, the same excluded ports), with its own veth pair to the providers' namespace. It
+        takes the next address of the subnet (.2, .3, ...); the svc side of its pair has no address
+        of its own, only a host route back to the pod (the providers' addresses answer on any
+        interface of their namespace). Returns the pod's key for argv/start/call."""
+        k = len(self.pods) + 1
+        key = f"pod{k}"
+        self.ns[key] = self.ns["pod"].replace("lossless-pod-", f"lossless-pod{k}-")
+        _run("ip", "netns", "add", self.ns[key])
+        self._made.append(self.ns[key])
+        a, b = f"{self.veth_root[0]}p{k}", f"{self.veth_root[1]}p{k}"
+        _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        self._veths += [a, b]
+        _run("ip", "link", "set", a, "netns", self.ns[key])
+        _run("ip", "link", "set", b, "netns", self.ns["svc"])
+        ip = f"{self.subnet}.{k}"
+        pod, svc = self.ns[key], self.ns["svc"]
+        _run("ip", "-n", pod, "link", "set", "lo", "up")
+        _run("ip", "-n", pod, "link", "set", a, "name", "eth0")
+        _run("ip", "-n", pod, "link", "set", "eth0", "up")
+        _run("ip", "-n", pod, "addr", "add", f"{ip}/24", "dev", "eth0")
+        dev = f"eth{k - 1}"
+        _run("ip", "-n", svc, "link", "set", b, "name", dev)
+        _run("ip", "-n", svc, "link", "set", dev, "up")
+        _run("ip", "-n", svc, "route", "add", f"{ip}/32", "dev", dev)
+        self.pods.append(key)
+        self._capture_rules(pod=key)
+        if self.exclude_ports:
+            ports = ",".join(map(str, self.exclude_ports))
+            self._iptables("-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "-m", "multiport", "--dports",
+                           ports, "-j", "RETURN", pod=key)
+        return key
 
     def provider_ip(self, k):
         """The k-th provider address (k >= 1), added to the svc namespace on first use."""
@@ -281,7 +322,7 @@ class Capture:
             _run("ip", "netns", "del", ns, check=False)
             self._made.remove(ns)
         # a veth left in the root namespace by a build that failed half-way
-        for dev in self.veth_root:
+        for dev in [*self.veth_root, *self._veths]:
             if Path(f"/sys/class/net/{dev}").exists():
                 _run("ip", "link", "del", dev, check=False)
         tag = self.ns["pod"].rsplit("-", 1)[-1]
@@ -295,29 +336,29 @@ def namespaces_left(prefix="lossless-"):
     return [line.split()[0] for line in out if line.startswith(prefix)]
 
 
-def captured_envoy(cap, procs, template, subs=None, name="sidecar", binary=None, **kw):
-    """The sidecar: an Envoy (kit.envoy.Envoy) run inside the pod namespace as the proxy uid, its
-    files in a directory that uid owns, its admin API called from inside the namespace. Not
-    started: call .start()."""
+def captured_envoy(cap, procs, template, subs=None, name="sidecar", binary=None, pod="pod", **kw):
+    """The sidecar: an Envoy (kit.envoy.Envoy) run inside the pod namespace `pod` as the proxy
+    uid, its files in a directory that uid owns, its admin API called from inside the namespace.
+    Not started: call .start()."""
     from .env import env_path
     from .envoy import Envoy, real_binary
 
     class Captured(Envoy):
         def argv(self):
-            return cap.argv("pod", super().argv(), uid=cap.proxy_uid)
+            return cap.argv(pod, super().argv(), uid=cap.proxy_uid)
 
         def start(self, timeout=30.0):
             cap._pids.append((self.procs, self.name))
-            return cap.call("pod", super().start, timeout)
+            return cap.call(pod, super().start, timeout)
 
         def admin(self, method, path, body=None):
-            return cap.call("pod", super().admin, method, path, body)
+            return cap.call(pod, super().admin, method, path, body)
 
         def stats(self, pattern=None):
-            return cap.call("pod", super().stats, pattern)
+            return cap.call(pod, super().stats, pattern)
 
         def memory(self):
-            return cap.call("pod", super().memory)
+            return cap.call(pod, super().memory)
 
     real = cap.readable_copy(real_binary(binary or env_path("ENVOY_BIN")))
     return Captured(procs, cap.shared_dir(), template, subs, name=name, binary=real, **kw)
