@@ -6,7 +6,7 @@
 //! deserializers would each instantiate serde_json's whole struct machinery.
 //!
 //! Errors are [`ConfigError`]s whose path is the field's (`services[0].routing.mode`). The text is
-//! read by [`reader::Reader`], the module's one JSON tokenizer.
+//! read by serde_json into the tree ([`Json::parse`]).
 
 use std::collections::BTreeMap;
 
@@ -28,86 +28,10 @@ pub enum Json {
     Obj(Vec<(String, Json)>),
 }
 
-pub mod reader;
-
-use reader::{Reader, Tok};
-
 impl Json {
     /// A whole document, as `serde_json::from_slice` reads one (trailing characters refused).
-    pub fn parse(bytes: &[u8]) -> Result<Json, reader::Error> {
-        let mut r = Reader::new(bytes);
-        let v = Json::read(&mut r)?;
-        r.end()?;
-        Ok(v)
-    }
-
-    /// The next value of `r`.
-    pub fn read(r: &mut Reader<'_>) -> reader::Res<Json> {
-        Ok(match r.token()? {
-            Tok::Null => Json::Null,
-            Tok::Bool(b) => Json::Bool(b),
-            Tok::U(n) => Json::U(n),
-            Tok::I(n) => Json::I(n),
-            Tok::F(f) => Json::F(f),
-            Tok::Str(s) => Json::Str(s.into_owned()),
-            Tok::Arr => {
-                let mut items = Vec::new();
-                while r.elem()? {
-                    items.push(Json::read(r)?);
-                }
-                Json::Arr(items)
-            }
-            Tok::Obj => {
-                let mut entries = Vec::new();
-                while let Some(k) = r.key()? {
-                    let v = Json::read(r)?;
-                    entries.push((k.into_owned(), v));
-                }
-                Json::Obj(entries)
-            }
-        })
-    }
-
-    /// The value of `key` in an object (its last one, as in a `serde_json::Value`).
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// An integer in `i64` range (as `serde_json::Value::as_i64`).
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            Json::U(n) => i64::try_from(n).ok(),
-            Json::I(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    /// Any number (as `serde_json::Value::as_f64`).
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Json::U(n) => Some(n as f64),
-            Json::I(n) => Some(n as f64),
-            Json::F(f) => Some(f),
-            _ => None,
-        }
-    }
-
-    /// The same value as a `serde_json::Value` (a repeated key keeps its last value).
-    pub fn to_value(&self) -> serde_json::Value {
-        use serde_json::Value;
-        match self {
-            Json::Null => Value::Null,
-            Json::Bool(b) => Value::Bool(*b),
-            Json::U(n) => Value::from(*n),
-            Json::I(n) => Value::from(*n),
-            Json::F(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
-            Json::Str(s) => Value::String(s.clone()),
-            Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
-            Json::Obj(entries) => Value::Object(entries.iter().map(|(k, v)| (k.clone(), v.to_value())).collect()),
-        }
+    pub fn parse(bytes: &[u8]) -> Result<Json, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     fn unexpected(&self) -> Unexpected<'_> {
@@ -124,8 +48,7 @@ impl Json {
     }
 }
 
-/// serde_json's own reading of a document into a [`Json`], which the reader is checked against.
-#[cfg(test)]
+/// A document read by serde_json: every value, every key of an object in order.
 mod serde_tree {
     use super::Json;
     use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
