@@ -1,6 +1,6 @@
 //! JSON written by hand: string literals, optional numbers, flat string maps. For the documents
 //! lossless writes itself (the membership document, the registration bodies it sends to Nacos and
-//! Eureka); reading JSON is [`crate::json`]'s job. Escapes follow RFC 8259 §7.
+//! Eureka); reading JSON is serde_json's job. Escapes follow RFC 8259 §7.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

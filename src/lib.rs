@@ -66,7 +66,7 @@
 //! answers 503 `not_ready` until the application is ready and warm.
 //!
 //! Configuration: [`config`] (validated once, immutable). Stats: [`stats`], counted in the VM and
-//! flushed to Envoy on the tick. JSON is read by [`json`] and written by [`emit`].
+//! flushed to Envoy on the tick. JSON is read by serde_json (derived types) and written by [`emit`].
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod admin;
@@ -79,7 +79,6 @@ pub mod emit;
 pub mod headers;
 pub mod health;
 pub mod instance;
-pub mod json;
 pub mod marks;
 pub mod membership;
 pub mod poller;

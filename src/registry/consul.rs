@@ -34,7 +34,13 @@
 //! up to `wait / 16`). The loop is rate-limited as Consul prescribes, by the poller (a token bucket
 //! with a burst of 2, [`crate::poller`]): a request without an index returns at once.
 
-use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Rec, Sink, Slots, To, SLOTS, TAG};
+use std::fmt;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::de::{read_with, Batch, Each, Field, List, Loose, Member, Meta, MetaSide, Obj, Rec, Side, With};
 use super::{
     check_common, encode, request_headers, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
     RegistryError, Reply, ServiceQuery, Session,
@@ -107,74 +113,210 @@ pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError>
 /// Only the metadata keys `build` reads are kept.
 pub fn parse_with(body: &[u8], build: &BuildOptions, choice: &Address) -> Result<Parsed, RegistryError> {
     let keys = build.keys.names();
-    let tag = match choice {
-        Address::Tagged(t) => Some(t.as_str()),
-        Address::Service | Address::Node => None,
-    };
-    let cx = Ctx { keys: &keys, tag };
-    let mut batch = Batch::default();
-    let mut slots = Slots::default();
-    let each = |e: &mut Slots<'_>| entry(e, build, choice);
-    let mut s = Sink { table: ENTRY, slots: &mut slots, batch: &mut batch, each: &each };
-    // the reply is read as a `Vec`: anything but an array is refused
-    read(body, |r| {
-        r.container("a sequence", false)?;
-        elements(r, cx, &mut s)
-    })?;
-    Ok(batch.finish())
+    let mut entries = Entries { keys: &keys, build, choice, meta: Meta::default(), batch: Batch::default() };
+    match read_with(body, List { each: &mut entries, one: false })? {
+        Loose::Array => Ok(entries.batch.finish()),
+        v => Err(RegistryError::Parse(format!("expected an array of entries, got {}", v.kind()))),
+    }
 }
 
-// The slots of one `ServiceEntry`.
-const NODE: usize = 0;
-const NODE_ADDR: usize = 1;
-const NODE_TAGGED: usize = 2;
-/// `Node.TaggedAddresses` of the configured name.
-const NODE_TAG: usize = 3;
-const SVC: usize = 4;
-const SVC_ADDR: usize = 5;
-const SVC_PORT: usize = 6;
-const SVC_TAGGED: usize = 7;
-/// `Service.TaggedAddresses` of the configured name (`api.ServiceAddress`; the API docs' sample
-/// spells its keys in lower case).
-const SVC_TAG: usize = 8;
-const TAG_ADDR: usize = 9;
-const TAG_ADDR_LOWER: usize = 10;
-const TAG_PORT: usize = 11;
-const TAG_PORT_LOWER: usize = 12;
-const WEIGHTS: usize = 13;
-const PASSING: usize = 14;
-const WARNING: usize = 15;
-const CHECKS: usize = 16;
-/// A check's slots in the list: its kind, then these.
-const CHECK_ID: usize = 1;
-const CHECK_STATUS: usize = 2;
+/// One `ServiceEntry`: what is read of it besides `Service` and `Node` (read by [`EntrySide`]).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct Entry {
+    checks: Checks,
+}
 
-static ENTRY: &[Field] = &[
-    field("Node", To::Obj(NODE, NODE_FIELDS, NODE_TAG + 1)),
-    field("Service", To::Obj(SVC, SVC_FIELDS, CHECKS)),
-    field("Checks", To::List(CHECKS, CHECK_FIELDS, 3)),
-];
-static NODE_FIELDS: &[Field] = &[
-    field("Address", To::Val(NODE_ADDR)),
-    field("TaggedAddresses", To::Obj(NODE_TAGGED, &[field(TAG, To::Val(NODE_TAG))], NODE_TAG + 1)),
-];
-static SVC_FIELDS: &[Field] = &[
-    field("Address", To::Val(SVC_ADDR)),
-    field("Port", To::Val(SVC_PORT)),
-    field("TaggedAddresses", To::Obj(SVC_TAGGED, &[field(TAG, To::Obj(SVC_TAG, SVC_ADDR_FIELDS, WEIGHTS))], WEIGHTS)),
-    field(
-        "Weights",
-        To::Obj(WEIGHTS, &[field("Passing", To::Val(PASSING)), field("Warning", To::Val(WARNING))], CHECKS),
-    ),
-    field("Meta", To::Meta),
-];
-static SVC_ADDR_FIELDS: &[Field] = &[
-    field("Address", To::Val(TAG_ADDR)),
-    field("address", To::Val(TAG_ADDR_LOWER)),
-    field("Port", To::Val(TAG_PORT)),
-    field("port", To::Val(TAG_PORT_LOWER)),
-];
-static CHECK_FIELDS: &[Field] = &[field("CheckID", To::Val(CHECK_ID)), field("Status", To::Val(CHECK_STATUS))];
+/// `Node`: its `Address` (its `TaggedAddresses` entry of the configured name is read by
+/// [`Tagged`]).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct Node<'a> {
+    #[serde(borrow)]
+    address: Loose<'a>,
+}
+
+/// `Service` (its `Meta` and its `TaggedAddresses` entry of the configured name are read by
+/// [`ServiceSide`]).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct Service<'a> {
+    #[serde(borrow)]
+    address: Loose<'a>,
+    #[serde(borrow)]
+    port: Loose<'a>,
+    #[serde(borrow)]
+    weights: Obj<'a, Weights<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct Weights<'a> {
+    #[serde(borrow)]
+    passing: Loose<'a>,
+    #[serde(borrow)]
+    warning: Loose<'a>,
+}
+
+/// An entry of `Service.TaggedAddresses` (`api.ServiceAddress`; the API docs' sample spells its
+/// keys in lower case).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ServiceAddress<'a> {
+    #[serde(rename = "Address", borrow)]
+    address: Loose<'a>,
+    #[serde(rename = "address", borrow)]
+    address_lower: Loose<'a>,
+    #[serde(rename = "Port", borrow)]
+    port: Loose<'a>,
+    #[serde(rename = "port", borrow)]
+    port_lower: Loose<'a>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Check<'a> {
+    #[serde(rename = "CheckID", borrow)]
+    check_id: Loose<'a>,
+    #[serde(rename = "Status", borrow)]
+    status: Loose<'a>,
+}
+
+/// `Checks`, folded as they are read: whether a check is a maintenance one, critical (or of a
+/// status Consul does not define) or warning; `malformed` when it is not a list (or `null`) or a
+/// check has no string `Status`.
+#[derive(Default)]
+struct Checks {
+    maintenance: bool,
+    critical: bool,
+    warning: bool,
+    malformed: bool,
+}
+
+impl<'de> Deserialize<'de> for Checks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(ChecksVisitor)? {
+            Some(c) => Ok(c),
+            None => Ok(Checks { malformed: true, ..Checks::default() }),
+        }
+    }
+}
+
+/// `Some` with the checks of a list or `null`, `None` for anything else.
+struct ChecksVisitor;
+
+impl<'de> Visitor<'de> for ChecksVisitor {
+    type Value = Option<Checks>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Option<Checks>, E> {
+        Ok(Some(Checks::default()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Option<Checks>, A::Error> {
+        let mut c = Checks::default();
+        while let Some(check) = a.next_element::<Obj<Check>>()? {
+            let status = check.get().and_then(|k| Some((k.check_id.as_str().unwrap_or_default(), k.status.as_str()?)));
+            let Some((id, status)) = status else {
+                c.malformed = true;
+                continue;
+            };
+            let status = status.trim();
+            if id == "_node_maintenance" || id.starts_with("_service_maintenance:") {
+                c.maintenance = true;
+            }
+            if status.eq_ignore_ascii_case("warning") {
+                c.warning = true;
+            } else if !status.eq_ignore_ascii_case("passing") {
+                c.critical = true;
+            }
+        }
+        Ok(Some(c))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Option<Checks>, A::Error> {
+        Loose::deserialize(MapAccessDeserializer::new(a)).map(|_| None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<Checks>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<Checks>, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<Checks>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<Checks>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<Checks>, E> {
+        Ok(None)
+    }
+}
+
+/// The entries of the reply, each read as it comes and made an instance at once.
+struct Entries<'k, 'b, 'a> {
+    keys: &'k [&'k str],
+    build: &'b BuildOptions,
+    choice: &'b Address,
+    /// One entry's metadata at a time.
+    meta: Meta<'a>,
+    batch: Batch,
+}
+
+impl<'de: 'a, 'a> Each<'de> for Entries<'_, '_, 'a> {
+    fn element<D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        let tag = match self.choice {
+            Address::Tagged(t) => Some(t.as_str()),
+            Address::Service | Address::Node => None,
+        };
+        let mut side = EntrySide { keys: self.keys, tag, meta: &mut self.meta, service: None, node: None };
+        let rec = match With::<Entry, _>::new(&mut side).deserialize(d)? {
+            Obj::Obj(e) => entry(&e, &side, self.build, self.choice),
+            Obj::Not(_) => Rec::Skipped,
+        };
+        self.batch.add(rec);
+        Ok(())
+    }
+}
+
+/// The `TaggedAddresses` entry named `tag` (when there is one), read as `T`.
+#[allow(clippy::type_complexity)]
+fn tagged<T>(tag: Option<&str>) -> Option<Field<Member<'_, T>, Option<T>>> {
+    tag.map(|t| Field::new("TaggedAddresses", Member::new(t)))
+}
+
+/// An entry's `Service` and `Node`, each read with what it needs: the service's metadata keys, the
+/// configured tagged-address name (`tag`); each with that entry, when it is read.
+struct EntrySide<'s, 'a> {
+    keys: &'s [&'s str],
+    tag: Option<&'s str>,
+    meta: &'s mut Meta<'a>,
+    service: Option<(Obj<'a, Service<'a>>, Option<Obj<'a, ServiceAddress<'a>>>)>,
+    node: Option<(Obj<'a, Node<'a>>, Option<Loose<'a>>)>,
+}
+
+impl<'de: 'a, 'a> Side<'de> for EntrySide<'_, 'a> {
+    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "Service" if self.service.is_none() => {
+                let mut side = (MetaSide::new("Meta", self.keys, &mut *self.meta), tagged(self.tag));
+                let service = map.next_value_seed(With::<Service, _>::new(&mut side))?;
+                self.service = Some((service, side.1.and_then(|f| f.value).flatten()));
+            }
+            "Node" if self.node.is_none() => {
+                let mut side = tagged(self.tag);
+                let node = map.next_value_seed(With::<Node, _>::new(&mut side))?;
+                self.node = Some((node, side.and_then(|f| f.value).flatten()));
+            }
+            "Service" | "Node" => {
+                return Err(de::Error::duplicate_field(if key == "Node" { "Node" } else { "Service" }))
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
 
 /// A string field (`None`: missing or null; `Err`: another type).
 fn text<'a>(v: &'a Loose<'_>) -> Result<Option<&'a str>, ()> {
@@ -185,86 +327,72 @@ fn text<'a>(v: &'a Loose<'_>) -> Result<Option<&'a str>, ()> {
     }
 }
 
-/// The entry's address and port as `choice` says; `None` when a field has the wrong type.
-fn pick<'a>(v: &'a [Loose<'a>; SLOTS], choice: &Address) -> Option<(&'a str, i64)> {
-    let mut port = v[SVC_PORT].as_i64()?;
-    let mut addr = text(&v[SVC_ADDR]).ok()?.unwrap_or_default();
+/// The entry's address and port as `choice` says, from its `Service` (with its tagged address of
+/// the configured name) and its `Node` (the same); `None` when a field has the wrong type.
+fn pick<'e>(
+    (svc, svc_tag): (&'e Service<'_>, Option<&'e Obj<'_, ServiceAddress<'_>>>),
+    node: Option<&'e (Obj<'_, Node<'_>>, Option<Loose<'_>>)>,
+    choice: &Address,
+) -> Option<(&'e str, i64)> {
+    let mut port = svc.port.as_i64()?;
+    let mut addr = text(&svc.address).ok()?.unwrap_or_default();
     match choice {
         Address::Service => {}
         Address::Node => addr = "",
         Address::Tagged(_) => {
             // Service.TaggedAddresses: {"wan": {"Address": "..", "Port": 80}}
-            if v[SVC_TAG] == Loose::Object {
-                let field = |k: &'a Loose<'a>, lower: &'a Loose<'a>| if *k == Loose::Absent { lower } else { k };
-                addr = field(&v[TAG_ADDR], &v[TAG_ADDR_LOWER]).as_str().map(str::trim).unwrap_or_default();
-                port = field(&v[TAG_PORT], &v[TAG_PORT_LOWER]).as_i64().filter(|p| *p != 0).unwrap_or(port);
+            if let Some(Obj::Obj(t)) = svc_tag {
+                let field = |k: &'e Loose<'_>, lower: &'e Loose<'_>| if *k == Loose::Absent { lower } else { k };
+                addr = field(&t.address, &t.address_lower).as_str().map(str::trim).unwrap_or_default();
+                port = field(&t.port, &t.port_lower).as_i64().filter(|p| *p != 0).unwrap_or(port);
             }
             if addr.is_empty() {
-                addr = v[NODE_TAG].as_str().map(str::trim).unwrap_or_default();
+                addr = node.and_then(|(_, t)| t.as_ref()?.as_str()).map(str::trim).unwrap_or_default();
             }
         }
     }
     if addr.is_empty() {
-        addr = text(&v[NODE_ADDR]).ok().flatten()?;
+        let node = node.and_then(|(n, _)| n.get()).map_or(&Loose::Absent, |n| &n.address);
+        addr = text(node).ok().flatten()?;
     }
     Some((addr, port))
 }
 
-/// One `ServiceEntry`: skipped when it is malformed, or its address is a host name (then named).
-fn entry(e: &mut Slots<'_>, build: &BuildOptions, choice: &Address) -> Rec {
-    if e.v[SVC] != Loose::Object {
+/// One `ServiceEntry` (its `Service` and `Node` as `side` read them): skipped when it is
+/// malformed, or its address is a host name (then named).
+fn entry(e: &Entry, side: &EntrySide<'_, '_>, build: &BuildOptions, choice: &Address) -> Rec {
+    let Some((Obj::Obj(svc), svc_tag)) = &side.service else {
         return Rec::Skipped;
-    }
-    let Some((host, port)) = pick(&e.v, choice) else {
+    };
+    let Some((host, port)) = pick((svc, svc_tag.as_ref()), side.node.as_ref(), choice) else {
         return Rec::Skipped;
     };
     let Some(addr) = format_addr(host, port) else {
         return host_name_addr(host, port).map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let Some((passing, warning)) = weights(&e.v, build.weight_scale) else {
+    let Some((passing, warning)) = weights(&svc.weights, build.weight_scale) else {
         return Rec::Skipped;
     };
-    let checks = match &e.v[CHECKS] {
-        Loose::Absent | Loose::Null => &[][..],
-        Loose::Array => e.list.as_slice(),
-        _ => return Rec::Skipped,
-    };
-    let (mut maintenance, mut critical, mut warn) = (false, false, false);
-    for c in checks.chunks(3) {
-        let [kind, id, status] = c else {
-            return Rec::Skipped;
-        };
-        if *kind != Loose::Object {
-            return Rec::Skipped;
-        }
-        let Some(status) = status.as_str().map(str::trim) else {
-            return Rec::Skipped;
-        };
-        let id = id.as_str().unwrap_or_default();
-        if id == "_node_maintenance" || id.starts_with("_service_maintenance:") {
-            maintenance = true;
-        }
-        if status.eq_ignore_ascii_case("warning") {
-            warn = true;
-        } else if !status.eq_ignore_ascii_case("passing") {
-            critical = true;
-        }
+    let c = &e.checks;
+    if c.malformed {
+        return Rec::Skipped;
     }
-    let (state, weight) = if maintenance {
+    let (state, weight) = if c.maintenance {
         (State::Draining, passing)
-    } else if critical {
+    } else if c.critical {
         (State::Down, passing)
-    } else if warn {
+    } else if c.warning {
         (State::Serving, warning)
     } else {
         (State::Serving, passing)
     };
-    let (inst, b) = build.build(addr, Some(weight), None, state, &e.meta.kept[..]);
-    Rec::Kept(inst, e.meta.bad + b)
+    let meta = &*side.meta;
+    let (inst, b) = build.build(addr, Some(weight), None, state, &meta.kept[..]);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 /// `Weights: {Passing, Warning}` scaled; `None` when present but malformed.
-fn weights(v: &[Loose<'_>; SLOTS], scale: f64) -> Option<(i32, i32)> {
+fn weights(w: &Obj<'_, Weights<'_>>, scale: f64) -> Option<(i32, i32)> {
     let one = |w: &Loose<'_>| -> Option<i32> {
         match w {
             Loose::Absent | Loose::Null => scale_weight(1.0, scale),
@@ -272,10 +400,10 @@ fn weights(v: &[Loose<'_>; SLOTS], scale: f64) -> Option<(i32, i32)> {
             _ => None,
         }
     };
-    match &v[WEIGHTS] {
-        Loose::Absent | Loose::Null => Some((one(&Loose::Absent)?, one(&Loose::Absent)?)),
-        Loose::Object => Some((one(&v[PASSING])?, one(&v[WARNING])?)),
-        _ => None,
+    match w {
+        Obj::Not(Loose::Absent | Loose::Null) => Some((one(&Loose::Absent)?, one(&Loose::Absent)?)),
+        Obj::Obj(w) => Some((one(&w.passing)?, one(&w.warning)?)),
+        Obj::Not(_) => None,
     }
 }
 

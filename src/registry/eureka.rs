@@ -48,9 +48,11 @@
 //! instance (or application) list is an empty one. A missing `application`, or a list of the wrong
 //! type, is a parse error.
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::json::{field, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok};
+use super::de::{read_with, Batch, Each, Loose, Meta, MetaSide, Obj, Rec, Records, Side, Under, With};
 use super::{
     encode, get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError,
     Reply, ServiceQuery, Session,
@@ -74,38 +76,18 @@ impl Eureka {
 /// metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = meta_keys(build);
-    let cx = Ctx { keys: &keys, tag: None };
-    let mut slots = Slots::default();
-    // delta bodies mark removed instances DELETED: they are not members (and not malformed)
-    let each = |rec: &mut Slots<'_>| {
-        if rec.v[ACTION].as_str() == Some("DELETED") {
+    let mut records = Records::new(&keys, "metadata", |i: &Inst<'_>, m: &Meta<'_>| {
+        // delta bodies mark removed instances DELETED: they are not members (and not malformed)
+        if i.action_type.as_str() == Some("DELETED") {
             Rec::Ignored
         } else {
-            instance(rec, build)
+            instance(i, m, build)
         }
-    };
-    // what `application` and `applications` gave: their instances, or why they are unusable
-    let mut app: Option<(Batch, Result<(), &str>)> = None;
-    let mut apps: Option<(Batch, Result<(), &str>)> = None;
-    read(body, |r| {
-        let t = r.token()?;
-        if t != Tok::Obj {
-            return loose_of(r, t).map(drop);
-        }
-        while let Some(k) = r.key()? {
-            let one = k == "application";
-            if !one && k != "applications" {
-                r.skip()?;
-                continue;
-            }
-            let mut batch = Batch::default();
-            let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
-            let ok = if one { app_of(r, cx, &mut s)? } else { apps_of(r, cx, &mut s)? };
-            *(if one { &mut app } else { &mut apps }) = Some((batch, ok));
-        }
-        Ok(())
-    })?;
-    let Some((batch, ok)) = app.or(apps) else {
+    });
+    let mut top = Top { records: &mut records, app: None, apps: None };
+    read_with(body, With::<IgnoredAny, _>::new(&mut top))?;
+    // `application` wins when both are there
+    let Some((batch, ok)) = top.app.or(top.apps) else {
         return Err(RegistryError::Parse("missing \"application\"".into()));
     };
     ok.map_err(|m| RegistryError::Parse(m.into()))?;
@@ -125,129 +107,155 @@ pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instan
     if !rec.is_object() {
         return None;
     }
+    let text = serde_json::to_string(rec).ok()?;
     let keys = meta_keys(build);
-    let text = serde_json::to_vec(rec).ok()?;
-    let out = std::cell::Cell::new(None);
-    let each = |s: &mut Slots<'_>| {
-        if let Rec::Kept(i, bad) = instance(s, build) {
-            out.set(Some((i, bad)));
-        }
-        Rec::Ignored
+    let mut meta = Meta::default();
+    let mut side = MetaSide::new("metadata", &keys, &mut meta);
+    let Obj::Obj(inst) = read_with(text.as_bytes(), With::<Inst, _>::new(&mut side)).ok()? else {
+        return None;
     };
-    let (mut slots, mut batch) = (Slots::default(), Batch::default());
-    let mut s = Sink { table: INST, slots: &mut slots, batch: &mut batch, each: &each };
-    read(&text, |r| records(r, Ctx { keys: &keys, tag: None }, true, &mut s)).ok()?;
-    out.into_inner()
-}
-
-// The slots of one `InstanceInfo`.
-const IP: usize = 0;
-const PORT: usize = 1;
-const PORT_VALUE: usize = 2;
-const PORT_ENABLED: usize = 3;
-const SECURE: usize = 4;
-const SECURE_VALUE: usize = 5;
-const SECURE_ENABLED: usize = 6;
-const LEASE: usize = 7;
-const UP: usize = 8;
-const STATUS: usize = 9;
-const ACTION: usize = 10;
-
-/// One `InstanceInfo`: the fields that are read (of `leaseInfo`, only `serviceUpTimestamp`).
-static INST: &[Field] = &[
-    field("ipAddr", To::Val(IP)),
-    field("port", To::Obj(PORT, &[field("$", To::Val(PORT_VALUE)), field("@enabled", To::Val(PORT_ENABLED))], SECURE)),
-    field(
-        "securePort",
-        To::Obj(SECURE, &[field("$", To::Val(SECURE_VALUE)), field("@enabled", To::Val(SECURE_ENABLED))], LEASE),
-    ),
-    field("leaseInfo", To::Obj(LEASE, &[field("serviceUpTimestamp", To::Val(UP))], STATUS)),
-    field("status", To::Val(STATUS)),
-    field("actionType", To::Val(ACTION)),
-    field("metadata", To::Meta),
-];
-
-/// An application (the next value): its instances into `s`; `Err` with why it is unusable.
-fn app_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
-    let t = r.token()?;
-    app_from(r, cx, t, s)
-}
-
-/// An application, `t` its first token. A repeated `instance` replaces the instances before it.
-fn app_from<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, t: Tok<'a>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
-    if t != Tok::Obj {
-        loose_of(r, t)?;
-        return Ok(Err("\"application\" is not an object"));
+    match instance(&inst, &meta, build) {
+        Rec::Kept(i, bad) => Some((i, bad)),
+        _ => None,
     }
-    let mark = s.batch.mark();
-    let mut kind = Loose::Absent;
-    while let Some(k) = r.key()? {
-        if k == "instance" {
-            s.batch.truncate(mark);
-            kind = records(r, cx, true, s)?;
+}
+
+/// One `InstanceInfo`: the fields that are read (`metadata` is read by [`Records`]).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Inst<'a> {
+    #[serde(borrow)]
+    ip_addr: Loose<'a>,
+    #[serde(borrow)]
+    port: Obj<'a, Port<'a>>,
+    #[serde(borrow)]
+    secure_port: Obj<'a, Port<'a>>,
+    #[serde(borrow)]
+    lease_info: Obj<'a, Lease<'a>>,
+    #[serde(borrow)]
+    status: Loose<'a>,
+    #[serde(borrow)]
+    action_type: Loose<'a>,
+}
+
+/// `{"$": 8080, "@enabled": "true"}`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Port<'a> {
+    #[serde(rename = "$", borrow)]
+    value: Loose<'a>,
+    #[serde(rename = "@enabled", borrow)]
+    enabled: Loose<'a>,
+}
+
+/// `leaseInfo`: only `serviceUpTimestamp` is read.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Lease<'a> {
+    #[serde(borrow)]
+    service_up_timestamp: Loose<'a>,
+}
+
+/// What `application` and `applications` gave, each into a batch of its own: its instances, or why
+/// it is unusable.
+type Got = Option<(Batch, Result<(), &'static str>)>;
+
+/// The reply's `application` (`/apps/{APP}`) and `applications` (`/apps`).
+struct Top<'r, R> {
+    records: &'r mut R,
+    app: Got,
+    apps: Got,
+}
+
+impl<'de: 'a, 'a, F: FnMut(&Inst<'a>, &Meta<'a>) -> Rec> Side<'de> for Top<'_, Records<'_, 'a, Inst<'a>, F>> {
+    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        let ok = match key {
+            "application" if self.app.is_none() => app(&mut *self.records, map)?,
+            "applications" if self.apps.is_none() => apps(&mut *self.records, map)?,
+            "application" => return Err(de::Error::duplicate_field("application")),
+            "applications" => return Err(de::Error::duplicate_field("applications")),
+            _ => return Ok(false),
+        };
+        let got = Some((self.records.take_batch(), ok));
+        if key == "application" {
+            self.app = got;
         } else {
-            r.skip()?;
+            self.apps = got;
         }
+        Ok(true)
     }
-    Ok(match kind {
-        Loose::Absent | Loose::Null | Loose::Array | Loose::Object => Ok(()),
-        _ => Err("\"instance\" is neither a list nor an object"),
+}
+
+/// An application (the next value of `map`): its instances into `records`; `Err` with why it is
+/// unusable.
+fn app<'de, E: Each<'de>, A: MapAccess<'de>>(
+    records: &mut E,
+    map: &mut A,
+) -> Result<Result<(), &'static str>, A::Error> {
+    let mut list = Under::new("instance", true, records);
+    let app = map.next_value_seed(With::<IgnoredAny, _>::new(&mut list))?;
+    Ok(app_ok(&app, list.kind.as_ref()))
+}
+
+/// Whether an application is usable: an object whose `instance` is a list, one object, or nothing.
+fn app_ok(app: &Obj<'_, IgnoredAny>, instance: Option<&Loose<'_>>) -> Result<(), &'static str> {
+    match (app, instance) {
+        (Obj::Not(_), _) => Err("\"application\" is not an object"),
+        (_, None | Some(Loose::Null | Loose::Array | Loose::Object)) => Ok(()),
+        (_, Some(_)) => Err("\"instance\" is neither a list nor an object"),
+    }
+}
+
+/// `/apps`' `applications` (the next value of `map`): the instances of all its applications into
+/// `records`; `Err` with why it is unusable (the first unusable application's reason).
+fn apps<'de, E: Each<'de>, A: MapAccess<'de>>(
+    records: &mut E,
+    map: &mut A,
+) -> Result<Result<(), &'static str>, A::Error> {
+    let mut each = Apps { records, ok: Ok(()) };
+    let mut list = Under::new("application", true, &mut each);
+    let doc = map.next_value_seed(With::<IgnoredAny, _>::new(&mut list))?;
+    Ok(match (doc, list.kind) {
+        (Obj::Not(_), _) => Err("\"applications\" is not an object"),
+        (_, None | Some(Loose::Null)) => Ok(()),
+        (_, Some(Loose::Array | Loose::Object)) => each.ok,
+        (_, Some(_)) => Err("\"application\" is neither a list nor an object"),
     })
 }
 
-/// `/apps`' `applications` (the next value): the instances of all its applications into `s`;
-/// `Err` with why it is unusable (the first unusable application's reason).
-fn apps_of<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<Result<(), &'static str>> {
-    let t = r.token()?;
-    if t != Tok::Obj {
-        loose_of(r, t)?;
-        return Ok(Err("\"applications\" is not an object"));
-    }
-    let mut res = Ok(());
-    while let Some(k) = r.key()? {
-        if k != "application" {
-            r.skip()?;
-            continue;
-        }
-        *s.batch = Batch::default();
-        res = match r.token()? {
-            Tok::Arr => {
-                let mut first = Ok(());
-                while r.elem()? {
-                    let t = r.token()?;
-                    let e = app_from(r, cx, t, s)?;
-                    first = first.and(e);
-                }
-                first
-            }
-            Tok::Obj => app_from(r, cx, Tok::Obj, s)?,
-            Tok::Null => Ok(()),
-            t => {
-                loose_of(r, t)?;
-                Err("\"application\" is neither a list nor an object")
-            }
-        };
-    }
-    Ok(res)
+/// The applications of `/apps`, each read as it comes.
+struct Apps<'r, E> {
+    records: &'r mut E,
+    /// The first unusable application's reason.
+    ok: Result<(), &'static str>,
 }
 
-fn instance(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
-    let v = &rec.v;
-    let Some(ip) = v[IP].as_str() else {
+impl<'de, E: Each<'de>> Each<'de> for Apps<'_, E> {
+    fn element<D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        let mut list = Under::new("instance", true, &mut *self.records);
+        let app = With::<IgnoredAny, _>::new(&mut list).deserialize(d)?;
+        let ok = app_ok(&app, list.kind.as_ref());
+        self.ok = std::mem::replace(&mut self.ok, Ok(())).and(ok);
+        Ok(())
+    }
+}
+
+fn instance(i: &Inst<'_>, meta: &Meta<'_>, build: &BuildOptions) -> Rec {
+    let Some(ip) = i.ip_addr.as_str() else {
         return Rec::Skipped;
     };
-    let port = port_info(&v[PORT], &v[PORT_VALUE], &v[PORT_ENABLED], true);
-    let secure = port_info(&v[SECURE], &v[SECURE_VALUE], &v[SECURE_ENABLED], false);
+    let port = port_info(&i.port, true);
+    let secure = port_info(&i.secure_port, false);
     let Some(chosen) = (if !port.enabled && secure.enabled { secure.value } else { port.value }) else {
         return Rec::Skipped;
     };
     let Some(addr) = format_addr(ip, chosen) else {
         return host_name_addr(ip, chosen).map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let start = int_of(&v[UP]);
-    let state = state_of(&v[STATUS]);
-    let (inst, b) = build.build(addr, None, start, state, &rec.meta.kept[..]);
-    Rec::Kept(inst, rec.meta.bad + b)
+    let start = i.lease_info.get().and_then(|l| int_of(&l.service_up_timestamp));
+    let state = state_of(&i.status);
+    let (inst, b) = build.build(addr, None, start, state, &meta.kept[..]);
+    Rec::Kept(inst, meta.bad + b)
 }
 
 struct PortInfo {
@@ -255,22 +263,22 @@ struct PortInfo {
     enabled: bool,
 }
 
-/// Reads `{"$": 8080, "@enabled": "true"}` (`kind` the port's own: an object, or a bare number or
-/// numeric string, which is an enabled port).
-fn port_info(kind: &Loose<'_>, value: &Loose<'_>, enabled: &Loose<'_>, default_enabled: bool) -> PortInfo {
-    match kind {
-        Loose::Object => {
-            let enabled = match enabled {
+/// Reads `{"$": 8080, "@enabled": "true"}`, or a bare number or numeric string, which is an
+/// enabled port.
+fn port_info(port: &Obj<'_, Port<'_>>, default_enabled: bool) -> PortInfo {
+    match port {
+        Obj::Obj(p) => {
+            let enabled = match &p.enabled {
                 Loose::Str(s) => s.trim().eq_ignore_ascii_case("true"),
                 Loose::Bool(b) => *b,
                 _ => default_enabled,
             };
-            PortInfo { value: int_of(value), enabled }
+            PortInfo { value: int_of(&p.value), enabled }
         }
-        v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_)) => {
+        Obj::Not(v @ (Loose::Uint(_) | Loose::Int(_) | Loose::Float(_) | Loose::Str(_))) => {
             PortInfo { value: int_of(v), enabled: true }
         }
-        _ => PortInfo { value: None, enabled: default_enabled },
+        Obj::Not(_) => PortInfo { value: None, enabled: default_enabled },
     }
 }
 

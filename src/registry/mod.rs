@@ -3,8 +3,8 @@
 //! with `dispatch_http_call` and hands the reply to [`Adapter::on_reply`].
 
 pub mod consul;
+pub mod de;
 pub mod eureka;
-pub mod json;
 pub mod nacos;
 pub mod static_json;
 

@@ -24,15 +24,15 @@
 //! whichever is larger, but never more than half the TTL, so a fresh token is always used at
 //! least once) and dropped after a 401/403, so the next request logs in again.
 
-use super::json::{
-    field, loose, loose_of, read, records, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To, Tok,
-};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::de::{read, read_with, Field, List, Loose, Meta, Obj, Rec, Records, Under, With};
 use super::{
     check_common, encode, request_headers, snippet, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed,
     RegistryError, Reply, ServiceQuery, Session, Token,
 };
 use crate::instance::{format_addr, scale_weight, BuildOptions, Instance, State};
-use crate::json::Json;
 
 /// Path of the login endpoint of Nacos 1.x and 2.x (and rnacos).
 pub const LOGIN_PATH: &str = "/nacos/v1/auth/login";
@@ -259,165 +259,98 @@ pub(crate) fn push_param(p: &mut String, key: &str, value: Option<&str>) {
 /// the v2 API), or a 404 that is not a Nacos envelope (a path the server does not know; Nacos'
 /// own "not found" errors come as `{code, message, data}`).
 fn missing_api(resp: &HttpResponse<'_>) -> bool {
+    /// What tells a Nacos envelope: an integer `code`.
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    struct Code<'a> {
+        #[serde(borrow)]
+        code: Loose<'a>,
+    }
     match resp.status {
         Some(410) => true,
-        Some(404) => !Json::parse(resp.body).is_ok_and(|v| v.get("code").is_some_and(|c| c.as_i64().is_some())),
+        Some(404) => !read::<Obj<Code>>(resp.body).is_ok_and(|o| o.get().is_some_and(|c| c.code.as_i64().is_some())),
         _ => false,
     }
+}
+
+/// A login reply: `{accessToken, tokenTtl}`, at the top or in a `data` envelope.
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Login<'a> {
+    #[serde(borrow)]
+    access_token: Loose<'a>,
+    #[serde(borrow)]
+    token_ttl: Loose<'a>,
+    #[serde(borrow)]
+    data: Obj<'a, LoginData<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct LoginData<'a> {
+    #[serde(borrow)]
+    access_token: Loose<'a>,
+    #[serde(borrow)]
+    token_ttl: Loose<'a>,
 }
 
 /// Reads `{accessToken, tokenTtl}` (at the top, or in a `data` envelope); a missing or unusable
 /// TTL is taken as [`DEFAULT_TTL_S`].
 fn parse_login(body: &[u8]) -> Result<(String, i64), String> {
-    let mut v = Json::parse(body).map_err(|e| format!("not JSON ({e})"))?;
-    if v.get("accessToken").is_none() {
-        if let Some(d) = v.get("data") {
-            v = d.clone();
-        }
-    }
-    let token = match v.get("accessToken") {
-        Some(Json::Str(t)) if !t.is_empty() && !t.chars().any(char::is_control) => t.clone(),
+    let reply = read::<Obj<Login>>(body).map_err(|e| match e {
+        RegistryError::Parse(m) => format!("not JSON ({m})"),
+        e => e.to_string(),
+    })?;
+    let (token, ttl) = match (reply.get(), reply.get().and_then(|l| l.data.get())) {
+        (Some(l), Some(d)) if l.access_token == Loose::Absent => (&d.access_token, &d.token_ttl),
+        (Some(l), _) => (&l.access_token, &l.token_ttl),
+        (None, _) => return Err("no accessToken".to_string()),
+    };
+    let token = match token.as_str() {
+        Some(t) if !t.is_empty() && !t.chars().any(char::is_control) => t.to_string(),
         _ => return Err("no accessToken".to_string()),
     };
-    let ttl = v
-        .get("tokenTtl")
-        .and_then(|t| t.as_i64().or_else(|| t.as_f64().filter(|f| f.is_finite() && *f < 1e15).map(|f| f as i64)))
+    let ttl = ttl
+        .as_i64()
+        .or_else(|| ttl.as_f64().filter(|f| f.is_finite() && *f < 1e15).map(|f| f as i64))
         .filter(|t| *t > 0)
         .unwrap_or(DEFAULT_TTL_S);
     Ok((token, ttl))
 }
 
-const IP: usize = 0;
-const PORT: usize = 1;
-const WEIGHT: usize = 2;
-const HEALTHY: usize = 3;
-const ENABLED: usize = 4;
+/// One host record: the fields that are read (`metadata` is read by [`Records`]).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Host<'a> {
+    #[serde(borrow)]
+    ip: Loose<'a>,
+    #[serde(borrow)]
+    port: Loose<'a>,
+    #[serde(borrow)]
+    weight: Loose<'a>,
+    #[serde(borrow)]
+    healthy: Loose<'a>,
+    #[serde(borrow)]
+    enabled: Loose<'a>,
+}
 
-/// One host record: the fields that are read.
-static HOST: &[Field] = &[
-    field("ip", To::Val(IP)),
-    field("port", To::Val(PORT)),
-    field("weight", To::Val(WEIGHT)),
-    field("healthy", To::Val(HEALTHY)),
-    field("enabled", To::Val(ENABLED)),
-    field("metadata", To::Meta),
-];
-
-/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`): the kind of
-/// `hosts` (`None`: no such field; its records went to the batch) and the protect flag.
-#[derive(Default)]
+/// The `{hosts, reachProtectionThreshold}` object (v1, and the v2 envelope's `data`; `hosts` is
+/// read by [`Under`]).
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 struct HostList<'a> {
-    hosts: Option<Loose<'a>>,
-    protected: Loose<'a>,
+    #[serde(borrow)]
+    reach_protection_threshold: Loose<'a>,
 }
 
-impl<'a> HostList<'a> {
-    /// Reads the object just opened; a repeated `hosts` starts the batch afresh.
-    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<HostList<'a>> {
-        let mut l = HostList::default();
-        while let Some(k) = r.key()? {
-            match &*k {
-                "hosts" => {
-                    *s.batch = Batch::default();
-                    l.hosts = Some(records(r, cx, false, s)?);
-                }
-                "reachProtectionThreshold" => l.protected = loose(r)?,
-                _ => r.skip()?,
-            }
-        }
-        Ok(l)
-    }
-
-    /// Whether the registry applied its protect threshold; an error when there is no usable list.
-    fn check(self) -> Result<bool, RegistryError> {
-        let protected = self.protected.as_bool().unwrap_or(false);
-        match self.hosts {
-            Some(Loose::Array | Loose::Null) => Ok(protected),
-            Some(other) => Err(RegistryError::Parse(format!("hosts is {}, expected an array", other.kind()))),
-            None => Err(RegistryError::Parse("no hosts field".to_string())),
-        }
-    }
-}
-
-/// What an envelope's `data` (or a v1 body) held.
-enum Data<'a> {
-    /// An object with `hosts` (v1, v2).
-    List(HostList<'a>),
-    /// The kind of the value (v3: the array of hosts; v1, v2: what is there instead of an object).
-    Kind(Loose<'a>),
-}
-
-impl<'a> Data<'a> {
-    /// The next value as `api` has it (its records into the batch, which it starts afresh).
-    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Data<'a>> {
-        *s.batch = Batch::default();
-        if api == Api::V3 {
-            return records(r, cx, false, s).map(Data::Kind);
-        }
-        match r.token()? {
-            Tok::Obj => HostList::read(r, cx, s).map(Data::List),
-            t => loose_of(r, t).map(Data::Kind),
-        }
-    }
-
-    /// The protect flag of a v1/v2 list.
-    fn hosts(self) -> Result<bool, RegistryError> {
-        match self {
-            Data::List(l) => l.check(),
-            Data::Kind(v) => Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
-        }
-    }
-}
-
-/// The v2/v3 envelope `{code, message, data}`.
-#[derive(Default)]
+/// The v2/v3 envelope `{code, message, data}` (`data` is read by a [`Field`]).
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Envelope<'a> {
+    #[serde(borrow)]
     code: Loose<'a>,
-    message: Option<Json>,
-    data: Option<Data<'a>>,
-}
-
-impl<'a> Envelope<'a> {
-    /// Reads the body's envelope; `Err` with the kind of what is there instead of an object.
-    fn read(r: &mut Reader<'a>, cx: Ctx<'_>, api: Api, s: &mut Sink<'_, 'a>) -> Res<Result<Self, Loose<'a>>> {
-        let t = r.token()?;
-        if t != Tok::Obj {
-            return loose_of(r, t).map(Err);
-        }
-        let mut e = Envelope::default();
-        while let Some(k) = r.key()? {
-            match &*k {
-                "code" => e.code = loose(r)?,
-                "message" => e.message = Some(Json::read(r)?),
-                "data" => e.data = Some(Data::read(r, cx, api, s)?),
-                _ => r.skip()?,
-            }
-        }
-        Ok(Ok(e))
-    }
-
-    /// The `data` of a `code: 0` reply, an [`RegistryError::Envelope`] otherwise.
-    fn open(doc: Result<Self, Loose<'a>>) -> Result<Data<'a>, RegistryError> {
-        let e = match doc {
-            Ok(e) => e,
-            Err(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
-        };
-        let code = match &e.code {
-            Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
-            c => c
-                .as_i64()
-                .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
-        };
-        if code != 0 {
-            let message = match e.message {
-                Some(Json::Str(s)) => snippet(s.as_bytes(), &[]),
-                None | Some(Json::Null) => String::new(),
-                Some(other) => snippet(other.to_value().to_string().as_bytes(), &[]),
-            };
-            return Err(RegistryError::Envelope { code, message });
-        }
-        e.data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
-    }
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
 }
 
 /// Parses an instance list reply (v1 object, v2 envelope around it, or v3 envelope around the
@@ -426,31 +359,73 @@ impl<'a> Envelope<'a> {
 /// Only the metadata keys `build` reads are kept.
 pub fn parse_list(body: &[u8], api: Api, build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = build.keys.names();
-    let cx = Ctx { keys: &keys, tag: None };
-    let mut batch = Batch::default();
-    let mut slots = Slots::default();
-    let each = |h: &mut Slots<'_>| Rec::of(host(h, build));
-    let mut s = Sink { table: HOST, slots: &mut slots, batch: &mut batch, each: &each };
+    let mut records = Records::new(&keys, "metadata", |h: &Host<'_>, m: &Meta<'_>| Rec::of(host(h, m, build)));
     let protected = match api {
         Api::V1 => {
-            let doc = read(body, |r| match r.token()? {
-                Tok::Obj => HostList::read(r, cx, &mut s).map(Data::List),
-                t => loose_of(r, t).map(Data::Kind),
-            })?;
-            doc.hosts()?
+            let mut hosts = Under::new("hosts", false, &mut records);
+            let doc = read_with(body, With::<HostList, _>::new(&mut hosts))?;
+            protect_flag(doc, hosts.kind)?
         }
-        Api::V2 => Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)?.hosts()?,
-        Api::V3 => match Envelope::open(read(body, |r| Envelope::read(r, cx, api, &mut s))?)? {
-            Data::Kind(Loose::Array | Loose::Null) => false,
-            Data::Kind(v) => {
-                return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", v.kind())))
+        Api::V2 => {
+            let mut hosts = Under::new("hosts", false, &mut records);
+            let mut data = Field::new("data", With::<HostList, _>::new(&mut hosts));
+            let envelope = read_with(body, With::<Envelope, _>::new(&mut data))?;
+            let list = open(envelope, data.value)?;
+            protect_flag(list, hosts.kind)?
+        }
+        Api::V3 => {
+            let mut data = Field::new("data", List { each: &mut records, one: false });
+            let envelope = read_with(body, With::<Envelope, _>::new(&mut data))?;
+            match open(envelope, data.value)? {
+                Loose::Array | Loose::Null => false,
+                v => return Err(RegistryError::Parse(format!("envelope data is {}, expected an array", v.kind()))),
             }
-            Data::List(_) => false,
-        },
+        }
     };
-    let mut parsed = batch.finish();
+    let mut parsed = records.batch.finish();
     parsed.registry_protected = protected;
     Ok(parsed)
+}
+
+/// Whether the registry applied its protect threshold to a `{hosts, reachProtectionThreshold}`
+/// object (`hosts`: the kind of its hosts, `None` when it has none); an error when there is no
+/// usable list.
+fn protect_flag(doc: Obj<'_, HostList<'_>>, hosts: Option<Loose<'_>>) -> Result<bool, RegistryError> {
+    let list = match doc {
+        Obj::Obj(l) => l,
+        Obj::Not(v) => return Err(RegistryError::Parse(format!("expected an object with hosts, got {}", v.kind()))),
+    };
+    match hosts {
+        Some(Loose::Array | Loose::Null) => Ok(list.reach_protection_threshold.as_bool().unwrap_or(false)),
+        Some(other) => Err(RegistryError::Parse(format!("hosts is {}, expected an array", other.kind()))),
+        None => Err(RegistryError::Parse("no hosts field".to_string())),
+    }
+}
+
+/// The `data` of a `code: 0` envelope, an [`RegistryError::Envelope`] otherwise.
+fn open<D>(envelope: Obj<'_, Envelope<'_>>, data: Option<D>) -> Result<D, RegistryError> {
+    let e = match envelope {
+        Obj::Obj(e) => e,
+        Obj::Not(v) => return Err(RegistryError::Parse(format!("expected an envelope object, got {}", v.kind()))),
+    };
+    let code = match &e.code {
+        Loose::Absent => return Err(RegistryError::Parse("envelope has no code".to_string())),
+        c => c
+            .as_i64()
+            .ok_or_else(|| RegistryError::Parse(format!("envelope code is {}, expected an integer", c.kind())))?,
+    };
+    if code != 0 {
+        // a string as its text, anything else as its JSON
+        let message = match e.message.map(RawValue::get) {
+            None => String::new(),
+            Some(raw) => match serde_json::from_str::<String>(raw) {
+                Ok(s) => snippet(s.as_bytes(), &[]),
+                Err(_) => snippet(raw.as_bytes(), &[]),
+            },
+        };
+        return Err(RegistryError::Envelope { code, message });
+    }
+    data.ok_or_else(|| RegistryError::Parse("envelope has no data".to_string()))
 }
 
 /// A boolean flag: absent or null means `true` (Nacos' default); anything but a boolean is malformed.
@@ -462,15 +437,15 @@ fn flag(v: &Loose<'_>) -> Option<bool> {
     }
 }
 
-/// One host record; `None` when malformed.
-fn host(h: &mut Slots<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
-    let ip = h.v[IP].as_str()?;
-    let port = h.v[PORT].as_i64()?;
+/// One host record with its metadata; `None` when malformed.
+fn host(h: &Host<'_>, meta: &Meta<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
+    let ip = h.ip.as_str()?;
+    let port = h.port.as_i64()?;
     let addr = format_addr(ip, port)?;
-    let w = &h.v[WEIGHT];
+    let w = &h.weight;
     let weight = if w.is_none() { None } else { Some(scale_weight(w.as_f64()?, build.weight_scale)?) };
-    let healthy = flag(&h.v[HEALTHY])?;
-    let enabled = flag(&h.v[ENABLED])?;
+    let healthy = flag(&h.healthy)?;
+    let enabled = flag(&h.enabled)?;
     // A deliberate drain wins over ill health (the protect threshold may revive `Down`, never
     // `Draining`).
     let state = if !enabled {
@@ -480,8 +455,8 @@ fn host(h: &mut Slots<'_>, build: &BuildOptions) -> Option<(Instance, u32)> {
     } else {
         State::Serving
     };
-    let (inst, bad) = build.build(addr, weight, None, state, &h.meta.kept[..]);
-    Some((inst, h.meta.bad + bad))
+    let (inst, bad) = build.build(addr, weight, None, state, &meta.kept[..]);
+    Some((inst, meta.bad + bad))
 }
 
 impl Adapter for Nacos {

@@ -11,7 +11,10 @@
 //! configured default (100), `state` to `serving` (`draining`, `down` also accepted), `start_ms` and
 //! `warmup_ms` to what metadata or the defaults say.
 
-use super::json::{elements, field, read, Batch, Ctx, Field, Loose, Reader, Rec, Res, Sink, Slots, To};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use super::de::{read_with, Loose, Meta, Obj, Rec, Records, Under, With};
 use super::{
     get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError, Reply,
     ServiceQuery, Session,
@@ -28,72 +31,44 @@ pub struct StaticJson {
 /// Parses a static JSON body. Only the metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = build.keys.names();
-    let mut batch = Batch::default();
-    let mut slots = Slots::default();
-    let each = |r: &mut Slots<'_>| record(r, build);
-    let mut s = Sink { table: RECORD, slots: &mut slots, batch: &mut batch, each: &each };
-    read(body, |r| doc(r, Ctx { keys: &keys, tag: None }, &mut s))?;
-    Ok(batch.finish())
+    let mut records = Records::new(&keys, "metadata", |r: &Record<'_>, m: &Meta<'_>| record(r, m, build));
+    let mut instances = Under::new("instances", false, &mut records);
+    let doc = read_with(body, With::<IgnoredAny, _>::new(&mut instances))?;
+    match (doc, instances.kind) {
+        (Obj::Not(v), _) => Err(RegistryError::Parse(format!("expected an object with instances, got {}", v.kind()))),
+        (_, None) => Err(RegistryError::Parse("missing field `instances`".into())),
+        (_, Some(Loose::Array)) => Ok(records.batch.finish()),
+        (_, Some(v)) => Err(RegistryError::Parse(format!("instances is {}, expected an array", v.kind()))),
+    }
 }
 
-/// The document `{"instances": [...]}`, read as a derived `struct Doc { instances: Vec<_> }` reads
-/// it (the same errors: a missing or repeated `instances`, an `instances` that is not an array, a
-/// document that is not an object; the array form `[[...]]` of the struct; other keys dropped with
-/// serde's looser checks).
-fn doc<'a>(r: &mut Reader<'a>, cx: Ctx<'_>, s: &mut Sink<'_, 'a>) -> Res<()> {
-    if !r.container("struct Doc", true)? {
-        if !r.elem()? {
-            return Err(r.custom("invalid length 0, expected struct Doc with 1 element".into()));
-        }
-        r.container("a sequence", false)?;
-        elements(r, cx, s)?;
-        return r.end_seq();
-    }
-    let mut found = false;
-    while let Some(k) = r.key()? {
-        if k == "instances" {
-            if found {
-                return Err(r.custom("duplicate field `instances`".into()));
-            }
-            found = true;
-            r.container("a sequence", false)?;
-            elements(r, cx, s)?;
-        } else {
-            r.ignore()?;
-        }
-    }
-    if !found {
-        return Err(r.custom("missing field `instances`".into()));
-    }
-    Ok(())
+/// One record: the fields that are read (`metadata` is read by [`Records`]).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Record<'a> {
+    #[serde(borrow)]
+    address: Loose<'a>,
+    #[serde(borrow)]
+    weight: Loose<'a>,
+    #[serde(borrow)]
+    state: Loose<'a>,
+    #[serde(borrow)]
+    start_ms: Loose<'a>,
+    #[serde(borrow)]
+    warmup_ms: Loose<'a>,
 }
 
-const ADDRESS: usize = 0;
-const WEIGHT: usize = 1;
-const STATE: usize = 2;
-const START_MS: usize = 3;
-const WARMUP_MS: usize = 4;
-
-/// One record: the fields that are read.
-static RECORD: &[Field] = &[
-    field("address", To::Val(ADDRESS)),
-    field("weight", To::Val(WEIGHT)),
-    field("state", To::Val(STATE)),
-    field("start_ms", To::Val(START_MS)),
-    field("warmup_ms", To::Val(WARMUP_MS)),
-    field("metadata", To::Meta),
-];
-
-/// One record; skipped when it is malformed or its address is a host name (then named).
-fn record(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
-    let Some(raw) = rec.v[ADDRESS].as_str() else {
+/// One record with its metadata; skipped when it is malformed or its address is a host name (then
+/// named).
+fn record(rec: &Record<'_>, meta: &Meta<'_>, build: &BuildOptions) -> Rec {
+    let Some(raw) = rec.address.as_str() else {
         return Rec::Skipped;
     };
     let Some(addr) = canonical_addr(raw) else {
         let named = raw.trim().rsplit_once(':').and_then(|(h, p)| host_name_addr(h, p.parse().ok()?));
         return named.map_or(Rec::Skipped, Rec::Unroutable);
     };
-    let w = &rec.v[WEIGHT];
+    let w = &rec.weight;
     let weight = if w.is_none() {
         None
     } else {
@@ -102,18 +77,17 @@ fn record(rec: &mut Slots<'_>, build: &BuildOptions) -> Rec {
             None => return Rec::Skipped,
         }
     };
-    let state = match &rec.v[STATE] {
+    let state = match &rec.state {
         Loose::Absent => State::Serving,
         Loose::Str(s) if s == "serving" => State::Serving,
         Loose::Str(s) if s == "draining" => State::Draining,
         Loose::Str(s) if s == "down" => State::Down,
         _ => return Rec::Skipped,
     };
-    let start = rec.v[START_MS].as_i64().filter(|t| *t > 0);
-    let meta = &rec.meta;
+    let start = rec.start_ms.as_i64().filter(|t| *t > 0);
     let (mut inst, bad) = build.build(addr, weight, start, state, &meta.kept[..]);
     // the record's warmup_ms beats the default, metadata keys beat both
-    if let Some(w) = rec.v[WARMUP_MS].as_i64().filter(|w| *w >= 0) {
+    if let Some(w) = rec.warmup_ms.as_i64().filter(|w| *w >= 0) {
         if !meta.kept.iter().any(|(k, _)| build.keys.warmup.iter().any(|mk| mk.key == *k)) {
             inst.warmup_ms = w;
         }
