@@ -12,12 +12,13 @@ use serde_path_to_error::Segment;
 use crate::balancer::Policy;
 use crate::health::{CheckKind, HealthCheck, OutlierDetection};
 use crate::instance::{canonical_addr, BuildOptions, MetaKey, MetadataKeys, Unit};
-use crate::membership::Guard;
+use crate::membership::{Grace, Guard};
 use crate::push::{PushConfig, PushMode};
 use crate::registry::nacos::{Api, Credentials};
 use crate::registry::{
     consul::Consul, eureka::Eureka, nacos::Nacos, static_json::StaticJson, Adapter, Endpoint, ServiceQuery,
 };
+use crate::stall::StallDetection;
 use crate::warmup::{Curve, OverloadProtection};
 
 /// A minimal valid configuration, shown when the configuration is empty.
@@ -109,12 +110,17 @@ pub struct ServiceConfig {
     /// ([`OverloadProtection`]); `None` (absent, the default) keeps every instance on its curve.
     pub overload_protection: Option<OverloadProtection>,
     pub guard: Guard,
+    /// How long the registry may take to settle after a restart, and how long a departure is
+    /// remembered (`guard.reregister_ms`, `guard.departure_memory_ms`).
+    pub grace: Grace,
     pub outlier_detection: OutlierDetection,
     /// Active health checking, when configured.
     pub health_check: Option<HealthCheck>,
     /// Transparent mode: callers' own picks of this service's instances are corrected, when
     /// configured ([`crate::transparent`]).
     pub transparent: Option<TransparentConfig>,
+    /// Stall detection from the traffic ([`crate::stall`]).
+    pub stall_detection: StallDetection,
 }
 
 /// `services[i].transparent`: the settings of transparent mode for one service.
@@ -787,9 +793,9 @@ fn validate_endpoint(
 
 // ---------------------------------------------------------------------------------------------
 // services[i]. The sections whose type lives in another module (`Policy`, `Curve`,
-// `MetadataKeys`, `Guard`, `OutlierDetection`, `HealthCheck`) are read through serde's
+// `MetadataKeys`, `OutlierDetection`, `HealthCheck`, `StallDetection`) are read through serde's
 // remote derive (`...Def`): their fields are listed here with the configuration's shape, their
-// defaults are the type's own `Default`.
+// defaults are the type's own `Default`. `guard` holds [`Guard`] and [`Grace`] (`RawGuard`).
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -811,13 +817,15 @@ struct RawService {
     policy: Policy,
     #[serde(default)]
     warmup: RawWarmup,
-    #[serde(default, with = "GuardDef")]
-    guard: Guard,
+    #[serde(default)]
+    guard: RawGuard,
     #[serde(default, with = "OutlierDetectionDef")]
     outlier_detection: OutlierDetection,
     #[serde(default, deserialize_with = "optional_health_check")]
     health_check: Option<HealthCheck>,
     transparent: Option<RawTransparent>,
+    #[serde(default, with = "StallDetectionDef")]
+    stall_detection: StallDetection,
 }
 
 /// One `services[i]` entry (`p` is its path); `earlier` are the entries already accepted, for
@@ -896,6 +904,8 @@ fn validate_service(
         validate_health_check(&format!("{p}.health_check"), hc)?;
     }
     let transparent = s.transparent.map(|t| validate_transparent(p, t, kind)).transpose()?;
+    validate_stall_detection(p, &s.stall_detection)?;
+    let (guard, grace) = s.guard.split();
     let build = BuildOptions {
         keys: w.metadata_keys.clone(),
         weight_scale: w.weight_scale,
@@ -921,10 +931,12 @@ fn validate_service(
         policy: s.policy,
         curve: s.warmup.curve,
         overload_protection: s.warmup.overload_protection,
-        guard: s.guard,
+        guard,
+        grace,
         outlier_detection: s.outlier_detection,
         health_check: s.health_check,
         transparent,
+        stall_detection: s.stall_detection,
     })
 }
 
@@ -1088,16 +1100,42 @@ fn validate_warmup(p: &str, w: &RawWarmup) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `services[i].guard`, with [`Guard`]'s defaults.
-#[derive(Deserialize)]
-#[serde(remote = "Guard", deny_unknown_fields, default = "Guard::default")]
-struct GuardDef {
+/// `services[i].guard`: the keep-last-good rules, [`Guard`] and [`Grace`], with their defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGuard {
     protect_threshold: f64,
     max_drop: f64,
     confirm_refreshes: u32,
+    reregister_ms: i64,
+    departure_memory_ms: i64,
 }
 
-fn validate_guard(p: &str, g: &Guard) -> Result<(), ConfigError> {
+impl Default for RawGuard {
+    fn default() -> Self {
+        let (g, r) = (Guard::default(), Grace::default());
+        RawGuard {
+            protect_threshold: g.protect_threshold,
+            max_drop: g.max_drop,
+            confirm_refreshes: g.confirm_refreshes,
+            reregister_ms: r.reregister_ms,
+            departure_memory_ms: r.departure_memory_ms,
+        }
+    }
+}
+
+impl RawGuard {
+    fn split(&self) -> (Guard, Grace) {
+        let guard = Guard {
+            protect_threshold: self.protect_threshold,
+            max_drop: self.max_drop,
+            confirm_refreshes: self.confirm_refreshes,
+        };
+        (guard, Grace { reregister_ms: self.reregister_ms, departure_memory_ms: self.departure_memory_ms })
+    }
+}
+
+fn validate_guard(p: &str, g: &RawGuard) -> Result<(), ConfigError> {
     if !(0.0..=1.0).contains(&g.protect_threshold) {
         return Err(at(p, "guard.protect_threshold", "must be between 0 and 1"));
     }
@@ -1107,7 +1145,35 @@ fn validate_guard(p: &str, g: &Guard) -> Result<(), ConfigError> {
     if !(1..=100).contains(&g.confirm_refreshes) {
         return Err(at(p, "guard.confirm_refreshes", "must be between 1 and 100"));
     }
+    for (field, ms) in [("reregister_ms", g.reregister_ms), ("departure_memory_ms", g.departure_memory_ms)] {
+        if !(0..=3_600_000).contains(&ms) {
+            return Err(at(p, &format!("guard.{field}"), "must be between 0 and 3600000 (ms)"));
+        }
+    }
     Ok(())
+}
+
+/// `services[i].stall_detection`, with [`StallDetection`]'s defaults.
+#[derive(Deserialize)]
+#[serde(remote = "StallDetection", deny_unknown_fields, default = "StallDetection::default")]
+struct StallDetectionDef {
+    enabled: bool,
+    floor_ms: i64,
+    latency_factor: f64,
+    max_stalled_percent: u32,
+    max_pending_ms: i64,
+    exclude_paths: Vec<String>,
+    probe_path: String,
+    probe_interval_ms: i64,
+}
+
+/// `services[i].stall_detection`: [`StallDetection::validate`]'s ranges, its message split into
+/// the field (`stall_detection.floor_ms`) and what is wrong.
+fn validate_stall_detection(p: &str, sd: &StallDetection) -> Result<(), ConfigError> {
+    sd.validate().map_err(|m| match m.split_once(": ") {
+        Some((field, why)) => at(p, field, why),
+        None => at(p, "stall_detection", m),
+    })
 }
 
 /// `services[i].outlier_detection`, with [`OutlierDetection`]'s defaults.
@@ -1895,6 +1961,8 @@ mod tests {
         .unwrap();
         let s = &c.services[0];
         assert_eq!(s.guard, Guard { max_drop: 0.2, ..Guard::default() });
+        assert_eq!(s.grace, Grace::default());
+        assert_eq!(s.stall_detection, StallDetection::default());
         assert_eq!(s.outlier_detection, OutlierDetection { enabled: false, ..OutlierDetection::default() });
         assert_eq!(s.health_check, Some(HealthCheck { path: "/h".into(), ..HealthCheck::default() }));
         assert_eq!(s.curve, Curve { sermant: Some(2), ..Curve::default() });
@@ -1916,6 +1984,17 @@ mod tests {
         assert_eq!((sw.count, sw.concurrency, sw.timeout_ms, sw.time_limit_ms), (50, 2, 5000, 60_000));
         let a = ib.admission.unwrap();
         assert_eq!((a.max_rps, a.cold_factor), (100, 3));
+        let c = parse(
+            with_service(
+                r#","guard":{"reregister_ms":60000},"stall_detection":{"floor_ms":300,"exclude_paths":["/watch"]}"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!((s.guard, s.grace), (Guard::default(), Grace { reregister_ms: 60_000, ..Grace::default() }));
+        let want = StallDetection { floor_ms: 300, exclude_paths: vec!["/watch".into()], ..StallDetection::default() };
+        assert_eq!(s.stall_detection, want);
         let c = parse(one_registry(r#"{"type":"eureka","cluster":"r","authority":"a"}"#).as_bytes()).unwrap();
         match &c.registries[0].kind {
             RegistryKind::Eureka(e) => assert_eq!(e.prefix, "/eureka"),
@@ -2113,6 +2192,18 @@ mod tests {
             (r#"{"registries":{"":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":""}]}"#.into(), "registries.\"\"", "a registry name must not be empty"),
             (with_service(r#","guard":{"confirm_refreshes":0}"#), "services[0].guard.confirm_refreshes", "between 1 and 100"),
             (with_service(r#","guard":{"confirm_refreshes":101}"#), "services[0].guard.confirm_refreshes", "between 1 and 100"),
+            (with_service(r#","guard":{"reregister_ms":-1}"#), "services[0].guard.reregister_ms", "between 0 and 3600000"),
+            (with_service(r#","guard":{"departure_memory_ms":3600001}"#), "services[0].guard.departure_memory_ms", "between 0 and 3600000"),
+            (with_service(r#","guard":{"grace_ms":1}"#), "services[0].guard.grace_ms", "unknown field `grace_ms`"),
+            (with_service(r#","stall_detection":{"floor_ms":5}"#), "services[0].stall_detection.floor_ms", "must be 10..60000"),
+            (with_service(r#","stall_detection":{"latency_factor":0.5}"#), "services[0].stall_detection.latency_factor", "must be 1..100"),
+            (with_service(r#","stall_detection":{"max_stalled_percent":101}"#), "services[0].stall_detection.max_stalled_percent", "must be 0..100"),
+            (with_service(r#","stall_detection":{"max_pending_ms":100}"#), "services[0].stall_detection.max_pending_ms", "floor_ms..3600000"),
+            (with_service(r#","stall_detection":{"probe_interval_ms":50}"#), "services[0].stall_detection.probe_interval_ms", "must be 100..30000"),
+            (with_service(r#","stall_detection":{"probe_path":"health"}"#), "services[0].stall_detection.probe_path", "an absolute path"),
+            (with_service(r#","stall_detection":{"exclude_paths":["poll"]}"#), "services[0].stall_detection.exclude_paths", "must start with '/'"),
+            (with_service(r#","stall_detection":{"enabled":"yes"}"#), "services[0].stall_detection.enabled", "invalid type: string \"yes\", expected a boolean"),
+            (with_service(r#","stall_detection":{"floor":200}"#), "services[0].stall_detection.floor", "unknown field `floor`"),
         ];
         for (json, path, msg) in cases {
             let e = bad(&json);
