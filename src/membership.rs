@@ -255,6 +255,12 @@ impl Tracker {
         self.away_since.get_or_insert(now_ms);
     }
 
+    /// The registry answered with the list applied last (or a blocking query that returned
+    /// without a change): it is back, and a list that lacks members from now on is a departure.
+    pub fn note_answer(&mut self) {
+        self.away_since = None;
+    }
+
     /// Whether the members the registry does not list are being kept while they re-register.
     pub fn reregistering(&self) -> bool {
         self.reset.is_some()

@@ -6,7 +6,7 @@
 use crate::clock::Rng;
 use crate::config::{RegistryConfig, ServiceConfig, Settings};
 use crate::instance::{Instance, State};
-use crate::membership::{Decision, Hold, Snapshot, Tracker};
+use crate::membership::{Decision, Hold, Snapshot, Tracker, ViewSign};
 use crate::registry::{fingerprint, Call, Cursor, HttpRequest, HttpResponse, Parsed, RegistryError, Reply, Session};
 
 /// Blocking queries are rate-limited as Consul's "Blocking Queries" doc prescribes (Implementation
@@ -84,6 +84,7 @@ impl PollState {
     /// The request could not be dispatched at all: retry after `retry_ms`.
     pub fn dispatch_failed(&mut self, now_ms: i64, retry_ms: i64) {
         self.in_flight = false;
+        self.tracker.note_failure(now_ms);
         self.next_due_ms = now_ms.saturating_add(retry_ms);
     }
 
@@ -131,6 +132,7 @@ impl PollState {
                 } else {
                     now_ms.saturating_add(interval_ms)
                 };
+                self.tracker.note_answer();
                 let outcome = if unchanged {
                     RefreshOutcome::Unchanged
                 } else {
@@ -150,8 +152,14 @@ impl PollState {
         match reply {
             Reply::LoggedIn => (RefreshOutcome::LoggedIn, None),
             Reply::Again(why) => (RefreshOutcome::Again(why), None),
-            Reply::Unchanged => (RefreshOutcome::Unchanged, None),
-            Reply::Error(e) => (RefreshOutcome::Failed(e), None),
+            Reply::Unchanged => {
+                self.tracker.note_answer();
+                (RefreshOutcome::Unchanged, None)
+            }
+            Reply::Error(e) => {
+                self.tracker.note_failure(now_ms);
+                (RefreshOutcome::Failed(e), None)
+            }
             Reply::Members(_) if self.sent_pushes != self.pushes => (RefreshOutcome::Superseded, None),
             Reply::Members(parsed) => self.apply(sc, current, parsed, now_ms, print),
         }
@@ -194,10 +202,16 @@ impl PollState {
         let unroutable = std::mem::take(&mut parsed.unroutable);
         // a pushed list leaves the fingerprint unset: the next polled reply is compared in full
         self.applied = None;
-        match self.tracker.decide(&current.members, parsed, &sc.guard) {
+        // the adapters give no view sign yet (Consul's index, Eureka's lastDirtyTimestamp): an
+        // instance that left comes back once `departure_memory_ms` is over
+        let sign = ViewSign::default();
+        match self.tracker.decide_at(&current.members, parsed, &sign, &sc.guard, &sc.grace, now_ms) {
             Decision::Keep(h) => (RefreshOutcome::Kept(h), None),
             Decision::Apply { members, protected } => {
-                self.applied = print.map(|p| (p, skipped));
+                // a list the rules changed (members kept while they register again, a departed
+                // one held out) may decide otherwise later: parse it again
+                let as_listed = self.tracker.held_departed == 0 && self.tracker.kept_reregistering == 0;
+                self.applied = print.filter(|_| as_listed).map(|p| (p, skipped));
                 if members == current.members && current.version > 0 {
                     return (RefreshOutcome::Same { skipped, unroutable }, None);
                 }

@@ -231,6 +231,39 @@ mod tests {
         assert_eq!(w.vm.services[0].stats.instances_skipped, 1);
     }
 
+    /// The registry's bad days (docs/registry-bad-days.md) through the poller: after a failed
+    /// refresh, a list that lacks members keeps them while they register again, for
+    /// `guard.reregister_ms`; an empty one is never applied in that time; a list that lacks one
+    /// while the registry answered all along is a departure, and the one that left stays out
+    /// for `guard.departure_memory_ms` when an older view lists it again.
+    #[test]
+    fn the_registry_restarting_or_lagging_keeps_the_set() {
+        let mut w = World::new(CFG);
+        let two = r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.3:80"}]}"#;
+        let addrs = |w: &World| w.members().iter().map(|m| m.addr.clone()).collect::<Vec<_>>();
+        w.refresh(THREE, NOW);
+        // down for a while, then back with part of the list: kept while it is registered again
+        assert!(matches!(w.refresh("oops", NOW + 2000), RefreshOutcome::Failed(_)));
+        assert!(matches!(w.refresh(two, NOW + 4000), RefreshOutcome::Same { .. }));
+        assert_eq!(addrs(&w).len(), 3);
+        // empty for longer than confirm_refreshes: still held
+        for k in 0..10 {
+            assert!(matches!(w.refresh(r#"{"instances":[]}"#, NOW + 6000 + 2000 * k), RefreshOutcome::Kept(_)));
+        }
+        assert_eq!(addrs(&w).len(), 3);
+        // the window is over: what it lists applies
+        assert!(matches!(w.refresh(two, NOW + 4000 + 120_000), RefreshOutcome::Published { hosts: 2, .. }));
+        // an older view lists the one that left: it stays out for departure_memory_ms
+        assert!(matches!(w.refresh(THREE, NOW + 130_000), RefreshOutcome::Same { .. }));
+        assert_eq!(addrs(&w), ["10.0.0.1:80", "10.0.0.3:80"]);
+        assert!(matches!(w.refresh(THREE, NOW + 124_000 + 30_000), RefreshOutcome::Published { hosts: 3, .. }));
+        // a failure, then the same list as applied (not parsed again): the registry is back, and
+        // a later departure applies at once
+        assert!(matches!(w.refresh("oops", NOW + 160_000), RefreshOutcome::Failed(_)));
+        assert!(matches!(w.refresh(THREE, NOW + 162_000), RefreshOutcome::Same { .. }));
+        assert!(matches!(w.refresh(two, NOW + 164_000), RefreshOutcome::Published { hosts: 2, .. }));
+    }
+
     #[test]
     fn a_deliberate_offline_applies_within_one_refresh() {
         // Nacos omits disabled instances: 2 of 3 disabled at once are gone at the next refresh
