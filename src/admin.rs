@@ -71,9 +71,10 @@ pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers o
 /// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
 /// hosts: {total, serving, warming, draining, down}, overload_protection: null|{threshold_percent,
 /// in_force}, instances: [{address, state, marked,
-/// ejected: {times, until_ms, trial_until_ms}|null, health_check_failing, weight, live_weight,
-/// start_ms, warmup_ms, warming}]}], self?: {…}}` (times in ms since the epoch); the VM puts its
-/// id (`vm`, 16 hex digits) first.
+/// ejected: {times, until_ms, trial_until_ms}|null, stalled: {since_ms, cause}|null,
+/// health_check_failing, weight, live_weight, start_ms, warmup_ms, warming}]}], self?: {…}}`
+/// (times in ms since the epoch; `cause` `quiet` or `connect_failure`); the VM puts its id (`vm`,
+/// 16 hex digits) first.
 pub fn membership_json(
     settings: &Settings,
     services: &mut [Service],
@@ -135,6 +136,13 @@ pub fn membership_json(
                         "{{\"times\":{},\"until_ms\":{},\"trial_until_ms\":{}}}",
                         e.times, e.until_ms, e.trial_until_ms
                     );
+                }
+                None => o.push_str("null"),
+            }
+            o.push_str(",\"stalled\":");
+            match view.marks.stalled.get(&m.addr).filter(|_| view.marks.is_stalled(m)) {
+                Some(st) => {
+                    let _ = write!(o, "{{\"since_ms\":{},\"cause\":\"{}\"}}", st.since_ms, st.cause.as_str());
                 }
                 None => o.push_str("null"),
             }

@@ -75,7 +75,8 @@ pub enum Failure {
     /// The instance answered 502/503/504 (without the drain header), reset the stream, or did
     /// not answer in time.
     Gateway,
-    /// No connection could be made: nothing reached the instance.
+    /// No connection could be made (refused, or not established within the connect timeout):
+    /// nothing reached the instance.
     LocalOrigin,
 }
 
@@ -105,7 +106,10 @@ pub fn classify(status: Option<u16>, drain_header: bool, details: impl FnOnce() 
     let Some(d) = details() else { return Outcome::Neutral };
     if d == "via_upstream" {
         Outcome::Failed(Failure::Gateway)
-    } else if d.contains("connection_failure") {
+    } else if d.contains("connection_failure") || d.contains("connection_timeout") {
+        // refused, or not established within the cluster's connect_timeout (a partition, a host
+        // that is gone): either way nothing reached the instance (Envoy's outlier detection
+        // counts both as LOCAL_ORIGIN_CONNECT_FAILED / LOCAL_ORIGIN_TIMEOUT)
         Outcome::Failed(Failure::LocalOrigin)
     } else if d.starts_with("upstream_reset") && d.contains("overflow") {
         // Envoy's own circuit breaker: not the instance's fault
@@ -298,6 +302,12 @@ mod tests {
                 Some(503),
                 false,
                 Some("upstream_reset_before_response_started{local_connection_failure}"),
+                Outcome::Failed(Failure::LocalOrigin),
+            ),
+            (
+                Some(503),
+                false,
+                Some("upstream_reset_before_response_started{connection_timeout}"),
                 Outcome::Failed(Failure::LocalOrigin),
             ),
             (Some(503), false, Some("upstream_reset_before_response_started{connection_termination}"), Outcome::Failed(Failure::Gateway)),

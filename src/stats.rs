@@ -30,6 +30,14 @@ pub struct ServiceStats {
     /// Active health-check probes that passed / failed (Envoy: `health_check.success`, `.failure`).
     pub health_check_success: u64,
     pub health_check_failure: u64,
+    /// Stall detection ([`crate::stall`]): instances taken out because they answered nothing for
+    /// longer than their bound while others answered, or because a connection to them could not
+    /// be made; stalled instances that answered again; stalls the guard refused; probes sent.
+    pub stalls_quiet: u64,
+    pub stalls_connect_failure: u64,
+    pub stall_recovered: u64,
+    pub stall_overflow: u64,
+    pub stall_probes: u64,
     /// Local 503s by [`Reason`], in [`Reason::ALL`] order.
     pub local_503: [u64; 7],
     /// Pushed lists applied (published, or the same as published), and refused (unreadable, or
@@ -40,7 +48,7 @@ pub struct ServiceStats {
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 22] = [
+    pub const NAMES: [&'static str; 27] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -54,6 +62,11 @@ impl ServiceStats {
         "outlier_detection.readmitted",
         "health_check.success",
         "health_check.failure",
+        "stall_detection.stalls_quiet",
+        "stall_detection.stalls_connect_failure",
+        "stall_detection.recovered",
+        "stall_detection.overflow",
+        "stall_detection.probes",
         "local_503.no_instances",
         "local_503.no_membership",
         "local_503.none_serving",
@@ -73,7 +86,7 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 22] {
+    pub fn take(&mut self) -> [u64; 27] {
         let s = std::mem::take(self);
         let [a, b, c, d, e, f, g] = s.local_503;
         [
@@ -90,6 +103,11 @@ impl ServiceStats {
             s.readmitted,
             s.health_check_success,
             s.health_check_failure,
+            s.stalls_quiet,
+            s.stalls_connect_failure,
+            s.stall_recovered,
+            s.stall_overflow,
+            s.stall_probes,
             a,
             b,
             c,
@@ -201,25 +219,28 @@ impl OnlineStats {
 /// The gauges of one service, set by the poller VM: all but `refresh_duration_us` on every tick
 /// ([`ServiceGauges`], in this order), `refresh_duration_us` after each refresh. Envoy names them
 /// `wasmcustom.lossless.<service>.<name>`.
-pub const GAUGE_NAMES: [&str; 8] = [
+pub const GAUGE_NAMES: [&str; 9] = [
     "hosts_total",
     "hosts_serving",
     "hosts_warming",
     "hosts_draining",
     "hosts_down",
+    "hosts_stalled",
     "snapshot_version",
     "warmup_overload_protected",
     "refresh_duration_us",
 ];
 
 /// The position of `refresh_duration_us` in [`GAUGE_NAMES`]: the gauges before it are the tick's.
-pub const REFRESH_DURATION_GAUGE: usize = 7;
+pub const REFRESH_DURATION_GAUGE: usize = 8;
 
 /// The gauges of one service the poller VM sets on every tick.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceGauges {
     /// `hosts_*`.
     pub hosts: HostCounts,
+    /// `hosts_stalled`: members stalled now ([`crate::stall`]).
+    pub stalled: u64,
     /// `snapshot_version`: the published snapshot's version.
     pub snapshot_version: u64,
     /// `warmup_overload_protected`: 1 while the service's warm-up overload protection is in force
@@ -231,7 +252,16 @@ impl ServiceGauges {
     /// The values in [`GAUGE_NAMES`] order, up to `refresh_duration_us` (not included).
     pub fn values(&self) -> [u64; REFRESH_DURATION_GAUGE] {
         let c = self.hosts;
-        [c.total, c.serving, c.warming, c.draining, c.down, self.snapshot_version, u64::from(self.overload_protected)]
+        [
+            c.total,
+            c.serving,
+            c.warming,
+            c.draining,
+            c.down,
+            self.stalled,
+            self.snapshot_version,
+            u64::from(self.overload_protected),
+        ]
     }
 }
 
@@ -346,9 +376,14 @@ mod tests {
             readmitted: 11,
             health_check_success: 12,
             health_check_failure: 13,
+            stalls_quiet: 21,
+            stalls_connect_failure: 22,
+            stall_recovered: 23,
+            stall_overflow: 24,
+            stall_probes: 25,
             local_503: [14, 15, 16, 17, 18, 19, 20],
-            push_applied: 21,
-            push_rejected: 22,
+            push_applied: 26,
+            push_rejected: 27,
         };
         let values = s.take();
         let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
@@ -358,8 +393,13 @@ mod tests {
             ("picks", 7),
             ("outlier_detection.trials", 10),
             ("health_check.failure", 13),
-            ("push_applied", 21),
-            ("push_rejected", 22),
+            ("stall_detection.stalls_quiet", 21),
+            ("stall_detection.stalls_connect_failure", 22),
+            ("stall_detection.recovered", 23),
+            ("stall_detection.overflow", 24),
+            ("stall_detection.probes", 25),
+            ("push_applied", 26),
+            ("push_rejected", 27),
         ] {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }
@@ -425,6 +465,7 @@ mod tests {
         assert_eq!(GAUGE_NAMES.len(), REFRESH_DURATION_GAUGE + 1, "refresh_duration_us is the last");
         let g = ServiceGauges {
             hosts: HostCounts { total: 8, serving: 7, warming: 6, draining: 1, down: 0 },
+            stalled: 3,
             snapshot_version: 42,
             overload_protected: true,
         };
@@ -437,12 +478,13 @@ mod tests {
                 ("hosts_warming", 6),
                 ("hosts_draining", 1),
                 ("hosts_down", 0),
+                ("hosts_stalled", 3),
                 ("snapshot_version", 42),
                 ("warmup_overload_protected", 1),
             ]
         );
         let off = ServiceGauges { overload_protected: false, ..g };
-        assert_eq!(off.values()[6], 0);
+        assert_eq!(off.values()[7], 0);
     }
 
     #[test]

@@ -49,12 +49,19 @@ impl Vm {
     ) {
         let Some(s) = self.services.get_mut(svc) else { return };
         let Some(hc) = &s.cfg.health_check else { return };
-        if hc.passes(status) {
+        let passed = hc.passes(status);
+        if passed {
             s.stats.health_check_success += 1;
         } else {
             s.stats.health_check_failure += 1;
         }
-        let Some(healthy) = s.prober.on_reply(hc, addr, status) else { return };
+        let verdict = s.prober.on_reply(hc, addr, status);
+        if passed {
+            // an answer: a stalled instance is back
+            self.answered(shared, svc, addr, now_ms);
+        }
+        let Some(healthy) = verdict else { return };
+        let Some(s) = self.services.get_mut(svc) else { return };
         let Some(m) = crate::instance::find(&s.view.snap.members, addr) else { return };
         if marks::set_health(shared, &self.keys, m, healthy) {
             let verdict = if healthy { "passes: it gets traffic" } else { "fails: no new requests go to it" };

@@ -5,7 +5,9 @@
 //! - [`Vm::on_call_reply`]: a registry reply becomes membership ([`crate::poller`]), a probe's
 //!   answer health ([`crate::prober`]);
 //! - [`Vm::on_request`]: the routing decision for one request ([`Flow`]);
-//! - [`Vm::on_response`]: what a response tells about the instance that served it.
+//! - [`Vm::on_response`]: what a response tells about the instance that served it;
+//! - [`Vm::on_request_end`] and [`Vm::on_log`]: when a request's last byte went and when its
+//!   exchange ended, for stall detection.
 //!
 //! Per-request facts come through [`Host`], read only when a decision needs them, so a counting
 //! fake host measures the host calls of each path natively.
@@ -14,7 +16,8 @@
 //! ([`Vm::sync`]); `tick.rs` the tick and the calls it dispatches; `refresh.rs` a registry reply
 //! made membership; `checks.rs` the active health checks; `online.rs` the inbound registration;
 //! `request.rs` the request path; `admin.rs` the admin endpoints; `response.rs` the response path;
-//! `capture.rs` transparent mode's index, plans and shared estimate.
+//! `capture.rs` transparent mode's index, plans and shared estimate; `stall.rs` stall detection's
+//! facts, decisions and probes.
 
 mod admin;
 mod capture;
@@ -24,9 +27,12 @@ mod push;
 mod refresh;
 mod request;
 mod response;
+mod stall;
 #[cfg(test)]
 mod testing;
 mod tick;
+
+use std::cell::Cell;
 
 use crate::clock::FastMap as HashMap;
 
@@ -42,6 +48,7 @@ use crate::registration::{self, Online, Step};
 use crate::registry::{Call, HttpRequest};
 use crate::router::Router;
 use crate::service::{Registry, Service};
+use crate::stall::{Detector, Sent};
 use crate::stats::{ServiceGauges, Stats};
 use crate::store::{create_if_absent, Keys, Shared};
 use crate::transparent::{Capture, Corrected};
@@ -98,6 +105,28 @@ pub struct Exchange {
     pub local: bool,
     /// This request is the trial of the ejected instance it was routed to first.
     pub trial: bool,
+    /// Where the request stands for stall detection (set through a shared reference: the
+    /// response path reads the exchange, it does not own it).
+    pub stall: Cell<Ticket>,
+}
+
+impl Exchange {
+    /// The address written first (the primary pick), if any.
+    pub fn primary(&self) -> Option<&str> {
+        self.written.split(',').next().filter(|a| !a.is_empty())
+    }
+}
+
+/// Where one request stands for stall detection ([`crate::stall`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ticket {
+    /// Not tracked (not routed, excluded, detection off), or handed back already.
+    #[default]
+    None,
+    /// Tracked: pending on its primary from its last byte on ([`Vm::on_request_end`]).
+    Waiting,
+    /// Pending on its primary since then.
+    Sent(Sent),
 }
 
 /// A request to dispatch on `cluster`; hand the token back with [`Vm::dispatched`].
@@ -118,6 +147,8 @@ pub enum Purpose {
     Probe(String),
     /// Inbound: a step of the sidecar's own registration (readiness, self-warm, registry call).
     Online(Step),
+    /// A stall probe of this instance ([`crate::stall`]).
+    StallProbe(String),
 }
 
 /// One worker VM's state: configuration, registries, services, the shared view, the lease.
@@ -153,6 +184,8 @@ pub struct Vm {
     /// Transparent mode (a service sets `transparent`): the address index and the counters of
     /// captured requests no corrected service owns.
     pub capture: Option<Capture>,
+    /// Stall detection: what this VM sent to each instance and how fast each answers it.
+    stall: Detector,
 }
 
 impl Vm {
@@ -163,6 +196,7 @@ impl Vm {
         let router = Router::new(&settings, &services);
         let original_dst_outer = services.iter().any(|s| s.routing == RoutingMode::OriginalDst);
         let registries = push::registries(registries, &services);
+        let stall = Detector::new(services.iter().map(|s| s.stall_detection.clone()).collect());
         let services = services
             .into_iter()
             .map(|sc| Service {
@@ -195,6 +229,7 @@ impl Vm {
                 i.admission.map(|a| WarmUp::new(a.max_rps, a.cold_factor, warmup_s))
             }),
             capture: settings.capture.as_ref().map(|_| Capture::default()),
+            stall,
             settings,
         }
     }
@@ -221,15 +256,23 @@ impl Vm {
             return;
         }
         let mut loaded = false;
-        for s in &mut self.services {
+        for (i, s) in self.services.iter_mut().enumerate() {
+            let mut changed = false;
             if s.view.load(shared, &self.keys.service(&s.cfg.name)) {
                 self.view.decodes += 1;
-                loaded = true;
+                changed = true;
             }
-            loaded |= s.view.changed();
+            changed |= s.view.changed();
+            if changed {
+                // instances that left are forgotten with what was pending on them
+                let members = &s.view.snap.members;
+                self.stall.retain(i, |addr| crate::instance::find(members, addr).is_some());
+            }
+            loaded |= changed;
             s.view.rebuild(&self.view.marks, now_ms, &mut self.rng);
         }
         self.capture_sync(shared, loaded, now_ms);
+        self.stall.on_marks(&self.view.marks);
         if loaded && !self.failures.is_empty() {
             // an instance that left with a failure counted must not keep every response read in
             // full (outlier detection reads the served address while any count is open)
@@ -268,6 +311,7 @@ impl Vm {
         self.services.iter().enumerate().map(move |(i, s)| {
             let g = ServiceGauges {
                 hosts: crate::view::host_counts(&s.view.members, now_ms),
+                stalled: s.view.snap.members.iter().filter(|m| self.view.marks.is_stalled(m)).count() as u64,
                 snapshot_version: s.view.snap.version,
                 overload_protected: s.view.overload_protected(now_ms),
             };

@@ -3,7 +3,7 @@
 
 use log::{info, warn};
 
-use super::{Exchange, Flow, Host, Vm};
+use super::{Exchange, Flow, Host, Ticket, Vm};
 use crate::admin;
 use crate::admission::{self, Admit};
 use crate::config::Mode;
@@ -78,7 +78,12 @@ impl Vm {
                 info!("service '{}': {} was ejected; one trial request goes to it", s.cfg.name, t.addr);
             }
         }
-        self.apply(h, ex, route, trial)
+        let flow = self.apply(h, ex, route, trial);
+        if ex.service.is_some_and(|svc| self.stall_tracks(svc, &headers)) {
+            // stall detection: pending on the primary from the request's last byte on
+            ex.stall.set(Ticket::Waiting);
+        }
+        flow
     }
 
     /// Applies a route: the routing header set and the exchange noted, or the local reply.
@@ -228,6 +233,7 @@ mod tests {
             let h = host(&w.shared, NOW, req, cluster);
             let mut ex = Exchange::default();
             w.vm.on_request(&h, &mut ex);
+            w.vm.on_request_end(&h, &ex);
             let on_req = h.total() - shared_before;
             let mut h = host(&w.shared, NOW, &[], cluster);
             h.props.push(("upstream.address", "10.0.0.1:80".into()));
@@ -237,15 +243,15 @@ mod tests {
             w.vm.on_response(&h, &ex);
             (on_req, h.total() - before)
         };
-        let routed = count(&mut w, &[(":path", "/x")], Some("demo"), None);
+        let routed = count(&mut w, &[(":path", "/x")], Some("demo"), Some(&[(":status", "200")]));
         let other = count(&mut w, &[(":path", "/x")], Some("other"), None);
         println!("host calls, routed request: {} on the request, {} on the response", routed.0, routed.1);
         println!("host calls, request to another cluster: {} on the request, {} on the response", other.0, other.1);
         // the request's headers (:path, routing headers, pin), the generation, the cluster, the
-        // routing header set
-        assert!(routed.0 <= 4, "{routed:?}");
-        // the response's headers (drain header, attempt count, :status)
-        assert!(routed.1 <= 1, "{routed:?}");
+        // routing header set; at its end, the clock (stall detection: when it went)
+        assert!(routed.0 <= 5, "{routed:?}");
+        // the response's headers (drain header, attempt count, :status), the clock (when it came)
+        assert!(routed.1 <= 2, "{routed:?}");
         assert!(other.0 <= 3 && other.1 == 0, "{other:?}");
     }
 }

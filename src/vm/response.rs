@@ -51,7 +51,14 @@ impl Vm {
                 let notice = value.is_some_and(is_drain_notice);
                 // a refusal (draining, or over a warming instance's admission cap) did no work:
                 // neither a success nor a failure of the instance
-                self.judge(h, &headers, ex, svc, notice || value.is_some_and(is_refusal));
+                let status = headers.get(":status").and_then(|v| v.parse::<u16>().ok());
+                let attempts =
+                    headers.get("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
+                // Envoy's response details, read once at most, and only for 502/503/504
+                let details = std::cell::OnceCell::new();
+                let details = || details.get_or_init(|| h.property(&["response", "code_details"])).clone();
+                self.judge(h, &headers, ex, svc, status, attempts, notice || value.is_some_and(is_refusal), &details);
+                self.stall_response(h, ex, svc, status, attempts, &details);
                 if notice && self.settings.drain.notify {
                     if let Some(addr) = h.property(&["upstream", "address"]) {
                         self.mark_draining(h, &addr);
@@ -71,12 +78,21 @@ impl Vm {
 
     /// Outlier detection for one routed response: the attempts Envoy left for another count as
     /// connection failures; the last attempt's outcome counts for or against its instance.
-    fn judge(&mut self, h: &dyn Host, headers: &Headers, ex: &Exchange, svc: usize, drain: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &mut self,
+        h: &dyn Host,
+        headers: &Headers,
+        ex: &Exchange,
+        svc: usize,
+        status: Option<u16>,
+        attempts: usize,
+        drain: bool,
+        details: &dyn Fn() -> Option<String>,
+    ) {
         let Some(sc) = self.services.get(svc).map(|s| &s.cfg) else { return };
         let (enabled, original_dst) = (sc.outlier_detection.enabled, sc.routing == RoutingMode::OriginalDst);
-        let attempts = headers.get("x-envoy-attempt-count").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1);
-        let status = headers.get(":status").and_then(|v| v.parse::<u16>().ok());
-        let outcome = classify(status, drain, || h.property(&["response", "code_details"]));
+        let outcome = classify(status, drain, details);
         if outcome == Outcome::Failed(Failure::LocalOrigin) {
             // nothing reached the instance: an Envoy in front may resend it (original_dst template)
             if !h.set_response_header(UNREACHED_HEADER, Some("connection_failure")) {
@@ -423,8 +439,10 @@ mod tests {
         // at most half of the instances (at least one) are ejected: the set is never emptied
         let b = "10.0.0.2:80";
         answer(&mut w, NOW, Some(b), 1, 503, REFUSED);
-        assert_eq!(state_of(&w, b), State::Serving);
+        assert!(!w.vm.view.marks.ejected.contains_key(b));
         assert_eq!(w.vm.services[0].stats.ejections_overflow, 1);
+        // stall detection's cap is its own: the instance the request was sent to is stalled
+        assert_eq!(w.vm.services[0].stats.stalls_connect_failure, 1);
         // the registry wins: a restart (newer start time) ends the ejection
         w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","start_ms":5},{"address":"10.0.0.2:80"},{"address":"10.0.0.3:80"}]}"#, NOW + 2000);
         assert_eq!(state_of(&w, a), State::Serving);

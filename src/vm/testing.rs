@@ -54,6 +54,11 @@ impl Host for FakeHost<'_> {
         // the glue answers from the tick's clock: no host call
         self.now
     }
+    fn clock_ms(&self) -> i64 {
+        // the host's clock read now: a host call
+        self.count();
+        self.now
+    }
     fn request_headers(&self) -> Headers {
         self.count();
         Headers::from_pairs(&self.req.borrow())

@@ -21,6 +21,7 @@ impl Vm {
                 s.poll.reset();
                 s.prober.reset();
             }
+            self.stall.reset_probes();
             self.pending.clear();
             if polls {
                 info!("this VM now polls the registry");
@@ -31,14 +32,15 @@ impl Vm {
         }
         self.sync(shared, now_ms);
         self.capture_tick(shared, now_ms);
+        self.stall_tick(shared, now_ms);
         if let Some(o) = self.online.as_mut() {
             self.stats.online.add(std::mem::take(&mut o.stats));
         }
         self.due(shared, now_ms)
     }
 
-    /// The registry requests, health-check probes and registration steps due at `now_ms` (none
-    /// unless this VM is the poller).
+    /// The registry requests, health-check and stall probes and registration steps due at
+    /// `now_ms` (none unless this VM is the poller).
     pub fn due(&mut self, shared: &dyn Shared, now_ms: i64) -> Vec<Dispatch> {
         if !self.poller {
             return Vec::new();
@@ -49,6 +51,7 @@ impl Vm {
             out.extend(refresh::registry_due(i, s, reg, now_ms));
             checks::probes_due(i, s, shared, &self.keys, now_ms, &mut self.rng, &mut out);
         }
+        self.stall_probes_due(now_ms, &mut out);
         self.online_due(shared, now_ms, &mut out);
         out
     }
@@ -69,6 +72,7 @@ impl Vm {
                 s.stats.refresh_failed += 1;
             }
             Purpose::Probe(addr) => s.prober.dispatch_failed(addr),
+            Purpose::StallProbe(addr) => self.stall.probe_dispatch_failed(addr, now_ms),
             Purpose::Online(step) => {
                 let draining = self.view.self_drain.draining();
                 if let (Some(ib), Some(o)) = (&self.settings.inbound, self.online.as_mut()) {
@@ -111,6 +115,10 @@ impl Vm {
             (svc, Purpose::Registry(call)) => self.on_registry_reply(shared, svc, call, resp, now_ms),
             (svc, Purpose::Probe(addr)) => {
                 self.on_probe_reply(shared, svc, &addr, resp.status, now_ms);
+                None
+            }
+            (svc, Purpose::StallProbe(addr)) => {
+                self.on_stall_probe_reply(shared, svc, &addr, resp.status, now_ms);
                 None
             }
             (_, Purpose::Online(step)) => {
