@@ -115,9 +115,11 @@ pub fn classify(status: Option<u16>, drain_header: bool, details: impl FnOnce() 
         // Envoy's own circuit breaker: not the instance's fault
         Outcome::Neutral
     } else if d.starts_with("upstream_reset")
+        || d == "response_timeout"
         || d.starts_with("upstream_response_timeout")
         || d.starts_with("upstream_per_try")
     {
+        // `response_timeout` is what Envoy 1.40 reports for the route's timeout
         Outcome::Failed(Failure::Gateway)
     } else {
         Outcome::Neutral
@@ -313,6 +315,7 @@ mod tests {
             (Some(503), false, Some("upstream_reset_before_response_started{connection_termination}"), Outcome::Failed(Failure::Gateway)),
             (Some(503), false, Some("upstream_reset_before_response_started{remote_reset}"), Outcome::Failed(Failure::Gateway)),
             (Some(504), false, Some("upstream_response_timeout"), Outcome::Failed(Failure::Gateway)),
+            (Some(504), false, Some("response_timeout"), Outcome::Failed(Failure::Gateway)),
             (Some(504), false, Some("upstream_per_try_timeout"), Outcome::Failed(Failure::Gateway)),
             (Some(503), false, Some("upstream_reset_before_response_started{overflow}"), Outcome::Neutral),
             (Some(503), false, Some("no_healthy_upstream"), Outcome::Neutral),

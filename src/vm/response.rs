@@ -428,7 +428,7 @@ mod tests {
             answer(&mut w, NOW, Some(a), 1, 503, "via_upstream");
         }
         answer(&mut w, NOW, Some(a), 1, 200, "via_upstream");
-        answer(&mut w, NOW, Some(a), 1, 504, "upstream_response_timeout");
+        answer(&mut w, NOW, Some(a), 1, 504, "response_timeout");
         answer(&mut w, NOW, Some(a), 1, 502, "upstream_reset_before_response_started{connection_termination}");
         assert_eq!(state_of(&w, a), State::Serving, "two in a row since the last success");
         // a drain answer or Envoy's own overflow says nothing about the instance
