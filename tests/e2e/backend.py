@@ -1,10 +1,12 @@
 """Test backend: answers 200 + its identity, counts requests, has /__ control endpoints.
 
-Run: python3 backend.py --port P [--name NAME] [--ready-after-ms MS] [--cold-ms MS --warm-after N].
-Binds 127.0.0.1 only. With --ready-after-ms, GET /ready answers 503 until that long after the
-start, then 200 (an application with no registry client: it only says whether it is ready). With
---cold-ms, each of its first N requests (any path but /ready and /__*) takes that long: an
-application that is slow until warmed, like a JVM before its JIT and caches.
+Run: python3 backend.py --port P [--host IP] [--name NAME] [--ready-after-ms MS]
+[--cold-ms MS --warm-after N]. Binds 127.0.0.1 unless --host names another address of this
+machine (an address inside a test's own network namespace). With --ready-after-ms, GET /ready
+answers 503 until that long after the start, then 200 (an application with no registry client: it
+only says whether it is ready). With --cold-ms, each of its first N requests (any path but /ready
+and /__*) takes that long: an application that is slow until warmed, like a JVM before its JIT
+and caches.
 """
 
 import argparse
@@ -141,17 +143,18 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--name", default="")
     ap.add_argument("--ready-after-ms", type=int, default=0)
     ap.add_argument("--cold-ms", type=int, default=0)
     ap.add_argument("--warm-after", type=int, default=0)
     args = ap.parse_args()
-    instance = f"127.0.0.1:{args.port}"
+    instance = f"{args.host}:{args.port}"
     Handler.state = State(instance, args.name or instance)
     Handler.state.ready_after_ms = args.ready_after_ms
     Handler.state.cold_ms = args.cold_ms
     Handler.state.warm_after = args.warm_after
-    server = Server(("127.0.0.1", args.port), Handler)
+    server = Server((args.host, args.port), Handler)
     print(f"backend {args.name} listening on {instance}", flush=True)
     server.serve_forever(poll_interval=0.2)
 
