@@ -428,6 +428,8 @@ def test_istio_cluster_patch_side_effects(envoy_bin, tmp_path):
     applyLocalityLoadBalancer; pilot/pkg/networking/core/loadbalancer/loadbalancer.go
     GetLocalityLbSetting)."""
     patched = merge(istio_cluster(orders_cluster_name()), orders_patches()["CLUSTER"])
+    # Istio's 10 s connect timeout (a DestinationRule's connectTimeout) gives way to 0.5 s
+    assert patched["connect_timeout"] == "0.5s"
     accepted = {
         "simple": {"lb_policy": "RANDOM"},
         "consistentHash": {"lb_policy": "RING_HASH",
