@@ -12,12 +12,12 @@ timeout, down after 2 failures), so the comparison is about what each does on to
 Per dead instance the suite measures the failed requests (GET and POST) and when it received its
 last new request: for a killed instance from the gateway's own per-host counters (admin
 /clusters: requests and connection attempts, sampled every 100 ms; lossless runs passive health
-checking only there, so no probe adds to them), for a frozen one from the start of the last
-request that timed out on it (each freeze has the 4 s until the next to itself).
+checking only there, and its stall probes, which go through the same cluster, wait 30 s
+(stall_detection.probe_interval_ms), so no probe adds to them), for a frozen one from the start
+of the last request that timed out on it (each freeze has the 4 s until the next to itself).
 
-(c), an instance that becomes unreachable (network partition), is not run: it needs network
-namespaces, which this suite does not create; a dropped route behaves like (b) for the caller
-(connections time out instead of being refused) and is covered by the same active check.
+(c), an instance that becomes unreachable (a network partition), and a frozen one under steady
+load beside plain Envoy, each measured from the gateways' access logs: test_stall.py.
 """
 
 import re
@@ -84,6 +84,9 @@ def lossless_cfg(rnacos, mode, service, active):
     svc = {"routing": {"mode": mode}, "registry_service": service}
     if active:
         svc["health_check"] = HC
+    else:
+        # passive only: the first stall probe of a refused instance after the run
+        svc["stall_detection"] = {"probe_interval_ms": 30_000}
     return filter_config(rnacos.addr, service=svc)
 
 
