@@ -16,11 +16,12 @@ request; a request whose connection to it could not be made, flag UF, reached no
 time is the later of the moment the signal or the rule was sent and the start of the last request
 to the instance that was answered. Asserted: for lossless, no new request reaches the faulty
 instance later than 250 ms after the fault (its bound is the 200 ms floor while its own p99 is at
-most 64 ms; a busier machine makes the bound longer, and the limit follows it), so what fails is
-what was on it and what that window sent; for a freeze, at least 5 times fewer failed requests
-than plain Envoy. A partition is not compared that way: plain Envoy also resends what a connect
-timeout kept from the instance (connect-failure) and ejects it at the first one, so both lose
-what went on connections already open to it.
+most 64 ms; a busier machine makes the bound longer, and a pause of the load itself right after
+the fault delays the evidence as much: the limit follows both, and the freeze is run once more
+when either happened), so what fails is what was on it and what that window sent; for a freeze,
+at least 5 times fewer failed requests than plain Envoy. A partition is not compared that way:
+plain Envoy also resends what a connect timeout kept from the instance (connect-failure) and
+ejects it at the first one, so both lose what went on connections already open to it.
 
 The partition needs root, `ip` and `iptables`: the instances live in a network namespace of the
 test's own, joined to this one by a veth pair, and the cut is an iptables DROP of one instance's
@@ -69,6 +70,7 @@ AFTER_S = 4.0  # load after it
 ROUTE_TIMEOUT_S = 10.0  # the templates' route timeout: what is stuck on the faulty one fails then
 TARGET_S = 0.25  # no new request reaches a faulty instance later than this after the fault
 FLOOR_MS = 200  # stall_detection.floor_ms: the bound of an instance answering in ms
+PAUSE_MS = 50  # a gap between two requests at 150 req/s that is still the load's own pace
 BACKEND_PORT = 8080
 LOG_FORMAT = "%START_TIME(%s.%3f)% %UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)%"
 
@@ -304,6 +306,12 @@ def summarize(gw, samples, log, fault_at, faulty):
     to_it = [t for t, host, _, flags, _ in log
              if host == faulty and t >= fault_at and "UF" not in flags]
     before = [t for t, host, *_ in log if host == faulty and fault_at - 2.0 <= t < fault_at]
+    # the load's own pauses (this machine is shared: the client can stall too): the longest time
+    # the gateway got no request at all in the second after the fault. Stall detection needs
+    # traffic (a sibling's answer is its evidence), so such a pause delays it as much.
+    starts = sorted(t for t, *_ in log if fault_at <= t < fault_at + 1.0)
+    edges = [fault_at, *starts, fault_at + 1.0]
+    pause = max(b - a for a, b in zip(edges, edges[1:], strict=False))
     row = {
         "gateway": gw.kind,
         "requests": len(samples),
@@ -313,6 +321,7 @@ def summarize(gw, samples, log, fault_at, faulty):
         "last_new_request_after_fault_ms": round((max(to_it, default=fault_at) - fault_at) * 1000),
         "sent_to_it_after_fault": len(to_it),
         "rate_to_it_before_fault": round(len(before) / 2.0, 1),
+        "load_pause_after_fault_ms": round(pause * 1000),
         "p99_ms": p99_ms([s for s in samples if s.status == 200]),
         # answered, but after a connect timeout (0.5 s) and a resend: the instances answer in ms
         "delayed": sum(1 for s in samples if s.status == 200 and s.latency >= 0.4),
@@ -354,11 +363,16 @@ def check(rows, what):
         # to slow its answers makes the bound, and the time to leave it, longer (reported)
         quiet_bound = r.get("stall_quiet_and_bound_ms")
         bound = quiet_bound[1] if quiet_bound else FLOOR_MS
-        limit = TARGET_S * 1000 + max(0, bound - FLOOR_MS)
+        # a pause of the load longer than a few requests' spacing delays it as much
+        pause = max(0, r["load_pause_after_fault_ms"] - PAUSE_MS)
+        limit = TARGET_S * 1000 + max(0, bound - FLOOR_MS) + pause
         if bound > FLOOR_MS:
             print(f"  {r['gateway']}: its own answers made the bound {bound} ms (p99 before the "
                   f"fault {r['p99_before_fault_ms']} ms at the client): limit {limit:.0f} ms")
-        r["bound_ms"], r["limit_ms"] = bound, limit
+        if pause:
+            print(f"  {r['gateway']}: the load paused {r['load_pause_after_fault_ms']} ms after "
+                  f"the fault: limit {limit:.0f} ms")
+        r["bound_ms"], r["limit_ms"], r["at_target"] = bound, limit, limit == TARGET_S * 1000
         assert r["last_new_request_after_fault_ms"] <= limit, r
         window = r["rate_to_it_before_fault"] * limit / 1000
         assert r["failed"] <= window + 2 * WORKERS, ("what was on it and the window's", r)
@@ -385,10 +399,11 @@ def test_a_frozen_instance_is_left_within_250ms(rnacos, make_envoy, tmp_logs, pr
     outlier detection; it is stalled (quiet), and the first answer after the thaw (the stall
     probe's) brings it back.
 
-    The 250 ms hold while the instances answer in ms (their p99 at most 64 ms, bound = floor): a
-    run in which this busy machine slowed them enough to raise the bound is run once more; if
-    the second is slowed as well, the limits follow the bound the filter logged (the time to
-    leave it, the failures, and the factor over plain Envoy scaled by bound / floor)."""
+    The 250 ms hold while the instances answer in ms (their p99 at most 64 ms, bound = floor) and
+    the load keeps its pace: a run in which this busy machine slowed them enough to raise the
+    bound, or paused the load itself, is run once more; if the second is slowed as well, the
+    limits follow the bound the filter logged and the pause (the time to leave it, the failures,
+    and the factor over plain Envoy scaled by limit / 250 ms)."""
     for attempt in (1, 2):
         tag = f"-{attempt}"
         inst = instances(3, tag=tag)
@@ -403,10 +418,11 @@ def test_a_frozen_instance_is_left_within_250ms(rnacos, make_envoy, tmp_logs, pr
                       for sig in (signal.SIGSTOP, signal.SIGCONT))
         rows = side_by_side(gws, stop, cont, frozen.addr)
         lossless, plain = check(rows, f"frozen (SIGSTOP), attempt {attempt}")
-        if lossless[0]["bound_ms"] == FLOOR_MS:
+        if lossless[0]["at_target"]:
             break
         if attempt == 1:
-            print("  the instances answered slowly on this busy machine: once more")
+            print("  the instances answered slowly, or the load paused, on this busy machine: "
+                  "once more")
             for x in (*gws, *inst):
                 x.stop()
     scale = lossless[0]["limit_ms"] / (TARGET_S * 1000)
