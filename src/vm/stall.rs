@@ -117,9 +117,8 @@ impl Vm {
                     let pct = s.cfg.stall_detection.max_stalled_percent;
                     let guard = |m: &marks::Marks| stall::may_stall(members, m, &addr, pct);
                     let written = marks::stall(shared, &self.keys, member, now_ms, cause, guard);
-                    if written {
-                        self.sync(shared, now_ms);
-                    }
+                    // written, or not: then another VM may have stalled it first (not an overflow)
+                    self.sync(shared, now_ms);
                     let Some(s) = self.services.get_mut(svc) else { continue };
                     let name = &s.cfg.name;
                     if written {
@@ -428,6 +427,43 @@ mod tests {
         w.vm.on_response(&hr, &ex);
         w.vm.on_request_end(&h, &ex);
         assert_eq!(w.vm.stall.pending(0, ex.primary().unwrap()), 0);
+    }
+
+    /// A request pinned to `addr` (the pin goes first) whose connection timed out.
+    fn timed_out(vm: &mut Vm, shared: &crate::store::FakeShared, addr: &str, now: i64) {
+        let h = host(shared, now, &[(":path", "/x"), ("x-pin", addr)], Some("demo"));
+        let mut ex = Exchange::default();
+        vm.on_request(&h, &mut ex);
+        vm.on_request_end(&h, &ex);
+        assert_eq!(ex.primary(), Some(addr));
+        let mut h = host(shared, now, &[], Some("demo"));
+        h.props.push(("response.code_details", TIMEOUT.into()));
+        *h.resp.borrow_mut() = vec![(":status".into(), "503".into())];
+        vm.on_response(&h, &ex);
+    }
+
+    /// Two VMs see the same instance fail: the first stalls it, the second finds it stalled (no
+    /// overflow counted); a second instance would be over max_stalled_percent (one of three): the
+    /// guard refuses it, counted as an overflow.
+    #[test]
+    fn the_guard_and_a_stall_made_by_another_vm() {
+        let mut w = World::new(CFG);
+        w.refresh(THREE, NOW);
+        let mut other = Vm::new(config::parse(CFG).unwrap(), CFG, 2, Rng::new(2));
+        other.sync(&w.shared, NOW);
+        timed_out(&mut w.vm, &w.shared, "10.0.0.1:80", NOW);
+        assert_eq!(w.vm.services[0].stats.stalls_connect_failure, 1);
+        // the other VM has not read the marks since: it proposes the same stall
+        assert!(other.view.marks.stalled.is_empty(), "not synced yet");
+        let c = other.stall.on_connect_failure(0, "10.0.0.1:80", NOW, &other.view.marks);
+        other.apply_stall(&w.shared, c.into_iter().collect(), NOW);
+        let s = &other.services[0].stats;
+        assert_eq!((s.stalls_connect_failure, s.stall_overflow), (0, 0), "stalled by the first VM");
+        // one of three is the cap (50 % of 3, at least one): the next is refused
+        timed_out(&mut other, &w.shared, "10.0.0.2:80", NOW + 10);
+        let s = &other.services[0].stats;
+        assert_eq!((s.stalls_connect_failure, s.stall_overflow), (0, 1));
+        assert_eq!(other.view.marks.stalled.len(), 1);
     }
 
     /// A passing active health check is an answer: it ends a stall before the stall probe is due.
