@@ -98,7 +98,7 @@ def test_captured_caller_goes_through_its_sidecar(procs, tmp_logs, rnacos_bin, s
         wait_until(lambda: sidecar.stat("http.outbound_capture.downstream_rq_total", 0)
                    == before + 20, timeout=5, what="the sidecar counted the 20 requests")
         lines = wait_until(lambda: access_log.exists() and len(access_log.read_text().splitlines())
-                           >= 20 and access_log.read_text().splitlines(), timeout=5,
+                           >= 20 and access_log.read_text().splitlines(), timeout=15,
                            what="20 access log lines")
         logged = Counter(line.split()[0] for line in lines[-20:])
         assert logged == Counter(r["pick"] for r in results), (logged, results[:3])
