@@ -158,4 +158,42 @@ mod tests {
         cap.rebuild(&[Source { members: &members, departed: &empty, corrected: true }], NOW);
         assert_eq!(cap.rebuild_at_ms, i64::MAX);
     }
+    /// Warm-up overload protection reaches callers whose own pick is corrected: the plan's
+    /// targets are the balancer's live weights, so while 6 of 8 instances warm (in force at 50 %)
+    /// callers that still pick only the 2 warm ones are redirected to an even share (3/4 of
+    /// their picks move), where without it the warm ones keep most of theirs.
+    #[test]
+    fn overload_protection_sets_the_targets_of_corrected_picks() {
+        use crate::balancer::Policy;
+        use crate::warmup::{Curve, OverloadProtection};
+        let member = |k: u8, start_ms: i64| Instance {
+            addr: format!("10.0.0.{k}:80"),
+            weight: 100,
+            start_ms: Some(start_ms),
+            warmup_ms: 600_000,
+            state: State::Serving,
+        };
+        let mut members: Vec<Instance> = (1..=2).map(|k| member(k, NOW - 3_600_000)).collect();
+        members.extend((3..=8).map(|k| member(k, NOW - 1000)));
+        let mut pending = Pending::default();
+        for _ in 0..500 {
+            pending.record("10.0.0.1:80");
+            pending.record("10.0.0.2:80");
+        }
+        let mut picks = Picks::default();
+        picks.absorb(&pending, NOW, 2000);
+        let mut rng = crate::clock::Rng::new(7);
+        let share = |rule: Option<OverloadProtection>, rng: &mut crate::clock::Rng| {
+            let mut b = Balancer::new(Policy::RoundRobin, Curve::default(), 100).with_overload_protection(rule);
+            b.rebuild(&members, NOW, rng);
+            let mut c = Corrected { picks: picks.clone(), ..Corrected::default() };
+            c.replan(&members, &b, 0.0, NOW);
+            (b.overload_protected(), c.corrector.plan().redirected_share())
+        };
+        let (on, moved_on) = share(Some(OverloadProtection { threshold_percent: 50 }), &mut rng);
+        let (off, moved_off) = share(None, &mut rng);
+        assert!(on && !off);
+        assert!((moved_on - 0.75).abs() < 1e-9, "{moved_on}");
+        assert!(moved_off < 0.05, "{moved_off}");
+    }
 }
