@@ -342,6 +342,27 @@ impl BuildOptions {
     }
 }
 
+/// The instance side of warm-up overload protection ([`crate::warmup::OverloadProtection`]),
+/// kept here so that `warmup` stays below the instance model.
+impl crate::warmup::WarmingShare {
+    /// Counts `members` at `now_ms`. O(n).
+    pub fn of(members: &[Instance], now_ms: i64) -> Self {
+        let mut s = Self::default();
+        for m in members.iter().filter(|m| m.state.is_serving() && m.weight > 0) {
+            s.candidates += 1;
+            s.warming += u64::from(crate::warmup::is_warming(m.start_ms, m.warmup_ms, now_ms));
+        }
+        s
+    }
+}
+
+impl crate::warmup::OverloadProtection {
+    /// [`crate::warmup::OverloadProtection::in_force`] for `members` at `now_ms`.
+    pub fn in_force_for(&self, members: &[Instance], now_ms: i64) -> bool {
+        self.in_force(crate::warmup::WarmingShare::of(members, now_ms))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,6 @@
 //! [`OverloadProtection`] stops the ramp while too many of a service's instances warm at once
 //! (Polaris' `Warmup.enableOverloadProtection` / `overloadProtectionThreshold`).
 
-use crate::instance::Instance;
-
 /// Dubbo's default warmup: 10 minutes.
 pub const DEFAULT_WARMUP_MS: i64 = 600_000;
 /// Dubbo's default weight.
@@ -187,11 +185,6 @@ impl OverloadProtection {
         share.warming > 0
             && share.warming.saturating_mul(100) >= u64::from(self.threshold_percent).saturating_mul(share.candidates)
     }
-
-    /// [`OverloadProtection::in_force`] for `members` at `now_ms`.
-    pub fn in_force_for(&self, members: &[Instance], now_ms: i64) -> bool {
-        self.in_force(WarmingShare::of(members, now_ms))
-    }
 }
 
 /// The counts the overload protection decides by.
@@ -212,21 +205,10 @@ pub struct WarmingShare {
     pub candidates: u64,
 }
 
-impl WarmingShare {
-    /// Counts `members` at `now_ms`. O(n).
-    pub fn of(members: &[Instance], now_ms: i64) -> Self {
-        let mut s = WarmingShare::default();
-        for m in members.iter().filter(|m| m.state.is_serving() && m.weight > 0) {
-            s.candidates += 1;
-            s.warming += u64::from(is_warming(m.start_ms, m.warmup_ms, now_ms));
-        }
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::Instance;
     use proptest::prelude::*;
 
     const MIN: i64 = 60_000;

@@ -26,8 +26,6 @@ pub mod wire;
 pub use session::{Event, Session};
 pub use wire::Subscription;
 
-use crate::config::ServiceConfig;
-
 /// The gRPC calls a session makes. Every refusal is a value, never a panic: the glue checks each
 /// host status.
 pub trait Grpc {
@@ -84,25 +82,4 @@ impl PushStats {
         self.stream_closed += o.stream_closed;
         self.acks += o.acks;
     }
-}
-
-/// The subscriptions of registry `registry`: one per distinct (namespace, group, service,
-/// clusters) among `services`, with the indexes of the services it feeds. An unset namespace is
-/// Nacos' `public`, an unset group `DEFAULT_GROUP`.
-pub fn subscriptions(registry: usize, services: &[ServiceConfig]) -> Vec<(Subscription, Vec<usize>)> {
-    let mut out: Vec<(Subscription, Vec<usize>)> = Vec::new();
-    for (i, s) in services.iter().enumerate().filter(|(_, s)| s.registry == registry) {
-        let q = &s.query;
-        let sub = Subscription {
-            namespace: q.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| wire::DEFAULT_NAMESPACE.into()),
-            group: q.group.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| wire::DEFAULT_GROUP.into()),
-            service: q.service.clone(),
-            clusters: q.clusters.iter().filter(|c| !c.is_empty()).cloned().collect::<Vec<_>>().join(","),
-        };
-        match out.iter_mut().find(|(s, _)| *s == sub) {
-            Some((_, svcs)) => svcs.push(i),
-            None => out.push((sub, vec![i])),
-        }
-    }
-    out
 }

@@ -11,7 +11,7 @@ use log::info;
 use super::Vm;
 use crate::config::{RegistryConfig, RegistryKind, ServiceConfig};
 use crate::poller::{interval, RefreshOutcome};
-use crate::push::{self, Event, Grpc};
+use crate::push::{self, Event, Grpc, Subscription};
 use crate::registry::nacos::{self, Api};
 use crate::service::Registry;
 use crate::store::Shared;
@@ -23,11 +23,36 @@ pub(super) fn registries(cfgs: Vec<RegistryConfig>, services: &[ServiceConfig]) 
         .map(|(i, cfg)| {
             let needs_token = matches!(&cfg.kind, RegistryKind::Nacos(n) if n.auth.is_some());
             // a registry no service uses keeps no session
-            let subs = push::subscriptions(i, services);
+            let subs = subscriptions(i, services);
             let push = cfg.push.clone().filter(|_| !subs.is_empty()).map(|p| push::Session::new(p, subs, needs_token));
             Registry { cfg, session: Default::default(), push }
         })
         .collect()
+}
+
+/// The subscriptions of registry `registry`: one per distinct (namespace, group, service,
+/// clusters) among `services`, with the indexes of the services it feeds. An unset namespace is
+/// Nacos' `public`, an unset group `DEFAULT_GROUP`.
+fn subscriptions(registry: usize, services: &[ServiceConfig]) -> Vec<(Subscription, Vec<usize>)> {
+    let mut out: Vec<(Subscription, Vec<usize>)> = Vec::new();
+    for (i, s) in services.iter().enumerate().filter(|(_, s)| s.registry == registry) {
+        let q = &s.query;
+        let sub = Subscription {
+            namespace: q
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| push::wire::DEFAULT_NAMESPACE.into()),
+            group: q.group.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| push::wire::DEFAULT_GROUP.into()),
+            service: q.service.clone(),
+            clusters: q.clusters.iter().filter(|c| !c.is_empty()).cloned().collect::<Vec<_>>().join(","),
+        };
+        match out.iter_mut().find(|(s, _)| *s == sub) {
+            Some((_, svcs)) => svcs.push(i),
+            None => out.push((sub, vec![i])),
+        }
+    }
+    out
 }
 
 impl Vm {
