@@ -207,13 +207,6 @@ def test_captured_picks_are_judged_and_strangers_pass_unchanged(procs, tmp_logs,
             raise AssertionError(f"counters: {counted.last}, want at least {want}") from None
         # the dead member failed one attempt (ejected, retried), then its picks were moved as down
         assert counted["demo.transparent.redirected.down"] == 3, counted
-        # a connection to the capture port itself goes nowhere, not round through
-        # PassthroughCluster back to the capture port without end
-        out = cap.run("pod", ["curl", "-sS", "-m", "3", "-o", "/dev/null",
-                              f"http://127.0.0.1:{CAPTURE_PORT}/"], timeout=10)
-        assert out.returncode != 0, out
-        blackholed = sidecar.stats(r"^tcp\.BlackHoleCluster\.downstream_cx_total$")
-        assert blackholed.get("tcp.BlackHoleCluster.downstream_cx_total") == 1, blackholed
         assert not wasm_crash_lines(sidecar.log_text())
 
 
