@@ -5,6 +5,7 @@ registry front (regproxy.py).
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -18,6 +19,8 @@ SERVICE = "demo-svc"
 OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
 ORIGINAL_DST = REPO / "envoy" / "outbound-original-dst.yaml"
 INBOUND = REPO / "envoy" / "inbound.yaml"
+# one access-log line per request: start (epoch s), upstream host, status, flags, method
+LOG_FORMAT = "%START_TIME(%s.%3f)% %UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)%"
 
 
 def filter_config(registry_addr, refresh_ms=1000, timeout_ms=1000, services=None, registry=None,
@@ -161,3 +164,33 @@ class RegFront(Managed):
 
     def seen(self):
         return get_json(f"{self.url}/__seen")
+
+
+def with_access_log(template, stat_prefix, log_path, workdir):
+    """`template` with a file access log on the HTTP connection manager of `stat_prefix`."""
+    text = Path(template).read_text()
+    m = re.search(rf"^( *)stat_prefix: {stat_prefix}\n", text, re.M)
+    assert m, (template, stat_prefix)
+    pad = m.group(1)
+    kind = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+    fmt = f'{{text_format_source: {{inline_string: "{LOG_FORMAT}\\n"}}}}'
+    block = (f"{pad}access_log:\n"
+             f"{pad}- name: envoy.access_loggers.file\n"
+             f"{pad}  typed_config:\n"
+             f'{pad}    "@type": {kind}\n'
+             f"{pad}    path: {log_path}\n"
+             f"{pad}    log_format: {fmt}\n")
+    out = Path(workdir) / f"{Path(template).stem}-{stat_prefix}-logged.yaml"
+    out.write_text(text[:m.end()] + block + text[m.end():])
+    return out
+
+
+def access_log(gw):
+    """[(start time s, upstream host, status, flags, method)] of every request the gateway
+    logged."""
+    out = []
+    for line in gw.access_log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5:
+            out.append((float(parts[0]), parts[1], parts[2], parts[3], parts[4]))
+    return out

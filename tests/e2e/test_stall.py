@@ -43,7 +43,16 @@ from pathlib import Path
 
 import pytest
 
-from harness import HERE, ORIGINAL_DST, OUTBOUND, filter_config, membership, serving
+from harness import (
+    HERE,
+    ORIGINAL_DST,
+    OUTBOUND,
+    access_log,
+    filter_config,
+    membership,
+    serving,
+    with_access_log,
+)
 from kit import (
     HOUR_MS,
     LOOPBACK,
@@ -72,7 +81,6 @@ TARGET_S = 0.25  # no new request reaches a faulty instance later than this afte
 FLOOR_MS = 200  # stall_detection.floor_ms: the bound of an instance answering in ms
 PAUSE_MS = 50  # a gap between two requests at 150 req/s that is still the load's own pace
 BACKEND_PORT = 8080
-LOG_FORMAT = "%START_TIME(%s.%3f)% %UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)%"
 
 
 def netns_missing():
@@ -185,25 +193,6 @@ class Instance:
         assert status == 200
 
 
-def with_access_log(template, stat_prefix, log_path, workdir):
-    """`template` with a file access log on the HTTP connection manager of `stat_prefix`."""
-    text = Path(template).read_text()
-    m = re.search(rf"^( *)stat_prefix: {stat_prefix}\n", text, re.M)
-    assert m, (template, stat_prefix)
-    pad = m.group(1)
-    kind = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-    fmt = f'{{text_format_source: {{inline_string: "{LOG_FORMAT}\\n"}}}}'
-    block = (f"{pad}access_log:\n"
-             f"{pad}- name: envoy.access_loggers.file\n"
-             f"{pad}  typed_config:\n"
-             f'{pad}    "@type": {kind}\n'
-             f"{pad}    path: {log_path}\n"
-             f"{pad}    log_format: {fmt}\n")
-    out = Path(workdir) / f"{Path(template).stem}-{stat_prefix}-logged.yaml"
-    out.write_text(text[:m.end()] + block + text[m.end():])
-    return out
-
-
 def start_gateway(kind, rnacos, make_envoy, workdir, instances, service, health_check=True, tag=""):
     """A gateway of `kind` (`override_host`, `original_dst`: lossless with the shipped template;
     `plain`: Envoy with active health checks and outlier detection) logging every request; `tag`
@@ -238,17 +227,6 @@ def wait_ready(gw, n):
                    what=f"plain: {n} healthy")
     else:
         wait_until(lambda: len(serving(gw.listen)) == n, timeout=15, what=f"{gw.kind}: {n} serving")
-
-
-def access_log(gw):
-    """[(start time s, upstream host, status, flags, method)] of every request the gateway
-    logged."""
-    out = []
-    for line in gw.access_log.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 5:
-            out.append((float(parts[0]), parts[1], parts[2], parts[3], parts[4]))
-    return out
 
 
 def register(rnacos, service, instances):
