@@ -202,6 +202,14 @@ bench: build envoy bench-deps
 	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) PASSTHROUGH_WASM=$(abspath $(PASSTHROUGH)) \
 	  WASM_BUDGET=$(WASM_BUDGET) python3 bench/run.py $(BENCH_ARGS)
 
+# What N proxies cost one registry, polled against pushed (about 12 minutes): N Envoys (1, 10, 30)
+# over 10 services of one rnacos; writes the scale block of BENCHMARKS.md.
+SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: build envoy rnacos
+	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) RNACOS_BIN=$(RNACOS) \
+	  python3 bench/scale.py --out BENCHMARKS.md $(SCALE_ARGS)
+
 # The demo (about 3 minutes): rnacos, a gateway Envoy with lossless, three JVM-like instances behind
 # lossless sidecars, a rolling release under load (live view), then the same release against plain
 # Envoy with health checks; report in demo-out/. Options: make demo DEMO_ARGS="--warmup 10", or
