@@ -190,6 +190,18 @@ def test_captured_picks_are_judged_and_strangers_pass_unchanged(procs, tmp_logs,
             assert got.get(k) == v, (k, v, got.get(k))
         assert set(got) - set(sent) <= ENVOY_ADDS, set(got) - set(sent)
 
+        # a connection to the capture port itself (not through the capture) is not forwarded:
+        # lossless answers its admin path there, anything else is a 404, and nothing goes out
+        # through PassthroughCluster (which would connect back to the capture port)
+        def direct(path):
+            status, _, _ = request("GET", f"http://127.0.0.1:{CAPTURE_PORT}{path}", timeout=5.0)
+            return status
+        out0 = sidecar.stat("cluster.PassthroughCluster.upstream_cx_total", 0)
+        assert cap.call("pod", lambda: direct("/orders/42")) == 404
+        assert cap.call("pod", lambda: direct("/lossless/membership")) == 200
+        assert sidecar.stat("cluster.PassthroughCluster.upstream_cx_total", 0) == out0
+        assert sidecar.stat("http.outbound_capture_loop_guard.downstream_rq_total", 0) >= 2
+
         # counted by reason (the counters reach Envoy on the next tick)
         want = {"demo.transparent.kept": 6, "demo.transparent.redirected.draining": 4,
                 "demo.transparent.redirected.departed": 3, "demo.transparent.redirected.down": 3,
