@@ -217,13 +217,20 @@ bench-scale: build envoy rnacos
 # DEMO_SPRING=1 (or DEMO_ARGS=--spring) adds a third run, off by default (one to three more minutes
 # on two cores): Spring Cloud Gateway + LoadBalancer on a real Eureka server, default caches; it
 # builds `eureka` and `scg-gateway` first (cached after the first build).
+# DEMO_TRANSPARENT=1 (or DEMO_ARGS=--transparent) adds a last run, off by default (about three
+# more minutes; needs root): a Spring Cloud caller that picks the instance itself, captured by
+# iptables in network namespaces, behind a plain capture sidecar and behind lossless in
+# transparent mode, side by side; it builds `sca-nacos` and installs `iptables` first.
 DEMO_ARGS ?=
 DEMO_SPRING ?= 0
+DEMO_TRANSPARENT ?= 0
 DEMO_SPRING_DEPS := $(if $(filter --spring,$(DEMO_ARGS))$(filter 1,$(DEMO_SPRING)),eureka scg-gateway)
+DEMO_TRANSPARENT_DEPS := $(if $(filter --transparent,$(DEMO_ARGS))$(filter 1,$(DEMO_TRANSPARENT)),sca-nacos iptables)
 .PHONY: demo
-demo: build envoy rnacos $(DEMO_SPRING_DEPS)
+demo: build envoy rnacos $(DEMO_SPRING_DEPS) $(DEMO_TRANSPARENT_DEPS)
 	LOSSLESS_WASM=$(abspath $(WASM)) ENVOY_BIN=$(abspath $(ENVOY)) RNACOS_BIN=$(RNACOS) \
-	  EUREKA_JAR=$(EUREKA_JAR) SCG_JAR=$(SCG_JAR) DEMO_SPRING=$(DEMO_SPRING) \
+	  EUREKA_JAR=$(EUREKA_JAR) SCG_JAR=$(SCG_JAR) SCA_NACOS_JAR=$(SCA_JAR) \
+	  DEMO_SPRING=$(DEMO_SPRING) DEMO_TRANSPARENT=$(DEMO_TRANSPARENT) \
 	  $(PY) demo/run.py $(DEMO_ARGS)
 
 # Chaos and soak tests (tests/e2e/test_chaos.py, about 15 minutes): a flapping registry for

@@ -28,12 +28,22 @@ until the gateway stops sending to the instances that left, at most --spring-max
 (default 150) in all; "offline -> no new traffic" is then the time from SIGTERM to the last
 request the gateway sent there.
 
+With --transparent (DEMO_TRANSPARENT=1; needs root, iptables, java and SCA_NACOS_JAR: make
+sca-nacos iptables) a last run puts lossless in the sidecar of a caller that picks the instance
+itself: a Spring Boot caller with Spring Cloud LoadBalancer over Nacos discovery (the real
+nacos-client, default caches; peers/sca-nacos) in a network namespace whose outbound TCP iptables
+redirects to its sidecar as Istio does, side by side with the same caller behind a plain capture
+sidecar, through one rolling release of providers registered through nacos-client: a new one
+warming up, a polite stop (deregistered, 5 s of grace), a kill -9. It is transparent mode's
+end-to-end release (tests/kit/transparent.py), at --rate to each caller; its figures join the
+summary as the columns "capture" and "transparent".
+
 Options also come from the environment: DEMO_WARMUP, DEMO_INSTANCES, DEMO_REPLACE, DEMO_RATE,
-DEMO_POST_SHARE, DEMO_BASELINE (0/1), DEMO_SPRING (0/1), DEMO_OUT.
+DEMO_POST_SHARE, DEMO_BASELINE (0/1), DEMO_SPRING (0/1), DEMO_TRANSPARENT (0/1), DEMO_OUT.
 
 Code: demo/run.py (this command line), release.py (instances and the release), live.py (the
-live view), summary.py (figures, text summary), report.py (SVG plot, samples); processes,
-Envoy, rnacos and the load come from the test kit (tests/kit).
+live view), summary.py (figures, text summary), report.py (SVG plot, samples), transparent.py
+(the transparent run); processes, Envoy, rnacos and the load come from the test kit (tests/kit).
 """
 
 import argparse
@@ -49,10 +59,12 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))  # the test kit: this file is run as a script
 
 from kit import Procs, Rnacos, env_bool, env_default, interrupt_on_signals, stop_everything  # noqa: E402
+from kit.netns import available as capture_rig  # noqa: E402
 from live import LiveView  # noqa: E402
 from release import Run  # noqa: E402
 from report import write_report  # noqa: E402
 from summary import text_summary  # noqa: E402
+from transparent import run_transparent, targets_met  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -77,6 +89,12 @@ def parse_args(argv=None):
                     default=env_bool("DEMO_SPRING", False),
                     help="also run the release on Spring Cloud Gateway + LoadBalancer + Eureka "
                          "at their defaults (default: no; needs EUREKA_JAR and SCG_JAR)")
+    ap.add_argument("--transparent", action=argparse.BooleanOptionalAction,
+                    default=env_bool("DEMO_TRANSPARENT", False),
+                    help="also run a caller that picks the instance itself (Spring Cloud "
+                         "LoadBalancer on Nacos) behind a plain capture sidecar and behind "
+                         "lossless in transparent mode (default: no; needs root, iptables, java "
+                         "and SCA_NACOS_JAR)")
     ap.add_argument("--spring-max", type=float, default=150.0,
                     help="bound of the spring run's load, s (default 150)")
     ap.add_argument("--out", default=env_default("DEMO_OUT", str(REPO / "demo-out")),
@@ -115,6 +133,14 @@ def parse_args(argv=None):
                 ap.error(f"--spring needs {var} (make eureka scg-gateway)")
         if not shutil.which("java"):
             ap.error("--spring needs java (17)")
+    if args.transparent:
+        why = capture_rig()
+        if why:
+            ap.error(f"--transparent {why} (make iptables; as root)")
+        if not os.path.isfile(os.environ.get("SCA_NACOS_JAR", "")):
+            ap.error("--transparent needs SCA_NACOS_JAR (make sca-nacos)")
+        if not shutil.which("java"):
+            ap.error("--transparent needs java (17)")
     return args
 
 
@@ -138,7 +164,8 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("logs", "lossless", "baseline", "spring"):  # our own output of an earlier run
+    # our own output of an earlier run
+    for stale in ("logs", "lossless", "baseline", "spring", "transparent"):
         if (out / stale).is_dir():
             shutil.rmtree(out / stale)
     for stale in ("lossless.svg", "baseline.svg", "spring.svg", "summary.json", "summary.txt"):
@@ -149,6 +176,7 @@ def main(argv=None):
     base_procs = Procs(out / "logs")
     t_begin = time.monotonic()
     runs = {}
+    transparent = None
     try:
         print(f"lossless demo: {args.instances} instances, replacing {args.replace}, warmup "
               f"{args.warmup:g} s, {args.rate:g} req/s ({int(args.post_share * 100)}% POST), "
@@ -163,24 +191,32 @@ def main(argv=None):
             runs["baseline"] = run_one("baseline", args, out, None, tty)
         if args.spring:
             runs["spring"] = run_one("spring", args, out, None, tty)
+        if args.transparent:
+            transparent = run_transparent(args, out)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", flush=True)
         return 130
     finally:
         stop_everything(timeout=5)
         if runs:
-            (out / "summary.json").write_text(json.dumps(
-                {"args": vars(args), "wall_s": round(time.monotonic() - t_begin, 1),
-                 "runs": runs}, indent=1))
-            text = text_summary(runs)
+            doc = {"args": vars(args), "wall_s": round(time.monotonic() - t_begin, 1),
+                   "runs": runs}
+            if transparent is not None:
+                doc["transparent"] = transparent
+            (out / "summary.json").write_text(json.dumps(doc, indent=1))
+            text = text_summary(runs, transparent)
             (out / "summary.txt").write_text(text)
             print("\n" + text, end="")
             print(f"report: {out}/summary.txt, summary.json, "
-                  + ", ".join(f"{m}.svg" for m in runs) + f"; logs in {out}/logs", flush=True)
+                  + ", ".join(f"{m}.svg" for m in runs)
+                  + (", transparent/" if transparent is not None else "")
+                  + f"; logs in {out}/logs", flush=True)
     # lossless promises no failure but the requests a killed instance held (nothing can save them)
     lossless = runs.get("lossless", {})
     held = lossless.get("failed_in_flight_at_crash") or 0
-    return 0 if lossless.get("failed") == held else 1
+    # and, in a caller's own sidecar, none to a polite stop and only what a killed one held
+    ok = transparent is None or targets_met(transparent)
+    return 0 if lossless.get("failed") == held and ok else 1
 
 
 if __name__ == "__main__":

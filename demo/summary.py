@@ -196,8 +196,10 @@ def ms(seconds):
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def text_summary(runs):
-    """Plain text: each run, then the side-by-side table."""
+def text_summary(runs, transparent=None):
+    """Plain text: each run, then the side-by-side table. `transparent` (demo/transparent.py's
+    figures, or None): its section, and its two runs as the columns "capture" (the plain capture
+    sidecar) and "transparent" (lossless in the caller's own sidecar)."""
     lines = []
     for s in runs.values():
         lines.append(f"== {s['mode']}: {s['requests']} requests in {s['duration_s']} s, "
@@ -234,43 +236,102 @@ def text_summary(runs):
                          f"overloaded {d['backend_rejected_overloaded']}"
                          + ("; " + ", ".join(extra) if extra else ""))
         lines.append("")
-    names = list(runs)
+    if transparent is not None:
+        t = transparent
+        lines.append("== transparent: a caller that picks the instance itself (Spring Cloud "
+                     "LoadBalancer on Nacos discovery)")
+        lines.append("   the same caller (i) behind a plain capture sidecar (column capture), "
+                     "(ii) behind lossless")
+        lines.append(f"   in transparent mode (column transparent); {t['rate_per_caller']:g} req/s "
+                     f"to each, {int(100 * t['post_share'])} % POSTs, {t['duration_s']} s of load")
+        lines.append(f"   (c) new instance {t['new']} at {t['new_started_s']} s "
+                     f"({t['warmup_s']:g} s warm-up), (a) polite stop of {t['old'][0]}")
+        lines.append(f"   at {t['polite_stop_s']} s, (b) kill -9 of {t['old'][1]} at "
+                     f"{t['kill_s']} s")
+        lines += ["   " + line for line in t["table"].splitlines()]
+        lines.append("")
+    # the columns: each gateway run's figures, then the transparent run's two as the same rows
+    cols = {n: dict(runs[n]) for n in runs}
+    if transparent is not None:
+        for run, head in (("plain", "capture"), ("lossless", "transparent")):
+            cols[head] = transparent_column(transparent[run])
+    names = list(cols)
     rows = [("requests", "requests"), ("failed requests", "failed"),
             ("  failed GET", "failed_get"), ("  failed POST", "failed_post")]
     width, lw = 14, 40
+
+    def cell(v):
+        return "-" if v is None else str(v)
     lines.append("== side by side")
     lines.append(f"{'':<{lw}}" + "".join(f"{n:>{width}}" for n in names))
     for label, key in rows:
-        lines.append(f"{label:<{lw}}" + "".join(f"{runs[n][key]:>{width}}" for n in names))
-    kinds = sorted({k for n in names for k in runs[n]["failures_by_kind"]})
+        lines.append(f"{label:<{lw}}" + "".join(f"{cols[n][key]:>{width}}" for n in names))
+    kinds = sorted({k for n in runs for k in runs[n]["failures_by_kind"]})
     for kind in kinds:
         label = "  " + (kind if len(kind) <= lw - 2 else kind[:lw - 5] + "...")
         lines.append(f"{label:<{lw}}" + "".join(
-            f"{runs[n]['failures_by_kind'].get(kind, 0):>{width}}" for n in names))
+            f"{cell(runs[n]['failures_by_kind'].get(kind, 0) if n in runs else None):>{width}}"
+            for n in names))
 
     def cens(n):
-        return runs[n].get("max_offline_to_no_new_traffic_censored")
+        return cols[n].get("max_offline_to_no_new_traffic_censored")
 
     def fmt_ms(v, censored=False):
         return "-" if v is None else (">= " if censored else "") + f"{v / 1000:.2f} s"
+    def p99(n):
+        v = cols[n]["latency_ms"]["p99"]
+        return "-" if v is None else f"{v} ms"
+
+    def consistent(n):
+        return "-" if n not in runs else "yes" if runs[n]["counts_consistent"] else "no"
     lines.append(f"{'p99 latency of ok requests':<{lw}}" + "".join(
-        f"{str(runs[n]['latency_ms']['p99']) + ' ms':>{width}}" for n in names))
+        f"{p99(n):>{width}}" for n in names))
     lines.append(f"{'max offline -> no new traffic':<{lw}}" + "".join(
-        f"{fmt_ms(runs[n]['max_offline_to_no_new_traffic_ms'], cens(n)):>{width}}"
+        f"{fmt_ms(cols[n]['max_offline_to_no_new_traffic_ms'], cens(n)):>{width}}"
         for n in names))
-    if any(runs[n].get("max_registered_to_first_request_ms") is not None for n in names):
+    if any(cols[n].get("max_registered_to_first_request_ms") is not None for n in names):
         lines.append(f"{'max registered -> first request (new)':<{lw}}" + "".join(
-            f"{fmt_ms(runs[n].get('max_registered_to_first_request_ms')):>{width}}"
+            f"{fmt_ms(cols[n].get('max_registered_to_first_request_ms')):>{width}}"
             for n in names))
     lines.append(f"{'max SIGTERM -> health check drop':<{lw}}" + "".join(
-        f"{fmt_ms(runs[n]['max_sigterm_to_health_check_unhealthy_ms']):>{width}}"
+        f"{fmt_ms(cols[n].get('max_sigterm_to_health_check_unhealthy_ms')):>{width}}"
         for n in names))
-    def dash(v):
-        return "-" if v is None else str(v)
     lines.append(f"{'failed in flight at the crash (SIGKILL)':<{lw}}" + "".join(
-        f"{dash(runs[n].get('failed_in_flight_at_crash')):>{width}}" for n in names))
+        f"{cell(cols[n].get('failed_in_flight_at_crash')):>{width}}" for n in names))
     lines.append(f"{'failed after the crash':<{lw}}" + "".join(
-        f"{dash(runs[n].get('failed_after_crash')):>{width}}" for n in names))
+        f"{cell(cols[n].get('failed_after_crash')):>{width}}" for n in names))
+    if transparent is not None:
+        lines.append(f"{'crash -> last request to it':<{lw}}" + "".join(
+            f"{fmt_ms(cols[n].get('crash_to_last_request_ms')):>{width}}" for n in names))
+        for p in transparent["share_points"]:
+            k = int(p * 100)
+            lines.append(f"{f'new: share at {k} % of warm-up (Dubbo)':<{lw}}" + "".join(
+                f"{cell(cols[n].get(f'share_{k}')):>{width}}" for n in names))
     lines.append(f"{'backend counts = client ok':<{lw}}" + "".join(
-        f"{'yes' if runs[n]['counts_consistent'] else 'no':>{width}}" for n in names))
+        f"{consistent(n):>{width}}" for n in names))
     return "\n".join(lines) + "\n"
+
+
+def transparent_column(f):
+    """One run of the transparent release (kit.transparent.figures) as a column of the side by
+    side table: its failures, the politely stopped instance's last request (deregistration ->
+    the last request it served), the kill, the new instance's first request and shares."""
+    def sec_ms(s):
+        return None if s is None else max(0.0, s) * 1000
+    out = {
+        "requests": f["total"],
+        "failed": f["all_failed_get"] + f["all_failed_post"],
+        "failed_get": f["all_failed_get"],
+        "failed_post": f["all_failed_post"],
+        "latency_ms": {"p99": f.get("p99_ms")},
+        "max_offline_to_no_new_traffic_ms": sec_ms(f["a_last_s"]),
+        "max_registered_to_first_request_ms": sec_ms(f.get("c_first_served_s")),
+        "failed_in_flight_at_crash": f.get("b_failed_in_flight"),
+        "failed_after_crash": f.get("b_failed_after"),
+        "crash_to_last_request_ms": sec_ms(f["b_last_s"]),
+    }
+    for key in f:
+        if key.startswith("c_share_"):
+            k = key.removeprefix("c_share_")
+            out[f"share_{k}"] = f"{f[key]} ({f[f'c_dubbo_{k}']})"
+    return out

@@ -12,6 +12,10 @@ stopped. Python stdlib only.
     rnacos     Rnacos, RnacosError
     netns      Capture, captured_envoy, available: Istio-style capture in network namespaces
                (root; imported as kit.netns, not re-exported here)
+    sca        ScaCaller, ScaProvider: the Spring Cloud Alibaba peers (kit.sca)
+    transparent  side_by_side_release, figures, table: transparent mode's side-by-side rolling
+               release of a caller that picks instances itself (kit.transparent; the e2e test
+               and the demo's --transparent run)
     load       Load, MixedLoad, Sample, percentile
 
 `import kit` (or `from kit import ...`): pytest finds it through pyproject.toml's pythonpath;
