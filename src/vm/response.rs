@@ -478,7 +478,7 @@ mod tests {
         }
     }
 
-    /// The original_dst template's inner route resends a GET once after a reset, to the same
+    /// The original_dst template's inner route resends a GET after a reset, to the same
     /// address (an instance killed with the request on it): the resend is refused, and the
     /// answer must still say that nothing was reached, so that the ingress route picks afresh.
     #[test]
