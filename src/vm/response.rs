@@ -478,6 +478,35 @@ mod tests {
         }
     }
 
+    /// The original_dst template's inner route resends a GET after a reset, to the same
+    /// address (an instance killed with the request on it): the resend is refused, and the
+    /// answer must still say that nothing was reached, so that the ingress route picks afresh.
+    #[test]
+    fn original_dst_a_reset_resent_to_the_same_address_and_refused_is_unreached() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","routing":{"mode":"original_dst","header":"x-lossless-upstream","fallbacks":0}}]}"#;
+        let mut w = World::new(cfg);
+        w.refresh(THREE, NOW);
+        let (ex, headers) = answer_with_headers(&mut w, NOW, None, 2, 503, REFUSED);
+        let dead = ex.written.clone();
+        assert!(!dead.contains(','), "one address in original_dst: {dead}");
+        assert!(headers.contains(&(UNREACHED_HEADER.into(), "connection_failure".into())), "{headers:?}");
+        assert_eq!(state_of(&w, &dead), State::Down, "ejected at the refused resend");
+        for _ in 0..50 {
+            assert_ne!(w.route("demo", None, NOW).unwrap(), dead);
+        }
+        // a reset that was not followed by a refused connection may have reached it
+        let (_, headers) = answer_with_headers(
+            &mut w,
+            NOW,
+            None,
+            2,
+            503,
+            "upstream_reset_after_response_started{connection_termination}",
+        );
+        assert!(!headers.iter().any(|(k, _)| k == UNREACHED_HEADER), "{headers:?}");
+    }
+
     #[test]
     fn outlier_detection_can_be_turned_off() {
         let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},

@@ -41,10 +41,11 @@ def _java_props(workdir, grpc_offset):
 
 class ScaProvider(Managed):
     """A provider registered (ephemeral) through nacos-client; answers every request with 200,
-    `x-instance: ip:port` and what it received. SIGTERM: deregister, serve `grace_ms`, exit."""
+    `x-instance: ip:port` and what it received. SIGTERM: deregister, serve `grace_ms`, exit.
+    `jvm_opts` go after the kit's own (e.g. `-Xmx128m`)."""
 
     def __init__(self, procs, workdir, jar, registry_addr, grpc_offset, service, port=None,
-                 ip=LOOPBACK, warmup_ms=600_000, weight=None, grace_ms=0, name=None):
+                 ip=LOOPBACK, warmup_ms=600_000, weight=None, grace_ms=0, name=None, jvm_opts=()):
         self.procs = procs
         self.ip = ip
         self.port = int(port or free_port())
@@ -57,7 +58,8 @@ class ScaProvider(Managed):
         if weight is not None:
             props.append(f"-Dweight={weight}")
         # the jar's launcher is Spring Boot's PropertiesLauncher: loader.main picks the class
-        self._argv = ["java", *JAVA_OPTS, *props, "-Dloader.main=lossless.peers.nacos.Provider",
+        self._argv = ["java", *JAVA_OPTS, *jvm_opts, *props,
+                      "-Dloader.main=lossless.peers.nacos.Provider",
                       "-jar", str(jar)]
 
     @property
