@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from kit import LOOPBACK, REPO, Managed, free_port, get_json, request, wait_http
+from kit import LOOPBACK, REPO, Managed, free_port, get_json, lb_endpoints, request, wait_http
 
 HERE = Path(__file__).resolve().parent
 
@@ -194,3 +194,37 @@ def access_log(gw):
         if len(parts) == 5:
             out.append((float(parts[0]), parts[1], parts[2], parts[3], parts[4]))
     return out
+
+
+# The active check the side-by-side suites give lossless and plain Envoy alike: GET /healthz every
+# 1 s, 0.5 s timeout, down after 2 failures, up after 1 success.
+SIDE_HC = {"path": "/healthz", "interval_ms": 1000, "timeout_ms": 500, "unhealthy_threshold": 2,
+           "healthy_threshold": 1}
+
+
+def logged_gateway(kind, rnacos, make_envoy, workdir, endpoints, svc, workers=2, tag="",
+                   hc=SIDE_HC):
+    """A gateway of `kind` over `endpoints` ("ip:port") logging every request to
+    `<workdir>/<kind><tag>.access.log` (flushed every 250 ms; see `access_log`): `override_host` or
+    `original_dst`, lossless on the shipped template with the service fields `svc` (its routing
+    mode set to `kind`); `plain`, Envoy with the active check `hc` and outlier detection
+    (templates/plain-health.yaml). `tag` tells apart the processes and files of another attempt.
+    Its `.listen`, `.kind` and `.access_log` are set."""
+    listen = free_port()
+    log = Path(workdir) / f"{kind}{tag}.access.log"
+    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": rnacos.http_port,
+            "DEMO_ENDPOINTS": lb_endpoints(list(endpoints))}
+    if kind == "plain":
+        subs.update(HC_INTERVAL=f"{hc['interval_ms'] / 1000}s",
+                    HC_TIMEOUT=f"{hc['timeout_ms'] / 1000}s")
+        template = with_access_log(TEMPLATES / "plain-health.yaml", "ingress", log, workdir)
+    else:
+        subs["LOSSLESS_CONFIG"] = filter_config(rnacos.addr,
+                                                service={**svc, "routing": {"mode": kind}})
+        shipped, prefix = ((OUTBOUND, "ingress") if kind == "override_host"
+                           else (ORIGINAL_DST, "demo_pick"))
+        template = with_access_log(shipped, prefix, log, workdir)
+    gw = make_envoy(template, subs, concurrency=workers, name=f"{kind}{tag}",
+                    extra_args=["--file-flush-interval-msec", "250"])
+    gw.listen, gw.kind, gw.access_log = listen, kind, log
+    return gw

@@ -31,26 +31,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import (
-    ORIGINAL_DST,
-    OUTBOUND,
-    TEMPLATES,
-    Backend,
-    access_log,
-    filter_config,
-    register,
-    serving,
-    with_access_log,
-)
-from kit import HOUR_MS, LOOPBACK, MixedLoad, free_port, lb_endpoints, now_ms, request, wait_until
+from harness import SIDE_HC, Backend, access_log, logged_gateway, register, serving
+from kit import HOUR_MS, LOOPBACK, MixedLoad, free_port, now_ms, request, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_wasm_crash")
 
 RATE = 200
 POST_SHARE = 0.3
 INSTANCES = 3
-HC = {"path": "/healthz", "interval_ms": 1000, "timeout_ms": 500, "unhealthy_threshold": 2,
-      "healthy_threshold": 1}
+HC = SIDE_HC
 STEP_S = 4.0  # between two deaths
 SUCCESSOR_LEAD_S = 2.5  # the successor is up this long before its predecessor dies
 ROUTE_TIMEOUT_S = 10.0  # the templates' route timeout: a frozen instance's requests fail then
@@ -93,36 +82,12 @@ class HostCounters(threading.Thread):
         self.join(5)
 
 
-def lossless_cfg(rnacos, mode, service, active):
-    svc = {"routing": {"mode": mode}, "registry_service": service}
+def lossless_service(service, active):
+    """The lossless service's fields: the suite's active check, or passive checks only with the
+    first stall probe of a refused instance after the run."""
     if active:
-        svc["health_check"] = HC
-    else:
-        # passive only: the first stall probe of a refused instance after the run
-        svc["stall_detection"] = {"probe_interval_ms": 30_000}
-    return filter_config(rnacos.addr, service=svc)
-
-
-def start_gateway(kind, rnacos, make_envoy, workdir, slots, service, active):
-    """A gateway of `kind` logging every request to `<workdir>/<kind>.access.log`."""
-    listen = free_port()
-    log = workdir / f"{kind}.access.log"
-    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": rnacos.http_port,
-            "DEMO_ENDPOINTS": lb_endpoints(slots)}
-    if kind == "plain":
-        subs.update(HC_INTERVAL=f"{HC['interval_ms'] / 1000}s",
-                    HC_TIMEOUT=f"{HC['timeout_ms'] / 1000}s")
-        template = with_access_log(TEMPLATES / "plain-health.yaml", "ingress", log, workdir)
-    else:
-        subs["LOSSLESS_CONFIG"] = lossless_cfg(rnacos, kind, service, active)
-        shipped, prefix = ((OUTBOUND, "ingress") if kind == "override_host"
-                           else (ORIGINAL_DST, "demo_pick"))
-        template = with_access_log(shipped, prefix, log, workdir)
-    # access logs flushed every 250 ms (Envoy's default is 10 s)
-    gw = make_envoy(template, subs, concurrency=WORKERS, name=kind,
-                    extra_args=["--file-flush-interval-msec", "250"])
-    gw.listen, gw.access_log = listen, log
-    return gw
+        return {"registry_service": service, "health_check": HC}
+    return {"registry_service": service, "stall_detection": {"probe_interval_ms": 30_000}}
 
 
 def release(kind, how, rnacos, make_backend, make_envoy, procs, workdir):
@@ -135,8 +100,8 @@ def release(kind, how, rnacos, make_backend, make_envoy, procs, workdir):
     for b in old:
         register(rnacos, b.port, now_ms() - HOUR_MS, warmup_ms=1000, service=service)
     endpoints = [b.addr for b in old] + [f"{LOOPBACK}:{p}" for p in slots]
-    gw = start_gateway(kind, rnacos, make_envoy, workdir, endpoints, service,
-                       active=how == "freeze")
+    gw = logged_gateway(kind, rnacos, make_envoy, workdir, endpoints,
+                        lossless_service(service, active=how == "freeze"), workers=WORKERS)
     if kind == "plain":
         time.sleep(1.5)  # first health checks
     else:

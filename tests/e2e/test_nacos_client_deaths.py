@@ -51,9 +51,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_stall import start_gateway
 
-from harness import access_log, serving
+from harness import SIDE_HC, access_log, logged_gateway, serving
 from kit import MixedLoad, percentile, request, wait_until
 from kit.sca import ScaProvider, grpc_offset, sca_jar
 
@@ -194,7 +193,9 @@ def release(rnacos, make_envoy, procs, tmp_logs, tag):
         list(pool.map(lambda p: p.start(), old))
     wait_until(lambda: sorted(rnacos.hosts(service)) == sorted(p.addr for p in old), timeout=20,
                what="rnacos lists both old instances")
-    gws = [start_gateway(kind, rnacos, make_envoy, tmp_logs, old + new, service, tag=tag)
+    svc = {"registry_service": service, "health_check": SIDE_HC}
+    gws = [logged_gateway(kind, rnacos, make_envoy, tmp_logs, [p.addr for p in old + new], svc,
+                          workers=WORKERS, tag=tag)
            for kind in KINDS]
     for gw in gws:
         for p in old:

@@ -43,22 +43,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import (
-    HERE,
-    ORIGINAL_DST,
-    OUTBOUND,
-    access_log,
-    filter_config,
-    membership,
-    serving,
-    with_access_log,
-)
+from harness import HERE, SIDE_HC, access_log, logged_gateway, membership, serving
 from kit import (
     HOUR_MS,
     LOOPBACK,
     MixedLoad,
     free_port,
-    lb_endpoints,
     now_ms,
     percentile,
     request,
@@ -72,8 +62,7 @@ RATE = 150  # per gateway: about 50 req/s to each of the 3 instances
 POST_SHARE = 0.3
 THREADS = 300  # per gateway: requests stuck on a faulty instance do not hold the sending back
 WORKERS = 2
-HC = {"path": "/healthz", "interval_ms": 1000, "timeout_ms": 500, "unhealthy_threshold": 2,
-      "healthy_threshold": 1}
+HC = SIDE_HC
 WARM_S = 4.0  # load before the fault
 AFTER_S = 4.0  # load after it
 ROUTE_TIMEOUT_S = 10.0  # the templates' route timeout: what is stuck on the faulty one fails then
@@ -194,31 +183,13 @@ class Instance:
 
 
 def start_gateway(kind, rnacos, make_envoy, workdir, instances, service, health_check=True, tag=""):
-    """A gateway of `kind` (`override_host`, `original_dst`: lossless with the shipped template;
-    `plain`: Envoy with active health checks and outlier detection) logging every request; `tag`
-    tells apart the processes and files of another attempt."""
-    listen = free_port()
-    log = Path(workdir) / f"{kind}{tag}.access.log"
-    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": rnacos.http_port,
-            "DEMO_ENDPOINTS": lb_endpoints([i.addr for i in instances])}
-    if kind == "plain":
-        subs.update(HC_INTERVAL=f"{HC['interval_ms'] / 1000}s",
-                    HC_TIMEOUT=f"{HC['timeout_ms'] / 1000}s")
-        plain = HERE / "templates" / "plain-health.yaml"
-        template = with_access_log(plain, "ingress", log, workdir)
-    else:
-        svc = {"routing": {"mode": kind}, "registry_service": service}
-        if health_check:
-            svc["health_check"] = HC
-        subs["LOSSLESS_CONFIG"] = filter_config(rnacos.addr, service=svc)
-        shipped, prefix = ((OUTBOUND, "ingress") if kind == "override_host"
-                           else (ORIGINAL_DST, "demo_pick"))
-        template = with_access_log(shipped, prefix, log, workdir)
-    # access logs flushed every 250 ms (Envoy's default is 10 s)
-    gw = make_envoy(template, subs, concurrency=WORKERS, name=f"{kind}{tag}",
-                    extra_args=["--file-flush-interval-msec", "250"])
-    gw.listen, gw.kind, gw.access_log = listen, kind, log
-    return gw
+    """`logged_gateway` over `instances` for `service`, with the suite's active check unless
+    `health_check` is false."""
+    svc = {"registry_service": service}
+    if health_check:
+        svc["health_check"] = HC
+    return logged_gateway(kind, rnacos, make_envoy, workdir, [i.addr for i in instances], svc,
+                          workers=WORKERS, tag=tag, hc=HC)
 
 
 def wait_ready(gw, n):
