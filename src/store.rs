@@ -326,6 +326,40 @@ mod tests {
         assert!(!take_poller_lease(&s, &keys, 1, NOW + 4002, 3000));
     }
 
+    /// A service's lineage key follows what defines its membership and nothing else.
+    #[test]
+    fn lineage_follows_the_service_definition_only() {
+        let base = r#"{"registries":{"n":{"type":"nacos","cluster":"r","authority":"a:8848"},"o":{"type":"static","cluster":"s","authority":"s","path":"/x"}},"services":[{"name":"demo","registry":"n","registry_service":"svc"},{"name":"two","registry":"o"}],"refresh_interval_ms":1000}"#;
+        let lineage = |cfg: &str| Keys::new(cfg.as_bytes()).lineage(0).map(str::to_string).unwrap();
+        let k = lineage(base);
+        assert!(k.starts_with("lossless/lineage/"), "{k}");
+        let same = [
+            base.replace("\"refresh_interval_ms\":1000", "\"refresh_interval_ms\":900"),
+            base.replace("\"path\":\"/x\"", "\"path\":\"/y\""), // another registry's field
+            base.replace("{\"name\":\"two\",\"registry\":\"o\"}", "{\"registry\":\"o\",\"name\":\"two\"}"),
+            // the same definition with its keys in another order
+            base.replace(
+                "{\"name\":\"demo\",\"registry\":\"n\",\"registry_service\":\"svc\"}",
+                "{\"registry_service\":\"svc\",\"name\":\"demo\",\"registry\":\"n\"}",
+            ),
+        ];
+        for cfg in &same {
+            assert_ne!(cfg, base);
+            assert_eq!(lineage(cfg), k, "{cfg}");
+            assert_ne!(Keys::new(cfg.as_bytes()).prefix(), Keys::new(base.as_bytes()).prefix());
+        }
+        let other = [
+            base.replace("\"registry_service\":\"svc\"", "\"registry_service\":\"svc2\""),
+            base.replace("a:8848", "b:8848"),
+            base.replace("\"services\"", "\"mode\":\"inbound\",\"services\""),
+        ];
+        for cfg in &other {
+            assert_ne!(lineage(cfg), k, "{cfg}");
+        }
+        assert_ne!(Keys::new(base.as_bytes()).lineage(1).unwrap(), k, "each service its own");
+        assert!(Keys::new(b"not json").lineage(0).is_none());
+    }
+
     #[test]
     fn fake_store_follows_envoy_on_absent_keys() {
         let s = FakeShared::default();
