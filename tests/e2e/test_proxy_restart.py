@@ -8,8 +8,9 @@ Before the fault lossless has learnt all of that: the warming one ramps, the lea
 draining, the killed one ejected; plain Envoy (templates/plain-health.yaml: GET /healthz every
 1 s, down after 2 failures; outlier detection) has checked them. Then rnacos stops, and:
 
-(a) both gateways are hot restarted (`--restart-epoch 1`, the same `--base-id`): a new process
-    takes over the listen sockets, the old one drains (2 s) and exits;
+(a) the gateways are hot restarted (`--restart-epoch 1`, the same `--base-id`): a new process
+    takes over the listen sockets, the old one drains (2 s) and exits; lossless runs in both
+    routing modes (override_host and the shipped original_dst template);
 (b) lossless' listener is replaced through LDS with a changed filter configuration, in the same
     process (plain Envoy runs beside under the same load, unchanged).
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from harness import (
+    ORIGINAL_DST,
     OUTBOUND,
     SERVICE,
     TEMPLATES,
@@ -196,31 +198,39 @@ def summary(kind, fleet, row, log, offset, fault, back, end):
 
 
 def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp_logs, envoy_bin):
-    """(a) Hot restart of both gateways with rnacos down. lossless' new process has no
-    membership: its first requests are routed (override_host fails open to the cluster's round
-    robin), none fails; it re-learns the membership within 3 s of rnacos' return, with the
-    warming instance's weight Dubbo's at its registered start time (the ramp was not reset), and
-    the leaving instance gets no new request from 2 s after that on. Never more failures than
-    plain Envoy, hot restarted beside it."""
+    """(a) Hot restart of the gateways with rnacos down. lossless' new process has no
+    membership: in override_host mode its first requests are routed (it fails open to the
+    cluster's round robin), none fails; it re-learns the membership within 3 s of rnacos' return,
+    with the warming instance's weight Dubbo's at its registered start time (the ramp was not
+    reset), and the leaving instance gets no new request from 2 s after that on; never more
+    failures than plain Envoy, hot restarted beside it. In original_dst mode (the shipped
+    template) the new process has no address to send to: every request it gets before the
+    membership is back is answered 503 no_membership, and none other fails."""
     fleet = Fleet(rnacos, make_backend, procs)
     gws, logs = {}, {}
-    for kind in ("lossless", "plain"):
+    for kind in ("lossless", "original_dst", "plain"):
         subs = {"LISTEN_PORT": free_port(), "REGISTRY_PORT": rnacos.http_port,
                 "DEMO_ENDPOINTS": lb_endpoints(fleet.addrs)}
+        prefix = "ingress"
         if kind == "plain":
             subs.update(HC_INTERVAL="1s", HC_TIMEOUT="0.5s")
             base = TEMPLATES / "plain-health.yaml"
+        elif kind == "original_dst":
+            subs["LOSSLESS_CONFIG"] = filter_config(
+                rnacos.addr, service={"routing": {"mode": "original_dst"}})
+            base, prefix = ORIGINAL_DST, "demo_pick"  # the inner hop names the instance
         else:
             subs["LOSSLESS_CONFIG"] = filter_config(rnacos.addr)
             base = OUTBOUND
-        template, log = logged(base, "ingress", tmp_logs, f"{kind}-e0")
+        template, log = logged(base, prefix, tmp_logs, f"{kind}-e0")
         gw = Envoy(procs, tmp_logs, resolve_template(template, TEMPLATES), subs,
                    concurrency=WORKERS, name=kind, binary=envoy_bin, extra_args=HOT,
                    hot_restart=True).start()
-        gw.listen, gw.base = int(subs["LISTEN_PORT"]), base
+        gw.listen, gw.base, gw.prefix = int(subs["LISTEN_PORT"]), base, prefix
         gws[kind], logs[kind] = gw, [log]
     loads = {k: MixedLoad(g.listen, rate=RATE, post_share=POST_SHARE, threads=40,
-                          duration=DURATION, timeout=12) for k, g in gws.items()}
+                          duration=DURATION, timeout=12, record_headers=("x-lossless-drain",))
+             for k, g in gws.items()}
     for load in loads.values():
         load.start()
     offset = time.time() - loads["lossless"].elapsed()
@@ -231,7 +241,7 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
     fault = time.time() - offset
     new = {}
     for kind, gw in gws.items():
-        template, log = logged(gw.base, "ingress", tmp_logs, f"{kind}-e1")
+        template, log = logged(gw.base, gw.prefix, tmp_logs, f"{kind}-e1")
         new[kind] = gw.hot_restarted(template=template)
         new[kind].listen = gw.listen
         logs[kind].append(log)
@@ -274,6 +284,21 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
     assert abs(inst["warming"]["live_weight"] - dubbo_weight(uptime, WARMUP_MS)) <= 3, inst
     assert ll["sent_after_registry_back_plus_2s"].get("leaving", 0) == 0, ll
     assert all(not gws[k].is_alive() for k in gws), "the old epochs exited after their drain"
+    # original_dst has no address of its own to fail open to: while its new process knows no
+    # membership it answers 503 no_membership (with retry-after), and only then
+    od = loads["original_dst"].results()
+    bad = [s for s in od if s.status != 200]
+    refused = [s for s in bad if s.status == 503
+               and s.headers.get("x-lossless-drain") == "no_membership"]
+    # the load's clock starts with the lossless load's, within milliseconds
+    window = (fault, learnt + 1.0)
+    outside = [s for s in bad if not window[0] <= s.t <= window[1]]
+    print(f"original_dst: {len(od)} requests, {len(bad)} failed, {len(refused)} of them 503 "
+          f"no_membership, between {min((s.t for s in bad), default=0):.1f} and "
+          f"{max((s.t for s in bad), default=0):.1f} s (epoch 1 live {live_at:.1f} s, learnt "
+          f"{learnt:.1f} s)")
+    assert len(refused) == len(bad), Counter((s.status, s.error) for s in bad if s not in refused)
+    assert not outside, [(round(s.t, 2), s.status) for s in outside[:5]]
 
 
 def write_listener(path, workdir, version, listen, cfg, log):
