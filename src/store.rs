@@ -93,25 +93,56 @@ pub fn update_cas<T>(
     false
 }
 
+/// FNV-1a (64 bits) of `bytes`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Shared-data key names, prefixed per configuration so that two filter configurations in one
 /// Envoy never read each other's state.
+///
+/// One thing crosses configurations: the lineage key of each service (`lossless/lineage/<hash>`,
+/// the hash of what defines the service's membership: the top-level `mode` and `inbound`, the
+/// service's own object and its registry's, in the configuration's JSON with keys sorted). The
+/// configuration that publishes the service writes its own prefix there, so that a later
+/// configuration of the same Envoy process (an LDS update that changed anything else) finds the
+/// membership and marks to start from ([`adopt`]). Shared data is the process' own
+/// (proxy-wasm-cpp-host `getGlobalSharedData()`): nothing reaches a new process after a hot
+/// restart.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
     /// The generation's key, read on every request: built once.
     gen: String,
+    /// Per service (configuration order): its lineage key; empty when the configuration's JSON
+    /// could not be read again (nothing is carried then).
+    lineage: Vec<String>,
 }
 
 impl Keys {
     pub fn new(config_bytes: &[u8]) -> Self {
-        // FNV-1a of the configuration
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in config_bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let prefix = format!("lossless/{h:016x}/");
-        Keys { gen: format!("{prefix}gen"), prefix }
+        let prefix = format!("lossless/{:016x}/", fnv1a(config_bytes));
+        Keys { gen: format!("{prefix}gen"), lineage: lineage_keys(config_bytes), prefix }
+    }
+
+    /// The keys of the configuration whose prefix is `prefix` (as a lineage key holds it).
+    fn with_prefix(prefix: &str) -> Self {
+        Keys { gen: format!("{prefix}gen"), prefix: prefix.to_string(), lineage: Vec::new() }
+    }
+
+    /// This configuration's key prefix (`lossless/<16 hex digits>/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Service `svc`'s lineage key (see [`Keys`]), if known.
+    pub fn lineage(&self, svc: usize) -> Option<&str> {
+        self.lineage.get(svc).map(String::as_str)
     }
     /// The poller lease: `vm_id|expiry_ms`.
     pub fn lease(&self) -> String {
@@ -164,6 +195,86 @@ impl Keys {
     }
 }
 
+/// The lineage key of every service of the configuration `config_bytes`, in order (see [`Keys`]);
+/// empty when the JSON does not read as an object with a `services` array (it was validated
+/// before: that does not happen).
+fn lineage_keys(config_bytes: &[u8]) -> Vec<String> {
+    use serde_json::Value;
+    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(config_bytes) else { return Vec::new() };
+    let Some(Value::Array(services)) = doc.get("services") else { return Vec::new() };
+    let top = [doc.get("mode"), doc.get("inbound")];
+    services
+        .iter()
+        .map(|s| {
+            let registry = s.get("registry").and_then(Value::as_str).and_then(|r| doc.get("registries")?.get(r));
+            // serde_json's maps keep their keys sorted: the same definition, the same bytes
+            let identity = serde_json::to_vec(&(top, registry, s)).unwrap_or_default();
+            format!("lossless/lineage/{:016x}", fnv1a(&identity))
+        })
+        .collect()
+}
+
+/// Records in service `svc`'s lineage key that this configuration publishes it (see [`Keys`]).
+pub fn note_lineage(shared: &dyn Shared, keys: &Keys, svc: usize) {
+    if let Some(key) = keys.lineage(svc) {
+        if shared.get(key).0.as_deref() != Some(keys.prefix.as_bytes()) {
+            shared.set(key, keys.prefix.as_bytes(), None);
+        }
+    }
+}
+
+/// A new configuration starts from its predecessor's state in this process: for each service
+/// `names[i]` that this configuration has not published yet and whose lineage key names another
+/// configuration holding a snapshot of it that decodes (`valid`), that snapshot is copied as this
+/// configuration's, and the predecessor's marks (drains, ejections, failing checks, stalls) are
+/// copied into this configuration's table while it is still empty. Returns how many services were
+/// adopted; the generation is bumped when any was. What the predecessor learnt since is not
+/// followed: from here on, this configuration refreshes on its own.
+pub fn adopt(shared: &dyn Shared, keys: &Keys, names: &[&str], valid: impl Fn(&[u8]) -> bool) -> usize {
+    let mut adopted = 0;
+    let mut marks_from: Option<Keys> = None;
+    for (i, name) in names.iter().enumerate() {
+        let own = keys.service(name);
+        if shared.get(&own).1.is_some() {
+            continue;
+        }
+        let Some(lineage) = keys.lineage(i) else { continue };
+        let Some(prefix) = shared.get(lineage).0.and_then(|b| String::from_utf8(b).ok()) else { continue };
+        if prefix == keys.prefix || !prefix.starts_with("lossless/") || !prefix.ends_with('/') {
+            continue;
+        }
+        let old = Keys::with_prefix(&prefix);
+        let Some(bytes) = shared.get(&old.service(name)).0 else { continue };
+        if !valid(&bytes) {
+            continue;
+        }
+        create_if_absent(shared, &own, &bytes);
+        adopted += 1;
+        marks_from.get_or_insert(old);
+    }
+    if let Some(old) = marks_from {
+        if let Some(bytes) = shared.get(&old.marks()).0.filter(|b| !b.is_empty()) {
+            update_cas(
+                shared,
+                &keys.marks(),
+                |b| b.to_vec(),
+                |b: &Vec<u8>| b.clone(),
+                |mine| {
+                    if !mine.is_empty() {
+                        return false;
+                    }
+                    mine.clone_from(&bytes);
+                    true
+                },
+            );
+        }
+    }
+    if adopted > 0 {
+        bump_gen(shared, keys);
+    }
+    adopted
+}
+
 /// Bumps the generation so that every VM re-reads what changed. Only its CAS token matters: the
 /// value stays empty, so the read every request makes copies nothing into the VM (the host
 /// allocates no buffer for an empty value).
@@ -213,6 +324,40 @@ mod tests {
         assert!(!take_poller_lease(&s, &keys, 2, NOW + 3999, 3000));
         assert!(take_poller_lease(&s, &keys, 2, NOW + 4001, 3000), "expired lease passes on");
         assert!(!take_poller_lease(&s, &keys, 1, NOW + 4002, 3000));
+    }
+
+    /// A service's lineage key follows what defines its membership and nothing else.
+    #[test]
+    fn lineage_follows_the_service_definition_only() {
+        let base = r#"{"registries":{"n":{"type":"nacos","cluster":"r","authority":"a:8848"},"o":{"type":"static","cluster":"s","authority":"s","path":"/x"}},"services":[{"name":"demo","registry":"n","registry_service":"svc"},{"name":"two","registry":"o"}],"refresh_interval_ms":1000}"#;
+        let lineage = |cfg: &str| Keys::new(cfg.as_bytes()).lineage(0).map(str::to_string).unwrap();
+        let k = lineage(base);
+        assert!(k.starts_with("lossless/lineage/"), "{k}");
+        let same = [
+            base.replace("\"refresh_interval_ms\":1000", "\"refresh_interval_ms\":900"),
+            base.replace("\"path\":\"/x\"", "\"path\":\"/y\""), // another registry's field
+            base.replace("{\"name\":\"two\",\"registry\":\"o\"}", "{\"registry\":\"o\",\"name\":\"two\"}"),
+            // the same definition with its keys in another order
+            base.replace(
+                "{\"name\":\"demo\",\"registry\":\"n\",\"registry_service\":\"svc\"}",
+                "{\"registry_service\":\"svc\",\"name\":\"demo\",\"registry\":\"n\"}",
+            ),
+        ];
+        for cfg in &same {
+            assert_ne!(cfg, base);
+            assert_eq!(lineage(cfg), k, "{cfg}");
+            assert_ne!(Keys::new(cfg.as_bytes()).prefix(), Keys::new(base.as_bytes()).prefix());
+        }
+        let other = [
+            base.replace("\"registry_service\":\"svc\"", "\"registry_service\":\"svc2\""),
+            base.replace("a:8848", "b:8848"),
+            base.replace("\"services\"", "\"mode\":\"inbound\",\"services\""),
+        ];
+        for cfg in &other {
+            assert_ne!(lineage(cfg), k, "{cfg}");
+        }
+        assert_ne!(Keys::new(base.as_bytes()).lineage(1).unwrap(), k, "each service its own");
+        assert!(Keys::new(b"not json").lineage(0).is_none());
     }
 
     #[test]

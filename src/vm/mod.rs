@@ -237,6 +237,14 @@ impl Vm {
     /// Creates the shared keys this configuration writes with CAS (call once at start).
     pub fn on_start(&mut self, shared: &dyn Shared) {
         self.keys.create_all(shared);
+        // an LDS update that changed the configuration: start from the membership and marks the
+        // previous configuration of this process held for the same services
+        let names: Vec<&str> = self.services.iter().map(|s| s.cfg.name.as_str()).collect();
+        let adopted =
+            crate::store::adopt(shared, &self.keys, &names, |b| crate::membership::Snapshot::decode(b).is_ok());
+        if adopted > 0 {
+            log::info!("{adopted} service(s) start from the membership and marks of the previous configuration");
+        }
         if self.online.is_some() {
             self.view.self_drain.sidecar_registers = true;
         }

@@ -62,6 +62,7 @@ impl Vm {
         let key = self.keys.service(&s.cfg.name);
         let bytes = snap.encode();
         shared.set(&key, &bytes, None);
+        crate::store::note_lineage(shared, &self.keys, svc);
         let services = &self.services;
         marks::prune(shared, &self.keys, |addr| {
             services.iter().enumerate().find_map(|(k, o)| {
@@ -274,5 +275,101 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(w.route("demo", None, NOW + 2000).unwrap(), "10.0.0.3:80");
         }
+    }
+
+    /// `CFG` with `from` replaced by `to`.
+    fn changed(from: &str, to: &str) -> Vec<u8> {
+        let text = String::from_utf8(CFG.to_vec()).unwrap();
+        assert!(text.contains(from), "{from}");
+        text.replace(from, to).into_bytes()
+    }
+
+    /// The VM of configuration `cfg`, started over the shared data of `w` (an LDS update in the
+    /// same process), in a world of its own.
+    fn successor(w: World, cfg: &[u8]) -> World {
+        let mut vm = Vm::new(config::parse(cfg).unwrap(), cfg, 2, Rng::new(2));
+        assert_ne!(vm.keys.prefix(), w.vm.keys.prefix(), "another configuration, other keys");
+        vm.on_start(&w.shared);
+        World { vm, shared: w.shared }
+    }
+
+    /// An LDS update that changes the filter's configuration but not the service's definition
+    /// (here the refresh interval and the drain header's retry-after) starts from the previous
+    /// configuration's membership and marks: before its first refresh, with the registry
+    /// unreachable, it routes by the three members and keeps the draining one out.
+    #[test]
+    fn a_changed_configuration_starts_from_the_previous_membership_and_marks() {
+        let mut w = World::new(CFG);
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { version: 1, hosts: 3, .. }));
+        assert!(crate::marks::mark_draining(&w.shared, &w.vm.keys, "10.0.0.2:80", None));
+        let cfg = changed(
+            r#""drain":{"pin_header":"x-pin"}"#,
+            r#""drain":{"pin_header":"x-pin","retry_after_s":2},"refresh_interval_ms":3000"#,
+        );
+        let mut next = successor(w, &cfg);
+        assert_eq!(next.vm.services[0].view.snap.version, 0, "nothing read before the first request");
+        for k in 0..40 {
+            let value = next.route("demo", None, NOW + 100 + k).unwrap();
+            assert!(!value.is_empty(), "routed by the adopted membership, not failed open");
+            assert!(!value.contains("10.0.0.2:80"), "the draining member stays out: {value}");
+        }
+        assert_eq!(next.members().len(), 3);
+        assert_eq!(state_of(&next, "10.0.0.2:80"), crate::instance::State::Draining);
+        // a failing registry keeps it; the registry's next list is decided against it
+        assert!(matches!(next.refresh("<html>", NOW + 5000), RefreshOutcome::Failed(_)));
+        assert_eq!(next.members().len(), 3);
+        let two = r#"{"instances":[{"address":"10.0.0.1:80"},{"address":"10.0.0.3:80"}]}"#;
+        let out = next.refresh(two, NOW + 9000);
+        assert!(
+            !matches!(out, RefreshOutcome::Published { .. }),
+            "the first list after a failure lacking a member keeps it: {out:?}"
+        );
+        assert_eq!(next.members().len(), 3);
+    }
+
+    /// A service whose definition changed (another registry service) is not carried over: the
+    /// new configuration starts with no membership and fails open until its registry answers.
+    #[test]
+    fn a_changed_service_definition_starts_empty() {
+        let mut w = World::new(CFG);
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { .. }));
+        let cfg = changed(r#""match_clusters":["demo"]"#, r#""match_clusters":["demo"],"registry_service":"other""#);
+        let mut next = successor(w, &cfg);
+        assert_eq!(next.route("demo", None, NOW + 100).unwrap(), "", "no membership: override_host fails open");
+        assert!(next.members().is_empty());
+        // nor is another registry's
+        let mut w = World::new(CFG);
+        assert!(matches!(w.refresh(THREE, NOW), RefreshOutcome::Published { .. }));
+        let cfg = changed(r#""authority":"cp""#, r#""authority":"cp2""#);
+        let mut next = successor(w, &cfg);
+        assert_eq!(next.route("demo", None, NOW + 100).unwrap(), "");
+    }
+
+    /// A lineage key that names no configuration, or one whose snapshot does not decode, adopts
+    /// nothing; an own snapshot is never overwritten.
+    #[test]
+    fn adoption_takes_only_a_valid_snapshot_of_another_configuration() {
+        use crate::store::adopt;
+        let w = World::new(CFG);
+        let keys = &w.vm.keys;
+        let lineage = keys.lineage(0).unwrap().to_string();
+        let valid = |b: &[u8]| crate::membership::Snapshot::decode(b).is_ok();
+        for pointer in ["", "elsewhere/", "lossless/0000000000000000/", keys.prefix()] {
+            w.shared.set(&lineage, pointer.as_bytes(), None);
+            assert_eq!(adopt(&w.shared, keys, &["demo"], valid), 0, "{pointer:?}");
+        }
+        let other = "lossless/00000000000000ff/";
+        w.shared.set(&lineage, other.as_bytes(), None);
+        w.shared.set(&format!("{other}svc/demo"), b"not a snapshot", None);
+        assert_eq!(adopt(&w.shared, keys, &["demo"], valid), 0);
+        assert!(w.shared.get(&keys.service("demo")).0.is_none());
+        let snap = b"lossless-snapshot 4 1\n10.0.0.9:80 100 - 0 serving\n";
+        w.shared.set(&format!("{other}svc/demo"), snap, None);
+        assert_eq!(adopt(&w.shared, keys, &["demo"], valid), 1);
+        assert_eq!(w.shared.get(&keys.service("demo")).0.as_deref(), Some(&snap[..]));
+        // once it has its own, nothing is adopted again
+        w.shared.set(&format!("{other}svc/demo"), b"lossless-snapshot 5 1\n", None);
+        assert_eq!(adopt(&w.shared, keys, &["demo"], valid), 0);
+        assert_eq!(w.shared.get(&keys.service("demo")).0.as_deref(), Some(&snap[..]));
     }
 }

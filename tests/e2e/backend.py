@@ -25,6 +25,7 @@ class State:
         self.counts = {}
         self.drain = None  # the x-lossless-drain value to answer with
         self.status = 200
+        self.health = None  # the status GET /healthz answers with, when set
         self.delay_ms = 0
         self.started = time.monotonic()
         self.ready_after_ms = 0
@@ -110,6 +111,8 @@ class Handler(BaseHTTPRequestHandler):
             st.drain = raw[0] if raw else ("1" if val not in ("0", "false", "") else None)
         elif path == "/__status":
             st.status = int(val)
+        elif path == "/__health":
+            st.health = int(val)
         elif path == "/__delay":
             st.delay_ms = int(val)
         elif path == "/__reset":
@@ -125,6 +128,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__"):
             return self._control(url.path, url.query)
         st = self.state
+        if url.path == "/healthz" and st.health is not None:
+            return self._send(st.health, {"health": st.health})
         if url.path == "/ready" and st.ready_after_ms > 0:
             return self._send(200 if st.ready() else 503, {"ready": st.ready()})
         if st.take_cold():

@@ -125,6 +125,10 @@ class Backend(Managed):
     def set_status(self, code):
         return self._control("__status?code=", code)
 
+    def set_health(self, code):
+        """GET /healthz answers `code` (as an application's readiness does when it stops)."""
+        return self._control("__health?code=", code)
+
     def set_delay(self, ms):
         return self._control("__delay?ms=", ms)
 
@@ -161,6 +165,11 @@ class RegFront(Managed):
 
     def count(self):
         return get_json(f"{self.url}/__count")
+
+    def save(self):
+        """Keeps the last list reply passed through: what mode `replay` answers."""
+        status, _, data = request("POST", f"{self.url}/__save", body=b"")
+        assert status == 200, (status, data)
 
     def seen(self):
         return get_json(f"{self.url}/__seen")

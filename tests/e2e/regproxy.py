@@ -13,6 +13,8 @@ More modes (chaos tests), each for list requests only:
     hugechunked  the same, chunked (no content-length)
     trickle      the upstream's reply, one byte every `every` s (default 0.2)
     echo         `status` (default 500) with the request's path and body in the reply body
+    replay       the list reply saved by POST /__save (an older view, as a lagging replica or a
+                 response cache answers); /__save keeps the last reply passed through unchanged
     cycle:A,B,C  each list request gets the next mode of the list (A, B, C, A, ...)
 and, for login requests, POST /__mode?m=...&login=echo: answered `status` (default 403) with the
 request body (the credentials) in the reply body, as a careless registry or proxy might.
@@ -42,6 +44,8 @@ class State:
     modes = {}
     tokens = []
     logins = 0
+    last_list = None  # (status, body, content-type) of the last list reply passed through
+    saved = None  # what `replay` answers
 
 
 PAD_CHUNK = b" " * (1 << 20)
@@ -92,6 +96,11 @@ class Handler(BaseHTTPRequestHandler):
             with State.lock:
                 doc = {"lists": State.lists, "modes": dict(State.modes)}
             return self.reply(200, json.dumps(doc).encode())
+        if url.path == "/__save":
+            with State.lock:
+                State.saved = State.last_list
+                ok = State.saved is not None
+            return self.reply(200 if ok else 409, json.dumps({"saved": ok}).encode())
         if url.path == "/__seen":
             with State.lock:
                 doc = {"tokens": list(State.tokens), "logins": State.logins}
@@ -124,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(int(State.params.get("status", 500)),
                                   ("echo " + self.path + " ").encode() + (body or b""),
                                   "text/plain")
+            if mode == "replay" and State.saved is not None:
+                return self.reply(*State.saved)
             if mode in ("partial", "alldown", "slow", "huge", "hugechunked", "trickle"):
                 return self.chaos(mode, body)
         conn = http.client.HTTPConnection(*self.upstream, timeout=5)
@@ -133,7 +144,11 @@ class Handler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             r = conn.getresponse()
             data = r.read()
-            self.reply(r.status, data, r.getheader("content-type") or "application/json")
+            ctype = r.getheader("content-type") or "application/json"
+            if url.path == LIST and r.status == 200:
+                with State.lock:
+                    State.last_list = (r.status, data, ctype)
+            self.reply(r.status, data, ctype)
         except OSError as e:
             self.reply(502, str(e).encode(), "text/plain")
         finally:

@@ -3,6 +3,7 @@ log, and the scan of that log for wasm crashes."""
 
 import glob
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ from . import procs as _procs
 from .env import LOOPBACK, env_path
 from .http import get_json, request, wait_http
 from .ports import free_port
-from .procs import Managed, ProcessExited
+from .procs import Managed, ProcessExited, wait_until
 from .templates import render
 
 _base_ids = itertools.count(1)
@@ -27,10 +28,14 @@ def real_binary(binary):
 
 
 class Envoy(Managed):
-    """Envoy from a template; subs need ADMIN_PORT (a free one is added if missing)."""
+    """Envoy from a template; subs need ADMIN_PORT (a free one is added if missing).
+
+    hot_restart: run without `--disable-hot-restart` (epoch `restart_epoch`, `base_id` given or
+    one of this interpreter's own), so that `hot_restarted()` can start the next epoch."""
 
     def __init__(self, procs, workdir, template, subs=None, concurrency=1, name="envoy",
-                 binary=None, log_level="info", extra_args=()):
+                 binary=None, log_level="info", extra_args=(), hot_restart=False,
+                 restart_epoch=0, base_id=None):
         self.procs = procs
         self.name = name
         self.binary = Path(binary) if binary else env_path("ENVOY_BIN")
@@ -44,7 +49,10 @@ class Envoy(Managed):
         self.concurrency = concurrency
         self.log_level = log_level
         self.extra_args = list(extra_args)
-        self.base_id = (os.getpid() % 20000) * 50 + next(_base_ids) % 50
+        self.base_id = (base_id if base_id is not None
+                        else (os.getpid() % 20000) * 50 + next(_base_ids) % 50)
+        self.hot_restart = hot_restart
+        self.restart_epoch = restart_epoch
         render(template, self.subs, self.config_path)
 
     @property
@@ -52,9 +60,41 @@ class Envoy(Managed):
         return f"http://{LOOPBACK}:{self.admin_port}"
 
     def argv(self):
+        restart = (["--restart-epoch", self.restart_epoch] if self.hot_restart
+                   else ["--disable-hot-restart"])
         return [self.binary, "-c", self.config_path, "--concurrency", self.concurrency,
-                "--base-id", self.base_id, "--disable-hot-restart", "-l", self.log_level,
+                "--base-id", self.base_id, *restart, "-l", self.log_level,
                 "--log-path", self.log_path, *self.extra_args]
+
+    def hot_restarted(self, template=None, subs=None, timeout=30.0):
+        """Envoy's hot restart: starts the next epoch (same base id, admin port and options;
+        `template` and `subs`, when given, replace this one's) as a new Envoy named
+        `<name>-e<epoch>`, and returns it once it is ready. This process drains and exits on its
+        own (`--drain-time-s`, `--parent-shutdown-time-s` among `extra_args`)."""
+        assert self.hot_restart, "started with --disable-hot-restart"
+        epoch = self.restart_epoch + 1
+        base = self.name.rsplit("-e", 1)[0] if self.restart_epoch else self.name
+        nxt = Envoy(self.procs, self.workdir, template or self.template,
+                    {**self.subs, **(subs or {})}, concurrency=self.concurrency,
+                    name=f"{base}-e{epoch}", binary=self.binary, log_level=self.log_level,
+                    extra_args=self.extra_args, hot_restart=True, restart_epoch=epoch,
+                    base_id=self.base_id)
+        proc = self.procs.start(nxt.name, nxt.argv())
+
+        def ready():
+            status, text = nxt.admin("GET", "/server_info")
+            if status != 200:
+                return False
+            info = json.loads(text)
+            return (info.get("state") == "LIVE"
+                    and info.get("command_line_options", {}).get("restart_epoch") == epoch)
+        try:
+            wait_until(ready, timeout=timeout, interval=0.1, what=f"epoch {epoch} live")
+        except TimeoutError as exc:
+            if proc.poll() is not None:
+                raise RuntimeError(f"envoy {nxt.name} exited\n{nxt.log_tail()}") from exc
+            raise
+        return nxt
 
     def start(self, timeout=30.0):
         proc = self.procs.start(self.name, self.argv())
