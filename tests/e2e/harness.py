@@ -211,9 +211,10 @@ SIDE_HC = {"path": "/healthz", "interval_ms": 1000, "timeout_ms": 500, "unhealth
            "healthy_threshold": 1}
 
 
-def logged_gateway(kind, rnacos, make_envoy, workdir, endpoints, svc, workers=2, tag="",
+def logged_gateway(kind, registry, make_envoy, workdir, endpoints, svc, workers=2, tag="",
                    hc=SIDE_HC):
-    """A gateway of `kind` over `endpoints` ("ip:port") logging every request to
+    """A gateway of `kind` over `endpoints` ("ip:port"), its registry the Nacos API at
+    `registry.addr` ("ip:port": rnacos or a RegFront before it), logging every request to
     `<workdir>/<kind><tag>.access.log` (flushed every 250 ms; see `access_log`): `override_host` or
     `original_dst`, lossless on the shipped template with the service fields `svc` (its routing
     mode set to `kind`); `plain`, Envoy with the active check `hc` and outlier detection
@@ -221,14 +222,14 @@ def logged_gateway(kind, rnacos, make_envoy, workdir, endpoints, svc, workers=2,
     Its `.listen`, `.kind` and `.access_log` are set."""
     listen = free_port()
     log = Path(workdir) / f"{kind}{tag}.access.log"
-    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": rnacos.http_port,
+    subs = {"LISTEN_PORT": listen, "REGISTRY_PORT": registry.addr.rsplit(":", 1)[1],
             "DEMO_ENDPOINTS": lb_endpoints(list(endpoints))}
     if kind == "plain":
         subs.update(HC_INTERVAL=f"{hc['interval_ms'] / 1000}s",
                     HC_TIMEOUT=f"{hc['timeout_ms'] / 1000}s")
         template = with_access_log(TEMPLATES / "plain-health.yaml", "ingress", log, workdir)
     else:
-        subs["LOSSLESS_CONFIG"] = filter_config(rnacos.addr,
+        subs["LOSSLESS_CONFIG"] = filter_config(registry.addr,
                                                 service={**svc, "routing": {"mode": kind}})
         shipped, prefix = ((OUTBOUND, "ingress") if kind == "override_host"
                            else (ORIGINAL_DST, "demo_pick"))

@@ -25,55 +25,40 @@ import shutil
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from harness import (
-    OUTBOUND,
     SERVICE,
-    TEMPLATES,
     RegFront,
     access_log,
-    filter_config,
+    logged_gateway,
     membership,
     register,
     serving_of,
-    with_access_log,
 )
-from kit import HOUR_MS, LOOPBACK, MixedLoad, free_port, lb_endpoints, now_ms, wait_until
+from kit import HOUR_MS, LOOPBACK, MixedLoad, now_ms, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_wasm_crash")
 
 RATE = 100  # per gateway
 POST_SHARE = 0.3
 WORKERS = 2
-HC = {"interval": "1s", "timeout": "0.5s"}
 GRACE_S = 3.0  # a departing instance answers with its drain header this long, then stops
 STEP_S = 4.0  # between two departures
-FLUSH = ["--file-flush-interval-msec", "250"]
 
 
 class Gateways:
     """lossless (override_host) and plain Envoy over the same slots, each with its access log and
     its own load, on one clock (`elapsed`, seconds since the loads started)."""
 
-    def __init__(self, make_envoy, workdir, registry_addr, registry_port, slots, service=None):
-        self.gws = {}
-        for kind in ("lossless", "plain"):
-            log = Path(workdir) / f"{kind}.access.log"
-            subs = {"LISTEN_PORT": free_port(), "REGISTRY_PORT": registry_port,
-                    "DEMO_ENDPOINTS": lb_endpoints(slots)}
-            if kind == "plain":
-                subs.update(HC_INTERVAL=HC["interval"], HC_TIMEOUT=HC["timeout"])
-                template = with_access_log(TEMPLATES / "plain-health.yaml", "ingress", log,
-                                           workdir)
-            else:
-                subs["LOSSLESS_CONFIG"] = filter_config(registry_addr, service=service)
-                template = with_access_log(OUTBOUND, "ingress", log, workdir)
-            gw = make_envoy(template, subs, concurrency=WORKERS, name=kind, extra_args=FLUSH)
-            gw.listen, gw.access_log = int(subs["LISTEN_PORT"]), log
-            self.gws[kind] = gw
+    def __init__(self, make_envoy, workdir, registry, slots, service=None):
+        self.gws = {
+            "lossless": logged_gateway("override_host", registry, make_envoy, workdir, slots,
+                                       service or {}, workers=WORKERS),
+            "plain": logged_gateway("plain", registry, make_envoy, workdir, slots, {},
+                                    workers=WORKERS),
+        }
         self.loads = {}
         self.offset = None  # epoch seconds at elapsed() == 0
 
@@ -204,7 +189,7 @@ def test_registry_down_for_a_whole_polite_release(rnacos, make_backend, make_env
     old = [make_backend() for _ in range(3)]
     new = [make_backend() for _ in range(3)]
     warm(rnacos, old)
-    gws = Gateways(make_envoy, tmp_logs, rnacos.addr, rnacos.http_port,
+    gws = Gateways(make_envoy, tmp_logs, rnacos,
                    [b.addr for b in old + new])
     ready(gws, 3)
     for b in new:
@@ -256,7 +241,7 @@ def test_registry_back_empty_never_empties_the_membership(rnacos, make_backend, 
     within a refresh."""
     bs = [make_backend() for _ in range(3)]
     warm(rnacos, bs)
-    gws = Gateways(make_envoy, tmp_logs, rnacos.addr, rnacos.http_port, [b.addr for b in bs])
+    gws = Gateways(make_envoy, tmp_logs, rnacos, [b.addr for b in bs])
     ready(gws, 3)
     started = {b.port: now_ms() - HOUR_MS for b in bs}
     for b in bs:  # the same start times as registered (their registry client keeps them)
@@ -316,7 +301,7 @@ def test_older_view_never_brings_a_departed_instance_back(rnacos, make_backend, 
     bs = [make_backend() for _ in range(3)]
     warm(rnacos, bs)
     front = RegFront(procs, rnacos.addr)
-    gws = Gateways(make_envoy, tmp_logs, front.addr, front.port, [b.addr for b in bs])
+    gws = Gateways(make_envoy, tmp_logs, front, [b.addr for b in bs])
     ready(gws, 3)
     front.save()  # the view with all three: what a lagging replica keeps answering
     gws.start_load(duration=20)
