@@ -48,6 +48,8 @@
 //! instance (or application) list is an empty one. A missing `application`, or a list of the wrong
 //! type, is a parse error.
 
+pub mod delta;
+
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess};
 use serde::Deserialize;
 use serde_json::Value;
@@ -64,11 +66,14 @@ pub struct Eureka {
     pub endpoint: Endpoint,
     /// Path prefix of the Eureka REST API, default `/eureka`.
     pub prefix: String,
+    /// `fetch: "delta"`: the registry is fetched whole, one delta per this interval (ms), as
+    /// Eureka's own client does ([`delta`]); `None`: one request per application per refresh.
+    pub delta_interval_ms: Option<u64>,
 }
 
 impl Eureka {
     pub fn new(endpoint: Endpoint, prefix: String) -> Self {
-        Eureka { endpoint, prefix }
+        Eureka { endpoint, prefix, delta_interval_ms: None }
     }
 }
 
@@ -126,6 +131,13 @@ pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instan
 struct Inst<'a> {
     #[serde(borrow)]
     ip_addr: Loose<'a>,
+    /// `instanceId`, `hostName` and `app`: read by the registry-wide fetch only ([`delta`]).
+    #[serde(borrow)]
+    instance_id: Loose<'a>,
+    #[serde(borrow)]
+    host_name: Loose<'a>,
+    #[serde(borrow)]
+    app: Loose<'a>,
     #[serde(borrow)]
     port: Obj<'a, Port<'a>>,
     #[serde(borrow)]
