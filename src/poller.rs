@@ -201,6 +201,13 @@ impl PollState {
         self.apply(sc, current, parsed, now_ms, None)
     }
 
+    /// Whether a list held back now is confirmed by the next replies: not while the members the
+    /// registry does not list are kept because it is being registered with again (that lasts
+    /// `guard.reregister_ms`, whatever the replies say).
+    pub fn confirming(&self) -> bool {
+        !self.tracker.reregistering()
+    }
+
     /// The registry did not answer usably (a registry-wide fetch failed): the keep-last-good rules
     /// treat the next list as one after an outage.
     pub fn note_failure(&mut self, now_ms: i64) {

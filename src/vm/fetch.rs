@@ -92,7 +92,7 @@ impl Vm {
                 for (svc, parsed) in lists {
                     let Some(s) = self.services.get_mut(svc) else { continue };
                     let (outcome, publish) = s.poll.on_fetched(&s.cfg, &s.view.snap, parsed, now_ms);
-                    if matches!(outcome, RefreshOutcome::Kept(_)) {
+                    if matches!(outcome, RefreshOutcome::Kept(_)) && s.poll.confirming() {
                         // a list held back is confirmed by the next fetch, within one refresh
                         if let Some(f) = self.registries.get_mut(ri).and_then(|r| r.fetch.as_mut()) {
                             f.expedite(confirm_at);
@@ -135,6 +135,7 @@ impl Vm {
 
 #[cfg(test)]
 mod tests {
+    use crate::instance::State;
     use crate::poller::RefreshOutcome;
     use crate::registry::eureka::delta::Fetch;
     use crate::registry::HttpResponse;
@@ -246,6 +247,54 @@ mod tests {
         t += 33_001;
         fetch(&mut w, t, Fetch::Delta, &body("UP_2_", &[rec("FOO", "f3", "10.0.0.3", "UP", "DELETED")]));
         assert_eq!(addrs(&w, 0), ["10.0.0.1:80", "10.0.0.2:80"]);
+    }
+
+    /// Most instances of an application turn down at once: the list is held, confirmed by
+    /// fetches within one refresh interval each, then applied. An application whose last instance
+    /// left is held for `guard.reregister_ms` whatever the replies say (the registry may be
+    /// being registered with again): the fetches keep their interval meanwhile.
+    #[test]
+    fn a_held_list_is_confirmed_sooner() {
+        let mut w = World::new(CFG);
+        let up = [
+            rec("FOO", "f1", "10.0.0.1", "UP", "ADDED"),
+            rec("FOO", "f2", "10.0.0.2", "UP", "ADDED"),
+            rec("FOO", "f3", "10.0.0.3", "UP", "ADDED"),
+        ];
+        fetch(&mut w, NOW, Fetch::Full, &body("UP_3_", &up));
+        let down = body(
+            "DOWN_2_UP_1_",
+            &[rec("FOO", "f1", "10.0.0.1", "DOWN", "MODIFIED"), rec("FOO", "f2", "10.0.0.2", "DOWN", "MODIFIED")],
+        );
+        let mut t = NOW + 33_001;
+        let out = fetch(&mut w, t, Fetch::Delta, &down);
+        assert!(matches!(out, Some((0, RefreshOutcome::Kept(_)))), "{out:?}");
+        // the confirming fetches go out within one refresh interval (1 s + 10 %), not 30 s
+        t += 1101;
+        assert!(matches!(fetch(&mut w, t, Fetch::Delta, &down), Some((0, RefreshOutcome::Kept(_)))));
+        let serving =
+            |w: &World| w.vm.services[0].view.snap.members.iter().filter(|m| m.state == State::Serving).count();
+        assert_eq!(serving(&w), 3, "held until confirmed");
+        t += 1101;
+        let out = fetch(&mut w, t, Fetch::Delta, &down);
+        assert!(matches!(out, Some((0, RefreshOutcome::Published { hosts: 3, .. }))), "{out:?}");
+        assert_eq!(serving(&w), 1, "applied after guard.confirm_refreshes replies");
+        // the last instances of an application leave: held at the fetch interval
+        let mut w = World::new(CFG);
+        fetch(&mut w, NOW, Fetch::Full, &body("UP_3_", &up));
+        let gone = body(
+            "",
+            &[
+                rec("FOO", "f1", "10.0.0.1", "UP", "DELETED"),
+                rec("FOO", "f2", "10.0.0.2", "UP", "DELETED"),
+                rec("FOO", "f3", "10.0.0.3", "UP", "DELETED"),
+            ],
+        );
+        let t = NOW + 33_001;
+        let out = fetch(&mut w, t, Fetch::Delta, &gone);
+        assert!(matches!(out, Some((0, RefreshOutcome::Kept(_)))), "{out:?}");
+        assert!(due(&mut w, t + 26_999).is_empty(), "no fetch sooner than the interval");
+        assert_eq!(addrs(&w, 0).len(), 3);
     }
 
     #[test]
