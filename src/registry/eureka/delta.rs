@@ -33,15 +33,14 @@
 //! `status` read as `InstanceStatus.toEnum` reads it (`UNKNOWN` for any other name), `UP` when
 //! missing (the codec's builder default).
 
-use std::collections::BTreeMap;
 use std::hash::Hasher;
 
-use serde::de::{self, IgnoredAny, MapAccess};
+use serde::de::IgnoredAny;
 
-use super::{instance, meta_keys, Inst};
+use super::{instance, meta_keys, EachInst, Inst, Top};
 use crate::clock::{FastMap, Fnv};
 use crate::instance::BuildOptions;
-use crate::registry::de::{read_with, Batch, Each, Field, Loose, Meta, Obj, Rec, Records, Side, Under, With};
+use crate::registry::de::{read_with, Batch, Loose, Meta, Rec, Records, With};
 use crate::registry::{check_common, get_request, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError};
 
 /// The server keeps a change in its delta for 3 minutes (`retentionTimeInMSInDeltaQueue`), purged
@@ -115,7 +114,7 @@ struct App {
     /// The services it feeds (their indexes, as the caller gave them) and how each reads a record.
     services: Vec<(usize, BuildOptions)>,
     /// Instance id -> one record per service, in `services` order.
-    members: BTreeMap<String, Vec<Rec>>,
+    members: FastMap<String, Vec<Rec>>,
 }
 
 /// What one record of a reply says.
@@ -146,7 +145,7 @@ impl Mirror {
             let name = name.to_ascii_uppercase();
             match apps.iter_mut().find(|a| a.name == name) {
                 Some(a) => a.services.push((i, build.clone())),
-                None => apps.push(App { name, services: vec![(i, build.clone())], members: BTreeMap::new() }),
+                None => apps.push(App { name, services: vec![(i, build.clone())], members: FastMap::default() }),
             }
         }
         Mirror { status: FastMap::default(), counts: [0; 5], apps }
@@ -210,16 +209,19 @@ impl Mirror {
         }
         let mut changes = Vec::new();
         let apps = &self.apps;
-        let mut records = Records::new(&keys, "metadata", |i: &Inst<'_>, m: &Meta<'_>| {
+        let mut each = |i: &Inst<'_>, m: &Meta<'_>| {
             changes.push(change(apps, i, m, full));
             Rec::Ignored
-        });
-        let mut top = Top { records: &mut records, got: None };
+        };
+        let mut records = Records::new(&keys, "metadata", &mut each as EachInst<'_, '_>);
+        let mut top = Top { records: &mut records, app: None, apps: None, hash: None };
         read_with(body, With::<IgnoredAny, _>::new(&mut top))?;
-        let Some((ok, hash)) = top.got else {
+        // `/apps` and `/apps/delta` answer `applications`; an `application` is no registry
+        let Some((_, ok)) = top.apps else {
             return Err(RegistryError::Parse("missing \"applications\"".into()));
         };
         ok.map_err(|m| RegistryError::Parse(m.into()))?;
+        let hash = top.hash;
         drop(records);
         Ok((changes, hash))
     }
@@ -300,39 +302,6 @@ fn change(apps: &[App], i: &Inst<'_>, m: &Meta<'_>, full: bool) -> Change {
         Some((k, id.to_string(), recs))
     });
     Change { key: key(app, id), status: Status::of(&i.status), action, member }
-}
-
-/// A reply's `applications`: its records to `records`, its hash code kept.
-struct Top<'r, R> {
-    records: &'r mut R,
-    /// Whether `applications` is usable, and its `apps__hashcode`.
-    got: Option<(Result<(), &'static str>, Option<String>)>,
-}
-
-impl<'de, R: Each<'de>> Side<'de> for Top<'_, R> {
-    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
-        if key != "applications" {
-            return Ok(false);
-        }
-        if self.got.is_some() {
-            return Err(de::Error::duplicate_field("applications"));
-        }
-        let mut each = super::Apps { records: &mut *self.records, ok: Ok(()) };
-        let list = Under::new("application", true, &mut each);
-        let hash = Field::new("apps__hashcode", std::marker::PhantomData::<Loose<'de>>);
-        let mut side = (list, hash);
-        let doc = map.next_value_seed(With::<IgnoredAny, _>::new(&mut side))?;
-        let (list, hash) = side;
-        let ok = match (doc, list.kind) {
-            (Obj::Not(_), _) => Err("\"applications\" is not an object"),
-            (_, None | Some(Loose::Null)) => Ok(()),
-            (_, Some(Loose::Array | Loose::Object)) => each.ok,
-            (_, Some(_)) => Err("\"application\" is neither a list nor an object"),
-        };
-        let hash = hash.value.and_then(|v| v.as_str().map(str::to_string));
-        self.got = Some((ok, hash));
-        Ok(true)
-    }
 }
 
 /// Which request a fetch is.
