@@ -484,6 +484,41 @@ mod tests {
         HttpResponse { status: Some(200), headers: &[], body, body_size: body.len() }
     }
 
+    /// Captured from the real server (`tests/fixtures/registry/eureka-apps-delta-captured.txt`):
+    /// the full registry, the delta that followed four changes (an `OUT_OF_SERVICE`, a cancel, a
+    /// registration, a `STARTING` instance registered again as `UP` in an application no service
+    /// uses), and the full registry after them.
+    #[test]
+    fn captured_delta_brings_the_registry_in_line() {
+        const BEFORE: &[u8] = include_bytes!("../../../tests/fixtures/registry/eureka-apps-before-captured.json");
+        const DELTA: &[u8] = include_bytes!("../../../tests/fixtures/registry/eureka-apps-delta-captured.json");
+        const AFTER: &[u8] = include_bytes!("../../../tests/fixtures/registry/eureka-apps-after-captured.json");
+        let b = BuildOptions::default();
+        let new = || Mirror::new([(0, "ORDERS", &b), (1, "USERS", &b)]);
+        let mut m = new();
+        m.replace(BEFORE).unwrap();
+        assert_eq!(m.hash_code(), "STARTING_1_UP_3_", "the server's own apps__hashcode of that reply");
+        assert_eq!(m.len(), 4);
+        let serving = |a: &str| (a.to_string(), State::Serving);
+        assert_eq!(addrs(&m, 0), [serving("10.1.0.1:8080"), serving("10.1.0.2:8080")]);
+        assert_eq!(addrs(&m, 1), [serving("10.2.0.1:8080")]);
+        let (theirs, ours) = m.apply_delta(DELTA).unwrap();
+        assert_eq!((theirs.as_deref(), ours.as_str()), (Some("OUT_OF_SERVICE_1_UP_3_"), "OUT_OF_SERVICE_1_UP_3_"));
+        assert_eq!(
+            addrs(&m, 0),
+            [serving("10.1.0.1:8080"), ("10.1.0.2:8080".to_string(), State::Draining), serving("10.1.0.3:8080")]
+        );
+        assert!(addrs(&m, 1).is_empty(), "the cancel");
+        // what the delta built is what the full registry after it says
+        let mut after = new();
+        after.replace(AFTER).unwrap();
+        assert_eq!((after.hash_code(), after.lists(), after.len()), (m.hash_code(), m.lists(), m.len()));
+        // the start time the instance registered is read through the delta as through a full reply
+        let lists = m.lists();
+        let first = lists.first().and_then(|(_, p)| p.instances.first()).unwrap();
+        assert_eq!((first.start_ms, first.warmup_ms), (Some(1_800_000_000_000), 60_000));
+    }
+
     #[test]
     fn hash_code_as_eureka_writes_it() {
         let mut m = mirror();
