@@ -602,7 +602,18 @@ struct RawEureka {
     max_body_bytes: usize,
     #[serde(default = "d_eureka_prefix")]
     path_prefix: String,
+    /// `application` (the default): one request per configured application per refresh; `delta`:
+    /// the registry fetched whole, one delta per `registry_fetch_interval_ms`, as Eureka's client.
+    fetch: Option<String>,
+    /// With `fetch: "delta"`; default [`D_REGISTRY_FETCH_INTERVAL_MS`].
+    registry_fetch_interval_ms: Option<u64>,
 }
+
+/// The default interval of a Eureka registry's delta fetch (ms): Eureka's client fetches every
+/// 30 s (`registryFetchIntervalSeconds`), and the server's read-only response cache, which
+/// answers `/apps/delta` by default, is refreshed every 30 s (`responseCacheUpdateIntervalMs`):
+/// asking more often re-reads the same cached answer.
+pub const D_REGISTRY_FETCH_INTERVAL_MS: u64 = 30_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -692,7 +703,9 @@ impl RawRegistry {
                     ));
                 }
                 let prefix = r.path_prefix.trim_end_matches('/').to_string();
-                Ok((r.cluster, RegistryKind::Eureka(Eureka::new(ep, prefix)), None))
+                let mut eureka = Eureka::new(ep, prefix);
+                eureka.delta_interval_ms = validate_eureka_fetch(p, r.fetch.as_deref(), r.registry_fetch_interval_ms)?;
+                Ok((r.cluster, RegistryKind::Eureka(eureka), None))
             }
             RawRegistry::Consul(r) => {
                 let ep = validate_endpoint(p, &r.cluster, r.authority, r.timeout_ms, r.max_body_bytes)?;
@@ -728,6 +741,26 @@ impl RawRegistry {
                 Ok((r.cluster, RegistryKind::Static(StaticJson { endpoint: ep, path }), None))
             }
         }
+    }
+}
+
+/// A Eureka registry's `fetch` and `registry_fetch_interval_ms` (at `p`): the delta's interval
+/// when it fetches deltas. At most 90 s: the server keeps a change in its delta for 3 minutes
+/// (`retentionTimeInMSInDeltaQueue`) and may answer from a cache 30 s old.
+fn validate_eureka_fetch(p: &str, fetch: Option<&str>, interval_ms: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match fetch {
+        None | Some("application") => match interval_ms {
+            Some(_) => Err(at(p, "registry_fetch_interval_ms", "applies with \"fetch\": \"delta\" only")),
+            None => Ok(None),
+        },
+        Some("delta") => {
+            let ms = interval_ms.unwrap_or(D_REGISTRY_FETCH_INTERVAL_MS);
+            if !(1000..=90_000).contains(&ms) {
+                return Err(at(p, "registry_fetch_interval_ms", "must be between 1000 and 90000 (ms)"));
+            }
+            Ok(Some(ms))
+        }
+        Some(other) => Err(at(p, "fetch", format!("'{other}' is not one of \"application\", \"delta\""))),
     }
 }
 
@@ -1997,8 +2030,22 @@ mod tests {
         assert_eq!(s.stall_detection, want);
         let c = parse(one_registry(r#"{"type":"eureka","cluster":"r","authority":"a"}"#).as_bytes()).unwrap();
         match &c.registries[0].kind {
-            RegistryKind::Eureka(e) => assert_eq!(e.prefix, "/eureka"),
+            RegistryKind::Eureka(e) => assert_eq!((e.prefix.as_str(), e.delta_interval_ms), ("/eureka", None)),
             other => panic!("{other:?}"),
+        }
+        // the registry-wide delta fetch: Eureka's 30 s by default, or as given
+        for (extra, want) in [
+            (r#","fetch":"delta""#, Some(30_000)),
+            (r#","fetch":"delta","registry_fetch_interval_ms":5000"#, Some(5000)),
+            (r#","fetch":"application""#, None),
+        ] {
+            let c =
+                parse(one_registry(&format!(r#"{{"type":"eureka","cluster":"r","authority":"a"{extra}}}"#)).as_bytes())
+                    .unwrap();
+            match &c.registries[0].kind {
+                RegistryKind::Eureka(e) => assert_eq!(e.delta_interval_ms, want, "{extra}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -2163,7 +2210,7 @@ mod tests {
             (r#"{"registries":{"n":{"type":"nacos","cluster":"n","authority":"a","username":"u"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.password", "required with username"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":"w a n"}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "a TaggedAddresses name"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","address":""}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.address", "must be \"service\""),
-            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","address":"wan"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.address", "unknown field `address`, expected one of `cluster`, `authority`, `timeout_ms`, `max_body_bytes`, `path_prefix`"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","address":"wan"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.address", "unknown field `address`, expected one of `cluster`, `authority`, `timeout_ms`, `max_body_bytes`, `path_prefix`, `fetch`, `registry_fetch_interval_ms`"),
             (r#"{"registries":{"c":{"type":"consul","cluster":"c","authority":"a","wait_s":601}},"services":[{"name":"d","registry":"c"}]}"#.into(), "registries.c.wait_s", "between 0 and 600"),
             (r#"{"registries":{"s":{"type":"static","cluster":"s","authority":"a"}},"services":[{"name":"d","registry":"s"}]}"#.into(), "registries.s.path", "is required for a static registry"),
             (r#"{"registries":{"n":{"type":"nacos","cluster":"","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "registries.n.cluster", "must name the Envoy cluster"),
@@ -2176,6 +2223,11 @@ mod tests {
             ("{\n  \"registries\": {\"n\": {\"type\": \"nacos\", \"cluster\": \"n\", \"authority\": \"a\"}},\n  \"services\": [\n    {\"name\": \"d\", \"registry\": \"n\"},\n    {\"name\": \"e\", \"registry\": \"n\", \"policy\": \"least\\\"conn\"}\n  ]\n}".into(), "services[1].policy", "unknown variant"),
             (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","path_prefix":"/eu reka"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.path_prefix", "no spaces"),
             (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","token":"t"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.token", "unknown field `token`"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","fetch":"deltas"}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.fetch", "'deltas' is not one of \"application\", \"delta\""),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","fetch":"delta","registry_fetch_interval_ms":500}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.registry_fetch_interval_ms", "between 1000 and 90000"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","fetch":"delta","registry_fetch_interval_ms":180000}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.registry_fetch_interval_ms", "between 1000 and 90000"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","registry_fetch_interval_ms":30000}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.registry_fetch_interval_ms", "with \"fetch\": \"delta\" only"),
+            (r#"{"registries":{"e":{"type":"eureka","cluster":"e","authority":"a","fetch":7}},"services":[{"name":"d","registry":"e"}]}"#.into(), "registries.e.fetch", "invalid type"),
             (r#"{"drain":{"header":""},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n"}]}"#.into(), "drain.header", "lowercase header name"),
             (with_service(r#","routing":{"header":"x-lossless-drain"}"#), "services[0].routing.header", "'x-lossless-drain' is already drain.header"),
             (r#"{"drain":{"pin_header":"x-pin"},"registries":{"n":{"type":"nacos","cluster":"n","authority":"a"}},"services":[{"name":"d","registry":"n","routing":{"header":"x-pin"}}]}"#.into(), "services[0].routing.header", "'x-pin' is already drain.pin_header"),

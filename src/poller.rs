@@ -188,6 +188,32 @@ impl PollState {
         self.apply(sc, current, parsed, now_ms, None)
     }
 
+    /// A list from a registry-wide fetch (Eureka's delta, [`crate::registry::eureka::delta`]), checked
+    /// against `current` by the same keep-last-good rules as a polled one. Returns what happened and
+    /// the snapshot to publish, if any.
+    pub fn on_fetched(
+        &mut self,
+        sc: &ServiceConfig,
+        current: &Snapshot,
+        parsed: Parsed,
+        now_ms: i64,
+    ) -> (RefreshOutcome, Option<Snapshot>) {
+        self.apply(sc, current, parsed, now_ms, None)
+    }
+
+    /// Whether a list held back now is confirmed by the next replies: not while the members the
+    /// registry does not list are kept because it is being registered with again (that lasts
+    /// `guard.reregister_ms`, whatever the replies say).
+    pub fn confirming(&self) -> bool {
+        !self.tracker.reregistering()
+    }
+
+    /// The registry did not answer usably (a registry-wide fetch failed): the keep-last-good rules
+    /// treat the next list as one after an outage.
+    pub fn note_failure(&mut self, now_ms: i64) {
+        self.tracker.note_failure(now_ms);
+    }
+
     /// A fresh list through the keep-last-good rules; `print`: the fingerprint of the reply it
     /// came in (a polled list), remembered when applied.
     fn apply(

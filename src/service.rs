@@ -6,6 +6,7 @@ use crate::config::{RegistryConfig, ServiceConfig};
 use crate::poller::PollState;
 use crate::prober::Prober;
 use crate::push;
+use crate::registry::eureka::delta::Fetcher;
 use crate::registry::Session;
 use crate::stats::ServiceStats;
 use crate::transparent::Corrected;
@@ -18,6 +19,8 @@ pub struct Registry {
     pub session: Session,
     /// The push session, when the registry pushes (run by the poller VM only).
     pub push: Option<push::Session>,
+    /// The registry-wide fetch (Eureka with `fetch: "delta"`; run by the poller VM only).
+    pub fetch: Option<Fetcher>,
 }
 
 /// A service: its validated configuration, its poll state, its view, its stats.

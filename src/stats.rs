@@ -137,11 +137,28 @@ pub struct Stats {
     pub online: OnlineStats,
     /// The push sessions ([`crate::push::PushStats`]), added on each tick.
     pub push: crate::push::PushStats,
+    /// Eureka registries fetched whole ([`EurekaStats`]).
+    pub eureka: EurekaStats,
+}
+
+/// Counters of the Eureka registries fetched whole (`fetch: "delta"`,
+/// [`crate::registry::eureka::delta`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EurekaStats {
+    /// Deltas applied whose hash code agreed.
+    pub delta_applied: u64,
+    /// Full fetches applied (the first, after a disagreement, after a delta that could not be used).
+    pub full_applied: u64,
+    /// Deltas whose hash code disagreed with the registry kept: a full fetch followed.
+    pub delta_hash_mismatch: u64,
+    /// Delta or full replies that could not be used (no answer, an error status, too large, not
+    /// readable): the membership stayed as it was.
+    pub fetch_failed: u64,
 }
 
 impl Stats {
     /// The counter names, in the order [`Stats::take`] returns them.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 21] = [
         "notify_marks",
         "admin_denied",
         "client_header_stripped",
@@ -159,13 +176,18 @@ impl Stats {
         "push_stream_opened",
         "push_stream_closed",
         "push_acks",
+        "eureka.delta_applied",
+        "eureka.full_applied",
+        "eureka.delta_hash_mismatch",
+        "eureka.fetch_failed",
     ];
 
     /// The counts since the last call, in [`Stats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 17] {
+    pub fn take(&mut self) -> [u64; 21] {
         let s = std::mem::take(self);
         let o = s.online;
         let p = s.push;
+        let e = s.eureka;
         [
             s.notify_marks,
             s.admin_denied,
@@ -184,6 +206,10 @@ impl Stats {
             p.stream_opened,
             p.stream_closed,
             p.acks,
+            e.delta_applied,
+            e.full_applied,
+            e.delta_hash_mismatch,
+            e.fetch_failed,
         ]
     }
 }
@@ -426,6 +452,7 @@ mod tests {
                 warm_failed: 14,
             },
             push: crate::push::PushStats { stream_opened: 15, stream_closed: 16, acks: 17 },
+            eureka: EurekaStats { delta_applied: 18, full_applied: 19, delta_hash_mismatch: 20, fetch_failed: 21 },
         };
         let named: Vec<(&str, u64)> = Stats::NAMES.iter().copied().zip(g.take()).collect();
         assert_eq!(
@@ -451,6 +478,10 @@ mod tests {
             ("push_stream_opened", 15),
             ("push_stream_closed", 16),
             ("push_acks", 17),
+            ("eureka.delta_applied", 18),
+            ("eureka.full_applied", 19),
+            ("eureka.delta_hash_mismatch", 20),
+            ("eureka.fetch_failed", 21),
         ] {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }

@@ -745,7 +745,7 @@ fn text(v: Loose<'_>) -> Option<Cow<'_, str>> {
 }
 
 /// What became of one record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Rec {
     /// An instance and its count of malformed metadata values.
     Kept(Instance, u32),

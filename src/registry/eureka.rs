@@ -48,11 +48,15 @@
 //! instance (or application) list is an empty one. A missing `application`, or a list of the wrong
 //! type, is a parse error.
 
+pub mod delta;
+
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::de::{read_with, Batch, Each, Loose, Meta, MetaSide, Obj, Rec, Records, Side, Under, With};
+use std::marker::PhantomData;
+
+use super::de::{read_with, Batch, Each, Field, Loose, Meta, MetaSide, Obj, Rec, Records, Side, Under, With};
 use super::{
     encode, get_request, list_reply, Adapter, Call, Cursor, Endpoint, HttpRequest, HttpResponse, Parsed, RegistryError,
     Reply, ServiceQuery, Session,
@@ -64,11 +68,14 @@ pub struct Eureka {
     pub endpoint: Endpoint,
     /// Path prefix of the Eureka REST API, default `/eureka`.
     pub prefix: String,
+    /// `fetch: "delta"`: the registry is fetched whole, one delta per this interval (ms), as
+    /// Eureka's own client does ([`delta`]); `None`: one request per application per refresh.
+    pub delta_interval_ms: Option<u64>,
 }
 
 impl Eureka {
     pub fn new(endpoint: Endpoint, prefix: String) -> Self {
-        Eureka { endpoint, prefix }
+        Eureka { endpoint, prefix, delta_interval_ms: None }
     }
 }
 
@@ -76,15 +83,16 @@ impl Eureka {
 /// metadata keys `build` reads are kept.
 pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError> {
     let keys = meta_keys(build);
-    let mut records = Records::new(&keys, "metadata", |i: &Inst<'_>, m: &Meta<'_>| {
+    let mut each = |i: &Inst<'_>, m: &Meta<'_>| {
         // delta bodies mark removed instances DELETED: they are not members (and not malformed)
         if i.action_type.as_str() == Some("DELETED") {
             Rec::Ignored
         } else {
             instance(i, m, build)
         }
-    });
-    let mut top = Top { records: &mut records, app: None, apps: None };
+    };
+    let mut records = Records::new(&keys, "metadata", &mut each as EachInst<'_, '_>);
+    let mut top = Top { records: &mut records, app: None, apps: None, hash: None };
     read_with(body, With::<IgnoredAny, _>::new(&mut top))?;
     // `application` wins when both are there
     let Some((batch, ok)) = top.app.or(top.apps) else {
@@ -93,6 +101,10 @@ pub fn parse(body: &[u8], build: &BuildOptions) -> Result<Parsed, RegistryError>
     ok.map_err(|m| RegistryError::Parse(m.into()))?;
     Ok(batch.finish())
 }
+
+/// What becomes of each `InstanceInfo` record, behind one pointer type so that the per-application
+/// parse and the registry-wide fetch ([`delta`]) share one copy of the record reader in the module.
+type EachInst<'f, 'a> = &'f mut dyn FnMut(&Inst<'a>, &Meta<'a>) -> Rec;
 
 /// The metadata keys read, without the `@class` marker Eureka writes for an empty map.
 fn meta_keys(build: &BuildOptions) -> Vec<&str> {
@@ -126,6 +138,13 @@ pub fn parse_instance_value(rec: &Value, build: &BuildOptions) -> Option<(Instan
 struct Inst<'a> {
     #[serde(borrow)]
     ip_addr: Loose<'a>,
+    /// `instanceId`, `hostName` and `app`: read by the registry-wide fetch only ([`delta`]).
+    #[serde(borrow)]
+    instance_id: Loose<'a>,
+    #[serde(borrow)]
+    host_name: Loose<'a>,
+    #[serde(borrow)]
+    app: Loose<'a>,
     #[serde(borrow)]
     port: Obj<'a, Port<'a>>,
     #[serde(borrow)]
@@ -165,13 +184,15 @@ struct Top<'r, R> {
     records: &'r mut R,
     app: Got,
     apps: Got,
+    /// `applications.apps__hashcode`, when it is a string (read by [`delta`]).
+    hash: Option<String>,
 }
 
 impl<'de: 'a, 'a, F: FnMut(&Inst<'a>, &Meta<'a>) -> Rec> Side<'de> for Top<'_, Records<'_, 'a, Inst<'a>, F>> {
     fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         let ok = match key {
             "application" if self.app.is_none() => app(&mut *self.records, map)?,
-            "applications" if self.apps.is_none() => apps(&mut *self.records, map)?,
+            "applications" if self.apps.is_none() => apps(&mut *self.records, map, &mut self.hash)?,
             "application" => return Err(de::Error::duplicate_field("application")),
             "applications" => return Err(de::Error::duplicate_field("applications")),
             _ => return Ok(false),
@@ -207,14 +228,20 @@ fn app_ok(app: &Obj<'_, IgnoredAny>, instance: Option<&Loose<'_>>) -> Result<(),
 }
 
 /// `/apps`' `applications` (the next value of `map`): the instances of all its applications into
-/// `records`; `Err` with why it is unusable (the first unusable application's reason).
+/// `records`, its `apps__hashcode` into `hash`; `Err` with why it is unusable (the first unusable
+/// application's reason).
 fn apps<'de, E: Each<'de>, A: MapAccess<'de>>(
     records: &mut E,
     map: &mut A,
+    hash: &mut Option<String>,
 ) -> Result<Result<(), &'static str>, A::Error> {
     let mut each = Apps { records, ok: Ok(()) };
-    let mut list = Under::new("application", true, &mut each);
-    let doc = map.next_value_seed(With::<IgnoredAny, _>::new(&mut list))?;
+    let list = Under::new("application", true, &mut each);
+    let code = Field::new("apps__hashcode", PhantomData::<Loose<'de>>);
+    let mut side = (list, code);
+    let doc = map.next_value_seed(With::<IgnoredAny, _>::new(&mut side))?;
+    let (list, code) = side;
+    *hash = code.value.and_then(|v| v.as_str().map(str::to_string));
     Ok(match (doc, list.kind) {
         (Obj::Not(_), _) => Err("\"applications\" is not an object"),
         (_, None | Some(Loose::Null)) => Ok(()),

@@ -15,13 +15,14 @@
 //! One job per file: this one holds the VM's state, its wiring and its view of shared data
 //! ([`Vm::sync`]); `tick.rs` the tick and the calls it dispatches; `refresh.rs` a registry reply
 //! made membership; `checks.rs` the active health checks; `online.rs` the inbound registration;
-//! `request.rs` the request path; `admin.rs` the admin endpoints; `response.rs` the response path;
+//! `fetch.rs` a registry fetched whole (Eureka's delta); `request.rs` the request path; `admin.rs` the admin endpoints; `response.rs` the response path;
 //! `capture.rs` transparent mode's index, plans and shared estimate; `stall.rs` stall detection's
 //! facts, decisions and probes.
 
 mod admin;
 mod capture;
 mod checks;
+mod fetch;
 mod online;
 mod push;
 mod refresh;
@@ -45,6 +46,7 @@ use crate::drain::LocalReply;
 use crate::headers::Headers;
 use crate::health::Counts;
 use crate::registration::{self, Online, Step};
+use crate::registry::eureka::delta::Fetch;
 use crate::registry::{Call, HttpRequest};
 use crate::router::Router;
 use crate::service::{Registry, Service};
@@ -149,6 +151,8 @@ pub enum Purpose {
     Online(Step),
     /// A stall probe of this instance ([`crate::stall`]).
     StallProbe(String),
+    /// A registry-wide fetch of registry `.0` (Eureka with `fetch: "delta"`).
+    Fetch(usize, Fetch),
 }
 
 /// One worker VM's state: configuration, registries, services, the shared view, the lease.

@@ -25,7 +25,8 @@ pub(super) fn registries(cfgs: Vec<RegistryConfig>, services: &[ServiceConfig]) 
             // a registry no service uses keeps no session
             let subs = subscriptions(i, services);
             let push = cfg.push.clone().filter(|_| !subs.is_empty()).map(|p| push::Session::new(p, subs, needs_token));
-            Registry { cfg, session: Default::default(), push }
+            let fetch = super::fetch::fetcher(i, &cfg, services);
+            Registry { cfg, session: Default::default(), push, fetch }
         })
         .collect()
 }

@@ -84,7 +84,7 @@ impl Vm {
     }
 
     /// Stats and logs for a refresh outcome.
-    fn account(&mut self, svc: usize, outcome: &RefreshOutcome, now_ms: i64) {
+    pub(super) fn account(&mut self, svc: usize, outcome: &RefreshOutcome, now_ms: i64) {
         let Some(s) = self.services.get_mut(svc) else { return };
         let name = s.cfg.name.clone();
         let st = &mut s.stats;

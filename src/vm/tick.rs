@@ -21,6 +21,9 @@ impl Vm {
                 s.poll.reset();
                 s.prober.reset();
             }
+            for f in self.registries.iter_mut().filter_map(|r| r.fetch.as_mut()) {
+                f.reset();
+            }
             self.stall.reset_probes();
             self.pending.clear();
             if polls {
@@ -48,9 +51,13 @@ impl Vm {
         let mut out = Vec::new();
         for (i, s) in self.services.iter_mut().enumerate() {
             let Some(reg) = self.registries.get(s.cfg.registry) else { continue };
-            out.extend(refresh::registry_due(i, s, reg, now_ms));
+            // a registry fetched whole is asked once for all its services (`fetches_due`)
+            if reg.fetch.is_none() {
+                out.extend(refresh::registry_due(i, s, reg, now_ms));
+            }
             checks::probes_due(i, s, shared, &self.keys, now_ms, &mut self.rng, &mut out);
         }
+        self.fetches_due(now_ms, &mut out);
         self.stall_probes_due(now_ms, &mut out);
         self.online_due(shared, now_ms, &mut out);
         out
@@ -64,6 +71,9 @@ impl Vm {
     /// The host refused to dispatch `d` (`why`, for the log): retried after one interval.
     pub fn dispatch_failed(&mut self, d: &Dispatch, why: &str, now_ms: i64) {
         self.stats.dispatch_failed += 1;
+        if let Purpose::Fetch(ri, _) = d.purpose {
+            self.fetch_dispatch_failed(ri, now_ms);
+        }
         let retry = interval(&self.settings, &mut self.rng);
         let Some(s) = self.services.get_mut(d.service) else { return };
         match &d.purpose {
@@ -73,6 +83,7 @@ impl Vm {
             }
             Purpose::Probe(addr) => s.prober.dispatch_failed(addr),
             Purpose::StallProbe(addr) => self.stall.probe_dispatch_failed(addr, now_ms),
+            Purpose::Fetch(..) => {}
             Purpose::Online(step) => {
                 let draining = self.view.self_drain.draining();
                 if let (Some(ib), Some(o)) = (&self.settings.inbound, self.online.as_mut()) {
@@ -96,6 +107,9 @@ impl Vm {
                 .get(*svc)
                 .and_then(|s| self.registries.get(s.cfg.registry))
                 .map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes),
+            Some((_, Purpose::Fetch(ri, _))) => {
+                self.registries.get(*ri).map_or(0, |r| r.cfg.kind.endpoint().max_body_bytes)
+            }
             Some((_, Purpose::Online(_))) => 64 * 1024,
             _ => 0,
         }
@@ -113,6 +127,7 @@ impl Vm {
     ) -> Option<(usize, RefreshOutcome)> {
         match self.pending.remove(&token)? {
             (svc, Purpose::Registry(call)) => self.on_registry_reply(shared, svc, call, resp, now_ms),
+            (_, Purpose::Fetch(ri, fetch)) => self.on_fetch_reply(shared, ri, fetch, resp, now_ms),
             (svc, Purpose::Probe(addr)) => {
                 self.on_probe_reply(shared, svc, &addr, resp.status, now_ms);
                 None
