@@ -202,12 +202,13 @@ bench: build envoy bench-deps
 	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) PASSTHROUGH_WASM=$(abspath $(PASSTHROUGH)) \
 	  WASM_BUDGET=$(WASM_BUDGET) python3 bench/run.py $(BENCH_ARGS)
 
-# What N proxies cost one registry, polled against pushed (about 12 minutes): N Envoys (1, 10, 30)
-# over 10 services of one rnacos; writes the scale block of BENCHMARKS.md.
+# What N proxies cost one registry (about 25 minutes): N Envoys (1, 10, 30) over 10 services,
+# rnacos polled and pushed, Consul's blocking queries (a stand-in), Eureka's delta (the real
+# server); writes the scale block of BENCHMARKS.md.
 SCALE_ARGS ?=
 .PHONY: bench-scale
-bench-scale: build envoy rnacos
-	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) RNACOS_BIN=$(RNACOS) \
+bench-scale: build envoy rnacos eureka
+	ENVOY_BIN=$(abspath $(ENVOY)) LOSSLESS_WASM=$(abspath $(WASM)) RNACOS_BIN=$(RNACOS) EUREKA_JAR=$(EUREKA_JAR) \
 	  python3 bench/scale.py --out BENCHMARKS.md $(SCALE_ARGS)
 
 # The demo (about 3 minutes): rnacos, a gateway Envoy with lossless, three JVM-like instances behind

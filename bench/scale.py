@@ -9,6 +9,9 @@ instances each) against one rnacos, for each N of --proxies and each mode:
   consul  Consul's health endpoint with blocking queries (`wait_s` 30, the default), against
         bench/consul_front.py, which answers as Consul's "Blocking Queries" doc says (no Consul
         server can be obtained here); its CPU is a Python stand-in's and is not reported
+  delta  a real Eureka server (EUREKA_JAR, the kit's peers/eureka-server at its defaults: a 30 s
+        read-only response cache), `fetch: "delta"`: one /apps/delta per proxy every 30 s for
+        every service (--delta-changes changes, each waited for up to a minute and more)
 Measured per run, once every proxy lists every service:
   - idle registry load: the requests the proxies sent the registry over --idle seconds, from each
     Envoy's own upstream counters (`cluster.registry.upstream_rq_total`: HTTP lists and logins;
@@ -26,8 +29,8 @@ own: nothing is shared between proxies).
 Results go to stdout and, with --out, into the block between `<!-- scale: begin -->` and
 `<!-- scale: end -->` of that file (BENCHMARKS.md).
 
-Environment: ENVOY_BIN, LOSSLESS_WASM, RNACOS_BIN (required). Python stdlib only. Every process
-is tracked by pid and stopped; every wait is bounded.
+Environment: ENVOY_BIN, LOSSLESS_WASM, RNACOS_BIN (required); EUREKA_JAR for the delta mode.
+Python stdlib only. Every process is tracked by pid and stopped; every wait is bounded.
 """
 
 import argparse
@@ -98,12 +101,16 @@ def service_name(i):
 def filter_config(mode, registry, services):
     if mode == "consul":
         reg = {"type": "consul", "cluster": "registry", "authority": registry.addr}
+    elif mode == "delta":
+        reg = {"type": "eureka", "cluster": "registry", "authority": registry.addr,
+               "timeout_ms": 2000, "fetch": "delta"}
     else:
         reg = {"type": "nacos", "cluster": "registry", "authority": registry.addr,
                "timeout_ms": 1000, "api": "v1"}
     if mode == "push":
         reg.update(grpc_cluster="registry-grpc", reconcile_interval_ms=RECONCILE_MS)
-    svcs = [{"name": service_name(i), "registry": "reg", "registry_service": service_name(i),
+    svcs = [{"name": service_name(i), "registry": "reg",
+             "registry_service": registry.service(service_name(i)),
              "guard": {"departure_memory_ms": 0}} for i in range(services)]
     cfg = {"registries": {"reg": reg}, "services": svcs, "refresh_interval_ms": 1000}
     return json.dumps(cfg, separators=(",", ":"))
@@ -138,7 +145,55 @@ def registry_requests(envoys):
     return total
 
 
-class ConsulFront:
+class Registry:
+    """What a run needs of its registry: `addr` ("ip:port" of its HTTP API), `http_port`,
+    `grpc_port`, the service name it keeps a service under, register / deregister one instance
+    (127.0.0.1:port) of a service, and its process for the CPU columns (`cpu_pid`, None when its
+    CPU says nothing about the real registry's). `idle_cpu`: its own CPU share with no proxy."""
+
+    cpu_pid = None
+    idle_cpu = 0.0
+
+    def service(self, name):
+        return name
+
+
+class NacosRegistry(Registry):
+    def __init__(self, rnacos):
+        self.rnacos = rnacos
+        self.addr, self.http_port, self.grpc_port = rnacos.addr, rnacos.http_port, rnacos.grpc_port
+        self.cpu_pid = rnacos.pid
+
+    def register(self, service, port):
+        self.rnacos.register(service, LOOPBACK, port, metadata={"timestamp": now_ms() - HOUR_MS})
+
+    def deregister(self, service, port):
+        self.rnacos.deregister(service, LOOPBACK, port)
+
+
+class EurekaRegistry(Registry):
+    """The kit's real Eureka server; leases of an hour, so that nothing expires during a run."""
+
+    def __init__(self, procs):
+        from kit.eureka import Eureka  # only this mode needs EUREKA_JAR
+
+        self.eureka = Eureka(procs).start()
+        self.addr = self.eureka.addr
+        self.http_port = self.grpc_port = self.eureka.port
+        self.cpu_pid = self.eureka.pid
+
+    def service(self, name):
+        return name.upper()
+
+    def register(self, service, port):
+        self.eureka.register(service.upper(), f"{service}-{port}", port, duration_s=3600,
+                             metadata={"timestamp": now_ms() - HOUR_MS})
+
+    def deregister(self, service, port):
+        self.eureka.cancel(service.upper(), f"{service}-{port}")
+
+
+class ConsulFront(Registry):
     """bench/consul_front.py, started by `procs`."""
 
     def __init__(self, procs):
@@ -166,7 +221,8 @@ class ConsulFront:
 
 def run_one(mode, n, args, registries, workdir):
     registry = registries[mode]
-    rnacos = registries.get("poll")
+    changes = args.delta_changes if mode == "delta" else args.changes
+    change_timeout = 150.0 if mode == "delta" else args.change_timeout
     procs = Procs(Path(workdir) / f"{mode}-{n}")
     envoys = []
     try:
@@ -195,25 +251,26 @@ def run_one(mode, n, args, registries, workdir):
 
         # idle
         def cpu():
-            return cpu_seconds(rnacos.pid) if mode != "consul" else 0.0
+            return cpu_seconds(registry.cpu_pid) if registry.cpu_pid else 0.0
         rq0, cpu0, t0 = registry_requests(envoys), cpu(), time.monotonic()
         time.sleep(args.idle)
         rq1, cpu1, t1 = registry_requests(envoys), cpu(), time.monotonic()
         window = t1 - t0
-        added = max((cpu1 - cpu0) / window - args.idle_cpu, 0.0) if mode != "consul" else None
+        added = (max((cpu1 - cpu0) / window - registry.idle_cpu, 0.0) if registry.cpu_pid
+                 else None)
         rps = (rq1 - rq0) / window
 
         # changes to service 0: deregister / register again its third instance, in turn
         svc = service_name(0)
         lags, last = [], []
-        for k in range(args.changes):
+        for k in range(changes):
             port = 20_002
             before = now_ms()
             if k % 2 == 0:
-                deregister(registry, svc, port)
+                registry.deregister(svc, port)
             else:
-                register(registry, svc, port)
-            deadline = time.monotonic() + args.change_timeout
+                registry.register(svc, port)
+            deadline = time.monotonic() + change_timeout
             seen = {}
             while len(seen) < n and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -225,7 +282,7 @@ def run_one(mode, n, args, registries, workdir):
             missing = n - len(seen)
             if missing:
                 log(f"{mode} n={n}: change {k} not applied by {missing} proxies within "
-                    f"{args.change_timeout} s")
+                    f"{change_timeout} s")
             lags.extend(seen.values())
             if seen and not missing:
                 last.append(max(seen.values()))
@@ -237,31 +294,17 @@ def run_one(mode, n, args, registries, workdir):
             "rps_per_proxy_service": round(rps / n / args.services, 4),
             "registry_cpu_pct": None if added is None else round(100 * added, 2),
             "registry_cpu_ms_per_proxy_s": None if added is None else round(1000 * added / n, 3),
-            "changes": args.changes,
+            "changes": changes,
             "applied_p50_ms": round(percentile(lags, 0.5)) if lags else None,
             "applied_p99_ms": round(percentile(lags, 0.99)) if lags else None,
             "last_proxy_p50_ms": round(percentile(last, 0.5)) if last else None,
             "last_proxy_p99_ms": round(percentile(last, 0.99)) if last else None,
-            "not_applied": args.changes * n - len(lags),
+            "not_applied": changes * n - len(lags),
         }
         log(f"ROW {json.dumps(row)}")
         return row
     finally:
         procs.stop_all()
-
-
-def register(registry, svc, port):
-    if isinstance(registry, ConsulFront):
-        registry.register(svc, port)
-    else:
-        registry.register(svc, LOOPBACK, port, metadata={"timestamp": now_ms() - HOUR_MS})
-
-
-def deregister(registry, svc, port):
-    if isinstance(registry, ConsulFront):
-        registry.deregister(svc, port)
-    else:
-        registry.deregister(svc, LOOPBACK, port)
 
 
 def table(rows, args, load):
@@ -274,7 +317,8 @@ def table(rows, args, load):
         f"{args.services} services of {INSTANCES} instances, Envoy `--concurrency 2`, "
         f"rnacos 0.8.8, "
         f"idle window {args.idle} s, {args.changes} changes per run; load average at the start "
-        f"{load}; rnacos alone {100 * args.idle_cpu:.2f} % CPU, subtracted).",
+        f"{load}; each registry's own CPU with no proxy subtracted: {args.idle_note}; the delta "
+        f"mode's changes are {args.delta_changes} per run).",
         "",
         head,
         "|---" * (head.count("|") - 1) + "|",
@@ -312,13 +356,14 @@ def write_block(path, block):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proxies", default="1,10,30")
-    ap.add_argument("--modes", default="poll,push,consul")
+    ap.add_argument("--modes", default="poll,push,consul,delta")
     ap.add_argument("--services", type=int, default=10)
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of the idle window")
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--gap", type=float, default=1.5, help="seconds between two changes")
     ap.add_argument("--change-timeout", type=float, default=15.0)
+    ap.add_argument("--delta-changes", type=int, default=2)
     ap.add_argument("--out", help="rewrite the scale block of this file (BENCHMARKS.md)")
     args = ap.parse_args()
     interrupt_on_signals()
@@ -328,21 +373,32 @@ def main():
     rows = []
     try:
         modes = args.modes.split(",")
-        rnacos = Rnacos(procs, workdir).start()
-        registries = {"poll": rnacos, "push": rnacos}
-        # rnacos' own CPU with no proxy at all, over the same window: the registry CPU columns
-        # are what the proxies add to it
-        time.sleep(args.settle)
-        c0, t0 = cpu_seconds(rnacos.pid), time.monotonic()
-        time.sleep(args.idle)
-        args.idle_cpu = (cpu_seconds(rnacos.pid) - c0) / (time.monotonic() - t0)
-        log(f"rnacos alone: {100 * args.idle_cpu:.2f} % CPU")
+        nacos = NacosRegistry(Rnacos(procs, workdir).start())
+        registries = {"poll": nacos, "push": nacos}
         if "consul" in modes:
             registries["consul"] = ConsulFront(procs)
-        for registry in {id(r): r for r in registries.values()}.values():
+        if "delta" in modes:
+            registries["delta"] = EurekaRegistry(procs)
+        notes = []
+        for name, registry in (("rnacos", nacos), ("Eureka", registries.get("delta"))):
+            if registry is None:
+                continue
             for i in range(args.services):
                 for k in range(INSTANCES):
-                    register(registry, service_name(i), 20_000 + k)
+                    registry.register(service_name(i), 20_000 + k)
+            # its own CPU with no proxy at all, over the same window: the registry CPU columns
+            # are what the proxies add to it
+            time.sleep(args.settle)
+            c0, t0 = cpu_seconds(registry.cpu_pid), time.monotonic()
+            time.sleep(args.idle)
+            registry.idle_cpu = (cpu_seconds(registry.cpu_pid) - c0) / (time.monotonic() - t0)
+            notes.append(f"{name} {100 * registry.idle_cpu:.2f} %")
+            log(f"{name} alone: {100 * registry.idle_cpu:.2f} % CPU")
+        if "consul" in registries:
+            for i in range(args.services):
+                for k in range(INSTANCES):
+                    registries["consul"].register(service_name(i), 20_000 + k)
+        args.idle_note = ", ".join(notes)
         for n in (int(x) for x in args.proxies.split(",")):
             for mode in modes:
                 log(f"{mode}, {n} proxies")
@@ -351,8 +407,8 @@ def main():
                 except (TimeoutError, RuntimeError, OSError) as exc:
                     log(f"{mode}, {n} proxies: left out ({exc})")
                 # leave service 0 as it started
-                if args.changes % 2:
-                    register(registries[mode], service_name(0), 20_002)
+                if (args.delta_changes if mode == "delta" else args.changes) % 2:
+                    registries[mode].register(service_name(0), 20_002)
     finally:
         procs.stop_all()
     block = table(rows, args, load)
