@@ -260,6 +260,9 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
     live_at = time.time() - offset
     first = membership(new["lossless"].listen)
     assert first["services"][0]["version"] == 0, "shared data does not outlive the process"
+    first_stable = membership(new["original_dst_stable"].listen)["services"][0]
+    assert first_stable["version"] == 0 and first_stable["no_membership_fallback"] == stable, \
+        first_stable
     # the registry stays down DOWN_FOR, and at least MIN_DOWN_LIVE after the last new process is
     # live (the restarts are one after the other: on a busy machine they take seconds each)
     time.sleep(max(0.0, fault + DOWN_FOR - (time.time() - offset),
