@@ -70,7 +70,8 @@ pub const FORBIDDEN: &str = "lossless: admin endpoints answer loopback callers o
 /// The JSON view of what this VM believes: services, members with live weights, marks. Shape:
 /// `{now_ms, poller, services: [{name, registry_service, match_clusters, version, updated_ms,
 /// hosts: {total, serving, warming, draining, down}, overload_protection: null|{threshold_percent,
-/// in_force}, instances: [{address, state, marked,
+/// in_force}, no_membership_fallback: null|[address] (the `routing.no_membership_addresses`
+/// requests go to now: configured, and no membership yet), instances: [{address, state, marked,
 /// ejected: {times, until_ms, trial_until_ms}|null, stalled: {since_ms, cause}|null,
 /// health_check_failing, weight, live_weight, start_ms, warmup_ms, warming}]}], self?: {…}}`
 /// (times in ms since the epoch; `cause` `quiet` or `connect_failure`); the VM puts its id (`vm`,
@@ -120,6 +121,19 @@ pub fn membership_json(
                 );
             }
             None => o.push_str("null"),
+        }
+        o.push_str(",\"no_membership_fallback\":");
+        if sv.snap.version == 0 && !s.cfg.no_membership_addresses.is_empty() {
+            o.push('[');
+            for (j, a) in s.cfg.no_membership_addresses.iter().enumerate() {
+                if j > 0 {
+                    o.push(',');
+                }
+                json_str(&mut o, a);
+            }
+            o.push(']');
+        } else {
+            o.push_str("null");
         }
         o.push_str(",\"instances\":[");
         for (i, m) in sv.members.iter().enumerate() {

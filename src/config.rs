@@ -104,6 +104,10 @@ pub struct ServiceConfig {
     pub routing: RoutingMode,
     pub header: String,
     pub fallbacks: usize,
+    /// `routing.no_membership_addresses` (original_dst only): canonical `ip:port` addresses one of
+    /// which is written as the pick while the service has never had a membership (snapshot
+    /// version 0); empty: such a request is refused (`no_membership`).
+    pub no_membership_addresses: Vec<String>,
     pub policy: Policy,
     pub curve: Curve,
     /// `warmup.overload_protection`: warm-up stops while too many instances warm at once
@@ -928,7 +932,7 @@ fn validate_service(
             ));
         }
     }
-    validate_routing(p, &s.routing, drain)?;
+    let no_membership_addresses = validate_routing(p, &s.routing, drain)?;
     let w = &s.warmup;
     validate_warmup(p, w)?;
     validate_guard(p, &s.guard)?;
@@ -961,6 +965,7 @@ fn validate_service(
         routing: s.routing.mode,
         header: s.routing.header,
         fallbacks: if s.routing.mode == RoutingMode::OriginalDst { 0 } else { s.routing.fallbacks },
+        no_membership_addresses,
         policy: s.policy,
         curve: s.warmup.curve,
         overload_protection: s.warmup.overload_protection,
@@ -988,18 +993,28 @@ struct RawRouting {
     mode: RoutingMode,
     header: String,
     fallbacks: usize,
+    no_membership_addresses: Vec<String>,
 }
 
 impl Default for RawRouting {
     fn default() -> Self {
-        RawRouting { mode: RoutingMode::OverrideHost, header: "x-lossless-upstream".into(), fallbacks: 2 }
+        RawRouting {
+            mode: RoutingMode::OverrideHost,
+            header: "x-lossless-upstream".into(),
+            fallbacks: 2,
+            no_membership_addresses: Vec::new(),
+        }
     }
 }
 
-/// `services[i].routing`: the header (not reserved, distinct from the drain headers), and
-/// fallbacks only where Envoy can use them (override_host's fallback list; original_dst has a
-/// single address).
-fn validate_routing(p: &str, r: &RawRouting, drain: &DrainConfig) -> Result<(), ConfigError> {
+/// The most `routing.no_membership_addresses` a service may list.
+const MAX_NO_MEMBERSHIP_ADDRESSES: usize = 64;
+
+/// `services[i].routing`: the header (not reserved, distinct from the drain headers), fallbacks
+/// only where Envoy can use them (override_host's fallback list; original_dst has a single
+/// address), and the addresses used before any membership (original_dst only: override_host
+/// falls back to the cluster's own hosts). Returns those addresses, canonical and each once.
+fn validate_routing(p: &str, r: &RawRouting, drain: &DrainConfig) -> Result<Vec<String>, ConfigError> {
     if !valid_header(&r.header) {
         return Err(at(p, "routing.header", "must be a lowercase header name ([a-z0-9-_]+)"));
     }
@@ -1020,7 +1035,32 @@ fn validate_routing(p: &str, r: &RawRouting, drain: &DrainConfig) -> Result<(), 
             "original_dst routes to a single address; fallbacks need mode override_host",
         ));
     }
-    Ok(())
+    let field = "routing.no_membership_addresses";
+    if r.mode == RoutingMode::OverrideHost && !r.no_membership_addresses.is_empty() {
+        return Err(at(
+            p,
+            field,
+            "needs mode original_dst; under override_host a service without membership already goes to the Envoy cluster's own hosts",
+        ));
+    }
+    if r.no_membership_addresses.len() > MAX_NO_MEMBERSHIP_ADDRESSES {
+        return Err(at(p, field, format!("at most {MAX_NO_MEMBERSHIP_ADDRESSES} addresses")));
+    }
+    let mut addresses: Vec<String> = Vec::with_capacity(r.no_membership_addresses.len());
+    for (k, a) in r.no_membership_addresses.iter().enumerate() {
+        let Some(addr) = canonical_addr(a) else {
+            return Err(at(
+                p,
+                &format!("{field}[{k}]"),
+                format!("'{a}' is not an ip:port address (an IP literal, '[..]' around IPv6, a port 1..65535)"),
+            ));
+        };
+        if addresses.contains(&addr) {
+            return Err(at(p, &format!("{field}[{k}]"), format!("'{addr}' is listed twice")));
+        }
+        addresses.push(addr);
+    }
+    Ok(addresses)
 }
 
 /// `services[i].warmup`: the [`BuildOptions`] defaults and the ramp.
@@ -1766,6 +1806,7 @@ mod tests {
         assert_eq!(c.service_for_cluster("nope"), None);
         assert_eq!(c.services[1].routing, RoutingMode::OriginalDst);
         assert_eq!(c.services[1].fallbacks, 0);
+        assert!(c.services[0].no_membership_addresses.is_empty() && c.services[1].no_membership_addresses.is_empty());
         assert_eq!(
             (c.settings.refresh_interval_ms, c.settings.jitter_percent, c.settings.weight_refresh_ms),
             (500, 20, 50)
@@ -2179,6 +2220,19 @@ mod tests {
     }
 
     #[test]
+    fn no_membership_addresses_are_canonical() {
+        let c = parse(
+            with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.1:8080","[::1]:80"," 10.0.0.2:80 "]}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.services[0].no_membership_addresses, ["10.96.0.1:8080", "[::1]:80", "10.0.0.2:80"]);
+        let c = parse(with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":[]}"#).as_bytes())
+            .unwrap();
+        assert!(c.services[0].no_membership_addresses.is_empty(), "empty: today's refusal");
+    }
+
+    #[test]
     fn invalid_configs_name_the_field() {
         let cases: Vec<(String, &str, &str)> = vec![
             ("".into(), "", "a minimal valid one is"),
@@ -2193,6 +2247,13 @@ mod tests {
             (with_service(r#","warmup":{"curve":{"aggression":0}}"#), "services[0].warmup.curve.aggression", "(0, 100]"),
             (with_service(r#","routing":{"header":"X-Bad Header"}"#), "services[0].routing.header", "lowercase header name"),
             (with_service(r#","routing":{"fallbacks":"two"}"#), "services[0].routing.fallbacks", "invalid type: string \"two\", expected usize"),
+            (with_service(r#","routing":{"no_membership_addresses":["10.96.0.1:80"]}"#), "services[0].routing.no_membership_addresses", "needs mode original_dst"),
+            (with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.1:80","orders.svc:80"]}"#), "services[0].routing.no_membership_addresses[1]", "'orders.svc:80' is not an ip:port address"),
+            (with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.1"]}"#), "services[0].routing.no_membership_addresses[0]", "is not an ip:port address"),
+            (with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.1:0"]}"#), "services[0].routing.no_membership_addresses[0]", "is not an ip:port address"),
+            (with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.1:80"," 10.96.0.1:80"]}"#), "services[0].routing.no_membership_addresses[1]", "'10.96.0.1:80' is listed twice"),
+            (with_service(r#","routing":{"mode":"original_dst","no_membership_addresses":"10.96.0.1:80"}"#), "services[0].routing.no_membership_addresses", "invalid type: string \"10.96.0.1:80\", expected a sequence"),
+            (with_service(r#","routing":{"mode":"original_dst","fallback":["10.96.0.1:80"]}"#), "services[0].routing.fallback", "unknown field `fallback`"),
             (with_service(r#","tag":"v1""#), "services[0].tag", "does not apply to a nacos registry"),
             (with_service(r#","guard":{"protect_threshold":1.5}"#), "services[0].guard.protect_threshold", "between 0 and 1"),
             (with_service(r#","outlier_detection":{"max_ejection_percent":101}"#), "services[0].outlier_detection.max_ejection_percent", "between 0 and 100"),

@@ -31,6 +31,9 @@ pub enum Route {
     /// Set the service's routing header to `value` (the picked addresses, comma-separated,
     /// primary first) and forward.
     Forward { service: usize, value: String },
+    /// original_dst before any membership: set the service's routing header to `value`, one of
+    /// its `routing.no_membership_addresses`, and forward. Not a member: its answer is not judged.
+    NoMembershipFallback { service: usize, value: String },
     /// Answer locally with 503.
     Reject { service: Option<usize>, reason: Reason },
 }
@@ -249,6 +252,17 @@ pub fn inbound(
     }
 }
 
+/// original_dst with no membership yet: one of the service's `routing.no_membership_addresses`,
+/// picked at random, or the `no_membership` refusal when it lists none.
+fn no_membership_fallback(svc: usize, sc: &ServiceConfig, rng: &mut Rng) -> Route {
+    let n = sc.no_membership_addresses.len();
+    let k = if n > 1 { usize::try_from(rng.below(n as u64)).unwrap_or(0) } else { 0 };
+    match sc.no_membership_addresses.get(k) {
+        Some(addr) => Route::NoMembershipFallback { service: svc, value: addr.clone() },
+        None => Route::Reject { service: Some(svc), reason: Reason::NoMembership },
+    }
+}
+
 /// Routes a request to service `svc` (`sc`, `sv`). `pin` is the operator's pin header, if
 /// configured and sent; `trial` an ejected member this request is the trial of (it goes first
 /// unless a pin does); `scratch` is reused across calls.
@@ -265,10 +279,10 @@ pub fn route(
 ) -> Route {
     if sv.snap.version == 0 {
         // no membership yet: override_host falls back to the cluster's own policy (fail open);
-        // original_dst has nowhere to go
+        // original_dst to the operator's stable addresses, if any, else it has nowhere to go
         return match sc.routing {
             RoutingMode::OverrideHost => Route::PassThrough,
-            RoutingMode::OriginalDst => Route::Reject { service: Some(svc), reason: Reason::NoMembership },
+            RoutingMode::OriginalDst => no_membership_fallback(svc, sc, rng),
         };
     }
     sv.balancer.refresh_if_due(&sv.members, now_ms, rng);
@@ -301,4 +315,79 @@ pub fn route(
         }
     }
     Route::Forward { service: svc, value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::instance::{Instance, State};
+
+    fn sc(routing: &str) -> ServiceConfig {
+        let json = format!(
+            r#"{{"registries":{{"s":{{"type":"static","cluster":"cp","authority":"cp","path":"/x"}}}},
+            "services":[{{"name":"demo","registry":"s","routing":{routing}}}]}}"#
+        );
+        config::parse(json.as_bytes()).unwrap().services.remove(0)
+    }
+
+    fn go(sc: &ServiceConfig, sv: &mut ServiceView, rng: &mut Rng) -> Route {
+        route(0, sc, sv, None, None, 1_000, rng, &mut Vec::new())
+    }
+
+    #[test]
+    fn no_membership_fallback_only_before_the_first_membership() {
+        let sc = sc(r#"{"mode":"original_dst","no_membership_addresses":["10.96.0.10:8080","10.0.0.9:80"]}"#);
+        let mut sv = ServiceView::new(&sc, 100);
+        let mut rng = Rng::new(7);
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..1000 {
+            match go(&sc, &mut sv, &mut rng) {
+                Route::NoMembershipFallback { service: 0, value } => *seen.entry(value).or_insert(0) += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen.len(), 2, "both addresses: {seen:?}");
+        assert!(seen.values().all(|n| (400..=600).contains(n)), "spread evenly: {seen:?}");
+        // a membership is known: the members, never the fallback again, even when none serves
+        sv.snap.version = 1;
+        sv.members = vec![Instance {
+            addr: "10.0.0.1:80".into(),
+            weight: 100,
+            start_ms: None,
+            warmup_ms: 0,
+            state: State::Serving,
+        }];
+        assert_eq!(go(&sc, &mut sv, &mut rng), Route::Forward { service: 0, value: "10.0.0.1:80".into() });
+        sv.members[0].state = State::Draining;
+        sv.balancer = crate::balancer::Balancer::new(sc.policy, sc.curve, 100);
+        assert_eq!(go(&sc, &mut sv, &mut rng), Route::Reject { service: Some(0), reason: Reason::NoneServing });
+        sv.members.clear();
+        sv.balancer = crate::balancer::Balancer::new(sc.policy, sc.curve, 100);
+        assert_eq!(go(&sc, &mut sv, &mut rng), Route::Reject { service: Some(0), reason: Reason::NoInstances });
+    }
+
+    #[test]
+    fn without_fallback_addresses_no_membership_is_refused_or_passed_through() {
+        let mut rng = Rng::new(7);
+        let sc_dst = sc(r#"{"mode":"original_dst"}"#);
+        let mut sv = ServiceView::new(&sc_dst, 100);
+        assert_eq!(go(&sc_dst, &mut sv, &mut rng), Route::Reject { service: Some(0), reason: Reason::NoMembership });
+        let sc_oh = sc(r#"{"mode":"override_host"}"#);
+        let mut sv = ServiceView::new(&sc_oh, 100);
+        assert_eq!(go(&sc_oh, &mut sv, &mut rng), Route::PassThrough, "the cluster's own hosts");
+    }
+
+    #[test]
+    fn a_single_fallback_address_is_always_written() {
+        let sc = sc(r#"{"mode":"original_dst","no_membership_addresses":["[::1]:8080"]}"#);
+        let mut sv = ServiceView::new(&sc, 100);
+        let mut rng = Rng::new(1);
+        for _ in 0..10 {
+            assert_eq!(
+                go(&sc, &mut sv, &mut rng),
+                Route::NoMembershipFallback { service: 0, value: "[::1]:8080".into() }
+            );
+        }
+    }
 }

@@ -44,11 +44,14 @@ pub struct ServiceStats {
     /// held back by the keep-last-good rules).
     pub push_applied: u64,
     pub push_rejected: u64,
+    /// original_dst requests sent to one of `routing.no_membership_addresses` because the
+    /// service has never had a membership.
+    pub no_membership_fallback: u64,
 }
 
 impl ServiceStats {
     /// The counter names, in the order [`ServiceStats::take`] returns them.
-    pub const NAMES: [&'static str; 27] = [
+    pub const NAMES: [&'static str; 28] = [
         "refresh_ok",
         "refresh_failed",
         "refresh_kept",
@@ -76,6 +79,7 @@ impl ServiceStats {
         "local_503.not_ready",
         "push_applied",
         "push_rejected",
+        "routing.no_membership_fallback",
     ];
 
     /// Counts a local 503 (one counter per [`Reason`], in [`Reason::ALL`] order).
@@ -86,7 +90,7 @@ impl ServiceStats {
     }
 
     /// The counts since the last call, in [`ServiceStats::NAMES`] order; resets them.
-    pub fn take(&mut self) -> [u64; 27] {
+    pub fn take(&mut self) -> [u64; 28] {
         let s = std::mem::take(self);
         let [a, b, c, d, e, f, g] = s.local_503;
         [
@@ -117,6 +121,7 @@ impl ServiceStats {
             g,
             s.push_applied,
             s.push_rejected,
+            s.no_membership_fallback,
         ]
     }
 }
@@ -410,6 +415,7 @@ mod tests {
             local_503: [14, 15, 16, 17, 18, 19, 20],
             push_applied: 26,
             push_rejected: 27,
+            no_membership_fallback: 28,
         };
         let values = s.take();
         let named: Vec<(&str, u64)> = ServiceStats::NAMES.iter().copied().zip(values).collect();
@@ -426,6 +432,7 @@ mod tests {
             ("stall_detection.probes", 25),
             ("push_applied", 26),
             ("push_rejected", 27),
+            ("routing.no_membership_fallback", 28),
         ] {
             assert_eq!(named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v), Some(want), "{name}");
         }

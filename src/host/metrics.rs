@@ -104,7 +104,7 @@ impl Metrics {
     }
 
     /// Adds what was counted since the last flush.
-    pub fn flush(&self, stats: &mut Stats, services: impl Iterator<Item = (usize, [u64; 27])>) {
+    pub fn flush(&self, stats: &mut Stats, services: impl Iterator<Item = (usize, [u64; 28])>) {
         add(&self.counters, &stats.take());
         for (i, deltas) in services {
             if let Some(m) = self.services.get(i) {

@@ -123,6 +123,19 @@ mod tests {
         assert_eq!(j["poller"], true);
         assert_eq!(j["services"][0]["hosts"]["warming"], 1);
         assert_eq!(j["services"][0]["overload_protection"], serde_json::Value::Null, "off unless configured");
+        assert_eq!(j["services"][0]["no_membership_fallback"], serde_json::Value::Null, "not configured");
+    }
+
+    #[test]
+    fn membership_json_names_the_no_membership_addresses_while_in_use() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.10:8080","[::1]:80"]}}]}"#;
+        let mut w = World::new(cfg);
+        let j = membership(&mut w, NOW);
+        assert_eq!(j["services"][0]["no_membership_fallback"], serde_json::json!(["10.96.0.10:8080", "[::1]:80"]));
+        w.refresh(THREE, NOW);
+        let j = membership(&mut w, NOW);
+        assert_eq!(j["services"][0]["no_membership_fallback"], serde_json::Value::Null, "a membership is known");
     }
 
     fn membership(w: &mut World, now: i64) -> serde_json::Value {

@@ -101,6 +101,15 @@ impl Vm {
                 ex.written = value;
                 Flow::Continue
             }
+            Route::NoMembershipFallback { service, value } => {
+                // not a member: the answer is not judged, nor the request tracked
+                let Some(s) = self.services.get_mut(service) else { return Flow::Continue };
+                if !h.set_request_header(&s.cfg.header, Some(&value)) {
+                    warn!("cannot set routing header '{}' for service '{}'", s.cfg.header, s.cfg.name);
+                }
+                s.stats.no_membership_fallback += 1;
+                Flow::Continue
+            }
             Route::Reject { service, reason } => self.reject(ex, service, reason),
         }
     }
@@ -253,5 +262,33 @@ mod tests {
         // the response's headers (drain header, attempt count, :status), the clock (when it came)
         assert!(routed.1 <= 2, "{routed:?}");
         assert!(other.0 <= 3 && other.1 == 0, "{other:?}");
+    }
+
+    /// original_dst with `no_membership_addresses`: before any membership the pick is one of
+    /// them (counted, not judged); once a membership is known it is never used again.
+    #[test]
+    fn no_membership_addresses_until_the_first_membership() {
+        let cfg = br#"{"registries":{"s":{"type":"static","cluster":"cp","authority":"cp","path":"/{service}"}},
+            "services":[{"name":"demo","registry":"s","routing":{"mode":"original_dst","no_membership_addresses":["10.96.0.10:8080"]}}]}"#;
+        let mut w = World::new(cfg);
+        let h = host(&w.shared, NOW, &[(":path", "/x"), ("x-lossless-upstream", "169.254.169.254:80")], Some("demo"));
+        let mut ex = Exchange::default();
+        assert_eq!(w.vm.on_request(&h, &mut ex), Flow::Continue);
+        let written: Vec<(String, String)> =
+            h.req.borrow().iter().filter(|(k, _)| k == "x-lossless-upstream").cloned().collect();
+        assert_eq!(written, [("x-lossless-upstream".to_string(), "10.96.0.10:8080".to_string())]);
+        assert_eq!((ex.service, ex.written.as_str()), (None, ""), "not a member: its answer is not judged");
+        assert_eq!(w.route("demo", None, NOW).unwrap(), "10.96.0.10:8080");
+        let s = &w.vm.services[0].stats;
+        assert_eq!((s.no_membership_fallback, s.picks, s.local_503), (2, 0, [0; 7]));
+        w.refresh(THREE, NOW);
+        for _ in 0..50 {
+            let v = w.route("demo", None, NOW).unwrap();
+            assert!(v.starts_with("10.0.0.") && !v.contains(','), "{v}");
+        }
+        w.refresh(r#"{"instances":[{"address":"10.0.0.1:80","state":"draining"}]}"#, NOW + 2000);
+        let r = w.route("demo", None, NOW + 2000).unwrap_err();
+        assert_eq!((r.status, reason(&r)), (503, "none_serving"), "a known membership, none serving: as before");
+        assert_eq!(w.vm.services[0].stats.no_membership_fallback, 2);
     }
 }

@@ -10,7 +10,8 @@ draining, the killed one ejected; plain Envoy (templates/plain-health.yaml: GET 
 
 (a) the gateways are hot restarted (`--restart-epoch 1`, the same `--base-id`): a new process
     takes over the listen sockets, the old one drains (2 s) and exits; lossless runs in both
-    routing modes (override_host and the shipped original_dst template);
+    routing modes (override_host and the shipped original_dst template, once without and once
+    with `routing.no_membership_addresses`);
 (b) lossless' listener is replaced through LDS with a changed filter configuration, in the same
     process (plain Envoy runs beside under the same load, unchanged).
 
@@ -64,6 +65,7 @@ HOT = ["--file-flush-interval-msec", "250", "--drain-time-s", "2", "--parent-shu
        "4"]
 FAULT_AT = 4.0  # s after the loads start
 DOWN_FOR = 10.0  # the registry stays down this long after the fault
+MIN_DOWN_LIVE = 4.0  # ... and at least this long after the new processes are live
 DURATION = FAULT_AT + DOWN_FOR + 8.0
 
 
@@ -205,10 +207,15 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
     reset), and the leaving instance gets no new request from 2 s after that on; never more
     failures than plain Envoy, hot restarted beside it. In original_dst mode (the shipped
     template) the new process has no address to send to: every request it gets before the
-    membership is back is answered 503 no_membership, and none other fails."""
+    membership is back is answered 503 no_membership, and none other fails. With
+    `routing.no_membership_addresses` (two of the warm instances' addresses, as an operator would
+    list a stable address) the same new process sends every request to those until the registry
+    answers, none fails, and the membership takes over once it does (the warming instance gets
+    its share, the leaving one nothing)."""
     fleet = Fleet(rnacos, make_backend, procs)
+    stable = [fleet.a.addr, fleet.b.addr]
     gws, logs = {}, {}
-    for kind in ("lossless", "original_dst", "plain"):
+    for kind in ("lossless", "original_dst_stable", "original_dst", "plain"):
         subs = {"LISTEN_PORT": free_port(), "REGISTRY_PORT": rnacos.http_port,
                 "DEMO_ENDPOINTS": lb_endpoints(fleet.addrs)}
         prefix = "ingress"
@@ -219,6 +226,11 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
             subs["LOSSLESS_CONFIG"] = filter_config(
                 rnacos.addr, service={"routing": {"mode": "original_dst"}})
             base, prefix = ORIGINAL_DST, "demo_pick"  # the inner hop names the instance
+        elif kind == "original_dst_stable":
+            subs["LOSSLESS_CONFIG"] = filter_config(
+                rnacos.addr, service={"routing": {"mode": "original_dst",
+                                                  "no_membership_addresses": stable}})
+            base, prefix = ORIGINAL_DST, "demo_pick"
         else:
             subs["LOSSLESS_CONFIG"] = filter_config(rnacos.addr)
             base = OUTBOUND
@@ -248,13 +260,22 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
     live_at = time.time() - offset
     first = membership(new["lossless"].listen)
     assert first["services"][0]["version"] == 0, "shared data does not outlive the process"
-    time.sleep(max(0.0, fault + DOWN_FOR - (time.time() - offset)))
+    first_stable = membership(new["original_dst_stable"].listen)["services"][0]
+    assert first_stable["version"] == 0 and first_stable["no_membership_fallback"] == stable, \
+        first_stable
+    # the registry stays down DOWN_FOR, and at least MIN_DOWN_LIVE after the last new process is
+    # live (the restarts are one after the other: on a busy machine they take seconds each)
+    time.sleep(max(0.0, fault + DOWN_FOR - (time.time() - offset),
+                   live_at + MIN_DOWN_LIVE - (time.time() - offset)))
     rnacos.start()
     back = time.time() - offset
     fleet.redo(rnacos)
     doc = wait_until(lambda: relearnt(new["lossless"].listen, fleet), timeout=10, interval=0.05,
                      what="the membership learnt again")
     learnt = time.time() - offset
+    wait_until(lambda: relearnt(new["original_dst_stable"].listen, fleet), timeout=10,
+               interval=0.05, what="the membership learnt again (original_dst_stable)")
+    learnt_stable = time.time() - offset
     inst = by_role(doc, fleet)
     for load in loads.values():
         for part in load.parts:
@@ -299,6 +320,23 @@ def test_hot_restart_while_the_registry_is_down(rnacos, make_backend, procs, tmp
           f"{learnt:.1f} s)")
     assert len(refused) == len(bad), Counter((s.status, s.error) for s in bad if s not in refused)
     assert not outside, [(round(s.t, 2), s.status) for s in outside[:5]]
+    # original_dst with no_membership_addresses: the new process sends to the stable addresses
+    # until the registry answers, none fails; then the membership routes (the warming instance,
+    # not listed, gets requests again; the leaving one none)
+    st = rows["original_dst_stable"]
+    fell_back = new["original_dst_stable"].stat(
+        "wasmcustom.lossless.demo.routing.no_membership_fallback", 0)
+    print(f"original_dst with no_membership_addresses: {st['requests']} requests, {st['failed']} "
+          f"failed; {fell_back} sent to a stable address; membership learnt "
+          f"{learnt_stable - back:.2f} s after the registry came back")
+    assert st["failed"] == 0, st
+    down = st["sent_while_registry_down"]
+    assert set(down) <= {"a", "b"} and min(down.get("a", 0), down.get("b", 0)) > 0, st
+    assert sum(down.values()) >= 0.5 * RATE * (back - live_at), st
+    assert fell_back >= 0.5 * RATE * (back - live_at), fell_back
+    assert learnt_stable - back <= 3.0
+    after = st["sent_after_registry_back_plus_2s"]
+    assert after.get("warming", 0) > 0 and after.get("leaving", 0) == 0, st
 
 
 def write_listener(path, workdir, version, listen, cfg, log):
