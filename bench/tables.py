@@ -41,7 +41,7 @@ STARTUP_BEGIN = "<!-- startup: written by bench/startup.py and bench/run.py -->"
 STARTUP_END = "<!-- startup: end -->"
 # where a block goes when the generated section has none yet: before the first of these headings
 MATRIX_BEFORE = ("## Registry replies", "## Membership refresh", "## Artefacts")
-GROWTH_BEFORE = ("### Where the CPU per request goes", *MATRIX_BEFORE)
+GROWTH_BEFORE = ("<!-- transparent mode", "<!-- routing choices", *MATRIX_BEFORE)
 CAPTURE_BEFORE = ("<!-- routing choices", *MATRIX_BEFORE)
 FORMATS_BEFORE = ("## Membership refresh", "<!-- startup", "## Artefacts")
 STARTUP_BEFORE = ("## Artefacts", "## Native micro-benchmarks", "## Targets")
