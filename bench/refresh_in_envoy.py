@@ -158,7 +158,7 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
                        "DEMO_ENDPOINTS": lb_endpoints([f"{LOOPBACK}:1"]),
                        **({"LOSSLESS_WASM": str(wasm)} if wasm else {})},
                       concurrency=1, name=f"envoy-{shape}", binary=env_path("ENVOY_BIN")).start()
-        values, cpu, last = [], [], None
+        values, cpu, applied, last = [], [], [], None
         deadline = time.monotonic() + samples * 3 + 60
         # a changed refresh publishes a new version; an unchanged one only counts refresh_ok
         # (flushed on the 100 ms tick, well within the 500 ms between refreshes)
@@ -169,16 +169,19 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
                 last = seen
                 values.append(envoy.stat(GAUGE, 0))
                 cpu.append(envoy.cpu_seconds())
+                applied.append(envoy.stat(REFRESHED, 0))
             time.sleep(0.05)
         procs.stop_all()
     # the first ones start from an empty membership (changed) or are the first publish
     got = values[2:]
     if not got:
         raise RuntimeError(f"{shape}: no {'changed' if changed else 'unchanged'} refresh seen")
-    # Envoy's process CPU time from the first counted refresh to the last, per refresh: the
-    # receive of the reply by Envoy's HTTP client, the filter's refresh and the idle ticks between
-    # (less sensitive to other work on the machine than the gauge, a wall-clock duration)
-    cpu_ms = ((cpu[-1] - cpu[2]) * 1000 / (len(cpu) - 3)) if len(cpu) > 3 else None
+    # Envoy's process CPU time from the first counted sample to the last, per reply applied in
+    # between (refresh_ok): the receive of the reply by Envoy's HTTP client, the filter's refresh
+    # and the idle ticks between (less sensitive to other work on the machine than the gauge, a
+    # wall-clock duration)
+    replies = applied[-1] - applied[2] if len(applied) > 3 else 0
+    cpu_ms = (cpu[-1] - cpu[2]) * 1000 / replies if replies > 0 else None
     return {"shape": shape, "changed": changed, "bytes": len(bodies[0]),
             "load1_before": load1_before, "load1_after": os.getloadavg()[0],
             "cpu_ms_per_refresh": cpu_ms,

@@ -601,9 +601,10 @@ def formats_section(formats, info=None):
                    f"{info['wasm_size']:,} bytes. The gauge is a wall-clock duration inside the "
                    "VM: on a loaded machine it includes the time the worker waited for a CPU. "
                    "Envoy CPU ms per refresh: the Envoy process's CPU time from the first counted "
-                   "refresh to the last, divided by the refreshes between them (the reply "
-                   "received by Envoy's HTTP client, the filter's refresh, the idle ticks "
-                   "between). Load average: the machine's 1-minute load average when each "
+                   "refresh to the last, divided by the replies applied between them "
+                   "(`refresh_ok`; a changed run also applies replies that publish nothing new) "
+                   "(the reply received by Envoy's HTTP client, the filter's refresh, the idle "
+                   "ticks between). Load average: the machine's 1-minute load average when each "
                    "measurement began and ended (2 CPUs, shared with other work).")
         out.append("")
     out.append(FORMATS_END)
