@@ -40,7 +40,8 @@ MATRIX_END = "<!-- routing choices: end -->"
 STARTUP_BEGIN = "<!-- startup: written by bench/startup.py and bench/run.py -->"
 STARTUP_END = "<!-- startup: end -->"
 # where a block goes when the generated section has none yet: before the first of these headings
-MATRIX_BEFORE = ("## Registry replies", "## Membership refresh", "## Artefacts")
+MATRIX_BEFORE = ("<!-- registry replies", "## Registry replies", "## Membership refresh",
+                 "## Artefacts")
 GROWTH_BEFORE = ("<!-- transparent mode", "<!-- routing choices", *MATRIX_BEFORE)
 CAPTURE_BEFORE = ("<!-- routing choices", *MATRIX_BEFORE)
 FORMATS_BEFORE = ("## Membership refresh", "<!-- startup", "## Artefacts")
