@@ -186,7 +186,9 @@ fuzz: $(CARGO_FUZZ)
 # BENCHMARKS.md (about 23 minutes); the prose outside it is kept.
 # Options: make bench BENCH_ARGS="--rounds 5" (see python3 bench/run.py -h). --matrix adds
 # lossless' routing choices (policy, fallbacks, original_dst) against its defaults; --matrix-only
-# measures just those and rewrites only their block of BENCHMARKS.md. The startup measurement
+# measures just those and rewrites only their block of BENCHMARKS.md; --capture adds transparent
+# mode against the capture sidecar; --only growth|capture|formats measures one block alone and
+# rewrites only it. The startup measurement
 # alone: python3 bench/startup.py [--wasm PATH ...] [--out BENCHMARKS.md] (after make build).
 BENCH_ARGS ?=
 PASSTHROUGH := target/passthrough/$(WASM_TARGET)/release/passthrough.wasm

@@ -17,12 +17,18 @@ from pathlib import Path
 import refresh_in_envoy
 from kit import LOOPBACK, Envoy, free_port, port_block, request, wait_until
 from variants import (
+    CAPTURE,
+    CAPTURE_LUA,
+    CAPTURE_SIZES,
     CROSSINGS,
     LOSSLESS_VARIANTS,
     PROBES,
     ROUTED_CALLS,
     WRK_LUA,
     baseline_template,
+    capture_config,
+    capture_templates,
+    cluster_of,
     envoy_config,
     variants_of,
 )
@@ -139,9 +145,10 @@ class Nginx:
 SNAPSHOT = "wasmcustom.lossless.demo.snapshot_version"
 
 
-def start_envoy(procs, binary, tag, config, concurrency=1, timeout=120):
+def start_envoy(procs, binary, tag, config, concurrency=1, timeout=120, host=None):
     """A fresh Envoy for one run: `config` = (template, subs) of envoy_config(); waits until it is
-    ready, (lossless) has published its first membership, and routes. Its listener port is in
+    ready, (lossless) has published its first membership, and routes (a request with the Host
+    header `host`, when given: the capture variants route by it). Its listener port is in
     `.listen_port`, its time to get ready in `.ready_s`."""
     template, subs = config
     listen = free_port()
@@ -161,8 +168,9 @@ def start_envoy(procs, binary, tag, config, concurrency=1, timeout=120):
                    what=f"envoy {tag}: first membership published")
     e.ready_s = time.monotonic() - t0
     e.listen_port = listen
-    wait_until(lambda: body_of(f"http://{LOOPBACK}:{listen}/") == b"ok", 30,
-               what=f"envoy {tag} routes")
+    headers = {"host": host} if host else None
+    wait_until(lambda: request("GET", f"http://{LOOPBACK}:{listen}/", headers=headers)[2] == b"ok",
+               30, what=f"envoy {tag} routes")
     return e
 
 
@@ -202,20 +210,24 @@ def wrk(binary, port, seconds, connections, script=None):
 # ---------------------------------------------------------------------------------------------
 # phases
 
-CX_ACTIVE = "cluster.demo.upstream_cx_active"
-CX_TOTAL = "cluster.demo.upstream_cx_total"
+def cx_active(v):
+    return f"cluster.{cluster_of(v)}.upstream_cx_active"
 
 
-def warm_up(args, e, size, script=None):
+def cx_total(v):
+    return f"cluster.{cluster_of(v)}.upstream_cx_total"
+
+
+def warm_up(args, e, size, script=None, variant="a"):
     """Unrecorded load until (nearly) every host has a keep-alive upstream connection, so the
     measured run is not dominated by connection setup (with 10,000 hosts, picks spread over all of
     them). Bounded by --warmup-max seconds."""
     t0 = time.monotonic()
     wrk(args.wrk, e.listen_port, args.warmup, args.connections, script)
-    active = e.stat(CX_ACTIVE, 0)
+    active = e.stat(cx_active(variant), 0)
     while active < 0.95 * size and time.monotonic() - t0 < args.warmup_max:
         wrk(args.wrk, e.listen_port, 2, args.connections, script)
-        active = e.stat(CX_ACTIVE, 0)
+        active = e.stat(cx_active(variant), 0)
     return time.monotonic() - t0, active
 
 
@@ -262,42 +274,57 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
     results = []  # one dict per (round, size, variant)
     variants = variants_of(args)
     baseline = baseline_template(procs.log_dir)
+    captures = capture_templates(procs.log_dir)
     for rnd in range(args.rounds):
         for size in args.sizes:
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for v in order:
                 if v in (*CROSSINGS, *ROUTED_CALLS) and size != min(args.sizes):
                     continue
+                if v in CAPTURE and size not in CAPTURE_SIZES:
+                    continue
                 tag = f"r{rnd}-{size}-{v}"
-                config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
-                                      baseline=baseline)
+                host = None
+                if v in CAPTURE:
+                    config = capture_config(v, ng.registry_port, f"svc{size}", wasm, captures)
+                    host = f"{LOOPBACK}:{ng.ports[0]}"
+                else:
+                    config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm,
+                                          pt, baseline=baseline)
                 script = None
                 if v in ("e", *ROUTED_CALLS):
                     script = procs.log_dir / f"override-{size}.lua"
                     script.write_text(WRK_LUA.format(seed=rnd + 1, base=ng.ports[0], span=size))
+                elif v in CAPTURE:
+                    script = procs.log_dir / f"capture-{size}-{rnd}.lua"
+                    script.write_text(CAPTURE_LUA.format(base=ng.ports[0], span=size,
+                                                         start=rnd % size))
                 load1 = os.getloadavg()[0]
-                e = start_envoy(procs, envoy_bin, tag, config)
+                e = start_envoy(procs, envoy_bin, tag, config, host=host)
                 try:
-                    warm_s, cx_active = warm_up(args, e, size, script)
+                    warm_s, cx_active = warm_up(args, e, size, script, v)
                     reads0 = upstream_reads(ng.ports[:size])
-                    cx0 = e.stat(CX_TOTAL, 0)
+                    cx0 = e.stat(cx_total(v), 0)
                     (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
                     w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
                     (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
                     served = max(w["requests"], 1)
                     row = dict(round=rnd, size=size, variant=v, ready_s=round(e.ready_s, 2),
                                warmup_s=round(warm_s, 1), cx_active_at_start=cx_active,
-                               cx_new=e.stat(CX_TOTAL, 0) - cx0, **w,
+                               cx_new=e.stat(cx_total(v), 0) - cx0, **w,
                                cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
                                user_us_per_req=(u1 - u0) * 1e6 / served,
                                sys_us_per_req=(s1 - s0) * 1e6 / served,
                                **e.rss_kib())
-                    if v in LOSSLESS_VARIANTS:
+                    if v in (*LOSSLESS_VARIANTS, "t"):
                         row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
                         row["local_503"] = sum(
                             e.stats(r"^wasmcustom\.lossless\.demo\.local_503").values())
-                    row["upstream_cx"] = e.stat(CX_TOTAL, 0)
-                    row["retries"] = e.stat("cluster.demo.upstream_rq_retry", 0)
+                    if v == "t":
+                        # what transparent mode decided about the callers' picks
+                        row["captured"] = e.stats(r"^wasmcustom\.lossless\.demo\.transparent\.")
+                    row["upstream_cx"] = e.stat(cx_total(v), 0)
+                    row["retries"] = e.stat(f"cluster.{cluster_of(v)}.upstream_rq_retry", 0)
                     row["load1"] = load1
                     # it really routed: every request answered 200, and the requests of the
                     # measured run reached more than one upstream (seen by the kernel)
@@ -367,7 +394,8 @@ def registry_formats(args, workdir, wasm):
             log(f"registry format {shape}, {kind} 10,000-instance reply")
             r = refresh_in_envoy.measure(shape, 10_000, args.format_samples,
                                          Path(workdir) / f"format-{shape}-{kind}", changed, wasm)
-            log(f"  refresh {r['median_ms']:.1f} ms ({r['min_ms']:.1f}–{r['max_ms']:.1f})")
+            log(f"  refresh {r['median_ms']:.1f} ms ({r['min_ms']:.1f}–{r['max_ms']:.1f}), load "
+                f"average {r['load1_before']:.2f} → {r['load1_after']:.2f}")
             out.append(r)
     return out
 

@@ -18,6 +18,7 @@ Environment: ENVOY_BIN, LOSSLESS_WASM. Every process is stopped by its pid; ever
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -143,6 +144,7 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
     less = json.dumps(build(n - 1), separators=(",", ":")).encode() if changed else full
     bodies = [full, less]
     procs = Procs(workdir)
+    load1_before = os.getloadavg()[0]
     with Registry(bodies) as reg:
         cfg = {"registries": {"r": {**registry, "cluster": "registry",
                                     "authority": f"{LOOPBACK}:{reg.port}",
@@ -156,7 +158,7 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
                        "DEMO_ENDPOINTS": lb_endpoints([f"{LOOPBACK}:1"]),
                        **({"LOSSLESS_WASM": str(wasm)} if wasm else {})},
                       concurrency=1, name=f"envoy-{shape}", binary=env_path("ENVOY_BIN")).start()
-        values, last = [], None
+        values, cpu, applied, last = [], [], [], None
         deadline = time.monotonic() + samples * 3 + 60
         # a changed refresh publishes a new version; an unchanged one only counts refresh_ok
         # (flushed on the 100 ms tick, well within the 500 ms between refreshes)
@@ -166,13 +168,23 @@ def measure(shape, n, samples, workdir, changed=True, wasm=None):
             if seen != last:
                 last = seen
                 values.append(envoy.stat(GAUGE, 0))
+                cpu.append(envoy.cpu_seconds())
+                applied.append(envoy.stat(REFRESHED, 0))
             time.sleep(0.05)
         procs.stop_all()
     # the first ones start from an empty membership (changed) or are the first publish
     got = values[2:]
     if not got:
         raise RuntimeError(f"{shape}: no {'changed' if changed else 'unchanged'} refresh seen")
+    # Envoy's process CPU time from the first counted sample to the last, per reply applied in
+    # between (refresh_ok): the receive of the reply by Envoy's HTTP client, the filter's refresh
+    # and the idle ticks between (less sensitive to other work on the machine than the gauge, a
+    # wall-clock duration)
+    replies = applied[-1] - applied[2] if len(applied) > 3 else 0
+    cpu_ms = (cpu[-1] - cpu[2]) * 1000 / replies if replies > 0 else None
     return {"shape": shape, "changed": changed, "bytes": len(bodies[0]),
+            "load1_before": load1_before, "load1_after": os.getloadavg()[0],
+            "cpu_ms_per_refresh": cpu_ms,
             "median_ms": statistics.median(got) / 1000, "min_ms": min(got) / 1000,
             "max_ms": max(got) / 1000, "samples": len(got), "values_ms": [v / 1000 for v in got]}
 
@@ -184,8 +196,8 @@ def main():
     ap.add_argument("--workdir", default="/tmp/lossless-refresh-in-envoy")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    print("| reply | body | refresh | in Envoy (median) | range | samples |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| reply | body | refresh | in Envoy (median) | range | samples | load average |")
+    print("|---|---:|---|---:|---:|---:|---:|")
     for shape in SHAPES:
         for changed in (True, False):
             kind = "changed" if changed else "unchanged"
@@ -193,7 +205,8 @@ def main():
                         changed=changed)
             print(f"| {shape} ({args.instances:,} instances) | {r['bytes'] / 1e6:.1f} MB | {kind} "
                   f"| {r['median_ms']:.1f} ms | {r['min_ms']:.1f}–{r['max_ms']:.1f} ms "
-                  f"| {r['samples']} |", flush=True)
+                  f"| {r['samples']} | {r['load1_before']:.1f}–{r['load1_after']:.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

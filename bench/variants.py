@@ -1,6 +1,8 @@
 """The variants `make bench` measures: their Envoy configurations (the shipped templates, and the
 baselines derived from envoy/outbound-override-host.yaml), the pass-through filter's host calls,
-lossless' routing choices, and the wrk script that sets the override header as lossless would."""
+lossless' routing choices, transparent mode against the capture sidecar without the filter
+(derived from envoy/outbound-capture.yaml), and the wrk scripts: one sets the override header as
+lossless would, one names the instance a caller picked in the Host header."""
 
 import json
 import re
@@ -75,6 +77,22 @@ MATRIX = {
     "h": ("`routing.fallbacks` 1", {"routing": {"fallbacks": 1}}),
     "i": ("`routing.mode` `original_dst`", {"routing": {"mode": "original_dst"}}),
 }
+# --capture: transparent mode (docs/transparent-mode.md) against the capture sidecar without the
+# filter. The caller picks the instance itself (wrk names members in turn in the Host header, as a
+# caller using the sidecar as an HTTP proxy names them); the capture template takes the request's
+# authority as the destination where, captured by iptables, it takes the connection's restored
+# original destination: the one line that differs from envoy/outbound-capture.yaml.
+CAPTURE = {
+    "r": "plain capture sidecar (one hop to an ORIGINAL_DST cluster, as Istio's virtualOutbound), "
+         "no filter",
+    "s": "capture template without the filter (envoy/outbound-capture.yaml, both lossless filters "
+         "taken out: two hops)",
+    "t": "lossless transparent mode (envoy/outbound-capture.yaml, `routing.mode` `original_dst`, "
+         "`transparent` {})",
+}
+# the capture variants run at these sizes only: an ORIGINAL_DST cluster makes each host on its
+# first use (issue: 3 and 100 instances)
+CAPTURE_SIZES = (3, 100)
 LOSSLESS_VARIANTS = ("d", *MATRIX)
 OVERRIDE_HOST_TEMPLATE = REPO / "envoy" / "outbound-override-host.yaml"
 ORIGINAL_DST_TEMPLATE = REPO / "envoy" / "outbound-original-dst.yaml"
@@ -87,7 +105,14 @@ def variant_name(v):
         return ROUTED_CALLS[v][0]
     if v in MATRIX:
         return f"lossless, {MATRIX[v][0]}"
+    if v in CAPTURE:
+        return CAPTURE[v]
     return VARIANTS[v]
+
+
+def cluster_of(v):
+    """The Envoy cluster a variant's requests go to (its upstream stats)."""
+    return "PassthroughCluster" if v in CAPTURE else "demo"
 
 
 OVERRIDE_HOST = {"policies": [{"typed_extension_config": {
@@ -107,6 +132,16 @@ request = function()
   turn = (turn + 1) % span
   local hosts = "127.0.0.1:" .. (base + turn) .. "," .. pick() .. "," .. pick()
   return wrk.format(nil, "/", {{["x-lossless-upstream"] = hosts}})
+end
+"""
+
+
+# (r)-(t): the caller's own pick, members in turn, named as the request's authority
+CAPTURE_LUA = """\
+local base, span, turn = {base}, {span}, {start}
+request = function()
+  turn = (turn + 1) % span
+  return wrk.format(nil, "/", {{["Host"] = "127.0.0.1:" .. (base + turn)}})
 end
 """
 
@@ -161,6 +196,53 @@ def without_filter_template(workdir):
     return out
 
 
+CAPTURE_TEMPLATE = REPO / "envoy" / "outbound-capture.yaml"
+
+# the destination: the request's authority instead of the connection's restored one
+CAPTURE_DESTINATION = "%DOWNSTREAM_LOCAL_ADDRESS%"
+AUTHORITY = "%REQ(:AUTHORITY)%"
+
+# (r): a plain capture sidecar, one hop (bench/capture-plain.yaml)
+PLAIN_CAPTURE = REPO / "bench" / "capture-plain.yaml"
+
+
+def capture_templates(workdir):
+    """(plain, without, with) templates of (r), (s) and (t), written to `workdir`: PLAIN_CAPTURE;
+    envoy/outbound-capture.yaml with the destination taken from the request's authority, listening
+    on LISTEN_PORT, its lossless filters taken out of both hops; the same with them. Derived on
+    every run; refuses to run if the template's layout moved."""
+    text = CAPTURE_TEMPLATE.read_text()
+    n_dest = text.count(CAPTURE_DESTINATION)
+    text = text.replace(CAPTURE_DESTINATION, AUTHORITY).replace("${CAPTURE_PORT}", "${LISTEN_PORT}")
+    wasm = re.compile(r"^( +)- &lossless\n(?:\1  .*\n)+", re.M)
+    bare, n_wasm = wasm.subn("", text)
+    bare, n_inner = re.subn(r"\[\*lossless, \*router\]", "[*router]", bare)
+    if (n_dest, n_wasm, n_inner) != (1, 1, 1) or "envoy.filters.http.wasm" in bare:
+        raise RuntimeError(f"cannot derive the capture variants from {CAPTURE_TEMPLATE}: "
+                           f"{n_dest} destination(s), {n_wasm} filter block(s), {n_inner} inner "
+                           "filter list(s)")
+    out = []
+    for name, body in (("plain", PLAIN_CAPTURE.read_text()), ("without", bare), ("with", text)):
+        path = Path(workdir) / f"envoy-capture-{name}.yaml"
+        path.write_text(body)
+        out.append(path)
+    return tuple(out)
+
+
+def capture_config(variant, registry_port, service, lossless_wasm, templates):
+    """(template, subs) of (r), (s) or (t); `templates` is capture_templates()'s."""
+    plain, without, with_filter = templates
+    if variant == "r":
+        return plain, {}
+    subs = {"REGISTRY_ADDRESS": LOOPBACK, "REGISTRY_PORT": registry_port}
+    if variant == "s":
+        return without, subs
+    cfg = lossless_config(registry_port, service)
+    del cfg["services"][0]["match_clusters"]
+    cfg["services"][0].update(routing={"mode": "original_dst"}, transparent={})
+    return with_filter, {**subs, "LOSSLESS_WASM": lossless_wasm, "LOSSLESS_CONFIG": cfg}
+
+
 def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthrough_wasm,
                  baseline=None, **lossless_opts):
     """(template, subs) of one variant's Envoy (the listener port is added by start_envoy);
@@ -202,7 +284,10 @@ PROBES = [  # (tag, registry service, concurrency)
 def variants_of(args):
     if args.matrix_only:
         chosen = list(LOSSLESS_VARIANTS)
+    elif args.capture_only:
+        chosen = list(CAPTURE)
     else:
         chosen = (list(VARIANTS) + list(CROSSINGS) + list(ROUTED_CALLS)
-                  + (list(MATRIX) if args.matrix else []))
+                  + (list(MATRIX) if args.matrix else [])
+                  + (list(CAPTURE) if args.capture else []))
     return [v for v in chosen if not args.variants or v in args.variants]

@@ -6,6 +6,7 @@
 //! `target/criterion/` into BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -15,14 +16,16 @@ use serde_json::{json, Value};
 use lossless::balancer::{Balancer, Policy};
 use lossless::clock::Rng;
 use lossless::config;
+use lossless::headers::Headers;
 use lossless::instance::{BuildOptions, Instance, State};
 use lossless::membership::Snapshot;
 use lossless::poller::{PollState, RefreshOutcome};
 use lossless::registry::nacos::Api;
 use lossless::registry::{self, Call, HttpResponse};
 use lossless::router::{route, Route};
+use lossless::store::Shared;
 use lossless::store::{bump_gen, FakeShared};
-use lossless::vm::Vm;
+use lossless::vm::{Exchange, Host, Vm};
 use lossless::warmup::{self, Curve};
 
 /// A fixed "now" (ms since the epoch) so every run sees the same warmup fractions.
@@ -444,14 +447,18 @@ fn new_vm() -> Vm {
 }
 
 fn world(n: usize) -> World {
+    world_of(n, &static_body(n))
+}
+
+/// A VM that published `body`, a static document of `n` instances.
+fn world_of(n: usize, body: &[u8]) -> World {
     let mut vm = new_vm();
     let shared = FakeShared::default();
     vm.on_start(&shared);
     let due = vm.on_tick(&shared, NOW);
     vm.dispatched(1, due.first().unwrap());
-    let body = static_body(n);
     let headers = vec![(":status".to_string(), "200".to_string())];
-    let resp = HttpResponse { status: Some(200), headers: &headers, body: &body, body_size: body.len() };
+    let resp = HttpResponse { status: Some(200), headers: &headers, body, body_size: body.len() };
     let (_, out) = vm.on_call_reply(&shared, 1, &resp, NOW).unwrap();
     assert!(matches!(out, RefreshOutcome::Published { hosts, .. } if hosts == n), "{out:?}");
     World { vm, shared }
@@ -501,9 +508,110 @@ fn bench_route(c: &mut Criterion) {
     g.finish();
 }
 
+/// The host as one exchange of the Envoy load test sees it: wrk's request headers, the cluster,
+/// the response 200 from the address written first.
+struct BenchHost<'a> {
+    shared: &'a FakeShared,
+    now: i64,
+    request: Headers,
+    response: Headers,
+    upstream: RefCell<String>,
+}
+
+impl Shared for BenchHost<'_> {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.shared.set(key, value, cas)
+    }
+}
+
+impl Host for BenchHost<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now
+    }
+    fn request_headers(&self) -> Headers {
+        self.request.clone()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
+        if name == "x-lossless-upstream" {
+            let first = value.and_then(|v| v.split(',').next()).unwrap_or_default();
+            *self.upstream.borrow_mut() = first.to_string();
+        }
+        true
+    }
+    fn response_headers(&self) -> Headers {
+        self.response.clone()
+    }
+    fn set_response_header(&self, _: &str, _: Option<&str>) -> bool {
+        true
+    }
+    fn property(&self, path: &[&str]) -> Option<String> {
+        match path {
+            ["xds", "cluster_name"] => Some("demo".into()),
+            ["upstream", "address"] => Some(self.upstream.borrow().clone()),
+            _ => None,
+        }
+    }
+    fn clear_route_cache(&self) -> bool {
+        true
+    }
+}
+
+/// lossless' whole request path in one VM by membership size, as the Envoy load test drives it
+/// (variant (d): every instance warm, weights equal): the request (headers, generation, cluster,
+/// decision, header write), its end and its response (outlier detection, stall detection), with
+/// the clock advancing 1 ms every 20 requests (20k req/s) and the VM's 100 ms tick amortised in.
+fn bench_request_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_path");
+    for n in [3usize, 100, 10_000] {
+        let inst: Vec<Value> = (0..n).map(|i| json!({"address": format!("{}:8080", ip(i)), "weight": 100})).collect();
+        let World { mut vm, shared } = world_of(n, &serde_json::to_vec(&json!({ "instances": inst })).unwrap());
+        let request = Headers::from_pairs(&[
+            (":authority", "127.0.0.1:10000"),
+            (":path", "/"),
+            (":method", "GET"),
+            (":scheme", "http"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "8a5c5d3e-1f43-4f0e-9a57-3c1f3b0f2d11"),
+        ]);
+        let response = Headers::from_pairs(&[
+            (":status", "200"),
+            ("content-length", "2"),
+            ("content-type", "application/json"),
+            ("x-envoy-upstream-service-time", "0"),
+        ]);
+        let mut k: i64 = 0;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                k += 1;
+                let now = NOW + k / 20;
+                if k % 2000 == 0 {
+                    black_box(vm.on_tick(&shared, now));
+                }
+                let h = BenchHost {
+                    shared: &shared,
+                    now,
+                    request: request.clone(),
+                    response: response.clone(),
+                    upstream: RefCell::default(),
+                };
+                let mut ex = Exchange::default();
+                black_box(vm.on_request(&h, &mut ex));
+                vm.on_request_end(&h, &ex);
+                vm.on_response(&h, &ex);
+                ex.written.len()
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).without_plots();
-    targets = bench_warmup, bench_balancer, bench_snapshot, bench_parsers, bench_unchanged, bench_refresh, bench_route
+    targets = bench_warmup, bench_balancer, bench_snapshot, bench_parsers, bench_unchanged, bench_refresh, bench_route,
+        bench_request_path
 }
 criterion_main!(micro);
