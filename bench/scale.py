@@ -48,6 +48,7 @@ for p in (REPO / "tests", REPO / "tests" / "e2e"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))  # the test kit and the e2e harness: this file runs as a script
 
+from harness import OUTBOUND, push_template  # noqa: E402
 from kit import (  # noqa: E402
     HOUR_MS,
     LOOPBACK,
@@ -65,23 +66,6 @@ from kit import (  # noqa: E402
     wait_until,
 )
 
-OUTBOUND = REPO / "envoy" / "outbound-override-host.yaml"
-GRPC_CLUSTER = """
-  - name: registry-grpc
-    type: STATIC
-    connect_timeout: 0.5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: registry-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {address: 127.0.0.1, port_value: ${REGISTRY_GRPC_PORT}}
-"""
 RECONCILE_MS = 30_000
 INSTANCES = 3
 # Envoy's log line prefix and the poller's line for a published membership
@@ -117,11 +101,7 @@ def filter_config(mode, registry, services):
 
 
 def template(mode, workdir):
-    if mode != "push":
-        return OUTBOUND
-    path = Path(workdir) / "outbound-push.yaml"
-    path.write_text(OUTBOUND.read_text().rstrip("\n") + "\n" + GRPC_CLUSTER)
-    return path
+    return push_template(workdir) if mode == "push" else OUTBOUND
 
 
 def applied_times(envoy, service, since_ms):

@@ -238,3 +238,40 @@ def logged_gateway(kind, registry, make_envoy, workdir, endpoints, svc, workers=
                     extra_args=["--file-flush-interval-msec", "250"])
     gw.listen, gw.kind, gw.access_log = listen, kind, log
     return gw
+
+
+# The Envoy cluster of the registry's gRPC port (Nacos push), HTTP/2, added after the clusters
+# of a shipped template (clusters come last in them).
+GRPC_CLUSTER = """
+  - name: registry-grpc
+    type: STATIC
+    connect_timeout: 0.5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: registry-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: ${REGISTRY_GRPC_PORT}}
+"""
+
+
+def push_template(workdir, template=OUTBOUND):
+    """`template` (the shipped outbound one) with the registry's gRPC cluster, written to
+    `<workdir>/outbound-push.yaml`."""
+    path = Path(workdir) / "outbound-push.yaml"
+    path.write_text(Path(template).read_text().rstrip("\n") + "\n" + GRPC_CLUSTER)
+    return path
+
+
+def stall_quiet_and_bound(gw, addr=None):
+    """[quiet ms, bound ms] of the first stall `gw`'s lossless logged (of `addr` when given), or
+    None when it logged none."""
+    prefix = re.escape(addr) + " " if addr else ""
+    said = prefix + r"stalled: it answered nothing for (\d+) ms .*?its bound (\d+) ms"
+    bounds = re.findall(said, gw.log_text())
+    return [int(x) for x in bounds[0]] if bounds else None

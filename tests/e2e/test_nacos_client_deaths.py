@@ -43,7 +43,6 @@ one until its stuck requests had timed out.
 """
 
 import os
-import re
 import signal
 import threading
 import time
@@ -52,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import SIDE_HC, access_log, logged_gateway, serving
+from harness import SIDE_HC, access_log, logged_gateway, serving, stall_quiet_and_bound
 from kit import MixedLoad, percentile, request, wait_until
 from kit.sca import ScaProvider, grpc_offset, sca_jar
 
@@ -149,9 +148,7 @@ def summarize(gw, samples, offset, log, fault, window):
         "slowest_s": round(max((s.latency for s in failed), default=0.0), 1),
     }
     if gw.kind != "plain":
-        said = rf"{re.escape(addr)} stalled: it answered nothing for (\d+) ms .*?its bound (\d+) ms"
-        bounds = re.findall(said, gw.log_text())
-        row["stall_quiet_and_bound_ms"] = [int(x) for x in bounds[0]] if bounds else None
+        row["stall_quiet_and_bound_ms"] = stall_quiet_and_bound(gw, addr)
     print(f"NACOS-CLIENT {row}")
     return row
 

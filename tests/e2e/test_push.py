@@ -11,11 +11,10 @@ document); a fresh connection per call lands on either worker.
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from harness import OUTBOUND, SERVICE, RegFront, filter_config
+from harness import SERVICE, RegFront, filter_config, push_template
 from kit import (
     HOUR_MS,
     LOOPBACK,
@@ -32,31 +31,6 @@ pytestmark = pytest.mark.usefixtures("no_wasm_crash")
 
 RECONCILE_MS = 30_000
 OTHER = "push-other-svc"
-
-GRPC_CLUSTER = """
-  - name: registry-grpc
-    type: STATIC
-    connect_timeout: 0.5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: registry-grpc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {address: 127.0.0.1, port_value: ${REGISTRY_GRPC_PORT}}
-"""
-
-
-def push_template(tmp_logs):
-    """The shipped outbound template with the gRPC cluster of the registry (clusters come last)."""
-    path = Path(tmp_logs) / "outbound-push.yaml"
-    path.write_text(OUTBOUND.read_text().rstrip("\n") + "\n" + GRPC_CLUSTER)
-    return path
-
 
 def push_config(http_addr, **registry):
     # api v1: rnacos has no other (with two services, `auto` would find that out by 404s)

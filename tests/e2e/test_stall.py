@@ -30,7 +30,6 @@ the addresses and the rules.
 """
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import HERE, SIDE_HC, access_log, logged_gateway, membership, serving
+from harness import (
+    HERE,
+    SIDE_HC,
+    access_log,
+    logged_gateway,
+    membership,
+    serving,
+    stall_quiet_and_bound,
+)
 from kit import (
     HOUR_MS,
     LOOPBACK,
@@ -284,9 +291,7 @@ def summarize(gw, samples, log, fault_at, faulty):
                          for k in ("stalls_quiet", "stalls_connect_failure", "recovered", "probes")}
         row["ejections"] = stat(gw, "outlier_detection.ejections_enforced")
         # the bound of the first stall, as the filter logged it
-        said = r"stalled: it answered nothing for (\d+) ms .*?its bound (\d+) ms"
-        bounds = re.findall(said, gw.log_text())
-        row["stall_quiet_and_bound_ms"] = [int(x) for x in bounds[0]] if bounds else None
+        row["stall_quiet_and_bound_ms"] = stall_quiet_and_bound(gw)
     print(f"STALL {row}")
     return row
 
