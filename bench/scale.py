@@ -36,6 +36,7 @@ Python stdlib only. Every process is tracked by pid and stopped; every wait is b
 import argparse
 import json
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -68,6 +69,10 @@ from kit import (  # noqa: E402
 
 RECONCILE_MS = 30_000
 INSTANCES = 3
+# The instances' addresses: loopback ports this process listens on (and never answers), so that
+# rnacos' TCP probe of persistent instances finds them up and no health flap mixes with the
+# changes measured. Every service lists the same INSTANCES addresses.
+PORTS = []
 # Envoy's log line prefix and the poller's line for a published membership
 APPLIED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]"
                      r".*service '([^']+)' membership v\d+")
@@ -244,7 +249,7 @@ def run_one(mode, n, args, registries, workdir):
         svc = service_name(0)
         lags, last = [], []
         for k in range(changes):
-            port = 20_002
+            port = PORTS[-1]
             before = now_ms()
             if k % 2 == 0:
                 registry.deregister(svc, port)
@@ -350,6 +355,13 @@ def main():
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     workdir = Path(tempfile.mkdtemp(prefix="lossless-scale-"))
     procs = Procs(workdir)
+    listeners = []
+    for _ in range(INSTANCES):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((LOOPBACK, 0))
+        sock.listen(1024)
+        listeners.append(sock)
+        PORTS.append(sock.getsockname()[1])
     rows = []
     try:
         modes = args.modes.split(",")
@@ -364,8 +376,8 @@ def main():
             if registry is None:
                 continue
             for i in range(args.services):
-                for k in range(INSTANCES):
-                    registry.register(service_name(i), 20_000 + k)
+                for port in PORTS:
+                    registry.register(service_name(i), port)
             # its own CPU with no proxy at all, over the same window: the registry CPU columns
             # are what the proxies add to it
             time.sleep(args.settle)
@@ -376,8 +388,8 @@ def main():
             log(f"{name} alone: {100 * registry.idle_cpu:.2f} % CPU")
         if "consul" in registries:
             for i in range(args.services):
-                for k in range(INSTANCES):
-                    registries["consul"].register(service_name(i), 20_000 + k)
+                for port in PORTS:
+                    registries["consul"].register(service_name(i), port)
         args.idle_note = ", ".join(notes)
         for n in (int(x) for x in args.proxies.split(",")):
             for mode in modes:
@@ -388,9 +400,11 @@ def main():
                     log(f"{mode}, {n} proxies: left out ({exc})")
                 # leave service 0 as it started
                 if (args.delta_changes if mode == "delta" else args.changes) % 2:
-                    registries[mode].register(service_name(0), 20_002)
+                    registries[mode].register(service_name(0), PORTS[-1])
     finally:
         procs.stop_all()
+        for sock in listeners:
+            sock.close()
     block = table(rows, args, load)
     print(block)
     if args.out:
