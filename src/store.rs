@@ -175,10 +175,10 @@ impl Keys {
         format!("{}admission", self.prefix)
     }
 
-    /// Transparent mode: the process-wide pick estimate of a corrected service
-    /// ([`crate::transparent::Picks`]).
+    /// Transparent mode: the process-wide pick estimate of a corrected service, one slot per VM
+    /// ([`crate::transparent::estimate::Slots`]).
     pub fn picks(&self, service: &str) -> String {
-        format!("{}picks/{}", self.prefix, service)
+        format!("{}picks-by-vm/{}", self.prefix, service)
     }
 
     /// Transparent mode: the departed addresses of a corrected service

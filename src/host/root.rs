@@ -19,10 +19,7 @@ use crate::headers::Headers;
 use crate::poller::RefreshOutcome;
 use crate::push::Grpc;
 use crate::registry::HttpResponse;
-use crate::vm::{Dispatch, Vm};
-
-/// How often every VM ticks (lease renewal, poll schedule, view, stats).
-const TICK_MS: u64 = 100;
+use crate::vm::{Dispatch, Vm, TICK_MS};
 
 pub struct Root {
     vm: Option<Rc<RefCell<Vm>>>,
@@ -146,7 +143,7 @@ impl RootContext for Root {
         vm.on_start(&Envoy);
         info!("configured {n} service(s) in {mode:?} mode");
         self.vm = Some(Rc::new(RefCell::new(vm)));
-        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(TICK_MS)) {
+        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(TICK_MS.unsigned_abs())) {
             warn!("cannot set the tick period: {e:?}; registry refresh and stats are off");
         }
         true

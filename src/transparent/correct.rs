@@ -6,7 +6,7 @@ use crate::instance::{position, Instance, State};
 
 use super::estimate::Picks;
 use super::index::{Found, Lookup};
-use super::shares::{targets, Plan};
+use super::shares::{targets, unit, Plan};
 
 /// Why a request is left as the caller sent it (to the address it picked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,17 @@ pub enum Decision {
 }
 
 /// The correction of one service in one VM: the [`Plan`] built from its members' live weights
-/// and the callers' pick estimate.
+/// and the callers' pick estimate, and the state that spreads its decisions evenly.
+///
+/// The plan's probabilities are applied as evenly as they can be, not drawn independently per
+/// request: a pick of member `i` adds `p_i` to `i`'s keep credit and is kept when the credit
+/// reaches 1 (one whole pick, then taken from it), so that of any `k` picks of `i` the number
+/// kept differs from `k · p_i` by less than one; a redirect's member is read from the plan's
+/// redirect distribution at the next point of a golden-ratio (Weyl) sequence, which spreads the
+/// redirects over the distribution with discrepancy O(log k / k) where independent draws have
+/// O(1/√k). A warming instance thus receives its share pick by pick, not in random runs, and a
+/// share measured over a few hundred requests is its target to within about a request. The
+/// credits start at random points, so that neither the workers nor the sidecars act in step.
 #[derive(Debug, Clone, Default)]
 pub struct Corrector {
     plan: Plan,
@@ -96,7 +106,31 @@ pub struct Corrector {
     members: usize,
     /// When the plan was built (ms since the epoch).
     pub planned_ms: i64,
+    /// Per member, the keep credit in `[0, 1)` (empty until the first decision after a change of
+    /// the members).
+    keep_credit: Vec<f64>,
+    /// The Weyl sequence's current point in `[0, 1)` (`None` until the first redirect).
+    redirect_point: Option<f64>,
 }
+
+/// The pseudo-picks by target the estimate is read with: `prior_picks` while the evidence is at
+/// most that many picks, then `prior_picks² / evidence`, so that its pull toward the targets
+/// (which under-corrects: a warming instance short by `prior / (prior + evidence)` of its
+/// deficit) falls with the square of the evidence; 0 for a value that is not a non-negative
+/// number. With the defaults (5 pseudo-picks, a 0.5 s half-life) a caller at 100 requests per
+/// second carries about 72 picks of evidence: the pull is 0.5 % of the deficit, where a fixed
+/// prior's would be 6.5 %.
+fn fading_prior(prior_picks: f64, evidence: f64) -> f64 {
+    let prior = if prior_picks.is_finite() { prior_picks.max(0.0) } else { 0.0 };
+    if evidence.is_finite() && evidence > prior {
+        prior * prior / evidence
+    } else {
+        prior
+    }
+}
+
+/// `1/φ`, the Weyl sequence's step: its points fill `[0, 1)` most evenly.
+const GOLDEN_STEP: f64 = 0.618_033_988_749_894_9;
 
 impl Corrector {
     /// Rebuilds the plan (O(n)) for `members` (sorted, marks applied), their live weights
@@ -117,7 +151,7 @@ impl Corrector {
         let serving: Vec<bool> = members.iter().map(|m| m.state.is_serving()).collect();
         let weights: Vec<u32> = (0..members.len()).map(&weight).collect();
         let t = targets(&weights, &serving);
-        let prior = if prior_picks.is_finite() { prior_picks.max(0.0) } else { 0.0 };
+        let prior = fading_prior(prior_picks, picks.total());
         let total = picks.total() + prior;
         let q: Vec<f64> = if total > 0.0 {
             members.iter().zip(&t).map(|(m, t)| (picks.count(&m.addr) + prior * t) / total).collect()
@@ -125,8 +159,39 @@ impl Corrector {
             t.clone()
         };
         self.plan = Plan::new(&t, &q);
+        if self.members != members.len() {
+            self.keep_credit.clear();
+        }
         self.members = members.len();
         self.planned_ms = now_ms;
+    }
+
+    /// Whether this pick of member `i` stays: its keep credit grows by `p_i` and a whole pick of
+    /// it is kept (see [`Corrector`]).
+    fn keeps(&mut self, i: usize, rng: &mut Rng) -> bool {
+        let p = self.plan.keep_probability(i);
+        if p >= 1.0 {
+            return true;
+        }
+        if self.keep_credit.len() != self.members {
+            self.keep_credit = (0..self.members).map(|_| unit(rng)).collect();
+        }
+        let Some(credit) = self.keep_credit.get_mut(i) else { return true };
+        *credit += p;
+        if *credit >= 1.0 {
+            *credit -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The member the next redirect goes to: the plan's redirect distribution read at the Weyl
+    /// sequence's next point (see [`Corrector`]).
+    fn redirect(&mut self, rng: &mut Rng) -> Option<usize> {
+        let point = (self.redirect_point.unwrap_or_else(|| unit(rng)) + GOLDEN_STEP).fract();
+        self.redirect_point = Some(point);
+        self.plan.redirect_at(point)
     }
 
     /// The current plan.
@@ -136,7 +201,7 @@ impl Corrector {
 
     /// Decides for a request whose destination `addr` the index resolved to `found`, given the
     /// service's `members` (those the plan was built for). O(log n).
-    pub fn decide(&self, found: Found, addr: &str, members: &[Instance], rng: &mut Rng) -> Decision {
+    pub fn decide(&mut self, found: Found, addr: &str, members: &[Instance], rng: &mut Rng) -> Decision {
         if !found.corrected {
             return Decision::Untouched(Untouched::NotCorrected);
         }
@@ -144,7 +209,7 @@ impl Corrector {
         let picked = if found.live { position(members, addr) } else { None };
         let why = match picked.and_then(|i| members.get(i).map(|m| (i, m.state))) {
             Some((i, State::Serving)) => {
-                if self.members != members.len() || self.plan.keeps(i, rng) {
+                if self.members != members.len() || self.keeps(i, rng) {
                     return Decision::Keep { service, member: i };
                 }
                 Why::Share
@@ -153,7 +218,8 @@ impl Corrector {
             Some((_, State::Down)) => Why::Down,
             None => Why::Departed,
         };
-        match self.plan.redirect(rng).filter(|_| self.members == members.len()) {
+        let planned = self.members == members.len();
+        match self.redirect(rng).filter(|_| planned) {
             Some(to) if Some(to) == picked => Decision::Keep { service, member: to },
             Some(to) if members.get(to).is_some_and(|m| m.state.is_serving()) => {
                 Decision::Redirect { service, to, why }
@@ -169,7 +235,7 @@ pub fn decide<'a>(
     lookup: Lookup,
     addr: &str,
     members: impl Fn(usize) -> Option<&'a [Instance]>,
-    corrector: impl Fn(usize) -> Option<&'a Corrector>,
+    corrector: impl FnOnce(usize) -> Option<&'a mut Corrector>,
     rng: &mut Rng,
 ) -> Decision {
     match lookup {
@@ -278,6 +344,91 @@ mod tests {
         let q = 1.0 / 6.0;
         let least = 3.0 * q + (q - want[2]);
         assert!((moved - least).abs() < 0.01, "moved {moved:.4}, least {least:.4}");
+    }
+
+    /// The plan is applied evenly: of a round-robin caller's picks of three warm instances, a
+    /// fourth at 25 % of its warm-up (target 25/325) receives its share in every run of 300
+    /// picks to within two requests (independent draws would stray by about ±5 there), and each
+    /// warm one keeps an even share of its own picks.
+    #[test]
+    fn the_share_is_spread_evenly() {
+        let ms = vec![
+            inst("10.0.0.1:80", State::Serving, None),
+            inst("10.0.0.2:80", State::Serving, None),
+            inst("10.0.0.3:80", State::Serving, None),
+            inst("10.0.0.4:80", State::Serving, Some(NOW - 25_000)),
+        ];
+        let mut pending = Pending::default();
+        for k in 0..3000 {
+            pending.record(&ms[k % 3].addr);
+        }
+        let mut picks = Picks::default();
+        picks.absorb(&pending, NOW, 2000);
+        let mut c = Corrector::default();
+        c.replan(&ms, weight(&ms), &picks, 0.0, NOW);
+        let mut rng = Rng::new(5);
+        let want = 300.0 * 25.0 / 325.0;
+        let mut worst: f64 = 0.0;
+        for _ in 0..100 {
+            let mut got = [0u32; 4];
+            for k in 0..300 {
+                let to = match c.decide(found(0, true), &ms[k % 3].addr, &ms, &mut rng) {
+                    Decision::Keep { member, .. } | Decision::Redirect { to: member, .. } => member,
+                    d => panic!("{d:?}"),
+                };
+                got[to] += 1;
+            }
+            worst = worst.max((f64::from(got[3]) - want).abs());
+            for g in &got[..3] {
+                assert!((f64::from(*g) - (300.0 - want) / 3.0).abs() <= 2.0, "{got:?}");
+            }
+        }
+        assert!(worst <= 2.0, "the warming instance strayed by {worst:.1} requests of {want:.1}");
+    }
+
+    /// The prior (pseudo-picks by target) holds back a steady caller's correction only while the
+    /// evidence is thin: with 72 picks of evidence (100 picks/s, a 0.5 s half-life) and the
+    /// default 5 pseudo-picks, a warming instance at target 25/325 gets 7.65 % (a prior that did
+    /// not fade: 7.24 %); with three picks of evidence most picks stay.
+    #[test]
+    fn the_prior_fades_with_evidence() {
+        let ms = vec![
+            inst("10.0.0.1:80", State::Serving, None),
+            inst("10.0.0.2:80", State::Serving, None),
+            inst("10.0.0.3:80", State::Serving, None),
+            inst("10.0.0.4:80", State::Serving, Some(NOW - 25_000)),
+        ];
+        let share_of_new = |per_address: u32| {
+            let mut pending = Pending::default();
+            for k in 0..(3 * per_address as usize) {
+                pending.record(&ms[k % 3].addr);
+            }
+            let mut picks = Picks::default();
+            picks.absorb(&pending, NOW, 500);
+            let mut c = Corrector::default();
+            c.replan(&ms, weight(&ms), &picks, 5.0, NOW);
+            let mut rng = Rng::new(3);
+            let n = 30_000;
+            let got = (0..n)
+                .filter(|k| {
+                    matches!(c.decide(found(0, true), &ms[k % 3].addr, &ms, &mut rng), Decision::Redirect { to: 3, .. })
+                })
+                .count();
+            got as f64 / n as f64
+        };
+        let target = 25.0 / 325.0;
+        let steady = share_of_new(24);
+        assert!((steady - target).abs() < 0.0015, "{steady:.4} for {target:.4}");
+        // three picks of evidence, five pseudo-picks: each old instance is read as picked
+        // (1 + 5 t) / 8 of the time, and only its excess over t moves
+        let t_old = 100.0 / 325.0;
+        let thin = 1.0 - t_old / ((1.0 + 5.0 * t_old) / 8.0);
+        let got = share_of_new(1);
+        assert!((got - thin).abs() < 0.0015 && got < target / 2.0, "{got:.4} for {thin:.4}");
+        assert_eq!(fading_prior(5.0, 2.0), 5.0);
+        assert_eq!(fading_prior(5.0, 50.0), 0.5);
+        assert_eq!(fading_prior(f64::NAN, 50.0), 0.0);
+        assert_eq!(fading_prior(5.0, f64::INFINITY), 5.0);
     }
 
     /// A round-robin caller at 100 picks/s whose list gains a new instance (weights 100, 100,
@@ -453,8 +604,9 @@ mod tests {
         let mut c = Corrector::default();
         c.replan(&ms, weight(&ms), &Picks::default(), 20.0, NOW);
         let mut rng = Rng::new(9);
-        let go = |addr: &str, rng: &mut Rng| {
-            decide(idx.lookup(addr, |_| false), addr, |k| (k == 0).then_some(&ms[..]), |k| (k == 0).then_some(&c), rng)
+        let mut go = |addr: &str, rng: &mut Rng| {
+            let c = &mut c;
+            decide(idx.lookup(addr, |_| false), addr, |k| (k == 0).then_some(&ms[..]), |k| (k == 0).then_some(c), rng)
         };
         assert_eq!(go("192.168.1.1:80", &mut rng), Decision::Untouched(Untouched::Unknown));
         assert!(matches!(go("10.0.0.9:80", &mut rng), Decision::Redirect { why: Why::Departed, .. }));

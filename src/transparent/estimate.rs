@@ -7,8 +7,17 @@
 //! only the picks of one address: a per-worker estimate would find every worker's callers
 //! "over-picking" and redirect far more than needed (the final shares would still be right, since
 //! each worker's correction is exact for what it sees, but the redirected share would not be the
-//! least). So every VM counts its picks in a [`Pending`] and adds them now and then to one
-//! [`Picks`] aggregate kept in Envoy shared data ([`flush`]), and plans from that aggregate.
+//! least). So every VM counts its picks in a [`Pending`], keeps its own decayed counts
+//! ([`Picks`]), and now and then writes them to its slot of the service's [`Slots`] in Envoy
+//! shared data ([`flush`]); it plans from the sum of every slot.
+//!
+//! Each VM's counts are taken as they were at its last flush, not decayed to the reader's now
+//! (for a grace of about one flush interval): a single aggregate that decays everything on every
+//! write would hold each reader's own picks fresh and the others' short of what they picked since
+//! their last flush, so that every worker would see its own addresses over-picked and redirect
+//! more than needed; with two workers splitting a round-robin caller's addresses, a warming
+//! instance at 12 % got 16 %. A steady count is the same at the last flush and now, so the sum of
+//! the slots is unbiased; when the callers change, it lags by at most one flush interval.
 
 use std::collections::BTreeMap;
 
@@ -66,38 +75,129 @@ impl Picks {
         self.counts.get(addr).copied().unwrap_or(0.0)
     }
 
-    /// The shared-data form: `lossless-picks at_ms`, then one `addr count` line per address, the
-    /// count in thousandths of a pick (an integer: no float formatting in the module).
-    pub fn encode(&self) -> Vec<u8> {
+    /// Writes one `addr count` line per address, the count in thousandths of a pick (an
+    /// integer: no float formatting in the module).
+    fn write_counts(&self, out: &mut String) {
         use std::fmt::Write;
-        let mut out = format!("lossless-picks {}\n", self.at_ms);
         for (a, c) in &self.counts {
             let milli = (c * 1000.0).round();
             let milli = if milli.is_finite() && milli > 0.0 { milli.min(u64::MAX as f64) as u64 } else { 0 };
             let _ = writeln!(out, "{a} {milli}");
         }
+    }
+
+    /// Reads an `addr count` line of [`Picks::write_counts`] into the counts; anything else,
+    /// a zero count, and counts past [`MAX_ADDRESSES`] add nothing.
+    fn read_count(&mut self, line: &str) {
+        let mut f = line.split(' ');
+        if let (Some(a), Some(Ok(milli)), None) = (f.next(), f.next().map(str::parse::<u64>), f.next()) {
+            if milli > 0 && self.counts.len() < MAX_ADDRESSES {
+                self.counts.insert(a.to_string(), milli as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+/// At most this many VMs' slots are kept per service (the workers of this configuration and of
+/// one being drained after an update); the stalest go first.
+pub const MAX_SLOTS: usize = 64;
+
+/// The shared-data form of one service's estimate: every VM's own decayed counts as of its last
+/// flush, keyed by the VM's id ([`crate::vm::Vm::vm_id`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slots {
+    pub by_vm: BTreeMap<u64, Picks>,
+}
+
+impl Slots {
+    /// The factor a slot written at `at_ms` is read with at `now_ms`: 1 within `grace_ms` (its VM
+    /// flushes again before then), then the decay of the time past it (the VM stopped flushing:
+    /// it was replaced, or its counts are going).
+    fn factor(at_ms: i64, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> f64 {
+        let late = now_ms.saturating_sub(at_ms).saturating_sub(grace_ms);
+        if late > 0 {
+            decay(late, half_life_ms)
+        } else {
+            1.0
+        }
+    }
+
+    /// The estimate at `now_ms`: the sum over the slots, each read with [`Slots::factor`].
+    pub fn merged(&self, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> Picks {
+        let mut sum = Picks { at_ms: now_ms, counts: BTreeMap::new() };
+        for slot in self.by_vm.values() {
+            let f = Self::factor(slot.at_ms, now_ms, grace_ms, half_life_ms);
+            for (a, c) in &slot.counts {
+                *sum.counts.entry(a.clone()).or_insert(0.0) += c * f;
+            }
+        }
+        sum.counts.retain(|_, c| *c >= FLOOR);
+        sum
+    }
+
+    /// Puts VM `vm_id`'s counts `own` in its slot (removes the slot when they are all gone) and
+    /// drops the slots of VMs whose counts decayed away; at most [`MAX_SLOTS`] are kept, the
+    /// stalest dropped first. True when anything changed (the slots must be written).
+    pub fn put(&mut self, vm_id: u64, own: &Picks, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> bool {
+        let mut changed = if own.counts.is_empty() {
+            self.by_vm.remove(&vm_id).is_some()
+        } else {
+            self.by_vm.insert(vm_id, own.clone()).as_ref() != Some(own)
+        };
+        let before = self.by_vm.len();
+        self.by_vm.retain(|_, p| p.total() * Self::factor(p.at_ms, now_ms, grace_ms, half_life_ms) >= FLOOR);
+        while self.by_vm.len() > MAX_SLOTS {
+            let stalest = self.by_vm.iter().filter(|(id, _)| **id != vm_id).min_by_key(|(_, p)| p.at_ms).map(|(id, _)| *id);
+            let Some(id) = stalest else { break };
+            self.by_vm.remove(&id);
+        }
+        changed |= self.by_vm.len() != before;
+        changed
+    }
+
+    /// The shared-data form: `lossless-picks-by-vm`, then per slot a `vm <id> <at_ms>` line and
+    /// its `addr count` lines (the count in thousandths of a pick).
+    pub fn encode(&self) -> Vec<u8> {
+        use std::fmt::Write;
+        let mut out = String::from("lossless-picks-by-vm\n");
+        for (id, p) in &self.by_vm {
+            let _ = writeln!(out, "vm {id} {}", p.at_ms);
+            p.write_counts(&mut out);
+        }
         out.into_bytes()
     }
 
-    /// Reads [`Picks::encode`]'s form. Anything unreadable is an empty estimate (it rebuilds from
-    /// the next picks); a malformed line is skipped.
-    pub fn decode(b: &[u8]) -> Picks {
+    /// Reads [`Slots::encode`]'s form; anything else reads as no slots, a line that is neither a
+    /// slot's head nor a count is skipped, and at most [`MAX_SLOTS`] slots are read.
+    pub fn decode(b: &[u8]) -> Slots {
         let text = String::from_utf8_lossy(b);
         let mut lines = text.lines();
-        let Some(at_ms) = lines.next().and_then(|h| h.strip_prefix("lossless-picks ")).and_then(|v| v.parse().ok())
-        else {
-            return Picks::default();
-        };
-        let mut counts = BTreeMap::new();
+        let mut slots = Slots::default();
+        if lines.next() != Some("lossless-picks-by-vm") {
+            return slots;
+        }
+        let mut current: Option<(u64, Picks)> = None;
         for line in lines {
-            let mut f = line.split(' ');
-            if let (Some(a), Some(Ok(milli)), None) = (f.next(), f.next().map(str::parse::<u64>), f.next()) {
-                if milli > 0 && counts.len() < MAX_ADDRESSES {
-                    counts.insert(a.to_string(), milli as f64 / 1000.0);
+            if let Some(head) = line.strip_prefix("vm ") {
+                if let Some((id, p)) = current.take() {
+                    slots.by_vm.insert(id, p);
                 }
+                let mut f = head.split(' ');
+                if let (Some(Ok(id)), Some(Ok(at_ms)), None) =
+                    (f.next().map(str::parse::<u64>), f.next().map(str::parse::<i64>), f.next())
+                {
+                    if slots.by_vm.len() < MAX_SLOTS {
+                        current = Some((id, Picks { at_ms, counts: BTreeMap::new() }));
+                    }
+                }
+            } else if let Some((_, p)) = current.as_mut() {
+                p.read_count(line);
             }
         }
-        Picks { at_ms, counts }
+        if let Some((id, p)) = current {
+            slots.by_vm.insert(id, p);
+        }
+        slots
     }
 }
 
@@ -140,27 +240,33 @@ impl Pending {
     }
 }
 
-/// Adds this VM's `pending` picks to the process-wide aggregate under `key` (one CAS write,
-/// retried under contention; see [`crate::store::update_cas`]) and returns the aggregate as
-/// written, which the VM then plans from; `pending` is cleared once written. With nothing pending
-/// it only reads. `None` when the write kept failing (the picks stay pending for the next flush).
-pub fn flush(shared: &dyn Shared, key: &str, pending: &mut Pending, now_ms: i64, half_life_ms: i64) -> Option<Picks> {
-    if pending.is_empty() {
-        let (bytes, _) = shared.get(key);
-        return Some(Picks::decode(bytes.as_deref().unwrap_or_default()));
-    }
-    let mut written = None;
-    let ok = update_cas(shared, key, Picks::decode, Picks::encode, |p| {
-        p.absorb(pending, now_ms, half_life_ms);
-        written = Some(p.clone());
-        true
+/// Adds this VM's `pending` picks to its own counts `own` (decayed to `now_ms`), puts those in
+/// the VM's slot of the service's [`Slots`] under `key` (one CAS write, retried under contention;
+/// see [`crate::store::update_cas`]; nothing is written when the slot is unchanged) and returns
+/// the estimate the VM plans from: the sum of the slots as read, with its own counts in its slot
+/// ([`Slots::merged`]). `grace_ms`: how long a slot counts in full after its write, at least
+/// one flush interval. A lost CAS race loses nothing: the picks are in `own`, written with the
+/// next flush. `None` only when the key could not be read at all.
+#[allow(clippy::too_many_arguments)]
+pub fn flush(
+    shared: &dyn Shared,
+    key: &str,
+    vm_id: u64,
+    own: &mut Picks,
+    pending: &mut Pending,
+    now_ms: i64,
+    grace_ms: i64,
+    half_life_ms: i64,
+) -> Option<Picks> {
+    own.absorb(pending, now_ms, half_life_ms);
+    pending.clear();
+    let mut merged = None;
+    update_cas(shared, key, Slots::decode, Slots::encode, |slots| {
+        let changed = slots.put(vm_id, own, now_ms, grace_ms, half_life_ms);
+        merged = Some(slots.merged(now_ms, grace_ms, half_life_ms));
+        changed
     });
-    if ok {
-        pending.clear();
-        written
-    } else {
-        None
-    }
+    merged
 }
 
 #[cfg(test)]
@@ -217,43 +323,91 @@ mod tests {
     fn encode_decode_round_trip_and_junk() {
         let mut p = Picks::default();
         p.absorb(&pending(&[("10.0.0.1:80", 3), ("[::1]:8080", 1)]), NOW, 1000);
-        let back = Picks::decode(&p.encode());
-        assert_eq!(back, p);
-        assert_eq!(Picks::decode(b""), Picks::default());
-        assert_eq!(Picks::decode(b"nonsense"), Picks::default());
-        let d = Picks::decode(b"lossless-picks 5\na:1 2500\nbad\nb:1 x\nc:1 -1\nd:1 NaN\ne:1 1 2\nf:1 0\ng:1 2.5\n");
-        assert_eq!(d.at_ms, 5);
-        assert_eq!(d.counts.len(), 1);
-        assert_eq!(d.count("a:1"), 2.5);
+        let mut slots = Slots::default();
+        assert!(slots.put(7, &p, NOW, 500, 1000));
+        assert!(slots.put(u64::MAX, &p, NOW, 500, 1000));
+        let back = Slots::decode(&slots.encode());
+        assert_eq!(back, slots);
+        assert_eq!(Slots::decode(b""), Slots::default());
+        assert_eq!(Slots::decode(b"nonsense"), Slots::default());
+        assert_eq!(Slots::decode(b"lossless-picks 5\na:1 2500\n"), Slots::default(), "another form");
+        let d = Slots::decode(
+            b"lossless-picks-by-vm\nz:1 9\nvm 3 5\na:1 2500\nbad\nb:1 x\nc:1 -1\nd:1 NaN\ne:1 1 2\nf:1 0\ng:1 2.5\nvm x 1\nh:1 7\nvm 4 6 7\n",
+        );
+        assert_eq!(d.by_vm.len(), 1, "{d:?}");
+        assert_eq!((d.by_vm[&3].at_ms, d.by_vm[&3].counts.len(), d.by_vm[&3].count("a:1")), (5, 1, 2.5));
         // decayed counts keep a thousandth of a pick
         let mut p = Picks::default();
         p.counts.insert("a:1".into(), 1.23449);
         p.counts.insert("b:1".into(), 0.0004);
-        let back = Picks::decode(&p.encode());
-        assert_eq!((back.count("a:1"), back.count("b:1")), (1.234, 0.0));
+        let mut slots = Slots::default();
+        slots.put(1, &p, 0, 500, 1000);
+        let back = Slots::decode(&slots.encode());
+        assert_eq!((back.by_vm[&1].count("a:1"), back.by_vm[&1].count("b:1")), (1.234, 0.0));
     }
 
-    /// Two VMs flush into one aggregate: nothing is lost, both plan from the sum.
+    /// Two VMs flush into their slots: nothing is lost, both plan from the sum.
     #[test]
     fn flush_aggregates_across_vms() {
         let s = FakeShared::default();
-        let key = "lossless/x/picks/orders";
+        let key = "lossless/x/picks-by-vm/orders";
+        let (mut own1, mut own2) = (Picks::default(), Picks::default());
         let mut vm1 = pending(&[("10.0.0.1:80", 40)]);
         let mut vm2 = pending(&[("10.0.0.2:80", 60)]);
-        let a = flush(&s, key, &mut vm1, NOW, 2000).unwrap();
+        let a = flush(&s, key, 1, &mut own1, &mut vm1, NOW, 500, 2000).unwrap();
         assert_eq!(a.total(), 40.0);
         assert!(vm1.is_empty());
-        let b = flush(&s, key, &mut vm2, NOW, 2000).unwrap();
+        let b = flush(&s, key, 2, &mut own2, &mut vm2, NOW, 500, 2000).unwrap();
         assert_eq!(b.count("10.0.0.1:80"), 40.0);
         assert_eq!(b.count("10.0.0.2:80"), 60.0);
-        // a read-only flush sees the same
-        let c = flush(&s, key, &mut Pending::default(), NOW + 10, 2000).unwrap();
+        // a VM with nothing new reads the same
+        let c = flush(&s, key, 3, &mut Picks::default(), &mut Pending::default(), NOW + 10, 500, 2000).unwrap();
         assert_eq!(c.total(), 100.0);
     }
 
-    /// A write that keeps losing its CAS race keeps the picks pending.
+    /// A VM's counts are read as of its last flush while it flushes on (its steady picks are not
+    /// taken as fewer than they are because it flushed a moment before the reader), and decay
+    /// once it stopped: a replaced VM's picks fade as a single count's would, and its slot goes.
     #[test]
-    fn failed_flush_keeps_pending() {
+    fn a_slot_counts_in_full_until_its_vm_is_late() {
+        let s = FakeShared::default();
+        let key = "k";
+        let mut own1 = Picks::default();
+        flush(&s, key, 1, &mut own1, &mut pending(&[("a:1", 100)]), NOW, 500, 1000);
+        let mut own2 = Picks::default();
+        let read = |at: i64, own2: &mut Picks| flush(&s, key, 2, own2, &mut Pending::default(), at, 500, 1000).unwrap();
+        assert_eq!(read(NOW + 400, &mut own2).count("a:1"), 100.0, "within the grace");
+        assert!((read(NOW + 1500, &mut own2).count("a:1") - 50.0).abs() < 1e-9, "one half-life past it");
+        let _ = read(NOW + 30_000, &mut own2);
+        let (bytes, _) = s.get(key);
+        assert_eq!(Slots::decode(&bytes.unwrap()), Slots::default(), "decayed away: the slot is dropped");
+        // a VM whose own counts are gone removes its slot
+        let mut own3 = Picks::default();
+        flush(&s, key, 3, &mut own3, &mut pending(&[("a:1", 1)]), NOW, 500, 1000);
+        flush(&s, key, 3, &mut own3, &mut Pending::default(), NOW + 20_000, 500, 1000);
+        assert!(own3.counts.is_empty());
+        assert_eq!(Slots::decode(&s.get(key).0.unwrap()), Slots::default());
+    }
+
+    /// The slots of many VMs (several configurations replaced in a row) stay bounded: the stalest
+    /// go first, the writer's own stays.
+    #[test]
+    fn slots_are_bounded() {
+        let mut slots = Slots::default();
+        let p = |at_ms: i64| Picks { at_ms, counts: [("a:1".to_string(), 1000.0)].into_iter().collect() };
+        for id in 0..(MAX_SLOTS as u64 + 5) {
+            slots.put(id, &p(NOW + id as i64), NOW + 100, 10_000, 1000);
+        }
+        assert_eq!(slots.by_vm.len(), MAX_SLOTS);
+        assert!(!slots.by_vm.contains_key(&0) && slots.by_vm.contains_key(&(MAX_SLOTS as u64 + 4)));
+        slots.put(0, &p(NOW - 5000), NOW + 100, 10_000, 1000);
+        assert!(slots.by_vm.contains_key(&0), "the writer's own slot is kept");
+    }
+
+    /// A write that keeps losing its CAS race loses no picks: they are in the VM's own counts,
+    /// written with its next flush, and the estimate it plans from has them.
+    #[test]
+    fn a_lost_race_loses_no_picks() {
         struct Busy;
         impl Shared for Busy {
             fn get(&self, _: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -263,9 +417,11 @@ mod tests {
                 false
             }
         }
+        let mut own = Picks::default();
         let mut p = pending(&[("a:1", 2)]);
-        assert_eq!(flush(&Busy, "k", &mut p, NOW, 1000), None);
-        assert_eq!(p.len(), 2);
+        let got = flush(&Busy, "k", 1, &mut own, &mut p, NOW, 500, 1000).unwrap();
+        assert_eq!((got.count("a:1"), own.count("a:1")), (2.0, 2.0));
+        assert!(p.is_empty());
     }
 
     #[test]

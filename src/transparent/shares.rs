@@ -176,13 +176,20 @@ impl Plan {
     /// The member a redirected pick goes to: drawn by `r` (the deficits), or by `t` when no
     /// deficit is left; `None` when no member has a target.
     pub fn redirect(&self, rng: &mut Rng) -> Option<usize> {
+        self.redirect_at(unit(rng))
+    }
+
+    /// The member at point `u` in `[0, 1)` of the redirect distribution (the inverse of its
+    /// cumulative distribution; [`Plan::redirect`] with `u` given); `None` when no member has a
+    /// target.
+    pub fn redirect_at(&self, u: f64) -> Option<usize> {
         let (to, prefix) = if self.deficit_to.is_empty() {
             (&self.target_to, &self.target_prefix)
         } else {
             (&self.deficit_to, &self.deficit_prefix)
         };
         let total = prefix.last().copied()?;
-        let x = unit(rng) * total;
+        let x = u.clamp(0.0, 1.0) * total;
         let k = prefix.partition_point(|p| *p <= x).min(to.len().saturating_sub(1));
         to.get(k).map(|j| *j as usize)
     }

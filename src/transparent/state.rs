@@ -21,6 +21,8 @@ pub struct Corrected {
     pub corrector: Corrector,
     /// Picks this VM saw since its last flush.
     pub pending: Pending,
+    /// This VM's own decayed pick counts (what its slot of the shared estimate holds).
+    pub own: Picks,
     /// The process-wide estimate as this VM last read it (what it plans from).
     pub picks: Picks,
     /// The service's departed addresses as the poller last shared them.
@@ -53,11 +55,11 @@ impl Corrected {
         self.corrector.replan(members, |i| balancer.weight_of(i), &self.picks, prior_picks, now_ms);
     }
 
-    /// Adds this VM's pending picks to the process-wide estimate under `key` and takes the
-    /// aggregate as its own. False when the shared write kept failing (the picks stay pending and
-    /// the estimate held is kept).
-    pub fn flush(&mut self, shared: &dyn Shared, key: &str, now_ms: i64, half_life_ms: i64) -> bool {
-        match flush(shared, key, &mut self.pending, now_ms, half_life_ms) {
+    /// Adds this VM's pending picks to its slot of the process-wide estimate under `key` and
+    /// takes the sum of the slots as the estimate it plans from ([`flush`]). False when the key
+    /// could not be read (the estimate held is kept).
+    pub fn flush(&mut self, shared: &dyn Shared, key: &str, vm_id: u64, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> bool {
+        match flush(shared, key, vm_id, &mut self.own, &mut self.pending, now_ms, grace_ms, half_life_ms) {
             Some(picks) => {
                 self.picks = picks;
                 true

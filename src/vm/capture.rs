@@ -3,7 +3,7 @@
 //! estimate flushed, the poller's record of departed addresses, and the counters of captured
 //! requests. The request decision itself is the router's ([`crate::router::Router::outbound`]).
 
-use super::Vm;
+use super::{Vm, TICK_MS};
 use crate::instance::Instance;
 use crate::router::Captured;
 use crate::store::Shared;
@@ -47,7 +47,11 @@ impl Vm {
                 continue;
             }
             c.next_flush_ms = now_ms.saturating_add(t.settings.replan_ms);
-            c.flush(shared, &self.keys.picks(&s.cfg.name), now_ms, t.settings.estimate_half_life_ms);
+            // a slot counts in full until its VM's next flush is overdue: one interval, plus a
+            // tick and as much again for a late one
+            let grace_ms = t.settings.replan_ms.saturating_mul(2).saturating_add(TICK_MS);
+            let key = self.keys.picks(&s.cfg.name);
+            c.flush(shared, &key, self.vm_id, now_ms, grace_ms, t.settings.estimate_half_life_ms);
             // warm-up weights move with the clock
             s.view.balancer.refresh_if_due(&s.view.members, now_ms, &mut self.rng);
             c.replan(&s.view.members, &s.view.balancer, t.settings.prior_picks, now_ms);
@@ -347,12 +351,70 @@ mod tests {
         assert!(st.redirected[3] > 0, "only c's excess moved: {st:?}");
         // the estimate is process-wide: it lives in shared data
         let (bytes, _) = crate::store::Shared::get(&w.shared, &w.vm.keys.picks("orders"));
-        let picks = crate::transparent::Picks::decode(&bytes.unwrap());
-        assert_eq!(picks.counts.len(), 3);
+        let slots = crate::transparent::estimate::Slots::decode(&bytes.unwrap());
+        assert_eq!(slots.by_vm.len(), 1);
+        assert_eq!(slots.by_vm[&1].counts.len(), 3);
         let gauge: Vec<(usize, u64)> = w.vm.correction_gauges().collect();
         assert_eq!(gauge.len(), 1);
         // c is picked a third of the time for a target of 45/245: R = 1/3 - 45/245 = 0.149
         assert!((130..170).contains(&gauge[0].1), "{gauge:?}");
+    }
+
+    /// Two workers, each with the connections to some of the addresses (Envoy hands a connection
+    /// to one worker; a caller that picks `ip:port` itself connects per address), flushing at
+    /// their own moments: the process still gives the warming instance Dubbo's share, neither
+    /// more (each worker planning from its own fresh picks and the other's stale ones) nor less.
+    #[test]
+    fn workers_that_see_different_addresses_give_dubbo_shares() {
+        let mut w = world(TCFG);
+        // a, b, c warm; d at 25 % of a 100 s warm-up: Dubbo weights 100, 100, 100, 25
+        let body = format!(
+            r#"{{"instances":[{{"address":"10.0.0.1:80","start_ms":1}},{{"address":"10.0.0.2:80","start_ms":1}},
+            {{"address":"10.0.0.3:80","start_ms":1}},
+            {{"address":"10.0.0.4:80","start_ms":{},"warmup_ms":100000}}]}}"#,
+            NOW - 25_000
+        );
+        publish(&mut w.vm, &w.shared, &[("orders", &body), ("pay", PAY)], NOW);
+        let mut other = Vm::new(config::parse(TCFG).unwrap(), TCFG, 2, Rng::new(2));
+        other.on_start(&w.shared);
+        other.sync(&w.shared, NOW);
+        assert_eq!(other.services[0].view.members.len(), 4);
+        let mut got: BTreeMap<String, u32> = BTreeMap::new();
+        let (mut n, mut dubbo) = (0u32, 0.0);
+        let mut count = |to: String, t: i64, got: &mut BTreeMap<String, u32>| {
+            if t >= NOW + 10_000 {
+                *got.entry(to).or_default() += 1;
+                n += 1;
+                let wd = 25.0 + (t - NOW) as f64 / 1000.0;
+                dubbo += wd / (300.0 + wd);
+            }
+        };
+        // a round-robin caller, 300 picks/s for 20 s: the first worker has the connections to a
+        // and b, the second those to c; they tick 100 ms apart, 50 ms out of step
+        let mut t = NOW;
+        for _ in 0..200 {
+            for k in 0..20 {
+                let dest = if k % 2 == 0 { "10.0.0.1:80" } else { "10.0.0.2:80" };
+                let to = upstream(&mut w, dest, t).unwrap();
+                count(to, t, &mut got);
+            }
+            w.vm.on_tick(&w.shared, t);
+            for _ in 0..10 {
+                let mut h = host(&w.shared, t + 50, &[(":path", "/orders/1")], Some("PassthroughCluster"));
+                h.props.push(("destination.address", "10.0.0.3:80".into()));
+                other.on_request(&h, &mut Exchange::default());
+                let to = h.req.borrow().iter().find(|(k, _)| k == UPSTREAM).map(|(_, v)| v.clone()).unwrap();
+                count(to, t + 50, &mut got);
+            }
+            other.on_tick(&w.shared, t + 50);
+            t += 100;
+        }
+        let share = |a: &str| f64::from(got.get(a).copied().unwrap_or(0)) / f64::from(n);
+        let dubbo = dubbo / f64::from(n);
+        assert!((share("10.0.0.4:80") - dubbo).abs() < 0.01, "{got:?}: Dubbo's share of d {dubbo:.4}");
+        for a in ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] {
+            assert!((share(a) - (1.0 - dubbo) / 3.0).abs() < 0.02, "{a}: {got:?}");
+        }
     }
 
     /// Every VM judges by the same departed addresses: the poller records them in shared data,

@@ -57,6 +57,10 @@ use crate::transparent::{Capture, Corrected};
 use crate::view::{ServiceView, View};
 
 /// A poller that stops renewing its lease is replaced after this long (ms).
+/// How often every VM ticks (ms): lease renewal, poll schedule, view, stats; the filter sets
+/// this period at start.
+pub const TICK_MS: i64 = 100;
+
 pub const LEASE_TTL_MS: i64 = 2000;
 /// The same registry complaint is logged at most once per this period (ms).
 const LOG_EVERY_MS: i64 = 10_000;
