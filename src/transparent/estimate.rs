@@ -147,7 +147,8 @@ impl Slots {
         let before = self.by_vm.len();
         self.by_vm.retain(|_, p| p.total() * Self::factor(p.at_ms, now_ms, grace_ms, half_life_ms) >= FLOOR);
         while self.by_vm.len() > MAX_SLOTS {
-            let stalest = self.by_vm.iter().filter(|(id, _)| **id != vm_id).min_by_key(|(_, p)| p.at_ms).map(|(id, _)| *id);
+            let stalest =
+                self.by_vm.iter().filter(|(id, _)| **id != vm_id).min_by_key(|(_, p)| p.at_ms).map(|(id, _)| *id);
             let Some(id) = stalest else { break };
             self.by_vm.remove(&id);
         }

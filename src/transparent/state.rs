@@ -58,7 +58,15 @@ impl Corrected {
     /// Adds this VM's pending picks to its slot of the process-wide estimate under `key` and
     /// takes the sum of the slots as the estimate it plans from ([`flush`]). False when the key
     /// could not be read (the estimate held is kept).
-    pub fn flush(&mut self, shared: &dyn Shared, key: &str, vm_id: u64, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> bool {
+    pub fn flush(
+        &mut self,
+        shared: &dyn Shared,
+        key: &str,
+        vm_id: u64,
+        now_ms: i64,
+        grace_ms: i64,
+        half_life_ms: i64,
+    ) -> bool {
         match flush(shared, key, vm_id, &mut self.own, &mut self.pending, now_ms, grace_ms, half_life_ms) {
             Some(picks) => {
                 self.picks = picks;
