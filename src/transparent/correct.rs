@@ -346,18 +346,20 @@ mod tests {
         assert!((moved - least).abs() < 0.01, "moved {moved:.4}, least {least:.4}");
     }
 
+    /// Three warm instances and a fourth at 25 % of its warm-up (Dubbo weights 100, 100, 100, 25).
+    fn three_warm_and_one_at_25() -> Vec<Instance> {
+        let mut ms: Vec<Instance> = (1..=3).map(|k| inst(&format!("10.0.0.{k}:80"), State::Serving, None)).collect();
+        ms.push(inst("10.0.0.4:80", State::Serving, Some(NOW - 25_000)));
+        ms
+    }
+
     /// The plan is applied evenly: of a round-robin caller's picks of three warm instances, a
     /// fourth at 25 % of its warm-up (target 25/325) receives its share in every run of 300
     /// picks to within two requests (independent draws would stray by about ±5 there), and each
     /// warm one keeps an even share of its own picks.
     #[test]
     fn the_share_is_spread_evenly() {
-        let ms = vec![
-            inst("10.0.0.1:80", State::Serving, None),
-            inst("10.0.0.2:80", State::Serving, None),
-            inst("10.0.0.3:80", State::Serving, None),
-            inst("10.0.0.4:80", State::Serving, Some(NOW - 25_000)),
-        ];
+        let ms = three_warm_and_one_at_25();
         let mut pending = Pending::default();
         for k in 0..3000 {
             pending.record(&ms[k % 3].addr);
@@ -392,12 +394,7 @@ mod tests {
     /// not fade: 7.24 %); with three picks of evidence most picks stay.
     #[test]
     fn the_prior_fades_with_evidence() {
-        let ms = vec![
-            inst("10.0.0.1:80", State::Serving, None),
-            inst("10.0.0.2:80", State::Serving, None),
-            inst("10.0.0.3:80", State::Serving, None),
-            inst("10.0.0.4:80", State::Serving, Some(NOW - 25_000)),
-        ];
+        let ms = three_warm_and_one_at_25();
         let share_of_new = |per_address: u32| {
             let mut pending = Pending::default();
             for k in 0..(3 * per_address as usize) {

@@ -122,7 +122,8 @@ impl Slots {
         }
     }
 
-    /// The estimate at `now_ms`: the sum over the slots, each read with [`Slots::factor`].
+    /// The estimate at `now_ms`: the sum over the slots, each in full within `grace_ms` of its
+    /// write and decayed by the time past that.
     pub fn merged(&self, now_ms: i64, grace_ms: i64, half_life_ms: i64) -> Picks {
         let mut sum = Picks { at_ms: now_ms, counts: BTreeMap::new() };
         for slot in self.by_vm.values() {
