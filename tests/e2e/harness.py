@@ -7,10 +7,25 @@ registry front (regproxy.py).
 import json
 import re
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from kit import LOOPBACK, REPO, Managed, free_port, get_json, lb_endpoints, request, wait_http
+from kit import (
+    HOUR_MS,
+    LOOPBACK,
+    REPO,
+    Managed,
+    MixedLoad,
+    free_port,
+    get_json,
+    lb_endpoints,
+    now_ms,
+    request,
+    wait_http,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -212,13 +227,15 @@ SIDE_HC = {"path": "/healthz", "interval_ms": 1000, "timeout_ms": 500, "unhealth
 
 
 def logged_gateway(kind, registry, make_envoy, workdir, endpoints, svc, workers=2, tag="",
-                   hc=SIDE_HC):
+                   hc=SIDE_HC, grpc_port=None):
     """A gateway of `kind` over `endpoints` ("ip:port"), its registry the Nacos API at
     `registry.addr` ("ip:port": rnacos or a RegFront before it), logging every request to
     `<workdir>/<kind><tag>.access.log` (flushed every 250 ms; see `access_log`): `override_host` or
     `original_dst`, lossless on the shipped template with the service fields `svc` (its routing
     mode set to `kind`); `plain`, Envoy with the active check `hc` and outlier detection
     (templates/plain-health.yaml). `tag` tells apart the processes and files of another attempt.
+    With `grpc_port` (lossless only) the membership is pushed from the registry's gRPC port there
+    (api v1, a reconciling poll every 30 s, polls every second while the stream is down).
     Its `.listen`, `.kind` and `.access_log` are set."""
     listen = free_port()
     log = Path(workdir) / f"{kind}{tag}.access.log"
@@ -229,10 +246,15 @@ def logged_gateway(kind, registry, make_envoy, workdir, endpoints, svc, workers=
                     HC_TIMEOUT=f"{hc['timeout_ms'] / 1000}s")
         template = with_access_log(TEMPLATES / "plain-health.yaml", "ingress", log, workdir)
     else:
-        subs["LOSSLESS_CONFIG"] = filter_config(registry.addr,
-                                                service={**svc, "routing": {"mode": kind}})
         shipped, prefix = ((OUTBOUND, "ingress") if kind == "override_host"
                            else (ORIGINAL_DST, "demo_pick"))
+        reg = None
+        if grpc_port:
+            reg = {"api": "v1", "grpc_cluster": "registry-grpc", "reconcile_interval_ms": 30_000}
+            subs["REGISTRY_GRPC_PORT"] = grpc_port
+            shipped = push_template(workdir, shipped)
+        subs["LOSSLESS_CONFIG"] = filter_config(registry.addr, registry=reg,
+                                                service={**svc, "routing": {"mode": kind}})
         template = with_access_log(shipped, prefix, log, workdir)
     gw = make_envoy(template, subs, concurrency=workers, name=f"{kind}{tag}",
                     extra_args=["--file-flush-interval-msec", "250"])
@@ -266,6 +288,110 @@ def push_template(workdir, template=OUTBOUND):
     path = Path(workdir) / "outbound-push.yaml"
     path.write_text(Path(template).read_text().rstrip("\n") + "\n" + GRPC_CLUSTER)
     return path
+
+
+# The load each of `Gateways` carries, and its Envoy workers.
+GATEWAY_RATE = 100
+GATEWAY_POST_SHARE = 0.3
+GATEWAY_WORKERS = 2
+
+
+class Gateways:
+    """lossless (override_host) and plain Envoy over the same slots, each with its access log and
+    its own open-loop load of RATE req/s with POST_SHARE POSTs, on one clock (`elapsed`, seconds
+    since the loads started). `grpc_port`: lossless takes pushes from the registry's gRPC port
+    (see `logged_gateway`)."""
+
+    def __init__(self, make_envoy, workdir, registry, slots, service=None, grpc_port=None):
+        self.gws = {
+            "lossless": logged_gateway("override_host", registry, make_envoy, workdir, slots,
+                                       service or {}, workers=GATEWAY_WORKERS,
+                                       grpc_port=grpc_port),
+            "plain": logged_gateway("plain", registry, make_envoy, workdir, slots, {},
+                                    workers=GATEWAY_WORKERS),
+        }
+        self.loads = {}
+        self.offset = None  # epoch seconds at elapsed() == 0
+
+    @property
+    def lossless(self):
+        return self.gws["lossless"]
+
+    def start_load(self, duration):
+        for kind, gw in self.gws.items():
+            self.loads[kind] = MixedLoad(gw.listen, rate=GATEWAY_RATE,
+                                         post_share=GATEWAY_POST_SHARE, threads=40,
+                                         duration=duration, timeout=12)
+        for load in self.loads.values():
+            load.start()
+        first = self.loads["lossless"]
+        self.offset = time.time() - first.elapsed()
+        return first
+
+    def elapsed(self):
+        return time.time() - self.offset
+
+    def wait(self):
+        for load in self.loads.values():
+            for part in load.parts:
+                part.wait()
+        time.sleep(0.6)  # the access logs' last flush
+
+    def rows(self, scenario, faults, lost):
+        """One row per gateway: requests, failed (GET / POST), per lost instance, and for each
+        address of `faults` ({addr: fault time}) the last new request after its fault (s; 0 when
+        none after it) and the requests sent to it after the fault plus 1 s."""
+        out = {}
+        for kind, load in self.loads.items():
+            shift = self.loads["lossless"].t0 - load.t0  # both on the lossless load's clock
+            samples = [s._replace(t=s.t - shift) for s in load.results()]
+            failed = [s for s in samples if s.status != 200]
+            by_method = Counter(s.method for s in failed)
+            sent = {}
+            late = Counter()
+            for start, host, *_ in access_log(self.gws[kind]):
+                t = start - self.offset
+                sent[host] = max(sent.get(host, -1e9), t)
+                if host in faults and t > faults[host] + 1.0:
+                    late[host] += 1
+            out[kind] = {
+                "scenario": scenario, "gateway": kind, "requests": len(samples),
+                "failed": len(failed), "failed_get": by_method.get("GET", 0),
+                "failed_post": by_method.get("POST", 0),
+                "failed_per_lost": round(len(failed) / max(lost, 1), 1),
+                "last_new_request_after_fault_s": {
+                    a: round(max(sent.get(a, t) - t, 0.0), 2) for a, t in faults.items()},
+                "sent_after_fault_plus_1s": dict(late),
+                "statuses": dict(Counter(s.status for s in failed)),
+                "first_failures": [(round(s.t, 2), s.method, s.status, s.error)
+                                   for s in failed[:5]],
+            }
+            print(f"BADDAY {out[kind]}")
+        return out
+
+
+def warm(rnacos, backends, service=SERVICE):
+    """Registers each of `backends` started an hour ago (warm), warm-up 1 s."""
+    for b in backends:
+        register(rnacos, b.port, now_ms() - HOUR_MS, warmup_ms=1000, service=service)
+
+
+def ready(gws, n):
+    """Waits until lossless of `gws` serves `n` instances, then plain Envoy's first checks."""
+    wait_until(lambda: len(serving_of(membership(gws.lossless.listen))) == n, timeout=15,
+               what=f"{n} serving in lossless")
+    time.sleep(2.5)  # plain Envoy: its first health checks
+
+
+def redo(rnacos, backends, started=None, warmup_ms=1000):
+    """What the instances' registry clients do when the registry comes back without them (redo
+    of the registration): registers again each of `backends` it does not list. rnacos 0.8.8
+    sometimes panics in its raft apply at start and then loses what it had (kit.rnacos)."""
+    listed = rnacos.hosts(SERVICE)
+    for b in backends:
+        if b.addr not in listed:
+            start = (started or {}).get(b.port, now_ms() - HOUR_MS)
+            register(rnacos, b.port, start, warmup_ms=warmup_ms)
 
 
 def stall_quiet_and_bound(gw, addr=None):

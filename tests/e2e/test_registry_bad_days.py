@@ -2,7 +2,7 @@
 (docs/registry-bad-days.md has the rules these runs prove).
 
 Each run: instances of backend.py registered in rnacos; two gateways over the same instance slots,
-each under its own open-loop load of RATE req/s with 30 % POSTs: lossless in override_host mode
+each under its own open-loop load of 100 req/s with 30 % POSTs: lossless in override_host mode
 (the shipped template) and plain Envoy with active health checks and outlier detection
 (templates/plain-health.yaml: GET /healthz every 1 s, 0.5 s timeout, down after 2 failures).
 Plain Envoy has no registry: it follows the instances' own health checks, so each scenario's
@@ -24,98 +24,27 @@ request" to an instance is the start of the last request a gateway sent it.
 import shutil
 import threading
 import time
-from collections import Counter
 
 import pytest
 
 from harness import (
+    GATEWAY_WORKERS,
     SERVICE,
+    Gateways,
     RegFront,
-    access_log,
-    logged_gateway,
     membership,
+    ready,
+    redo,
     register,
     serving_of,
+    warm,
 )
-from kit import HOUR_MS, LOOPBACK, MixedLoad, now_ms, wait_until
+from kit import HOUR_MS, LOOPBACK, now_ms, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_wasm_crash")
 
-RATE = 100  # per gateway
-POST_SHARE = 0.3
-WORKERS = 2
 GRACE_S = 3.0  # a departing instance answers with its drain header this long, then stops
 STEP_S = 4.0  # between two departures
-
-
-class Gateways:
-    """lossless (override_host) and plain Envoy over the same slots, each with its access log and
-    its own load, on one clock (`elapsed`, seconds since the loads started)."""
-
-    def __init__(self, make_envoy, workdir, registry, slots, service=None):
-        self.gws = {
-            "lossless": logged_gateway("override_host", registry, make_envoy, workdir, slots,
-                                       service or {}, workers=WORKERS),
-            "plain": logged_gateway("plain", registry, make_envoy, workdir, slots, {},
-                                    workers=WORKERS),
-        }
-        self.loads = {}
-        self.offset = None  # epoch seconds at elapsed() == 0
-
-    @property
-    def lossless(self):
-        return self.gws["lossless"]
-
-    def start_load(self, duration):
-        for kind, gw in self.gws.items():
-            self.loads[kind] = MixedLoad(gw.listen, rate=RATE, post_share=POST_SHARE, threads=40,
-                                         duration=duration, timeout=12)
-        for load in self.loads.values():
-            load.start()
-        first = self.loads["lossless"]
-        self.offset = time.time() - first.elapsed()
-        return first
-
-    def elapsed(self):
-        return time.time() - self.offset
-
-    def wait(self):
-        for load in self.loads.values():
-            for part in load.parts:
-                part.wait()
-        time.sleep(0.6)  # the access logs' last flush
-
-    def rows(self, scenario, faults, lost):
-        """One row per gateway: requests, failed (GET / POST), per lost instance, and for each
-        address of `faults` ({addr: fault time}) the last new request after its fault (s; 0 when
-        none after it) and the requests sent to it after the fault plus 1 s."""
-        out = {}
-        for kind, load in self.loads.items():
-            shift = self.loads["lossless"].t0 - load.t0  # both on the lossless load's clock
-            samples = [s._replace(t=s.t - shift) for s in load.results()]
-            failed = [s for s in samples if s.status != 200]
-            by_method = Counter(s.method for s in failed)
-            sent = {}
-            late = Counter()
-            for start, host, *_ in access_log(self.gws[kind]):
-                t = start - self.offset
-                sent[host] = max(sent.get(host, -1e9), t)
-                if host in faults and t > faults[host] + 1.0:
-                    late[host] += 1
-            out[kind] = {
-                "scenario": scenario, "gateway": kind, "requests": len(samples),
-                "failed": len(failed), "failed_get": by_method.get("GET", 0),
-                "failed_post": by_method.get("POST", 0),
-                "failed_per_lost": round(len(failed) / max(lost, 1), 1),
-                "last_new_request_after_fault_s": {
-                    a: round(max(sent.get(a, t) - t, 0.0), 2) for a, t in faults.items()},
-                "sent_after_fault_plus_1s": dict(late),
-                "statuses": dict(Counter(s.status for s in failed)),
-                "first_failures": [(round(s.t, 2), s.method, s.status, s.error)
-                                   for s in failed[:5]],
-            }
-            print(f"BADDAY {out[kind]}")
-        return out
 
 
 class Sampler(threading.Thread):
@@ -148,28 +77,6 @@ class Sampler(threading.Thread):
 
 def bs_addr(backends):
     return sorted(b.addr for b in backends)
-
-
-def warm(rnacos, backends, service=SERVICE):
-    for b in backends:
-        register(rnacos, b.port, now_ms() - HOUR_MS, warmup_ms=1000, service=service)
-
-
-def ready(gws, n):
-    wait_until(lambda: len(serving_of(membership(gws.lossless.listen))) == n, timeout=15,
-               what=f"{n} serving in lossless")
-    time.sleep(2.5)  # plain Envoy: its first health checks
-
-
-def redo(rnacos, backends, started=None, warmup_ms=1000):
-    """What the instances' registry clients do when the registry comes back without them (redo
-    of the registration): registers again each of `backends` it does not list. rnacos 0.8.8
-    sometimes panics in its raft apply at start and then loses what it had (kit.rnacos)."""
-    listed = rnacos.hosts(SERVICE)
-    for b in backends:
-        if b.addr not in listed:
-            start = (started or {}).get(b.port, now_ms() - HOUR_MS)
-            register(rnacos, b.port, start, warmup_ms=warmup_ms)
 
 
 def leave_politely(b):
@@ -330,7 +237,7 @@ def test_older_view_never_brings_a_departed_instance_back(rnacos, make_backend, 
     assert not back, back[:10]
     late = ll["last_new_request_after_fault_s"][gone.addr]
     assert late <= 2.0, ll  # refresh interval (1 s) + margin
-    assert ll["sent_after_fault_plus_1s"].get(gone.addr, 0) <= 2 * WORKERS * 3, ll
+    assert ll["sent_after_fault_plus_1s"].get(gone.addr, 0) <= 2 * GATEWAY_WORKERS * 3, ll
     assert ll["failed"] == 0, ll
     assert ll["failed"] <= rows["plain"]["failed"], rows
     # the rest kept their share
