@@ -209,18 +209,24 @@ PLAIN_CAPTURE = REPO / "bench" / "capture-plain.yaml"
 def capture_templates(workdir):
     """(plain, without, with) templates of (r), (s) and (t), written to `workdir`: PLAIN_CAPTURE;
     envoy/outbound-capture.yaml with the destination taken from the request's authority, listening
-    on LISTEN_PORT, its lossless filters taken out of both hops; the same with them. Derived on
+    on LISTEN_PORT, its loop guard taken out (the bench connects to that port itself), its
+    lossless filters taken out of both hops; the same with them. Derived on
     every run; refuses to run if the template's layout moved."""
     text = CAPTURE_TEMPLATE.read_text()
+    # the loop guard answers connections made to the capture port itself: the bench makes
+    # exactly those (no iptables; the destination is the request's authority), so it goes
+    text, n_guard = re.subn(r"^    # Loop guard:.*?\n(?=    default_filter_chain:)", "", text,
+                            flags=re.M | re.S)
     n_dest = text.count(CAPTURE_DESTINATION)
     text = text.replace(CAPTURE_DESTINATION, AUTHORITY).replace("${CAPTURE_PORT}", "${LISTEN_PORT}")
     wasm = re.compile(r"^( +)- &lossless\n(?:\1  .*\n)+", re.M)
     bare, n_wasm = wasm.subn("", text)
     bare, n_inner = re.subn(r"\[\*lossless, \*router\]", "[*router]", bare)
-    if (n_dest, n_wasm, n_inner) != (1, 1, 1) or "envoy.filters.http.wasm" in bare:
+    if ((n_guard, n_dest, n_wasm, n_inner) != (1, 1, 1, 1) or "envoy.filters.http.wasm" in bare
+            or "loop-guard" in text):
         raise RuntimeError(f"cannot derive the capture variants from {CAPTURE_TEMPLATE}: "
-                           f"{n_dest} destination(s), {n_wasm} filter block(s), {n_inner} inner "
-                           "filter list(s)")
+                           f"{n_guard} loop guard(s), {n_dest} destination(s), {n_wasm} filter "
+                           f"block(s), {n_inner} inner filter list(s)")
     out = []
     for name, body in (("plain", PLAIN_CAPTURE.read_text()), ("without", bare), ("with", text)):
         path = Path(workdir) / f"envoy-capture-{name}.yaml"
