@@ -76,6 +76,7 @@ MATRIX = {
     "g": ("`routing.fallbacks` 0", {"routing": {"fallbacks": 0}}),
     "h": ("`routing.fallbacks` 1", {"routing": {"fallbacks": 1}}),
     "i": ("`routing.mode` `original_dst`", {"routing": {"mode": "original_dst"}}),
+    "u": ("`stall_detection.enabled` false", {"stall_detection": {"enabled": False}}),
 }
 # --capture: transparent mode (docs/transparent-mode.md) against the capture sidecar without the
 # filter. The caller picks the instance itself (wrk names members in turn in the Host header, as a
