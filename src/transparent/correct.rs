@@ -528,6 +528,7 @@ mod tests {
         });
         assert!((got[2] - 25.0 / 225.0).abs() < 0.01, "{got:?}");
         // only the estimate's noise moves anything (about 1.4 % here): 200 picks/s, half-life 2 s
+        println!("a weighted caller moved {:.2} %", 100.0 * moved);
         assert!(moved < 0.03, "moved {moved}");
     }
 
