@@ -98,8 +98,8 @@ impl Picks {
     }
 }
 
-/// At most this many VMs' slots are kept per service (the workers of this configuration and of
-/// one being drained after an update); the stalest go first.
+/// At most this many VMs' slots are kept per service (one per Envoy worker, and those of VMs that
+/// went away until their counts have decayed); the stalest go first.
 pub const MAX_SLOTS: usize = 64;
 
 /// The shared-data form of one service's estimate: every VM's own decayed counts as of its last
@@ -391,8 +391,8 @@ mod tests {
         assert_eq!(Slots::decode(&s.get(key).0.unwrap()), Slots::default());
     }
 
-    /// The slots of many VMs (several configurations replaced in a row) stay bounded: the stalest
-    /// go first, the writer's own stays.
+    /// The slots of more VMs than any Envoy runs stay bounded: the stalest go first, the writer's
+    /// own stays.
     #[test]
     fn slots_are_bounded() {
         let mut slots = Slots::default();
