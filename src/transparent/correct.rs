@@ -353,6 +353,20 @@ mod tests {
         ms
     }
 
+    /// A corrector for `ms` planned with `prior` pseudo-picks from a round-robin caller's
+    /// `per_address` picks of each of the first three members (decayed with `half_life_ms`).
+    fn planned_on_round_robin(ms: &[Instance], per_address: usize, half_life_ms: i64, prior: f64) -> Corrector {
+        let mut pending = Pending::default();
+        for k in 0..3 * per_address {
+            pending.record(&ms[k % 3].addr);
+        }
+        let mut picks = Picks::default();
+        picks.absorb(&pending, NOW, half_life_ms);
+        let mut c = Corrector::default();
+        c.replan(ms, weight(ms), &picks, prior, NOW);
+        c
+    }
+
     /// The plan is applied evenly: of a round-robin caller's picks of three warm instances, a
     /// fourth at 25 % of its warm-up (target 25/325) receives its share in every run of 300
     /// picks to within two requests (independent draws would stray by about ±5 there), and each
@@ -360,14 +374,7 @@ mod tests {
     #[test]
     fn the_share_is_spread_evenly() {
         let ms = three_warm_and_one_at_25();
-        let mut pending = Pending::default();
-        for k in 0..3000 {
-            pending.record(&ms[k % 3].addr);
-        }
-        let mut picks = Picks::default();
-        picks.absorb(&pending, NOW, 2000);
-        let mut c = Corrector::default();
-        c.replan(&ms, weight(&ms), &picks, 0.0, NOW);
+        let mut c = planned_on_round_robin(&ms, 1000, 2000, 0.0);
         let mut rng = Rng::new(5);
         let want = 300.0 * 25.0 / 325.0;
         let mut worst: f64 = 0.0;
@@ -395,15 +402,8 @@ mod tests {
     #[test]
     fn the_prior_fades_with_evidence() {
         let ms = three_warm_and_one_at_25();
-        let share_of_new = |per_address: u32| {
-            let mut pending = Pending::default();
-            for k in 0..(3 * per_address as usize) {
-                pending.record(&ms[k % 3].addr);
-            }
-            let mut picks = Picks::default();
-            picks.absorb(&pending, NOW, 500);
-            let mut c = Corrector::default();
-            c.replan(&ms, weight(&ms), &picks, 5.0, NOW);
+        let share_of_new = |per_address: usize| {
+            let mut c = planned_on_round_robin(&ms, per_address, 500, 5.0);
             let mut rng = Rng::new(3);
             let n = 30_000;
             let got = (0..n)
