@@ -151,8 +151,9 @@ impl Corrector {
         let serving: Vec<bool> = members.iter().map(|m| m.state.is_serving()).collect();
         let weights: Vec<u32> = (0..members.len()).map(&weight).collect();
         let t = targets(&weights, &serving);
-        let prior = fading_prior(prior_picks, picks.total());
-        let total = picks.total() + prior;
+        let evidence = picks.total();
+        let prior = fading_prior(prior_picks, evidence);
+        let total = evidence + prior;
         let q: Vec<f64> = if total > 0.0 {
             members.iter().zip(&t).map(|(m, t)| (picks.count(&m.addr) + prior * t) / total).collect()
         } else {
