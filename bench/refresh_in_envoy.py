@@ -12,7 +12,7 @@ Envoy (--concurrency 1, envoy/outbound-override-host.yaml) polls it every 500 ms
 read after each of `--samples` refreshes and the median and the range are printed (a Markdown
 table row per shape). `make bench` runs the same measurement (bench/run.py imports `measure`).
 
-Usage: python3 bench/refresh_in_envoy.py [--instances 10000] [--samples 15]
+Usage: python3 bench/refresh_in_envoy.py [--instances 10000] [--samples 15] [--shapes eureka,consul]
 Environment: ENVOY_BIN, LOSSLESS_WASM. Every process is stopped by its pid; every wait is bounded.
 """
 
@@ -194,11 +194,16 @@ def main():
     ap.add_argument("--instances", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=15)
     ap.add_argument("--workdir", default="/tmp/lossless-refresh-in-envoy")
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
+    shapes = [s for s in args.shapes.split(",") if s]
+    if unknown := [s for s in shapes if s not in SHAPES]:
+        ap.error(f"--shapes: unknown {', '.join(unknown)}")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     print("| reply | body | refresh | in Envoy (median) | range | samples | load average |")
     print("|---|---:|---|---:|---:|---:|---:|")
-    for shape in SHAPES:
+    for shape in shapes:
         for changed in (True, False):
             kind = "changed" if changed else "unchanged"
             r = measure(shape, args.instances, args.samples, Path(args.workdir) / f"{shape}-{kind}",

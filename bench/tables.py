@@ -637,7 +637,7 @@ def report(args, info, load, probe, micro, sizes_doc, formats=(), startup=None):
         f"of at least {args.warmup} s, continued until 95 % of the hosts hold a keep-alive "
         f"upstream connection (at most {args.warmup_max} s)")
     add(f"- **Rust**: {info['rustc']}; micro-benchmarks with the `bench` profile (= release: "
-        "opt-level \"z\", LTO), native x86_64")
+        "opt-level 3, LTO), native x86_64")
     add("")
 
     def ratio_text(size, v, base):
