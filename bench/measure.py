@@ -218,6 +218,45 @@ def cx_total(v):
     return f"cluster.{cluster_of(v)}.upstream_cx_total"
 
 
+class CpuSplit:
+    """`perf record -e cpu-clock` of one process for `seconds` (a software clock: it works where the
+    machine has no hardware counters), then the share of the samples by where they ran: the
+    Envoy binary, the kernel, libc, and `[JIT]`, code without a file: the JIT code of the Wasm VMs
+    (V8 writes no perf map here). Started before the measured run, read after it; a missing
+    or failing perf leaves `shares` empty."""
+
+    def __init__(self, pid, seconds, out):
+        self.out = Path(out)
+        self.shares = {}
+        try:
+            self.proc = subprocess.Popen(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-p", str(pid), "-o", str(self.out),
+                 "--", "sleep", str(seconds)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+        self.seconds = seconds
+
+    def read(self):
+        if self.proc is None:
+            return self.shares
+        try:
+            self.proc.wait(timeout=self.seconds + 30)
+            report = subprocess.run(
+                ["perf", "report", "-i", str(self.out), "--stdio", "--sort", "dso"],
+                capture_output=True, text=True, timeout=120).stdout
+        except (subprocess.TimeoutExpired, OSError):
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            return self.shares
+        for line in report.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+            if m:
+                self.shares[m.group(2)] = float(m.group(1)) / 100
+        self.out.unlink(missing_ok=True)
+        return self.shares
+
+
 def warm_up(args, e, size, script=None, variant="a"):
     """Unrecorded load until (nearly) every host has a keep-alive upstream connection, so the
     measured run is not dominated by connection setup (with 10,000 hosts, picks spread over all of
@@ -305,6 +344,9 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                     warm_s, cx_active = warm_up(args, e, size, script, v)
                     reads0 = upstream_reads(ng.ports[:size])
                     cx0 = e.stat(cx_total(v), 0)
+                    profile = (CpuSplit(e.pid, max(args.duration - 2, 1),
+                                        procs.log_dir / f"perf-{tag}.data")
+                               if args.profile and v in ("d", "e") else None)
                     (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
                     w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
                     (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
@@ -316,6 +358,11 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                                user_us_per_req=(u1 - u0) * 1e6 / served,
                                sys_us_per_req=(s1 - s0) * 1e6 / served,
                                **e.rss_kib())
+                    if profile is not None and (shares := profile.read()):
+                        # CPU per request by where it ran, the measured run's CPU split by the
+                        # profile's shares (the profile covers all of the run but its last 2 s)
+                        row["cpu_split_us_per_req"] = {
+                            dso: share * row["cpu_us_per_req"] for dso, share in shares.items()}
                     if v in (*LOSSLESS_VARIANTS, "t"):
                         row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
                         row["local_503"] = sum(

@@ -165,6 +165,10 @@ def parse_args():
                          "this (0: do not wait)")
     ap.add_argument("--max-load-wait", type=int, default=600,
                     help="seconds at most of that wait; then the load test runs anyway")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile (d) and (e) during each measured run (perf record -e cpu-clock) "
+                         "and split their CPU per request by where it ran; the growth block "
+                         "reports the filter's own code, the JIT code of the Wasm VMs")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--wrk", default=os.environ.get("WRK_BIN") or shutil.which("wrk") or "wrk")
     args = ap.parse_args()

@@ -395,11 +395,65 @@ def growth_section(info, load):
             verdict_text = (f"within 1 µs by its median ({m:+.1f} µs from {base:,} to {top:,} "
                             f"instances), but its 95 % interval ({lo:+.1f} to {hi:+.1f} µs) "
                             "reaches above it: not shown flat at this noise")
-        else:
+        elif lo > 1.0:
             verdict_text = (f"grows: {m:+.1f} µs from {base:,} to {top:,} instances (95 % "
                             f"interval {lo:+.1f} to {hi:+.1f} µs)")
+        else:
+            verdict_text = (f"not settled at this noise: {m:+.1f} µs from {base:,} to {top:,} "
+                            f"instances by its median, 95 % interval {lo:+.1f} to {hi:+.1f} µs")
         lines += ["", f"**(d) − (e) from {base:,} to {top:,} instances**: {verdict_text}."]
+    lines += profiled_lines(load, rounds, sizes, base)
     lines += ["", GROWTH_END]
+    return lines
+
+
+# where `perf report --sort dso` puts code without a file (`[JIT] tid N`, or `[unknown]` in
+# older perf): the JIT code of the Wasm VMs
+JIT = ("[JIT]", "[unknown]")
+
+
+def profiled_lines(load, rounds, sizes, base):
+    """With `--profile`: the CPU per request of (d) and (e) split by where it ran, per size (median
+    over rounds), and the growth of the filter's own code, (d)'s JIT code, over `base` within a
+    round."""
+    split = per_round(load, "cpu_split_us_per_req")
+    if not any(v == "d" for (_, _, v) in split):
+        return []
+
+    def part(k, size, v, where):
+        shares = split.get((k, size, v), {})
+        if where == "jit":
+            return sum(x for dso, x in shares.items() if dso.startswith(JIT))
+        if where == "envoy":
+            return sum(x for dso, x in shares.items() if dso.startswith("envoy"))
+        if where == "kernel":
+            return sum(x for dso, x in shares.items() if dso.startswith("[kernel"))
+        return sum(shares.values())
+
+    lines = ["", "Split by where the CPU ran (`--profile`: `perf record -e cpu-clock` of Envoy "
+             "during each measured run of (d) and (e); code without a file, `[JIT]`, is the JIT "
+             "code of the Wasm VMs: the filter's own code). Per size the median over rounds "
+             "of µs per request; growth: at a size minus at "
+             f"{base:,} in the same round.", "",
+             "| instances | rounds | variant | all | Envoy binary | kernel | JIT code | "
+             f"JIT code: growth over {base:,} | Envoy binary: (d) − (e) |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        for v in ("d", "e"):
+            ks = [k for k in rounds if (k, size, v) in split]
+            if not ks:
+                continue
+
+            def of(where, ks=ks, size=size, v=v):
+                return f"{med([part(k, size, v, where) for k in ks]):.1f}"
+            g = [part(k, size, v, "jit") - part(k, base, v, "jit") for k in ks
+                 if (k, base, v) in split]
+            de = [part(k, size, "d", "envoy") - part(k, size, "e", "envoy") for k in ks
+                  if (k, size, "d") in split and (k, size, "e") in split]
+            lines.append(f"| {size:,} | {len(ks)} | ({v}) | {of('all')} | {of('envoy')} | "
+                         f"{of('kernel')} | {of('jit')} | "
+                         f"{spread_text(g) if size != base and g else ''} | "
+                         f"{spread_text(de) if v == 'd' and de else ''} |")
     return lines
 
 
