@@ -256,6 +256,12 @@ class CpuSplit:
         self.out.unlink(missing_ok=True)
         return self.shares
 
+    def stop(self):
+        """Stops perf if it still runs (a run that failed before `read`), by its pid."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
 
 def warm_up(args, e, size, script=None, variant="a"):
     """Unrecorded load until (nearly) every host has a keep-alive upstream connection, so the
@@ -340,6 +346,7 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                                                          start=rnd % size))
                 load1 = os.getloadavg()[0]
                 e = start_envoy(procs, envoy_bin, tag, config, host=host)
+                profile = None
                 try:
                     warm_s, cx_active = warm_up(args, e, size, script, v)
                     reads0 = upstream_reads(ng.ports[:size])
@@ -391,6 +398,8 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                         f"new cx {row['cx_new']} hosts {row['hosts_answered']} "
                         f"load {load1:.2f}")
                 finally:
+                    if profile is not None:
+                        profile.stop()
                     e.stop()
     return results
 

@@ -343,7 +343,7 @@ impl<'a> Marker<'a> {
 /// The fingerprint's hash: each run of bytes fed is hashed in four lanes of 8 bytes (a multiply
 /// and a rotation per word, the lanes independent so they overlap in the CPU), then folded into
 /// the running state with its length. Not a cryptographic hash: a registry reply is not an
-/// adversary's choice here, and a collision costs one missed change until the next reply differs.
+/// adversary's choice here, and a collision costs one missed change until the list changes again.
 struct Lanes {
     state: u64,
 }
