@@ -187,11 +187,11 @@ impl Balancer {
         self.uniform = uniform || total == 0;
         self.next_refresh_ms = next;
         if self.policy == Policy::RoundRobin {
-            self.reset_heap(rng);
+            self.reset_round_robin(rng);
         }
     }
 
-    fn reset_heap(&mut self, rng: &mut Rng) {
+    fn reset_round_robin(&mut self, rng: &mut Rng) {
         self.heap.clear();
         self.rotation.clear();
         self.turn = 0;
