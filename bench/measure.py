@@ -24,13 +24,13 @@ from variants import (
     LOSSLESS_VARIANTS,
     PROBES,
     ROUTED_CALLS,
-    WRK_LUA,
     baseline_template,
     capture_config,
     capture_templates,
     cluster_of,
     envoy_config,
     variants_of,
+    wrk_override_script,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ class Nginx:
     """nginx processes listening on a block of `n_ports` upstream ports (answering "ok"), the first
     one also serving the static registry documents of www/m/."""
 
-    def __init__(self, procs, binary, n_ports):
+    def __init__(self, procs, binary, n_ports, ports_per_process=PORTS_PER_NGINX):
         self.procs = procs
         self.binary = binary
         self.tmp = procs.log_dir
@@ -101,6 +101,7 @@ class Nginx:
         self.www = self.tmp / "www"
         (self.www / "m").mkdir(parents=True, exist_ok=True)
         self.names = []
+        self.ports_per_process = ports_per_process
 
     def doc(self, name, ports, weight_of=lambda i: 100):
         inst = [{"address": f"{LOOPBACK}:{p}", "weight": weight_of(i)}
@@ -111,8 +112,8 @@ class Nginx:
 
     def start(self):
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        chunks = [self.ports[i:i + PORTS_PER_NGINX]
-                  for i in range(0, len(self.ports), PORTS_PER_NGINX)]
+        step = self.ports_per_process
+        chunks = [self.ports[i:i + step] for i in range(0, len(self.ports), step)]
         os.chmod(self.tmp, 0o755)  # a root master runs its worker as nobody: it must read www/
         registry = REGISTRY_SERVER.format(addr=f"{LOOPBACK}:{self.registry_port}", www=self.www)
         for k, chunk in enumerate(chunks):
@@ -337,9 +338,9 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                     config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm,
                                           pt, baseline=baseline)
                 script = None
-                if v in ("e", *ROUTED_CALLS):
-                    script = procs.log_dir / f"override-{size}.lua"
-                    script.write_text(WRK_LUA.format(seed=rnd + 1, base=ng.ports[0], span=size))
+                if v in ("e", "w", *ROUTED_CALLS):
+                    script = procs.log_dir / f"override-{v}-{size}.lua"
+                    script.write_text(wrk_override_script(v, rnd + 1, ng.ports[0], size))
                 elif v in CAPTURE:
                     script = procs.log_dir / f"capture-{size}-{rnd}.lua"
                     script.write_text(CAPTURE_LUA.format(base=ng.ports[0], span=size,
@@ -353,7 +354,7 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                     cx0 = e.stat(cx_total(v), 0)
                     profile = (CpuSplit(e.pid, max(args.duration - 2, 1),
                                         procs.log_dir / f"perf-{tag}.data")
-                               if args.profile and v in ("d", "e") else None)
+                               if args.profile and v in ("d", "e", "w") else None)
                     (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
                     w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
                     (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
@@ -401,6 +402,61 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                     if profile is not None:
                         profile.stop()
                     e.stop()
+    return results
+
+
+def load_interleaved(args, procs, ng, wasm, pt, envoy_bin):
+    """`--interleave` (the growth block): every (size, variant) Envoy started at once and warmed up,
+    then `--rounds` cycles, each giving every Envoy one `--slice`-second wrk run in a rotated
+    order. Variants compared within a cycle ran seconds apart, so a drift of the machine's speed
+    (another tenant, the host) reaches them alike; with one fresh Envoy per run they ran minutes
+    apart. Rows as load_matrix()'s, `round` being the cycle."""
+    variants = variants_of(args)
+    baseline = baseline_template(procs.log_dir)
+    envoys, results = [], []
+    for size in args.sizes:
+        for v in variants:
+            if v in (*CROSSINGS, *ROUTED_CALLS, *CAPTURE):
+                continue
+            tag = f"i-{size}-{v}"
+            config = envoy_config(v, ng.ports[:size], ng.registry_port, f"svc{size}", wasm, pt,
+                                  baseline=baseline)
+            script = None
+            if v in ("e", "w"):
+                script = procs.log_dir / f"override-{v}-{size}.lua"
+                script.write_text(wrk_override_script(v, 1, ng.ports[0], size))
+            e = start_envoy(procs, envoy_bin, tag, config)
+            warm_s, active = warm_up(args, e, size, script, v)
+            log(f"{tag}: ready in {e.ready_s:.1f} s, warmed in {warm_s:.0f} s, cx {active}")
+            envoys.append((size, v, e, script))
+    for rnd in range(args.rounds):
+        k = rnd % len(envoys)
+        for size, v, e, script in envoys[k:] + envoys[:k]:
+            load1 = os.getloadavg()[0]
+            profile = (CpuSplit(e.pid, max(args.slice - 1, 1),
+                                procs.log_dir / f"perf-{rnd}-{size}-{v}.data")
+                       if args.profile and v in ("d", "e", "w") else None)
+            try:
+                (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
+                w = wrk(args.wrk, e.listen_port, args.slice, args.connections, script)
+                (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
+                served = max(w["requests"], 1)
+                row = dict(round=rnd, size=size, variant=v, **w,
+                           cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
+                           user_us_per_req=(u1 - u0) * 1e6 / served,
+                           sys_us_per_req=(s1 - s0) * 1e6 / served, load1=load1,
+                           valid=w["requests"] > 0 and w["non2xx"] == 0, **e.rss_kib())
+                if profile is not None and (shares := profile.read()):
+                    row["cpu_split_us_per_req"] = {
+                        dso: share * row["cpu_us_per_req"] for dso, share in shares.items()}
+            finally:
+                if profile is not None:
+                    profile.stop()
+            results.append(row)
+            log(f"cycle {rnd + 1}/{args.rounds} size {size:>5} {v}: {w['rps']:>9.0f} req/s cpu "
+                f"{row['cpu_us_per_req']:.1f} us/req non2xx {w['non2xx']} load {load1:.2f}")
+    for _, _, e, _ in envoys:
+        e.stop()
     return results
 
 

@@ -81,6 +81,7 @@ from kit import Procs, interrupt_on_signals, real_binary  # noqa: E402
 from measure import (  # noqa: E402
     Nginx,
     criterion,
+    load_interleaved,
     load_matrix,
     load_text,
     log,
@@ -166,16 +167,24 @@ def parse_args():
     ap.add_argument("--max-load-wait", type=int, default=600,
                     help="seconds at most of that wait; then the load test runs anyway")
     ap.add_argument("--profile", action="store_true",
-                    help="profile (d) and (e) during each measured run (perf record -e cpu-clock) "
+                    help="profile (d), (e) and (w) during each measured run "
+                         "(perf record -e cpu-clock) "
                          "and split their CPU per request by where it ran; the growth block "
                          "reports the filter's own code, the JIT code of the Wasm VMs")
+    ap.add_argument("--interleave", action="store_true",
+                    help="with --only growth: start every (size, variant) Envoy at once, then "
+                         "give each a --slice-second run per cycle, --rounds cycles")
+    ap.add_argument("--slice", type=int, default=3,
+                    help="seconds of one run with --interleave")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument("--wrk", default=os.environ.get("WRK_BIN") or shutil.which("wrk") or "wrk")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.variants = [v for v in args.variants.split(",") if v]
     if args.only == "growth" and not args.variants:
-        args.variants = ["a", "d", "e"]
+        args.variants = ["a", "d", "e", "w"]
+    if args.interleave and args.only != "growth":
+        ap.error("--interleave measures the growth block: add --only growth")
     args.capture_only = args.only == "capture"
     if args.only:
         args.skip_micro = args.skip_probe = args.skip_startup = True
@@ -208,8 +217,10 @@ def measure_all(args):
                    + f"  (= python3 bench/run.py {' '.join(sys.argv[1:])})".rstrip(),
         "nginx_version": version_of([nginx_bin, "-v"], "stderr").split("/")[-1],
         "rustc": version_of(["rustc", "--version"]),
-        "wrk_cmd": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency",
+        "wrk_cmd": f"wrk -t1 -c{args.connections} "
+                   f"-d{args.slice if args.interleave else args.duration}s --latency",
         "wasm_size": wasm.stat().st_size, "pt_size": pt.stat().st_size,
+        "interleave": args.interleave,
     }
     micro = [] if args.matrix_only or args.only else criterion(args, started)
     tmp = Path(tempfile.mkdtemp(prefix="lossless-bench-"))
@@ -221,7 +232,10 @@ def measure_all(args):
     pt = Path(shutil.copy(pt, tmp / "passthrough.wasm"))
     load, probe, formats, starts = [], [], [], []
     n_ports = max(args.sizes + ([10_000] if not args.skip_probe else []))
-    ng = Nginx(procs, nginx_bin, n_ports)
+    # --interleave keeps an Envoy of each variant connected to every upstream at once: more nginx
+    # processes, so that none holds more connections than its file limit
+    ng = Nginx(procs, nginx_bin, n_ports,
+               **({"ports_per_process": 2000} if args.interleave else {}))
     sizes_doc = {}
     for size in sorted(set(args.sizes + [3, 10_000])):
         if size <= n_ports:
@@ -234,7 +248,8 @@ def measure_all(args):
         ng.start()
         if not args.skip_load:
             info["load_wait"] = wait_for_quiet(args) if args.max_load else None
-            load = load_matrix(args, procs, ng, wasm, pt, envoy_bin)
+            load = (load_interleaved if args.interleave else load_matrix)(
+                args, procs, ng, wasm, pt, envoy_bin)
         if not args.skip_probe:
             probe = refresh_probe(args, procs, ng, wasm, envoy_bin)
         if not args.skip_probe or args.only == "formats":

@@ -359,18 +359,26 @@ def growth_section(info, load):
                 - (table[(k, base, "d")] - table[(k, base, "e")]) for k in rounds
                 if all((k, z, v) in table for z in (size, base) for v in ("d", "e"))]
 
+    how = ("round (every (size, variant) Envoy started at once and warmed up; each round gives "
+           "each of them one run, in a rotated order, so the variants compared ran seconds "
+           "apart)" if info.get("interleave") else
+           "round (the variants of one size run back to back in a rotated order, each in a "
+           "fresh Envoy)")
     lines = [GROWTH_BEGIN, "",
              "## The filter's own CPU per request by membership size: (d) − (e)", "",
              "Envoy CPU µs per request of lossless (d) over the pass-through filter with "
-             "override_host and a client-set header (e), taken within a round (the variants of "
-             "one size run back to back in a rotated order, each in a fresh Envoy); (a), no "
+             f"override_host and a client-set header (e), taken within a {how}; (a), no "
              "filter, for reference. Per size: the median over rounds **in bold**, its quartiles "
              "[Q1, Q3] and a 95 % bootstrap interval of the median (2,000 resamples) in "
              "brackets. Growth: (d) − (e) at a size minus (d) − (e) at "
-             f"{base:,} in the same round.", "", *run_lines(info, load, ("a", "d", "e")), "",
-             "| instances | rounds | (a) µs/req | (e) µs/req | (d) µs/req | (d) − (e) | (d) − (e), "
-             f"user CPU | growth over {base:,} | growth, user CPU | (e) − (a) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{base:,} in the same round. (e) and (d) visit the hosts in the cluster's host "
+             "order from a random start; (w) is (e) visiting them in one shuffled order: (w) − (e) "
+             "is what the order alone costs Envoy.", "",
+             *run_lines(info, load, ("a", "d", "e", "w")), "",
+             "| instances | rounds | (a) µs/req | (w) µs/req | (e) µs/req | (d) µs/req | (d) − (e) "
+             f"| (d) − (e), user CPU | growth over {base:,} | growth, user CPU | (w) − (e) "
+             "| (e) − (a) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size in sizes:
         d = diffs(cpu, size, "d", "e")
 
@@ -378,11 +386,13 @@ def growth_section(info, load):
             xs = [cpu[(k, size, v)] for k in rounds if (k, size, v) in cpu]
             return f"{med(xs):.1f}" if xs else ""
         du, ea = diffs(user, size, "d", "e"), diffs(cpu, size, "e", "a")
+        we = diffs(cpu, size, "w", "e")
         g, gu = growth(cpu, size), growth(user, size)
-        lines.append(f"| {size:,} | {len(d)} | {of('a')} | {of('e')} | {of('d')} | "
+        lines.append(f"| {size:,} | {len(d)} | {of('a')} | {of('w')} | {of('e')} | {of('d')} | "
                      f"{spread_text(d)} | {spread_text(du) if du else ''} | "
                      f"{spread_text(g) if size != base and g else ''} | "
                      f"{spread_text(gu) if size != base and gu else ''} | "
+                     f"{spread_text(we) if we else ''} | "
                      f"{spread_text(ea) if ea else ''} |")
     top = sizes[-1]
     g = growth(cpu, top)
@@ -431,15 +441,15 @@ def profiled_lines(load, rounds, sizes, base):
         return sum(shares.values())
 
     lines = ["", "Split by where the CPU ran (`--profile`: `perf record -e cpu-clock` of Envoy "
-             "during each measured run of (d) and (e); code without a file, `[JIT]`, is the JIT "
-             "code of the Wasm VMs: the filter's own code). Per size the median over rounds "
+             "during each measured run of (d), (e) and (w); code without a file, `[JIT]`, is the "
+             "JIT code of the Wasm VMs: the filter's own code). Per size the median over rounds "
              "of µs per request; growth: at a size minus at "
              f"{base:,} in the same round.", "",
              "| instances | rounds | variant | all | Envoy binary | kernel | JIT code | "
              f"JIT code: growth over {base:,} | Envoy binary: (d) − (e) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for size in sizes:
-        for v in ("d", "e"):
+        for v in ("d", "e", "w"):
             ks = [k for k in rounds if (k, size, v) in split]
             if not ks:
                 continue
@@ -559,7 +569,9 @@ def attribution(load, sizes):
              ("e", "b", "(e) − (b): Envoy's override_host routing over lossless' spread"),
              ("d", "e", "(d) − (e): the lossless filter's own work"),
              ("d", "b", "(d) − (b): lossless over a filter that does nothing"),
-             ("d", "c", "(d) − (c): lossless over Envoy's native slow start"))
+             ("d", "c", "(d) − (c): lossless over Envoy's native slow start"),
+             ("w", "e", "(w) − (e): the same override_host routing with the hosts visited in one "
+              "shuffled order instead of the cluster's host order"))
     def table(key):
         rows = []
         for size in sizes:
@@ -574,6 +586,8 @@ def attribution(load, sizes):
     rows, user_rows = table("cpu_us_per_req"), table("user_us_per_req")
     if not rows:
         return []
+    head = ["| instances | " + " | ".join(label.split(":")[0] for _, _, label in steps) + " |",
+            "|---:|" + "---:|" * len(steps)]
     per_call = []
     for v, (_, _, what) in CROSSINGS.items():
         # measured at one size only: the extra calls against (b) at that size, per call
@@ -584,15 +598,13 @@ def attribution(load, sizes):
     out = ["### Where the CPU per request goes", "",
            "Envoy CPU µs per request, differences between variants taken within a round; median "
            "over rounds (range). " + "; ".join(label for _, _, label in steps) + ".", "",
-           "| instances | (b) − (a) | (e) − (b) | (d) − (e) | (d) − (b) | (d) − (c) |",
-           "|---:|---:|---:|---:|---:|---:|", *rows, ""]
+           *head, *rows, ""]
     if user_rows:
         out += ["The same differences in user CPU only (the Envoy process's own code and the Wasm "
                 "VM, without the kernel's share: the loopback TCP work of all three processes, "
                 "which Envoy's threads partly run, and waking the load generator and the "
                 "upstreams):", "",
-                "| instances | (b) − (a) | (e) − (b) | (d) − (e) | (d) − (b) | (d) − (c) |",
-                "|---:|---:|---:|---:|---:|---:|", *user_rows, ""]
+                *head, *user_rows, ""]
     if per_call:
         out += ["What one host call costs, from the pass-through filter making 10 more calls of "
                 "one kind per request, (j) to (o), against (b) in the same round, divided by 10:",

@@ -42,6 +42,7 @@ VARIANTS = {
     "c": "no filter, round_robin + slow_start 60s",
     "d": "lossless (override_host, round_robin)",
     "e": "pass-through wasm, override_host with a client-set header (round robin + 2 random)",
+    "w": "(e) with its round robin in one shuffled order instead of the cluster's host order",
 }
 # what one crossing of the VM boundary costs Envoy: the pass-through filter making host calls
 # (measured at the smallest size only; the cost of a host call does not depend on the cluster)
@@ -127,14 +128,32 @@ OVERRIDE_HOST = {"policies": [{"typed_extension_config": {
 # over all hosts) without the filter's logic.
 WRK_LUA = """\
 math.randomseed({seed})
-local base, span, turn = {base}, {span}, math.random(0, {span} - 1)
+local base, span = {base}, {span}
+local order = {{}}
+for i = 0, span - 1 do order[i] = i end
+if {shuffled} then
+  for i = span - 1, 1, -1 do
+    local j = math.random(0, i)
+    order[i], order[j] = order[j], order[i]
+  end
+end
+local turn = math.random(0, span - 1)
 local function pick() return "127.0.0.1:" .. (base + math.random(0, span - 1)) end
 request = function()
   turn = (turn + 1) % span
-  local hosts = "127.0.0.1:" .. (base + turn) .. "," .. pick() .. "," .. pick()
+  local hosts = "127.0.0.1:" .. (base + order[turn]) .. "," .. pick() .. "," .. pick()
   return wrk.format(nil, "/", {{["x-lossless-upstream"] = hosts}})
 end
 """
+
+
+def wrk_override_script(variant, seed, base, span):
+    """The wrk script of (e), (w) and the routed-call variants: the primaries in turn from a
+    random start, in the cluster's host order (the upstream ports ascending, as lossless' round
+    robin with equal weights walks its members: src/balancer.rs) or, for (w), in one order
+    shuffled by `seed` (what visiting the same hosts in a shuffled order costs Envoy)."""
+    shuffled = "true" if variant == "w" else "false"
+    return WRK_LUA.format(seed=seed, base=base, span=span, shuffled=shuffled)
 
 
 # (r)-(t): the caller's own pick, members in turn, named as the request's authority
@@ -267,11 +286,11 @@ def envoy_config(variant, ports, registry_port, service, lossless_wasm, passthro
     else:
         template = baseline
         filters = [ROUTER]
-        if variant in ("b", "e", *CROSSINGS, *ROUTED_CALLS):
+        if variant in ("b", "e", "w", *CROSSINGS, *ROUTED_CALLS):
             calls = {**CROSSINGS, **ROUTED_CALLS}
             reads = calls[variant][1] if variant in calls else None
             filters.insert(0, passthrough_filter(passthrough_wasm, reads))
-        overrides = ("e", *ROUTED_CALLS)
+        overrides = ("e", "w", *ROUTED_CALLS)
         policy = RR_SLOW if variant == "c" else OVERRIDE_HOST if variant in overrides else RR
         subs.update(HTTP_FILTERS=json.dumps(filters), LB_POLICY=json.dumps(policy),
                     REGISTRY_PORT=registry_port)

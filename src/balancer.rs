@@ -5,7 +5,7 @@
 //! start time in the future) the cache is refreshed at most `refresh_ms` later (default 100 ms),
 //! so a pick's weight is never staler than that. With no instance warming the cache changes only
 //! when the membership does. A pick is O(log n): a binary search over prefix sums (random) or a
-//! binary heap (round robin); O(1) with equal weights (a uniform draw, or a rotation).
+//! binary heap (round robin); O(1) with equal weights (a uniform draw, or the next member in turn).
 //!
 //! With [`OverloadProtection`] configured, each rebuild first decides whether it is in force for
 //! the members as they are then; while it is, every serving instance gets its full weight.
@@ -25,6 +25,8 @@ pub enum Policy {
     Random,
     /// Weighted round robin, earliest-deadline-first (as Envoy's weighted round robin): the same
     /// long-run shares as Dubbo's smooth weighted round robin, O(log n) per pick instead of O(n).
+    /// With equal weights (every instance warm), the members in address order from a random
+    /// start, as Envoy's round robin without weights.
     /// The default: it spreads concurrent requests evenly, so Envoy holds fewer upstream HTTP/1.1
     /// connections than with random picks (cheaper per request at 100 and 10,000 instances, see
     /// BENCHMARKS.md).
@@ -89,11 +91,13 @@ pub struct Balancer {
     /// When the cached weights must be recomputed (`i64::MAX`: only on membership change).
     next_refresh_ms: i64,
     heap: BinaryHeap<Deadline>,
-    /// Round robin over equal weights: the slots in the order the heap would give them (every
-    /// step 1, so each round visits every slot once in the order of their phases), and the next
-    /// one's index. A pick reads one entry instead of rebalancing the heap, which at 10,000
-    /// instances touches about 28 of its entries.
-    rotation: Vec<u32>,
+    /// Round robin over equal weights: the next slot. Each round visits every slot once in
+    /// member (address) order, from a random start, as Envoy's round robin walks its host set
+    /// from a random seed when no weights differ (`RoundRobinLoadBalancer::unweightedHostPick`,
+    /// source/extensions/load_balancing_policies/round_robin/round_robin_lb.h). A pick touches no
+    /// table, and Envoy's per-host data is walked in the order of its host set where that follows
+    /// the addresses (BENCHMARKS.md: a shuffled order costs Envoy more per request at 10,000
+    /// instances).
     turn: usize,
     /// Scratch for fallbacks.
     chosen: Vec<u32>,
@@ -116,7 +120,6 @@ impl Balancer {
             members: 0,
             next_refresh_ms: i64::MIN,
             heap: BinaryHeap::new(),
-            rotation: Vec::new(),
             turn: 0,
             chosen: Vec::new(),
         }
@@ -193,14 +196,10 @@ impl Balancer {
 
     fn reset_round_robin(&mut self, rng: &mut Rng) {
         self.heap.clear();
-        self.rotation.clear();
         self.turn = 0;
         if self.uniform {
-            // a random phase so that a fleet of proxies does not start on the same instance;
-            // equal steps keep the phases' order in every round
-            let mut phased: Vec<(u64, u32)> = (0..self.weights.len() as u32).map(|s| (rng.below(1 << 20), s)).collect();
-            phased.sort_unstable();
-            self.rotation.extend(phased.into_iter().map(|(_, s)| s));
+            // a random start so that a fleet of proxies does not start on the same instance
+            self.turn = rng.below(self.slots.len() as u64) as usize;
             return;
         }
         for (slot, w) in self.weights.iter().enumerate() {
@@ -275,9 +274,10 @@ impl Balancer {
     }
 
     fn rr_slot(&mut self) -> u32 {
-        if let Some(s) = self.rotation.get(self.turn) {
-            self.turn = (self.turn + 1) % self.rotation.len();
-            return *s;
+        if self.uniform {
+            let s = self.turn % self.slots.len().max(1);
+            self.turn = s + 1;
+            return s as u32;
         }
         let Some(top) = self.heap.pop() else {
             return 0;
@@ -685,9 +685,9 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_over_equal_weights_is_one_rotation() {
-        // every round visits each serving instance once, in the same order; the order differs
-        // between proxies (the phases are random) and skips the draining instance
+    fn round_robin_over_equal_weights_walks_members_in_order() {
+        // every round visits each serving instance once, in member (address) order, skipping the
+        // draining instance; where a round starts differs between proxies (a random start)
         let mut ms: Vec<Instance> = (0..8).map(|i| m(i, 100, State::Serving, None, 0)).collect();
         ms[3].state = State::Draining;
         let rounds = |seed: u64| {
@@ -702,13 +702,15 @@ mod tests {
                 })
                 .collect::<Vec<usize>>()
         };
-        let seq = rounds(7);
-        let first = &seq[..7];
-        let mut sorted = first.to_vec();
-        sorted.sort_unstable();
-        assert_eq!(sorted, vec![0, 1, 2, 4, 5, 6, 7], "{seq:?}");
-        assert_eq!(&seq[7..14], first);
-        assert_eq!(&seq[14..], first);
-        assert!((8..16).any(|seed| rounds(seed)[..7] != *first), "the order is the same for every seed");
+        let serving = [0, 1, 2, 4, 5, 6, 7];
+        let mut starts = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let seq = rounds(seed);
+            let start = serving.iter().position(|i| *i == seq[0]).unwrap();
+            let expected: Vec<usize> = (0..21).map(|k| serving[(start + k) % serving.len()]).collect();
+            assert_eq!(seq, expected, "seed {seed}");
+            starts.insert(seq[0]);
+        }
+        assert_eq!(starts.len(), serving.len(), "every serving instance starts some proxy's round: {starts:?}");
     }
 }
