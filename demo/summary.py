@@ -78,12 +78,15 @@ def summarize(run):
             # a killed backend cannot report its count; the client's view: what failed after the
             # crash, and the last request that failed (the gateway was still sending there)
             d["crashed_s"] = rnd(run.rel(inst.t_crash))
-            crash = run.rel(inst.t_crash)
-            after = [s for s in failed if s.t >= crash]
+            # the kill is a window: from the backend's SIGKILL (crashed_s) to its sidecar's
+            # (exited_s), a few ms in which a request can still reach the half-dead instance
+            crash, killed = d["crashed_s"], d["exited_s"]
+            after = [s for s in failed if s.t >= killed]
             d["failed_after_crash"] = len(after)
-            # requests the killed instance held: sent before, still open at the kill
+            # requests the killed instance held: sent before the kill ended, still open when it
+            # began
             d["failed_in_flight_at_crash"] = sum(
-                1 for s in failed if s.t < crash and s.t + s.latency >= crash - 0.05)
+                1 for s in failed if s.t < killed and s.t + s.latency >= crash - 0.05)
             d["crash_to_last_failed_ms"] = int(
                 max((s.t for s in after), default=run.rel(inst.t_crash)) * 1000
                 - run.rel(inst.t_crash) * 1000)
