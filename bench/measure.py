@@ -316,6 +316,34 @@ def wait_for_quiet(args):
     return time.monotonic() - t0, os.getloadavg()[0]
 
 
+# the variants `--profile` records
+PROFILED = ("d", "e", "w")
+
+
+def measured_run(args, e, v, seconds, profile_s, script, perf_out):
+    """One measured wrk run of `seconds` against Envoy `e` (variant `v`): wrk's figures and
+    Envoy's CPU µs per request, all, user and system. With --profile and `v` in PROFILED, also
+    `cpu_split_us_per_req`: that CPU split by where it ran, by the shares of a profile of the
+    run's first `profile_s` seconds (written to `perf_out`)."""
+    profile = (CpuSplit(e.pid, profile_s, perf_out)
+               if args.profile and v in PROFILED else None)
+    try:
+        (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
+        w = wrk(args.wrk, e.listen_port, seconds, args.connections, script)
+        (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
+        served = max(w["requests"], 1)
+        w.update(cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
+                 user_us_per_req=(u1 - u0) * 1e6 / served,
+                 sys_us_per_req=(s1 - s0) * 1e6 / served)
+        if profile is not None and (shares := profile.read()):
+            w["cpu_split_us_per_req"] = {
+                dso: share * w["cpu_us_per_req"] for dso, share in shares.items()}
+        return w
+    finally:
+        if profile is not None:
+            profile.stop()
+
+
 def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
     results = []  # one dict per (round, size, variant)
     variants = variants_of(args)
@@ -347,30 +375,15 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                                                          start=rnd % size))
                 load1 = os.getloadavg()[0]
                 e = start_envoy(procs, envoy_bin, tag, config, host=host)
-                profile = None
                 try:
                     warm_s, cx_active = warm_up(args, e, size, script, v)
                     reads0 = upstream_reads(ng.ports[:size])
                     cx0 = e.stat(cx_total(v), 0)
-                    profile = (CpuSplit(e.pid, max(args.duration - 2, 1),
-                                        procs.log_dir / f"perf-{tag}.data")
-                               if args.profile and v in ("d", "e", "w") else None)
-                    (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
-                    w = wrk(args.wrk, e.listen_port, args.duration, args.connections, script)
-                    (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
-                    served = max(w["requests"], 1)
+                    w = measured_run(args, e, v, args.duration, max(args.duration - 2, 1),
+                                     script, procs.log_dir / f"perf-{tag}.data")
                     row = dict(round=rnd, size=size, variant=v, ready_s=round(e.ready_s, 2),
                                warmup_s=round(warm_s, 1), cx_active_at_start=cx_active,
-                               cx_new=e.stat(cx_total(v), 0) - cx0, **w,
-                               cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
-                               user_us_per_req=(u1 - u0) * 1e6 / served,
-                               sys_us_per_req=(s1 - s0) * 1e6 / served,
-                               **e.rss_kib())
-                    if profile is not None and (shares := profile.read()):
-                        # CPU per request by where it ran, the measured run's CPU split by the
-                        # profile's shares (the profile covers all of the run but its last 2 s)
-                        row["cpu_split_us_per_req"] = {
-                            dso: share * row["cpu_us_per_req"] for dso, share in shares.items()}
+                               cx_new=e.stat(cx_total(v), 0) - cx0, **w, **e.rss_kib())
                     if v in (*LOSSLESS_VARIANTS, "t"):
                         row["picks"] = e.stat("wasmcustom.lossless.demo.picks", 0)
                         row["local_503"] = sum(
@@ -399,8 +412,6 @@ def load_matrix(args, procs, ng, wasm, pt, envoy_bin):
                         f"new cx {row['cx_new']} hosts {row['hosts_answered']} "
                         f"load {load1:.2f}")
                 finally:
-                    if profile is not None:
-                        profile.stop()
                     e.stop()
     return results
 
@@ -433,25 +444,10 @@ def load_interleaved(args, procs, ng, wasm, pt, envoy_bin):
         k = rnd % len(envoys)
         for size, v, e, script in envoys[k:] + envoys[:k]:
             load1 = os.getloadavg()[0]
-            profile = (CpuSplit(e.pid, max(args.slice - 1, 1),
-                                procs.log_dir / f"perf-{rnd}-{size}-{v}.data")
-                       if args.profile and v in ("d", "e", "w") else None)
-            try:
-                (u0, s0), cpu0 = e.cpu_split(), e.cpu_seconds()
-                w = wrk(args.wrk, e.listen_port, args.slice, args.connections, script)
-                (u1, s1), cpu1 = e.cpu_split(), e.cpu_seconds()
-                served = max(w["requests"], 1)
-                row = dict(round=rnd, size=size, variant=v, **w,
-                           cpu_us_per_req=(cpu1 - cpu0) * 1e6 / served,
-                           user_us_per_req=(u1 - u0) * 1e6 / served,
-                           sys_us_per_req=(s1 - s0) * 1e6 / served, load1=load1,
-                           valid=w["requests"] > 0 and w["non2xx"] == 0, **e.rss_kib())
-                if profile is not None and (shares := profile.read()):
-                    row["cpu_split_us_per_req"] = {
-                        dso: share * row["cpu_us_per_req"] for dso, share in shares.items()}
-            finally:
-                if profile is not None:
-                    profile.stop()
+            w = measured_run(args, e, v, args.slice, max(args.slice - 1, 1), script,
+                             procs.log_dir / f"perf-{rnd}-{size}-{v}.data")
+            row = dict(round=rnd, size=size, variant=v, **w, load1=load1,
+                       valid=w["requests"] > 0 and w["non2xx"] == 0, **e.rss_kib())
             results.append(row)
             log(f"cycle {rnd + 1}/{args.rounds} size {size:>5} {v}: {w['rps']:>9.0f} req/s cpu "
                 f"{row['cpu_us_per_req']:.1f} us/req non2xx {w['non2xx']} load {load1:.2f}")
